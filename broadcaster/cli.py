@@ -1,0 +1,180 @@
+"""Command line: serve, channel create/list/rotate-token, say, listen, cleanup."""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from broadcaster.config import Config, load_config
+from broadcaster.errors import BroadcasterError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config).with_server(data_dir=args.data_dir, host=getattr(args, "host", None),
+                                                      port=getattr(args, "port", None))
+        return args.run(config, args)
+    except BroadcasterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="TOML config file (defaults are built in)")
+    common.add_argument("--data-dir", metavar="DIR", help="where the database and audio live")
+    parser = argparse.ArgumentParser(prog="broadcaster", description="Synchronized radio for group listening.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--default-channel", metavar="NAME", help="create this channel if there is none")
+    serve.set_defaults(run=_serve)
+
+    channel = sub.add_parser("channel", help="manage channels").add_subparsers(required=True, metavar="ACTION")
+    create = channel.add_parser("create", parents=[common], help="create a channel and print its producer token")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=_channel_create)
+    listing = channel.add_parser("list", parents=[common], help="list channels")
+    listing.set_defaults(run=_channel_list)
+
+    say = sub.add_parser("say", parents=[common], help="put narration on the air")
+    say.add_argument("channel")
+    say.add_argument("text")
+    say.add_argument("--token", default=os.environ.get("BROADCASTER_TOKEN"), help="producer token ($BROADCASTER_TOKEN)")
+    say.add_argument("--server", help="server URL (default from config)")
+    say.set_defaults(run=_say)
+
+    listen = sub.add_parser("listen", parents=[common], help="follow a channel headless, optionally saving a WAV")
+    listen.add_argument("channel")
+    listen.add_argument("--out", metavar="WAV")
+    listen.add_argument("--server", help="server URL (default from config)")
+    listen.add_argument("--requests", type=int, default=0, help="stop after this many requests finished (0 = never)")
+    listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = never)")
+    listen.set_defaults(run=_listen)
+
+    cleanup = sub.add_parser("cleanup", parents=[common], help="purge old played and failed audio now")
+    cleanup.set_defaults(run=_cleanup)
+    return parser
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from web.app import create_app
+
+    if args.default_channel:
+        asyncio.run(_ensure_channel(config, args.default_channel))
+    print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
+    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+    return 0
+
+
+async def _ensure_channel(config: Config, name: str) -> None:
+    from broadcaster.runtime.station import create_channel
+
+    store = await _open_store(config)
+    try:
+        existing = await store.channels()
+        if existing:
+            for row in existing:
+                print(f"channel {row.name}: listen at {config.base_url}/c/{row.name}")
+            print("(producer tokens are shown once, when a channel is created)")
+            return
+        made = await create_channel(store, name)
+        print(f"created channel {made.name}\n  listen at:      {config.base_url}/c/{made.name}\n"
+              f"  producer token: {made.token}")
+    finally:
+        await store.close()
+
+
+async def _open_store(config: Config):  # noqa: ANN202
+    from db.store import Store
+
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    store = Store(config.database_url)
+    await store.create_schema()
+    return store
+
+
+def _channel_create(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.runtime.station import create_channel
+
+    async def run() -> None:
+        store = await _open_store(config)
+        try:
+            made = await create_channel(store, args.name)
+        finally:
+            await store.close()
+        url = f"{config.base_url}/c/{made.name}"
+        if args.json:
+            print(json.dumps({"channel": made.name, "producer_token": made.token, "listen_url": url}))
+        else:
+            print(f"channel:        {made.name}\nproducer token: {made.token}\nlisten at:      {url}")
+
+    asyncio.run(run())
+    return 0
+
+
+def _channel_list(config: Config, args: argparse.Namespace) -> int:
+    async def run() -> None:
+        store = await _open_store(config)
+        try:
+            for row in await store.channels():
+                print(f"{row.name}\t{config.base_url}/c/{row.name}")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    return 0
+
+
+def _say(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.client import submit
+
+    if not args.token:
+        print("error: expected a producer token via --token or $BROADCASTER_TOKEN", file=sys.stderr)
+        return 2
+    status, body = asyncio.run(submit(args.server or config.base_url, args.channel, args.text, args.token))
+    print(json.dumps(body))
+    return 0 if status == 202 else 1
+
+
+def _listen(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.client import listen
+
+    out = Path(args.out) if args.out else None
+    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds))
+    return 0
+
+
+def _cleanup(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.runtime.cleanup import purge
+    from db.audio_store import AudioStore
+
+    async def run() -> dict[str, int]:
+        store = await _open_store(config)
+        try:
+            retention_ms = int(config.cleanup.retention_days * 86_400_000)
+            from broadcaster.runtime.clock import wall_clock_ms
+
+            result = await purge(store, AudioStore(config.data_path / "audio"), wall_clock_ms() - retention_ms)
+            return result.summary()
+        finally:
+            await store.close()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

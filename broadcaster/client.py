@@ -1,0 +1,144 @@
+"""A Python client: submit narration, and a headless listener that follows a channel's timeline."""
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import soundfile
+import websockets
+
+from tts.encode import read_flac
+from tts.engine import Pcm
+
+
+async def submit(base_url: str, channel: str, text: str, token: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/api/channels/{channel}/requests", json={"text": text},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status, await resp.json()
+
+
+@dataclass
+class HeardChunk:
+    chunk_id: str
+    request_id: str
+    seq: int
+    starts_at_ms: int
+    text: str
+    pcm: Pcm | None = None
+
+
+@dataclass
+class Heard:
+    chunks: dict[str, HeardChunk] = field(default_factory=dict)
+    requests_done: int = 0
+    offset_ms: float = 0.0  # server clock minus ours, from time_sync
+
+    def timeline(self) -> list[HeardChunk]:
+        return sorted(self.chunks.values(), key=lambda c: c.starts_at_ms)
+
+    def to_wav(self, path: Path) -> None:
+        """What was heard, each chunk at its place on the timeline, silence between."""
+        placed = [c for c in self.timeline() if c.pcm is not None]
+        if not placed:
+            raise ValueError("nothing was heard, so there is nothing to write")
+        rate = placed[0].pcm.sample_rate
+        origin = placed[0].starts_at_ms
+        end = max((c.starts_at_ms - origin) * rate // 1000 + len(c.pcm.samples) for c in placed)
+        out = np.zeros(end, dtype=np.int16)
+        for c in placed:
+            at = (c.starts_at_ms - origin) * rate // 1000
+            out[at:at + len(c.pcm.samples)] = c.pcm.samples
+        soundfile.write(path, out, rate, subtype="PCM_16")
+
+
+async def listen(base_url: str, channel: str, out: Path | None = None, max_requests: int = 0,
+                 seconds: float = 0, quiet: bool = False) -> Heard:
+    heard = Heard()
+    ws_url = "ws" + base_url.removeprefix("http") + f"/ws/channels/{channel}"
+    async with aiohttp.ClientSession() as http, websockets.connect(ws_url) as ws:
+        follower = _Follower(ws, http, base_url, heard, quiet)
+        await ws.send(json.dumps({"type": "time_sync", "t0": _now_ms()}))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follower.run(max_requests), seconds or None)
+        await follower.finish()
+    if out is not None:
+        heard.to_wav(out)
+    return heard
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Follower:
+    def __init__(self, ws, http: aiohttp.ClientSession, base_url: str, heard: Heard, quiet: bool):  # noqa: ANN001
+        self.ws, self.http, self.base_url, self.heard, self.quiet = ws, http, base_url, heard, quiet
+        self.tasks: set[asyncio.Task] = set()
+        self.fetches: set[asyncio.Task] = set()
+
+    async def run(self, max_requests: int) -> None:
+        async for raw in self.ws:
+            message = json.loads(raw)
+            self.handle(message)
+            if max_requests and self.heard.requests_done >= max_requests:
+                return
+
+    def handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "snapshot" and message["now_playing"]:
+            for chunk in message["now_playing"]["chunks"]:
+                self.note(message["now_playing"]["request_id"], chunk)
+        elif kind == "audio_chunk_ready":
+            self.note(message["request_id"], message)
+        elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
+            self.heard.chunks[message["chunk_id"]].starts_at_ms = message["starts_at_ms"]
+        elif kind in ("request_played", "request_failed"):
+            self.heard.requests_done += 1
+            self.say(f"{kind.replace('_', ' ')}: {message['request_id']} {message.get('reason', '')}")
+        elif kind == "time_sync":
+            t3 = _now_ms()
+            self.heard.offset_ms = ((message["t1"] - message["t0"]) + (message["t2"] - t3)) / 2
+
+    def note(self, request_id: str, chunk: dict[str, Any]) -> None:
+        if chunk["chunk_id"] in self.heard.chunks:
+            return
+        entry = HeardChunk(chunk["chunk_id"], request_id, chunk["seq"], chunk["starts_at_ms"], chunk["text"])
+        self.heard.chunks[entry.chunk_id] = entry
+        fetch = asyncio.create_task(self.fetch(entry, chunk["url"]))
+        self.fetches.add(fetch)
+        self.tasks.add(asyncio.create_task(self.play(entry, fetch, chunk["duration_ms"])))
+
+    async def fetch(self, entry: HeardChunk, url: str) -> None:
+        async with self.http.get(f"{self.base_url}{url}?format=flac") as resp:
+            resp.raise_for_status()
+            entry.pcm = read_flac(await resp.read())
+
+    async def play(self, entry: HeardChunk, fetch: asyncio.Task, duration_ms: int) -> None:
+        await fetch
+        await self._sleep_until(entry.starts_at_ms)
+        self.say(f"\u25b6 {entry.text}")
+        await self._sleep_until(entry.starts_at_ms + duration_ms)
+        await self.ws.send(json.dumps({"type": "audio_played", "chunk_id": entry.chunk_id}))
+
+    async def _sleep_until(self, server_ms: int) -> None:
+        local_ms = server_ms - self.heard.offset_ms
+        await asyncio.sleep(max(0.0, (local_ms - _now_ms()) / 1000))
+
+    async def finish(self) -> None:
+        """Let fetches in flight land (bounded); playback still in the future is not waited for."""
+        if self.fetches:
+            await asyncio.wait(self.fetches, timeout=10)
+        for task in (*self.tasks, *self.fetches):
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self.fetches, return_exceptions=True)
+
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)

@@ -1,0 +1,124 @@
+"""Configuration: built-in defaults, overlaid by a TOML file and command-line flags."""
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from broadcaster.core.timeline import TimelineConfig
+from broadcaster.errors import BadInput
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: str = "data"
+    database_url: str = ""
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
+class TimelineSection:
+    lead_ms: int = 500
+    sentence_gap_ms: int = 250
+    request_gap_ms: int = 600
+    generation_timeout_s: float = 180
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_text_chars: int = 5000
+    max_sentence_chars: int = 300
+    max_queue: int = 200
+    ws_send_queue: int = 256
+    ws_max_message_bytes: int = 4096
+
+
+@dataclass(frozen=True)
+class TtsConfig:
+    engine: str = "piper"
+    piper_model: str = ""
+    tone_ms_per_char: int = 55
+    tone_delay_ms: int = 0
+    tone_fail_marker: str = ""
+    tone_stall_marker: str = ""
+    mp3_bitrate_kbps: int = 64
+
+
+@dataclass(frozen=True)
+class CleanupConfig:
+    interval_s: float = 60
+    retention_days: float = 7
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    timeline: TimelineSection = field(default_factory=TimelineSection)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.server.database_url:
+            return self.server.database_url
+        return f"sqlite+aiosqlite:///{(self.data_path / 'broadcaster.db').resolve()}"
+
+    @property
+    def base_url(self) -> str:
+        return self.server.public_url.rstrip("/") or f"http://{self.server.host}:{self.server.port}"
+
+    def timeline_config(self) -> TimelineConfig:
+        t = self.timeline
+        return TimelineConfig(
+            lead_ms=t.lead_ms,
+            sentence_gap_ms=t.sentence_gap_ms,
+            request_gap_ms=t.request_gap_ms,
+            generation_timeout_ms=int(t.generation_timeout_s * 1000),
+        )
+
+    def with_server(self, **changes: Any) -> "Config":
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, server=replace(self.server, **changes))
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Defaults, overlaid by the TOML file at `path` if given."""
+    if path is None:
+        return Config()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"expected a readable TOML config file at {path}, got: {exc}") from None
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    base = Config()
+    sections = {}
+    for f in fields(Config):
+        section = getattr(base, f.name)
+        sections[f.name] = _overlay(f.name, section, data.get(f.name, {}))
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise BadInput(f"expected config sections {sorted(sections)}, got unknown {sorted(unknown)}")
+    return Config(**sections)
+
+
+def _overlay(name: str, section: Any, values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in fields(section)}
+    for key, value in values.items():
+        if key not in known:
+            raise BadInput(f"expected one of {sorted(known)} in [{name}], got {key!r}")
+        default = getattr(section, key)
+        if isinstance(default, (int, float)) and not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise BadInput(f"expected a number for [{name}] {key}, got {value!r}")
+        if isinstance(default, str) and not isinstance(value, str):
+            raise BadInput(f"expected a string for [{name}] {key}, got {value!r}")
+    return replace(section, **values)

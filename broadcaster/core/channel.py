@@ -1,0 +1,255 @@
+"""One channel's line of requests and its clock-driven timeline.
+
+Theory of operation
+-------------------
+The channel owns a *line*: the requests not yet played or failed, in the order
+they were submitted. Audio is produced for them in that order by an outside
+worker, which reports each finished chunk with `chunk_ready`. The timeline is
+the sequence of chunk start times; it only ever grows at its end (the cursor).
+
+* A chunk of the request already on the air is placed as soon as it is ready,
+  right after the previous chunk plus the sentence gap, but never less than the
+  lead ahead of now. If it was late, the timeline slips by the difference and a
+  `TimelineShifted` says so: audio never overlaps and nothing is skipped.
+* The next request's first chunk is placed only once the cursor is within the
+  lead of now (the request gap included): that is the moment it goes on the
+  air, so `StreamStarted` reaches listeners roughly `lead_ms` before it sounds.
+* `tick(now)` retires chunks whose end has passed, finishes requests whose last
+  chunk has ended (auto-advance needs nothing more: the next request is already
+  placed), fails requests whose generation ran past the timeout, and places
+  whatever has become due. `next_deadline_ms()` says when the next tick is due.
+
+Listener acknowledgements play no part here: the clock alone drives playback.
+"""
+
+from collections import deque
+from collections.abc import Iterator
+
+from .events import (
+    ChunkScheduled,
+    Event,
+    QueueChanged,
+    RequestFailed,
+    RequestPlayed,
+    StreamStarted,
+    TimelineShifted,
+)
+from .model import Chunk, Request
+from .states import ChunkEvent, ChunkState, RequestEvent, RequestState
+from .timeline import Position, TimelineConfig, place_chunk, position_at
+
+RECENT_LIMIT = 32
+
+
+class Channel:
+    def __init__(self, name: str, config: TimelineConfig):
+        self.name = name
+        self.config = config
+        self.line: list[Request] = []
+        self.recent: deque[Request] = deque(maxlen=RECENT_LIMIT)
+        self._played_end_ms: int | None = None
+        self.dirty: set[str] = set()  # request ids whose state the adapter must persist
+
+    # -- producers and the generation worker ---------------------------------
+
+    def submit(self, request: Request, now_ms: int) -> list[Event]:
+        self.line.append(request)
+        self.dirty.add(request.request_id)
+        return [QueueChanged(), *self._place(now_ms)]
+
+    def next_job(self) -> Request | None:
+        """The first request in line that still needs audio."""
+        return next((r for r in self.line if not r.generated), None)
+
+    def generation_started(self, request_id: str, now_ms: int) -> list[Event]:
+        request = self._in_line(request_id)
+        if request.state == RequestState.PENDING:
+            request.apply(RequestEvent.START)
+        request.generation_started_ms = now_ms
+        self.dirty.add(request_id)
+        return [QueueChanged()]
+
+    def chunk_ready(self, chunk: Chunk, now_ms: int) -> list[Event]:
+        request = self._in_line(chunk.request_id)
+        if chunk.seq != request.next_seq:
+            raise ValueError(f"expected chunk seq {request.next_seq} of {request.request_id}, got {chunk.seq}")
+        request.chunks.append(chunk)
+        self.dirty.add(request.request_id)
+        return self._place(now_ms) or [QueueChanged()]  # generated ahead: progress only
+
+    def generation_failed(self, request_id: str, reason: str, now_ms: int) -> list[Event]:
+        request = self.find_request(request_id)
+        if request is None or request.state not in (RequestState.PENDING, RequestState.GENERATING):
+            return []
+        return [*self._fail(request, reason, now_ms), *self._place(now_ms)]
+
+    # -- the clock -------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> list[Event]:
+        events: list[Event] = []
+        for request in list(self.line):
+            events += self._retire(request, now_ms)
+            events += self._check_timeout(request, now_ms)
+        return events + self._place(now_ms)
+
+    def next_deadline_ms(self) -> int | None:
+        return min(self._deadlines(), default=None)
+
+    def _deadlines(self) -> Iterator[int]:
+        for request in self.line:
+            ends = [c.ends_at_ms for c in request.chunks if c.state == ChunkState.READY and c.scheduled]
+            if ends:
+                yield min(ends)  # type: ignore[type-var]
+            if request.state == RequestState.GENERATING and not request.generated:
+                yield request.generation_started_ms + self.config.generation_timeout_ms  # type: ignore[operator]
+        waiting = self._first_unplaced_request()
+        cursor = self._cursor_ms()
+        if waiting is not None and waiting.chunks and cursor is not None:
+            yield cursor + self.config.request_gap_ms - self.config.lead_ms
+
+    # -- what listeners see ----------------------------------------------------
+
+    def now_playing(self) -> Request | None:
+        """The head of the line once its audio is under way (it may still be in its lead)."""
+        if self.line and self.line[0].state == RequestState.GENERATING:
+            return self.line[0]
+        return None
+
+    def upcoming(self) -> list[Request]:
+        head = self.now_playing()
+        return [r for r in self.line if r is not head]
+
+    def position(self, now_ms: int) -> Position | None:
+        head = self.now_playing()
+        return position_at(head.live_chunks(), now_ms) if head else None
+
+    def line_position(self, request_id: str) -> int:
+        return next(i for i, r in enumerate(self.line) if r.request_id == request_id)
+
+    def find_request(self, request_id: str) -> Request | None:
+        for request in (*self.line, *self.recent):
+            if request.request_id == request_id:
+                return request
+        return None
+
+    def find_chunk(self, chunk_id: str) -> Chunk | None:
+        for request in (*self.line, *self.recent):
+            for chunk in request.chunks:
+                if chunk.chunk_id == chunk_id:
+                    return chunk
+        return None
+
+    def forget(self, request_ids: set[str]) -> None:
+        """Drop purged requests from the recent history."""
+        kept = [r for r in self.recent if r.request_id not in request_ids]
+        self.recent.clear()
+        self.recent.extend(kept)
+
+    # -- restart ---------------------------------------------------------------
+
+    def restore(self, requests: list[Request], played_end_ms: int | None, now_ms: int) -> list[Event]:
+        """Reload the line after a restart; generation resumes and its timeout restarts now."""
+        self.line = list(requests)
+        self._played_end_ms = played_end_ms
+        for request in self.line:
+            if request.state == RequestState.GENERATING and not request.generated:
+                request.generation_started_ms = now_ms
+        return self.tick(now_ms)
+
+    # -- internals -------------------------------------------------------------
+
+    def _in_line(self, request_id: str) -> Request:
+        for request in self.line:
+            if request.request_id == request_id:
+                return request
+        raise KeyError(f"request {request_id} is not in the line of channel {self.name}")
+
+    def _cursor_ms(self) -> int | None:
+        ends = [e for r in self.line if (e := r.scheduled_end_ms()) is not None]
+        if self._played_end_ms is not None:
+            ends.append(self._played_end_ms)
+        return max(ends, default=None)
+
+    def _first_unplaced_request(self) -> Request | None:
+        for request in self.line:
+            if not request.chunks or not request.chunks[0].scheduled:
+                return request
+        return None
+
+    def _place(self, now_ms: int) -> list[Event]:
+        events: list[Event] = []
+        for request in self.line:
+            for chunk in request.chunks:
+                if chunk.scheduled or chunk.state != ChunkState.READY:
+                    continue
+                placed = self._place_chunk(request, chunk, now_ms)
+                if placed is None:
+                    return events
+                events += placed
+            if not request.generated:
+                break  # later requests wait for this one's audio
+        return events
+
+    def _place_chunk(self, request: Request, chunk: Chunk, now_ms: int) -> list[Event] | None:
+        cfg = self.config
+        first = chunk.seq == 0
+        gap = cfg.request_gap_ms if first else cfg.sentence_gap_ms
+        cursor = self._cursor_ms()
+        if first and cursor is not None and now_ms + cfg.lead_ms < cursor + gap:
+            return None  # the request before is still playing: not on the air yet
+        start, slip = place_chunk(cursor, gap, now_ms, cfg.lead_ms)
+        if first and cursor is not None and cursor + gap < now_ms:
+            slip = 0  # the channel had gone quiet; this is a fresh start, not a slip
+        chunk.starts_at_ms = start
+        self.dirty.add(request.request_id)
+        events: list[Event] = [StreamStarted(request)] if first else []
+        if slip and not first:
+            events.append(TimelineShifted(request, chunk, slip))
+        events.append(ChunkScheduled(request, chunk))
+        return events
+
+    def _retire(self, request: Request, now_ms: int) -> list[Event]:
+        for chunk in request.chunks:
+            if chunk.state == ChunkState.READY and chunk.scheduled and chunk.ends_at_ms <= now_ms:
+                chunk.apply(ChunkEvent.PLAY_OUT)
+                self.dirty.add(request.request_id)
+        done = request.generated and all(c.state != ChunkState.READY for c in request.chunks)
+        if not done or request.state != RequestState.GENERATING:
+            return []
+        request.apply(RequestEvent.FINISH)
+        request.finished_at_ms = request.scheduled_end_ms()
+        self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms or 0)
+        self._leave_line(request)
+        return [RequestPlayed(request), QueueChanged()]
+
+    def _check_timeout(self, request: Request, now_ms: int) -> list[Event]:
+        if request.state != RequestState.GENERATING or request.generated:
+            return []
+        deadline = request.generation_started_ms + self.config.generation_timeout_ms
+        if now_ms < deadline:
+            return []
+        seconds = self.config.generation_timeout_ms / 1000
+        return self._fail(request, f"generation timed out after {seconds:g} s", now_ms)
+
+    def _fail(self, request: Request, reason: str, now_ms: int) -> list[Event]:
+        """Fail a request; chunks already sounding finish, the rest are dropped."""
+        request.apply(RequestEvent.FAIL)
+        request.error = reason
+        request.finished_at_ms = now_ms
+        heard_end = None
+        for chunk in request.chunks:
+            if chunk.state != ChunkState.READY:
+                continue
+            if chunk.scheduled and chunk.starts_at_ms <= now_ms:
+                heard_end = chunk.ends_at_ms
+                continue
+            chunk.apply(ChunkEvent.DISCARD)
+        if heard_end is not None:
+            self._played_end_ms = max(self._played_end_ms or 0, heard_end)
+        self._leave_line(request)
+        return [RequestFailed(request, reason), QueueChanged()]
+
+    def _leave_line(self, request: Request) -> None:
+        self.line.remove(request)
+        self.recent.append(request)
+        self.dirty.add(request.request_id)

@@ -1,0 +1,42 @@
+"""What the core tells its adapters happened. Adapters broadcast and persist."""
+
+from dataclasses import dataclass
+
+from .model import Chunk, Request
+
+
+@dataclass(frozen=True)
+class StreamStarted:
+    request: Request
+
+
+@dataclass(frozen=True)
+class ChunkScheduled:
+    request: Request
+    chunk: Chunk
+
+
+@dataclass(frozen=True)
+class TimelineShifted:
+    request: Request
+    chunk: Chunk
+    shift_ms: int
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    request: Request
+    reason: str
+
+
+@dataclass(frozen=True)
+class RequestPlayed:
+    request: Request
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    pass
+
+
+Event = StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestPlayed | QueueChanged

@@ -1,0 +1,83 @@
+"""Playback requests and their chunks, source-agnostic.
+
+A request is the audio of one submission (a narration message now, a music
+track later) cut into ordered chunks. Its `sentences` are the units the source
+produces chunks from; chunk `seq` indexes into them.
+"""
+
+from dataclasses import dataclass, field
+from typing import NewType
+
+from .states import (
+    ChunkEvent,
+    ChunkState,
+    RequestEvent,
+    RequestState,
+    next_chunk_state,
+    next_request_state,
+)
+
+TimeMs = NewType("TimeMs", int)
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    request_id: str
+    seq: int
+    text: str
+    duration_ms: int
+    ready_at_ms: int
+    state: ChunkState = ChunkState.READY
+    starts_at_ms: int | None = None
+    sample_rate: int = 0  # exact length is samples / sample_rate; duration_ms is its rounding
+    samples: int = 0
+
+    @property
+    def scheduled(self) -> bool:
+        return self.starts_at_ms is not None
+
+    @property
+    def ends_at_ms(self) -> int | None:
+        if self.starts_at_ms is None:
+            return None
+        return self.starts_at_ms + self.duration_ms
+
+    def apply(self, event: ChunkEvent) -> None:
+        self.state = next_chunk_state(self.state, event)
+
+
+@dataclass
+class Request:
+    request_id: str
+    channel: str
+    text: str
+    sentences: list[str]
+    created_at_ms: int
+    state: RequestState = RequestState.PENDING
+    generation_started_ms: int | None = None
+    finished_at_ms: int | None = None
+    error: str | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+
+    @property
+    def generated(self) -> bool:
+        return len(self.chunks) == len(self.sentences)
+
+    @property
+    def starts_at_ms(self) -> int | None:
+        return self.chunks[0].starts_at_ms if self.chunks else None
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.chunks)
+
+    def live_chunks(self) -> list[Chunk]:
+        return [c for c in self.chunks if c.state != ChunkState.DISCARDED]
+
+    def scheduled_end_ms(self) -> int | None:
+        ends = [c.ends_at_ms for c in self.live_chunks() if c.scheduled]
+        return max(ends) if ends else None
+
+    def apply(self, event: RequestEvent) -> None:
+        self.state = next_request_state(self.state, event)

@@ -1,0 +1,35 @@
+"""Purge old played and failed audio: rows first, then bytes, then orphaned bytes.
+
+Rows go first so no row ever points at deleted audio; if the process dies
+between the two steps, the files are orphans and the next sweep removes them.
+Safe while the server runs: only finished requests are touched.
+"""
+
+import asyncio
+from dataclasses import dataclass, field
+
+from db.audio_store import AudioStore
+from db.store import Store
+
+
+@dataclass
+class PurgeResult:
+    request_ids: set[str] = field(default_factory=set)
+    bytes_freed: int = 0
+    orphans: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {"requests": len(self.request_ids), "bytes": self.bytes_freed, "orphans": self.orphans}
+
+
+async def purge(store: Store, audio: AudioStore, before_ms: int, orphan_grace_s: float = 600) -> PurgeResult:
+    result = PurgeResult()
+    ids = await store.purge_finished(before_ms)
+    result.request_ids = set(ids)
+    for request_id in ids:
+        result.bytes_freed += await asyncio.to_thread(audio.delete_request, request_id)
+    known = await store.request_ids()
+    for orphan in await asyncio.to_thread(audio.orphans, known, orphan_grace_s):
+        result.bytes_freed += await asyncio.to_thread(audio.delete_request, orphan)
+        result.orphans += 1
+    return result

@@ -1,0 +1,140 @@
+"""Drives one channel's core: feeds it the clock, its generation worker and submissions.
+
+Every change to the core happens under one lock, is written to the database,
+and only then announced, so anything a listener was told survives a restart.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from broadcaster.core.channel import Channel
+from broadcaster.core.events import Event, RequestFailed
+from broadcaster.core.model import Request
+from broadcaster.errors import GenerationError
+from db.store import Store
+
+from .clock import Clock
+from .generator import ChunkMaker
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, list[Event]], None]
+
+
+class ChannelRunner:
+    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock, publish: Publish):
+        self.channel = channel
+        self.channel_id = channel_id
+        self.store = store
+        self.maker = maker
+        self.clock = clock
+        self.publish = publish
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()  # the deadline may have moved
+        self._work = asyncio.Event()  # a request may need audio
+        self._changed = asyncio.Event()  # for progressive streams waiting on new chunks
+        self._job: asyncio.Task | None = None
+        self._job_request: str | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def name(self) -> str:
+        return self.channel.name
+
+    async def start(self) -> None:
+        requests, played_end = await self.store.load_line(self.channel_id, self.name)
+        await self.apply(lambda now: self.channel.restore(requests, played_end, now))
+        self._tasks = [
+            asyncio.create_task(self._clock_loop(), name=f"clock:{self.name}"),
+            asyncio.create_task(self._generate_loop(), name=f"generate:{self.name}"),
+        ]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, self._job]:
+            if task:
+                task.cancel()
+        await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
+
+    async def submit(self, request: Request) -> int:
+        """Queue a request durably; returns its place in line (0 = on the air next or now)."""
+        async with self._lock:
+            await self.store.insert_request(request, self.channel_id)
+            events = self.channel.submit(request, self.clock())
+            await self._commit(events)
+            return self.channel.line_position(request.request_id)
+
+    async def apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
+        """Run one core step at the current time, persist what changed, announce it."""
+        async with self._lock:
+            events = step(self.clock())
+            await self._commit(events)
+            return events
+
+    async def wait_change(self, timeout_s: float) -> None:
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+        except TimeoutError:
+            pass
+
+    async def _commit(self, events: list[Event]) -> None:
+        dirty = [r for r in (self.channel.find_request(i) for i in self.channel.dirty) if r]
+        self.channel.dirty.clear()
+        await self.store.save(dirty)
+        if events:
+            self.publish(self.name, events)
+        self._changed.set()
+        self._changed = asyncio.Event()
+        self._wake.set()
+        self._work.set()
+        for event in events:
+            if isinstance(event, RequestFailed) and event.request.request_id == self._job_request and self._job:
+                self._job.cancel()  # a stalled or failing synthesis is abandoned, not awaited
+
+    # -- the clock -------------------------------------------------------------
+
+    async def _clock_loop(self) -> None:
+        while True:
+            deadline = self.channel.next_deadline_ms()
+            self._wake.clear()
+            timeout = None if deadline is None else max(0, deadline - self.clock()) / 1000
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+                continue  # something changed: recompute the deadline
+            except TimeoutError:
+                pass
+            try:
+                await self.apply(self.channel.tick)
+            except Exception:  # a bad tick must not stop the channel's clock
+                log.exception("channel %s: tick failed", self.name)
+                await asyncio.sleep(0.5)
+
+    # -- generation --------------------------------------------------------------
+
+    async def _generate_loop(self) -> None:
+        while True:
+            self._work.clear()
+            request = self.channel.next_job()
+            if request is None:
+                await self._work.wait()
+                continue
+            self._job_request = request.request_id
+            self._job = asyncio.create_task(self._generate(request), name=f"job:{request.request_id}")
+            await asyncio.wait([self._job])
+            self._job = self._job_request = None
+
+    async def _generate(self, request: Request) -> None:
+        rid = request.request_id
+        await self.apply(lambda now: self.channel.generation_started(rid, now))
+        log.info("channel %s: generating request %s (%d sentences)", self.name, rid, len(request.sentences))
+        while not request.generated and self.channel.next_job() is request:
+            try:
+                chunk = await self.maker.make(request, request.next_seq)
+            except (GenerationError, OSError) as exc:
+                log.warning("channel %s: request %s failed: %s", self.name, rid, exc)
+                await self.apply(lambda now: self.channel.generation_failed(rid, str(exc), now))
+                return
+            if self.channel.next_job() is not request:
+                return  # failed or removed while this chunk was being made
+            await self.apply(lambda now: self.channel.chunk_ready(chunk, now))

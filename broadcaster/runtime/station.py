@@ -1,0 +1,147 @@
+"""All channels of one server: loads them on first use, submits, cleans up."""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
+from broadcaster.config import Config
+from broadcaster.core.channel import Channel
+from broadcaster.core.ids import new_id
+from broadcaster.core.model import Chunk, Request
+from broadcaster.errors import BadInput, NotFound, Unauthorized
+from db.audio_store import AudioStore
+from db.store import Store
+from tts.engine import TtsEngine
+from tts.sentences import split_sentences
+
+from .cleanup import purge
+from .clock import Clock, wall_clock_ms
+from .generator import ChunkMaker
+from .runner import ChannelRunner, Publish
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(BadInput):
+    status = 429
+    code = "queue_full"
+
+
+@dataclass(frozen=True)
+class NewChannel:
+    name: str
+    token: str
+
+
+async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms) -> NewChannel:
+    if not valid_channel_name(name):
+        raise BadInput(f"expected a channel name of lowercase letters, digits, '-' or '_' (max 64), got {name!r}")
+    token = new_token()
+    await store.create_channel(name, hash_token(token), clock())
+    return NewChannel(name, token)
+
+
+class Station:
+    def __init__(self, config: Config, store: Store, audio: AudioStore, engine: TtsEngine,
+                 publish: Publish, clock: Clock = wall_clock_ms):
+        self.config = config
+        self.store = store
+        self.audio = audio
+        self.engine = engine
+        self.publish = publish
+        self.clock = clock
+        self.maker = ChunkMaker(engine, audio, clock, config.tts.mp3_bitrate_kbps)
+        self.runners: dict[str, ChannelRunner] = {}
+        self._tokens: dict[str, str] = {}
+        self._loading = asyncio.Lock()
+        self._cleanup_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.store.close_stale_connections(self.clock())
+        for row in await self.store.channels():
+            await self.runner(row.name)
+        self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="cleanup")
+
+    async def stop(self) -> None:
+        if self._cleanup_task:
+            self._cleanup_task.cancel()
+            await asyncio.gather(self._cleanup_task, return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self.runners.values()))
+
+    async def runner(self, name: str) -> ChannelRunner:
+        """The channel's runner, loaded from the database on first use (the CLI may have just made it)."""
+        if name in self.runners:
+            return self.runners[name]
+        if not valid_channel_name(name):
+            raise NotFound(f"expected a channel name like 'campaign-1', got {name[:80]!r}")
+        async with self._loading:
+            if name not in self.runners:
+                row = await self.store.channel(name)
+                if row is None:
+                    raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
+                runner = ChannelRunner(Channel(name, self.config.timeline_config()), row.id,
+                                       self.store, self.maker, self.clock, self.publish)
+                await runner.start()
+                self._tokens[name] = row.token_hash
+                self.runners[name] = runner
+                log.info("channel %s on the air", name)
+        return self.runners[name]
+
+    def check_token(self, name: str, token: str | None) -> None:
+        stored = self._tokens.get(name)
+        if not token:
+            raise Unauthorized("expected 'Authorization: Bearer <producer token>', got no token")
+        if stored is None or not token_matches(token, stored):
+            raise Unauthorized(f"the producer token is not valid for channel {name!r}")
+
+    async def submit(self, name: str, text: object) -> tuple[Request, int]:
+        runner = await self.runner(name)
+        limits = self.config.limits
+        if not isinstance(text, str):
+            raise BadInput(f"expected \"text\" to be a string, got {type(text).__name__}")
+        if len(text) > limits.max_text_chars:
+            raise BadInput(f"expected at most {limits.max_text_chars} characters of text, got {len(text)}")
+        sentences = split_sentences(text, limits.max_sentence_chars)
+        if not sentences:
+            raise BadInput("expected text with something to speak (letters or digits), got none")
+        if len(runner.channel.line) >= limits.max_queue:
+            raise QueueFull(f"channel {name!r} already has {limits.max_queue} requests waiting; try again later")
+        request = Request(new_id(), name, text, sentences, self.clock())
+        return request, await runner.submit(request)
+
+    async def find_request(self, request_id: str) -> Request:
+        for runner in self.runners.values():
+            if found := runner.channel.find_request(request_id):
+                return found
+        if (stored := await self.store.request(request_id)) is not None:
+            return stored
+        raise NotFound(f"no playback request {request_id!r}")
+
+    async def find_chunk(self, chunk_id: str) -> Chunk:
+        for runner in self.runners.values():
+            if found := runner.channel.find_chunk(chunk_id):
+                return found
+        if (stored := await self.store.chunk(chunk_id)) is not None:
+            return stored
+        raise NotFound(f"no audio chunk {chunk_id!r}")
+
+    def runner_of(self, request: Request) -> ChannelRunner | None:
+        return self.runners.get(request.channel)
+
+    async def cleanup(self) -> dict[str, int]:
+        retention_ms = int(self.config.cleanup.retention_days * 86_400_000)
+        result = await purge(self.store, self.audio, self.clock() - retention_ms)
+        for runner in self.runners.values():
+            runner.channel.forget(result.request_ids)
+        return result.summary()
+
+    async def _cleanup_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.cleanup.interval_s)
+            try:
+                summary = await self.cleanup()
+                if summary["requests"] or summary["orphans"]:
+                    log.info("cleanup: %s", summary)
+            except Exception:  # cleanup must never take the server down; it retries next round
+                log.exception("cleanup failed")

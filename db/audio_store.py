@@ -1,0 +1,64 @@
+"""Chunk audio lives in files: <data_dir>/audio/<request_id>/<chunk_id>.{flac,mp3}.
+
+A file appears under its final name only once completely written (write to a
+temporary name, then rename), and a chunk row is inserted only after both of
+its files exist, so a reader never sees half a chunk. Deleting a request's
+audio removes its directory; `orphans()` finds directories left behind by a
+crash between the two steps.
+"""
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+FORMATS = ("mp3", "flac")
+_ID = re.compile(r"^[0-9a-f]{16,32}$")
+
+
+class AudioStore:
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, request_id: str, chunk_id: str, fmt: str) -> Path:
+        if not (_ID.match(request_id) and _ID.match(chunk_id)) or fmt not in FORMATS:
+            raise ValueError(f"expected hex ids and a format in {FORMATS}, got {request_id!r} {chunk_id!r} {fmt!r}")
+        return self.root / request_id / f"{chunk_id}.{fmt}"
+
+    async def write_chunk(self, request_id: str, chunk_id: str, blobs: dict[str, bytes]) -> None:
+        await asyncio.to_thread(self._write_chunk, request_id, chunk_id, blobs)
+
+    def _write_chunk(self, request_id: str, chunk_id: str, blobs: dict[str, bytes]) -> None:
+        for fmt, data in blobs.items():
+            final = self.path(request_id, chunk_id, fmt)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_suffix(f".{fmt}.part")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+
+    async def read(self, request_id: str, chunk_id: str, fmt: str) -> bytes:
+        return await asyncio.to_thread(self.path(request_id, chunk_id, fmt).read_bytes)
+
+    def delete_request(self, request_id: str) -> int:
+        """Remove a request's audio; returns the bytes freed."""
+        directory = self.root / request_id
+        if not _ID.match(request_id) or not directory.is_dir():
+            return 0
+        freed = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        shutil.rmtree(directory, ignore_errors=True)
+        return freed
+
+    def orphans(self, known_request_ids: set[str], grace_s: float = 600) -> list[str]:
+        """Audio directories no request row claims, older than `grace_s` (younger may be mid-write)."""
+        cutoff = time.time() - grace_s
+        found = []
+        for entry in self.root.iterdir():
+            if entry.is_dir() and entry.name not in known_request_ids and entry.stat().st_mtime < cutoff:
+                found.append(entry.name)
+        return found

@@ -1,0 +1,71 @@
+"""Tables. Times are integer Unix epoch milliseconds on the server clock."""
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ChannelRow(Base):
+    __tablename__ = "channels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestRow(Base):
+    __tablename__ = "playback_requests"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    line_seq: Mapped[int] = mapped_column(BigInteger)  # submission order within the channel
+    text: Mapped[str] = mapped_column(Text)
+    sentences_json: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    generation_started_ms: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        Index("ix_requests_channel_state", "channel_id", "state"),
+        Index("ix_requests_finished", "state", "finished_at_ms"),
+    )
+
+
+class ChunkRow(Base):
+    __tablename__ = "audio_chunks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("playback_requests.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    sample_rate: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    ready_at_ms: Mapped[int] = mapped_column(BigInteger)
+    starts_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (UniqueConstraint("request_id", "seq"),)
+
+
+class ConnectionRow(Base):
+    __tablename__ = "listener_connections"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[int] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    remote: Mapped[str] = mapped_column(String(64))
+    user_agent: Mapped[str] = mapped_column(String(256))
+    connected_at_ms: Mapped[int] = mapped_column(BigInteger)
+    disconnected_at_ms: Mapped[int | None] = mapped_column(BigInteger, index=True)
+
+
+class DeliveryRow(Base):
+    """One acknowledgement: this connection (or an anonymous HTTP client) played this chunk."""
+
+    __tablename__ = "chunk_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[str] = mapped_column(ForeignKey("audio_chunks.id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[str | None] = mapped_column(ForeignKey("listener_connections.id", ondelete="CASCADE"))
+    via: Mapped[str] = mapped_column(String(8))  # "ws" or "http"
+    acked_at_ms: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (UniqueConstraint("chunk_id", "connection_id"),)

@@ -1,0 +1,212 @@
+"""The database adapter: turns core objects into rows and back. No decisions here."""
+
+import json
+
+from sqlalchemy import delete, event, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from broadcaster.core.model import Chunk, Request
+from broadcaster.core.states import ChunkState, RequestState
+from broadcaster.errors import BadInput
+
+from .models import Base, ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
+
+FINAL = (RequestState.PLAYED.value, RequestState.FAILED.value)
+
+
+def make_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(url)
+    if engine.dialect.name == "sqlite":
+        # WAL lets the CLI and cron write while the server reads; busy_timeout makes
+        # a writer wait for a lock instead of failing at once.
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    return engine
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- channels ----------------------------------------------------------
+
+    async def create_channel(self, name: str, token_hash: str, now_ms: int) -> ChannelRow:
+        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms)
+        try:
+            async with self.session.begin() as s:
+                s.add(row)
+        except IntegrityError:
+            raise BadInput(f"expected a new channel name, but {name!r} already exists") from None
+        return row
+
+    async def channel(self, name: str) -> ChannelRow | None:
+        async with self.session() as s:
+            return (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
+
+    async def channels(self) -> list[ChannelRow]:
+        async with self.session() as s:
+            return list((await s.execute(select(ChannelRow).order_by(ChannelRow.id))).scalars())
+
+    # -- requests and chunks -------------------------------------------------
+
+    async def insert_request(self, request: Request, channel_id: int) -> None:
+        async with self.session.begin() as s:
+            last = (await s.execute(select(func.max(RequestRow.line_seq)).where(RequestRow.channel_id == channel_id))).scalar()
+            s.add(_request_row(request, channel_id, (last or 0) + 1))
+
+    async def save(self, requests: list[Request]) -> None:
+        """Write the current state of these requests and all their chunks."""
+        if not requests:
+            return
+        async with self.session.begin() as s:
+            for request in requests:
+                await s.execute(update(RequestRow).where(RequestRow.id == request.request_id).values(
+                    state=request.state.value,
+                    generation_started_ms=request.generation_started_ms,
+                    finished_at_ms=request.finished_at_ms,
+                    error=request.error,
+                ))
+                for chunk in request.chunks:
+                    await s.merge(_chunk_row(chunk))
+
+    async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
+        """Unfinished requests in submission order, and where played audio last ended."""
+        async with self.session() as s:
+            rows = (await s.execute(select(RequestRow).where(
+                RequestRow.channel_id == channel_id, RequestRow.state.not_in(FINAL)
+            ).order_by(RequestRow.line_seq))).scalars().all()
+            played_end = (await s.execute(select(func.max(RequestRow.finished_at_ms)).where(
+                RequestRow.channel_id == channel_id, RequestRow.state == RequestState.PLAYED.value
+            ))).scalar()
+            requests = [await self._with_chunks(s, row, channel) for row in rows]
+        return requests, played_end
+
+    async def request(self, request_id: str) -> Request | None:
+        async with self.session() as s:
+            row = await s.get(RequestRow, request_id)
+            if row is None:
+                return None
+            channel = await s.get(ChannelRow, row.channel_id)
+            return await self._with_chunks(s, row, channel.name)
+
+    async def chunk(self, chunk_id: str) -> Chunk | None:
+        async with self.session() as s:
+            row = await s.get(ChunkRow, chunk_id)
+            return _chunk(row) if row else None
+
+    async def _with_chunks(self, s, row: RequestRow, channel: str) -> Request:  # noqa: ANN001
+        chunks = (await s.execute(select(ChunkRow).where(ChunkRow.request_id == row.id).order_by(ChunkRow.seq))).scalars()
+        return Request(
+            request_id=row.id, channel=channel, text=row.text, sentences=json.loads(row.sentences_json),
+            created_at_ms=row.created_at_ms, state=RequestState(row.state),
+            generation_started_ms=row.generation_started_ms, finished_at_ms=row.finished_at_ms,
+            error=row.error, chunks=[_chunk(c) for c in chunks],
+        )
+
+    # -- listeners and acknowledgements ----------------------------------------
+
+    async def open_connection(self, conn_id: str, channel_id: int, remote: str, agent: str, now_ms: int) -> None:
+        async with self.session.begin() as s:
+            s.add(ConnectionRow(id=conn_id, channel_id=channel_id, remote=remote[:64],
+                                user_agent=agent[:256], connected_at_ms=now_ms))
+
+    async def close_connection(self, conn_id: str, now_ms: int) -> None:
+        async with self.session.begin() as s:
+            await s.execute(update(ConnectionRow).where(ConnectionRow.id == conn_id).values(disconnected_at_ms=now_ms))
+
+    async def close_stale_connections(self, now_ms: int) -> None:
+        """After a restart no earlier connection is alive."""
+        async with self.session.begin() as s:
+            await s.execute(update(ConnectionRow).where(ConnectionRow.disconnected_at_ms.is_(None))
+                            .values(disconnected_at_ms=now_ms))
+
+    async def connection_exists(self, conn_id: str) -> bool:
+        async with self.session() as s:
+            return await s.get(ConnectionRow, conn_id) is not None
+
+    async def record_ack(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
+        """Store one acknowledgement; False if this connection had already acknowledged the chunk."""
+        try:
+            async with self.session.begin() as s:
+                if connection_id is not None:
+                    seen = await s.execute(select(DeliveryRow.id).where(
+                        DeliveryRow.chunk_id == chunk_id, DeliveryRow.connection_id == connection_id))
+                    if seen.first():
+                        return False
+                s.add(DeliveryRow(chunk_id=chunk_id, connection_id=connection_id, via=via, acked_at_ms=now_ms))
+        except IntegrityError:
+            return False
+        return True
+
+    async def acks(self, connection_id: str) -> list[tuple[str, int]]:
+        async with self.session() as s:
+            rows = await s.execute(select(DeliveryRow.chunk_id, DeliveryRow.acked_at_ms)
+                                   .where(DeliveryRow.connection_id == connection_id).order_by(DeliveryRow.id))
+            return [(r[0], r[1]) for r in rows]
+
+    # -- cleanup ---------------------------------------------------------------
+
+    async def purge_finished(self, before_ms: int) -> list[str]:
+        """Delete played and failed requests that finished before `before_ms`, with their chunks and acks."""
+        async with self.session.begin() as s:
+            ids = list((await s.execute(select(RequestRow.id).where(
+                RequestRow.state.in_(FINAL), RequestRow.finished_at_ms < before_ms))).scalars())
+            for batch in _batches(ids, 500):
+                chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
+                await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
+                await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
+                await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
+            await s.execute(delete(ConnectionRow).where(
+                ConnectionRow.disconnected_at_ms < before_ms,
+                ~ConnectionRow.id.in_(select(DeliveryRow.connection_id).where(DeliveryRow.connection_id.is_not(None))),
+            ))
+        return ids
+
+    async def request_ids(self) -> set[str]:
+        async with self.session() as s:
+            return set((await s.execute(select(RequestRow.id))).scalars())
+
+
+def _batches(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _request_row(request: Request, channel_id: int, line_seq: int) -> RequestRow:
+    return RequestRow(
+        id=request.request_id, channel_id=channel_id, line_seq=line_seq, text=request.text,
+        sentences_json=json.dumps(request.sentences), state=request.state.value,
+        created_at_ms=request.created_at_ms, generation_started_ms=request.generation_started_ms,
+        finished_at_ms=request.finished_at_ms, error=request.error,
+    )
+
+
+def _chunk_row(chunk: Chunk) -> ChunkRow:
+    return ChunkRow(
+        id=chunk.chunk_id, request_id=chunk.request_id, seq=chunk.seq, text=chunk.text,
+        state=chunk.state.value, sample_rate=chunk.sample_rate, samples=chunk.samples,
+        duration_ms=chunk.duration_ms, ready_at_ms=chunk.ready_at_ms, starts_at_ms=chunk.starts_at_ms,
+    )
+
+
+def _chunk(row: ChunkRow) -> Chunk:
+    return Chunk(
+        chunk_id=row.id, request_id=row.request_id, seq=row.seq, text=row.text,
+        duration_ms=row.duration_ms, ready_at_ms=row.ready_at_ms, state=ChunkState(row.state),
+        starts_at_ms=row.starts_at_ms, sample_rate=row.sample_rate, samples=row.samples,
+    )

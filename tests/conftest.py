@@ -1,0 +1,117 @@
+"""Shared fixtures: a real server on a loopback port, real WebSocket clients."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from aiohttp import web
+
+from broadcaster.config import config_from_dict
+from broadcaster.runtime.station import create_channel
+from web.app import create_app
+from web.keys import STATION
+
+FAST_TONES = {
+    "tts": {"engine": "tone", "tone_ms_per_char": 10, "tone_delay_ms": 20},
+    "timeline": {"lead_ms": 300, "sentence_gap_ms": 120, "request_gap_ms": 200},
+    "cleanup": {"interval_s": 3600},
+}
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    app: web.Application
+    channel: str
+    token: str
+
+    @property
+    def station(self):  # noqa: ANN201
+        return self.app[STATION]
+
+    def ws_url(self, channel: str | None = None) -> str:
+        return "ws" + self.base_url.removeprefix("http") + f"/ws/channels/{channel or self.channel}"
+
+    async def say(self, text: str, token: str | None = None, channel: str | None = None) -> aiohttp.ClientResponse:
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{self.base_url}/api/channels/{channel or self.channel}/requests",
+                                   json={"text": text}, headers={"Authorization": f"Bearer {token or self.token}"})
+            await resp.read()
+            return resp
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(self.base_url + path) as resp:
+                return resp.status, await resp.json()
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+async def start_server(tmp_path: Path, overrides: dict | None = None) -> tuple[web.AppRunner, LiveServer]:
+    settings = merge(FAST_TONES, overrides or {})
+    settings.setdefault("server", {})["data_dir"] = str(tmp_path / "data")
+    config = config_from_dict(settings)
+    app = create_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    made = await create_channel(app[STATION].store, "table")
+    return runner, LiveServer(f"http://127.0.0.1:{port}", app, made.name, made.token)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LiveServer]:
+    marker = request.node.get_closest_marker("server_config")
+    runner, live = await start_server(tmp_path, marker.args[0] if marker else None)
+    yield live
+    await runner.cleanup()
+
+
+class Listener:
+    """A real WebSocket client that records every message it receives."""
+
+    def __init__(self, ws: websockets.ClientConnection):
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+
+    async def next(self, kind: str, timeout: float = 10, where=None) -> dict[str, Any]:  # noqa: ANN001
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self.ws.recv())
+                self.messages.append(message)
+                if message["type"] == kind and (where is None or where(message)):
+                    return message
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(payload))
+
+
+@pytest.fixture
+async def connect(server: LiveServer):  # noqa: ANN201
+    sockets = []
+
+    async def open_listener(channel: str | None = None) -> Listener:
+        ws = await websockets.connect(server.ws_url(channel))
+        sockets.append(ws)
+        return Listener(ws)
+
+    yield open_listener
+    for ws in sockets:
+        await ws.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "server_config(overrides): settings merged into the test server's config")

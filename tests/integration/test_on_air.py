@@ -1,0 +1,156 @@
+"""A channel on the air end to end: a real server on loopback, real WebSocket listeners."""
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from conftest import FAST_TONES
+
+
+def played_chunks(messages: list[dict]) -> list[dict]:
+    """Chunks as finally scheduled (a timeline_shifted replaces the start time)."""
+    chunks: dict[str, dict] = {}
+    for m in messages:
+        if m["type"] == "audio_chunk_ready":
+            chunks[m["chunk_id"]] = dict(m)
+        elif m["type"] == "timeline_shifted":
+            chunks[m["chunk_id"]]["starts_at_ms"] = m["starts_at_ms"]
+    return sorted(chunks.values(), key=lambda c: c["starts_at_ms"])
+
+
+async def test_three_requests_play_in_order_without_overlap_or_extra_gap(server, connect):
+    """Three requests submitted back to back play in submission order, separated by exactly the configured gaps."""
+    listener = await connect()
+    await listener.next("snapshot")
+    ids = []
+    for text in ["First request. It has two sentences.", "Second one here.", "Third and last. Goodbye now!"]:
+        resp = await server.say(text)
+        assert resp.status == 202
+        ids.append((await resp.json())["request_id"])
+    for _ in ids:
+        await listener.next("request_played", timeout=20)
+    chunks = played_chunks(listener.messages)
+    assert [c["request_id"] for c in chunks] == [ids[0]] * 2 + [ids[1]] + [ids[2]] * 2
+    timeline = FAST_TONES["timeline"]
+    for before, after in zip(chunks, chunks[1:]):
+        gap = after["starts_at_ms"] - (before["starts_at_ms"] + before["duration_ms"])
+        same_request = before["request_id"] == after["request_id"]
+        assert gap == (timeline["sentence_gap_ms"] if same_request else timeline["request_gap_ms"])
+    started = [m["request_id"] for m in listener.messages if m["type"] == "audio_stream_started"]
+    assert started == ids
+
+
+async def test_late_joiner_gets_offset_within_10ms_of_the_timeline(server, connect):
+    """A listener joining mid-request is told the chunk playing now and an offset matching its own clock."""
+    first = await connect()
+    await first.next("snapshot")
+    await server.say("A long opening sentence that keeps talking for quite a while, on and on and on. Then more.")
+    chunk = await first.next("audio_chunk_ready")
+    await asyncio.sleep(max(0, chunk["starts_at_ms"] - time.time() * 1000) / 1000 + 0.3)
+    late = await connect()
+    snapshot = await late.next("snapshot")
+    arrived_ms = time.time() * 1000
+    position = snapshot["now_playing"]["position"]
+    assert position["chunk_id"] == chunk["chunk_id"]
+    expected = arrived_ms - chunk["starts_at_ms"]
+    assert abs(position["offset_ms"] - expected) <= 10
+    assert position["offset_ms"] >= 250
+
+
+@pytest.mark.server_config({"tts": {"tone_fail_marker": "[explode]"}})
+async def test_tts_failure_fails_the_request_and_the_next_one_starts(server, connect):
+    """A sentence the engine cannot speak fails its request; listeners are told and the queue moves on."""
+    listener = await connect()
+    await listener.next("snapshot")
+    bad = await (await server.say("This is fine. This will [explode] now.")).json()
+    good = await (await server.say("The next request still plays.")).json()
+    failed = await listener.next("request_failed")
+    assert failed["request_id"] == bad["request_id"]
+    assert "explode" in failed["reason"]
+    started = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == good["request_id"])
+    assert started["starts_at_ms"] > 0
+    await listener.next("request_played", where=lambda m: m["request_id"] == good["request_id"])
+
+
+@pytest.mark.server_config({"tts": {"tone_stall_marker": "[stall]"}, "timeline": {"generation_timeout_s": 1}})
+async def test_generation_stall_times_out_and_the_next_request_starts(server, connect):
+    """A request whose synthesis never finishes fails after the generation timeout and the next one plays."""
+    listener = await connect()
+    await listener.next("snapshot")
+    stuck = await (await server.say("Hello. I will [stall] forever.")).json()
+    after = await (await server.say("Meanwhile, life goes on.")).json()
+    failed = await listener.next("request_failed", timeout=5)
+    assert failed["request_id"] == stuck["request_id"]
+    assert "timed out" in failed["reason"]
+    await listener.next("request_played", where=lambda m: m["request_id"] == after["request_id"])
+    status, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert state["queue"] == [] and state["now_playing"] is None
+
+
+async def test_acks_are_recorded_per_connection(server, connect):
+    """Each connection's audio_played acknowledgements are stored against that connection, once each."""
+    alice, bob = await connect(), await connect()
+    a_id = (await alice.next("snapshot"))["connection_id"]
+    b_id = (await bob.next("snapshot"))["connection_id"]
+    await server.say("One. Two.")
+    first = await alice.next("audio_chunk_ready")
+    second = await alice.next("audio_chunk_ready")
+    await alice.send({"type": "audio_played", "chunk_id": first["chunk_id"]})
+    await alice.send({"type": "audio_played", "chunk_id": second["chunk_id"]})
+    await alice.send({"type": "audio_played", "chunk_id": second["chunk_id"]})
+    await bob.send({"type": "audio_played", "chunk_id": second["chunk_id"]})
+    replies = [await alice.next("ack_recorded") for _ in range(3)]
+    await bob.next("ack_recorded")
+    assert [r["duplicate"] for r in replies] == [False, False, True]
+    store = server.station.store
+    assert [c for c, _ in await store.acks(a_id)] == [first["chunk_id"], second["chunk_id"]]
+    assert [c for c, _ in await store.acks(b_id)] == [second["chunk_id"]]
+
+
+async def test_http_ack_records_a_delivery(server, connect):
+    """POST /api/audio/played records an acknowledgement, tied to a connection when one is named."""
+    listener = await connect()
+    conn = (await listener.next("snapshot"))["connection_id"]
+    await server.say("Acknowledge me.")
+    chunk = await listener.next("audio_chunk_ready")
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/api/audio/played/{chunk['chunk_id']}"
+        async with http.post(url, params={"connection_id": conn}) as resp:
+            assert resp.status == 200 and (await resp.json())["recorded"] is True
+        async with http.post(url, params={"connection_id": conn}) as resp:
+            assert (await resp.json())["recorded"] is False
+    assert [c for c, _ in await server.station.store.acks(conn)] == [chunk["chunk_id"]]
+
+
+@pytest.mark.server_config({"tts": {"tone_delay_ms": 400}})
+async def test_progressive_stream_delivers_first_chunk_before_last_is_synthesized(server):
+    """The request's stream yields its first audio while later sentences are still being synthesized."""
+    body = await (await server.say("One sentence. Two sentences. Three sentences. Four sentences.")).json()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/api/audio/stream/{body['request_id']}") as resp:
+            assert resp.headers["Content-Type"] == "audio/mpeg"
+            first = await resp.content.readany()
+            assert first
+            _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+            progress = state["now_playing"]
+            assert len(progress["chunks"]) < progress["chunks_total"]
+            rest = await resp.read()
+    assert len(first) + len(rest) > 4 * 1000
+
+
+async def test_stream_with_offset_skips_into_the_request(server, connect):
+    """?offset_ms=N starts the stream N ms in: it is shorter than the whole stream by about N ms of audio."""
+    listener = await connect()
+    await listener.next("snapshot")
+    body = await (await server.say("A first sentence of some length. A second sentence of some length.")).json()
+    await listener.next("request_played")
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/api/audio/stream/{body['request_id']}"
+        async with http.get(url) as resp:
+            whole = await resp.read()
+        async with http.get(url, params={"offset_ms": "400"}) as resp:
+            part = await resp.read()
+    bytes_per_ms = 64_000 / 8 / 1000
+    assert abs((len(whole) - len(part)) - 400 * bytes_per_ms) < 0.15 * 400 * bytes_per_ms + 500

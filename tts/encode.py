@@ -1,0 +1,58 @@
+"""Chunk audio formats: FLAC keeps the exact samples, MP3 is what browsers fetch.
+
+The MP3 encoder is the ffmpeg binary bundled by imageio-ffmpeg, run as a
+subprocess so the event loop keeps serving while it works.
+"""
+
+import asyncio
+import io
+from functools import cache
+
+import ffmpeg
+import imageio_ffmpeg
+import numpy as np
+import soundfile
+
+from broadcaster.errors import GenerationError
+
+from .engine import Pcm
+
+
+@cache
+def ffmpeg_exe() -> str:
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def mp3_command(sample_rate: int, bitrate_kbps: int) -> list[str]:
+    stream = ffmpeg.input("pipe:0", f="s16le", ar=sample_rate, ac=1)
+    # No Xing header: chunks are concatenated into one stream and must not carry per-file headers.
+    stream = stream.output("pipe:1", f="mp3", acodec="libmp3lame", audio_bitrate=f"{bitrate_kbps}k", write_xing=0)
+    return stream.global_args("-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_exe())
+
+
+async def encode_mp3(pcm: Pcm, bitrate_kbps: int = 64) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        *mp3_command(pcm.sample_rate, bitrate_kbps),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(pcm.samples.astype("<i2").tobytes())
+    if proc.returncode != 0 or not out:
+        raise GenerationError(f"expected ffmpeg to encode MP3, it exited {proc.returncode}: {err.decode()[:200]}")
+    return out
+
+
+def flac_bytes(pcm: Pcm) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, pcm.samples, pcm.sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def read_flac(data: bytes) -> Pcm:
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    return Pcm(np.asarray(samples), rate)
+
+
+def silence(duration_ms: int, sample_rate: int) -> Pcm:
+    return Pcm(np.zeros(duration_ms * sample_rate // 1000, dtype=np.int16), sample_rate)

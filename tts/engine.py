@@ -1,0 +1,36 @@
+"""The TTS engine interface and the audio it produces.
+
+Engines turn one sentence into mono 16-bit PCM. They must never block the
+event loop: synthesis runs in a worker thread (Piper) or is cheap (tone).
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pcm:
+    samples: np.ndarray  # int16, mono
+    sample_rate: int
+
+    @property
+    def duration_ms(self) -> int:
+        return round(len(self.samples) * 1000 / self.sample_rate)
+
+    def trimmed(self, start_ms: int) -> "Pcm":
+        first = min(len(self.samples), start_ms * self.sample_rate // 1000)
+        return Pcm(self.samples[first:], self.sample_rate)
+
+
+class TtsEngine(ABC):
+    name: str
+    sample_rate: int
+
+    @abstractmethod
+    async def synthesize(self, text: str) -> Pcm:
+        """Speak one sentence; raise GenerationError if it cannot be done."""
+
+    async def close(self) -> None:
+        """Release threads or models; the default engine holds none."""

@@ -1,0 +1,76 @@
+"""HTTP handlers: producers submit, anyone reads the queue, fetches chunks and acknowledges."""
+
+from aiohttp import web
+
+from broadcaster.errors import BadInput, NotFound
+from db.audio_store import FORMATS
+
+from .http_util import bearer_token, error_response, json_body, path_id
+from .keys import AUDIO, HUB, STATION, STORE
+from .messages import queue_state_json
+from .ranges import RangeNotSatisfiable, parse_range
+
+CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac"}
+
+
+async def submit_request(request: web.Request) -> web.Response:
+    station = request.app[STATION]
+    name = request.match_info["channel"]
+    await station.runner(name)  # 404 before 401: an unknown channel has no token to check
+    station.check_token(name, bearer_token(request))
+    body = await json_body(request)
+    if "text" not in body:
+        raise BadInput(f"expected a JSON object with \"text\", got keys {sorted(body)[:10]}")
+    queued, position = await station.submit(name, body["text"])
+    return web.json_response(
+        {"request_id": queued.request_id, "status": queued.state.value, "position": position,
+         "sentences": len(queued.sentences)},
+        status=202,
+    )
+
+
+async def queue_state(request: web.Request) -> web.Response:
+    station = request.app[STATION]
+    runner = await station.runner(request.match_info["channel"])
+    state = queue_state_json(runner.channel, station.clock())
+    state["listeners"] = request.app[HUB].count(runner.name)
+    return web.json_response(state)
+
+
+async def chunk_audio(request: web.Request) -> web.StreamResponse:
+    chunk_id = path_id(request, "chunk_id", "chunk")
+    fmt = request.query.get("format", "mp3")
+    if fmt not in FORMATS:
+        raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
+    chunk = await request.app[STATION].find_chunk(chunk_id)
+    try:
+        data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
+    except FileNotFoundError:
+        raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
+    headers = {"Accept-Ranges": "bytes", "Content-Type": CONTENT_TYPES[fmt],
+               "Cache-Control": "public, max-age=604800, immutable", "ETag": f'"{chunk_id}-{fmt}"'}
+    try:
+        wanted = parse_range(request.headers.get("Range"), len(data))
+    except RangeNotSatisfiable as exc:
+        return error_response(416, exc.code, exc.message, {"Content-Range": f"bytes */{len(data)}"})
+    if wanted is None:
+        return web.Response(body=data, headers=headers)
+    headers["Content-Range"] = wanted.content_range(len(data))
+    return web.Response(body=data[wanted.start:wanted.end + 1], status=206, headers=headers)
+
+
+async def played(request: web.Request) -> web.Response:
+    """Acknowledgement for clients without a socket; ?connection_id= ties it to a WebSocket listener."""
+    chunk_id = path_id(request, "chunk_id", "chunk")
+    station, store = request.app[STATION], request.app[STORE]
+    await station.find_chunk(chunk_id)
+    connection_id = request.query.get("connection_id")
+    if connection_id is not None and not await store.connection_exists(connection_id):
+        raise NotFound(f"no listener connection {connection_id[:40]!r}")
+    recorded = await store.record_ack(chunk_id, connection_id, "http", station.clock())
+    return web.json_response({"chunk_id": chunk_id, "recorded": recorded})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    station = request.app[STATION]
+    return web.json_response({"status": "ok", "channels": len(station.runners), "server_time_ms": station.clock()})

@@ -1,0 +1,94 @@
+"""The aiohttp application: routes, and the start/stop of database, engine and station."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from broadcaster.config import Config
+from broadcaster.core.events import Event, QueueChanged
+from broadcaster.runtime.station import Station
+from db.audio_store import AudioStore
+from db.store import Store
+from tts.engine import TtsEngine
+
+from . import api, pages, stream, ws
+from .fanout import Hub
+from .keys import AUDIO, CONFIG, ENGINE, HUB, STATION, STORE
+from .messages import event_json
+from .middleware import json_errors
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[Config], TtsEngine]
+
+
+def make_engine(config: Config) -> TtsEngine:
+    if config.tts.engine == "tone":
+        from tts.tone_engine import ToneEngine
+
+        t = config.tts
+        return ToneEngine(t.tone_ms_per_char, t.tone_delay_ms, t.tone_fail_marker, t.tone_stall_marker)
+    if config.tts.engine == "piper":
+        from tts.piper_engine import PiperEngine
+
+        return PiperEngine(config.tts.piper_model or None)
+    raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
+
+
+def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> web.Application:
+    body_limit = max(64 * 1024, config.limits.max_text_chars * 8)
+    app = web.Application(middlewares=[json_errors], client_max_size=body_limit)
+    app[CONFIG] = config
+    app[HUB] = Hub()
+    app.cleanup_ctx.append(_lifecycle(engine_factory))
+    app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
+    app.router.add_get("/api/channels/{channel}/audio/queue", api.queue_state)
+    app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
+    app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio)
+    app.router.add_post("/api/audio/played/{chunk_id}", api.played)
+    app.router.add_get("/ws/channels/{channel}", ws.channel_socket)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/c/{channel}", pages.listener_page)
+    app.router.add_static("/static", pages.STATIC_DIR)
+    return app
+
+
+def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        store = Store(config.database_url)
+        await store.create_schema()
+        engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
+        audio = AudioStore(config.data_path / "audio")
+        station = Station(config, store, audio, engine, _publisher(app))
+        app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
+        await station.start()
+        log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
+        yield
+        await app[HUB].close_all()
+        await station.stop()
+        await engine.close()
+        await store.close()
+
+    return lifecycle
+
+
+def _publisher(app: web.Application) -> Callable[[str, list[Event]], None]:
+    def publish(channel: str, events: list[Event]) -> None:
+        runner = app[STATION].runners.get(channel)
+        if runner is None:
+            return  # still loading: listeners get a snapshot when they connect
+        queue_sent = False
+        for event in events:
+            if isinstance(event, QueueChanged):
+                if queue_sent:
+                    continue  # one queue update per step is enough
+                queue_sent = True
+            message = event_json(event, runner.channel)
+            if message is not None:
+                app[HUB].broadcast(channel, message)
+
+    return publish

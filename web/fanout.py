@@ -1,0 +1,91 @@
+"""Fan-out to WebSocket listeners that never waits on the slowest one.
+
+Each listener has a bounded queue and its own writer task. Broadcasting only
+puts an already-serialized message on every queue; a listener whose queue is
+full is too slow to keep up and is disconnected, so it cannot delay the rest.
+"""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+TOO_SLOW = 4008  # application close code: the listener fell too far behind
+
+
+class Listener:
+    def __init__(self, ws: web.WebSocketResponse, connection_id: str, channel: str, queue_size: int):
+        self.ws = ws
+        self.connection_id = connection_id
+        self.channel = channel
+        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self.dropped = False
+        self.writer = asyncio.create_task(self._write(), name=f"ws-writer:{connection_id}")
+
+    def offer(self, text: str) -> bool:
+        if self.dropped:
+            return False
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def send(self, payload: dict[str, Any]) -> bool:
+        return self.offer(json.dumps(payload))
+
+    async def _write(self) -> None:
+        while True:
+            text = await self.queue.get()
+            try:
+                await self.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        self.writer.cancel()
+        await asyncio.gather(self.writer, return_exceptions=True)
+        if not self.ws.closed:
+            await self.ws.close(code=code, message=message)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.listeners: dict[str, set[Listener]] = {}
+        self.dropped_total = 0
+        self._closing: set[asyncio.Task] = set()
+
+    def add(self, listener: Listener) -> None:
+        self.listeners.setdefault(listener.channel, set()).add(listener)
+
+    def remove(self, listener: Listener) -> None:
+        self.listeners.get(listener.channel, set()).discard(listener)
+
+    def count(self, channel: str) -> int:
+        return len(self.listeners.get(channel, ()))
+
+    def broadcast(self, channel: str, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload)
+        for listener in list(self.listeners.get(channel, ())):
+            if not listener.offer(text):
+                self.drop(listener)
+
+    def drop(self, listener: Listener) -> None:
+        if listener.dropped:
+            return
+        listener.dropped = True
+        self.dropped_total += 1
+        self.remove(listener)
+        log.warning("listener %s on %s dropped: send queue full", listener.connection_id, listener.channel)
+        task = asyncio.create_task(listener.close(TOO_SLOW, b"too slow: send queue full"))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_all(self) -> None:
+        everyone = [l for group in self.listeners.values() for l in group]
+        await asyncio.gather(*(l.close(1001, b"server shutting down") for l in everyone), return_exceptions=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)

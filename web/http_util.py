@@ -1,0 +1,53 @@
+"""Small helpers shared by the HTTP handlers: JSON errors, ids, tokens, bodies."""
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from broadcaster.core.ids import is_id
+from broadcaster.errors import BadInput, NotFound
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def path_id(request: web.Request, name: str, what: str) -> str:
+    value = request.match_info[name]
+    if not is_id(value):
+        raise NotFound(f"expected a {what} id of 16 hex digits, got {value[:40]!r}")
+    return value
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise UnsupportedMedia(f"expected Content-Type application/json, got {request.content_type or 'none'!r}")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadInput(f"expected a JSON object, got {type(body).__name__}")
+    return body
+
+
+def int_query(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or int(raw) > maximum:
+        raise BadInput(f"expected {name} to be a whole number from 0 to {maximum}, got {raw[:40]!r}")
+    return int(raw)
+
+
+class UnsupportedMedia(BadInput):
+    status = 415
+    code = "unsupported_media_type"

@@ -1,0 +1,18 @@
+"""Typed application state."""
+
+from aiohttp import web
+
+from broadcaster.config import Config
+from broadcaster.runtime.station import Station
+from db.audio_store import AudioStore
+from db.store import Store
+from tts.engine import TtsEngine
+
+from .fanout import Hub
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+AUDIO = web.AppKey("audio", AudioStore)
+ENGINE = web.AppKey("engine", TtsEngine)
+STATION = web.AppKey("station", Station)
+HUB = web.AppKey("hub", Hub)

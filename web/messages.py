@@ -1,0 +1,97 @@
+"""The public JSON shapes: how requests, chunks and events look on the wire (docs/protocol.md)."""
+
+from typing import Any
+
+from broadcaster.core.channel import Channel
+from broadcaster.core.events import (
+    ChunkScheduled,
+    Event,
+    QueueChanged,
+    RequestFailed,
+    RequestPlayed,
+    StreamStarted,
+    TimelineShifted,
+)
+from broadcaster.core.model import Chunk, Request
+
+
+def chunk_url(chunk_id: str) -> str:
+    return f"/api/audio/chunks/{chunk_id}"
+
+
+def stream_url(request_id: str) -> str:
+    return f"/api/audio/stream/{request_id}"
+
+
+def chunk_json(chunk: Chunk) -> dict[str, Any]:
+    return {
+        "chunk_id": chunk.chunk_id,
+        "seq": chunk.seq,
+        "starts_at_ms": chunk.starts_at_ms,
+        "duration_ms": chunk.duration_ms,
+        "url": chunk_url(chunk.chunk_id),
+        "text": chunk.text,
+    }
+
+
+def queue_item_json(request: Request, position: int) -> dict[str, Any]:
+    return {
+        "request_id": request.request_id,
+        "status": request.state.value,
+        "position": position,
+        "text": request.text,
+        "chunks_ready": len(request.chunks),
+        "chunks_total": len(request.sentences),
+        "starts_at_ms": request.starts_at_ms,
+    }
+
+
+def now_playing_json(channel: Channel, now_ms: int) -> dict[str, Any] | None:
+    head = channel.now_playing()
+    if head is None:
+        return None
+    position = channel.position(now_ms)
+    return {
+        "request_id": head.request_id,
+        "status": head.state.value,
+        "starts_at_ms": head.starts_at_ms,
+        "text": head.text,
+        "chunks_total": len(head.sentences),
+        "stream_url": stream_url(head.request_id),
+        "chunks": [chunk_json(c) for c in head.live_chunks() if c.scheduled],
+        "position": None if position is None else {"chunk_id": position.chunk.chunk_id, "offset_ms": position.offset_ms},
+    }
+
+
+def queue_json(channel: Channel) -> list[dict[str, Any]]:
+    head = channel.now_playing()
+    return [queue_item_json(r, i) for i, r in enumerate(channel.line) if r is not head]
+
+
+def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
+    return {"server_time_ms": now_ms, "now_playing": now_playing_json(channel, now_ms), "queue": queue_json(channel)}
+
+
+def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
+    """The message announcing `event`, or None for events listeners do not need."""
+    match event:
+        case StreamStarted(request):
+            return {"type": "audio_stream_started", "request_id": request.request_id,
+                    "starts_at_ms": request.starts_at_ms, "stream_url": stream_url(request.request_id),
+                    "text": request.text, "chunks_total": len(request.sentences)}
+        case ChunkScheduled(request, chunk):
+            return {"type": "audio_chunk_ready", "request_id": request.request_id, **chunk_json(chunk)}
+        case TimelineShifted(request, chunk, shift_ms):
+            return {"type": "timeline_shifted", "request_id": request.request_id, "chunk_id": chunk.chunk_id,
+                    "starts_at_ms": chunk.starts_at_ms, "shift_ms": shift_ms}
+        case RequestFailed(request, reason):
+            return {"type": "request_failed", "request_id": request.request_id, "reason": reason}
+        case RequestPlayed(request):
+            return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
+        case QueueChanged():
+            return {"type": "playback_queue_updated", "queue": queue_json(channel)}
+    return None
+
+
+def error_json(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}

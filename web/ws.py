@@ -1,0 +1,97 @@
+"""The listener WebSocket: a snapshot on connect, then events; acks and time sync from the client."""
+
+import json
+import logging
+import math
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from broadcaster.core.ids import is_id, new_id
+from broadcaster.errors import BadInput
+
+from .fanout import Listener
+from .keys import CONFIG, HUB, STATION, STORE
+from .messages import error_json, queue_state_json
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 20
+
+
+async def channel_socket(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
+    runner = await station.runner(request.match_info["channel"])  # 404 before the upgrade
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=limits.ws_max_message_bytes)
+    await ws.prepare(request)
+    connection_id = new_id()
+    await store.open_connection(connection_id, runner.channel_id, request.remote or "",
+                                request.headers.get("User-Agent", ""), station.clock())
+    listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue)
+    snapshot = {"type": "snapshot", "connection_id": connection_id, **queue_state_json(runner.channel, station.clock())}
+    listener.send(snapshot)
+    hub.add(listener)  # no await since the snapshot: no event can fall between the two
+    try:
+        await _receive(ws, listener, request)
+    finally:
+        hub.remove(listener)
+        await listener.close()
+        await store.close_connection(connection_id, station.clock())
+    return ws
+
+
+async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.Request) -> None:
+    async for msg in ws:
+        received_ms = request.app[STATION].clock()
+        if msg.type == WSMsgType.TEXT:
+            try:
+                reply = await _handle(_parse(msg.data), listener, request, received_ms)
+            except BadInput as exc:
+                reply = error_json(exc.code, exc.message)
+            if reply is not None:
+                listener.send(reply)
+        elif msg.type == WSMsgType.BINARY:
+            listener.send(error_json("bad_message", "expected JSON text frames, got a binary frame"))
+        elif msg.type == WSMsgType.ERROR:
+            log.info("listener %s: socket error %s", listener.connection_id, ws.exception())
+            return
+
+
+def _parse(text: str) -> dict[str, Any]:
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise BadInput("expected a JSON object with a string \"type\"")
+    return message
+
+
+async def _handle(message: dict[str, Any], listener: Listener, request: web.Request, received_ms: int) -> dict | None:
+    kind = message["type"]
+    if kind == "time_sync":
+        return _time_sync(message, request, received_ms)
+    if kind == "audio_played":
+        return await _audio_played(message, listener, request, received_ms)
+    raise UnknownMessage(f"expected a message type of 'audio_played' or 'time_sync', got {kind[:40]!r}")
+
+
+def _time_sync(message: dict[str, Any], request: web.Request, received_ms: int) -> dict[str, Any]:
+    t0 = message.get("t0")
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not math.isfinite(t0):
+        raise BadInput(f"expected time_sync \"t0\" to be a number (client send time, ms), got {t0!r}"[:200])
+    return {"type": "time_sync", "t0": t0, "t1": received_ms, "t2": request.app[STATION].clock()}
+
+
+async def _audio_played(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> dict:
+    chunk_id = message.get("chunk_id")
+    if not is_id(chunk_id):
+        raise BadInput(f"expected audio_played \"chunk_id\" of 16 hex digits, got {str(chunk_id)[:40]!r}")
+    await request.app[STATION].find_chunk(chunk_id)
+    recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
+    return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
+
+
+class UnknownMessage(BadInput):
+    code = "unknown_type"
