@@ -1,0 +1,46 @@
+"""The command line against a live server: say, and a headless listener writing what it heard."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import soundfile
+
+from broadcaster.client import listen
+
+
+async def test_listen_writes_what_it_heard_in_timeline_order(server, tmp_path):
+    """`listen --out` follows the timeline and writes every chunk at its place, gaps included."""
+    out = tmp_path / "heard.wav"
+    listening = asyncio.create_task(listen(server.base_url, server.channel, out, max_requests=2, quiet=True))
+    await asyncio.sleep(0.2)
+    await server.say("First words. More words.")
+    await server.say("Second request.")
+    heard = await asyncio.wait_for(listening, 30)
+    timeline = heard.timeline()
+    assert [c.text for c in timeline] == ["First words.", "More words.", "Second request."]
+    samples, rate = soundfile.read(out, dtype="int16")
+    last = timeline[-1]
+    span_ms = last.starts_at_ms - timeline[0].starts_at_ms + len(last.pcm.samples) * 1000 / rate
+    assert abs(len(samples) * 1000 / rate - span_ms) <= 1
+
+
+async def test_say_command_puts_text_on_the_air(server):
+    """`broadcaster say` submits narration with the producer token and prints the server's answer."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broadcaster", "say", server.channel, "Hello from the shell.",
+        "--token", server.token, "--server", server.base_url, stdout=subprocess.PIPE)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    assert json.loads(stdout)["status"] == "pending"
+
+
+async def test_say_command_with_a_wrong_token_fails_clearly(server):
+    """A wrong token makes `say` exit non-zero with the server's explanation."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broadcaster", "say", server.channel, "Nope.",
+        "--token", "wrong", "--server", server.base_url, stdout=subprocess.PIPE)
+    stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert json.loads(stdout)["error"]["code"] == "unauthorized"

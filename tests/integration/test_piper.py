@@ -1,0 +1,41 @@
+"""The real Piper voice, end to end: what the server reports is what the audio holds."""
+
+import subprocess
+
+import aiohttp
+import numpy as np
+import pytest
+
+from tts.encode import ffmpeg_exe, read_flac
+
+pytestmark = [pytest.mark.piper, pytest.mark.server_config({"tts": {"engine": "piper"}})]
+
+
+def decode_mp3(data: bytes, rate: int) -> np.ndarray:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", "pipe:0",
+                          "-f", "s16le", "-ac", "1", "-ar", str(rate), "pipe:1"],
+                         input=data, capture_output=True, check=True, timeout=60)
+    return np.frombuffer(out.stdout, dtype=np.int16)
+
+
+async def test_piper_chunk_duration_matches_decoded_audio(server, connect):
+    """A sentence spoken by Piper reports a duration equal to its decoded lossless audio, and its MP3 agrees."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("The tavern door creaks open. A cold wind follows the stranger inside.")
+    chunks = [await listener.next("audio_chunk_ready", timeout=60) for _ in range(2)]
+    assert [c["text"] for c in chunks] == ["The tavern door creaks open.", "A cold wind follows the stranger inside."]
+    async with aiohttp.ClientSession() as http:
+        for chunk in chunks:
+            async with http.get(server.base_url + chunk["url"], params={"format": "flac"}) as resp:
+                pcm = read_flac(await resp.read())
+            async with http.get(server.base_url + chunk["url"]) as resp:
+                assert resp.headers["Content-Type"] == "audio/mpeg"
+                mp3 = decode_mp3(await resp.read(), pcm.sample_rate)
+            decoded_ms = len(pcm.samples) * 1000 / pcm.sample_rate
+            assert pcm.sample_rate == 22050
+            assert abs(decoded_ms - chunk["duration_ms"]) <= 1
+            assert chunk["duration_ms"] > 800  # a real sentence, not a blip
+            assert np.sqrt(np.mean(pcm.samples.astype(float) ** 2)) > 300  # speech, not silence
+            mp3_ms = len(mp3) * 1000 / pcm.sample_rate
+            assert abs(mp3_ms - decoded_ms) < 120  # MP3 frames and encoder padding

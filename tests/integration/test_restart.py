@@ -1,0 +1,142 @@
+"""Kill -9 mid-request and restart: the timeline and the queue survive."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import websockets
+
+CONFIG = """
+[tts]
+engine = "tone"
+tone_ms_per_char = 40
+tone_delay_ms = 250
+
+[timeline]
+lead_ms = 300
+sentence_gap_ms = 100
+request_gap_ms = 200
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, data_dir: Path, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "broadcaster", *args, "--data-dir", str(data_dir),
+                           "--config", str(config)], capture_output=True, text=True, check=True, timeout=60)
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, config: Path, port: int):
+        self.args = [sys.executable, "-m", "broadcaster", "serve", "--data-dir", str(data_dir),
+                     "--config", str(config), "--port", str(port)]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(self.base_url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("server did not come up")
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    return tmp_path / "data", config
+
+
+async def post(base_url: str, token: str, text: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/api/channels/table/requests", json={"text": text},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 202
+            return (await resp.json())["request_id"]
+
+
+async def queue(base_url: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base_url}/api/channels/table/audio/queue") as resp:
+            return await resp.json()
+
+
+async def test_kill_and_restart_mid_request_keeps_timeline_and_queue(paths):
+    """SIGKILL while a request is on the air and generating: after restart its chunk times are unchanged,
+    generation resumes, the pending requests are still queued, and everything plays in order."""
+    data_dir, config = paths
+    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+    server = ServerProcess(data_dir, config, free_port())
+    await server.start()
+    try:
+        ws_url = "ws" + server.base_url.removeprefix("http") + "/ws/channels/table"
+        announced: dict[str, int] = {}
+        async with websockets.connect(ws_url) as ws:
+            first = await post(server.base_url, token, "Sentence one is here. Sentence two is here. "
+                               "Sentence three is here. Sentence four is here. Sentence five is here.")
+            later = [await post(server.base_url, token, text) for text in ("Second request.", "Third request.")]
+            while len(announced) < 2:
+                message = json.loads(await ws.recv())
+                if message["type"] == "audio_chunk_ready":
+                    announced[message["chunk_id"]] = message["starts_at_ms"]
+        server.kill()
+        await server.start()
+        state = await queue(server.base_url)
+        assert state["now_playing"]["request_id"] == first
+        kept = {c["chunk_id"]: c["starts_at_ms"] for c in state["now_playing"]["chunks"]}
+        assert {cid: kept.get(cid) for cid in announced} == announced
+        assert [item["request_id"] for item in state["queue"]] == later
+        async with websockets.connect(ws_url) as ws:
+            finished = []
+            async with asyncio.timeout(30):
+                while len(finished) < 3:
+                    message = json.loads(await ws.recv())
+                    if message["type"] in ("request_played", "request_failed"):
+                        finished.append((message["type"], message["request_id"]))
+        assert finished == [("request_played", rid) for rid in [first, *later]]
+    finally:
+        server.stop()
+
+
+async def test_channel_created_by_cli_is_usable_at_once(paths):
+    """A channel the CLI creates while the server runs accepts narration immediately."""
+    data_dir, config = paths
+    cli("channel", "create", "table", "--json", data_dir=data_dir, config=config)
+    server = ServerProcess(data_dir, config, free_port())
+    await server.start()
+    try:
+        made = json.loads(cli("channel", "create", "late-night", "--json", data_dir=data_dir, config=config).stdout)
+        assert made["listen_url"].endswith("/c/late-night")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{server.base_url}/api/channels/late-night/requests", json={"text": "Hi."},
+                                 headers={"Authorization": f"Bearer {made['producer_token']}"}) as resp:
+                assert resp.status == 202
+    finally:
+        server.stop()

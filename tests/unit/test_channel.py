@@ -1,0 +1,202 @@
+"""The channel timeline, driven by a stepped clock: no sockets, no sleeping."""
+
+from itertools import count
+
+import pytest
+
+from broadcaster.core.channel import Channel
+from broadcaster.core.events import (
+    ChunkScheduled,
+    QueueChanged,
+    RequestFailed,
+    RequestPlayed,
+    StreamStarted,
+    TimelineShifted,
+)
+from broadcaster.core.model import Chunk, Request
+from broadcaster.core.states import ChunkState, RequestState
+from broadcaster.core.timeline import TimelineConfig
+
+CFG = TimelineConfig(lead_ms=500, sentence_gap_ms=250, request_gap_ms=600, generation_timeout_ms=10_000)
+_ids = count()
+
+
+def make_request(*sentences: str, at: int = 0) -> Request:
+    return Request(f"{next(_ids):016x}", "table", " ".join(sentences), list(sentences), at)
+
+
+def make_chunk(request: Request, duration_ms: int, ready_at: int) -> Chunk:
+    return Chunk(f"{next(_ids):016x}", request.request_id, request.next_seq,
+                 request.sentences[request.next_seq], duration_ms, ready_at)
+
+
+def kinds(events) -> list[type]:  # noqa: ANN001
+    return [type(e) for e in events]
+
+
+@pytest.fixture
+def channel() -> Channel:
+    return Channel("table", CFG)
+
+
+def generate(channel: Channel, request: Request, durations: list[int], now: int) -> list:
+    """Start generation and deliver every chunk at `now`."""
+    events = channel.generation_started(request.request_id, now)
+    for duration in durations:
+        events += channel.chunk_ready(make_chunk(request, duration, now), now)
+    return events
+
+
+def test_first_chunk_starts_one_lead_after_it_is_ready(channel):
+    """On an idle channel the first chunk is placed lead_ms ahead of the moment it was ready."""
+    request = make_request("Hello.", "World.")
+    channel.submit(request, 0)
+    events = generate(channel, request, [1000], now=200)
+    assert StreamStarted in kinds(events)
+    assert request.chunks[0].starts_at_ms == 700
+
+
+def test_chunks_follow_each_other_with_the_sentence_gap(channel):
+    """Each chunk starts at the previous chunk's end plus the sentence gap."""
+    request = make_request("One.", "Two.", "Three.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000, 2000, 500], now=0)
+    assert [c.starts_at_ms for c in request.chunks] == [500, 1750, 4000]
+
+
+def test_late_chunk_slips_the_timeline_and_says_so(channel):
+    """A chunk ready after it was due is placed lead_ms ahead of now and a TimelineShifted reports the slip."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000], now=0)  # chunk 0 plays 500..1500; chunk 1 due at 1750
+    events = channel.chunk_ready(make_chunk(request, 800, 2000), 2000)
+    shifted = [e for e in events if isinstance(e, TimelineShifted)]
+    assert request.chunks[1].starts_at_ms == 2500
+    assert shifted[0].shift_ms == 750
+
+
+def test_chunk_ready_just_before_due_is_not_a_slip(channel):
+    """A chunk ready at its due time starts exactly then."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000], now=0)
+    events = channel.chunk_ready(make_chunk(request, 800, 1750), 1750)
+    assert TimelineShifted not in kinds(events)
+    assert request.chunks[1].starts_at_ms == 1750
+
+
+def test_next_request_goes_on_air_one_lead_before_it_sounds(channel):
+    """A generated-ahead request is announced only when the cursor is within lead_ms, and starts after the request gap."""
+    first, second = make_request("First."), make_request("Second.")
+    channel.submit(first, 0)
+    channel.submit(second, 0)
+    generate(channel, first, [3000], now=0)  # plays 500..3500
+    events = generate(channel, second, [1000], now=100)
+    assert StreamStarted not in kinds(events)
+    assert channel.next_deadline_ms() == 3500  # the first request's end
+    channel.tick(3500)
+    assert channel.next_deadline_ms() == 3500 + 600 - 500
+    assert StreamStarted in kinds(channel.tick(3600))
+    assert second.chunks[0].starts_at_ms == 4100
+
+
+def test_auto_advance_marks_played_and_moves_the_line(channel):
+    """When the last chunk ends the request is played and the next one becomes now playing."""
+    first, second = make_request("First."), make_request("Second.")
+    channel.submit(first, 0)
+    channel.submit(second, 0)
+    generate(channel, first, [1000], now=0)
+    generate(channel, second, [1000], now=0)
+    events = channel.tick(1500)
+    assert RequestPlayed in kinds(events) and QueueChanged in kinds(events)
+    assert first.state == RequestState.PLAYED and first.finished_at_ms == 1500
+    assert all(c.state == ChunkState.PLAYED for c in first.chunks)
+    assert channel.now_playing() is second
+    channel.tick(1500 + 600 - 500)
+    assert second.starts_at_ms == 2100
+
+
+def test_no_ack_is_needed_to_advance(channel):
+    """Playback advances on the clock alone: ticking past the end finishes the request."""
+    request = make_request("Only.")
+    channel.submit(request, 0)
+    generate(channel, request, [400], now=0)
+    channel.tick(900)
+    assert request.state == RequestState.PLAYED and channel.line == []
+
+
+def test_generation_timeout_fails_the_request_and_the_next_goes_on(channel):
+    """A request not fully generated within the timeout fails; queued requests continue."""
+    stuck, after = make_request("One.", "Two."), make_request("After.")
+    channel.submit(stuck, 0)
+    channel.submit(after, 0)
+    channel.generation_started(stuck.request_id, 0)
+    assert channel.next_deadline_ms() == 10_000
+    events = channel.tick(10_000)
+    assert RequestFailed in kinds(events)
+    assert stuck.state == RequestState.FAILED and "timed out after 10 s" in stuck.error
+    assert channel.next_job() is after
+
+
+def test_failure_keeps_the_sounding_chunk_and_discards_the_rest(channel):
+    """A failing on-air request lets the chunk already playing finish; later chunks are dropped."""
+    request, after = make_request("One.", "Two.", "Three."), make_request("After.")
+    channel.submit(request, 0)
+    channel.submit(after, 0)
+    generate(channel, request, [1000, 1000], now=0)  # 500..1500, 1750..2750
+    channel.generation_failed(request.request_id, "engine crashed", 1000)
+    assert [c.state for c in request.chunks] == [ChunkState.READY, ChunkState.DISCARDED]
+    generate(channel, after, [500], now=1000)
+    channel.tick(1500 + 600 - 500)
+    assert after.chunks[0].starts_at_ms == 1500 + 600
+
+
+def test_tts_failure_before_any_audio(channel):
+    """A request failing before any chunk exists leaves the timeline untouched."""
+    request = make_request("One.")
+    channel.submit(request, 0)
+    channel.generation_started(request.request_id, 0)
+    events = channel.generation_failed(request.request_id, "boom", 50)
+    assert kinds(events) == [RequestFailed, QueueChanged]
+    assert channel.line == [] and channel.next_deadline_ms() is None
+
+
+def test_late_join_position(channel):
+    """At any moment the position names the chunk sounding and the offset into it, or the next one due."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000, 1000], now=0)  # 500..1500, 1750..2750
+    assert (channel.position(1200).chunk.seq, channel.position(1200).offset_ms) == (0, 700)
+    assert (channel.position(1600).chunk.seq, channel.position(1600).offset_ms) == (1, -150)
+    assert channel.position(2000).offset_ms == 250
+
+
+def test_restore_continues_the_timeline_and_keeps_pending(channel):
+    """After a restart the on-air request keeps its chunk times and generation resumes; pending stays pending."""
+    request, pending = make_request("One.", "Two."), make_request("Later.")
+    channel.submit(request, 0)
+    channel.submit(pending, 0)
+    generate(channel, request, [1000], now=0)
+    restored = Channel("table", CFG)
+    restored.restore([request, pending], None, now_ms=900)
+    assert restored.now_playing() is request and request.chunks[0].starts_at_ms == 500
+    assert request.generation_started_ms == 900 and restored.next_job() is request
+    assert pending.state == RequestState.PENDING
+
+
+def test_chunk_out_of_order_is_refused(channel):
+    """Chunks must arrive in sequence."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    chunk = make_chunk(request, 100, 0)
+    chunk.seq = 1
+    with pytest.raises(ValueError):
+        channel.chunk_ready(chunk, 0)
+
+
+def test_chunks_of_an_on_air_request_are_announced_as_ready(channel):
+    """Every placed chunk produces a ChunkScheduled event."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    events = generate(channel, request, [100, 100], now=0)
+    assert kinds(events).count(ChunkScheduled) == 2
