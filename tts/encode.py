@@ -30,17 +30,42 @@ def mp3_command(sample_rate: int, bitrate_kbps: int) -> list[str]:
     return stream.global_args("-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_exe())
 
 
+class Mp3Encoder:
+    """One ffmpeg process for one chunk, started before the PCM exists.
+
+    Spawning ffmpeg costs tens of milliseconds, far more than encoding a
+    sentence; starting it while the engine is still synthesizing keeps that
+    cost off the time to first audio.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, sample_rate: int, bitrate_kbps: int = 64) -> "Mp3Encoder":
+        proc = await asyncio.create_subprocess_exec(
+            *mp3_command(sample_rate, bitrate_kbps),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def encode(self, pcm: Pcm) -> bytes:
+        out, err = await self.proc.communicate(pcm.samples.astype("<i2").tobytes())
+        if self.proc.returncode != 0 or not out:
+            raise GenerationError(f"expected ffmpeg to encode MP3, it exited {self.proc.returncode}: {err.decode()[:200]}")
+        return out
+
+    async def abandon(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.communicate()
+
+
 async def encode_mp3(pcm: Pcm, bitrate_kbps: int = 64) -> bytes:
-    proc = await asyncio.create_subprocess_exec(
-        *mp3_command(pcm.sample_rate, bitrate_kbps),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(pcm.samples.astype("<i2").tobytes())
-    if proc.returncode != 0 or not out:
-        raise GenerationError(f"expected ffmpeg to encode MP3, it exited {proc.returncode}: {err.decode()[:200]}")
-    return out
+    encoder = await Mp3Encoder.start(pcm.sample_rate, bitrate_kbps)
+    return await encoder.encode(pcm)
 
 
 def flac_bytes(pcm: Pcm) -> bytes:

@@ -198,12 +198,10 @@ class Channel:
         if first and cursor is not None and now_ms + cfg.lead_ms < cursor + gap:
             return None  # the request before is still playing: not on the air yet
         start, slip = place_chunk(cursor, gap, now_ms, cfg.lead_ms)
-        if first and cursor is not None and cursor + gap < now_ms:
-            slip = 0  # the channel had gone quiet; this is a fresh start, not a slip
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)
         events: list[Event] = [StreamStarted(request)] if first else []
-        if slip and not first:
+        if slip and not first:  # a late first chunk moves nothing already announced
             events.append(TimelineShifted(request, chunk, slip))
         events.append(ChunkScheduled(request, chunk))
         return events

@@ -39,16 +39,16 @@ def position_at(chunks: list[Chunk], now_ms: int) -> Position | None:
 def place_chunk(cursor_ms: int | None, gap_ms: int, now_ms: int, lead_ms: int) -> tuple[int, int]:
     """Start time for the next chunk, and how far it slipped behind where it was due.
 
-    Due is the end of the previous audio plus the gap. A chunk ready by then
-    starts exactly when due. One that is late (an underrun) is placed `lead_ms`
-    ahead of now instead, so listeners can fetch it: the timeline slips, and
-    audio never overlaps or gets cut into. With nothing before it, a chunk
-    starts `lead_ms` ahead of now.
+    Due is the end of the previous audio plus the gap. A chunk ready early
+    enough for listeners to fetch it (at least half the lead before it is due)
+    starts exactly when due. One that is later (an underrun) is placed `lead_ms`
+    ahead of now instead: the timeline slips, and audio never overlaps or gets
+    cut into. With nothing before it, a chunk starts `lead_ms` ahead of now.
     """
     if cursor_ms is None:
         return now_ms + lead_ms, 0
     due = cursor_ms + gap_ms
-    if now_ms <= due:
+    if due - now_ms >= lead_ms // 2:
         return due, 0
     start = now_ms + lead_ms
     return start, start - due

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, Request
 from db.audio_store import AudioStore
-from tts.encode import encode_mp3, flac_bytes
+from tts.encode import Mp3Encoder, flac_bytes
 from tts.engine import TtsEngine
 
 from .clock import Clock
@@ -22,11 +22,13 @@ class ChunkMaker:
     async def make(self, request: Request, seq: int) -> Chunk:
         """Raises GenerationError (engine, encoder) or OSError (disk)."""
         text = request.sentences[seq]
-        pcm = await self.engine.synthesize(text)
-        mp3, flac = await asyncio.gather(
-            encode_mp3(pcm, self.mp3_bitrate_kbps),
-            asyncio.to_thread(flac_bytes, pcm),
-        )
+        encoder = await Mp3Encoder.start(self.engine.sample_rate, self.mp3_bitrate_kbps)
+        try:
+            pcm = await self.engine.synthesize(text)
+        except BaseException:
+            await asyncio.shield(encoder.abandon())
+            raise
+        mp3, flac = await asyncio.gather(encoder.encode(pcm), asyncio.to_thread(flac_bytes, pcm))
         chunk_id = new_id()
         await self.audio.write_chunk(request.request_id, chunk_id, {"mp3": mp3, "flac": flac})
         return Chunk(

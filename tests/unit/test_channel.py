@@ -75,14 +75,25 @@ def test_late_chunk_slips_the_timeline_and_says_so(channel):
     assert shifted[0].shift_ms == 750
 
 
-def test_chunk_ready_just_before_due_is_not_a_slip(channel):
-    """A chunk ready at its due time starts exactly then."""
+def test_chunk_ready_half_a_lead_before_due_is_not_a_slip(channel):
+    """A chunk ready at least half the lead before it is due starts exactly when due."""
     request = make_request("One.", "Two.")
     channel.submit(request, 0)
     generate(channel, request, [1000], now=0)
-    events = channel.chunk_ready(make_chunk(request, 800, 1750), 1750)
+    events = channel.chunk_ready(make_chunk(request, 800, 1500), 1500)
     assert TimelineShifted not in kinds(events)
     assert request.chunks[1].starts_at_ms == 1750
+
+
+def test_next_request_soon_after_the_last_gets_the_full_lead(channel):
+    """A request submitted just as the previous one ends still gets lead_ms of notice."""
+    first, second = make_request("First."), make_request("Second.")
+    channel.submit(first, 0)
+    generate(channel, first, [1000], now=0)  # plays 500..1500; the next would be due at 2100
+    channel.tick(1500)
+    channel.submit(second, 2000)
+    generate(channel, second, [500], now=2000)
+    assert second.starts_at_ms == 2500
 
 
 def test_next_request_goes_on_air_one_lead_before_it_sounds(channel):

@@ -1,0 +1,96 @@
+"""Time to first audio: POST of narration to the first byte of its stream, against raw Piper.
+
+Runs the real server (Piper voice, SQLite file, loopback port) in this process
+and, in the same run, times raw Piper synthesizing the same first sentence.
+Prints medians and the ratio; the target is first byte within 1.5x raw Piper.
+
+    .venv/bin/python bench/ttfa.py [--trials 7]
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import websockets
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from broadcaster.config import config_from_dict  # noqa: E402
+from broadcaster.runtime.station import create_channel  # noqa: E402
+from web.app import create_app  # noqa: E402
+from web.keys import ENGINE, STATION  # noqa: E402
+
+TEXTS = [
+    "The party reaches the gates of the old city. Guards in silver armour block the way.",
+    "Rain hammers the roof of the inn. Somewhere upstairs, a door slams shut.",
+    "A raven lands on the altar and tilts its head. It seems to be waiting for something.",
+]
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+async def raw_piper_ms(app: web.Application, sentence: str) -> float:
+    voice = app[ENGINE].voice
+    start = time.perf_counter()
+    await asyncio.to_thread(lambda: [c.audio_int16_array for c in voice.synthesize(sentence)])
+    return ms_since(start)
+
+
+async def one_trial(base: str, token: str, ws, text: str) -> tuple[float, float]:  # noqa: ANN001
+    async with aiohttp.ClientSession() as http:
+        start, wall_start_ms = time.perf_counter(), time.time() * 1000
+        async with http.post(f"{base}/api/channels/bench/requests", json={"text": text},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            request_id = (await resp.json())["request_id"]
+        async with http.get(f"{base}/api/audio/stream/{request_id}") as resp:
+            await resp.content.readany()
+            first_byte_ms = ms_since(start)
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "audio_stream_started" and message["request_id"] == request_id:
+                    starts_in_ms = message["starts_at_ms"] - wall_start_ms
+                if message["type"] == "request_played" and message["request_id"] == request_id:
+                    return first_byte_ms, starts_in_ms
+
+
+async def main(trials: int) -> None:
+    with tempfile.TemporaryDirectory() as data_dir:
+        config = config_from_dict({"server": {"data_dir": data_dir}, "tts": {"engine": "piper"}})
+        app = create_app(config)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        token = (await create_channel(app[STATION].store, "bench")).token
+        raw, ttfb, starts = [], [], []
+        async with websockets.connect("ws" + base.removeprefix("http") + "/ws/channels/bench") as ws:
+            await raw_piper_ms(app, "Warm up the voice.")
+            for i in range(trials):
+                text = TEXTS[i % len(TEXTS)]
+                raw.append(await raw_piper_ms(app, text.split(". ")[0] + "."))
+                first_byte, starts_in = await one_trial(base, token, ws, text)
+                ttfb.append(first_byte)
+                starts.append(starts_in)
+        await runner.cleanup()
+    raw_ms, ttfb_ms, starts_ms = statistics.median(raw), statistics.median(ttfb), statistics.median(starts)
+    print(f"trials: {trials}")
+    print(f"raw piper, first sentence      median {raw_ms:7.1f} ms")
+    print(f"POST -> first stream byte      median {ttfb_ms:7.1f} ms   max {max(ttfb):7.1f} ms")
+    print(f"POST -> starts_at_ms           median {starts_ms:7.1f} ms   (includes the {config.timeline.lead_ms} ms lead)")
+    print(f"first byte / raw piper         {ttfb_ms / raw_ms:.2f}x   (target <= 1.50x)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=7)
+    asyncio.run(main(parser.parse_args().trials))
