@@ -58,11 +58,12 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-async def start_server(tmp_path: Path, overrides: dict | None = None) -> tuple[web.AppRunner, LiveServer]:
+async def start_server(tmp_path: Path, overrides: dict | None = None,
+                       engine_factory=None) -> tuple[web.AppRunner, LiveServer]:  # noqa: ANN001
     settings = merge(FAST_TONES, overrides or {})
     settings.setdefault("server", {})["data_dir"] = str(tmp_path / "data")
     config = config_from_dict(settings)
-    app = create_app(config)
+    app = create_app(config, engine_factory) if engine_factory else create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

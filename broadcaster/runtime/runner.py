@@ -79,9 +79,9 @@ class ChannelRunner:
             pass
 
     async def _commit(self, events: list[Event]) -> None:
-        dirty = [r for r in (self.channel.find_request(i) for i in self.channel.dirty) if r]
-        self.channel.dirty.clear()
-        await self.store.save(dirty)
+        ids = set(self.channel.dirty)
+        await self.store.save([r for r in map(self.channel.find_request, ids) if r])
+        self.channel.dirty -= ids  # only once saved: a failed write is retried with the next step
         if events:
             self.publish(self.name, events)
         self._changed.set()
@@ -122,7 +122,13 @@ class ChannelRunner:
             self._job_request = request.request_id
             self._job = asyncio.create_task(self._generate(request), name=f"job:{request.request_id}")
             await asyncio.wait([self._job])
+            crashed = not self._job.cancelled() and self._job.exception() is not None
+            if crashed:
+                log.error("channel %s: generating %s crashed", self.name, request.request_id,
+                          exc_info=self._job.exception())
             self._job = self._job_request = None
+            if crashed:
+                await asyncio.sleep(1)  # e.g. the database is unavailable: retry, but not in a tight loop
 
     async def _generate(self, request: Request) -> None:
         rid = request.request_id
@@ -131,9 +137,10 @@ class ChannelRunner:
         while not request.generated and self.channel.next_job() is request:
             try:
                 chunk = await self.maker.make(request, request.next_seq)
-            except (GenerationError, OSError) as exc:
-                log.warning("channel %s: request %s failed: %s", self.name, rid, exc)
-                await self.apply(lambda now: self.channel.generation_failed(rid, str(exc), now))
+            except Exception as exc:  # engine, encoder or disk: any failure fails this request only
+                reason = str(exc) if isinstance(exc, (GenerationError, OSError)) else f"TTS engine crashed: {exc!r}"
+                log.warning("channel %s: request %s failed: %s", self.name, rid, reason)
+                await self.apply(lambda now: self.channel.generation_failed(rid, reason, now))
                 return
             if self.channel.next_job() is not request:
                 return  # failed or removed while this chunk was being made

@@ -1,0 +1,89 @@
+"""Failures inside generation fail one request; the channel carries on."""
+
+import errno
+import json
+
+import pytest
+import websockets
+
+from conftest import start_server
+from db.audio_store import AudioStore
+from tts.tone_engine import ToneEngine
+
+
+class CrashingEngine(ToneEngine):
+    """Raises an arbitrary exception, as a buggy engine would."""
+
+    async def synthesize(self, text: str):  # noqa: ANN201
+        if "crash" in text:
+            raise RuntimeError("segfault-ish")
+        return await super().synthesize(text)
+
+
+async def collect_until_played(ws_url: str, submit) -> tuple[list[str], list[dict]]:  # noqa: ANN001
+    """Listen, submit, and gather every message until the last submitted request has played."""
+    messages = []
+    async with websockets.connect(ws_url) as ws:
+        await ws.recv()
+        ids = await submit()
+        while True:
+            message = json.loads(await ws.recv())
+            messages.append(message)
+            if message["type"] == "request_played" and message["request_id"] == ids[-1]:
+                return ids, messages
+
+
+async def test_engine_crash_fails_the_request_and_the_next_starts(tmp_path):
+    """An engine raising an unexpected exception fails its request with a reason; the next one plays."""
+    runner, server = await start_server(tmp_path, engine_factory=lambda config: CrashingEngine(ms_per_char=10))
+    try:
+        async def submit():  # noqa: ANN202
+            return [(await (await server.say(t)).json())["request_id"] for t in ("Please crash now.", "Fine.")]
+
+        ids, messages = await collect_until_played(server.ws_url(), submit)
+        failed = [m for m in messages if m["type"] == "request_failed"]
+        assert [m["request_id"] for m in failed] == [ids[0]]
+        assert "crashed" in failed[0]["reason"]
+    finally:
+        await runner.cleanup()
+
+
+async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(tmp_path, monkeypatch):
+    """A disk-full error while storing a chunk fails that request; the next request plays normally."""
+    original = AudioStore._write_chunk
+
+    def write(self, request_id, chunk_id, blobs):  # noqa: ANN001, ANN202
+        if request_id == doomed[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, request_id, chunk_id, blobs)
+
+    doomed: list[str] = []
+    monkeypatch.setattr(AudioStore, "_write_chunk", write)
+    runner, server = await start_server(tmp_path, {"tts": {"tone_delay_ms": 100}})
+    try:
+        async def submit():  # noqa: ANN202
+            first = (await (await server.say("Doomed request.")).json())["request_id"]
+            doomed.append(first)
+            return [first, (await (await server.say("Survivor.")).json())["request_id"]]
+
+        ids, messages = await collect_until_played(server.ws_url(), submit)
+        failed = [m for m in messages if m["type"] == "request_failed"]
+        assert [m["request_id"] for m in failed] == [ids[0]]
+        assert "No space left" in failed[0]["reason"]
+        assert not any(m["type"] == "audio_chunk_ready" and m["request_id"] == ids[0] for m in messages)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.server_config({"timeline": {"generation_timeout_s": 0.5}, "tts": {"tone_stall_marker": "[stall]"}})
+async def test_stalled_request_in_the_middle_of_the_queue(server, connect):
+    """A stall behind a healthy request fails only itself; the requests around it play."""
+    listener = await connect()
+    await listener.next("snapshot")
+    ids = [(await (await server.say(t)).json())["request_id"] for t in ("Before.", "Now [stall].", "After.")]
+    outcomes = []
+    while len(outcomes) < 3:
+        message = json.loads(await listener.ws.recv())
+        if message["type"] in ("request_played", "request_failed"):
+            outcomes.append((message["request_id"], message["type"]))
+    assert sorted(outcomes) == sorted([(ids[0], "request_played"), (ids[1], "request_failed"), (ids[2], "request_played")])
