@@ -33,6 +33,7 @@ class LimitsConfig:
     max_queue: int = 200
     ws_send_queue: int = 256
     ws_max_message_bytes: int = 4096
+    ws_socket_buffer_bytes: int = 65536
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import socket
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -23,8 +24,10 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
     runner = await station.runner(request.match_info["channel"])  # 404 before the upgrade
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=limits.ws_max_message_bytes)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=limits.ws_max_message_bytes,
+                               writer_limit=limits.ws_socket_buffer_bytes or 65536)
     await ws.prepare(request)
+    _cap_kernel_buffer(request, limits.ws_socket_buffer_bytes)
     connection_id = new_id()
     await store.open_connection(connection_id, runner.channel_id, request.remote or "",
                                 request.headers.get("User-Agent", ""), station.clock())
@@ -39,6 +42,17 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
         await listener.close()
         await store.close_connection(connection_id, station.clock())
     return ws
+
+
+def _cap_kernel_buffer(request: web.Request, size: int) -> None:
+    """Bound what the kernel holds for one listener, so a stalled reader fills its queue and is dropped
+    quickly instead of parking megabytes in socket buffers."""
+    if request.transport is None or size <= 0:
+        return
+    request.transport.set_write_buffer_limits(high=size)
+    sock = request.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.Request) -> None:

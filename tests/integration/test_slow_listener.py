@@ -1,0 +1,51 @@
+"""A listener that stops reading is dropped after a bounded buffer; the others never wait for it."""
+
+import asyncio
+import socket
+
+import pytest
+import websockets
+
+from web.keys import HUB
+
+pytestmark = pytest.mark.server_config({"limits": {"ws_send_queue": 16, "ws_socket_buffer_bytes": 4096}, "tts": {"tone_delay_ms": 0}})
+
+# Long requests make every playback_queue_updated heavy (each carries the queue's texts).
+LONG_TEXT = " ".join(f"Sentence number {i} is here to make the queue long and heavy." for i in range(70))
+
+
+async def stalled_socket(url: str) -> websockets.ClientConnection:
+    """A real WebSocket client with a tiny receive buffer that stops reading once connected."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    ws = await websockets.connect(url, sock=sock, max_queue=1)
+    ws.transport.pause_reading()
+    return ws
+
+
+async def test_listener_that_stops_reading_is_dropped_and_others_get_everything(server, connect):
+    """A stalled listener's bounded queue overflows and it is closed with 4008, while a reading
+    listener keeps receiving every announcement in order."""
+    healthy = await connect()
+    await healthy.next("snapshot")
+    slow = await stalled_socket(server.ws_url())
+    for _ in range(8):
+        assert (await server.say(LONG_TEXT)).status == 202
+    async with asyncio.timeout(30):
+        while server.app[HUB].dropped_total == 0:
+            await healthy.next("playback_queue_updated")
+    updates = sum(m["type"] == "playback_queue_updated" for m in healthy.messages)
+    await healthy.next("playback_queue_updated")
+    await healthy.next("playback_queue_updated")
+    assert sum(m["type"] == "playback_queue_updated" for m in healthy.messages) == updates + 2
+    seqs = [m["seq"] for m in healthy.messages if m["type"] == "audio_chunk_ready"]
+    assert seqs == list(range(70))  # the whole first request, nothing lost
+    assert server.app[HUB].count(server.channel) == 1
+    slow.transport.resume_reading()
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(30):
+            while True:
+                await slow.recv()
+    assert closed.value.rcvd.code == 4008
