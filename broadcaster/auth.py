@@ -9,7 +9,9 @@ CHANNEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    # The prefix keeps a token from starting with "-" (which a command line would read as an option)
+    # and makes leaked tokens easy to recognize.
+    return "bc_" + secrets.token_urlsafe(24)
 
 
 def hash_token(token: str) -> str:

@@ -1,4 +1,4 @@
-"""Command line: serve, channel create/list/rotate-token, say, listen, cleanup."""
+"""Command line: serve, channel create/list, say, listen, cleanup."""
 
 import argparse
 import asyncio

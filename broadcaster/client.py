@@ -82,6 +82,7 @@ class _Follower:
         self.ws, self.http, self.base_url, self.heard, self.quiet = ws, http, base_url, heard, quiet
         self.tasks: set[asyncio.Task] = set()
         self.fetches: set[asyncio.Task] = set()
+        self.playing: dict[str, asyncio.Task] = {}
 
     async def run(self, max_requests: int) -> None:
         async for raw in self.ws:
@@ -99,9 +100,14 @@ class _Follower:
             self.note(message["request_id"], message)
         elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
             self.heard.chunks[message["chunk_id"]].starts_at_ms = message["starts_at_ms"]
-        elif kind in ("request_played", "request_failed"):
+        elif kind == "request_failed":
+            for chunk_id in message["discarded_chunk_ids"]:
+                self.forget(chunk_id)
             self.heard.requests_done += 1
-            self.say(f"{kind.replace('_', ' ')}: {message['request_id']} {message.get('reason', '')}")
+            self.say(f"request failed: {message['request_id']} ({message['reason']})")
+        elif kind == "request_played":
+            self.heard.requests_done += 1
+            self.say(f"request played: {message['request_id']}")
         elif kind == "time_sync":
             t3 = _now_ms()
             self.heard.offset_ms = ((message["t1"] - message["t0"]) + (message["t2"] - t3)) / 2
@@ -113,7 +119,16 @@ class _Follower:
         self.heard.chunks[entry.chunk_id] = entry
         fetch = asyncio.create_task(self.fetch(entry, chunk["url"]))
         self.fetches.add(fetch)
-        self.tasks.add(asyncio.create_task(self.play(entry, fetch, chunk["duration_ms"])))
+        play = asyncio.create_task(self.play(entry, fetch, chunk["duration_ms"]))
+        self.tasks.add(play)
+        self.playing[entry.chunk_id] = play
+
+    def forget(self, chunk_id: str) -> None:
+        """A chunk dropped from the timeline is not played and not written."""
+        self.heard.chunks.pop(chunk_id, None)
+        task = self.playing.pop(chunk_id, None)
+        if task is not None:
+            task.cancel()
 
     async def fetch(self, entry: HeardChunk, url: str) -> None:
         async with self.http.get(f"{self.base_url}{url}?format=flac") as resp:

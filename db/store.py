@@ -86,13 +86,13 @@ class Store:
                     await s.merge(_chunk_row(chunk))
 
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
-        """Unfinished requests in submission order, and where played audio last ended."""
+        """Unfinished requests in submission order, and where finished audio last ended."""
         async with self.session() as s:
             rows = (await s.execute(select(RequestRow).where(
                 RequestRow.channel_id == channel_id, RequestRow.state.not_in(FINAL)
             ).order_by(RequestRow.line_seq))).scalars().all()
             played_end = (await s.execute(select(func.max(RequestRow.finished_at_ms)).where(
-                RequestRow.channel_id == channel_id, RequestRow.state == RequestState.PLAYED.value
+                RequestRow.channel_id == channel_id, RequestRow.state.in_(FINAL)
             ))).scalar()
             requests = [await self._with_chunks(s, row, channel) for row in rows]
         return requests, played_end

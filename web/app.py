@@ -43,6 +43,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app[CONFIG] = config
     app[HUB] = Hub()
     app.cleanup_ctx.append(_lifecycle(engine_factory))
+    app.on_shutdown.append(_close_listeners)
     app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
     app.router.add_get("/api/channels/{channel}/audio/queue", api.queue_state)
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
@@ -51,7 +52,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_get("/ws/channels/{channel}", ws.channel_socket)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/c/{channel}", pages.listener_page)
-    app.router.add_static("/static", pages.STATIC_DIR)
+    app.router.add_get("/static/{name}", pages.static_file)
     return app
 
 
@@ -68,12 +69,16 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield
-        await app[HUB].close_all()
         await station.stop()
         await engine.close()
         await store.close()
 
     return lifecycle
+
+
+async def _close_listeners(app: web.Application) -> None:
+    """Say goodbye (1001) before aiohttp waits for open handlers, so shutdown is prompt."""
+    await app[HUB].close_all()
 
 
 def _publisher(app: web.Application) -> Callable[[str, list[Event]], None]:

@@ -14,7 +14,8 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-TOO_SLOW = 4008  # application close code: the listener fell too far behind
+TOO_SLOW = 4008
+REPLY_WAIT_S = 10  # application close code: the listener fell too far behind
 
 
 class Listener:
@@ -37,6 +38,16 @@ class Listener:
 
     def send(self, payload: dict[str, Any]) -> bool:
         return self.offer(json.dumps(payload))
+
+    async def reply(self, payload: dict[str, Any]) -> bool:
+        """Answer this client's own message. Waiting for room slows down only this client's
+        reading, so a client that floods us gets every answer, just later."""
+        text = json.dumps(payload)
+        try:
+            await asyncio.wait_for(self.queue.put(text), REPLY_WAIT_S)
+        except TimeoutError:
+            return False  # it stopped reading its answers
+        return True
 
     async def _write(self) -> None:
         while True:

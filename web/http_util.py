@@ -29,14 +29,20 @@ def bearer_token(request: web.Request) -> str | None:
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise UnsupportedMedia(f"expected Content-Type application/json, got {request.content_type or 'none'!r}")
-    raw = await request.read()
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
+    body = parse_json(await request.read())
     if not isinstance(body, dict):
         raise BadInput(f"expected a JSON object, got {type(body).__name__}")
     return body
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """json.loads, with every way it can fail on hostile input turned into BadInput."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # 4300+ digit numbers, absurd nesting
+        raise BadInput(f"expected a reasonable JSON object, got one Python refuses to parse ({type(exc).__name__})") from None
 
 
 def int_query(request: web.Request, name: str, default: int, maximum: int) -> int:

@@ -84,8 +84,9 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
         case TimelineShifted(request, chunk, shift_ms):
             return {"type": "timeline_shifted", "request_id": request.request_id, "chunk_id": chunk.chunk_id,
                     "starts_at_ms": chunk.starts_at_ms, "shift_ms": shift_ms}
-        case RequestFailed(request, reason):
-            return {"type": "request_failed", "request_id": request.request_id, "reason": reason}
+        case RequestFailed(request, reason, discarded):
+            return {"type": "request_failed", "request_id": request.request_id, "reason": reason,
+                    "failed_at_ms": request.finished_at_ms, "discarded_chunk_ids": list(discarded)}
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
         case QueueChanged():

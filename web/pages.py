@@ -4,6 +4,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from broadcaster.errors import NotFound
+
 from .keys import STATION
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -12,3 +14,12 @@ STATIC_DIR = Path(__file__).parent / "static"
 async def listener_page(request: web.Request) -> web.FileResponse:
     await request.app[STATION].runner(request.match_info["channel"])  # unknown channel: a clear 404
     return web.FileResponse(STATIC_DIR / "listener.html", headers={"Cache-Control": "no-cache"})
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    """Only files that ship in static/ (no paths, no dot-files), with a JSON 404 otherwise."""
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound(f"no static file {name[:80]!r}")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})

@@ -1,8 +1,6 @@
 """The listener WebSocket: a snapshot on connect, then events; acks and time sync from the client."""
 
-import json
 import logging
-import math
 import socket
 from typing import Any
 
@@ -11,13 +9,15 @@ from aiohttp import WSMsgType, web
 from broadcaster.core.ids import is_id, new_id
 from broadcaster.errors import BadInput
 
-from .fanout import Listener
+from .fanout import TOO_SLOW, Listener
+from .http_util import parse_json
 from .keys import CONFIG, HUB, STATION, STORE
 from .messages import error_json, queue_state_json
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 20
+MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 
 
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
@@ -57,26 +57,29 @@ def _cap_kernel_buffer(request: web.Request, size: int) -> None:
 
 async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.Request) -> None:
     async for msg in ws:
-        received_ms = request.app[STATION].clock()
-        if msg.type == WSMsgType.TEXT:
-            try:
-                reply = await _handle(_parse(msg.data), listener, request, received_ms)
-            except BadInput as exc:
-                reply = error_json(exc.code, exc.message)
-            if reply is not None:
-                listener.send(reply)
-        elif msg.type == WSMsgType.BINARY:
-            listener.send(error_json("bad_message", "expected JSON text frames, got a binary frame"))
-        elif msg.type == WSMsgType.ERROR:
+        if msg.type == WSMsgType.ERROR:
             log.info("listener %s: socket error %s", listener.connection_id, ws.exception())
+            return
+        reply = await _answer(msg, listener, request)
+        if reply is not None and not await listener.reply(reply):
+            await listener.close(TOO_SLOW, b"too slow: not reading replies")
             return
 
 
-def _parse(text: str) -> dict[str, Any]:
+async def _answer(msg, listener: Listener, request: web.Request) -> dict[str, Any] | None:  # noqa: ANN001
+    if msg.type == WSMsgType.BINARY:
+        return error_json("bad_request", "expected JSON text frames, got a binary frame")
+    if msg.type != WSMsgType.TEXT:
+        return None
+    received_ms = request.app[STATION].clock()
     try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
+        return await _handle(_parse(msg.data), listener, request, received_ms)
+    except BadInput as exc:
+        return error_json(exc.code, exc.message)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    message = parse_json(text)
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise BadInput("expected a JSON object with a string \"type\"")
     return message
@@ -93,7 +96,7 @@ async def _handle(message: dict[str, Any], listener: Listener, request: web.Requ
 
 def _time_sync(message: dict[str, Any], request: web.Request, received_ms: int) -> dict[str, Any]:
     t0 = message.get("t0")
-    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not math.isfinite(t0):
+    if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not abs(t0) < MAX_T0:
         raise BadInput(f"expected time_sync \"t0\" to be a number (client send time, ms), got {t0!r}"[:200])
     return {"type": "time_sync", "t0": t0, "t1": received_ms, "t2": request.app[STATION].clock()}
 

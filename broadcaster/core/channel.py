@@ -201,9 +201,9 @@ class Channel:
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)
         events: list[Event] = [StreamStarted(request)] if first else []
+        events.append(ChunkScheduled(request, chunk))
         if slip and not first:  # a late first chunk moves nothing already announced
             events.append(TimelineShifted(request, chunk, slip))
-        events.append(ChunkScheduled(request, chunk))
         return events
 
     def _retire(self, request: Request, now_ms: int) -> list[Event]:
@@ -230,22 +230,22 @@ class Channel:
         return self._fail(request, f"generation timed out after {seconds:g} s", now_ms)
 
     def _fail(self, request: Request, reason: str, now_ms: int) -> list[Event]:
-        """Fail a request; chunks already sounding finish, the rest are dropped."""
+        """Fail a request: a chunk already sounding plays out, later ones are discarded."""
         request.apply(RequestEvent.FAIL)
         request.error = reason
-        request.finished_at_ms = now_ms
-        heard_end = None
+        discarded = []
         for chunk in request.chunks:
             if chunk.state != ChunkState.READY:
                 continue
-            if chunk.scheduled and chunk.starts_at_ms <= now_ms:
-                heard_end = chunk.ends_at_ms
-                continue
-            chunk.apply(ChunkEvent.DISCARD)
-        if heard_end is not None:
-            self._played_end_ms = max(self._played_end_ms or 0, heard_end)
+            sounding = chunk.scheduled and chunk.starts_at_ms <= now_ms
+            chunk.apply(ChunkEvent.PLAY_OUT if sounding else ChunkEvent.DISCARD)
+            if not sounding:
+                discarded.append(chunk)
+        # The request is over once what was already heard has finished: later audio goes after that.
+        request.finished_at_ms = max(now_ms, request.scheduled_end_ms() or now_ms)
+        self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms)
         self._leave_line(request)
-        return [RequestFailed(request, reason), QueueChanged()]
+        return [RequestFailed(request, reason, tuple(c.chunk_id for c in discarded)), QueueChanged()]
 
     def _leave_line(self, request: Request) -> None:
         self.line.remove(request)

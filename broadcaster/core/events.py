@@ -27,6 +27,7 @@ class TimelineShifted:
 class RequestFailed:
     request: Request
     reason: str
+    discarded_chunk_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

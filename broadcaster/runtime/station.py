@@ -42,6 +42,14 @@ async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms) 
     return NewChannel(name, token)
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Station:
     def __init__(self, config: Config, store: Store, audio: AudioStore, engine: TtsEngine,
                  publish: Publish, clock: Clock = wall_clock_ms):
@@ -100,6 +108,8 @@ class Station:
         limits = self.config.limits
         if not isinstance(text, str):
             raise BadInput(f"expected \"text\" to be a string, got {type(text).__name__}")
+        if not text.isascii() and not _encodable(text):
+            raise BadInput("expected \"text\" to be valid Unicode, got an unpaired surrogate escape (\\ud800-\\udfff)")
         if len(text) > limits.max_text_chars:
             raise BadInput(f"expected at most {limits.max_text_chars} characters of text, got {len(text)}")
         sentences = split_sentences(text, limits.max_sentence_chars)

@@ -155,8 +155,10 @@ def test_failure_keeps_the_sounding_chunk_and_discards_the_rest(channel):
     channel.submit(request, 0)
     channel.submit(after, 0)
     generate(channel, request, [1000, 1000], now=0)  # 500..1500, 1750..2750
-    channel.generation_failed(request.request_id, "engine crashed", 1000)
-    assert [c.state for c in request.chunks] == [ChunkState.READY, ChunkState.DISCARDED]
+    events = channel.generation_failed(request.request_id, "engine crashed", 1000)
+    assert [c.state for c in request.chunks] == [ChunkState.PLAYED, ChunkState.DISCARDED]
+    assert events[0].discarded_chunk_ids == (request.chunks[1].chunk_id,)
+    assert request.finished_at_ms == 1500
     generate(channel, after, [500], now=1000)
     channel.tick(1500 + 600 - 500)
     assert after.chunks[0].starts_at_ms == 1500 + 600
