@@ -28,19 +28,24 @@ class AudioStore:
             raise ValueError(f"expected hex ids and a format in {FORMATS}, got {request_id!r} {chunk_id!r} {fmt!r}")
         return self.root / request_id / f"{chunk_id}.{fmt}"
 
-    async def write_chunk(self, request_id: str, chunk_id: str, blobs: dict[str, bytes]) -> None:
-        await asyncio.to_thread(self._write_chunk, request_id, chunk_id, blobs)
+    def part_path(self, request_id: str, chunk_id: str, fmt: str) -> Path:
+        """Where a chunk file is written before it is complete; `commit_chunk` makes it visible."""
+        final = self.path(request_id, chunk_id, fmt)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final.with_suffix(f".{fmt}.part")
 
-    def _write_chunk(self, request_id: str, chunk_id: str, blobs: dict[str, bytes]) -> None:
-        for fmt, data in blobs.items():
-            final = self.path(request_id, chunk_id, fmt)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_suffix(f".{fmt}.part")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
+    async def write_part(self, request_id: str, chunk_id: str, fmt: str, data: bytes) -> None:
+        await asyncio.to_thread(self.part_path(request_id, chunk_id, fmt).write_bytes, data)
+
+    async def commit_chunk(self, request_id: str, chunk_id: str) -> None:
+        await asyncio.to_thread(self._commit_chunk, request_id, chunk_id)
+
+    def _commit_chunk(self, request_id: str, chunk_id: str) -> None:
+        for fmt in FORMATS:
+            part = self.part_path(request_id, chunk_id, fmt)
+            with open(part, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
+            os.replace(part, self.path(request_id, chunk_id, fmt))
 
     async def read(self, request_id: str, chunk_id: str, fmt: str) -> bytes:
         return await asyncio.to_thread(self.path(request_id, chunk_id, fmt).read_bytes)

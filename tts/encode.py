@@ -23,15 +23,20 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def mp3_command(sample_rate: int, bitrate_kbps: int) -> list[str]:
+def mp3_command(sample_rate: int, bitrate_kbps: int, target: str = "pipe:1") -> list[str]:
     stream = ffmpeg.input("pipe:0", f="s16le", ar=sample_rate, ac=1)
-    # No Xing header: chunks are concatenated into one stream and must not carry per-file headers.
-    stream = stream.output("pipe:1", f="mp3", acodec="libmp3lame", audio_bitrate=f"{bitrate_kbps}k", write_xing=0)
-    return stream.global_args("-hide_banner", "-loglevel", "error").compile(cmd=ffmpeg_exe())
+    # Written to a file, the MP3 carries a LAME header recording the encoder delay and padding,
+    # so decoders (browsers included) trim them and the decoded length matches the samples.
+    # A pipe cannot carry that header; it is flushed packet by packet for live streaming.
+    options = {"f": "mp3", "acodec": "libmp3lame", "audio_bitrate": f"{bitrate_kbps}k"}
+    if target == "pipe:1":
+        options |= {"write_xing": 0, "flush_packets": 1}
+    stream = stream.output(target, **options)
+    return stream.global_args("-hide_banner", "-loglevel", "error", "-y").compile(cmd=ffmpeg_exe())
 
 
 class Mp3Encoder:
-    """One ffmpeg process for one chunk, started before the PCM exists.
+    """One ffmpeg process, started before the PCM exists.
 
     Spawning ffmpeg costs tens of milliseconds, far more than encoding a
     sentence; starting it while the engine is still synthesizing keeps that
@@ -42,9 +47,9 @@ class Mp3Encoder:
         self.proc = proc
 
     @classmethod
-    async def start(cls, sample_rate: int, bitrate_kbps: int = 64) -> "Mp3Encoder":
+    async def start(cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1") -> "Mp3Encoder":
         proc = await asyncio.create_subprocess_exec(
-            *mp3_command(sample_rate, bitrate_kbps),
+            *mp3_command(sample_rate, bitrate_kbps, target),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -52,8 +57,9 @@ class Mp3Encoder:
         return cls(proc)
 
     async def encode(self, pcm: Pcm) -> bytes:
+        """Feed all of the PCM, wait for ffmpeg to finish; returns what it wrote to stdout."""
         out, err = await self.proc.communicate(pcm.samples.astype("<i2").tobytes())
-        if self.proc.returncode != 0 or not out:
+        if self.proc.returncode != 0:
             raise GenerationError(f"expected ffmpeg to encode MP3, it exited {self.proc.returncode}: {err.decode()[:200]}")
         return out
 
@@ -61,11 +67,6 @@ class Mp3Encoder:
         if self.proc.returncode is None:
             self.proc.kill()
         await self.proc.communicate()
-
-
-async def encode_mp3(pcm: Pcm, bitrate_kbps: int = 64) -> bytes:
-    encoder = await Mp3Encoder.start(pcm.sample_rate, bitrate_kbps)
-    return await encoder.encode(pcm)
 
 
 def flac_bytes(pcm: Pcm) -> bytes:
@@ -77,7 +78,3 @@ def flac_bytes(pcm: Pcm) -> bytes:
 def read_flac(data: bytes) -> Pcm:
     samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
     return Pcm(np.asarray(samples), rate)
-
-
-def silence(duration_ms: int, sample_rate: int) -> Pcm:
-    return Pcm(np.zeros(duration_ms * sample_rate // 1000, dtype=np.int16), sample_rate)

@@ -1,62 +1,29 @@
 """One request as one progressive MP3 response that a plain <audio> element plays.
 
-Chunks are written as soon as they exist, with the sentence gap as encoded
-silence between them, so the stream's clock matches the request's timeline
-while nothing slips. `?offset_ms=N` starts N ms into that content: whole
-pieces before N are skipped and the piece containing N is re-encoded from its
-lossless copy, cut at the exact sample.
+Each response has its own ffmpeg encoder fed with the chunks' exact PCM and
+the sentence gap as silence, so the stream's content follows the request's
+timeline sample for sample (ignoring underrun slips, which only pause it).
+Chunks are fed as soon as they exist; ffmpeg flushes every packet, so the
+first audio leaves as soon as the first sentence does. `?offset_ms=N` starts
+N ms into that content, cut at the exact sample.
 """
 
 import asyncio
+import contextlib
 
+import numpy as np
 from aiohttp import web
 
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState
-from tts.encode import encode_mp3, read_flac, silence
+from tts.encode import Mp3Encoder, read_flac
 
 from .http_util import int_query, path_id
-from .keys import AUDIO, CONFIG, STATION
+from .keys import AUDIO, CONFIG, ENGINE, STATION
 
 MAX_OFFSET_MS = 24 * 3_600_000
 WAIT_SLICE_S = 5.0
-
-
-class StreamWriter:
-    def __init__(self, request: web.Request, response: web.StreamResponse, skip_ms: int):
-        self.app = request.app
-        self.response = response
-        self.skip_ms = skip_ms
-        self.bitrate = self.app[CONFIG].tts.mp3_bitrate_kbps
-        self._silence: dict[tuple[int, int], bytes] = {}
-
-    async def piece(self, duration_ms: int, full: bytes | None, cut) -> None:  # noqa: ANN001
-        """Write one piece, or the part of it after the remaining skip."""
-        if self.skip_ms >= duration_ms:
-            self.skip_ms -= duration_ms
-            return
-        data = full if self.skip_ms == 0 and full is not None else await cut(self.skip_ms)
-        self.skip_ms = 0
-        await self.response.write(data)
-
-    async def gap(self, duration_ms: int, sample_rate: int) -> None:
-        async def cut(skip_ms: int) -> bytes:
-            return await encode_mp3(silence(duration_ms - skip_ms, sample_rate), self.bitrate)
-
-        key = (duration_ms, sample_rate)
-        if self.skip_ms == 0 and key not in self._silence:
-            self._silence[key] = await cut(0)
-        await self.piece(duration_ms, self._silence.get(key), cut)
-
-    async def chunk(self, chunk: Chunk) -> None:
-        audio = self.app[AUDIO]
-
-        async def cut(skip_ms: int) -> bytes:
-            pcm = read_flac(await audio.read(chunk.request_id, chunk.chunk_id, "flac"))
-            return await encode_mp3(pcm.trimmed(skip_ms), self.bitrate)
-
-        full = None if self.skip_ms else await audio.read(chunk.request_id, chunk.chunk_id, "mp3")
-        await self.piece(chunk.duration_ms, full, cut)
+COPY_BYTES = 16 * 1024
 
 
 async def request_stream(request: web.Request) -> web.StreamResponse:
@@ -64,35 +31,65 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     offset_ms = int_query(request, "offset_ms", 0, MAX_OFFSET_MS)
     station = request.app[STATION]
     playback = await station.find_request(request_id)
-    runner = station.runner_of(playback)
+    rate = playback.chunks[0].sample_rate if playback.chunks else request.app[ENGINE].sample_rate
+    encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
-    writer = StreamWriter(request, response, offset_ms)
-    gap_ms = request.app[CONFIG].timeline.sentence_gap_ms
-    sent = 0
-    while True:
-        sent = await _write_new(writer, playback, sent, gap_ms)
-        if _complete(playback, sent) or runner is None:
-            break
-        await runner.wait_change(WAIT_SLICE_S)
-    await response.write_eof()
+    copier = asyncio.create_task(_copy(encoder, response))
+    try:
+        feeder = _Feeder(request, encoder, rate, offset_ms)
+        await feeder.follow(playback, station.runner_of(playback))
+        encoder.proc.stdin.close()
+        await copier
+    except (ConnectionError, BrokenPipeError):
+        pass  # the listener went away
+    finally:
+        copier.cancel()
+        with contextlib.suppress(Exception):
+            await encoder.abandon()
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
     return response
 
 
-async def _write_new(writer: StreamWriter, playback: Request, sent: int, gap_ms: int) -> int:
-    while sent < len(playback.chunks):
-        chunk = playback.chunks[sent]
-        if chunk.state == ChunkState.DISCARDED:
-            return len(playback.chunks)  # the request failed: nothing after this is heard
-        if sent:
-            await writer.gap(gap_ms, chunk.sample_rate)
-        await writer.chunk(chunk)
-        sent += 1
-        await asyncio.sleep(0)
-    return sent
+async def _copy(encoder: Mp3Encoder, response: web.StreamResponse) -> None:
+    while data := await encoder.proc.stdout.read(COPY_BYTES):
+        await response.write(data)
 
 
-def _complete(playback: Request, sent: int) -> bool:
-    if playback.state in FINAL_REQUEST_STATES:
-        return True
-    return playback.generated and sent >= len(playback.chunks)
+class _Feeder:
+    """Writes the request's PCM, chunk by chunk as they appear, into the encoder."""
+
+    def __init__(self, request: web.Request, encoder: Mp3Encoder, rate: int, skip_ms: int):
+        self.audio = request.app[AUDIO]
+        self.gap_ms = request.app[CONFIG].timeline.sentence_gap_ms
+        self.stdin = encoder.proc.stdin
+        self.rate = rate
+        self.skip = skip_ms * rate // 1000  # samples still to drop from the front
+
+    async def follow(self, playback: Request, runner) -> None:  # noqa: ANN001
+        sent = 0
+        while True:
+            while sent < len(playback.chunks):
+                chunk = playback.chunks[sent]
+                if chunk.state == ChunkState.DISCARDED:
+                    return  # the request failed: nothing after this is heard
+                if sent:
+                    await self.write(np.zeros(self.gap_ms * self.rate // 1000, dtype=np.int16))
+                await self.write(await self.samples(chunk))
+                sent += 1
+            if playback.state in FINAL_REQUEST_STATES or runner is None:
+                return
+            if playback.generated and sent >= len(playback.chunks):
+                return
+            await runner.wait_change(WAIT_SLICE_S)
+
+    async def samples(self, chunk: Chunk) -> np.ndarray:
+        return read_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac")).samples
+
+    async def write(self, samples: np.ndarray) -> None:
+        dropped = min(self.skip, len(samples))
+        self.skip -= dropped
+        if dropped < len(samples):
+            self.stdin.write(samples[dropped:].astype("<i2").tobytes())
+            await self.stdin.drain()

@@ -21,18 +21,19 @@ class ChunkMaker:
 
     async def make(self, request: Request, seq: int) -> Chunk:
         """Raises GenerationError (engine, encoder) or OSError (disk)."""
-        text = request.sentences[seq]
-        encoder = await Mp3Encoder.start(self.engine.sample_rate, self.mp3_bitrate_kbps)
+        text, rid, chunk_id = request.sentences[seq], request.request_id, new_id()
+        mp3_part = str(self.audio.part_path(rid, chunk_id, "mp3"))
+        encoder = await Mp3Encoder.start(self.engine.sample_rate, self.mp3_bitrate_kbps, mp3_part)
         try:
             pcm = await self.engine.synthesize(text)
         except BaseException:
             await asyncio.shield(encoder.abandon())
             raise
-        mp3, flac = await asyncio.gather(encoder.encode(pcm), asyncio.to_thread(flac_bytes, pcm))
-        chunk_id = new_id()
-        await self.audio.write_chunk(request.request_id, chunk_id, {"mp3": mp3, "flac": flac})
+        flac = await asyncio.to_thread(flac_bytes, pcm)
+        await asyncio.gather(encoder.encode(pcm), self.audio.write_part(rid, chunk_id, "flac", flac))
+        await self.audio.commit_chunk(rid, chunk_id)
         return Chunk(
-            chunk_id=chunk_id, request_id=request.request_id, seq=seq, text=text,
+            chunk_id=chunk_id, request_id=rid, seq=seq, text=text,
             duration_ms=pcm.duration_ms, ready_at_ms=self.clock(),
             sample_rate=pcm.sample_rate, samples=len(pcm.samples),
         )

@@ -50,15 +50,15 @@ async def test_engine_crash_fails_the_request_and_the_next_starts(tmp_path):
 
 async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(tmp_path, monkeypatch):
     """A disk-full error while storing a chunk fails that request; the next request plays normally."""
-    original = AudioStore._write_chunk
+    original = AudioStore._commit_chunk
 
-    def write(self, request_id, chunk_id, blobs):  # noqa: ANN001, ANN202
+    def commit(self, request_id, chunk_id):  # noqa: ANN001, ANN202
         if request_id == doomed[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, request_id, chunk_id, blobs)
+        return original(self, request_id, chunk_id)
 
     doomed: list[str] = []
-    monkeypatch.setattr(AudioStore, "_write_chunk", write)
+    monkeypatch.setattr(AudioStore, "_commit_chunk", commit)
     runner, server = await start_server(tmp_path, {"tts": {"tone_delay_ms": 100}})
     try:
         async def submit():  # noqa: ANN202

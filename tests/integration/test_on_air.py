@@ -1,12 +1,15 @@
 """A channel on the air end to end: a real server on loopback, real WebSocket listeners."""
 
 import asyncio
+import subprocess
 import time
 
 import aiohttp
+import numpy as np
 import pytest
 
 from conftest import FAST_TONES
+from tts.encode import ffmpeg_exe
 
 
 def played_chunks(messages: list[dict]) -> list[dict]:
@@ -141,7 +144,7 @@ async def test_progressive_stream_delivers_first_chunk_before_last_is_synthesize
 
 
 async def test_stream_with_offset_skips_into_the_request(server, connect):
-    """?offset_ms=N starts the stream N ms in: it is shorter than the whole stream by about N ms of audio."""
+    """?offset_ms=N starts the stream N ms into the request's audio, to the sample."""
     listener = await connect()
     await listener.next("snapshot")
     body = await (await server.say("A first sentence of some length. A second sentence of some length.")).json()
@@ -149,8 +152,25 @@ async def test_stream_with_offset_skips_into_the_request(server, connect):
     async with aiohttp.ClientSession() as http:
         url = f"{server.base_url}/api/audio/stream/{body['request_id']}"
         async with http.get(url) as resp:
-            whole = await resp.read()
-        async with http.get(url, params={"offset_ms": "400"}) as resp:
-            part = await resp.read()
-    bytes_per_ms = 64_000 / 8 / 1000
-    assert abs((len(whole) - len(part)) - 400 * bytes_per_ms) < 0.15 * 400 * bytes_per_ms + 500
+            whole = decode_mp3(await resp.read())
+        async with http.get(url, params={"offset_ms": "200"}) as resp:
+            part = decode_mp3(await resp.read())
+    # Both streams start with the same encoder delay, so the first sentence gap moves by exactly the offset.
+    assert abs((first_gap(whole) - first_gap(part)) - 4410) <= 22  # 200 ms at 22050 Hz, within 1 ms
+    chunks = played_chunks(listener.messages)
+    content_ms = sum(c["duration_ms"] for c in chunks) + FAST_TONES["timeline"]["sentence_gap_ms"]
+    assert abs(len(whole) / 22.05 - content_ms) < 80  # one encoder delay and padding at most
+
+
+def first_gap(samples: np.ndarray) -> int:
+    """Index where the first inter-sentence silence begins (after the first sound)."""
+    loud = np.convolve(np.abs(samples.astype(float)), np.ones(32) / 32, "same") > 200
+    start = int(np.argmax(loud))
+    return start + int(np.argmax(~loud[start:]))
+
+
+def decode_mp3(data: bytes) -> np.ndarray:
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", "pipe:0",
+                          "-f", "s16le", "-ac", "1", "-ar", "22050", "pipe:1"],
+                         input=data, capture_output=True, check=True, timeout=60)
+    return np.frombuffer(out.stdout, dtype=np.int16)

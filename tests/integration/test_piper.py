@@ -38,4 +38,4 @@ async def test_piper_chunk_duration_matches_decoded_audio(server, connect):
             assert chunk["duration_ms"] > 800  # a real sentence, not a blip
             assert np.sqrt(np.mean(pcm.samples.astype(float) ** 2)) > 300  # speech, not silence
             mp3_ms = len(mp3) * 1000 / pcm.sample_rate
-            assert abs(mp3_ms - decoded_ms) < 120  # MP3 frames and encoder padding
+            assert abs(mp3_ms - decoded_ms) < 5  # the LAME header lets the decoder trim delay and padding
