@@ -1,8 +1,9 @@
 """Chunk audio lives in files: <data_dir>/audio/<request_id>/<chunk_id>.{flac,mp3}.
 
 A file appears under its final name only once completely written (write to a
-temporary name, then rename), and a chunk row is inserted only after both of
-its files exist, so a reader never sees half a chunk. Deleting a request's
+temporary name, then rename), and a chunk row is inserted only after its
+lossless file exists, so a reader never sees half a chunk. (The MP3 follows a
+moment later; see broadcaster/runtime/delivery.py.) Deleting a request's
 audio removes its directory; `orphans()` finds directories left behind by a
 crash between the two steps.
 """
@@ -37,15 +38,17 @@ class AudioStore:
     async def write_part(self, request_id: str, chunk_id: str, fmt: str, data: bytes) -> None:
         await asyncio.to_thread(self.part_path(request_id, chunk_id, fmt).write_bytes, data)
 
-    async def commit_chunk(self, request_id: str, chunk_id: str) -> None:
-        await asyncio.to_thread(self._commit_chunk, request_id, chunk_id)
+    async def commit(self, request_id: str, chunk_id: str, fmt: str) -> None:
+        await asyncio.to_thread(self._commit, request_id, chunk_id, fmt)
 
-    def _commit_chunk(self, request_id: str, chunk_id: str) -> None:
-        for fmt in FORMATS:
-            part = self.part_path(request_id, chunk_id, fmt)
-            with open(part, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(part, self.path(request_id, chunk_id, fmt))
+    def _commit(self, request_id: str, chunk_id: str, fmt: str) -> None:
+        part = self.part_path(request_id, chunk_id, fmt)
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, self.path(request_id, chunk_id, fmt))
+
+    def has(self, request_id: str, chunk_id: str, fmt: str) -> bool:
+        return self.path(request_id, chunk_id, fmt).is_file()
 
     async def read(self, request_id: str, chunk_id: str, fmt: str) -> bytes:
         return await asyncio.to_thread(self.path(request_id, chunk_id, fmt).read_bytes)

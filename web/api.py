@@ -42,8 +42,11 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
     fmt = request.query.get("format", "mp3")
     if fmt not in FORMATS:
         raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
-    chunk = await request.app[STATION].find_chunk(chunk_id)
+    station = request.app[STATION]
+    chunk = await station.find_chunk(chunk_id)
     try:
+        if fmt == "mp3":
+            await station.delivery.ensure(chunk.request_id, chunk_id)
         data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None

@@ -17,6 +17,7 @@ from tts.sentences import split_sentences
 
 from .cleanup import purge
 from .clock import Clock, wall_clock_ms
+from .delivery import Mp3Delivery
 from .generator import ChunkMaker
 from .runner import ChannelRunner, Publish
 
@@ -59,7 +60,8 @@ class Station:
         self.engine = engine
         self.publish = publish
         self.clock = clock
-        self.maker = ChunkMaker(engine, audio, clock, config.tts.mp3_bitrate_kbps)
+        self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
+        self.maker = ChunkMaker(engine, audio, clock, self.delivery)
         self.runners: dict[str, ChannelRunner] = {}
         self._tokens: dict[str, str] = {}
         self._loading = asyncio.Lock()
@@ -76,6 +78,7 @@ class Station:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
+        await self.delivery.close()
 
     async def runner(self, name: str) -> ChannelRunner:
         """The channel's runner, loaded from the database on first use (the CLI may have just made it)."""

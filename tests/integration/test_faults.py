@@ -3,6 +3,8 @@
 import errno
 import json
 
+import aiohttp
+
 import pytest
 import websockets
 
@@ -50,15 +52,15 @@ async def test_engine_crash_fails_the_request_and_the_next_starts(tmp_path):
 
 async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(tmp_path, monkeypatch):
     """A disk-full error while storing a chunk fails that request; the next request plays normally."""
-    original = AudioStore._commit_chunk
+    original = AudioStore._commit
 
-    def commit(self, request_id, chunk_id):  # noqa: ANN001, ANN202
+    def commit(self, request_id, chunk_id, fmt):  # noqa: ANN001, ANN202
         if request_id == doomed[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, request_id, chunk_id)
+        return original(self, request_id, chunk_id, fmt)
 
     doomed: list[str] = []
-    monkeypatch.setattr(AudioStore, "_commit_chunk", commit)
+    monkeypatch.setattr(AudioStore, "_commit", commit)
     runner, server = await start_server(tmp_path, {"tts": {"tone_delay_ms": 100}})
     try:
         async def submit():  # noqa: ANN202
@@ -87,3 +89,19 @@ async def test_stalled_request_in_the_middle_of_the_queue(server, connect):
         if message["type"] in ("request_played", "request_failed"):
             outcomes.append((message["request_id"], message["type"]))
     assert sorted(outcomes) == sorted([(ids[0], "request_played"), (ids[1], "request_failed"), (ids[2], "request_played")])
+
+
+async def test_lost_mp3_is_rebuilt_from_the_lossless_copy(server, connect):
+    """If a crash left a chunk without its MP3, the next fetch rebuilds it from the FLAC."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("Rebuild me.")
+    chunk = await listener.next("audio_chunk_ready")
+    await listener.next("request_played")
+    mp3 = server.station.audio.path(chunk["request_id"], chunk["chunk_id"], "mp3")
+    original = mp3.read_bytes()
+    mp3.unlink()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.base_url + chunk["url"]) as resp:
+            assert resp.status == 200
+            assert await resp.read() == original  # the encoder is deterministic

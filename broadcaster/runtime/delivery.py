@@ -1,0 +1,65 @@
+"""The MP3 copy of each chunk, made off the path to first audio.
+
+A chunk counts as ready once its lossless FLAC is stored: that is all the
+timeline and the progressive stream need. Its MP3, what browsers fetch, is
+finished a few tens of milliseconds later by an encoder that was started while
+the sentence was being synthesized. A fetch that arrives in between waits for
+it; an MP3 lost to a crash between the two files is rebuilt from the FLAC.
+"""
+
+import asyncio
+import logging
+
+from db.audio_store import AudioStore
+from tts.encode import Mp3Encoder, read_flac
+from tts.engine import Pcm
+
+log = logging.getLogger(__name__)
+
+
+class Mp3Delivery:
+    def __init__(self, audio: AudioStore, bitrate_kbps: int):
+        self.audio = audio
+        self.bitrate_kbps = bitrate_kbps
+        self.jobs: dict[str, asyncio.Task] = {}
+
+    async def encoder_for(self, request_id: str, chunk_id: str, sample_rate: int) -> Mp3Encoder:
+        """An encoder writing this chunk's MP3; start it before the PCM exists."""
+        target = str(self.audio.part_path(request_id, chunk_id, "mp3"))
+        return await Mp3Encoder.start(sample_rate, self.bitrate_kbps, target)
+
+    def finish(self, request_id: str, chunk_id: str, encoder: Mp3Encoder, pcm: Pcm) -> None:
+        self._track(chunk_id, self._encode(request_id, chunk_id, encoder, pcm))
+
+    async def ensure(self, request_id: str, chunk_id: str) -> None:
+        """Return once the chunk's MP3 is stored. Raises FileNotFoundError if its audio is gone."""
+        if chunk_id not in self.jobs and not self.audio.has(request_id, chunk_id, "mp3"):
+            self._track(chunk_id, self._rebuild(request_id, chunk_id))
+        if chunk_id in self.jobs:
+            await asyncio.shield(self.jobs[chunk_id])
+
+    async def close(self) -> None:
+        for job in self.jobs.values():
+            job.cancel()
+        await asyncio.gather(*self.jobs.values(), return_exceptions=True)
+
+    def _track(self, chunk_id: str, work) -> None:  # noqa: ANN001
+        job = asyncio.create_task(work, name=f"mp3:{chunk_id}")
+        self.jobs[chunk_id] = job
+        job.add_done_callback(lambda _: self.jobs.pop(chunk_id, None))
+
+    async def _encode(self, request_id: str, chunk_id: str, encoder: Mp3Encoder, pcm: Pcm) -> None:
+        try:
+            await encoder.encode(pcm)
+            await self.audio.commit(request_id, chunk_id, "mp3")
+        except asyncio.CancelledError:
+            await asyncio.shield(encoder.abandon())
+            raise
+        except Exception:
+            log.exception("MP3 of chunk %s could not be made; it will be rebuilt on request", chunk_id)
+            raise
+
+    async def _rebuild(self, request_id: str, chunk_id: str) -> None:
+        pcm = read_flac(await self.audio.read(request_id, chunk_id, "flac"))
+        encoder = await self.encoder_for(request_id, chunk_id, pcm.sample_rate)
+        await self._encode(request_id, chunk_id, encoder, pcm)
