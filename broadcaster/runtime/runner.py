@@ -1,12 +1,14 @@
 """Drives one channel's core: feeds it the clock, its generation worker and submissions.
 
 Every change to the core happens under one lock, is written to the database,
-and only then announced, so anything a listener was told survives a restart.
+and only then announced, so anything a listener was told survives a restart
+(unless the database is down, in which case playing on wins; see `_save`).
 """
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from functools import partial
+from collections.abc import Callable
 
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import Event, RequestFailed
@@ -20,6 +22,7 @@ from .generator import ChunkMaker
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, list[Event]], None]
+SAVE_RETRY_S = (0.05, 0.2, 0.5)
 
 
 class ChannelRunner:
@@ -79,9 +82,7 @@ class ChannelRunner:
             pass
 
     async def _commit(self, events: list[Event]) -> None:
-        ids = set(self.channel.dirty)
-        await self.store.save([r for r in map(self.channel.find_request, ids) if r])
-        self.channel.dirty -= ids  # only once saved: a failed write is retried with the next step
+        await self._save()
         if events:
             self.publish(self.name, events)
         self._changed.set()
@@ -91,6 +92,25 @@ class ChannelRunner:
         for event in events:
             if isinstance(event, RequestFailed) and event.request.request_id == self._job_request and self._job:
                 self._job.cancel()  # a stalled or failing synthesis is abandoned, not awaited
+
+    async def _save(self) -> None:
+        """Persist what changed, retrying briefly (a CLI or cron writer may hold the SQLite lock).
+
+        If the database stays unavailable the step is announced anyway and its changes stay
+        marked for the next save: the channel keeps playing rather than stalling on storage.
+        """
+        ids = set(self.channel.dirty)
+        for delay_s in (*SAVE_RETRY_S, None):
+            try:
+                await self.store.save([r for r in map(self.channel.find_request, ids) if r])
+            except Exception:
+                if delay_s is None:
+                    log.exception("channel %s: could not save; will retry with the next change", self.name)
+                    return
+                await asyncio.sleep(delay_s)
+            else:
+                self.channel.dirty -= ids
+                return
 
     # -- the clock -------------------------------------------------------------
 
@@ -132,7 +152,7 @@ class ChannelRunner:
 
     async def _generate(self, request: Request) -> None:
         rid = request.request_id
-        await self.apply(lambda now: self.channel.generation_started(rid, now))
+        await self.apply(partial(self.channel.generation_started, rid))
         log.info("channel %s: generating request %s (%d sentences)", self.name, rid, len(request.sentences))
         while not request.generated and self.channel.next_job() is request:
             try:
@@ -140,8 +160,8 @@ class ChannelRunner:
             except Exception as exc:  # engine, encoder or disk: any failure fails this request only
                 reason = str(exc) if isinstance(exc, (GenerationError, OSError)) else f"TTS engine crashed: {exc!r}"
                 log.warning("channel %s: request %s failed: %s", self.name, rid, reason)
-                await self.apply(lambda now: self.channel.generation_failed(rid, reason, now))
+                await self.apply(partial(self.channel.generation_failed, rid, reason))
                 return
             if self.channel.next_job() is not request:
                 return  # failed or removed while this chunk was being made
-            await self.apply(lambda now: self.channel.chunk_ready(chunk, now))
+            await self.apply(partial(self.channel.chunk_ready, chunk))

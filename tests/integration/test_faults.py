@@ -8,8 +8,11 @@ import aiohttp
 import pytest
 import websockets
 
+from sqlalchemy.exc import OperationalError
+
 from conftest import start_server
 from db.audio_store import AudioStore
+from db.store import Store
 from tts.tone_engine import ToneEngine
 
 
@@ -105,3 +108,22 @@ async def test_lost_mp3_is_rebuilt_from_the_lossless_copy(server, connect):
         async with http.get(server.base_url + chunk["url"]) as resp:
             assert resp.status == 200
             assert await resp.read() == original  # the encoder is deterministic
+
+
+async def test_database_locked_briefly_is_retried_and_nothing_is_lost(server, connect, monkeypatch):
+    """Saves that hit 'database is locked' are retried; the request plays and is stored as played."""
+    original, failures = Store.save, []
+
+    async def flaky_save(self, requests):  # noqa: ANN001, ANN202
+        if len(failures) < 4:
+            failures.append(1)
+            raise OperationalError("UPDATE", {}, Exception("database is locked"))
+        return await original(self, requests)
+
+    listener = await connect()
+    await listener.next("snapshot")
+    monkeypatch.setattr(Store, "save", flaky_save)
+    request_id = (await (await server.say("Locked, then fine.")).json())["request_id"]
+    await listener.next("request_played", where=lambda m: m["request_id"] == request_id)
+    stored = await server.station.store.request(request_id)
+    assert len(failures) == 4 and stored.state == "played" and len(stored.chunks) == 1
