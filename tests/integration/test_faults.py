@@ -4,13 +4,11 @@ import errno
 import json
 
 import aiohttp
-
 import pytest
 import websockets
-
+from conftest import start_server
 from sqlalchemy.exc import OperationalError
 
-from conftest import start_server
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.tone_engine import ToneEngine
