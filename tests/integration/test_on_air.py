@@ -174,3 +174,19 @@ def decode_mp3(data: bytes) -> np.ndarray:
                           "-f", "s16le", "-ac", "1", "-ar", "22050", "pipe:1"],
                          input=data, capture_output=True, check=True, timeout=60)
     return np.frombuffer(out.stdout, dtype=np.int16)
+
+
+@pytest.mark.server_config({"tts": {"tone_delay_ms": 700, "tone_ms_per_char": 5}})
+async def test_underrun_slips_the_timeline_and_announces_it(server, connect):
+    """When synthesis is slower than playback, later chunks slip (announced by timeline_shifted), never overlap."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("Short one. Short two. Short three.")
+    shifted = await listener.next("timeline_shifted", timeout=15)
+    assert shifted["shift_ms"] > 0
+    await listener.next("request_played", timeout=15)
+    chunks = played_chunks(listener.messages)
+    for before, after in zip(chunks, chunks[1:]):
+        assert after["starts_at_ms"] >= before["starts_at_ms"] + before["duration_ms"] + 120
+    ready = {m["chunk_id"]: m for m in listener.messages if m["type"] == "audio_chunk_ready"}
+    assert ready[shifted["chunk_id"]]["starts_at_ms"] == shifted["starts_at_ms"]
