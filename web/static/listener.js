@@ -4,7 +4,7 @@
 
 const channel = decodeURIComponent(location.pathname.split("/")[2] || "");
 const $ = (id) => document.getElementById(id);
-const state = { ctx: null, ws: null, offsetMs: 0, bestDelayMs: Infinity, chunks: new Map(),
+const state = window.broadcasterState = { ctx: null, ws: null, offsetMs: 0, bestDelayMs: Infinity, chunks: new Map(),
                 request: null, retryMs: 500, connectionId: null };
 
 $("channel").textContent = channel;
