@@ -6,6 +6,7 @@
     └── BadInput               their mistake: carries the HTTP status to answer with
         ├── NotFound           404
         ├── Unauthorized       401
+        ├── Conflict           409
         └── PayloadTooLarge    413
 
 Messages say what was expected and what came, so they can be shown to a user as is.
@@ -49,6 +50,13 @@ class NotFound(BadInput):
 class Unauthorized(BadInput):
     status = 401
     code = "unauthorized"
+
+
+class Conflict(BadInput):
+    """The request is fine but the thing it names is in the wrong state for it."""
+
+    status = 409
+    code = "conflict"
 
 
 class PayloadTooLarge(BadInput):

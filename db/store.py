@@ -7,12 +7,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from broadcaster.core.model import Chunk, Request
-from broadcaster.core.states import ChunkState, RequestState
+from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState, RequestState
 from broadcaster.errors import BadInput
 
 from .models import Base, ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
-FINAL = (RequestState.PLAYED.value, RequestState.FAILED.value)
+FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
 
 
 def make_engine(url: str) -> AsyncEngine:

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from broadcaster.errors import BadInput, NotFound
+from broadcaster.errors import BadInput, GenerationError, NotFound
 from db.audio_store import FORMATS
 
 from .http_util import bearer_token, error_response, json_body, path_id
@@ -15,9 +15,7 @@ CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac"}
 
 async def submit_request(request: web.Request) -> web.Response:
     station = request.app[STATION]
-    name = request.match_info["channel"]
-    await station.runner(name)  # 404 before 401: an unknown channel has no token to check
-    station.check_token(name, bearer_token(request))
+    name = await _producer(request)
     body = await json_body(request)
     if "text" not in body:
         raise BadInput(f"expected a JSON object with \"text\", got keys {sorted(body)[:10]}")
@@ -27,6 +25,41 @@ async def submit_request(request: web.Request) -> web.Response:
          "sentences": len(queued.sentences)},
         status=202,
     )
+
+
+async def _producer(request: web.Request) -> str:
+    """The channel name, once the producer token for it is checked (404 before 401)."""
+    station = request.app[STATION]
+    name = request.match_info["channel"]
+    await station.runner(name)
+    station.check_token(name, bearer_token(request))
+    return name
+
+
+async def producer_check(request: web.Request) -> web.Response:
+    """Lets the console check a token before showing its controls."""
+    return web.json_response({"channel": await _producer(request), "producer": True})
+
+
+async def skip_request(request: web.Request) -> web.Response:
+    name = await _producer(request)
+    request_id = path_id(request, "request_id", "request")
+    await request.app[STATION].cancel(name, request_id, skip=True)
+    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": True})
+
+
+async def cancel_request(request: web.Request) -> web.Response:
+    name = await _producer(request)
+    request_id = path_id(request, "request_id", "request")
+    await request.app[STATION].cancel(name, request_id, skip=False)
+    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": False})
+
+
+async def retry_request(request: web.Request) -> web.Response:
+    name = await _producer(request)
+    queued, position = await request.app[STATION].retry(name, path_id(request, "request_id", "request"))
+    return web.json_response({"request_id": queued.request_id, "status": queued.state.value, "position": position,
+                              "sentences": len(queued.sentences)}, status=202)
 
 
 async def queue_state(request: web.Request) -> web.Response:
@@ -50,6 +83,8 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
+    except GenerationError as exc:
+        return error_response(503, "encoding_failed", f"the MP3 of chunk {chunk_id} could not be made: {exc}")
     headers = {"Accept-Ranges": "bytes", "Content-Type": CONTENT_TYPES[fmt],
                "Cache-Control": "public, max-age=604800, immutable", "ETag": f'"{chunk_id}-{fmt}"'}
     try:

@@ -7,6 +7,7 @@ from broadcaster.core.events import (
     ChunkScheduled,
     Event,
     QueueChanged,
+    RequestCancelled,
     RequestFailed,
     RequestPlayed,
     StreamStarted,
@@ -68,8 +69,15 @@ def queue_json(channel: Channel) -> list[dict[str, Any]]:
     return [queue_item_json(r, i) for i, r in enumerate(channel.line) if r is not head]
 
 
+def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest finished requests, newest first (the console offers a retry on failed ones)."""
+    return [{"request_id": r.request_id, "status": r.state.value, "text": r.text, "error": r.error,
+             "finished_at_ms": r.finished_at_ms} for r in list(channel.recent)[::-1][:limit]]
+
+
 def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
-    return {"server_time_ms": now_ms, "now_playing": now_playing_json(channel, now_ms), "queue": queue_json(channel)}
+    return {"server_time_ms": now_ms, "now_playing": now_playing_json(channel, now_ms), "queue": queue_json(channel),
+            "recent": recent_json(channel)}
 
 
 def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
@@ -84,13 +92,17 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
         case TimelineShifted(request, chunk, shift_ms):
             return {"type": "timeline_shifted", "request_id": request.request_id, "chunk_id": chunk.chunk_id,
                     "starts_at_ms": chunk.starts_at_ms, "shift_ms": shift_ms}
-        case RequestFailed(request, reason, discarded):
+        case RequestFailed(request, reason, failed_at_ms, discarded):
             return {"type": "request_failed", "request_id": request.request_id, "reason": reason,
-                    "failed_at_ms": request.finished_at_ms, "discarded_chunk_ids": list(discarded)}
+                    "failed_at_ms": failed_at_ms, "audio_ends_at_ms": request.finished_at_ms,
+                    "discarded_chunk_ids": list(discarded)}
+        case RequestCancelled(request, skipped, stopped_at_ms, discarded):
+            return {"type": "request_cancelled", "request_id": request.request_id, "skipped": skipped,
+                    "stopped_at_ms": stopped_at_ms, "discarded_chunk_ids": list(discarded)}
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
         case QueueChanged():
-            return {"type": "playback_queue_updated", "queue": queue_json(channel)}
+            return {"type": "playback_queue_updated", "queue": queue_json(channel), "recent": recent_json(channel)}
     return None
 
 

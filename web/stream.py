@@ -35,16 +35,21 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
-    copier = asyncio.create_task(_copy(encoder, response))
+    feeder = _Feeder(request, encoder, rate, offset_ms)
+    feed = asyncio.create_task(feeder.feed(playback, station.runner_of(playback)))
+    copy = asyncio.create_task(_copy(encoder, response))
     try:
-        feeder = _Feeder(request, encoder, rate, offset_ms)
-        await feeder.follow(playback, station.runner_of(playback))
-        encoder.proc.stdin.close()
-        await copier
+        # If the listener leaves, copying fails first and feeding must stop with it;
+        # otherwise feeding ends, ffmpeg flushes, and copying drains the rest.
+        await asyncio.wait({feed, copy}, return_when=asyncio.FIRST_EXCEPTION)
+        if feed.done() and feed.exception() is None:
+            await copy
     except (ConnectionError, BrokenPipeError):
         pass  # the listener went away
     finally:
-        copier.cancel()
+        for task in (feed, copy):
+            task.cancel()
+        await asyncio.gather(feed, copy, return_exceptions=True)
         with contextlib.suppress(Exception):
             await encoder.abandon()
     with contextlib.suppress(ConnectionError):
@@ -66,6 +71,10 @@ class _Feeder:
         self.stdin = encoder.proc.stdin
         self.rate = rate
         self.skip = skip_ms * rate // 1000  # samples still to drop from the front
+
+    async def feed(self, playback: Request, runner) -> None:  # noqa: ANN001
+        await self.follow(playback, runner)
+        self.stdin.close()
 
     async def follow(self, playback: Request, runner) -> None:  # noqa: ANN001
         sent = 0

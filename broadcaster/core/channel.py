@@ -29,6 +29,7 @@ from .events import (
     ChunkScheduled,
     Event,
     QueueChanged,
+    RequestCancelled,
     RequestFailed,
     RequestPlayed,
     StreamStarted,
@@ -82,6 +83,25 @@ class Channel:
         if request is None or request.state not in (RequestState.PENDING, RequestState.GENERATING):
             return []
         return [*self._fail(request, reason, now_ms), *self._place(now_ms)]
+
+    def cancel(self, request_id: str, now_ms: int) -> list[Event]:
+        """Cancel a queued request, or skip the one on the air: its audio stops now."""
+        request = self._in_line(request_id)
+        request.apply(RequestEvent.CANCEL)
+        on_air = any(c.scheduled for c in request.live_chunks())
+        cut = any(c.scheduled and c.starts_at_ms <= now_ms for c in request.live_chunks())
+        discarded = []
+        for chunk in request.chunks:
+            if chunk.state == ChunkState.READY:
+                chunk.apply(ChunkEvent.DISCARD)
+                discarded.append(chunk.chunk_id)
+        request.error = "skipped by the producer" if on_air else "cancelled by the producer"
+        request.finished_at_ms = now_ms
+        if cut:
+            self._played_end_ms = max(self._played_end_ms or 0, now_ms)
+        self._leave_line(request)
+        cancelled = RequestCancelled(request, on_air, now_ms, tuple(discarded))
+        return [cancelled, QueueChanged(), *self._place(now_ms)]
 
     # -- the clock -------------------------------------------------------------
 
@@ -245,7 +265,7 @@ class Channel:
         request.finished_at_ms = max(now_ms, request.scheduled_end_ms() or now_ms)
         self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms)
         self._leave_line(request)
-        return [RequestFailed(request, reason, tuple(c.chunk_id for c in discarded)), QueueChanged()]
+        return [RequestFailed(request, reason, now_ms, tuple(c.chunk_id for c in discarded)), QueueChanged()]
 
     def _leave_line(self, request: Request) -> None:
         self.line.remove(request)

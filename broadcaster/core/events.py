@@ -27,6 +27,17 @@ class TimelineShifted:
 class RequestFailed:
     request: Request
     reason: str
+    failed_at_ms: int
+    discarded_chunk_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequestCancelled:
+    """A producer cancelled a queued request or skipped the one on the air (audio stops at `stopped_at_ms`)."""
+
+    request: Request
+    skipped: bool
+    stopped_at_ms: int
     discarded_chunk_ids: tuple[str, ...] = ()
 
 
@@ -40,4 +51,5 @@ class QueueChanged:
     pass
 
 
-Event = StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestPlayed | QueueChanged
+Event = (StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestCancelled | RequestPlayed
+         | QueueChanged)

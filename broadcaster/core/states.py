@@ -15,12 +15,14 @@ class RequestState(StrEnum):
     GENERATING = "generating"  # audio being produced and/or on the air
     PLAYED = "played"  # every chunk's end has passed on the timeline
     FAILED = "failed"  # TTS error, generation timeout, or failed storage
+    CANCELLED = "cancelled"  # a producer cancelled it while queued, or skipped it on the air
 
 
 class RequestEvent(StrEnum):
     START = "start_generation"
     FINISH = "finish_playing"
     FAIL = "fail"
+    CANCEL = "cancel"
 
 
 class ChunkState(StrEnum):
@@ -39,6 +41,8 @@ REQUEST_TRANSITIONS: dict[tuple[RequestState, RequestEvent], RequestState] = {
     (RequestState.PENDING, RequestEvent.FAIL): RequestState.FAILED,
     (RequestState.GENERATING, RequestEvent.FINISH): RequestState.PLAYED,
     (RequestState.GENERATING, RequestEvent.FAIL): RequestState.FAILED,
+    (RequestState.PENDING, RequestEvent.CANCEL): RequestState.CANCELLED,
+    (RequestState.GENERATING, RequestEvent.CANCEL): RequestState.CANCELLED,
 }
 
 CHUNK_TRANSITIONS: dict[tuple[ChunkState, ChunkEvent], ChunkState] = {
@@ -46,7 +50,7 @@ CHUNK_TRANSITIONS: dict[tuple[ChunkState, ChunkEvent], ChunkState] = {
     (ChunkState.READY, ChunkEvent.DISCARD): ChunkState.DISCARDED,
 }
 
-FINAL_REQUEST_STATES = frozenset({RequestState.PLAYED, RequestState.FAILED})
+FINAL_REQUEST_STATES = frozenset({RequestState.PLAYED, RequestState.FAILED, RequestState.CANCELLED})
 
 
 def next_request_state(state: RequestState, event: RequestEvent) -> RequestState:

@@ -32,11 +32,24 @@ class Mp3Delivery:
         self._track(chunk_id, self._encode(request_id, chunk_id, encoder, pcm))
 
     async def ensure(self, request_id: str, chunk_id: str) -> None:
-        """Return once the chunk's MP3 is stored. Raises FileNotFoundError if its audio is gone."""
-        if chunk_id not in self.jobs and not self.audio.has(request_id, chunk_id, "mp3"):
-            self._track(chunk_id, self._rebuild(request_id, chunk_id))
-        if chunk_id in self.jobs:
-            await asyncio.shield(self.jobs[chunk_id])
+        """Return once the chunk's MP3 is stored; a failed encode is retried once from the FLAC.
+
+        Raises FileNotFoundError if the chunk's audio is gone, GenerationError if encoding keeps failing.
+        """
+        for attempt in (1, 2):
+            if chunk_id not in self.jobs and not self.audio.has(request_id, chunk_id, "mp3"):
+                self._track(chunk_id, self._rebuild(request_id, chunk_id))
+            job = self.jobs.get(chunk_id)
+            if job is None:
+                return
+            try:
+                await asyncio.shield(job)
+                return
+            except FileNotFoundError:
+                raise
+            except Exception:
+                if attempt == 2:
+                    raise
 
     async def close(self) -> None:
         for job in self.jobs.values():

@@ -7,11 +7,11 @@ and only then announced, so anything a listener was told survives a restart
 
 import asyncio
 import logging
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 
 from broadcaster.core.channel import Channel
-from broadcaster.core.events import Event, RequestFailed
+from broadcaster.core.events import Event, RequestCancelled, RequestFailed
 from broadcaster.core.model import Request
 from broadcaster.errors import GenerationError
 from db.store import Store
@@ -90,8 +90,9 @@ class ChannelRunner:
         self._wake.set()
         self._work.set()
         for event in events:
-            if isinstance(event, RequestFailed) and event.request.request_id == self._job_request and self._job:
-                self._job.cancel()  # a stalled or failing synthesis is abandoned, not awaited
+            ended = isinstance(event, (RequestFailed, RequestCancelled))
+            if ended and event.request.request_id == self._job_request and self._job:
+                self._job.cancel()  # a stalled, failing or cancelled synthesis is abandoned, not awaited
 
     async def _save(self) -> None:
         """Persist what changed, retrying briefly (a CLI or cron writer may hold the SQLite lock).

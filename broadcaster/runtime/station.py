@@ -3,13 +3,15 @@
 import asyncio
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
 from broadcaster.config import Config
 from broadcaster.core.channel import Channel
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, Request
-from broadcaster.errors import BadInput, NotFound, Unauthorized
+from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
+from broadcaster.errors import BadInput, Conflict, NotFound, Unauthorized
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
@@ -122,6 +124,33 @@ class Station:
             raise QueueFull(f"channel {name!r} already has {limits.max_queue} requests waiting; try again later")
         request = Request(new_id(), name, text, sentences, self.clock())
         return request, await runner.submit(request)
+
+    async def cancel(self, name: str, request_id: str, skip: bool) -> None:
+        """Skip the request on the air (skip=True) or cancel a queued one (skip=False)."""
+        runner = await self.runner(name)
+        request = await self._request_in(runner, request_id)
+        if request.state in FINAL_REQUEST_STATES:
+            raise Conflict(f"request {request_id} is already {request.state}; there is nothing to stop")
+        on_air = request is runner.channel.now_playing() and request.starts_at_ms is not None
+        if skip and not on_air:
+            raise Conflict(f"request {request_id} is not on the air; cancel it instead of skipping")
+        if not skip and on_air:
+            raise Conflict(f"request {request_id} is on the air; skip it instead of cancelling")
+        await runner.apply(partial(runner.channel.cancel, request_id))
+
+    async def retry(self, name: str, request_id: str) -> tuple[Request, int]:
+        """Queue a failed or cancelled request's text again, as a new request."""
+        runner = await self.runner(name)
+        request = await self._request_in(runner, request_id)
+        if request.state not in (RequestState.FAILED, RequestState.CANCELLED):
+            raise Conflict(f"expected a failed or cancelled request to retry, but {request_id} is {request.state}")
+        return await self.submit(name, request.text)
+
+    async def _request_in(self, runner: ChannelRunner, request_id: str) -> Request:
+        request = runner.channel.find_request(request_id) or await self.store.request(request_id)
+        if request is None or request.channel != runner.name:
+            raise NotFound(f"no playback request {request_id!r} on channel {runner.name!r}")
+        return request
 
     async def find_request(self, request_id: str) -> Request:
         for runner in self.runners.values():

@@ -1,14 +1,16 @@
 """A channel on the air end to end: a real server on loopback, real WebSocket listeners."""
 
 import asyncio
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
-
 from conftest import FAST_TONES
+
 from tts.encode import ffmpeg_exe
 
 
@@ -190,3 +192,31 @@ async def test_underrun_slips_the_timeline_and_announces_it(server, connect):
         assert after["starts_at_ms"] >= before["starts_at_ms"] + before["duration_ms"] + 120
     ready = {m["chunk_id"]: m for m in listener.messages if m["type"] == "audio_chunk_ready"}
     assert ready[shifted["chunk_id"]]["starts_at_ms"] == shifted["starts_at_ms"]
+
+
+def ffmpeg_children() -> list[int]:
+    """ffmpeg processes started by this (test and server) process."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split()
+        except OSError:
+            continue
+        if fields[1] == "(ffmpeg)" or "ffmpeg" in fields[1]:
+            if int(fields[3]) == os.getpid():
+                found.append(int(fields[0]))
+    return found
+
+
+@pytest.mark.server_config({"tts": {"tone_delay_ms": 300}})
+async def test_stream_listener_leaving_frees_its_encoder(server):
+    """A client that drops a progressive stream mid-request leaves no encoder or handler behind."""
+    body = await (await server.say("One sentence. Two sentences. Three sentences. Four sentences.")).json()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/api/audio/stream/{body['request_id']}") as resp:
+            assert await resp.content.readany()
+    for _ in range(50):
+        if not ffmpeg_children():
+            break
+        await asyncio.sleep(0.1)
+    assert ffmpeg_children() == []

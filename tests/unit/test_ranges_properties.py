@@ -1,7 +1,8 @@
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st
 
 from web.ranges import ByteRange, MalformedRange, RangeNotSatisfiable, parse_range  # noqa: E402
 

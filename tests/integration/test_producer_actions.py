@@ -1,0 +1,112 @@
+"""Producer actions over HTTP: skip the request on the air, cancel a queued one, retry a failed one."""
+
+import aiohttp
+import websockets
+from conftest import Listener, start_server
+
+from broadcaster.errors import GenerationError
+from tts.tone_engine import ToneEngine
+
+LONG = "This sentence keeps the request on the air for a while. " * 4
+
+
+async def act(server, request_id: str, action: str, token: str | None = None) -> tuple[int, dict]:  # noqa: ANN001
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/api/channels/{server.channel}/requests/{request_id}/{action}"
+        async with http.post(url, headers={"Authorization": f"Bearer {token or server.token}"}) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_skip_stops_the_request_on_the_air_and_the_next_starts(server, connect):
+    """Skipping the on-air request announces request_cancelled with the stop time and the next request follows."""
+    listener = await connect()
+    await listener.next("snapshot")
+    first = (await (await server.say(LONG)).json())["request_id"]
+    second = (await (await server.say("Next up.")).json())["request_id"]
+    await listener.next("audio_chunk_ready")
+    status, body = await act(server, first, "skip")
+    assert (status, body["skipped"]) == (200, True)
+    cancelled = await listener.next("request_cancelled")
+    assert cancelled["request_id"] == first and cancelled["skipped"] is True
+    started = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == second)
+    assert started["starts_at_ms"] >= cancelled["stopped_at_ms"]
+    await listener.next("request_played", where=lambda m: m["request_id"] == second)
+
+
+async def test_cancel_removes_a_queued_request(server, connect):
+    """Cancelling a pending request takes it out of the queue; it never goes on the air."""
+    listener = await connect()
+    await listener.next("snapshot")
+    first = (await (await server.say("On the air now.")).json())["request_id"]
+    doomed = (await (await server.say("Never heard.")).json())["request_id"]
+    status, _ = await act(server, doomed, "cancel")
+    assert status == 200
+    cancelled = await listener.next("request_cancelled")
+    assert cancelled == {**cancelled, "request_id": doomed, "skipped": False}
+    await listener.next("request_played", where=lambda m: m["request_id"] == first)
+    assert not any(m["type"] == "audio_stream_started" and m["request_id"] == doomed for m in listener.messages)
+    _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert state["recent"][0]["request_id"] == first
+    assert any(r["request_id"] == doomed and r["status"] == "cancelled" for r in state["recent"])
+
+
+class FlakyEngine(ToneEngine):
+    """Fails the first time it is asked to speak, then works: a transient TTS outage."""
+
+    def __init__(self) -> None:
+        super().__init__(ms_per_char=10)
+        self.failed_once = False
+
+    async def synthesize(self, text: str):  # noqa: ANN201
+        if not self.failed_once:
+            self.failed_once = True
+            raise GenerationError("the TTS service hiccuped")
+        return await super().synthesize(text)
+
+
+async def test_retry_queues_a_failed_request_again(tmp_path):
+    """Retrying a failed request queues its text as a new request, which plays."""
+    runner, server = await start_server(tmp_path, engine_factory=lambda config: FlakyEngine())
+    try:
+        async with websockets.connect(server.ws_url()) as ws:
+            listener = Listener(ws)
+            await listener.next("snapshot")
+            failed = (await (await server.say("Try me again.")).json())["request_id"]
+            await listener.next("request_failed")
+            status, body = await act(server, failed, "retry")
+            assert status == 202 and body["request_id"] != failed
+            await listener.next("request_played", where=lambda m: m["request_id"] == body["request_id"])
+    finally:
+        await runner.cleanup()
+
+
+async def test_wrong_state_is_a_clear_conflict(server, connect):
+    """Skipping a queued request, cancelling the on-air one, or retrying a pending one is a 409 that says why."""
+    listener = await connect()
+    await listener.next("snapshot")
+    on_air = (await (await server.say(LONG)).json())["request_id"]
+    queued = (await (await server.say("Waiting.")).json())["request_id"]
+    await listener.next("audio_chunk_ready")
+    for request_id, action, words in [(queued, "skip", "not on the air"), (on_air, "cancel", "on the air"),
+                                      (queued, "retry", "failed or cancelled")]:
+        status, body = await act(server, request_id, action)
+        assert status == 409 and words in body["error"]["message"]
+    _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert state["now_playing"]["request_id"] == on_air and [q["request_id"] for q in state["queue"]] == [queued]
+
+
+async def test_actions_need_the_producer_token(server):
+    """Without the right token every action is 401 and nothing changes; unknown ids are 404."""
+    queued = (await (await server.say("Stay.")).json())["request_id"]
+    for action in ("skip", "cancel", "retry"):
+        status, body = await act(server, queued, action, token="bc_wrong")
+        assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, _ = await act(server, "0123456789abcdef", "cancel")
+    assert status == 404
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/api/channels/{server.channel}/producer",
+                            headers={"Authorization": "Bearer bc_wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(f"{server.base_url}/api/channels/{server.channel}/producer",
+                            headers={"Authorization": f"Bearer {server.token}"}) as resp:
+            assert resp.status == 200
