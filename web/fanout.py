@@ -64,17 +64,36 @@ class Listener:
             await self.ws.close(code=code, message=message)
 
 
+COUNT_DELAY_S = 0.5  # listener counts are announced at most twice a second per channel
+
+
 class Hub:
     def __init__(self) -> None:
         self.listeners: dict[str, set[Listener]] = {}
         self.dropped_total = 0
         self._closing: set[asyncio.Task] = set()
+        self._count_pending: set[str] = set()
 
     def add(self, listener: Listener) -> None:
         self.listeners.setdefault(listener.channel, set()).add(listener)
+        self._count_changed(listener.channel)
 
     def remove(self, listener: Listener) -> None:
-        self.listeners.get(listener.channel, set()).discard(listener)
+        group = self.listeners.get(listener.channel, set())
+        if listener in group:
+            group.discard(listener)
+            self._count_changed(listener.channel)
+
+    def _count_changed(self, channel: str) -> None:
+        """Coalesce joins and leaves: a burst of a thousand connections is one message, not a million."""
+        if channel in self._count_pending:
+            return
+        self._count_pending.add(channel)
+        asyncio.get_running_loop().call_later(COUNT_DELAY_S, self._announce_count, channel)
+
+    def _announce_count(self, channel: str) -> None:
+        self._count_pending.discard(channel)
+        self.broadcast(channel, {"type": "listeners_changed", "listeners": self.count(channel)})
 
     def count(self, channel: str) -> int:
         return len(self.listeners.get(channel, ()))

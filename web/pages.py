@@ -16,6 +16,12 @@ async def listener_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "listener.html", headers={"Cache-Control": "no-cache"})
 
 
+async def console_page(request: web.Request) -> web.FileResponse:
+    """The producer console; it asks for the token itself and every action checks it."""
+    await request.app[STATION].runner(request.match_info["channel"])
+    return web.FileResponse(STATIC_DIR / "console.html", headers={"Cache-Control": "no-cache"})
+
+
 async def static_file(request: web.Request) -> web.FileResponse:
     """Only files that ship in static/ (no paths, no dot-files), with a JSON 404 otherwise."""
     name = request.match_info["name"]

@@ -32,7 +32,8 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     await store.open_connection(connection_id, runner.channel_id, request.remote or "",
                                 request.headers.get("User-Agent", ""), station.clock())
     listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue)
-    snapshot = {"type": "snapshot", "connection_id": connection_id, **queue_state_json(runner.channel, station.clock())}
+    snapshot = {"type": "snapshot", "connection_id": connection_id, "listeners": hub.count(runner.name) + 1,
+                **queue_state_json(runner.channel, station.clock())}
     listener.send(snapshot)
     hub.add(listener)  # no await since the snapshot: no event can fall between the two
     try:

@@ -1,148 +1,255 @@
-// Listener page: follows the channel's timeline over the WebSocket and plays each
-// chunk with Web Audio at its starts_at_ms, mapped from the server clock.
-"use strict";
+// Listener page: plays the channel in step with every other listener.
+//
+// Each chunk is fetched, decoded, and started with Web Audio at the AudioContext time that
+// corresponds to its starts_at_ms on the server clock. The mapping goes server time ->
+// local time (ClockSync) -> AudioContext time (getOutputTimestamp, which already accounts
+// for output latency; otherwise currentTime plus outputLatency). Chunks are short, so small
+// drift is absorbed at the next chunk boundary, in the silence between sentences; a larger
+// error (the clock estimate moved, the machine slept) restarts the playing chunk at the right
+// place. <audio>.currentTime is never used for sync.
 
-const channel = decodeURIComponent(location.pathname.split("/")[2] || "");
+import { ChannelSocket, channelFromPath, el } from "./channel.js";
+import { nowMs } from "./sync.js";
+
+const HARD_RESYNC_MS = 25;    // a playing chunk further off than this is restarted in place
+const RETIME_MS = 1;          // a chunk not yet started is quietly re-timed for any change above this
+const MIN_SYNC_SAMPLES = 4;   // clock samples needed before anything is scheduled
+const LATENCY_KEY = "broadcaster.latencyMs";
+const VOLUME_KEY = "broadcaster.volume";
+
+const channel = channelFromPath();
 const $ = (id) => document.getElementById(id);
-const state = window.broadcasterState = { ctx: null, ws: null, offsetMs: 0, bestDelayMs: Infinity, chunks: new Map(),
-                request: null, retryMs: 500, connectionId: null };
+const state = {
+  ctx: null, gain: null, chunks: new Map(), request: null, current: null, listeners: 0,
+  latencyMs: Number(localStorage.getItem(LATENCY_KEY) || 0),
+  stats: { scheduled: [] }, // for tests and bench/sync.py: when each chunk will sound, by our clock
+};
+window.broadcaster = state;
+const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection });
+state.socket = socket;
 
+document.title = `${channel} · Broadcaster`;
 $("channel").textContent = channel;
 $("tune").addEventListener("click", tuneIn);
-
-function serverNowMs() { return Date.now() + state.offsetMs; }
-
-function setStatus(text) { $("status").textContent = text; }
+$("latency").value = state.latencyMs;
+$("latency").addEventListener("change", () => {
+  state.latencyMs = Number($("latency").value) || 0;
+  localStorage.setItem(LATENCY_KEY, String(state.latencyMs));
+  rescheduleAll();
+});
+$("volume").value = localStorage.getItem(VOLUME_KEY) || "1";
+$("volume").addEventListener("input", applyVolume);
+$("mute").addEventListener("click", () => { $("mute").setAttribute("aria-pressed", String($("mute").getAttribute("aria-pressed") !== "true")); applyVolume(); });
 
 async function tuneIn() {
-  state.ctx = state.ctx || new AudioContext();
+  state.ctx = new AudioContext({ latencyHint: "playback" });
+  state.gain = state.ctx.createGain();
+  state.gain.connect(state.ctx.destination);
+  applyVolume();
   await state.ctx.resume();
   $("tune").hidden = true;
-  connect();
+  $("player").hidden = false;
+  socket.start();
+  setInterval(checkDrift, 1000);
+  setInterval(showSync, 500);
 }
 
-function connect() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(channel)}`);
-  state.ws = ws;
-  setStatus("Connecting…");
-  ws.onopen = () => { state.retryMs = 500; setStatus("Listening"); syncBurst(); };
-  ws.onmessage = (event) => handle(JSON.parse(event.data));
-  ws.onclose = () => {
-    setStatus(`Disconnected; retrying in ${Math.round(state.retryMs / 1000)} s`);
-    setTimeout(connect, state.retryMs);
-    state.retryMs = Math.min(state.retryMs * 2, 15000);
-  };
+function applyVolume() {
+  localStorage.setItem(VOLUME_KEY, $("volume").value);
+  const muted = $("mute").getAttribute("aria-pressed") === "true";
+  $("mute").textContent = muted ? "Unmute" : "Mute";
+  if (state.gain) state.gain.gain.value = muted ? 0 : Number($("volume").value);
 }
 
-function send(message) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
-}
+// ---- time mapping -----------------------------------------------------------------------
 
-function syncBurst() {
-  for (let i = 0; i < 5; i++) setTimeout(() => send({ type: "time_sync", t0: Date.now() }), i * 100);
-}
-setInterval(() => send({ type: "time_sync", t0: Date.now() }), 10000);
-
-function onTimeSync(m) {
-  const t3 = Date.now();
-  const delay = (t3 - m.t0) - (m.t2 - m.t1);
-  // Keep the sample with the smallest round trip: its offset is the least wrong.
-  if (delay <= state.bestDelayMs + 2) {
-    state.bestDelayMs = Math.min(state.bestDelayMs, delay);
-    state.offsetMs = ((m.t1 - m.t0) + (m.t2 - t3)) / 2;
+// AudioContext time at which audio scheduled now is heard at local time `localMs`.
+function ctxTimeAt(localMs) {
+  const ctx = state.ctx;
+  const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : {};
+  if (ts.performanceTime > 0) {
+    return ts.contextTime + (localMs - (performance.timeOrigin + ts.performanceTime)) / 1000;
   }
-  $("sync").textContent = `clock offset ${state.offsetMs.toFixed(1)} ms, round trip ${delay} ms`;
+  const latency = ctx.outputLatency || ctx.baseLatency || 0;
+  return ctx.currentTime + (localMs - nowMs()) / 1000 - latency;
 }
+
+// Local time at which audio started at AudioContext time `when` will be heard.
+function localTimeOf(when) {
+  return nowMs() + (when - ctxTimeAt(nowMs())) * 1000;
+}
+
+function ctxTimeForServer(serverMs) {
+  return ctxTimeAt(socket.clock.localMs(serverMs) - state.latencyMs);
+}
+
+// ---- messages ---------------------------------------------------------------------------
 
 function handle(m) {
   switch (m.type) {
-    case "snapshot":
-      state.connectionId = m.connection_id;
-      for (const [id, c] of state.chunks) { stopChunk(c); state.chunks.delete(id); }
-      showQueue(m.queue);
-      if (m.now_playing) {
-        state.request = { id: m.now_playing.request_id, text: m.now_playing.text };
-        m.now_playing.chunks.forEach((c) => addChunk(m.now_playing.request_id, c));
-      }
-      renderCaptions();
-      break;
+    case "snapshot": onSnapshot(m); break;
     case "audio_stream_started":
       state.request = { id: m.request_id, text: m.text };
       renderCaptions();
       break;
     case "audio_chunk_ready": addChunk(m.request_id, m); break;
     case "timeline_shifted": {
-      const c = state.chunks.get(m.chunk_id);
-      if (c) { stopChunk(c); c.starts_at_ms = m.starts_at_ms; schedule(c); }
+      const chunk = state.chunks.get(m.chunk_id);
+      if (chunk && chunk.starts_at_ms !== m.starts_at_ms) { chunk.starts_at_ms = m.starts_at_ms; schedule(chunk); }
       break;
     }
     case "request_failed":
-      for (const c of state.chunks.values()) if (c.request_id === m.request_id && c.starts_at_ms > serverNowMs()) stopChunk(c);
-      setStatus(`A request failed: ${m.reason}`);
+      dropChunks(m.discarded_chunk_ids);
+      notice(`A narration failed: ${m.reason}`);
+      break;
+    case "request_cancelled":
+      stopRequest(m.request_id);
+      if (m.skipped) notice("The producer skipped the narration on the air.");
       break;
     case "playback_queue_updated": showQueue(m.queue); break;
-    case "time_sync": onTimeSync(m); break;
-    case "error": console.warn("server says:", m.message); break;
+    case "listeners_changed": showListeners(m.listeners); break;
+    case "time_sync": scheduleWaiting(); break;
+    case "error": console.warn("server:", m.message); break;
   }
 }
 
+function onSnapshot(m) {
+  showQueue(m.queue);
+  showListeners(m.listeners);
+  const playing = m.now_playing;
+  const keep = new Set(playing ? playing.chunks.map((c) => c.chunk_id) : []);
+  for (const [id, chunk] of state.chunks) if (!keep.has(id)) { stop(chunk); state.chunks.delete(id); }
+  state.request = playing ? { id: playing.request_id, text: playing.text } : null;
+  if (playing) playing.chunks.forEach((c) => addChunk(playing.request_id, c));
+  renderCaptions();
+}
+
 async function addChunk(requestId, info) {
-  if (state.chunks.has(info.chunk_id)) return;
-  const chunk = { ...info, request_id: requestId, buffer: null, source: null };
+  const known = state.chunks.get(info.chunk_id);
+  if (known) { // after a reconnect: keep what is already playing unless its time moved
+    if (known.starts_at_ms !== info.starts_at_ms) { known.starts_at_ms = info.starts_at_ms; schedule(known); }
+    return;
+  }
+  const chunk = { ...info, request_id: requestId, buffer: null, source: null, when: null };
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
-  const response = await fetch(info.url);
-  chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
-  schedule(chunk);
+  try {
+    const response = await fetch(info.url);
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
+  } catch (err) {
+    notice(`Could not load a sentence (${err.message}); it will be skipped.`);
+    return;
+  }
+  if (state.chunks.has(chunk.chunk_id)) schedule(chunk);
+}
+
+// ---- scheduling -------------------------------------------------------------------------
+
+// Chunks decoded before the first clock sample arrived wait for it: scheduling by an unsynced clock
+// could start them at the wrong moment.
+function scheduleWaiting() {
+  for (const chunk of state.chunks.values()) if (chunk.buffer && !chunk.source && !chunk.done) schedule(chunk);
 }
 
 function schedule(chunk) {
-  if (!chunk.buffer || !state.ctx) return;
+  if (!chunk.buffer || socket.clock.samples.length < MIN_SYNC_SAMPLES) return;
+  stop(chunk);
   const ctx = state.ctx;
-  const latency = ctx.outputLatency || ctx.baseLatency || 0;
-  const startsIn = (chunk.starts_at_ms - serverNowMs()) / 1000 - latency;
-  const offset = Math.max(0, -startsIn);
-  if (offset >= chunk.buffer.duration) return; // already over: a late joiner skips it
+  const when = ctxTimeForServer(chunk.starts_at_ms);
+  const late = Math.max(0, ctx.currentTime - when);
+  if (late >= chunk.buffer.duration) { chunk.done = true; return; } // already over: a late joiner skips it
   const source = ctx.createBufferSource();
   source.buffer = chunk.buffer;
-  source.connect(ctx.destination);
+  source.connect(state.gain);
   source.onended = () => {
-    if (chunk.source === source && offset < chunk.buffer.duration) send({ type: "audio_played", chunk_id: chunk.chunk_id });
+    if (chunk.source !== source) return;
+    chunk.source = null;
+    chunk.done = true;
+    socket.send({ type: "audio_played", chunk_id: chunk.chunk_id });
   };
-  source.start(ctx.currentTime + Math.max(0, startsIn), offset);
-  chunk.source = source;
-  const highlightIn = Math.max(0, startsIn * 1000);
-  setTimeout(() => { state.current = chunk.chunk_id; renderCaptions(); }, highlightIn);
+  source.start(when + late, late);
+  Object.assign(chunk, { source, when });
+  state.stats.scheduled.push({
+    chunk_id: chunk.chunk_id, starts_at_ms: chunk.starts_at_ms,
+    sounds_at_local_ms: localTimeOf(when) + state.latencyMs, // when its first sample is heard, by our clock
+    offset_ms: socket.clock.offsetMs, late_ms: late * 1000, at_local_ms: nowMs(),
+    decoded_ms: chunk.buffer.duration * 1000, duration_ms: chunk.duration_ms,
+  });
+  const highlightIn = Math.max(0, (when - ctx.currentTime) * 1000);
+  setTimeout(() => { if (chunk.source === source) { state.current = chunk.chunk_id; renderCaptions(); } }, highlightIn);
 }
 
-function stopChunk(chunk) {
-  if (chunk.source) { const s = chunk.source; chunk.source = null; try { s.stop(); } catch (_) {} }
+function stop(chunk) {
+  const source = chunk.source;
+  chunk.source = null;
+  if (source) { try { source.stop(); } catch (_) { /* never started */ } }
+}
+
+function rescheduleAll() {
+  for (const chunk of state.chunks.values()) if (chunk.source) schedule(chunk);
+}
+
+function dropChunks(ids) {
+  for (const id of ids || []) { const c = state.chunks.get(id); if (c) { stop(c); state.chunks.delete(id); } }
+  renderCaptions();
+}
+
+function stopRequest(requestId) {
+  for (const [id, c] of state.chunks) if (c.request_id === requestId) { stop(c); state.chunks.delete(id); }
+  if (state.request && state.request.id === requestId) state.request = null;
+  renderCaptions();
+}
+
+// Follow the clock estimate: chunks not yet sounding are re-timed silently; a playing chunk is
+// restarted in place only when it is audibly off.
+function checkDrift() {
+  const soon = state.ctx.currentTime + 0.1;
+  for (const chunk of state.chunks.values()) {
+    if (!chunk.source) continue;
+    const error = Math.abs(ctxTimeForServer(chunk.starts_at_ms) - chunk.when) * 1000;
+    if (error > (chunk.when > soon ? RETIME_MS : HARD_RESYNC_MS)) schedule(chunk);
+  }
+  const cutoff = socket.clock.serverMs() - 60000; // forget long-finished chunks
+  for (const [id, c] of state.chunks) if (c.starts_at_ms + c.duration_ms < cutoff) state.chunks.delete(id);
+  if (state.stats.scheduled.length > 500) state.stats.scheduled.splice(0, 250);
+}
+
+// ---- display ----------------------------------------------------------------------------
+
+function showConnection(kind, retryMs) {
+  const text = { connecting: "Connecting…", live: "Live", reconnecting: `Connection lost; retrying in ${Math.ceil(retryMs / 1000)} s` }[kind];
+  $("connection").textContent = text;
+  $("connection").dataset.state = kind;
+}
+
+function showListeners(count) {
+  state.listeners = count;
+  $("listeners").textContent = `${count} listening`;
+}
+
+function showSync() {
+  const clock = socket.clock;
+  if (!clock.samples.length) return;
+  $("sync").textContent = `Clock offset ${clock.offsetMs.toFixed(1)} ms · sync error ≤ ${clock.errorBoundMs.toFixed(1)} ms` +
+    (clock.driftPpm ? ` · drift ${clock.driftPpm.toFixed(0)} ppm` : "");
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+  setTimeout(() => { if ($("notice").textContent === text) $("notice").textContent = ""; }, 8000);
 }
 
 function renderCaptions() {
   const box = $("captions");
-  if (!state.request) { box.innerHTML = "<em>Nothing on the air</em>"; return; }
+  if (!state.request) { box.replaceChildren(el("em", {}, "Nothing on the air")); return; }
   const parts = [...state.chunks.values()].filter((c) => c.request_id === state.request.id).sort((a, b) => a.seq - b.seq);
-  box.replaceChildren(...parts.map((c) => {
-    const span = document.createElement("span");
-    span.textContent = c.text + " ";
-    if (c.chunk_id === state.current) span.className = "current";
-    return span;
-  }));
-  if (!parts.length) box.textContent = state.request.text;
+  if (!parts.length) { box.textContent = state.request.text; return; }
+  box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")));
 }
 
 function showQueue(queue) {
-  $("queue").replaceChildren(...queue.map((item) => {
-    const li = document.createElement("li");
-    li.textContent = `${item.text} — ${item.status} (${item.chunks_ready}/${item.chunks_total})`;
-    return li;
-  }));
+  $("queue").replaceChildren(...queue.map((item) => el("li", {}, item.text,
+    el("span", { className: "meta" }, ` ${item.status}${item.status === "generating" ? ` ${item.chunks_ready}/${item.chunks_total}` : ""}`))));
+  $("queue-empty").hidden = queue.length > 0;
 }
-
-// Forget chunks that ended a minute ago so a page left open all day stays small.
-setInterval(() => {
-  const cutoff = serverNowMs() - 60000;
-  for (const [id, c] of state.chunks) if (c.starts_at_ms + c.duration_ms < cutoff) state.chunks.delete(id);
-}, 30000);

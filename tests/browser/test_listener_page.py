@@ -1,0 +1,163 @@
+"""Listener pages and the console in a real browser, against a real server on loopback."""
+
+import asyncio
+import statistics
+
+import pytest
+
+SYNC_TOLERANCE_MS = 5
+NARRATION = ("The caravan leaves at dawn. Dust rises over the dunes. The guide hums an old song. "
+             "Far ahead, a tower glints in the sun.")
+
+pytestmark = pytest.mark.server_config({
+    "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
+    "timeline": {"lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
+})
+
+
+async def open_listener(browser, server, page_errors):  # noqa: ANN001, ANN201
+    page = await browser.new_page()
+    page_errors.watch(page)
+    await page.goto(f"{server.base_url}/c/{server.channel}")
+    await page.click("#tune")
+    await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'")
+    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 5")
+    return page
+
+
+async def scheduled(page) -> dict[str, dict]:  # noqa: ANN001
+    """The page's record of when each chunk will sound (latest entry per chunk wins)."""
+    entries = await page.evaluate("window.broadcaster.stats.scheduled")
+    return {e["chunk_id"]: e for e in entries}
+
+
+async def wait_played(listener, request_id: str, timeout: float = 30) -> None:  # noqa: ANN001
+    await listener.next("request_played", timeout=timeout, where=lambda m: m["request_id"] == request_id)
+
+
+def sync_errors(pages_scheduled: list[dict[str, dict]], chunk_ids: list[str]) -> tuple[list[float], list[float]]:
+    """Each page's error against the server timeline, and the spread between pages, per chunk."""
+    against_server, spread = [], []
+    for chunk_id in chunk_ids:
+        times = [p[chunk_id]["sounds_at_local_ms"] for p in pages_scheduled if chunk_id in p]
+        starts = [p[chunk_id]["starts_at_ms"] for p in pages_scheduled if chunk_id in p]
+        against_server += [abs(t - s) for t, s in zip(times, starts)]
+        spread.append(max(times) - min(times))
+    return against_server, spread
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
+
+
+async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser, server, connect, page_errors):
+    """Three listeners and one who joins mid-narration schedule each chunk within 5 ms of the timeline and of each other."""
+    observer = await connect()
+    await observer.next("snapshot")
+    pages = [await open_listener(browser, server, page_errors) for _ in range(3)]
+    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    first = await observer.next("audio_chunk_ready")
+    await asyncio.sleep(max(0.0, (first["starts_at_ms"] + 200 - server.station.clock()) / 1000))
+    pages.append(await open_listener(browser, server, page_errors))  # joins while the first sentence sounds
+    await wait_played(observer, request_id)
+    chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
+    records = [await scheduled(p) for p in pages]
+    assert all(set(chunk_ids) <= set(r) for r in records[:3])
+    assert set(chunk_ids[1:]) <= set(records[3]) and records[3][chunk_ids[0]]["late_ms"] > 0
+    against_server, spread = sync_errors(records, chunk_ids)
+    # The browser trims the MP3's encoder delay and padding: what it plays is exactly the chunk.
+    assert all(abs(e["decoded_ms"] - e["duration_ms"]) <= 2 for r in records for e in r.values())
+    assert p95(against_server) <= SYNC_TOLERANCE_MS, records
+    assert p95(spread) <= SYNC_TOLERANCE_MS, spread
+    assert page_errors.errors == []
+
+
+async def test_captions_follow_the_narration(browser, server, connect, page_errors):
+    """The page shows the narration as captions and highlights the sentence being spoken."""
+    observer = await connect()
+    await observer.next("snapshot")
+    page = await open_listener(browser, server, page_errors)
+    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    await page.wait_for_selector("#captions span.current")
+    assert "The caravan leaves at dawn." in await page.inner_text("#captions")
+    await wait_played(observer, request_id)
+    assert await page.inner_text("#listeners") == "2 listening"
+
+
+async def test_dropped_connection_reconnects_and_stays_in_sync(browser, server, connect, page_errors):
+    """A page whose socket is cut reconnects by itself and schedules later chunks in sync."""
+    observer = await connect()
+    await observer.next("snapshot")
+    page = await open_listener(browser, server, page_errors)
+    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    await observer.next("audio_chunk_ready")
+    await page.evaluate("window.broadcaster.socket.drop()")
+    await page.wait_for_function("document.getElementById('connection').dataset.state === 'reconnecting'")
+    await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'", timeout=10000)
+    second = (await (await server.say("After the storm, silence. Then birds.")).json())["request_id"]
+    await wait_played(observer, request_id)
+    await wait_played(observer, second)
+    chunks = [m for m in observer.messages if m["type"] == "audio_chunk_ready" and m["request_id"] == second]
+    record = await scheduled(page)
+    for chunk in chunks:
+        assert abs(record[chunk["chunk_id"]]["sounds_at_local_ms"] - chunk["starts_at_ms"]) <= SYNC_TOLERANCE_MS
+    assert page_errors.errors == []
+
+
+async def test_console_narration_is_played_by_every_listener(browser, server, connect, page_errors):
+    """Narration typed in the console (Enter sends) is scheduled by every listener page."""
+    observer = await connect()
+    await observer.next("snapshot")
+    listeners = [await open_listener(browser, server, page_errors) for _ in range(2)]
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console")
+    await console.fill("#token", server.token)
+    await console.click("#login button[type=submit]")
+    await console.wait_for_selector("#desk:not([hidden])")
+    await console.fill("#text", "Roll for initiative. The goblins attack!")
+    await console.press("#text", "Enter")
+    started = await observer.next("audio_stream_started")
+    assert started["text"] == "Roll for initiative. The goblins attack!"
+    await wait_played(observer, started["request_id"])
+    chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
+    for page in listeners:
+        assert set(chunk_ids) <= set(await scheduled(page))
+    assert await console.input_value("#text") == ""
+    assert page_errors.errors == []
+
+
+async def test_console_skip_and_cancel_update_every_page(browser, server, connect, page_errors):
+    """Skipping from the console stops the narration on the listener pages and clears it from the console."""
+    observer = await connect()
+    await observer.next("snapshot")
+    listener = await open_listener(browser, server, page_errors)
+    console = await browser.new_page()
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#desk:not([hidden])")
+    await server.say(NARRATION)
+    queued = (await (await server.say("A second narration waits.")).json())["request_id"]
+    await observer.next("audio_chunk_ready")
+    await console.click("#queue button")  # cancel the queued one
+    cancelled = await observer.next("request_cancelled")
+    assert cancelled["request_id"] == queued
+    await console.wait_for_selector("#now button")
+    await console.click("#now button")  # skip the one on the air
+    skipped = await observer.next("request_cancelled")
+    assert skipped["skipped"] is True
+    await listener.wait_for_function("document.querySelector('#captions em') !== null")
+    assert "token" not in console.url
+    assert page_errors.errors == []
+
+
+async def test_console_refuses_a_wrong_token(browser, server, page_errors):
+    """A wrong token is refused with a plain message and no controls are shown."""
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console")
+    await console.fill("#token", "bc_not-the-token")
+    await console.click("#login button[type=submit]")
+    await console.wait_for_selector("#login-error:not(:empty)")
+    assert "not valid" in await console.inner_text("#login-error")
+    assert await console.is_hidden("#desk")
+    assert page_errors.errors == []

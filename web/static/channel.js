@@ -1,0 +1,77 @@
+// The channel's WebSocket: connects, reconnects with backoff, keeps the clock in sync,
+// and hands every server message to `onMessage`. Shared by the listener page and the console.
+
+import { ClockSync, nowMs } from "./sync.js";
+
+const SYNC_BURST = 8;
+const SYNC_EVERY_MS = 5000;
+
+export class ChannelSocket {
+  constructor(channel, { onMessage, onState }) {
+    this.channel = channel;
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.clock = new ClockSync();
+    this.retryMs = 500;
+    this.ws = null;
+    this.timer = null;
+  }
+
+  start() {
+    this.connect();
+    // A laptop waking from sleep: the clock may have jumped and the socket may be dead.
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState !== "visible") return;
+      if (!this.ws || this.ws.readyState > WebSocket.OPEN) this.connect();
+      else this.syncBurst();
+    });
+  }
+
+  connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}`);
+    this.ws = ws;
+    this.onState("connecting");
+    ws.onopen = () => { this.retryMs = 500; this.onState("live"); this.syncBurst(); };
+    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
+    ws.onclose = () => {
+      if (this.ws !== ws) return;
+      clearInterval(this.timer);
+      this.onState("reconnecting", this.retryMs);
+      setTimeout(() => this.connect(), this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 15000) * (0.8 + Math.random() * 0.4); // jitter: no thundering herd
+    };
+  }
+
+  // For tests and for a "reconnect now" button: drop the socket as a network failure would.
+  drop() { if (this.ws) this.ws.close(); }
+
+  receive(message) {
+    if (message.type === "time_sync") {
+      this.clock.add(message.t0, message.t1, message.t2, nowMs());
+    }
+    this.onMessage(message);
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  syncBurst() {
+    for (let i = 0; i < SYNC_BURST; i++) setTimeout(() => this.ping(), i * 60);
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this.ping(), SYNC_EVERY_MS);
+  }
+
+  ping() { this.send({ type: "time_sync", t0: nowMs() }); }
+}
+
+export function channelFromPath() {
+  return decodeURIComponent(location.pathname.split("/")[2] || "");
+}
+
+export function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}

@@ -1,0 +1,146 @@
+// Producer console: narrate, watch the queue and steer it. Every action is an HTTP call with the
+// producer token; the WebSocket keeps the view current for every open console and listener page.
+
+import { ChannelSocket, channelFromPath, el } from "./channel.js";
+
+const channel = channelFromPath();
+const TOKEN_KEY = `broadcaster.token.${channel}`;
+const $ = (id) => document.getElementById(id);
+const state = { token: null, nowPlaying: null, queue: [], recent: [] };
+window.broadcasterConsole = state;
+const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection });
+
+document.title = `${channel} · console`;
+$("channel").textContent = channel;
+$("listen-link").href = `/c/${encodeURIComponent(channel)}`;
+$("login").addEventListener("submit", (e) => { e.preventDefault(); login($("token").value.trim()); });
+$("say").addEventListener("submit", (e) => { e.preventDefault(); say(); });
+$("text").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); say(); }
+});
+$("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
+
+const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || localStorage.getItem(TOKEN_KEY);
+if (remembered) login(remembered);
+
+async function api(method, path, body) {
+  const response = await fetch(`/api/channels/${encodeURIComponent(channel)}${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${state.token}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(data.error ? data.error.message : `HTTP ${response.status}`);
+  return data;
+}
+
+async function login(token) {
+  state.token = token;
+  $("login-error").textContent = "";
+  try {
+    await api("GET", "/producer");
+  } catch (err) {
+    state.token = null;
+    localStorage.removeItem(TOKEN_KEY);
+    $("login-error").textContent = `Refused: ${err.message}`;
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, "", location.pathname); // keep the token out of the address bar
+  $("login").hidden = true;
+  $("desk").hidden = false;
+  $("text").focus();
+  socket.start();
+}
+
+async function say() {
+  const text = $("text").value;
+  if (!text.trim()) return;
+  $("say-status").textContent = "Sending…";
+  try {
+    const queued = await api("POST", "/requests", { text });
+    $("text").value = "";
+    $("say-status").textContent = `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`;
+  } catch (err) {
+    $("say-status").textContent = "";
+    notice(`Not sent: ${err.message}`);
+  }
+}
+
+async function act(requestId, action) {
+  try {
+    await api("POST", `/requests/${requestId}/${action}`);
+  } catch (err) {
+    notice(`Could not ${action}: ${err.message}`);
+  }
+}
+
+function handle(m) {
+  switch (m.type) {
+    case "snapshot":
+      state.nowPlaying = m.now_playing;
+      Object.assign(state, { queue: m.queue, recent: m.recent });
+      showListeners(m.listeners);
+      render();
+      break;
+    case "audio_stream_started": case "audio_chunk_ready": case "request_played": refresh(); break;
+    case "playback_queue_updated":
+      Object.assign(state, { queue: m.queue, recent: m.recent });
+      refresh();
+      break;
+    case "request_failed": notice(`A narration failed: ${m.reason}`); refresh(); break;
+    case "request_cancelled": refresh(); break;
+    case "listeners_changed": showListeners(m.listeners); break;
+  }
+}
+
+// now_playing is not in every message: fetch it (cheap) rather than reconstructing it.
+let pending = null;
+function refresh() {
+  if (pending) return;
+  pending = setTimeout(async () => {
+    pending = null;
+    const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`);
+    if (!response.ok) return;
+    const data = await response.json();
+    Object.assign(state, { nowPlaying: data.now_playing, queue: data.queue, recent: data.recent });
+    render();
+  }, 50);
+}
+
+function render() {
+  const now = state.nowPlaying;
+  $("now").replaceChildren(now
+    ? el("div", { className: "item" },
+        el("span", {}, now.text, el("span", { className: "meta" }, ` ${progress(now.chunks.length, now.chunks_total)}`)),
+        button("Skip", () => act(now.request_id, "skip"), `Skip: ${now.text.slice(0, 40)}`))
+    : el("em", {}, "Nothing on the air"));
+  $("queue").replaceChildren(...state.queue.map((item) => el("li", {},
+    el("div", { className: "item" },
+      el("span", {}, item.text, el("span", { className: "meta" }, ` ${item.status} ${progress(item.chunks_ready, item.chunks_total)}`)),
+      button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`)))));
+  $("queue-empty").hidden = state.queue.length > 0;
+  $("recent").replaceChildren(...state.recent.map((item) => el("li", {},
+    el("div", { className: "item" },
+      el("span", {}, item.text, el("span", { className: item.status === "failed" ? "error" : "meta" },
+        ` ${item.status}${item.error && item.status !== "played" ? `: ${item.error}` : ""}`)),
+      ["failed", "cancelled"].includes(item.status) ? button("Retry", () => act(item.request_id, "retry"), `Retry: ${item.text.slice(0, 40)}`) : ""))));
+}
+
+function progress(ready, total) { return total > 1 ? `(${ready}/${total} sentences ready)` : ""; }
+
+function button(label, onClick, ariaLabel) {
+  const b = el("button", { type: "button", textContent: label });
+  b.setAttribute("aria-label", ariaLabel);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function showConnection(kind, retryMs) {
+  $("connection").textContent = { connecting: "Connecting…", live: "Live", reconnecting: `Connection lost; retrying in ${Math.ceil(retryMs / 1000)} s` }[kind];
+  $("connection").dataset.state = kind;
+}
+
+function showListeners(count) { $("listeners").textContent = `${count} listening`; }
+
+function notice(text) { $("notice").textContent = text; }
