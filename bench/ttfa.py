@@ -11,21 +11,14 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import websockets
 from aiohttp import web
+from harness import running_server  # first: it puts the project on sys.path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from broadcaster.config import config_from_dict  # noqa: E402
-from broadcaster.runtime.station import create_channel  # noqa: E402
-from web.app import create_app  # noqa: E402
-from web.keys import ENGINE, STATION  # noqa: E402
+from web.keys import CONFIG, ENGINE
 
 TEXTS = [
     "The party reaches the gates of the old city. Guards in silver armour block the way.",
@@ -63,31 +56,22 @@ async def one_trial(base: str, token: str, ws, text: str) -> tuple[float, float]
 
 
 async def main(trials: int) -> None:
-    with tempfile.TemporaryDirectory() as data_dir:
-        config = config_from_dict({"server": {"data_dir": data_dir}, "tts": {"engine": "piper"}})
-        app = create_app(config)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        token = (await create_channel(app[STATION].store, "bench")).token
-        raw, ttfb, starts = [], [], []
-        async with websockets.connect("ws" + base.removeprefix("http") + "/ws/channels/bench") as ws:
-            await raw_piper_ms(app, "Warm up the voice.")
-            for i in range(trials):
-                text = TEXTS[i % len(TEXTS)]
-                raw.append(await raw_piper_ms(app, text.split(". ")[0] + "."))
-                first_byte, starts_in = await one_trial(base, token, ws, text)
-                ttfb.append(first_byte)
-                starts.append(starts_in)
-                await asyncio.sleep(1.0)  # let the channel go idle: each trial is a fresh start
-        await runner.cleanup()
+    raw, ttfb, starts = [], [], []
+    async with running_server({"tts": {"engine": "piper"}}) as server, websockets.connect(server.ws_url) as ws:
+        lead_ms = server.app[CONFIG].timeline.lead_ms
+        await raw_piper_ms(server.app, "Warm up the voice.")
+        for i in range(trials):
+            text = TEXTS[i % len(TEXTS)]
+            raw.append(await raw_piper_ms(server.app, text.split(". ")[0] + "."))
+            first_byte, starts_in = await one_trial(server.base_url, server.token, ws, text)
+            ttfb.append(first_byte)
+            starts.append(starts_in)
+            await asyncio.sleep(1.0)  # let the channel go idle: each trial is a fresh start
     raw_ms, ttfb_ms, starts_ms = statistics.median(raw), statistics.median(ttfb), statistics.median(starts)
     print(f"trials: {trials}")
     print(f"raw piper, first sentence      median {raw_ms:7.1f} ms")
     print(f"POST -> first stream byte      median {ttfb_ms:7.1f} ms   max {max(ttfb):7.1f} ms")
-    print(f"POST -> starts_at_ms           median {starts_ms:7.1f} ms   (first chunk ready + the {config.timeline.lead_ms} ms lead)")
+    print(f"POST -> starts_at_ms           median {starts_ms:7.1f} ms   (first chunk ready + the {lead_ms} ms lead)")
     print(f"first byte / raw piper         {ttfb_ms / raw_ms:.2f}x   (target <= 1.50x)")
 
 

@@ -75,3 +75,12 @@ export function el(tag, props = {}, ...children) {
   node.append(...children);
   return node;
 }
+
+// What a queued request is doing, in words a listener understands.
+export function queueLabel(item) {
+  if (item.status === "pending") return "waiting";
+  if (item.status === "generating" && item.chunks_ready < item.chunks_total) {
+    return `preparing ${item.chunks_ready}/${item.chunks_total}`;
+  }
+  return item.status === "generating" ? "ready" : item.status;
+}

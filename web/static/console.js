@@ -1,7 +1,7 @@
 // Producer console: narrate, watch the queue and steer it. Every action is an HTTP call with the
 // producer token; the WebSocket keeps the view current for every open console and listener page.
 
-import { ChannelSocket, channelFromPath, el } from "./channel.js";
+import { ChannelSocket, channelFromPath, el, queueLabel } from "./channel.js";
 
 const channel = channelFromPath();
 const TOKEN_KEY = `broadcaster.token.${channel}`;
@@ -117,7 +117,7 @@ function render() {
     : el("em", {}, "Nothing on the air"));
   $("queue").replaceChildren(...state.queue.map((item) => el("li", {},
     el("div", { className: "item" },
-      el("span", {}, item.text, el("span", { className: "meta" }, ` ${item.status} ${progress(item.chunks_ready, item.chunks_total)}`)),
+      el("span", {}, item.text, el("span", { className: "meta" }, ` ${queueLabel(item)}`)),
       button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`)))));
   $("queue-empty").hidden = state.queue.length > 0;
   $("recent").replaceChildren(...state.recent.map((item) => el("li", {},

@@ -8,7 +8,7 @@
 // error (the clock estimate moved, the machine slept) restarts the playing chunk at the right
 // place. <audio>.currentTime is never used for sync.
 
-import { ChannelSocket, channelFromPath, el } from "./channel.js";
+import { ChannelSocket, channelFromPath, el, queueLabel } from "./channel.js";
 import { nowMs } from "./sync.js";
 
 const HARD_RESYNC_MS = 25;    // a playing chunk further off than this is restarted in place
@@ -250,6 +250,6 @@ function renderCaptions() {
 
 function showQueue(queue) {
   $("queue").replaceChildren(...queue.map((item) => el("li", {}, item.text,
-    el("span", { className: "meta" }, ` ${item.status}${item.status === "generating" ? ` ${item.chunks_ready}/${item.chunks_total}` : ""}`))));
+    el("span", { className: "meta" }, ` ${queueLabel(item)}`))));
   $("queue-empty").hidden = queue.length > 0;
 }
