@@ -30,6 +30,12 @@ NARRATION = " ".join([
     "The captain raises a hand, and the crew holds its breath.",
     "Then, from the mist, a voice calls your names.",
     "Nobody on deck dares to answer.",
+    "The fog thins for a heartbeat, showing a second ship.",
+    "Its sails are black and its deck is empty.",
+    "A rope creaks against the mast.",
+    "The voice calls again, closer now.",
+    "Your lantern gutters, though there is no wind.",
+    "Then everything is still.",
 ])
 FLAGS = ["--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -100,11 +100,11 @@ class _Follower:
             self.note(message["request_id"], message)
         elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
             self.heard.chunks[message["chunk_id"]].starts_at_ms = message["starts_at_ms"]
-        elif kind == "request_failed":
+        elif kind in ("request_failed", "request_cancelled"):
             for chunk_id in message["discarded_chunk_ids"]:
                 self.forget(chunk_id)
             self.heard.requests_done += 1
-            self.say(f"request failed: {message['request_id']} ({message['reason']})")
+            self.say(f"request {kind.removeprefix('request_')}: {message['request_id']} {message.get('reason', '')}")
         elif kind == "request_played":
             self.heard.requests_done += 1
             self.say(f"request played: {message['request_id']}")

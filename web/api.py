@@ -44,8 +44,8 @@ async def producer_check(request: web.Request) -> web.Response:
 async def skip_request(request: web.Request) -> web.Response:
     name = await _producer(request)
     request_id = path_id(request, "request_id", "request")
-    await request.app[STATION].cancel(name, request_id, skip=True)
-    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": True})
+    on_air = await request.app[STATION].cancel(name, request_id, skip=True)
+    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": on_air})
 
 
 async def cancel_request(request: web.Request) -> web.Response:
@@ -83,7 +83,7 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
-    except GenerationError as exc:
+    except (GenerationError, OSError) as exc:
         return error_response(503, "encoding_failed", f"the MP3 of chunk {chunk_id} could not be made: {exc}")
     headers = {"Accept-Ranges": "bytes", "Content-Type": CONTENT_TYPES[fmt],
                "Cache-Control": "public, max-age=604800, immutable", "ETag": f'"{chunk_id}-{fmt}"'}

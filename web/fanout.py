@@ -19,8 +19,10 @@ REPLY_WAIT_S = 10  # application close code: the listener fell too far behind
 
 
 class Listener:
-    def __init__(self, ws: web.WebSocketResponse, connection_id: str, channel: str, queue_size: int):
+    def __init__(self, ws: web.WebSocketResponse, connection_id: str, channel: str, queue_size: int,
+                 counted: bool = True):
         self.ws = ws
+        self.counted = counted
         self.connection_id = connection_id
         self.channel = channel
         self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
@@ -96,7 +98,8 @@ class Hub:
         self.broadcast(channel, {"type": "listeners_changed", "listeners": self.count(channel)})
 
     def count(self, channel: str) -> int:
-        return len(self.listeners.get(channel, ()))
+        """Listeners (not consoles) connected to the channel."""
+        return sum(listener.counted for listener in self.listeners.get(channel, ()))
 
     def broadcast(self, channel: str, payload: dict[str, Any]) -> None:
         text = json.dumps(payload)

@@ -31,8 +31,9 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     connection_id = new_id()
     await store.open_connection(connection_id, runner.channel_id, request.remote or "",
                                 request.headers.get("User-Agent", ""), station.clock())
-    listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue)
-    snapshot = {"type": "snapshot", "connection_id": connection_id, "listeners": hub.count(runner.name) + 1,
+    listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
+                        counted=request.query.get("role") != "console")  # a producer's console is not an audience
+    snapshot = {"type": "snapshot", "connection_id": connection_id, "listeners": hub.count(runner.name) + listener.counted,
                 **queue_state_json(runner.channel, station.clock())}
     listener.send(snapshot)
     hub.add(listener)  # no await since the snapshot: no event can fall between the two

@@ -1,4 +1,4 @@
-"""Purge old played and failed audio: rows first, then bytes, then orphaned bytes.
+"""Purge old finished audio (played, failed, cancelled): rows first, then bytes, then orphaned bytes.
 
 Rows go first so no row ever points at deleted audio; if the process dies
 between the two steps, the files are orphans and the next sweep removes them.

@@ -45,6 +45,19 @@ async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms) 
     return NewChannel(name, token)
 
 
+def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> list:
+    request = channel.find_request(request_id)
+    if request is None or request.state in FINAL_REQUEST_STATES:
+        state = request.state if request else "finished"
+        raise Conflict(f"request {request_id} is already {state}; there is nothing to stop")
+    head = request is channel.now_playing()
+    if skip and not head:
+        raise Conflict(f"request {request_id} is not on the air; cancel it instead of skipping")
+    if not skip and head:
+        raise Conflict(f"request {request_id} is on the air; skip it instead of cancelling")
+    return channel.cancel(request_id, now_ms)
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -125,18 +138,16 @@ class Station:
         request = Request(new_id(), name, text, sentences, self.clock())
         return request, await runner.submit(request)
 
-    async def cancel(self, name: str, request_id: str, skip: bool) -> None:
-        """Skip the request on the air (skip=True) or cancel a queued one (skip=False)."""
+    async def cancel(self, name: str, request_id: str, skip: bool) -> bool:
+        """Skip the request on the air (skip=True) or cancel a queued one (skip=False).
+
+        Returns whether audio was on the air. The checks run inside the channel's step, so the
+        request cannot move on between being checked and being stopped.
+        """
         runner = await self.runner(name)
-        request = await self._request_in(runner, request_id)
-        if request.state in FINAL_REQUEST_STATES:
-            raise Conflict(f"request {request_id} is already {request.state}; there is nothing to stop")
-        on_air = request is runner.channel.now_playing() and request.starts_at_ms is not None
-        if skip and not on_air:
-            raise Conflict(f"request {request_id} is not on the air; cancel it instead of skipping")
-        if not skip and on_air:
-            raise Conflict(f"request {request_id} is on the air; skip it instead of cancelling")
-        await runner.apply(partial(runner.channel.cancel, request_id))
+        await self._request_in(runner, request_id)  # 404 for ids this channel never had
+        events = await runner.apply(partial(_cancel_step, runner.channel, request_id, skip))
+        return any(getattr(e, "skipped", False) for e in events)
 
     async def retry(self, name: str, request_id: str) -> tuple[Request, int]:
         """Queue a failed or cancelled request's text again, as a new request."""

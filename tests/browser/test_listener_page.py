@@ -115,6 +115,8 @@ async def test_console_narration_is_played_by_every_listener(browser, server, co
     await console.fill("#token", server.token)
     await console.click("#login button[type=submit]")
     await console.wait_for_selector("#desk:not([hidden])")
+    # the observer socket and two pages listen; the console itself is not counted
+    await console.wait_for_function("document.getElementById('listeners').textContent === '3 listening'")
     await console.fill("#text", "Roll for initiative. The goblins attack!")
     await console.press("#text", "Enter")
     started = await observer.next("audio_stream_started")

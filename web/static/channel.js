@@ -7,8 +7,9 @@ const SYNC_BURST = 8;
 const SYNC_EVERY_MS = 5000;
 
 export class ChannelSocket {
-  constructor(channel, { onMessage, onState }) {
+  constructor(channel, { onMessage, onState, role = "listener" }) {
     this.channel = channel;
+    this.role = role;
     this.onMessage = onMessage;
     this.onState = onState;
     this.clock = new ClockSync();
@@ -28,8 +29,11 @@ export class ChannelSocket {
   }
 
   connect() {
+    clearTimeout(this.retry);
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return; // already connecting or live
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}`);
+    const query = this.role === "console" ? "?role=console" : "";
+    const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}${query}`);
     this.ws = ws;
     this.onState("connecting");
     ws.onopen = () => { this.retryMs = 500; this.onState("live"); this.syncBurst(); };
@@ -38,7 +42,7 @@ export class ChannelSocket {
       if (this.ws !== ws) return;
       clearInterval(this.timer);
       this.onState("reconnecting", this.retryMs);
-      setTimeout(() => this.connect(), this.retryMs);
+      this.retry = setTimeout(() => this.connect(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 15000) * (0.8 + Math.random() * 0.4); // jitter: no thundering herd
     };
   }

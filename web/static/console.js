@@ -8,7 +8,7 @@ const TOKEN_KEY = `broadcaster.token.${channel}`;
 const $ = (id) => document.getElementById(id);
 const state = { token: null, nowPlaying: null, queue: [], recent: [] };
 window.broadcasterConsole = state;
-const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection });
+const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, role: "console" });
 
 document.title = `${channel} · console`;
 $("channel").textContent = channel;

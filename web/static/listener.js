@@ -51,6 +51,7 @@ async function tuneIn() {
   $("player").hidden = false;
   socket.start();
   setInterval(checkDrift, 1000);
+  setInterval(outputDifference, 200); // keep the output-time map fresh
   setInterval(showSync, 500);
 }
 
@@ -64,14 +65,27 @@ function applyVolume() {
 // ---- time mapping -----------------------------------------------------------------------
 
 // AudioContext time at which audio scheduled now is heard at local time `localMs`.
+// getOutputTimestamp pairs an output position with the moment it is heard; single readings jitter
+// by a few ms with the audio callback, so we use the median of recent (context - local) differences.
+const outputMap = [];
 function ctxTimeAt(localMs) {
+  return (localMs / 1000) + outputDifference();
+}
+
+function outputDifference() {
   const ctx = state.ctx;
   const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : {};
+  let diff;
   if (ts.performanceTime > 0) {
-    return ts.contextTime + (localMs - (performance.timeOrigin + ts.performanceTime)) / 1000;
+    diff = ts.contextTime - (performance.timeOrigin + ts.performanceTime) / 1000;
+  } else {
+    const latency = ctx.outputLatency || ctx.baseLatency || 0;
+    diff = ctx.currentTime - nowMs() / 1000 - latency;
   }
-  const latency = ctx.outputLatency || ctx.baseLatency || 0;
-  return ctx.currentTime + (localMs - nowMs()) / 1000 - latency;
+  outputMap.push(diff);
+  if (outputMap.length > 31) outputMap.shift();
+  const sorted = [...outputMap].sort((a, b) => a - b);
+  return sorted[sorted.length >> 1];
 }
 
 // Local time at which audio started at AudioContext time `when` will be heard.
