@@ -47,7 +47,7 @@ async def open_listener(browser, url: str):  # noqa: ANN001, ANN201
     page = await browser.new_page()
     await page.goto(url)
     await page.click("#tune")
-    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 4")
+    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 8")
     return page
 
 

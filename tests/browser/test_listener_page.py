@@ -21,7 +21,7 @@ async def open_listener(browser, server, page_errors):  # noqa: ANN001, ANN201
     await page.goto(f"{server.base_url}/c/{server.channel}")
     await page.click("#tune")
     await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'")
-    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 5")
+    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 8")
     return page
 
 

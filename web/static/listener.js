@@ -13,7 +13,7 @@ import { nowMs } from "./sync.js";
 
 const HARD_RESYNC_MS = 25;    // a playing chunk further off than this is restarted in place
 const RETIME_MS = 1;          // a chunk not yet started is quietly re-timed for any change above this
-const MIN_SYNC_SAMPLES = 4;   // clock samples needed before anything is scheduled
+const MIN_SYNC_SAMPLES = 8;   // the whole connect burst: a late joiner waits ~0.5 s rather than start off by ms
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEY = "broadcaster.volume";
 
