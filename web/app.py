@@ -8,14 +8,15 @@ from aiohttp import web
 
 from broadcaster.config import Config
 from broadcaster.core.events import Event, QueueChanged
+from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
-from . import api, pages, stream, ws
+from . import api, live, pages, stream, ws
 from .fanout import Hub
-from .keys import AUDIO, CONFIG, ENGINE, HUB, STATION, STORE
+from .keys import AUDIO, CONFIG, ENGINE, HUB, LIVE, STATION, STORE
 from .messages import event_json
 from .middleware import json_errors
 
@@ -57,6 +58,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/c/{channel}", pages.listener_page)
     app.router.add_get("/c/{channel}/console", pages.console_page)
+    app.router.add_get("/c/{channel}/live.mp3", live.live_mp3)
     app.router.add_get("/static/{name}", pages.static_file)
     return app
 
@@ -71,9 +73,11 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         audio = AudioStore(config.data_path / "audio")
         station = Station(config, store, audio, engine, _publisher(app))
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
+        app[LIVE] = LiveStreams(audio, engine.sample_rate, config.tts.mp3_bitrate_kbps, station.clock)
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield
+        await app[LIVE].close()
         await station.stop()
         await engine.close()
         await store.close()

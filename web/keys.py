@@ -3,6 +3,7 @@
 from aiohttp import web
 
 from broadcaster.config import Config
+from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
 from db.audio_store import AudioStore
 from db.store import Store
@@ -16,3 +17,4 @@ AUDIO = web.AppKey("audio", AudioStore)
 ENGINE = web.AppKey("engine", TtsEngine)
 STATION = web.AppKey("station", Station)
 HUB = web.AppKey("hub", Hub)
+LIVE = web.AppKey("live", LiveStreams)

@@ -1,0 +1,71 @@
+"""The endless MP3 (/c/{channel}/live.mp3) against real players: the bundled ffmpeg."""
+
+import asyncio
+import re
+
+import aiohttp
+import pytest
+
+from tts.encode import ffmpeg_exe
+from web.keys import LIVE
+from web.live import IcyWriter
+
+
+@pytest.mark.server_config({"tts": {"tone_ms_per_char": 45}})
+async def test_ffmpeg_decodes_ten_seconds_and_sees_the_title_change(server):
+    """A real ffmpeg client decodes 10 s of the live stream without error and sees StreamTitle change."""
+    player = await asyncio.create_subprocess_exec(
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "verbose", "-t", "10",
+        "-i", f"{server.base_url}/c/{server.channel}/live.mp3", "-f", "null", "-",
+        stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(1.0)
+    await server.say("The first item is on the air. It says two things.")
+    await asyncio.sleep(3.0)
+    await server.say("The second item has another title, and it goes on for a while.")
+    _, err = await asyncio.wait_for(player.communicate(), 60)
+    log = err.decode()
+    assert player.returncode == 0, log[-2000:]
+    decoded = re.search(r"(\d+) frames decoded; (\d+) decode errors", log)
+    assert decoded and int(decoded.group(2)) == 0 and int(decoded.group(1)) >= 10 * 22050 // 1152
+    titles = re.findall(r"Metadata update for StreamTitle: (.*)", log)
+    assert "The first item is on the air. It says two things." in titles
+    assert "The second item has another title, and it goes on for a while." in titles
+    # ten seconds were decoded although the items cover only part of them: silence fills the rest
+
+
+async def test_listeners_share_one_encoder_and_get_a_burst(server):
+    """Two players of the same channel are fed by one encoder, and each starts with a burst of audio."""
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/c/{server.channel}/live.mp3"
+        async with http.get(url) as first:
+            assert first.headers["Content-Type"] == "audio/mpeg" and first.headers["icy-br"] == "64"
+            await first.content.readexactly(4000)
+            await asyncio.sleep(1.0)  # let the stream build up its burst
+            async with http.get(url) as second:
+                started = asyncio.get_running_loop().time()
+                burst = await second.content.readexactly(6000)  # ~0.75 s of audio at 64 kbit/s
+                assert asyncio.get_running_loop().time() - started < 0.5 and len(burst) == 6000
+                streams = server.app[LIVE].streams
+                assert list(streams) == [server.channel] and len(streams[server.channel].listeners) == 2
+
+
+async def test_icy_metadata_is_interleaved_at_metaint():
+    """With metaint N, a metadata block follows every N audio bytes; an unchanged title is a single zero byte."""
+    written = bytearray()
+
+    class Sink:
+        async def write(self, data: bytes) -> None:
+            written.extend(data)
+
+    writer = IcyWriter(Sink(), metaint=10)
+    await writer.write(b"A" * 25, "Song")
+    await writer.write(b"B" * 5, "Song")
+    block = b"StreamTitle='Song';".ljust(32, b"\x00")
+    assert bytes(written) == b"A" * 10 + b"\x02" + block + b"A" * 10 + b"\x00" + b"A" * 5 + b"B" * 5 + b"\x00"
+
+
+async def test_unknown_channel_live_stream_is_404(server):
+    """A live stream of a channel that does not exist is a JSON 404."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/c/nowhere/live.mp3") as resp:
+            assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
