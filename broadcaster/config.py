@@ -48,6 +48,21 @@ class TtsConfig:
 
 
 @dataclass(frozen=True)
+class MusicConfig:
+    folder: str = "music"
+    max_upload_mb: float = 100
+    max_track_minutes: float = 30
+    target_lufs: float = -16
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    sample_rate: int = 44100
+    channels: int = 2
+    bitrate_kbps: int = 128
+
+
+@dataclass(frozen=True)
 class CleanupConfig:
     interval_s: float = 60
     retention_days: float = 7
@@ -60,6 +75,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
+    music: MusicConfig = field(default_factory=MusicConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
 
     @property
     def data_path(self) -> Path:

@@ -29,6 +29,12 @@ class AudioStore:
             raise ValueError(f"expected hex ids and a format in {FORMATS}, got {request_id!r} {chunk_id!r} {fmt!r}")
         return self.root / request_id / f"{chunk_id}.{fmt}"
 
+    def track_path(self, request_id: str) -> Path:
+        """A music track's normalized lossless master, cut into chunks as it plays."""
+        if not _ID.match(request_id):
+            raise ValueError(f"expected a hex request id, got {request_id!r}")
+        return self.root / request_id / "track.flac"
+
     def part_path(self, request_id: str, chunk_id: str, fmt: str) -> Path:
         """Where a chunk file is written before it is complete; `commit_chunk` makes it visible."""
         final = self.path(request_id, chunk_id, fmt)

@@ -36,6 +36,10 @@ class RequestRow(Base):
     generation_started_ms: Mapped[int | None] = mapped_column(BigInteger)
     finished_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     error: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="speech", server_default="speech")
+    title: Mapped[str | None] = mapped_column(Text)
+    artist: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
     __table_args__ = (
         Index("ix_requests_channel_state", "channel_id", "state"),
         Index("ix_requests_finished", "state", "finished_at_ms"),
@@ -51,6 +55,7 @@ class ChunkRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     sample_rate: Mapped[int] = mapped_column(Integer)
     samples: Mapped[int] = mapped_column(BigInteger)
+    channels: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     duration_ms: Mapped[int] = mapped_column(Integer)
     ready_at_ms: Mapped[int] = mapped_column(BigInteger)
     starts_at_ms: Mapped[int | None] = mapped_column(BigInteger)

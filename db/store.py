@@ -2,7 +2,7 @@
 
 import json
 
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, event, func, inspect, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -40,6 +40,7 @@ class Store:
     async def create_schema(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(_add_missing_columns)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -117,6 +118,7 @@ class Store:
             created_at_ms=row.created_at_ms, state=RequestState(row.state),
             generation_started_ms=row.generation_started_ms, finished_at_ms=row.finished_at_ms,
             error=row.error, chunks=[_chunk(c) for c in chunks],
+            kind=row.kind or "speech", title=row.title, artist=row.artist, duration_ms=row.duration_ms,
         )
 
     # -- listeners and acknowledgements ----------------------------------------
@@ -183,6 +185,18 @@ class Store:
             return set((await s.execute(select(RequestRow.id))).scalars())
 
 
+def _add_missing_columns(conn) -> None:  # noqa: ANN001
+    """Bring a database made by an older version up to date: new columns are nullable or defaulted."""
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+
+
 def _batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -193,6 +207,7 @@ def _request_row(request: Request, channel_id: int, line_seq: int) -> RequestRow
         sentences_json=json.dumps(request.sentences), state=request.state.value,
         created_at_ms=request.created_at_ms, generation_started_ms=request.generation_started_ms,
         finished_at_ms=request.finished_at_ms, error=request.error,
+        kind=request.kind, title=request.title, artist=request.artist, duration_ms=request.duration_ms,
     )
 
 
@@ -201,6 +216,7 @@ def _chunk_row(chunk: Chunk) -> ChunkRow:
         id=chunk.chunk_id, request_id=chunk.request_id, seq=chunk.seq, text=chunk.text,
         state=chunk.state.value, sample_rate=chunk.sample_rate, samples=chunk.samples,
         duration_ms=chunk.duration_ms, ready_at_ms=chunk.ready_at_ms, starts_at_ms=chunk.starts_at_ms,
+        channels=chunk.channels,
     )
 
 
@@ -209,4 +225,5 @@ def _chunk(row: ChunkRow) -> Chunk:
         chunk_id=row.id, request_id=row.request_id, seq=row.seq, text=row.text,
         duration_ms=row.duration_ms, ready_at_ms=row.ready_at_ms, state=ChunkState(row.state),
         starts_at_ms=row.starts_at_ms, sample_rate=row.sample_rate, samples=row.samples,
+        channels=row.channels or 1,
     )

@@ -23,8 +23,8 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def mp3_command(sample_rate: int, bitrate_kbps: int, target: str = "pipe:1") -> list[str]:
-    stream = ffmpeg.input("pipe:0", f="s16le", ar=sample_rate, ac=1)
+def mp3_command(sample_rate: int, bitrate_kbps: int, target: str = "pipe:1", channels: int = 1) -> list[str]:
+    stream = ffmpeg.input("pipe:0", f="s16le", ar=sample_rate, ac=channels)
     # Written to a file, the MP3 carries a LAME header recording the encoder delay and padding,
     # so decoders (browsers included) trim them and the decoded length matches the samples.
     # A pipe cannot carry that header; it is flushed packet by packet for live streaming.
@@ -48,9 +48,10 @@ class Mp3Encoder:
         self.proc = proc
 
     @classmethod
-    async def start(cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1") -> "Mp3Encoder":
+    async def start(cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1",
+                    channels: int = 1) -> "Mp3Encoder":
         proc = await asyncio.create_subprocess_exec(
-            *mp3_command(sample_rate, bitrate_kbps, target),
+            *mp3_command(sample_rate, bitrate_kbps, target, channels),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

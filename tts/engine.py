@@ -12,8 +12,12 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Pcm:
-    samples: np.ndarray  # int16, mono
+    samples: np.ndarray  # int16: shape (n,) for mono, (n, channels) otherwise
     sample_rate: int
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.samples.ndim == 1 else self.samples.shape[1]
 
     @property
     def duration_ms(self) -> int:

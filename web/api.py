@@ -15,7 +15,7 @@ CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac"}
 
 async def submit_request(request: web.Request) -> web.Response:
     station = request.app[STATION]
-    name = await _producer(request)
+    name = await producer_channel(request)
     body = await json_body(request)
     if "text" not in body:
         raise BadInput(f"expected a JSON object with \"text\", got keys {sorted(body)[:10]}")
@@ -27,7 +27,7 @@ async def submit_request(request: web.Request) -> web.Response:
     )
 
 
-async def _producer(request: web.Request) -> str:
+async def producer_channel(request: web.Request) -> str:
     """The channel name, once the producer token for it is checked (404 before 401)."""
     station = request.app[STATION]
     name = request.match_info["channel"]
@@ -38,25 +38,25 @@ async def _producer(request: web.Request) -> str:
 
 async def producer_check(request: web.Request) -> web.Response:
     """Lets the console check a token before showing its controls."""
-    return web.json_response({"channel": await _producer(request), "producer": True})
+    return web.json_response({"channel": await producer_channel(request), "producer": True})
 
 
 async def skip_request(request: web.Request) -> web.Response:
-    name = await _producer(request)
+    name = await producer_channel(request)
     request_id = path_id(request, "request_id", "request")
     on_air = await request.app[STATION].cancel(name, request_id, skip=True)
     return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": on_air})
 
 
 async def cancel_request(request: web.Request) -> web.Response:
-    name = await _producer(request)
+    name = await producer_channel(request)
     request_id = path_id(request, "request_id", "request")
     await request.app[STATION].cancel(name, request_id, skip=False)
     return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": False})
 
 
 async def retry_request(request: web.Request) -> web.Response:
-    name = await _producer(request)
+    name = await producer_channel(request)
     queued, position = await request.app[STATION].retry(name, path_id(request, "request_id", "request"))
     return web.json_response({"request_id": queued.request_id, "status": queued.state.value, "position": position,
                               "sentences": len(queued.sentences)}, status=202)

@@ -14,7 +14,7 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
-from . import api, live, pages, stream, ws
+from . import api, live, pages, stream, tracks, ws
 from .fanout import Hub
 from .keys import AUDIO, CONFIG, ENGINE, HUB, LIVE, STATION, STORE
 from .messages import event_json
@@ -48,6 +48,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
     app.router.add_get("/api/channels/{channel}/audio/queue", api.queue_state)
     app.router.add_get("/api/channels/{channel}/producer", api.producer_check)
+    app.router.add_post("/api/channels/{channel}/tracks", tracks.add_track)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/skip", api.skip_request)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/cancel", api.cancel_request)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/retry", api.retry_request)
@@ -73,7 +74,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         audio = AudioStore(config.data_path / "audio")
         station = Station(config, store, audio, engine, _publisher(app))
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
-        app[LIVE] = LiveStreams(audio, engine.sample_rate, config.tts.mp3_bitrate_kbps, station.clock)
+        app[LIVE] = LiveStreams(audio, config.live, station.clock)
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield

@@ -76,7 +76,7 @@ def _headers(request: web.Request, channel: str, icy: bool) -> dict[str, str]:
         "Cache-Control": "no-cache, no-store",
         "icy-name": f"{channel} (Broadcaster)",
         "icy-description": "Synchronized radio",
-        "icy-br": str(request.app[CONFIG].tts.mp3_bitrate_kbps),
+        "icy-br": str(request.app[CONFIG].live.bitrate_kbps),
         "icy-pub": "0",
     }
     if icy:

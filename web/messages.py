@@ -35,12 +35,20 @@ def chunk_json(chunk: Chunk) -> dict[str, Any]:
     }
 
 
+def source_json(request: Request) -> dict[str, Any]:
+    """What the request is: narration, or a track with its tags."""
+    if request.kind != "track":
+        return {"kind": "speech"}
+    return {"kind": "track", "title": request.title, "artist": request.artist, "duration_ms": request.duration_ms}
+
+
 def queue_item_json(request: Request, position: int) -> dict[str, Any]:
     return {
         "request_id": request.request_id,
         "status": request.state.value,
         "position": position,
         "text": request.text,
+        **source_json(request),
         "chunks_ready": len(request.chunks),
         "chunks_total": len(request.sentences),
         "starts_at_ms": request.starts_at_ms,
@@ -57,6 +65,7 @@ def now_playing_json(channel: Channel, now_ms: int) -> dict[str, Any] | None:
         "status": head.state.value,
         "starts_at_ms": head.starts_at_ms,
         "text": head.text,
+        **source_json(head),
         "chunks_total": len(head.sentences),
         "stream_url": stream_url(head.request_id),
         "chunks": [chunk_json(c) for c in head.live_chunks() if c.scheduled],
@@ -86,7 +95,7 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
         case StreamStarted(request):
             return {"type": "audio_stream_started", "request_id": request.request_id,
                     "starts_at_ms": request.starts_at_ms, "stream_url": stream_url(request.request_id),
-                    "text": request.text, "chunks_total": len(request.sentences)}
+                    "text": request.text, "chunks_total": len(request.sentences), **source_json(request)}
         case ChunkScheduled(request, chunk):
             return {"type": "audio_chunk_ready", "request_id": request.request_id, **chunk_json(chunk)}
         case TimelineShifted(request, chunk, shift_ms):

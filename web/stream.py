@@ -17,6 +17,7 @@ from aiohttp import web
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState
 from tts.encode import Mp3Encoder, read_flac
+from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .http_util import int_query, path_id
 from .keys import AUDIO, CONFIG, ENGINE, STATION
@@ -31,11 +32,11 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     offset_ms = int_query(request, "offset_ms", 0, MAX_OFFSET_MS)
     station = request.app[STATION]
     playback = await station.find_request(request_id)
-    rate = playback.chunks[0].sample_rate if playback.chunks else request.app[ENGINE].sample_rate
-    encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps)
+    rate, channels = _format(playback, request.app[ENGINE].sample_rate)
+    encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps * channels, "pipe:1", channels)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
-    feeder = _Feeder(request, encoder, rate, offset_ms)
+    feeder = _Feeder(request, encoder, rate, channels, offset_ms)
     feed = asyncio.create_task(feeder.feed(playback, station.runner_of(playback)))
     copy = asyncio.create_task(_copy(encoder, response))
     try:
@@ -57,6 +58,13 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _format(playback: Request, speech_rate: int) -> tuple[int, int]:
+    """Sample rate and channels of the request's audio (known before its first chunk exists)."""
+    if playback.chunks:
+        return playback.chunks[0].sample_rate, playback.chunks[0].channels
+    return (TRACK_RATE, TRACK_CHANNELS) if playback.kind == "track" else (speech_rate, 1)
+
+
 async def _copy(encoder: Mp3Encoder, response: web.StreamResponse) -> None:
     while data := await encoder.proc.stdout.read(COPY_BYTES):
         await response.write(data)
@@ -65,8 +73,9 @@ async def _copy(encoder: Mp3Encoder, response: web.StreamResponse) -> None:
 class _Feeder:
     """Writes the request's PCM, chunk by chunk as they appear, into the encoder."""
 
-    def __init__(self, request: web.Request, encoder: Mp3Encoder, rate: int, skip_ms: int):
+    def __init__(self, request: web.Request, encoder: Mp3Encoder, rate: int, channels: int, skip_ms: int):
         self.audio = request.app[AUDIO]
+        self.gap_shape = (1,) if channels == 1 else (1, channels)
         self.gap_ms = request.app[CONFIG].timeline.sentence_gap_ms
         self.stdin = encoder.proc.stdin
         self.rate = rate
@@ -84,7 +93,8 @@ class _Feeder:
                 if chunk.state == ChunkState.DISCARDED:
                     return  # the request failed: nothing after this is heard
                 if sent:
-                    await self.write(np.zeros(self.gap_ms * self.rate // 1000, dtype=np.int16))
+                    gap = self.gap_ms * self.rate // 1000
+                    await self.write(np.zeros((gap, *self.gap_shape[1:]), dtype=np.int16))
                 await self.write(await self.samples(chunk))
                 sent += 1
             if playback.state in FINAL_REQUEST_STATES or runner is None:

@@ -1,8 +1,9 @@
 """Playback requests and their chunks, source-agnostic.
 
-A request is the audio of one submission (a narration message now, a music
-track later) cut into ordered chunks. Its `sentences` are the units the source
-produces chunks from; chunk `seq` indexes into them.
+A request is the audio of one submission, a narration message ("speech") or a
+music track ("track"), cut into ordered chunks. Its `sentences` are the units
+the source produces chunks from (sentences of speech, fixed-length segments of
+a track); chunk `seq` indexes into them.
 """
 
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Chunk:
     starts_at_ms: int | None = None
     sample_rate: int = 0  # exact length is samples / sample_rate; duration_ms is its rounding
     samples: int = 0
+    channels: int = 1
 
     @property
     def scheduled(self) -> bool:
@@ -59,6 +61,10 @@ class Request:
     finished_at_ms: int | None = None
     error: str | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    kind: str = "speech"  # or "track"
+    title: str | None = None  # tracks: from the file's tags
+    artist: str | None = None
+    duration_ms: int | None = None  # tracks: known before the first chunk exists
 
     @property
     def generated(self) -> bool:

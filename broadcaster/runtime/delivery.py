@@ -23,10 +23,10 @@ class Mp3Delivery:
         self.bitrate_kbps = bitrate_kbps
         self.jobs: dict[str, asyncio.Task] = {}
 
-    async def encoder_for(self, request_id: str, chunk_id: str, sample_rate: int) -> Mp3Encoder:
+    async def encoder_for(self, request_id: str, chunk_id: str, sample_rate: int, channels: int = 1) -> Mp3Encoder:
         """An encoder writing this chunk's MP3; start it before the PCM exists."""
         target = str(self.audio.part_path(request_id, chunk_id, "mp3"))
-        return await Mp3Encoder.start(sample_rate, self.bitrate_kbps, target)
+        return await Mp3Encoder.start(sample_rate, self.bitrate_kbps * channels, target, channels)
 
     def finish(self, request_id: str, chunk_id: str, encoder: Mp3Encoder, pcm: Pcm) -> None:
         self._track(chunk_id, self._encode(request_id, chunk_id, encoder, pcm))
@@ -74,5 +74,5 @@ class Mp3Delivery:
 
     async def _rebuild(self, request_id: str, chunk_id: str) -> None:
         pcm = read_flac(await self.audio.read(request_id, chunk_id, "flac"))
-        encoder = await self.encoder_for(request_id, chunk_id, pcm.sample_rate)
+        encoder = await self.encoder_for(request_id, chunk_id, pcm.sample_rate, pcm.channels)
         await self._encode(request_id, chunk_id, encoder, pcm)

@@ -16,7 +16,8 @@ from collections import OrderedDict, deque
 import numpy as np
 
 from broadcaster.core.model import Chunk
-from broadcaster.core.playout import Placed, render
+from broadcaster.config import LiveConfig
+from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
 from db.audio_store import AudioStore
 from tts.encode import Mp3Encoder, read_flac
@@ -49,8 +50,9 @@ class LiveListener:
 
 
 class LiveStream:
-    def __init__(self, runner: ChannelRunner, audio: AudioStore, rate: int, bitrate_kbps: int, clock: Clock):
-        self.runner, self.audio, self.rate, self.bitrate_kbps, self.clock = runner, audio, rate, bitrate_kbps, clock
+    def __init__(self, runner: ChannelRunner, audio: AudioStore, config: LiveConfig, clock: Clock):
+        self.runner, self.audio, self.clock = runner, audio, clock
+        self.rate, self.channels, self.bitrate_kbps = config.sample_rate, config.channels, config.bitrate_kbps
         self.listeners: set[LiveListener] = set()
         self.title = self.idle_title
         self.bytes_sent = 0
@@ -71,7 +73,7 @@ class LiveStream:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     async def start(self) -> None:
-        self._encoder = await Mp3Encoder.start(self.rate, self.bitrate_kbps)
+        self._encoder = await Mp3Encoder.start(self.rate, self.bitrate_kbps, "pipe:1", self.channels)
         self._tasks = [asyncio.create_task(self._render_loop(), name=f"live-render:{self.runner.name}"),
                        asyncio.create_task(self._read_loop(), name=f"live-read:{self.runner.name}")]
         log.info("live stream of %s started", self.runner.name)
@@ -113,7 +115,8 @@ class LiveStream:
             while cursor < self.clock() + AHEAD_MS:
                 placed, title = await self._placed(cursor, cursor + FRAME_MS)
                 self.title = title
-                stdin.write(render(placed, cursor, cursor + FRAME_MS, self.rate).astype("<i2").tobytes())
+                frame = render(placed, cursor, cursor + FRAME_MS, self.rate, self.channels)
+                stdin.write(frame.astype("<i2").tobytes())
                 await stdin.drain()
                 cursor += FRAME_MS
             await asyncio.sleep(FRAME_MS / 2000)
@@ -132,9 +135,9 @@ class LiveStream:
         if chunk.chunk_id not in self._cache:
             try:
                 pcm = read_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))
-                samples = pcm.samples if pcm.sample_rate == self.rate else _resample(pcm.samples, pcm.sample_rate, self.rate)
+                samples = convert(pcm.samples, pcm.sample_rate, self.rate, self.channels)
             except FileNotFoundError:
-                samples = np.zeros(0, dtype=np.int16)  # purged meanwhile: silence rather than a broken stream
+                samples = np.zeros((0, self.channels), dtype=np.int16)  # purged meanwhile: silence, not a broken stream
             self._cache[chunk.chunk_id] = samples
             if len(self._cache) > CACHE_CHUNKS:
                 self._cache.popitem(last=False)
@@ -173,13 +176,6 @@ def _title(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Linear resampling: enough for the odd chunk at a different rate on a 64 kbit/s stream."""
-    count = len(samples) * to_rate // from_rate
-    positions = np.arange(count) * (from_rate / to_rate)
-    return np.interp(positions, np.arange(len(samples)), samples).astype(np.int16)
-
-
 def _closed_queue() -> asyncio.Queue:
     queue: asyncio.Queue = asyncio.Queue(1)
     queue.put_nowait(None)
@@ -189,8 +185,8 @@ def _closed_queue() -> asyncio.Queue:
 class LiveStreams:
     """The live streams of all channels, started on first listener and stopped when idle."""
 
-    def __init__(self, audio: AudioStore, rate: int, bitrate_kbps: int, clock: Clock):
-        self.audio, self.rate, self.bitrate_kbps, self.clock = audio, rate, bitrate_kbps, clock
+    def __init__(self, audio: AudioStore, config: LiveConfig, clock: Clock):
+        self.audio, self.config, self.clock = audio, config, clock
         self.streams: dict[str, LiveStream] = {}
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
@@ -199,7 +195,7 @@ class LiveStreams:
         async with self._lock:
             live = self.streams.get(runner.name)
             if live is None or not live.running:
-                live = LiveStream(runner, self.audio, self.rate, self.bitrate_kbps, self.clock)
+                live = LiveStream(runner, self.audio, self.config, self.clock)
                 await live.start()
                 self.streams[runner.name] = live
             if self._reaper is None:

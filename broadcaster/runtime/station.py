@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 from functools import partial
 
@@ -16,6 +17,7 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.sentences import split_sentences
+from tts.tracks import prepare_track
 
 from .cleanup import purge
 from .clock import Clock, wall_clock_ms
@@ -133,10 +135,41 @@ class Station:
         sentences = split_sentences(text, limits.max_sentence_chars)
         if not sentences:
             raise BadInput("expected text with something to speak (letters or digits), got none")
-        if len(runner.channel.line) >= limits.max_queue:
-            raise QueueFull(f"channel {name!r} already has {limits.max_queue} requests waiting; try again later")
+        self._check_room(runner)
         request = Request(new_id(), name, text, sentences, self.clock())
         return request, await runner.submit(request)
+
+    async def add_track(self, name: str, source: Path, filename: str) -> tuple[Request, int]:
+        """Decode a music file into a track request and queue it; nothing is left behind if it is refused."""
+        runner = await self.runner(name)
+        self._check_room(runner)
+        request_id = new_id()
+        music = self.config.music
+        try:
+            info = await prepare_track(source, self.audio.track_path(request_id), music.target_lufs,
+                                       music.max_track_minutes * 60, Path(filename).stem or "Untitled")
+        except BaseException:
+            await asyncio.to_thread(self.audio.delete_request, request_id)
+            raise
+        label = f"{info.artist} – {info.title}" if info.artist else info.title
+        request = Request(request_id, name, label, [info.title] * info.segments, self.clock(),
+                          kind="track", title=info.title, artist=info.artist, duration_ms=info.duration_ms)
+        return request, await runner.submit(request)
+
+    def music_file(self, relative: object) -> Path:
+        """A file inside the configured music folder; anything else is refused."""
+        root = Path(self.config.music.folder).resolve()
+        if not isinstance(relative, str) or not relative or "\x00" in relative:
+            raise BadInput("expected \"path\": a file name inside the music folder")
+        candidate = (root / relative).resolve()
+        if root not in candidate.parents or not candidate.is_file():
+            raise NotFound(f"no file {relative[:100]!r} in the music folder")
+        return candidate
+
+    def _check_room(self, runner: ChannelRunner) -> None:
+        limit = self.config.limits.max_queue
+        if len(runner.channel.line) >= limit:
+            raise QueueFull(f"channel {runner.name!r} already has {limit} requests waiting; try again later")
 
     async def cancel(self, name: str, request_id: str, skip: bool) -> bool:
         """Skip the request on the air (skip=True) or cancel a queued one (skip=False).

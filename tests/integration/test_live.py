@@ -38,12 +38,12 @@ async def test_listeners_share_one_encoder_and_get_a_burst(server):
     async with aiohttp.ClientSession() as http:
         url = f"{server.base_url}/c/{server.channel}/live.mp3"
         async with http.get(url) as first:
-            assert first.headers["Content-Type"] == "audio/mpeg" and first.headers["icy-br"] == "64"
+            assert first.headers["Content-Type"] == "audio/mpeg" and first.headers["icy-br"] == "128"
             await first.content.readexactly(4000)
             await asyncio.sleep(1.0)  # let the stream build up its burst
             async with http.get(url) as second:
                 started = asyncio.get_running_loop().time()
-                burst = await second.content.readexactly(6000)  # ~0.75 s of audio at 64 kbit/s
+                burst = await second.content.readexactly(6000)  # ~0.4 s of audio at 128 kbit/s
                 assert asyncio.get_running_loop().time() - started < 0.5 and len(burst) == 6000
                 streams = server.app[LIVE].streams
                 assert list(streams) == [server.channel] and len(streams[server.channel].listeners) == 2
