@@ -10,6 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
@@ -60,7 +61,7 @@ async def _receive(request: web.Request, path: Path) -> str:
     if request.content_type == "multipart/form-data":
         part = await _file_part(request)
         await _copy(part.read_chunk, path, limit)
-        return part.filename or "upload"
+        return unquote(part.filename or "upload")[:200]  # some clients percent-encode the name
     if not (request.content_type.startswith("audio/") or request.content_type == "application/octet-stream"):
         raise UnsupportedMedia(f"expected an audio/* body, a multipart form or JSON, got {request.content_type!r}")
     await _copy(request.content.read, path, limit)

@@ -15,8 +15,8 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from broadcaster.core.model import Chunk
 from broadcaster.config import LiveConfig
+from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
 from db.audio_store import AudioStore

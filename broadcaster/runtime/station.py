@@ -2,9 +2,9 @@
 
 import asyncio
 import logging
-from pathlib import Path
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
 from broadcaster.config import Config

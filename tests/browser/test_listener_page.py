@@ -2,8 +2,12 @@
 
 import asyncio
 import statistics
+import subprocess
 
+import aiohttp
 import pytest
+
+from tts.encode import ffmpeg_exe
 
 SYNC_TOLERANCE_MS = 5
 NARRATION = ("The caravan leaves at dawn. Dust rises over the dunes. The guide hums an old song. "
@@ -162,4 +166,29 @@ async def test_console_refuses_a_wrong_token(browser, server, page_errors):
     await console.wait_for_selector("#login-error:not(:empty)")
     assert "not valid" in await console.inner_text("#login-error")
     assert await console.is_hidden("#desk")
+    assert page_errors.errors == []
+
+
+async def test_music_plays_in_sync_like_narration(browser, server, connect, page_errors, tmp_path):
+    """An uploaded track is scheduled by every page within 5 ms of the timeline, with its title shown."""
+    song = tmp_path / "song.ogg"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=330:duration=7",
+                    "-ac", "2", "-c:a", "libopus", "-metadata", "title=Night Drive", "-metadata", "artist=Tape Loop",
+                    str(song)], check=True, timeout=60)
+    observer = await connect()
+    await observer.next("snapshot")
+    pages = [await open_listener(browser, server, page_errors) for _ in range(2)]
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", data=song.read_bytes(),
+                             headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/ogg"}) as resp:
+            request_id = (await resp.json())["request_id"]
+    await pages[0].wait_for_function("document.getElementById('captions').textContent.includes('Night Drive')")
+    assert "Tape Loop" in await pages[0].inner_text("#captions")
+    await wait_played(observer, request_id)
+    chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
+    assert len(chunk_ids) == 2  # 7 s in 5 s segments
+    records = [await scheduled(p) for p in pages]
+    against_server, spread = sync_errors(records, chunk_ids)
+    assert max(against_server) <= SYNC_TOLERANCE_MS and max(spread) <= SYNC_TOLERANCE_MS
+    assert all(abs(e["decoded_ms"] - e["duration_ms"]) <= 2 for r in records for e in r.values())
     assert page_errors.errors == []

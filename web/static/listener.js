@@ -103,7 +103,7 @@ function handle(m) {
   switch (m.type) {
     case "snapshot": onSnapshot(m); break;
     case "audio_stream_started":
-      state.request = { id: m.request_id, text: m.text };
+      state.request = describe(m);
       renderCaptions();
       break;
     case "audio_chunk_ready": addChunk(m.request_id, m); break;
@@ -133,7 +133,7 @@ function onSnapshot(m) {
   const playing = m.now_playing;
   const keep = new Set(playing ? playing.chunks.map((c) => c.chunk_id) : []);
   for (const [id, chunk] of state.chunks) if (!keep.has(id)) { stop(chunk); state.chunks.delete(id); }
-  state.request = playing ? { id: playing.request_id, text: playing.text } : null;
+  state.request = playing ? describe(playing) : null;
   if (playing) playing.chunks.forEach((c) => addChunk(playing.request_id, c));
   renderCaptions();
 }
@@ -254,9 +254,18 @@ function notice(text) {
   setTimeout(() => { if ($("notice").textContent === text) $("notice").textContent = ""; }, 8000);
 }
 
+function describe(m) {
+  return { id: m.request_id, text: m.text, kind: m.kind, title: m.title, artist: m.artist };
+}
+
 function renderCaptions() {
   const box = $("captions");
   if (!state.request) { box.replaceChildren(el("em", {}, "Nothing on the air")); return; }
+  if (state.request.kind === "track") {
+    box.replaceChildren(el("span", { className: "current" }, `\u266a ${state.request.title}`),
+      state.request.artist ? el("span", { className: "meta" }, ` \u2014 ${state.request.artist}`) : "");
+    return;
+  }
   const parts = [...state.chunks.values()].filter((c) => c.request_id === state.request.id).sort((a, b) => a.seq - b.seq);
   if (!parts.length) { box.textContent = state.request.text; return; }
   box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")));
