@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     create = channel.add_parser("create", parents=[common], help="create a channel and print its producer token")
     create.add_argument("name")
     create.add_argument("--json", action="store_true")
+    create.add_argument("--radio", action="store_true", help="a radio channel: the auto-DJ plays the music folder when idle")
     create.set_defaults(run=_channel_create)
     listing = channel.add_parser("list", parents=[common], help="list channels")
     listing.set_defaults(run=_channel_list)
@@ -112,7 +113,7 @@ def _channel_create(config: Config, args: argparse.Namespace) -> int:
     async def run() -> None:
         store = await _open_store(config)
         try:
-            made = await create_channel(store, args.name)
+            made = await create_channel(store, args.name, style="radio" if args.radio else "campaign")
         finally:
             await store.close()
         url = f"{config.base_url}/c/{made.name}"

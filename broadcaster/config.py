@@ -56,6 +56,11 @@ class MusicConfig:
 
 
 @dataclass(frozen=True)
+class RadioConfig:
+    autodj: bool = True  # radio-style channels fill silence from the music folder
+
+
+@dataclass(frozen=True)
 class LiveConfig:
     sample_rate: int = 44100
     channels: int = 2
@@ -77,6 +82,7 @@ class Config:
     cleanup: CleanupConfig = field(default_factory=CleanupConfig)
     music: MusicConfig = field(default_factory=MusicConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    radio: RadioConfig = field(default_factory=RadioConfig)
 
     @property
     def data_path(self) -> Path:
@@ -135,7 +141,10 @@ def _overlay(name: str, section: Any, values: dict[str, Any]) -> Any:
         if key not in known:
             raise BadInput(f"expected one of {sorted(known)} in [{name}], got {key!r}")
         default = getattr(section, key)
-        if isinstance(default, (int, float)) and not isinstance(value, (int, float)) or isinstance(value, bool):
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise BadInput(f"expected true or false for [{name}] {key}, got {value!r}")
+        elif isinstance(default, (int, float)) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise BadInput(f"expected a number for [{name}] {key}, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise BadInput(f"expected a string for [{name}] {key}, got {value!r}")

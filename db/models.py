@@ -2,6 +2,7 @@
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -22,6 +23,7 @@ class ChannelRow(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    style: Mapped[str] = mapped_column(String(16), default="campaign", server_default="campaign")  # or "radio"
 
 
 class RequestRow(Base):
@@ -40,6 +42,7 @@ class RequestRow(Base):
     title: Mapped[str | None] = mapped_column(Text)
     artist: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    auto: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     __table_args__ = (
         Index("ix_requests_channel_state", "channel_id", "state"),
         Index("ix_requests_finished", "state", "finished_at_ms"),

@@ -47,8 +47,8 @@ class Store:
 
     # -- channels ----------------------------------------------------------
 
-    async def create_channel(self, name: str, token_hash: str, now_ms: int) -> ChannelRow:
-        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms)
+    async def create_channel(self, name: str, token_hash: str, now_ms: int, style: str = "campaign") -> ChannelRow:
+        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms, style=style)
         try:
             async with self.session.begin() as s:
                 s.add(row)
@@ -119,6 +119,7 @@ class Store:
             generation_started_ms=row.generation_started_ms, finished_at_ms=row.finished_at_ms,
             error=row.error, chunks=[_chunk(c) for c in chunks],
             kind=row.kind or "speech", title=row.title, artist=row.artist, duration_ms=row.duration_ms,
+            auto=bool(row.auto),
         )
 
     # -- listeners and acknowledgements ----------------------------------------
@@ -208,6 +209,7 @@ def _request_row(request: Request, channel_id: int, line_seq: int) -> RequestRow
         created_at_ms=request.created_at_ms, generation_started_ms=request.generation_started_ms,
         finished_at_ms=request.finished_at_ms, error=request.error,
         kind=request.kind, title=request.title, artist=request.artist, duration_ms=request.duration_ms,
+        auto=request.auto,
     )
 
 

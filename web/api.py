@@ -62,6 +62,27 @@ async def retry_request(request: web.Request) -> web.Response:
                               "sentences": len(queued.sentences)}, status=202)
 
 
+async def move_request(request: web.Request) -> web.Response:
+    name = await producer_channel(request)
+    request_id = path_id(request, "request_id", "request")
+    body = await json_body(request)
+    await request.app[STATION].move(name, request_id, body.get("position"))
+    return web.json_response({"request_id": request_id, "position": body["position"]})
+
+
+async def shuffle_queue(request: web.Request) -> web.Response:
+    name = await producer_channel(request)
+    await request.app[STATION].shuffle(name)
+    return web.json_response({"shuffled": True})
+
+
+async def set_repeat(request: web.Request) -> web.Response:
+    name = await producer_channel(request)
+    body = await json_body(request)
+    await request.app[STATION].set_repeat(name, body.get("mode"))
+    return web.json_response({"repeat": body["mode"]})
+
+
 async def queue_state(request: web.Request) -> web.Response:
     station = request.app[STATION]
     runner = await station.runner(request.match_info["channel"])

@@ -39,7 +39,8 @@ def source_json(request: Request) -> dict[str, Any]:
     """What the request is: narration, or a track with its tags."""
     if request.kind != "track":
         return {"kind": "speech"}
-    return {"kind": "track", "title": request.title, "artist": request.artist, "duration_ms": request.duration_ms}
+    return {"kind": "track", "title": request.title, "artist": request.artist, "duration_ms": request.duration_ms,
+            "auto": request.auto}
 
 
 def queue_item_json(request: Request, position: int) -> dict[str, Any]:
@@ -86,7 +87,7 @@ def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
 
 def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
     return {"server_time_ms": now_ms, "now_playing": now_playing_json(channel, now_ms), "queue": queue_json(channel),
-            "recent": recent_json(channel)}
+            "recent": recent_json(channel), "repeat": channel.repeat.value}
 
 
 def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
@@ -111,7 +112,8 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
         case QueueChanged():
-            return {"type": "playback_queue_updated", "queue": queue_json(channel), "recent": recent_json(channel)}
+            return {"type": "playback_queue_updated", "queue": queue_json(channel), "recent": recent_json(channel),
+                    "repeat": channel.repeat.value}
     return None
 
 

@@ -23,6 +23,7 @@ Listener acknowledgements play no part here: the clock alone drives playback.
 """
 
 from collections import deque
+from random import Random
 from collections.abc import Iterator
 
 from .events import (
@@ -31,11 +32,12 @@ from .events import (
     QueueChanged,
     RequestCancelled,
     RequestFailed,
+    RequestPlaced,
     RequestPlayed,
     StreamStarted,
     TimelineShifted,
 )
-from .model import Chunk, Request
+from .model import Chunk, RepeatMode, Request
 from .states import ChunkEvent, ChunkState, RequestEvent, RequestState
 from .timeline import Position, TimelineConfig, place_chunk, position_at
 
@@ -50,13 +52,64 @@ class Channel:
         self.recent: deque[Request] = deque(maxlen=RECENT_LIMIT)
         self._played_end_ms: int | None = None
         self.dirty: set[str] = set()  # request ids whose state the adapter must persist
+        self.repeat = RepeatMode.OFF
 
     # -- producers and the generation worker ---------------------------------
 
     def submit(self, request: Request, now_ms: int) -> list[Event]:
-        self.line.append(request)
+        """Queue a request; a producer's request goes before any auto-DJ track not yet on the air."""
+        at = len(self.line)
+        if not request.auto:
+            at = next((i for i in range(self.movable_from(), len(self.line)) if self.line[i].auto), at)
+        self.line.insert(at, request)
         self.dirty.add(request.request_id)
         return [QueueChanged(), *self._place(now_ms)]
+
+    # -- queue controls ----------------------------------------------------------
+
+    def movable_from(self) -> int:
+        """Index of the first request in line with nothing placed yet: from there on the order may change."""
+        for i, request in enumerate(self.line):
+            if not request.chunks or not request.chunks[0].scheduled:
+                return i
+        return len(self.line)
+
+    def move(self, request_id: str, position: int, now_ms: int) -> list[Event]:
+        """Move a request that is not on the air yet to `position` in the line."""
+        request = self._in_line(request_id)
+        first = self.movable_from()
+        if self.line.index(request) < first:
+            raise ValueError(f"request {request_id} is already on the air; it cannot be moved")
+        if not first <= position < len(self.line):
+            raise ValueError(f"expected a position from {first} to {len(self.line) - 1}, got {position}")
+        self.line.remove(request)
+        self.line.insert(position, request)
+        return [QueueChanged(), *self._place(now_ms)]
+
+    def shuffle(self, rng: Random, now_ms: int) -> list[Event]:
+        """Shuffle everything not yet on the air."""
+        first = self.movable_from()
+        rest = self.line[first:]
+        rng.shuffle(rest)
+        self.line[first:] = rest
+        return [QueueChanged(), *self._place(now_ms)]
+
+    def set_repeat(self, mode: RepeatMode) -> list[Event]:
+        self.repeat = mode
+        return [QueueChanged()]
+
+    def insert_repeat(self, original: Request, copy: Request, now_ms: int) -> list[Event]:
+        """Queue `copy` of a request that went on the air: right after it (repeat one) or last (repeat all)."""
+        at = len(self.line)
+        if self.repeat == RepeatMode.ONE and original in self.line:
+            at = self.line.index(original) + 1
+        self.line.insert(at, copy)
+        self.dirty.add(copy.request_id)
+        return [QueueChanged(), *self._place(now_ms)]
+
+    def needs_filler(self) -> bool:
+        """True when nothing is waiting to go on the air: the moment for the auto-DJ to add a track."""
+        return self.movable_from() == len(self.line)
 
     def next_job(self) -> Request | None:
         """The first request in line that still needs audio."""
@@ -206,6 +259,8 @@ class Channel:
                 if placed is None:
                     return events
                 events += placed
+                if request.generated and chunk is request.chunks[-1]:
+                    events.append(RequestPlaced(request))
             if not request.generated:
                 break  # later requests wait for this one's audio
         return events

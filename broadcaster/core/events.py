@@ -47,9 +47,16 @@ class RequestPlayed:
 
 
 @dataclass(frozen=True)
+class RequestPlaced:
+    """Every chunk of the request has its place on the timeline: it will play (unless stopped)."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
 class QueueChanged:
     pass
 
 
 Event = (StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestCancelled | RequestPlayed
-         | QueueChanged)
+         | RequestPlaced | QueueChanged)

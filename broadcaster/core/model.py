@@ -7,6 +7,7 @@ a track); chunk `seq` indexes into them.
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NewType
 
 from .states import (
@@ -19,6 +20,12 @@ from .states import (
 )
 
 TimeMs = NewType("TimeMs", int)
+
+
+class RepeatMode(StrEnum):
+    OFF = "off"  # the queue plays once
+    ONE = "one"  # each request, once it is on the air, is queued again right after itself
+    ALL = "all"  # each request, once it is on the air, is queued again at the end
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Request:
     title: str | None = None  # tracks: from the file's tags
     artist: str | None = None
     duration_ms: int | None = None  # tracks: known before the first chunk exists
+    auto: bool = False  # queued by the auto-DJ: anything a producer queues goes before it
 
     @property
     def generated(self) -> bool:

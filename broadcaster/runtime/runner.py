@@ -40,6 +40,7 @@ class ChannelRunner:
         self._job: asyncio.Task | None = None
         self._job_request: str | None = None
         self._tasks: list[asyncio.Task] = []
+        self.after_commit: list[Callable[["ChannelRunner", list[Event]], None]] = []  # station hooks: repeat, auto-DJ
 
     @property
     def name(self) -> str:
@@ -59,11 +60,14 @@ class ChannelRunner:
                 task.cancel()
         await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
 
-    async def submit(self, request: Request) -> int:
-        """Queue a request durably; returns its place in line (0 = on the air next or now)."""
+    async def submit(self, request: Request, step: Callable[[int], list[Event]] | None = None) -> int:
+        """Queue a request durably; returns its place in line (0 = on the air next or now).
+
+        `step` inserts it somewhere other than the default place (a repeat copy, for one).
+        """
         async with self._lock:
             await self.store.insert_request(request, self.channel_id)
-            events = self.channel.submit(request, self.clock())
+            events = (step or partial(self.channel.submit, request))(self.clock())
             await self._commit(events)
             return self.channel.line_position(request.request_id)
 
@@ -89,6 +93,8 @@ class ChannelRunner:
         self._changed = asyncio.Event()
         self._wake.set()
         self._work.set()
+        for hook in self.after_commit:
+            hook(self, events)
         for event in events:
             ended = isinstance(event, (RequestFailed, RequestCancelled))
             if ended and event.request.request_id == self._job_request and self._job:

@@ -1,16 +1,20 @@
-"""All channels of one server: loads them on first use, submits, cleans up."""
+"""All channels of one server: loads them on first use, submits, steers the queue, cleans up."""
 
 import asyncio
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from random import Random
 
 from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
 from broadcaster.config import Config
 from broadcaster.core.channel import Channel
 from broadcaster.core.ids import new_id
-from broadcaster.core.model import Chunk, Request
+from broadcaster.core.events import RequestPlaced
+from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
 from broadcaster.errors import BadInput, Conflict, NotFound, Unauthorized
 from db.audio_store import AudioStore
@@ -19,6 +23,7 @@ from tts.engine import TtsEngine
 from tts.sentences import split_sentences
 from tts.tracks import prepare_track
 
+from .autodj import AutoDJ
 from .cleanup import purge
 from .clock import Clock, wall_clock_ms
 from .delivery import Mp3Delivery
@@ -39,12 +44,32 @@ class NewChannel:
     token: str
 
 
-async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms) -> NewChannel:
+async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign") -> NewChannel:
+    """A new channel: "campaign" (narration) or "radio" (the auto-DJ fills silence from the music folder)."""
     if not valid_channel_name(name):
         raise BadInput(f"expected a channel name of lowercase letters, digits, '-' or '_' (max 64), got {name!r}")
+    if style not in ("campaign", "radio"):
+        raise BadInput(f"expected a channel style 'campaign' or 'radio', got {style!r}")
     token = new_token()
-    await store.create_channel(name, hash_token(token), clock())
+    await store.create_channel(name, hash_token(token), clock(), style)
     return NewChannel(name, token)
+
+
+def _guarded(step, *args):  # noqa: ANN001, ANN202
+    """Run a core step whose ValueError means the request was in the wrong place for it."""
+    try:
+        return step(*args)
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+
+
+def _link(source: Path, target: Path) -> None:
+    """Share a track's master with its repeat copy (hard link; a copy where links are not possible)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> list:
@@ -83,6 +108,9 @@ class Station:
         self._tokens: dict[str, str] = {}
         self._loading = asyncio.Lock()
         self._cleanup_task: asyncio.Task | None = None
+        self.autodjs: dict[str, AutoDJ] = {}
+        self._background: set[asyncio.Task] = set()
+        self.rng = Random()
 
     async def start(self) -> None:
         await self.store.close_stale_connections(self.clock())
@@ -94,6 +122,10 @@ class Station:
         if self._cleanup_task:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
+        await asyncio.gather(*(dj.close() for dj in self.autodjs.values()))
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
         await self.delivery.close()
 
@@ -110,11 +142,69 @@ class Station:
                     raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
                 runner = ChannelRunner(Channel(name, self.config.timeline_config()), row.id,
                                        self.store, self.maker, self.clock, self.publish)
+                runner.after_commit.append(self._after_commit)
+                if row.style == "radio" and self.config.radio.autodj:
+                    self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
                 await runner.start()
                 self._tokens[name] = row.token_hash
                 self.runners[name] = runner
-                log.info("channel %s on the air", name)
+                log.info("channel %s on the air%s", name, " with the auto-DJ" if name in self.autodjs else "")
+                self._after_commit(runner, [])
         return self.runners[name]
+
+    # -- repeat and the auto-DJ, run after every change of a channel ---------------------
+
+    def _after_commit(self, runner: ChannelRunner, events: list) -> None:
+        if runner.channel.repeat != RepeatMode.OFF:
+            for event in events:
+                if isinstance(event, RequestPlaced):
+                    self._spawn(self._repeat(runner, event.request))
+        if (autodj := self.autodjs.get(runner.name)) is not None and runner.name in self.runners:
+            autodj.poke(runner.channel.needs_filler)
+
+    def _spawn(self, work) -> None:  # noqa: ANN001
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._finished_background)
+
+    def _finished_background(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    async def _repeat(self, runner: ChannelRunner, original: Request) -> None:
+        copy = Request(new_id(), runner.name, original.text, list(original.sentences), self.clock(),
+                       kind=original.kind, title=original.title, artist=original.artist,
+                       duration_ms=original.duration_ms, auto=original.auto)
+        if original.kind == "track":
+            await asyncio.to_thread(_link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id))
+        await runner.submit(copy, partial(runner.channel.insert_repeat, original, copy))
+
+    def _music_folder(self, name: str) -> Path:
+        root = Path(self.config.music.folder)
+        return root / name if (root / name).is_dir() else root
+
+    async def _auto_track(self, name: str, path: Path) -> None:
+        await self.add_track(name, path, path.name, auto=True)
+
+    # -- queue controls ----------------------------------------------------------------
+
+    async def move(self, name: str, request_id: str, position: object) -> None:
+        runner = await self.runner(name)
+        await self._request_in(runner, request_id)
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise BadInput(f"expected \"position\" to be a whole number, got {position!r}"[:200])
+        await runner.apply(partial(_guarded, runner.channel.move, request_id, position))
+
+    async def shuffle(self, name: str) -> None:
+        runner = await self.runner(name)
+        await runner.apply(partial(runner.channel.shuffle, self.rng))
+
+    async def set_repeat(self, name: str, mode: object) -> None:
+        runner = await self.runner(name)
+        if mode not in {m.value for m in RepeatMode}:
+            raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
+        await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
 
     def check_token(self, name: str, token: str | None) -> None:
         stored = self._tokens.get(name)
@@ -139,7 +229,7 @@ class Station:
         request = Request(new_id(), name, text, sentences, self.clock())
         return request, await runner.submit(request)
 
-    async def add_track(self, name: str, source: Path, filename: str) -> tuple[Request, int]:
+    async def add_track(self, name: str, source: Path, filename: str, auto: bool = False) -> tuple[Request, int]:
         """Decode a music file into a track request and queue it; nothing is left behind if it is refused."""
         runner = await self.runner(name)
         self._check_room(runner)
@@ -153,7 +243,7 @@ class Station:
             raise
         label = f"{info.artist} – {info.title}" if info.artist else info.title
         request = Request(request_id, name, label, [info.title] * info.segments, self.clock(),
-                          kind="track", title=info.title, artist=info.artist, duration_ms=info.duration_ms)
+                          kind="track", title=info.title, artist=info.artist, duration_ms=info.duration_ms, auto=auto)
         return request, await runner.submit(request)
 
     def music_file(self, relative: object) -> Path:

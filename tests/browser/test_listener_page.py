@@ -144,11 +144,10 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
     await server.say(NARRATION)
     queued = (await (await server.say("A second narration waits.")).json())["request_id"]
     await observer.next("audio_chunk_ready")
-    await console.click("#queue button")  # cancel the queued one
+    await console.click("#queue button[aria-label^='Cancel: A second narration']")
     cancelled = await observer.next("request_cancelled")
     assert cancelled["request_id"] == queued
-    await console.wait_for_selector("#now button")
-    await console.click("#now button")  # skip the one on the air
+    await console.click("#now button[aria-label^='Skip: The caravan']")
     skipped = await observer.next("request_cancelled")
     assert skipped["skipped"] is True
     await listener.wait_for_function("document.querySelector('#captions em') !== null")

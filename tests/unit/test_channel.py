@@ -1,6 +1,7 @@
 """The channel timeline, driven by a stepped clock: no sockets, no sleeping."""
 
 from itertools import count
+from random import Random
 
 import pytest
 
@@ -9,11 +10,12 @@ from broadcaster.core.events import (
     ChunkScheduled,
     QueueChanged,
     RequestFailed,
+    RequestPlaced,
     RequestPlayed,
     StreamStarted,
     TimelineShifted,
 )
-from broadcaster.core.model import Chunk, Request
+from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import ChunkState, RequestState
 from broadcaster.core.timeline import TimelineConfig
 
@@ -213,3 +215,76 @@ def test_chunks_of_an_on_air_request_are_announced_as_ready(channel):
     channel.submit(request, 0)
     events = generate(channel, request, [100, 100], now=0)
     assert kinds(events).count(ChunkScheduled) == 2
+
+
+def test_producer_request_goes_before_auto_dj_tracks_not_yet_on_air(channel):
+    """Narration queued while the auto-DJ has a track waiting plays first, at the next track boundary."""
+    playing = make_request("Auto one.")
+    playing.auto = True
+    waiting = make_request("Auto two.")
+    waiting.auto = True
+    channel.submit(playing, 0)
+    generate(channel, playing, [3000], now=0)
+    channel.submit(waiting, 0)
+    narration = make_request("Attention please.")
+    channel.submit(narration, 100)
+    assert channel.line == [playing, narration, waiting]
+
+
+def test_move_reorders_only_what_is_not_on_the_air(channel):
+    """Requests not yet placed can be moved among themselves; the one on the air cannot."""
+    first, second, third = make_request("A."), make_request("B."), make_request("C.")
+    for request in (first, second, third):
+        channel.submit(request, 0)
+    generate(channel, first, [1000], now=0)
+    channel.move(third.request_id, 1, 0)
+    assert channel.line == [first, third, second]
+    with pytest.raises(ValueError):
+        channel.move(first.request_id, 2, 0)
+    with pytest.raises(ValueError):
+        channel.move(second.request_id, 0, 0)
+
+
+def test_shuffle_keeps_the_on_air_request_first(channel):
+    """Shuffling permutes only the waiting requests."""
+    requests = [make_request(f"R{i}.") for i in range(6)]
+    for request in requests:
+        channel.submit(request, 0)
+    generate(channel, requests[0], [1000], now=0)
+    channel.shuffle(Random(7), 0)
+    assert channel.line[0] is requests[0] and sorted(r.request_id for r in channel.line) == sorted(r.request_id for r in requests)
+    assert channel.line[1:] != requests[1:]
+
+
+def test_request_placed_is_announced_once_its_last_chunk_is_placed(channel):
+    """RequestPlaced marks the moment a request is committed to the timeline (repeat copies hook in here)."""
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    events = generate(channel, request, [100], now=0)
+    assert RequestPlaced not in kinds(events)
+    events = channel.chunk_ready(make_chunk(request, 100, 0), 0)
+    assert RequestPlaced in kinds(events)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [(RepeatMode.ONE, ["A", "A2", "B"]), (RepeatMode.ALL, ["A", "B", "A2"])])
+def test_repeat_copies_go_after_the_original_or_at_the_end(channel, mode, expected):
+    """Repeat one queues the copy right after the original; repeat all queues it last."""
+    a, b = make_request("A."), make_request("B.")
+    a.text, b.text = "A", "B"
+    channel.submit(a, 0)
+    channel.submit(b, 0)
+    channel.set_repeat(mode)
+    copy = make_request("A.")
+    copy.text = "A2"
+    channel.insert_repeat(a, copy, 0)
+    assert [r.text for r in channel.line] == expected
+
+
+def test_needs_filler_only_when_nothing_waits(channel):
+    """The auto-DJ is asked for a track only when every request in line is already on the air."""
+    assert channel.needs_filler()
+    request = make_request("One.")
+    channel.submit(request, 0)
+    assert not channel.needs_filler()
+    generate(channel, request, [1000], now=0)
+    assert channel.needs_filler()

@@ -1,0 +1,69 @@
+"""The auto-DJ: when a radio channel has nothing waiting, it queues a track from the music folder.
+
+Files are dealt from a shuffled deck, so none repeats until all have played;
+a new deck never starts with the track that just ended. Its tracks are marked
+`auto`, and anything a producer queues goes before the ones not yet on the
+air, so narration takes over at the next track boundary. Files that will not
+decode are skipped (and logged) rather than stalling the station.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from random import Random
+
+from broadcaster.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = {".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".wav"}
+ATTEMPTS = 3
+
+AddTrack = Callable[[Path], Awaitable[object]]
+
+
+class AutoDJ:
+    def __init__(self, folder: Path, add_track: AddTrack, rng: Random | None = None):
+        self.folder = folder
+        self.add_track = add_track
+        self.rng = rng or Random()
+        self.deck: list[Path] = []
+        self.last: Path | None = None
+        self._task: asyncio.Task | None = None
+
+    def poke(self, needs_filler: Callable[[], bool]) -> None:
+        """Add a track if the channel needs one and none is being prepared."""
+        if (self._task is None or self._task.done()) and needs_filler():
+            self._task = asyncio.create_task(self._fill(needs_filler), name=f"autodj:{self.folder}")
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _fill(self, needs_filler: Callable[[], bool]) -> None:
+        for _ in range(ATTEMPTS):
+            path = await asyncio.to_thread(self.next_file)
+            if path is None or not needs_filler():
+                return
+            try:
+                await self.add_track(path)
+                return
+            except BadInput as exc:
+                log.warning("auto-DJ skipped %s: %s", path.name, exc)
+
+    def next_file(self) -> Path | None:
+        if not self.deck:
+            self.deck = self._shuffled()
+        if not self.deck:
+            return None
+        self.last = self.deck.pop()
+        return self.last
+
+    def _shuffled(self) -> list[Path]:
+        files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        self.rng.shuffle(files)
+        if len(files) > 1 and files[-1] == self.last:  # the deck is dealt from the end
+            files[0], files[-1] = files[-1], files[0]
+        return files
