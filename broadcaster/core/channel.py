@@ -23,8 +23,8 @@ Listener acknowledgements play no part here: the clock alone drives playback.
 """
 
 from collections import deque
-from random import Random
 from collections.abc import Iterator
+from random import Random
 
 from .events import (
     ChunkScheduled,
@@ -154,7 +154,11 @@ class Channel:
             self._played_end_ms = max(self._played_end_ms or 0, now_ms)
         self._leave_line(request)
         cancelled = RequestCancelled(request, on_air, now_ms, tuple(discarded))
-        return [cancelled, QueueChanged(), *self._place(now_ms)]
+        copies = [r for r in self.line[self.movable_from():] if on_air and r.repeat_of == request_id]
+        events: list[Event] = [cancelled]
+        for copy in copies:  # skipping under "repeat one" moves on instead of replaying what was skipped
+            events += self.cancel(copy.request_id, now_ms)[:1]
+        return [*events, QueueChanged(), *self._place(now_ms)]
 
     # -- the clock -------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Request:
     artist: str | None = None
     duration_ms: int | None = None  # tracks: known before the first chunk exists
     auto: bool = False  # queued by the auto-DJ: anything a producer queues goes before it
+    repeat_of: str | None = None  # a repeat copy: the request it copies (not persisted)
 
     @property
     def generated(self) -> bool:

@@ -12,8 +12,8 @@ from random import Random
 from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
 from broadcaster.config import Config
 from broadcaster.core.channel import Channel
-from broadcaster.core.ids import new_id
 from broadcaster.core.events import RequestPlaced
+from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
 from broadcaster.errors import BadInput, Conflict, NotFound, Unauthorized
@@ -175,7 +175,7 @@ class Station:
     async def _repeat(self, runner: ChannelRunner, original: Request) -> None:
         copy = Request(new_id(), runner.name, original.text, list(original.sentences), self.clock(),
                        kind=original.kind, title=original.title, artist=original.artist,
-                       duration_ms=original.duration_ms, auto=original.auto)
+                       duration_ms=original.duration_ms, auto=original.auto, repeat_of=original.request_id)
         if original.kind == "track":
             await asyncio.to_thread(_link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id))
         await runner.submit(copy, partial(runner.channel.insert_repeat, original, copy))
