@@ -58,6 +58,7 @@ class MusicConfig:
 @dataclass(frozen=True)
 class RadioConfig:
     autodj: bool = True  # radio-style channels fill silence from the music folder
+    announce_next: bool = False  # speak "Up next: <title>, by <artist>" before each auto-DJ track
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ class CleanupConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleEntry:
+    """Queue an item at set times: `say` narration, or `track`, a file in the music folder."""
+
+    channel: str
+    cron: str
+    say: str = ""
+    track: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     timeline: TimelineSection = field(default_factory=TimelineSection)
@@ -83,6 +94,7 @@ class Config:
     music: MusicConfig = field(default_factory=MusicConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
+    schedule: tuple[ScheduleEntry, ...] = ()
 
     @property
     def data_path(self) -> Path:
@@ -125,8 +137,10 @@ def load_config(path: str | Path | None = None) -> Config:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     base = Config()
-    sections = {}
+    sections: dict[str, Any] = {"schedule": _schedule(data.get("schedule", []))}
     for f in fields(Config):
+        if f.name == "schedule":
+            continue
         section = getattr(base, f.name)
         sections[f.name] = _overlay(f.name, section, data.get(f.name, {}))
     unknown = set(data) - set(sections)
@@ -149,3 +163,21 @@ def _overlay(name: str, section: Any, values: dict[str, Any]) -> Any:
         if isinstance(default, str) and not isinstance(value, str):
             raise BadInput(f"expected a string for [{name}] {key}, got {value!r}")
     return replace(section, **values)
+
+
+def _schedule(entries: Any) -> tuple[ScheduleEntry, ...]:
+    from broadcaster.core.cron import parse_cron
+
+    if not isinstance(entries, list):
+        raise BadInput("expected [[schedule]] tables in the config")
+    parsed = []
+    for entry in entries:
+        known = {f.name for f in fields(ScheduleEntry)}
+        if not isinstance(entry, dict) or set(entry) - known or not {"channel", "cron"} <= set(entry):
+            raise BadInput(f"expected a [[schedule]] with channel, cron and say or track, got {entry!r}"[:300])
+        item = ScheduleEntry(**entry)
+        if bool(item.say) == bool(item.track):
+            raise BadInput(f"expected exactly one of say or track in the schedule entry for {item.cron!r}")
+        parse_cron(item.cron)
+        parsed.append(item)
+    return tuple(parsed)

@@ -54,7 +54,10 @@ class LiveServer:
 def merge(base: dict, extra: dict) -> dict:
     out = {k: dict(v) for k, v in base.items()}
     for section, values in extra.items():
-        out.setdefault(section, {}).update(values)
+        if isinstance(values, list):
+            out[section] = values  # [[schedule]]: a list of tables replaces
+        else:
+            out.setdefault(section, {}).update(values)
     return out
 
 

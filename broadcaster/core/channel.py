@@ -107,6 +107,15 @@ class Channel:
         self.dirty.add(copy.request_id)
         return [QueueChanged(), *self._place(now_ms)]
 
+    def insert_before(self, request: Request, anchor: Request, now_ms: int) -> list[Event]:
+        """Queue `request` right before `anchor` if the anchor is still waiting; otherwise last."""
+        at = len(self.line)
+        if anchor in self.line[self.movable_from():]:
+            at = self.line.index(anchor)
+        self.line.insert(at, request)
+        self.dirty.add(request.request_id)
+        return [QueueChanged(), *self._place(now_ms)]
+
     def needs_filler(self) -> bool:
         """True when nothing is waiting to go on the air: the moment for the auto-DJ to add a track."""
         return self.movable_from() == len(self.line)

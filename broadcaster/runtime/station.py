@@ -29,6 +29,7 @@ from .clock import Clock, wall_clock_ms
 from .delivery import Mp3Delivery
 from .generator import ChunkMaker
 from .runner import ChannelRunner, Publish
+from .schedule import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class Station:
         for row in await self.store.channels():
             await self.runner(row.name)
         self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="cleanup")
+        self.scheduler = Scheduler(self, self.config.schedule, self.clock)
+        if self.config.schedule:
+            self._spawn(self.scheduler.run())
 
     async def stop(self) -> None:
         if self._cleanup_task:
@@ -185,7 +189,12 @@ class Station:
         return root / name if (root / name).is_dir() else root
 
     async def _auto_track(self, name: str, path: Path) -> None:
-        await self.add_track(name, path, path.name, auto=True)
+        track, _ = await self.add_track(name, path, path.name, auto=True)
+        runner = self.runners[name]
+        if self.config.radio.announce_next and runner.channel.now_playing() not in (None, track):
+            text = f"Up next: {track.title}" + (f", by {track.artist}." if track.artist else ".")
+            speech = Request(new_id(), name, text, split_sentences(text), self.clock(), auto=True)
+            await runner.submit(speech, partial(runner.channel.insert_before, speech, track))
 
     # -- queue controls ----------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from random import Random
 
@@ -9,6 +10,8 @@ import aiohttp
 import pytest
 import websockets
 
+from broadcaster.config import config_from_dict
+from broadcaster.errors import BadInput
 from broadcaster.runtime.station import create_channel
 from tts.encode import ffmpeg_exe
 
@@ -164,3 +167,41 @@ async def test_campaign_channels_have_no_auto_dj(music, server, connect):
     assert server.channel not in server.station.autodjs
     _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     assert state["now_playing"] is None and state["queue"] == []
+
+
+@pytest.mark.server_config({"schedule": [{"channel": "table", "cron": "55 9 * * 1-5", "say": "Stand-up in five minutes."},
+                                         {"channel": "nowhere", "cron": "55 9 * * *", "say": "Lost."}]})
+async def test_scheduled_item_is_queued_at_its_minute_once(server):
+    """A [[schedule]] entry queues its item in its minute, once; an entry for an unknown channel is skipped."""
+    monday_0955 = int(datetime(2026, 11, 23, 9, 55, 20).timestamp() * 1000)
+    scheduler = server.station.scheduler
+    fired = await scheduler.tick(monday_0955)
+    assert [e.say for e in fired] == ["Stand-up in five minutes.", "Lost."]
+    assert await scheduler.tick(monday_0955 + 10_000) == []  # same minute: not again
+    assert await scheduler.tick(monday_0955 + 60_000) == []  # 09:56: nothing due
+    _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    texts = [item["text"] for item in state["queue"]] + ([state["now_playing"]["text"]] if state["now_playing"] else [])
+    assert texts == ["Stand-up in five minutes."]
+
+
+def test_schedule_entries_are_validated():
+    """A schedule entry with a bad cron or both say and track is refused when the config loads."""
+    for entry in ({"channel": "a", "cron": "61 * * * *", "say": "x"},
+                  {"channel": "a", "cron": "* * * * *", "say": "x", "track": "y.mp3"},
+                  {"channel": "a", "cron": "* * * * *"}):
+        with pytest.raises(BadInput):
+            config_from_dict({"schedule": [entry]})
+
+
+@pytest.mark.server_config({"radio": {"announce_next": True}})
+async def test_auto_dj_announces_the_next_track(music, server):
+    """With announce_next, a spoken "Up next" with the title plays before each following auto-DJ track."""
+    await create_channel(server.station.store, "office", style="radio")
+    started = []
+    async with websockets.connect(server.ws_url("office")) as ws:
+        while len(started) < 3:
+            message = json.loads(await ws.recv())
+            if message["type"] == "audio_stream_started":
+                started.append(message)
+    assert [m["kind"] for m in started] == ["track", "speech", "track"]
+    assert started[1]["text"] == f"Up next: {started[2]['title']}."
