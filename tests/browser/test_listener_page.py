@@ -191,3 +191,25 @@ async def test_music_plays_in_sync_like_narration(browser, server, connect, page
     assert max(against_server) <= SYNC_TOLERANCE_MS and max(spread) <= SYNC_TOLERANCE_MS
     assert all(abs(e["decoded_ms"] - e["duration_ms"]) <= 2 for r in records for e in r.values())
     assert page_errors.errors == []
+
+
+async def test_console_uploads_a_track_and_sets_repeat(browser, server, connect, page_errors, tmp_path):
+    """From the console a producer uploads a track (it goes on the air) and sets the repeat mode."""
+    song = tmp_path / "Coffee Break.ogg"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", "-c:a", "libopus",
+                    str(song)], check=True, timeout=60)
+    observer = await connect()
+    await observer.next("snapshot")
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#desk:not([hidden])")
+    await console.select_option("#repeat", "all")
+    update = await observer.next("playback_queue_updated", where=lambda m: m["repeat"] == "all")
+    assert update["repeat"] == "all"
+    await console.set_input_files("#track-file", str(song))
+    await console.click("#upload button[type=submit]")
+    started = await observer.next("audio_stream_started")
+    assert started["kind"] == "track" and started["title"] == "Coffee Break"
+    await console.wait_for_function("document.getElementById('upload-status').textContent.includes('Coffee Break')")
+    assert page_errors.errors == []

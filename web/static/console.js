@@ -19,6 +19,9 @@ $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); say(); }
 });
 $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
+$("shuffle").addEventListener("click", () => control("/queue/shuffle", {}, "shuffle"));
+$("repeat").addEventListener("change", () => control("/queue/repeat", { mode: $("repeat").value }, "set repeat"));
+$("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
 
 const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || localStorage.getItem(TOKEN_KEY);
 if (remembered) login(remembered);
@@ -67,6 +70,33 @@ async function say() {
   }
 }
 
+async function control(path, body, what) {
+  try {
+    await api("POST", path, body);
+  } catch (err) {
+    notice(`Could not ${what}: ${err.message}`);
+  }
+}
+
+async function upload() {
+  const file = $("track-file").files[0];
+  if (!file) return;
+  $("upload-status").textContent = `Decoding ${file.name}…`;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/tracks`, {
+    method: "POST", headers: { Authorization: `Bearer ${state.token}` }, body: form,
+  });
+  const data = await response.json().catch(() => ({}));
+  if (response.ok) {
+    $("upload-status").textContent = `Queued ${data.title}${data.artist ? ` by ${data.artist}` : ""}.`;
+    $("track-file").value = "";
+  } else {
+    $("upload-status").textContent = "";
+    notice(`Upload refused: ${data.error ? data.error.message : `HTTP ${response.status}`}`);
+  }
+}
+
 async function act(requestId, action) {
   try {
     await api("POST", `/requests/${requestId}/${action}`);
@@ -79,13 +109,13 @@ function handle(m) {
   switch (m.type) {
     case "snapshot":
       state.nowPlaying = m.now_playing;
-      Object.assign(state, { queue: m.queue, recent: m.recent });
+      Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
       showListeners(m.listeners);
       render();
       break;
     case "audio_stream_started": case "audio_chunk_ready": case "request_played": refresh(); break;
     case "playback_queue_updated":
-      Object.assign(state, { queue: m.queue, recent: m.recent });
+      Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
       refresh();
       break;
     case "request_failed": notice(`A narration failed: ${m.reason}`); refresh(); break;
@@ -103,7 +133,7 @@ function refresh() {
     const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`);
     if (!response.ok) return;
     const data = await response.json();
-    Object.assign(state, { nowPlaying: data.now_playing, queue: data.queue, recent: data.recent });
+    Object.assign(state, { nowPlaying: data.now_playing, queue: data.queue, recent: data.recent, repeat: data.repeat });
     render();
   }, 50);
 }
@@ -115,16 +145,24 @@ function render() {
         el("span", {}, now.text, el("span", { className: "meta" }, ` ${progress(now.chunks.length, now.chunks_total)}`)),
         button("Skip", () => act(now.request_id, "skip"), `Skip: ${now.text.slice(0, 40)}`))
     : el("em", {}, "Nothing on the air"));
-  $("queue").replaceChildren(...state.queue.map((item) => el("li", {},
+  $("repeat").value = state.repeat || "off";
+  $("queue").replaceChildren(...state.queue.map((item, index) => el("li", {},
     el("div", { className: "item" },
-      el("span", {}, item.text, el("span", { className: "meta" }, ` ${queueLabel(item)}`)),
-      button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`)))));
+      el("span", {}, item.kind === "track" ? "\u266a " : "", item.text,
+        el("span", { className: "meta" }, ` ${queueLabel(item)}${item.auto ? " (auto-DJ)" : ""}`)),
+      el("span", { className: "row" },
+        index > 0 ? button("\u2191", () => move(item, state.queue[index - 1].position), `Move up: ${item.text.slice(0, 40)}`) : "",
+        button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`))))));
   $("queue-empty").hidden = state.queue.length > 0;
   $("recent").replaceChildren(...state.recent.map((item) => el("li", {},
     el("div", { className: "item" },
       el("span", {}, item.text, el("span", { className: item.status === "failed" ? "error" : "meta" },
         ` ${item.status}${item.error && item.status !== "played" ? `: ${item.error}` : ""}`)),
       ["failed", "cancelled"].includes(item.status) ? button("Retry", () => act(item.request_id, "retry"), `Retry: ${item.text.slice(0, 40)}`) : ""))));
+}
+
+function move(item, position) {
+  control(`/requests/${item.request_id}/move`, { position }, "move it");
 }
 
 function progress(ready, total) { return total > 1 ? `(${ready}/${total} sentences ready)` : ""; }
