@@ -175,6 +175,8 @@ def _schedule(entries: Any) -> tuple[ScheduleEntry, ...]:
         known = {f.name for f in fields(ScheduleEntry)}
         if not isinstance(entry, dict) or set(entry) - known or not {"channel", "cron"} <= set(entry):
             raise BadInput(f"expected a [[schedule]] with channel, cron and say or track, got {entry!r}"[:300])
+        if not all(isinstance(value, str) for value in entry.values()):
+            raise BadInput(f"expected text values in the [[schedule]] entry, got {entry!r}"[:300])
         item = ScheduleEntry(**entry)
         if bool(item.say) == bool(item.track):
             raise BadInput(f"expected exactly one of say or track in the schedule entry for {item.cron!r}")

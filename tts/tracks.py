@@ -68,7 +68,7 @@ async def _decode(source: Path, target_lufs: float, max_seconds: float) -> np.nd
             "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-f", "s16le", "pipe:1"]
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
-    reason = err.decode(errors="replace").strip().splitlines()
+    reason = err.decode(errors="replace").replace(str(source), "the file").strip().splitlines()
     if proc.returncode != 0 or not out:
         raise TrackRejected(f"expected an audio file ffmpeg can decode, got one it cannot: {' '.join(reason[-2:])[:300] or 'no audio'}")
     samples = np.frombuffer(out, dtype="<i2").reshape(-1, TRACK_CHANNELS)

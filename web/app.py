@@ -13,6 +13,7 @@ from broadcaster.runtime.station import Station
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
+from tts.loudness import level
 
 from . import api, live, pages, stream, tracks, ws
 from .fanout import Hub
@@ -74,6 +75,8 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         store = Store(config.database_url)
         await store.create_schema()
         engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
+        engine = await level(engine, config.music.target_lufs)
+        log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
         audio = AudioStore(config.data_path / "audio")
         station = Station(config, store, audio, engine, _publisher(app))
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station

@@ -92,7 +92,7 @@ class _Feeder:
                 chunk = playback.chunks[sent]
                 if chunk.state == ChunkState.DISCARDED:
                     return  # the request failed: nothing after this is heard
-                if sent:
+                if sent and playback.kind != "track":  # a track's segments join without a pause
                     gap = self.gap_ms * self.rate // 1000
                     await self.write(np.zeros((gap, *self.gap_shape[1:]), dtype=np.int16))
                 await self.write(await self.samples(chunk))

@@ -82,7 +82,7 @@ async def _copy(read, path: Path, limit: int) -> None:  # noqa: ANN001
         while data := await read(READ_BYTES):
             size += len(data)
             if size > limit:
-                raise PayloadTooLarge(f"expected an upload of at most {limit // (1024 * 1024)} MB, got more")
+                raise PayloadTooLarge(f"expected an upload of at most {limit / (1024 * 1024):g} MB, got more")
             out.write(data)
     if size == 0:
         raise BadInput("expected an audio file in the body, got nothing")

@@ -149,6 +149,14 @@ class Channel:
     def cancel(self, request_id: str, now_ms: int) -> list[Event]:
         """Cancel a queued request, or skip the one on the air: its audio stops now."""
         request = self._in_line(request_id)
+        cancelled = self._cancel(request, now_ms)
+        events: list[Event] = [cancelled]
+        if cancelled.skipped:  # skipping under "repeat" moves on instead of replaying what was skipped
+            for copy in [r for r in self.line[self.movable_from():] if r.repeat_of == request_id]:
+                events.append(self._cancel(copy, now_ms))
+        return [*events, QueueChanged(), *self._place(now_ms)]
+
+    def _cancel(self, request: Request, now_ms: int) -> RequestCancelled:
         request.apply(RequestEvent.CANCEL)
         on_air = any(c.scheduled for c in request.live_chunks())
         cut = any(c.scheduled and c.starts_at_ms <= now_ms for c in request.live_chunks())
@@ -162,12 +170,7 @@ class Channel:
         if cut:
             self._played_end_ms = max(self._played_end_ms or 0, now_ms)
         self._leave_line(request)
-        cancelled = RequestCancelled(request, on_air, now_ms, tuple(discarded))
-        copies = [r for r in self.line[self.movable_from():] if on_air and r.repeat_of == request_id]
-        events: list[Event] = [cancelled]
-        for copy in copies:  # skipping under "repeat one" moves on instead of replaying what was skipped
-            events += self.cancel(copy.request_id, now_ms)[:1]
-        return [*events, QueueChanged(), *self._place(now_ms)]
+        return RequestCancelled(request, on_air, now_ms, tuple(discarded))
 
     # -- the clock -------------------------------------------------------------
 
@@ -281,7 +284,8 @@ class Channel:
     def _place_chunk(self, request: Request, chunk: Chunk, now_ms: int) -> list[Event] | None:
         cfg = self.config
         first = chunk.seq == 0
-        gap = cfg.request_gap_ms if first else cfg.sentence_gap_ms
+        # A track's segments are one continuous piece of music: no pause between them.
+        gap = cfg.request_gap_ms if first else (0 if request.kind == "track" else cfg.sentence_gap_ms)
         cursor = self._cursor_ms()
         if first and cursor is not None and now_ms + cfg.lead_ms < cursor + gap:
             return None  # the request before is still playing: not on the air yet

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = {".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".wav"}
 ATTEMPTS = 3
+RETRY_S = 30  # an empty folder or undecodable files: look again this much later
 
 AddTrack = Callable[[Path], Awaitable[object]]
 
@@ -43,15 +44,17 @@ class AutoDJ:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _fill(self, needs_filler: Callable[[], bool]) -> None:
-        for _ in range(ATTEMPTS):
-            path = await asyncio.to_thread(self.next_file)
-            if path is None or not needs_filler():
-                return
-            try:
-                await self.add_track(path)
-                return
-            except BadInput as exc:
-                log.warning("auto-DJ skipped %s: %s", path.name, exc)
+        while needs_filler():
+            for _ in range(ATTEMPTS):
+                path = await asyncio.to_thread(self.next_file)
+                if path is None or not needs_filler():
+                    break
+                try:
+                    await self.add_track(path)
+                    return
+                except BadInput as exc:
+                    log.warning("auto-DJ skipped %s: %s", path.name, exc)
+            await asyncio.sleep(RETRY_S)  # nothing playable now; the folder may change
 
     def next_file(self) -> Path | None:
         if not self.deck:

@@ -50,3 +50,5 @@ class Scheduler:
             log.info("schedule %r queued an item on %s", entry.cron, entry.channel)
         except BroadcasterError as exc:  # a missing channel or file must not stop the other entries
             log.warning("schedule %r on %s could not queue its item: %s", entry.cron, entry.channel, exc)
+        except Exception:  # nor may anything else stop the schedule
+            log.exception("schedule %r on %s failed", entry.cron, entry.channel)

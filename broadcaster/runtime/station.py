@@ -60,8 +60,8 @@ def _guarded(step, *args):  # noqa: ANN001, ANN202
     """Run a core step whose ValueError means the request was in the wrong place for it."""
     try:
         return step(*args)
-    except ValueError as exc:
-        raise Conflict(str(exc)) from None
+    except (ValueError, KeyError) as exc:
+        raise Conflict(str(exc).strip("'\"")) from None
 
 
 def _link(source: Path, target: Path) -> None:
@@ -111,6 +111,7 @@ class Station:
         self._cleanup_task: asyncio.Task | None = None
         self.autodjs: dict[str, AutoDJ] = {}
         self._background: set[asyncio.Task] = set()
+        self._stopping = False
         self.rng = Random()
 
     async def start(self) -> None:
@@ -123,6 +124,7 @@ class Station:
             self._spawn(self.scheduler.run())
 
     async def stop(self) -> None:
+        self._stopping = True  # no new background work (repeat copies, auto-DJ tracks) from here on
         if self._cleanup_task:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
@@ -159,6 +161,8 @@ class Station:
     # -- repeat and the auto-DJ, run after every change of a channel ---------------------
 
     def _after_commit(self, runner: ChannelRunner, events: list) -> None:
+        if self._stopping:
+            return
         if runner.channel.repeat != RepeatMode.OFF:
             for event in events:
                 if isinstance(event, RequestPlaced):
@@ -177,12 +181,17 @@ class Station:
             log.error("background work failed", exc_info=task.exception())
 
     async def _repeat(self, runner: ChannelRunner, original: Request) -> None:
-        copy = Request(new_id(), runner.name, original.text, list(original.sentences), self.clock(),
+        copy = await self._copy(runner.name, original, repeat_of=original.request_id)
+        await runner.submit(copy, partial(runner.channel.insert_repeat, original, copy))
+
+    async def _copy(self, name: str, original: Request, repeat_of: str | None = None) -> Request:
+        """A new request with the same audio source (a track shares its master file)."""
+        copy = Request(new_id(), name, original.text, list(original.sentences), self.clock(),
                        kind=original.kind, title=original.title, artist=original.artist,
-                       duration_ms=original.duration_ms, auto=original.auto, repeat_of=original.request_id)
+                       duration_ms=original.duration_ms, auto=original.auto, repeat_of=repeat_of)
         if original.kind == "track":
             await asyncio.to_thread(_link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id))
-        await runner.submit(copy, partial(runner.channel.insert_repeat, original, copy))
+        return copy
 
     def _music_folder(self, name: str) -> Path:
         root = Path(self.config.music.folder)
@@ -287,7 +296,14 @@ class Station:
         request = await self._request_in(runner, request_id)
         if request.state not in (RequestState.FAILED, RequestState.CANCELLED):
             raise Conflict(f"expected a failed or cancelled request to retry, but {request_id} is {request.state}")
-        return await self.submit(name, request.text)
+        if request.kind != "track":
+            return await self.submit(name, request.text)
+        self._check_room(runner)
+        try:
+            copy = await self._copy(name, request)
+        except FileNotFoundError:
+            raise Conflict(f"the audio of track {request_id} is no longer stored; upload it again") from None
+        return copy, await runner.submit(copy)
 
     async def _request_in(self, runner: ChannelRunner, request_id: str) -> Request:
         request = runner.channel.find_request(request_id) or await self.store.request(request_id)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from tts.encode import ffmpeg_exe, read_flac
+from tts.engine import Pcm
+from tts.loudness import measure_lufs
 
 pytestmark = [pytest.mark.piper, pytest.mark.server_config({"tts": {"engine": "piper"}})]
 
@@ -42,3 +44,19 @@ async def test_piper_chunk_duration_matches_decoded_audio(server, connect, tmp_p
             assert np.sqrt(np.mean(pcm.samples.astype(float) ** 2)) > 300  # speech, not silence
             mp3_ms = len(mp3) * 1000 / pcm.sample_rate
             assert abs(mp3_ms - decoded_ms) < 5  # the LAME header lets the decoder trim delay and padding
+
+
+async def test_piper_narration_is_as_loud_as_music(server, connect):
+    """Narration is leveled to the same EBU R128 target as tracks, so the two sit at the same loudness."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("The caravan crosses the desert at night. The stars are bright and the sand is cold. "
+                     "Nobody speaks until the oasis comes into view.")
+    chunks = [await listener.next("audio_chunk_ready", timeout=60) for _ in range(3)]
+    async with aiohttp.ClientSession() as http:
+        parts = []
+        for chunk in chunks:
+            async with http.get(server.base_url + chunk["url"], params={"format": "flac"}) as resp:
+                parts.append(read_flac(await resp.read()).samples)
+    speech = Pcm(np.concatenate(parts), 22050)
+    assert abs(measure_lufs(speech) - server.station.config.music.target_lufs) <= 2

@@ -77,7 +77,10 @@ async def test_move_reorders_and_refuses_what_cannot_move(server, connect):
     assert status == 409 and "position" in body["error"]["message"]
     status, body = await post(server, f"/requests/{ids[1]}/move", {"position": "first"})
     assert status == 400
-    assert await queue_ids(server) == [ids[3], ids[1], ids[2]]
+    await post(server, f"/requests/{ids[2]}/cancel")
+    status, body = await post(server, f"/requests/{ids[2]}/move", {"position": 1})
+    assert status == 409 and "not in the line" in body["error"]["message"]
+    assert await queue_ids(server) == [ids[3], ids[1]]
 
 
 async def test_repeat_one_plays_the_same_request_again_until_turned_off(server, connect):

@@ -139,3 +139,32 @@ async def test_music_folder_tracks_are_queued_by_path_and_traversal_is_refused(s
         for bad in ["../music/../../etc/passwd", "/etc/passwd", "missing.mp3", ""]:
             async with http.post(url, json={"path": bad}, headers=headers) as resp:
                 assert resp.status in (400, 404), bad
+
+
+async def test_track_segments_join_without_a_pause(server, connect, tmp_path):
+    """A track's chunks follow each other with no gap: the music is continuous."""
+    listener = await connect()
+    await listener.next("snapshot")
+    status, body = await upload(server, make_fixture(tmp_path, "flac", seconds=11).read_bytes(), "audio/flac")
+    chunks = [await listener.next("audio_chunk_ready") for _ in range(3)]
+    for before, after in zip(chunks, chunks[1:]):
+        assert after["starts_at_ms"] == before["starts_at_ms"] + before["duration_ms"]
+    assert status == 202 and abs(sum(c["duration_ms"] for c in chunks) - 11000) <= 2
+
+
+async def test_retrying_a_track_plays_the_music_again(server, connect, tmp_path):
+    """Retrying a cancelled track queues the same music (not its title read aloud)."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("Something first, so the track waits.")
+    _, body = await upload(server, make_fixture(tmp_path, "wav").read_bytes(), "audio/wav")
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {server.token}"}
+        base = f"{server.base_url}/api/channels/{server.channel}/requests/{body['request_id']}"
+        async with http.post(f"{base}/cancel", headers=headers) as resp:
+            assert resp.status == 200
+        async with http.post(f"{base}/retry", headers=headers) as resp:
+            retried = await resp.json()
+            assert resp.status == 202
+    started = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == retried["request_id"])
+    assert started["kind"] == "track" and started["title"] == "Test Tone"
