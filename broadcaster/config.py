@@ -59,6 +59,7 @@ class MusicConfig:
 class RadioConfig:
     autodj: bool = True  # radio-style channels fill silence from the music folder
     announce_next: bool = False  # speak "Up next: <title>, by <artist>" before each auto-DJ track
+    station_id_every: int = 0  # say the station's name before every Nth auto-DJ track (0: never)
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ class Station:
         self.autodjs: dict[str, AutoDJ] = {}
         self._background: set[asyncio.Task] = set()
         self._stopping = False
+        self._auto_count: dict[str, int] = {}
         self.rng = Random()
 
     async def start(self) -> None:
@@ -200,10 +201,21 @@ class Station:
     async def _auto_track(self, name: str, path: Path) -> None:
         track, _ = await self.add_track(name, path, path.name, auto=True)
         runner = self.runners[name]
-        if self.config.radio.announce_next and runner.channel.now_playing() not in (None, track):
-            text = f"Up next: {track.title}" + (f", by {track.artist}." if track.artist else ".")
+        self._auto_count[name] = count = self._auto_count.get(name, 0) + 1
+        text = self._announcement(name, track, count)
+        if text and runner.channel.now_playing() not in (None, track):
             speech = Request(new_id(), name, text, split_sentences(text), self.clock(), auto=True)
             await runner.submit(speech, partial(runner.channel.insert_before, speech, track))
+
+    def _announcement(self, name: str, track: Request, count: int) -> str:
+        """What to say before an auto-DJ track: the station's name every so often, and/or what comes next."""
+        radio = self.config.radio
+        parts = []
+        if radio.station_id_every and count % radio.station_id_every == 0:
+            parts.append(f"You are listening to {name.replace('-', ' ')}.")
+        if radio.announce_next:
+            parts.append(f"Up next: {track.title}" + (f", by {track.artist}." if track.artist else "."))
+        return " ".join(parts)
 
     # -- queue controls ----------------------------------------------------------------
 

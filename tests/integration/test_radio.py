@@ -208,3 +208,17 @@ async def test_auto_dj_announces_the_next_track(music, server):
                 started.append(message)
     assert [m["kind"] for m in started] == ["track", "speech", "track"]
     assert started[1]["text"] == f"Up next: {started[2]['title']}."
+
+
+@pytest.mark.server_config({"radio": {"station_id_every": 2}})
+async def test_station_identification_every_other_track(music, server):
+    """With station_id_every = 2 the station's name is spoken before every second auto-DJ track."""
+    await create_channel(server.station.store, "office", style="radio")
+    started = []
+    async with websockets.connect(server.ws_url("office")) as ws:
+        while len(started) < 4:
+            message = json.loads(await ws.recv())
+            if message["type"] == "audio_stream_started":
+                started.append(message)
+    assert [m["kind"] for m in started] == ["track", "speech", "track", "track"]
+    assert started[1]["text"] == "You are listening to office."
