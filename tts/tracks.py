@@ -56,7 +56,7 @@ async def prepare_track(source: Path, master: Path, target_lufs: float, max_seco
     samples = await _decode(source, target_lufs, max_seconds)
     master.parent.mkdir(parents=True, exist_ok=True)
     part = master.with_suffix(".flac.part")
-    await asyncio.to_thread(soundfile.write, part, samples, TRACK_RATE, format="FLAC", subtype="PCM_16")
+    await asyncio.to_thread(_write_master, part, samples)
     os.replace(part, master)
     title = tags.get("title") or fallback_title
     return TrackInfo(title=title[:200], artist=(tags.get("artist") or None), samples=len(samples))
@@ -92,6 +92,13 @@ async def read_tags(source: Path) -> dict[str, str]:
             if sep and key.lower() in ("title", "artist") and value.strip():
                 tags.setdefault(key.lower(), value.strip())
     return tags
+
+
+def _write_master(part: Path, samples: np.ndarray) -> None:
+    with open(part, "wb") as f:
+        soundfile.write(f, samples, TRACK_RATE, format="FLAC", subtype="PCM_16")
+        f.flush()
+        os.fsync(f.fileno())  # durable before it is renamed into place, like chunk files
 
 
 def read_segment(master: Path, seq: int) -> Pcm:

@@ -6,7 +6,10 @@ Safe while the server runs: only finished requests are touched.
 """
 
 import asyncio
+import contextlib
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from db.audio_store import AudioStore
 from db.store import Store
@@ -32,4 +35,21 @@ async def purge(store: Store, audio: AudioStore, before_ms: int, orphan_grace_s:
     for orphan in await asyncio.to_thread(audio.orphans, known, orphan_grace_s):
         result.bytes_freed += await asyncio.to_thread(audio.delete_request, orphan)
         result.orphans += 1
+    freed, count = await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", orphan_grace_s)
+    result.bytes_freed += freed
+    result.orphans += count
     return result
+
+
+def _stale_uploads(directory: Path, grace_s: float) -> tuple[int, int]:
+    """Uploads a crash left half-received: older than the grace period, they are removed."""
+    if not directory.is_dir():
+        return 0, 0
+    cutoff, freed, count = time.time() - grace_s, 0, 0
+    for path in directory.glob("*.upload"):
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            if stat.st_mtime < cutoff:
+                path.unlink()
+                freed, count = freed + stat.st_size, count + 1
+    return freed, count

@@ -71,3 +71,17 @@ async def test_cleanup_command_is_safe_while_the_server_runs(server, connect, tm
     assert not (server.station.audio.root / request_id).exists()
     again, _ = await play_one(server, connect, "The server carries on.")
     assert (server.station.audio.root / again).is_dir()
+
+
+async def test_cleanup_removes_uploads_left_by_a_crash(server):
+    """A half-received upload older than the grace period is removed by cleanup."""
+    uploads = server.station.config.data_path / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    stale = uploads / "abc.upload"
+    stale.write_bytes(b"x" * 1000)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fresh = uploads / "def.upload"
+    fresh.write_bytes(b"y")
+    summary = await server.station.cleanup()
+    assert not stale.exists() and fresh.exists() and summary["orphans"] == 1
