@@ -196,16 +196,22 @@ def test_schedule_entries_are_validated():
             config_from_dict({"schedule": [entry]})
 
 
-@pytest.mark.server_config({"radio": {"announce_next": True}})
-async def test_auto_dj_announces_the_next_track(music, server):
-    """With announce_next, a spoken "Up next" with the title plays before each following auto-DJ track."""
+async def radio_starts(server, count: int) -> list[dict]:  # noqa: ANN001
+    """Make a radio channel "office" and collect its first `count` audio_stream_started messages."""
     await create_channel(server.station.store, "office", style="radio")
     started = []
     async with websockets.connect(server.ws_url("office")) as ws:
-        while len(started) < 3:
+        while len(started) < count:
             message = json.loads(await ws.recv())
             if message["type"] == "audio_stream_started":
                 started.append(message)
+    return started
+
+
+@pytest.mark.server_config({"radio": {"announce_next": True}})
+async def test_auto_dj_announces_the_next_track(music, server):
+    """With announce_next, a spoken "Up next" with the title plays before each following auto-DJ track."""
+    started = await radio_starts(server, 3)
     assert [m["kind"] for m in started] == ["track", "speech", "track"]
     assert started[1]["text"] == f"Up next: {started[2]['title']}."
 
@@ -213,12 +219,6 @@ async def test_auto_dj_announces_the_next_track(music, server):
 @pytest.mark.server_config({"radio": {"station_id_every": 2}})
 async def test_station_identification_every_other_track(music, server):
     """With station_id_every = 2 the station's name is spoken before every second auto-DJ track."""
-    await create_channel(server.station.store, "office", style="radio")
-    started = []
-    async with websockets.connect(server.ws_url("office")) as ws:
-        while len(started) < 4:
-            message = json.loads(await ws.recv())
-            if message["type"] == "audio_stream_started":
-                started.append(message)
+    started = await radio_starts(server, 4)
     assert [m["kind"] for m in started] == ["track", "speech", "track", "track"]
     assert started[1]["text"] == "You are listening to office."
