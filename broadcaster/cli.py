@@ -1,4 +1,4 @@
-"""Command line: serve, channel create/list, say, listen, cleanup."""
+"""Command line: serve, channel create/list/token, say, listen, cleanup."""
 
 import argparse
 import asyncio
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     create.set_defaults(run=_channel_create)
     listing = channel.add_parser("list", parents=[common], help="list channels")
     listing.set_defaults(run=_channel_list)
+    rotate = channel.add_parser("token", parents=[common], help="issue a new producer token (the old one stops working)")
+    rotate.add_argument("name")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(run=_channel_token)
 
     say = sub.add_parser("say", parents=[common], help="put narration on the air")
     say.add_argument("channel")
@@ -89,7 +93,7 @@ async def _ensure_channel(config: Config, name: str) -> None:
         if existing:
             for row in existing:
                 print(f"channel {row.name}: listen at {config.base_url}/c/{row.name}")
-            print("(producer tokens are shown once, when a channel is created)")
+            print("(a producer token is shown once; 'broadcaster channel token NAME' issues a new one)")
             return
         made = await create_channel(store, name)
         print(f"created channel {made.name}\n  listen at:      {config.base_url}/c/{made.name}\n"
@@ -123,6 +127,21 @@ def _channel_create(config: Config, args: argparse.Namespace) -> int:
             print(f"channel:        {made.name}\nproducer token: {made.token}\nlisten at:      {url}")
 
     asyncio.run(run())
+    return 0
+
+
+def _channel_token(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.runtime.station import new_producer_token
+
+    async def run() -> str:
+        store = await _open_store(config)
+        try:
+            return await new_producer_token(store, args.name)
+        finally:
+            await store.close()
+
+    token = asyncio.run(run())
+    print(json.dumps({"channel": args.name, "producer_token": token}) if args.json else f"producer token: {token}")
     return 0
 
 

@@ -60,6 +60,11 @@ class Store:
         async with self.session() as s:
             return (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
 
+    async def set_token_hash(self, name: str, token_hash: str) -> bool:
+        async with self.session.begin() as s:
+            result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(token_hash=token_hash))
+            return result.rowcount == 1
+
     async def channels(self) -> list[ChannelRow]:
         async with self.session() as s:
             return list((await s.execute(select(ChannelRow).order_by(ChannelRow.id))).scalars())

@@ -32,7 +32,7 @@ async def producer_channel(request: web.Request) -> str:
     station = request.app[STATION]
     name = request.match_info["channel"]
     await station.runner(name)
-    station.check_token(name, bearer_token(request))
+    await station.check_token(name, bearer_token(request))
     return name
 
 

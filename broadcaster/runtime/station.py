@@ -45,6 +45,14 @@ class NewChannel:
     token: str
 
 
+async def new_producer_token(store: Store, name: str) -> str:
+    """Replace a channel's producer token (the old one stops working at once); returns the new one."""
+    token = new_token()
+    if not await store.set_token_hash(name, hash_token(token)):
+        raise NotFound(f"no channel named {name!r}")
+    return token
+
+
 async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign") -> NewChannel:
     """A new channel: "campaign" (narration) or "radio" (the auto-DJ fills silence from the music folder)."""
     if not valid_channel_name(name):
@@ -106,7 +114,6 @@ class Station:
         self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
         self.maker = ChunkMaker(engine, audio, clock, self.delivery)
         self.runners: dict[str, ChannelRunner] = {}
-        self._tokens: dict[str, str] = {}
         self._loading = asyncio.Lock()
         self._cleanup_task: asyncio.Task | None = None
         self.autodjs: dict[str, AutoDJ] = {}
@@ -153,7 +160,6 @@ class Station:
                 if row.style == "radio" and self.config.radio.autodj:
                     self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
                 await runner.start()
-                self._tokens[name] = row.token_hash
                 self.runners[name] = runner
                 log.info("channel %s on the air%s", name, " with the auto-DJ" if name in self.autodjs else "")
                 self._after_commit(runner, [])
@@ -236,11 +242,13 @@ class Station:
             raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
         await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
 
-    def check_token(self, name: str, token: str | None) -> None:
-        stored = self._tokens.get(name)
+    async def check_token(self, name: str, token: str | None) -> None:
         if not token:
             raise Unauthorized("expected 'Authorization: Bearer <producer token>', got no token")
-        if stored is None or not token_matches(token, stored):
+        # Read from the database every time: producer writes are rare, and a token the CLI
+        # replaced must stop working at once.
+        row = await self.store.channel(name)
+        if row is None or not token_matches(token, row.token_hash):
             raise Unauthorized(f"the producer token is not valid for channel {name!r}")
 
     async def submit(self, name: str, text: object) -> tuple[Request, int]:

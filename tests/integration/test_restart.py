@@ -140,3 +140,26 @@ async def test_channel_created_by_cli_is_usable_at_once(paths):
                 assert resp.status == 202
     finally:
         server.stop()
+
+
+async def test_new_token_from_the_cli_replaces_the_old_one_at_once(paths):
+    """`broadcaster channel token` issues a new producer token; the running server refuses the old one."""
+    data_dir, config = paths
+    old = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+    server = ServerProcess(data_dir, config, free_port())
+    await server.start()
+    try:
+        assert await post_status(server.base_url, old) == 202
+        new = json.loads(cli("channel", "token", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+        assert new != old
+        assert await post_status(server.base_url, old) == 401
+        assert await post_status(server.base_url, new) == 202
+    finally:
+        server.stop()
+
+
+async def post_status(base_url: str, token: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base_url}/api/channels/table/requests", json={"text": "Hello."},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            return resp.status
