@@ -182,7 +182,8 @@ async def test_music_plays_in_sync_like_narration(browser, server, connect, page
                              headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/ogg"}) as resp:
             request_id = (await resp.json())["request_id"]
     await pages[0].wait_for_function("document.getElementById('captions').textContent.includes('Night Drive')")
-    assert "Tape Loop" in await pages[0].inner_text("#captions")
+    captions = await pages[0].inner_text("#captions")
+    assert "Tape Loop" in captions and "(0:07)" in captions
     await wait_played(observer, request_id)
     chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
     assert len(chunk_ids) == 2  # 7 s in 5 s segments

@@ -255,7 +255,12 @@ function notice(text) {
 }
 
 function describe(m) {
-  return { id: m.request_id, text: m.text, kind: m.kind, title: m.title, artist: m.artist };
+  return { id: m.request_id, text: m.text, kind: m.kind, title: m.title, artist: m.artist, durationMs: m.duration_ms };
+}
+
+function clockTime(ms) {
+  const seconds = Math.round(ms / 1000);
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
 }
 
 function renderCaptions() {
@@ -263,7 +268,8 @@ function renderCaptions() {
   if (!state.request) { box.replaceChildren(el("em", {}, "Nothing on the air")); return; }
   if (state.request.kind === "track") {
     box.replaceChildren(el("span", { className: "current" }, `\u266a ${state.request.title}`),
-      state.request.artist ? el("span", { className: "meta" }, ` \u2014 ${state.request.artist}`) : "");
+      state.request.artist ? el("span", { className: "meta" }, ` \u2014 ${state.request.artist}`) : "",
+      state.request.durationMs ? el("span", { className: "meta" }, ` (${clockTime(state.request.durationMs)})`) : "");
     return;
   }
   const parts = [...state.chunks.values()].filter((c) => c.request_id === state.request.id).sort((a, b) => a.seq - b.seq);
