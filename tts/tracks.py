@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import soundfile
 
 from broadcaster.errors import BadInput
@@ -23,6 +22,8 @@ from .engine import Pcm
 TRACK_RATE = 44100
 TRACK_CHANNELS = 2
 SEGMENT_MS = 5000
+# loudnorm may hand a short file over as one huge frame, which the FLAC encoder refuses: re-frame it.
+FLAC_FRAMES = "asetnsamples=n=4096:p=0"
 
 
 class TrackRejected(BadInput):
@@ -53,30 +54,48 @@ async def prepare_track(source: Path, master: Path, target_lufs: float, max_seco
                         fallback_title: str) -> TrackInfo:
     """Decode `source` into a normalized FLAC at `master`; raises TrackRejected with ffmpeg's reason."""
     tags = await read_tags(source)
-    samples = await _decode(source, target_lufs, max_seconds)
     master.parent.mkdir(parents=True, exist_ok=True)
     part = master.with_suffix(".flac.part")
-    await asyncio.to_thread(_write_master, part, samples)
+    try:
+        samples = await _decode_into(source, part, target_lufs, max_seconds)
+        await asyncio.to_thread(_fsync, part)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     os.replace(part, master)
     title = tags.get("title") or fallback_title
-    return TrackInfo(title=title[:200], artist=(tags.get("artist") or None), samples=len(samples))
+    return TrackInfo(title=title[:200], artist=(tags.get("artist") or None), samples=samples)
 
 
-async def _decode(source: Path, target_lufs: float, max_seconds: float) -> np.ndarray:
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-i", str(source), "-vn",
-            "-t", str(max_seconds + 1), "-af", f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11",
-            "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-f", "s16le", "pipe:1"]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+async def _decode_into(source: Path, target: Path, target_lufs: float, max_seconds: float) -> int:
+    """ffmpeg writes the normalized FLAC itself, so a long track never sits in memory; returns its length."""
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-y", "-i", str(source), "-vn",
+            "-t", str(max_seconds + 1), "-af", f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11,{FLAC_FRAMES}",
+            "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-c:a", "flac", "-sample_fmt", "s16",
+            "-f", "flac", str(target)]
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
     reason = err.decode(errors="replace").replace(str(source), "the file").strip().splitlines()
-    if proc.returncode != 0 or not out:
+    frames = await asyncio.to_thread(_frames, target) if proc.returncode == 0 else 0
+    if not frames:
         raise TrackRejected(f"expected an audio file ffmpeg can decode, got one it cannot: {' '.join(reason[-2:])[:300] or 'no audio'}")
-    samples = np.frombuffer(out, dtype="<i2").reshape(-1, TRACK_CHANNELS)
-    if len(samples) > max_seconds * TRACK_RATE:
+    if frames > max_seconds * TRACK_RATE:
         raise TrackRejected(f"expected a track of at most {max_seconds:g} s, got a longer one")
-    if len(samples) < TRACK_RATE // 10:
+    if frames < TRACK_RATE // 10:
         raise TrackRejected("expected at least 0.1 s of audio, got less")
-    return samples
+    return frames
+
+
+def _frames(path: Path) -> int:
+    try:
+        return soundfile.info(path).frames
+    except (RuntimeError, OSError):  # soundfile raises RuntimeError for unreadable files
+        return 0
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())  # durable before it is renamed into place, like chunk files
 
 
 async def read_tags(source: Path) -> dict[str, str]:
@@ -92,13 +111,6 @@ async def read_tags(source: Path) -> dict[str, str]:
             if sep and key.lower() in ("title", "artist") and value.strip():
                 tags.setdefault(key.lower(), value.strip())
     return tags
-
-
-def _write_master(part: Path, samples: np.ndarray) -> None:
-    with open(part, "wb") as f:
-        soundfile.write(f, samples, TRACK_RATE, format="FLAC", subtype="PCM_16")
-        f.flush()
-        os.fsync(f.fileno())  # durable before it is renamed into place, like chunk files
 
 
 def read_segment(master: Path, seq: int) -> Pcm:
