@@ -77,6 +77,11 @@ def flac_bytes(pcm: Pcm) -> bytes:
     return buf.getvalue()
 
 
+async def decode_flac(data: bytes) -> Pcm:
+    """read_flac off the event loop: decoding seconds of audio takes milliseconds."""
+    return await asyncio.to_thread(read_flac, data)
+
+
 def read_flac(data: bytes) -> Pcm:
     samples, rate = soundfile.read(io.BytesIO(data), dtype="int16")
     return Pcm(np.asarray(samples), rate)

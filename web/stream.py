@@ -16,7 +16,7 @@ from aiohttp import web
 
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState
-from tts.encode import Mp3Encoder, read_flac
+from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .http_util import int_query, path_id
@@ -104,7 +104,7 @@ class _Feeder:
             await runner.wait_change(WAIT_SLICE_S)
 
     async def samples(self, chunk: Chunk) -> np.ndarray:
-        return read_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac")).samples
+        return (await decode_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))).samples
 
     async def write(self, samples: np.ndarray) -> None:
         dropped = min(self.skip, len(samples))

@@ -8,7 +8,6 @@ a track); chunk `seq` indexes into them.
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NewType
 
 from .states import (
     ChunkEvent,
@@ -18,8 +17,6 @@ from .states import (
     next_chunk_state,
     next_request_state,
 )
-
-TimeMs = NewType("TimeMs", int)
 
 
 class RepeatMode(StrEnum):

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from db.audio_store import AudioStore
-from tts.encode import Mp3Encoder, read_flac
+from tts.encode import Mp3Encoder, decode_flac
 from tts.engine import Pcm
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,6 @@ class Mp3Delivery:
             raise
 
     async def _rebuild(self, request_id: str, chunk_id: str) -> None:
-        pcm = read_flac(await self.audio.read(request_id, chunk_id, "flac"))
+        pcm = await decode_flac(await self.audio.read(request_id, chunk_id, "flac"))
         encoder = await self.encoder_for(request_id, chunk_id, pcm.sample_rate, pcm.channels)
         await self._encode(request_id, chunk_id, encoder, pcm)

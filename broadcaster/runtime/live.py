@@ -20,7 +20,7 @@ from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
 from db.audio_store import AudioStore
-from tts.encode import Mp3Encoder, read_flac
+from tts.encode import Mp3Encoder, decode_flac
 
 from .clock import Clock
 from .runner import ChannelRunner
@@ -134,8 +134,8 @@ class LiveStream:
     async def _samples(self, chunk: Chunk) -> np.ndarray:
         if chunk.chunk_id not in self._cache:
             try:
-                pcm = read_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))
-                samples = convert(pcm.samples, pcm.sample_rate, self.rate, self.channels)
+                pcm = await decode_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))
+                samples = await asyncio.to_thread(convert, pcm.samples, pcm.sample_rate, self.rate, self.channels)
             except FileNotFoundError:
                 samples = np.zeros((0, self.channels), dtype=np.int16)  # purged meanwhile: silence, not a broken stream
             self._cache[chunk.chunk_id] = samples
