@@ -46,7 +46,8 @@ class Listener:
         reading, so a client that floods us gets every answer, just later."""
         text = json.dumps(payload)
         try:
-            await asyncio.wait_for(self.queue.put(text), REPLY_WAIT_S)
+            async with asyncio.timeout(REPLY_WAIT_S):
+                await self.queue.put(text)
         except TimeoutError:
             return False  # it stopped reading its answers
         return True

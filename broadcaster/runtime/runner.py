@@ -81,7 +81,8 @@ class ChannelRunner:
     async def wait_change(self, timeout_s: float) -> None:
         changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await changed.wait()
         except TimeoutError:
             pass
 
@@ -126,8 +127,11 @@ class ChannelRunner:
             deadline = self.channel.next_deadline_ms()
             self._wake.clear()
             timeout = None if deadline is None else max(0, deadline - self.clock()) / 1000
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # races with the event being set, which left stop() waiting forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
                 continue  # something changed: recompute the deadline
             except TimeoutError:
                 pass
