@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from broadcaster import logs
 from broadcaster.config import Config, load_config
 from broadcaster.errors import BroadcasterError
 
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config).with_server(data_dir=args.data_dir, host=getattr(args, "host", None),
                                                       port=getattr(args, "port", None))
+        logs.configure(config.server.log_format)  # replaces the set-up above once the config is known
         return args.run(config, args)
     except BroadcasterError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--json", action="store_true")
     create.add_argument("--radio", action="store_true", help="a radio channel: the auto-DJ plays the music folder when idle")
+    create.add_argument("--private", action="store_true",
+                        help="listeners need a listen key (printed, and part of the listen link)")
     create.set_defaults(run=_channel_create)
     listing = channel.add_parser("list", parents=[common], help="list channels")
     listing.set_defaults(run=_channel_list)
@@ -51,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("name")
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(run=_channel_token)
+    key = channel.add_parser("key", parents=[common],
+                             help="make a channel private with a new listen key (the old one stops working)")
+    key.add_argument("name")
+    key.add_argument("--off", action="store_true", help="make the channel public again")
+    key.add_argument("--json", action="store_true")
+    key.set_defaults(run=_channel_key)
 
     say = sub.add_parser("say", parents=[common], help="put narration on the air")
     say.add_argument("channel")
@@ -63,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("channel")
     listen.add_argument("--out", metavar="WAV")
     listen.add_argument("--server", help="server URL (default from config)")
+    listen.add_argument("--key", default=os.environ.get("BROADCASTER_LISTEN_KEY"),
+                        help="listen key of a private channel ($BROADCASTER_LISTEN_KEY)")
     listen.add_argument("--requests", type=int, default=0, help="stop after this many requests finished (0 = never)")
     listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = never)")
     listen.set_defaults(run=_listen)
@@ -80,12 +92,14 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     if args.default_channel:
         asyncio.run(_ensure_channel(config, args.default_channel))
     print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None)
+    # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
+    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None,
+                access_log=None)
     return 0
 
 
 async def _ensure_channel(config: Config, name: str) -> None:
-    from broadcaster.runtime.station import create_channel
+    from broadcaster.runtime.accounts import create_channel
 
     store = await _open_store(config)
     try:
@@ -112,17 +126,19 @@ async def _open_store(config: Config):  # noqa: ANN202
 
 
 def _channel_create(config: Config, args: argparse.Namespace) -> int:
-    from broadcaster.runtime.station import create_channel
+    from broadcaster.runtime.accounts import create_channel
 
     async def run() -> None:
         store = await _open_store(config)
         try:
-            made = await create_channel(store, args.name, style="radio" if args.radio else "campaign")
+            made = await create_channel(store, args.name, style="radio" if args.radio else "campaign",
+                                        private=args.private)
         finally:
             await store.close()
-        url = f"{config.base_url}/c/{made.name}"
+        url = _listen_url(config, made.name, made.listen_key)
         if args.json:
-            print(json.dumps({"channel": made.name, "producer_token": made.token, "listen_url": url}))
+            print(json.dumps({"channel": made.name, "producer_token": made.token, "listen_url": url,
+                              "listen_key": made.listen_key}))
         else:
             print(f"channel:        {made.name}\nproducer token: {made.token}\nlisten at:      {url}")
 
@@ -131,7 +147,7 @@ def _channel_create(config: Config, args: argparse.Namespace) -> int:
 
 
 def _channel_token(config: Config, args: argparse.Namespace) -> int:
-    from broadcaster.runtime.station import new_producer_token
+    from broadcaster.runtime.accounts import new_producer_token
 
     async def run() -> str:
         store = await _open_store(config)
@@ -145,12 +161,35 @@ def _channel_token(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel_key(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.runtime.accounts import set_listen_key
+
+    async def run() -> str | None:
+        store = await _open_store(config)
+        try:
+            return await set_listen_key(store, args.name, private=not args.off)
+        finally:
+            await store.close()
+
+    key = asyncio.run(run())
+    url = _listen_url(config, args.name, key)
+    if args.json:
+        print(json.dumps({"channel": args.name, "listen_key": key, "listen_url": url}))
+    else:
+        print(f"listen key:     {key}\nlisten at:      {url}" if key else f"{args.name} is public: {url}")
+    return 0
+
+
+def _listen_url(config: Config, name: str, key: str | None) -> str:
+    return f"{config.base_url}/c/{name}" + (f"?key={key}" if key else "")
+
+
 def _channel_list(config: Config, args: argparse.Namespace) -> int:
     async def run() -> None:
         store = await _open_store(config)
         try:
             for row in await store.channels():
-                print(f"{row.name}\t{config.base_url}/c/{row.name}")
+                print(f"{row.name}\t{config.base_url}/c/{row.name}\t{'private' if row.listen_key_hash else 'public'}")
         finally:
             await store.close()
 
@@ -173,7 +212,7 @@ def _listen(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.client import listen
 
     out = Path(args.out) if args.out else None
-    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds))
+    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds, args.key))
     return 0
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import numpy as np
@@ -59,10 +60,12 @@ class Heard:
 
 
 async def listen(base_url: str, channel: str, out: Path | None = None, max_requests: int = 0,
-                 seconds: float = 0, quiet: bool = False) -> Heard:
+                 seconds: float = 0, quiet: bool = False, key: str | None = None) -> Heard:
+    """Follow a channel; `key` is the listen key of a private channel."""
     heard = Heard()
-    ws_url = "ws" + base_url.removeprefix("http") + f"/ws/channels/{channel}"
-    async with aiohttp.ClientSession() as http, websockets.connect(ws_url) as ws:
+    ws_url = "ws" + base_url.removeprefix("http") + f"/ws/channels/{channel}" + (f"?{urlencode({'key': key})}" if key else "")
+    headers = {"X-Listen-Key": key} if key else None
+    async with aiohttp.ClientSession(headers=headers) as http, websockets.connect(ws_url) as ws:
         follower = _Follower(ws, http, base_url, heard, quiet)
         await ws.send(json.dumps({"type": "time_sync", "t0": _now_ms()}))
         with contextlib.suppress(TimeoutError):

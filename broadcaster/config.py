@@ -16,6 +16,7 @@ class ServerConfig:
     data_dir: str = "data"
     database_url: str = ""
     public_url: str = ""
+    log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class LimitsConfig:
     ws_send_queue: int = 256
     ws_max_message_bytes: int = 4096
     ws_socket_buffer_bytes: int = 65536
+    ws_heartbeat_s: float = 20  # ping interval; a peer that misses a pong within this is closed
+    ws_messages_per_second: float = 20  # per connection, sustained
+    ws_message_burst: int = 60  # per connection, at once (a page sends 8 time_syncs on connect)
+    producer_writes_per_minute: float = 120  # per client address and channel, including refused tokens
+    producer_write_burst: int = 30
+    max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
 
 
 @dataclass(frozen=True)

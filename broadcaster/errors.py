@@ -7,7 +7,8 @@
         ├── NotFound           404
         ├── Unauthorized       401
         ├── Conflict           409
-        └── PayloadTooLarge    413
+        ├── PayloadTooLarge    413
+        └── RateLimited        429, with the seconds to wait
 
 Messages say what was expected and what came, so they can be shown to a user as is.
 """
@@ -36,6 +37,7 @@ class BadInput(BroadcasterError):
 
     status: int = 400
     code: str = "bad_request"
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -62,3 +64,14 @@ class Conflict(BadInput):
 class PayloadTooLarge(BadInput):
     status = 413
     code = "too_large"
+
+
+class RateLimited(BadInput):
+    """Too much, too fast: the client may try again after `retry_after_s`."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)

@@ -24,6 +24,7 @@ class ChannelRow(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     style: Mapped[str] = mapped_column(String(16), default="campaign", server_default="campaign")  # or "radio"
+    listen_key_hash: Mapped[str | None] = mapped_column(String(64))  # set: a private channel
 
 
 class RequestRow(Base):

@@ -47,8 +47,10 @@ class Store:
 
     # -- channels ----------------------------------------------------------
 
-    async def create_channel(self, name: str, token_hash: str, now_ms: int, style: str = "campaign") -> ChannelRow:
-        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms, style=style)
+    async def create_channel(self, name: str, token_hash: str, now_ms: int, style: str = "campaign",
+                             listen_key_hash: str | None = None) -> ChannelRow:
+        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms, style=style,
+                         listen_key_hash=listen_key_hash)
         try:
             async with self.session.begin() as s:
                 s.add(row)
@@ -63,6 +65,11 @@ class Store:
     async def set_token_hash(self, name: str, token_hash: str) -> bool:
         async with self.session.begin() as s:
             result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(token_hash=token_hash))
+            return result.rowcount == 1
+
+    async def set_listen_key_hash(self, name: str, key_hash: str | None) -> bool:
+        async with self.session.begin() as s:
+            result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(listen_key_hash=key_hash))
             return result.rowcount == 1
 
     async def channels(self) -> list[ChannelRow]:

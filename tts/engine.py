@@ -31,6 +31,7 @@ class Pcm:
 class TtsEngine(ABC):
     name: str
     sample_rate: int
+    parallelism: int = 1  # sentences it can usefully synthesize at once
 
     @abstractmethod
     async def synthesize(self, text: str) -> Pcm:

@@ -37,6 +37,7 @@ class LeveledEngine(TtsEngine):
         self.gain_db = gain_db
         self.name = inner.name
         self.sample_rate = inner.sample_rate
+        self.parallelism = inner.parallelism
 
     async def synthesize(self, text: str) -> Pcm:
         pcm = await self.inner.synthesize(text)

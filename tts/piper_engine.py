@@ -32,6 +32,7 @@ class PiperEngine(TtsEngine):
         self.voice = PiperVoice.load(path)
         self.sample_rate = self.voice.config.sample_rate
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="piper")
+        self.parallelism = threads
         log.info("piper voice %s loaded (%d Hz)", path.name, self.sample_rate)
 
     async def synthesize(self, text: str) -> Pcm:

@@ -18,6 +18,7 @@ SAMPLE_RATE = 22050
 
 class ToneEngine(TtsEngine):
     name = "tone"
+    parallelism = 64  # it only sleeps; many channels may wait on it at once
     sample_rate = SAMPLE_RATE
 
     def __init__(self, ms_per_char: int = 55, delay_ms: int = 0, fail_marker: str = "", stall_marker: str = ""):

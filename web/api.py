@@ -5,8 +5,9 @@ from aiohttp import web
 from broadcaster.errors import BadInput, GenerationError, NotFound
 from db.audio_store import FORMATS
 
-from .http_util import bearer_token, error_response, json_body, path_id
-from .keys import AUDIO, HUB, STATION, STORE
+from .access import producer_channel, require_listener
+from .http_util import error_response, json_body, path_id
+from .keys import AUDIO, HUB, METRICS, STATION, STORE
 from .messages import queue_state_json
 from .ranges import RangeNotSatisfiable, parse_range
 
@@ -25,15 +26,6 @@ async def submit_request(request: web.Request) -> web.Response:
          "sentences": len(queued.sentences)},
         status=202,
     )
-
-
-async def producer_channel(request: web.Request) -> str:
-    """The channel name, once the producer token for it is checked (404 before 401)."""
-    station = request.app[STATION]
-    name = request.match_info["channel"]
-    await station.runner(name)
-    await station.check_token(name, bearer_token(request))
-    return name
 
 
 async def producer_check(request: web.Request) -> web.Response:
@@ -86,6 +78,7 @@ async def set_repeat(request: web.Request) -> web.Response:
 async def queue_state(request: web.Request) -> web.Response:
     station = request.app[STATION]
     runner = await station.runner(request.match_info["channel"])
+    await require_listener(request, runner.name)
     state = queue_state_json(runner.channel, station.clock())
     state["listeners"] = request.app[HUB].count(runner.name)
     return web.json_response(state)
@@ -98,6 +91,7 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
     station = request.app[STATION]
     chunk = await station.find_chunk(chunk_id)
+    await require_listener(request, (await station.find_request(chunk.request_id)).channel)
     try:
         if fmt == "mp3":
             await station.delivery.ensure(chunk.request_id, chunk_id)
@@ -113,8 +107,10 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
     except RangeNotSatisfiable as exc:
         return error_response(416, exc.code, exc.message, {"Content-Range": f"bytes */{len(data)}"})
     if wanted is None:
+        request.app[METRICS].sent("chunk", len(data))
         return web.Response(body=data, headers=headers)
     headers["Content-Range"] = wanted.content_range(len(data))
+    request.app[METRICS].sent("chunk", wanted.end + 1 - wanted.start)
     return web.Response(body=data[wanted.start:wanted.end + 1], status=206, headers=headers)
 
 
@@ -122,11 +118,15 @@ async def played(request: web.Request) -> web.Response:
     """Acknowledgement for clients without a socket; ?connection_id= ties it to a WebSocket listener."""
     chunk_id = path_id(request, "chunk_id", "chunk")
     station, store = request.app[STATION], request.app[STORE]
-    await station.find_chunk(chunk_id)
+    chunk = await station.find_chunk(chunk_id)
+    await require_listener(request, (await station.find_request(chunk.request_id)).channel)
     connection_id = request.query.get("connection_id")
     if connection_id is not None and not await store.connection_exists(connection_id):
         raise NotFound(f"no listener connection {connection_id[:40]!r}")
-    recorded = await store.record_ack(chunk_id, connection_id, "http", station.clock())
+    received_ms = station.clock()
+    recorded = await store.record_ack(chunk_id, connection_id, "http", received_ms)
+    if recorded:
+        request.app[METRICS].acknowledged(chunk, received_ms, "http")
     return web.json_response({"chunk_id": chunk_id, "recorded": recorded})
 
 

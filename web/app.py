@@ -8,18 +8,22 @@ from aiohttp import web
 
 from broadcaster.config import Config
 from broadcaster.core.events import Event, QueueChanged
+from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
+from broadcaster.runtime.telemetry import Telemetry
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.loudness import level
 
-from . import api, live, pages, stream, tracks, ws
+from . import api, live, metrics, pages, stream, tracks, ws
 from .fanout import Hub
-from .keys import AUDIO, CONFIG, ENGINE, HUB, LIVE, STATION, STORE
+from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE
+from .limits import Access
 from .messages import event_json
 from .middleware import json_errors
+from .requestlog import request_log, stamp_request_id
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,12 @@ def make_engine(config: Config) -> TtsEngine:
 
 def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> web.Application:
     body_limit = max(64 * 1024, config.limits.max_text_chars * 8)
-    app = web.Application(middlewares=[json_errors], client_max_size=body_limit)
+    app = web.Application(middlewares=[request_log, json_errors], client_max_size=body_limit)
+    app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
-    app[HUB] = Hub()
+    app[METRICS] = Telemetry()
+    app[HUB] = Hub(app[METRICS])
+    app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app.cleanup_ctx.append(_lifecycle(engine_factory))
     app.on_shutdown.append(_close_listeners)
     app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
@@ -61,6 +68,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/audio/played/{chunk_id}", api.played)
     app.router.add_get("/ws/channels/{channel}", ws.channel_socket)
     app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/metrics", metrics.scrape)
     app.router.add_get("/c/{channel}", pages.listener_page)
     app.router.add_get("/c/{channel}/console", pages.console_page)
     app.router.add_get("/c/{channel}/live.mp3", live.live_mp3)
@@ -78,9 +86,9 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         engine = await level(engine, config.music.target_lufs)
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
         audio = AudioStore(config.data_path / "audio")
-        station = Station(config, store, audio, engine, _publisher(app))
+        station = Station(config, store, audio, engine, _publisher(app), metrics=app[METRICS])
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
-        app[LIVE] = LiveStreams(audio, config.live, station.clock)
+        app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from broadcaster.runtime.telemetry import Telemetry
+
 log = logging.getLogger(__name__)
 
 TOO_SLOW = 4008
@@ -71,8 +73,9 @@ COUNT_DELAY_S = 0.5  # listener counts are announced at most twice a second per 
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Telemetry | None = None) -> None:
         self.listeners: dict[str, set[Listener]] = {}
+        self.metrics = metrics or Telemetry()
         self.dropped_total = 0
         self._closing: set[asyncio.Task] = set()
         self._count_pending: set[str] = set()
@@ -113,6 +116,7 @@ class Hub:
             return
         listener.dropped = True
         self.dropped_total += 1
+        self.metrics.dropped_consumer("websocket")
         self.remove(listener)
         log.warning("listener %s on %s dropped: send queue full", listener.connection_id, listener.channel)
         task = asyncio.create_task(listener.close(TOO_SLOW, b"too slow: send queue full"))

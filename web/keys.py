@@ -5,10 +5,12 @@ from aiohttp import web
 from broadcaster.config import Config
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
+from broadcaster.runtime.telemetry import Telemetry
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
+from .limits import Access
 from .fanout import Hub
 
 CONFIG = web.AppKey("config", Config)
@@ -18,3 +20,5 @@ ENGINE = web.AppKey("engine", TtsEngine)
 STATION = web.AppKey("station", Station)
 HUB = web.AppKey("hub", Hub)
 LIVE = web.AppKey("live", LiveStreams)
+METRICS = web.AppKey("metrics", Telemetry)
+ACCESS = web.AppKey("access", Access)

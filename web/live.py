@@ -9,8 +9,10 @@ import contextlib
 from aiohttp import web
 
 from broadcaster.runtime.live import LiveListener, LiveStream
+from broadcaster.runtime.runner import ChannelRunner
 
-from .keys import CONFIG, LIVE, STATION
+from .access import remote_of, require_listener
+from .keys import ACCESS, CONFIG, LIVE, STATION
 
 METAINT = 16000
 
@@ -49,6 +51,12 @@ class IcyWriter:
 
 async def live_mp3(request: web.Request) -> web.StreamResponse:
     runner = await request.app[STATION].runner(request.match_info["channel"])
+    await require_listener(request, runner.name)
+    with request.app[ACCESS].connection(remote_of(request)):
+        return await _play(request, runner)
+
+
+async def _play(request: web.Request, runner: ChannelRunner) -> web.StreamResponse:
     live = await request.app[LIVE].stream(runner)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
     response = web.StreamResponse(headers=_headers(request, runner.name, icy))

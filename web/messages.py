@@ -117,5 +117,5 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
     return None
 
 
-def error_json(code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message}
+def error_json(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message, **extra}

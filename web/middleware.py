@@ -16,7 +16,7 @@ async def json_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
     try:
         return await handler(request)
     except BadInput as exc:
-        headers = {"Retry-After": "5"} if exc.status == 429 else None
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
         return error_response(exc.status, exc.code, exc.message, headers)
     except web.HTTPException as exc:
         if exc.status < 400:

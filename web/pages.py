@@ -1,18 +1,24 @@
 """Browser pages. Plain HTML and JavaScript served as files: no build step."""
 
+from html import escape
 from pathlib import Path
 
 from aiohttp import web
 
-from broadcaster.errors import NotFound
+from broadcaster.errors import NotFound, Unauthorized
 
+from .access import require_listener
 from .keys import STATION
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-async def listener_page(request: web.Request) -> web.FileResponse:
-    await request.app[STATION].runner(request.match_info["channel"])  # unknown channel: a clear 404
+async def listener_page(request: web.Request) -> web.StreamResponse:
+    name = (await request.app[STATION].runner(request.match_info["channel"])).name  # unknown channel: a clear 404
+    try:
+        await require_listener(request, name)
+    except Unauthorized as exc:
+        return _private_page(name, exc)
     return web.FileResponse(STATIC_DIR / "listener.html", headers={"Cache-Control": "no-cache"})
 
 
@@ -29,3 +35,13 @@ async def static_file(request: web.Request) -> web.FileResponse:
     if "/" in name or name.startswith(".") or not path.is_file():
         raise NotFound(f"no static file {name[:80]!r}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+def _private_page(name: str, exc: Unauthorized) -> web.Response:
+    """A person followed a link without the key: tell them in words, not JSON."""
+    text = escape(exc.message)
+    body = (f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            f"<title>{escape(name)}: private channel</title><link rel=stylesheet href=/static/style.css>"
+            f"<main class=notice><h1>{escape(name)} is a private channel</h1><p>{text}</p>"
+            f"<p>Open the full link the producer shared; it ends in <code>?key=…</code>.</p></main>")
+    return web.Response(status=401, text=body, content_type="text/html", headers={"Cache-Control": "no-store"})

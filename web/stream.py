@@ -16,11 +16,13 @@ from aiohttp import web
 
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState
+from broadcaster.runtime.telemetry import Telemetry
 from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .http_util import int_query, path_id
-from .keys import AUDIO, CONFIG, ENGINE, STATION
+from .access import remote_of, require_listener
+from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION
 
 MAX_OFFSET_MS = 24 * 3_600_000
 WAIT_SLICE_S = 5.0
@@ -32,13 +34,20 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     offset_ms = int_query(request, "offset_ms", 0, MAX_OFFSET_MS)
     station = request.app[STATION]
     playback = await station.find_request(request_id)
+    await require_listener(request, playback.channel)
+    with request.app[ACCESS].connection(remote_of(request)):
+        return await _stream(request, playback, offset_ms)
+
+
+async def _stream(request: web.Request, playback: Request, offset_ms: int) -> web.StreamResponse:
+    station = request.app[STATION]
     rate, channels = _format(playback, request.app[ENGINE].sample_rate)
     encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps * channels, "pipe:1", channels)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
     feeder = _Feeder(request, encoder, rate, channels, offset_ms)
     feed = asyncio.create_task(feeder.feed(playback, station.runner_of(playback)))
-    copy = asyncio.create_task(_copy(encoder, response))
+    copy = asyncio.create_task(_copy(encoder, response, request.app[METRICS]))
     try:
         # If the listener leaves, copying fails first and feeding must stop with it;
         # otherwise feeding ends, ffmpeg flushes, and copying drains the rest.
@@ -65,9 +74,10 @@ def _format(playback: Request, speech_rate: int) -> tuple[int, int]:
     return (TRACK_RATE, TRACK_CHANNELS) if playback.kind == "track" else (speech_rate, 1)
 
 
-async def _copy(encoder: Mp3Encoder, response: web.StreamResponse) -> None:
+async def _copy(encoder: Mp3Encoder, response: web.StreamResponse, metrics: Telemetry) -> None:
     while data := await encoder.proc.stdout.read(COPY_BYTES):
         await response.write(data)
+        metrics.sent("progressive", len(data))
 
 
 class _Feeder:

@@ -16,7 +16,7 @@ from aiohttp import BodyPartReader, web
 
 from broadcaster.errors import BadInput, PayloadTooLarge
 
-from .api import producer_channel
+from .access import producer_channel
 from .http_util import UnsupportedMedia, json_body
 from .keys import CONFIG, STATION
 

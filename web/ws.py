@@ -7,24 +7,34 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from broadcaster.core.ids import is_id, new_id
+from broadcaster.core.ratelimit import TokenBucket
+from broadcaster.runtime.runner import ChannelRunner
 from broadcaster.errors import BadInput
 
 from .fanout import TOO_SLOW, Listener
 from .http_util import parse_json
-from .keys import CONFIG, HUB, STATION, STORE
+from .access import remote_of, require_listener
+from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE
 from .messages import error_json, queue_state_json
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 20
+RATE_LIMITED = 4029  # application close code: the client kept flooding after rate_limited errors
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 
 
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
+    runner = await app[STATION].runner(request.match_info["channel"])  # 404 before the upgrade
+    await require_listener(request, runner.name)  # and 401 for a private channel without its key
+    with app[ACCESS].connection(remote_of(request)):  # or 429
+        return await _serve(request, runner)
+
+
+async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketResponse:
+    app = request.app
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
-    runner = await station.runner(request.match_info["channel"])  # 404 before the upgrade
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=limits.ws_max_message_bytes,
+    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.ws_max_message_bytes,
                                writer_limit=limits.ws_socket_buffer_bytes or 65536)
     await ws.prepare(request)
     _cap_kernel_buffer(request, limits.ws_socket_buffer_bytes)
@@ -58,11 +68,24 @@ def _cap_kernel_buffer(request: web.Request, size: int) -> None:
 
 
 async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.Request) -> None:
+    limits, clock = request.app[CONFIG].limits, request.app[STATION].clock
+    bucket = TokenBucket(limits.ws_messages_per_second, limits.ws_message_burst)
+    refused = 0  # messages refused in a row
     async for msg in ws:
         if msg.type == WSMsgType.ERROR:
             log.info("listener %s: socket error %s", listener.connection_id, ws.exception())
             return
-        reply = await _answer(msg, listener, request)
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY) and (wait_ms := bucket.take(clock())):
+            refused += 1
+            request.app[ACCESS].refused("ws_messages")
+            if refused > limits.ws_message_burst:  # it ignores the errors: stop reading its flood
+                await listener.close(RATE_LIMITED, b"rate limit: too many messages, ignored the errors")
+                return
+            reply = error_json("rate_limited", f"expected at most {limits.ws_messages_per_second:g} messages a second "
+                               f"on one connection, got more; this one was ignored", retry_after_ms=wait_ms)
+        else:
+            refused = 0
+            reply = await _answer(msg, listener, request)
         if reply is not None and not await listener.reply(reply):
             await listener.close(TOO_SLOW, b"too slow: not reading replies")
             return
@@ -107,8 +130,10 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
     chunk_id = message.get("chunk_id")
     if not is_id(chunk_id):
         raise BadInput(f"expected audio_played \"chunk_id\" of 16 hex digits, got {str(chunk_id)[:40]!r}")
-    await request.app[STATION].find_chunk(chunk_id)
+    chunk = await request.app[STATION].find_chunk(chunk_id)
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
+    if recorded:
+        request.app[METRICS].acknowledged(chunk, now_ms, "ws")
     return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
 
 

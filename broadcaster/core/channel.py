@@ -18,12 +18,16 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
   chunk has ended (auto-advance needs nothing more: the next request is already
   placed), fails requests whose generation ran past the timeout, and places
   whatever has become due. `next_deadline_ms()` says when the next tick is due.
+* A request whose audio is still being made goes on the air only if `may_stream`
+  allows it (the station asks whether the shared engine can keep up with one
+  more); otherwise it waits until its last chunk is ready, so a busy engine
+  delays starts instead of making audio already on the air run dry.
 
 Listener acknowledgements play no part here: the clock alone drives playback.
 """
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from random import Random
 
 from .events import (
@@ -53,6 +57,7 @@ class Channel:
         self._played_end_ms: int | None = None
         self.dirty: set[str] = set()  # request ids whose state the adapter must persist
         self.repeat = RepeatMode.OFF
+        self.may_stream: Callable[[Request], bool] = lambda request: True
 
     # -- producers and the generation worker ---------------------------------
 
@@ -123,6 +128,18 @@ class Channel:
     def next_job(self) -> Request | None:
         """The first request in line that still needs audio."""
         return next((r for r in self.line if not r.generated), None)
+
+    def next_chunk_due_ms(self, request: Request) -> int | None:
+        """When the request's next chunk must be ready to start on time, if it is on the air
+        (later than this, the timeline slips); None while nothing is waiting for it."""
+        if not request.chunks or not request.chunks[0].scheduled or not request.chunks[-1].scheduled:
+            return None
+        gap = 0 if request.kind == "track" else self.config.sentence_gap_ms
+        return request.chunks[-1].ends_at_ms + gap - self.config.lead_ms // 2
+
+    def streaming(self) -> list[Request]:
+        """Requests on the air whose audio is still being made."""
+        return [r for r in self.line if not r.generated and r.chunks and r.chunks[0].scheduled]
 
     def generation_started(self, request_id: str, now_ms: int) -> list[Event]:
         request = self._in_line(request_id)
@@ -289,6 +306,8 @@ class Channel:
         cursor = self._cursor_ms()
         if first and cursor is not None and now_ms + cfg.lead_ms < cursor + gap:
             return None  # the request before is still playing: not on the air yet
+        if first and not request.generated and not self.may_stream(request):
+            return None  # the engine is too busy to make the rest in time: wait for all of it
         start, slip = place_chunk(cursor, gap, now_ms, cfg.lead_ms)
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)

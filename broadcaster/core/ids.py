@@ -3,7 +3,7 @@
 import re
 import secrets
 
-ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 
 def new_id() -> str:
@@ -11,4 +11,4 @@ def new_id() -> str:
 
 
 def is_id(value: object) -> bool:
-    return isinstance(value, str) and ID_PATTERN.match(value) is not None
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None

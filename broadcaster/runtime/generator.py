@@ -1,7 +1,8 @@
 """Turns one sentence into a stored chunk: synthesize, store losslessly, hand off the MP3."""
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, Request
@@ -12,6 +13,8 @@ from tts.tracks import TRACK_CHANNELS, TRACK_RATE, read_segment
 
 from .clock import Clock
 from .delivery import Mp3Delivery
+from .synthesis import SynthesisQueue
+from .telemetry import Telemetry
 
 
 @dataclass
@@ -20,27 +23,34 @@ class ChunkMaker:
     audio: AudioStore
     clock: Clock
     delivery: Mp3Delivery
+    metrics: Telemetry = field(default_factory=Telemetry)
+    synthesis: SynthesisQueue | None = None  # shares the engine fairly between channels
 
-    async def make(self, request: Request, seq: int) -> Chunk:
-        """Raises GenerationError (engine) or OSError (disk)."""
+    async def make(self, request: Request, seq: int, deadline_ms: int | None = None) -> Chunk:
+        """Raises GenerationError (engine) or OSError (disk). `deadline_ms`: when the chunk must be
+        ready to start on time, if it is already awaited."""
+        started = time.perf_counter()
         text, rid, chunk_id = request.sentences[seq], request.request_id, new_id()
         rate, channels = (TRACK_RATE, TRACK_CHANNELS) if request.kind == "track" else (self.engine.sample_rate, 1)
         encoder = await self.delivery.encoder_for(rid, chunk_id, rate, channels)
         try:
-            pcm = await self._produce(request, seq)
+            pcm = await self._produce(request, seq, deadline_ms)
             await self.audio.write_part(rid, chunk_id, "flac", await asyncio.to_thread(flac_bytes, pcm))
             await self.audio.commit(rid, chunk_id, "flac")
         except BaseException:
             await asyncio.shield(encoder.abandon())
             raise
         self.delivery.finish(rid, chunk_id, encoder, pcm)
+        self.metrics.chunk_made(request.kind, time.perf_counter() - started)
         return Chunk(
             chunk_id=chunk_id, request_id=rid, seq=seq, text=text,
             duration_ms=pcm.duration_ms, ready_at_ms=self.clock(),
             sample_rate=pcm.sample_rate, samples=len(pcm.samples), channels=pcm.channels,
         )
 
-    async def _produce(self, request: Request, seq: int) -> Pcm:
+    async def _produce(self, request: Request, seq: int, deadline_ms: int | None) -> Pcm:
         if request.kind == "track":
             return await asyncio.to_thread(read_segment, self.audio.track_path(request.request_id), seq)
+        if self.synthesis is not None:
+            return await self.synthesis.speak(request.sentences[seq], deadline_ms)
         return await self.engine.synthesize(request.sentences[seq])

@@ -15,6 +15,7 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
+from broadcaster import logs
 from broadcaster.config import LiveConfig
 from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
@@ -24,6 +25,7 @@ from tts.encode import Mp3Encoder, decode_flac
 
 from .clock import Clock
 from .runner import ChannelRunner
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ class LiveListener:
 
 
 class LiveStream:
-    def __init__(self, runner: ChannelRunner, audio: AudioStore, config: LiveConfig, clock: Clock):
+    def __init__(self, runner: ChannelRunner, audio: AudioStore, config: LiveConfig, clock: Clock,
+                 metrics: Telemetry | None = None):
         self.runner, self.audio, self.clock = runner, audio, clock
+        self.metrics = metrics or Telemetry()
         self.rate, self.channels, self.bitrate_kbps = config.sample_rate, config.channels, config.bitrate_kbps
         self.listeners: set[LiveListener] = set()
         self.title = self.idle_title
@@ -74,8 +78,10 @@ class LiveStream:
 
     async def start(self) -> None:
         self._encoder = await Mp3Encoder.start(self.rate, self.bitrate_kbps, "pipe:1", self.channels)
-        self._tasks = [asyncio.create_task(self._render_loop(), name=f"live-render:{self.runner.name}"),
-                       asyncio.create_task(self._read_loop(), name=f"live-read:{self.runner.name}")]
+        self._tasks = [asyncio.create_task(self._render_loop(), name=f"live-render:{self.runner.name}",
+                                           context=logs.task_context(channel=self.runner.name)),
+                       asyncio.create_task(self._read_loop(), name=f"live-read:{self.runner.name}",
+                                           context=logs.task_context(channel=self.runner.name))]
         log.info("live stream of %s started", self.runner.name)
 
     async def stop(self) -> None:
@@ -152,9 +158,11 @@ class LiveStream:
             for listener in list(self.listeners):
                 if listener.offer(data):
                     self.bytes_sent += len(data)
+                    self.metrics.sent("live", len(data))  # queued for the player, written moments later
                 else:
                     self.listeners.discard(listener)
                     self.dropped += 1
+                    self.metrics.dropped_consumer("live")
                     listener.queue = _closed_queue()
                     log.warning("live listener on %s dropped: fell too far behind", self.runner.name)
 
@@ -185,8 +193,9 @@ def _closed_queue() -> asyncio.Queue:
 class LiveStreams:
     """The live streams of all channels, started on first listener and stopped when idle."""
 
-    def __init__(self, audio: AudioStore, config: LiveConfig, clock: Clock):
+    def __init__(self, audio: AudioStore, config: LiveConfig, clock: Clock, metrics: Telemetry | None = None):
         self.audio, self.config, self.clock = audio, config, clock
+        self.metrics = metrics or Telemetry()
         self.streams: dict[str, LiveStream] = {}
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
@@ -195,11 +204,11 @@ class LiveStreams:
         async with self._lock:
             live = self.streams.get(runner.name)
             if live is None or not live.running:
-                live = LiveStream(runner, self.audio, self.config, self.clock)
+                live = LiveStream(runner, self.audio, self.config, self.clock, self.metrics)
                 await live.start()
                 self.streams[runner.name] = live
             if self._reaper is None:
-                self._reaper = asyncio.create_task(self._reap())
+                self._reaper = asyncio.create_task(self._reap(), context=logs.task_context())
             return live
 
     async def _reap(self) -> None:

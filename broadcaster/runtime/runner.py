@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from functools import partial
 
+from broadcaster import logs
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import Event, RequestCancelled, RequestFailed
 from broadcaster.core.model import Request
@@ -49,9 +50,13 @@ class ChannelRunner:
     async def start(self) -> None:
         requests, played_end = await self.store.load_line(self.channel_id, self.name)
         await self.apply(lambda now: self.channel.restore(requests, played_end, now))
+        # Fresh log ids: the first use of a channel may come from an HTTP request, whose id
+        # must not stick to the channel's loops for good.
         self._tasks = [
-            asyncio.create_task(self._clock_loop(), name=f"clock:{self.name}"),
-            asyncio.create_task(self._generate_loop(), name=f"generate:{self.name}"),
+            asyncio.create_task(self._clock_loop(), name=f"clock:{self.name}",
+                                context=logs.task_context(channel=self.name)),
+            asyncio.create_task(self._generate_loop(), name=f"generate:{self.name}",
+                                context=logs.task_context(channel=self.name)),
         ]
 
     async def stop(self) -> None:
@@ -151,12 +156,13 @@ class ChannelRunner:
                 await self._work.wait()
                 continue
             self._job_request = request.request_id
-            self._job = asyncio.create_task(self._generate(request), name=f"job:{request.request_id}")
+            self._job = asyncio.create_task(self._generate(request), name=f"job:{request.request_id}",
+                                            context=logs.task_context(channel=self.name, request_id=request.request_id))
             await asyncio.wait([self._job])
             crashed = not self._job.cancelled() and self._job.exception() is not None
             if crashed:
                 log.error("channel %s: generating %s crashed", self.name, request.request_id,
-                          exc_info=self._job.exception())
+                          exc_info=self._job.exception(), extra={"request_id": request.request_id})
             self._job = self._job_request = None
             if crashed:
                 await asyncio.sleep(1)  # e.g. the database is unavailable: retry, but not in a tight loop
@@ -167,7 +173,7 @@ class ChannelRunner:
         log.info("channel %s: generating request %s (%d sentences)", self.name, rid, len(request.sentences))
         while not request.generated and self.channel.next_job() is request:
             try:
-                chunk = await self.maker.make(request, request.next_seq)
+                chunk = await self.maker.make(request, request.next_seq, self.channel.next_chunk_due_ms(request))
             except Exception as exc:  # engine, encoder or disk: any failure fails this request only
                 reason = str(exc) if isinstance(exc, (GenerationError, OSError)) else f"TTS engine crashed: {exc!r}"
                 log.warning("channel %s: request %s failed: %s", self.name, rid, reason)

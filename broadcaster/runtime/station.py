@@ -4,32 +4,34 @@ import asyncio
 import logging
 import os
 import shutil
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from random import Random
 
-from broadcaster.auth import hash_token, new_token, token_matches, valid_channel_name
+from broadcaster.auth import valid_channel_name
 from broadcaster.config import Config
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import RequestPlaced
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
-from broadcaster.errors import BadInput, Conflict, NotFound, Unauthorized
+from broadcaster.errors import BadInput, Conflict, NotFound
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.sentences import split_sentences
 from tts.tracks import prepare_track
 
+from .accounts import Gate
 from .autodj import AutoDJ
 from .cleanup import purge
 from .clock import Clock, wall_clock_ms
 from .delivery import Mp3Delivery
 from .generator import ChunkMaker
+from .synthesis import SynthesisQueue
 from .runner import ChannelRunner, Publish
 from .schedule import Scheduler
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +39,7 @@ log = logging.getLogger(__name__)
 class QueueFull(BadInput):
     status = 429
     code = "queue_full"
-
-
-@dataclass(frozen=True)
-class NewChannel:
-    name: str
-    token: str
-
-
-async def new_producer_token(store: Store, name: str) -> str:
-    """Replace a channel's producer token (the old one stops working at once); returns the new one."""
-    token = new_token()
-    if not await store.set_token_hash(name, hash_token(token)):
-        raise NotFound(f"no channel named {name!r}")
-    return token
-
-
-async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign") -> NewChannel:
-    """A new channel: "campaign" (narration) or "radio" (the auto-DJ fills silence from the music folder)."""
-    if not valid_channel_name(name):
-        raise BadInput(f"expected a channel name of lowercase letters, digits, '-' or '_' (max 64), got {name!r}")
-    if style not in ("campaign", "radio"):
-        raise BadInput(f"expected a channel style 'campaign' or 'radio', got {style!r}")
-    token = new_token()
-    await store.create_channel(name, hash_token(token), clock(), style)
-    return NewChannel(name, token)
+    retry_after_s = 5
 
 
 def _guarded(step, *args):  # noqa: ANN001, ANN202
@@ -104,16 +82,19 @@ def _encodable(text: str) -> bool:
 
 class Station:
     def __init__(self, config: Config, store: Store, audio: AudioStore, engine: TtsEngine,
-                 publish: Publish, clock: Clock = wall_clock_ms):
+                 publish: Publish, clock: Clock = wall_clock_ms, metrics: Telemetry | None = None):
         self.config = config
         self.store = store
         self.audio = audio
         self.engine = engine
-        self.publish = publish
+        self.metrics = metrics or Telemetry()
+        self.publish = self.metrics.observing(publish)  # failures and underruns are counted from the events
         self.clock = clock
         self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
-        self.maker = ChunkMaker(engine, audio, clock, self.delivery)
+        self.synthesis = SynthesisQueue(engine, clock)
+        self.maker = ChunkMaker(engine, audio, clock, self.delivery, self.metrics, self.synthesis)
         self.runners: dict[str, ChannelRunner] = {}
+        self.gate = Gate(store)
         self._loading = asyncio.Lock()
         self._cleanup_task: asyncio.Task | None = None
         self.autodjs: dict[str, AutoDJ] = {}
@@ -141,6 +122,7 @@ class Station:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
+        await self.synthesis.close()
         await self.delivery.close()
 
     async def runner(self, name: str) -> ChannelRunner:
@@ -154,8 +136,9 @@ class Station:
                 row = await self.store.channel(name)
                 if row is None:
                     raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
-                runner = ChannelRunner(Channel(name, self.config.timeline_config()), row.id,
-                                       self.store, self.maker, self.clock, self.publish)
+                channel = Channel(name, self.config.timeline_config())
+                channel.may_stream = self._may_stream
+                runner = ChannelRunner(channel, row.id, self.store, self.maker, self.clock, self.publish)
                 runner.after_commit.append(self._after_commit)
                 if row.style == "radio" and self.config.radio.autodj:
                     self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
@@ -164,6 +147,16 @@ class Station:
                 log.info("channel %s on the air%s", name, " with the auto-DJ" if name in self.autodjs else "")
                 self._after_commit(runner, [])
         return self.runners[name]
+
+    def _may_stream(self, request: Request) -> bool:
+        """Whether the engine can make one more request's sentences as fast as they play."""
+        if request.kind == "track":
+            return True  # segments are read from disk, not synthesized
+        return self.streaming_count() < self.synthesis.live_capacity()
+
+    def streaming_count(self) -> int:
+        """Narrations on the air whose sentences are still being synthesized, across all channels."""
+        return sum(1 for r in self.runners.values() for q in r.channel.streaming() if q.kind != "track")
 
     # -- repeat and the auto-DJ, run after every change of a channel ---------------------
 
@@ -241,15 +234,6 @@ class Station:
         if mode not in {m.value for m in RepeatMode}:
             raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
         await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
-
-    async def check_token(self, name: str, token: str | None) -> None:
-        if not token:
-            raise Unauthorized("expected 'Authorization: Bearer <producer token>', got no token")
-        # Read from the database every time: producer writes are rare, and a token the CLI
-        # replaced must stop working at once.
-        row = await self.store.channel(name)
-        if row is None or not token_matches(token, row.token_hash):
-            raise Unauthorized(f"the producer token is not valid for channel {name!r}")
 
     async def submit(self, name: str, text: object) -> tuple[Request, int]:
         runner = await self.runner(name)

@@ -6,12 +6,19 @@ import subprocess
 
 import aiohttp
 import pytest
+import websockets
+from conftest import Listener
 
+from broadcaster.runtime.accounts import set_listen_key
 from tts.encode import ffmpeg_exe
 
 SYNC_TOLERANCE_MS = 5
 NARRATION = ("The caravan leaves at dawn. Dust rises over the dunes. The guide hums an old song. "
              "Far ahead, a tower glints in the sun.")
+
+# Its first sentence lasts about 6 s, so a page opened 200 ms into it (which takes a moment
+# on a busy machine) still joins in the middle of it.
+LONG_FIRST = "The caravan gathers in the grey hour, camels groaning while the drivers check every strap twice. "
 
 pytestmark = pytest.mark.server_config({
     "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
@@ -59,7 +66,7 @@ async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser
     observer = await connect()
     await observer.next("snapshot")
     pages = [await open_listener(browser, server, page_errors) for _ in range(3)]
-    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    request_id = (await (await server.say(LONG_FIRST + NARRATION)).json())["request_id"]
     first = await observer.next("audio_chunk_ready")
     await asyncio.sleep(max(0.0, (first["starts_at_ms"] + 200 - server.station.clock()) / 1000))
     pages.append(await open_listener(browser, server, page_errors))  # joins while the first sentence sounds
@@ -213,4 +220,26 @@ async def test_console_uploads_a_track_and_sets_repeat(browser, server, connect,
     started = await observer.next("audio_stream_started")
     assert started["kind"] == "track" and started["title"] == "Coffee Break"
     await console.wait_for_function("document.getElementById('upload-status').textContent.includes('Coffee Break')")
+    assert page_errors.errors == []
+
+
+async def test_private_channel_plays_from_the_shared_link_and_explains_without_it(browser, server, page_errors):
+    """The link with ?key= plays every chunk (socket and fetches carry the key); without it, a plain page says why."""
+    key = await set_listen_key(server.station.store, server.channel, private=True)
+    stranger = await browser.new_page()
+    response = await stranger.goto(f"{server.base_url}/c/{server.channel}")
+    assert response.status == 401
+    assert "private channel" in await stranger.inner_text("h1")
+    page = await browser.new_page()
+    page_errors.watch(page)
+    await page.goto(f"{server.base_url}/c/{server.channel}?key={key}")
+    await page.click("#tune")
+    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 8")
+    async with websockets.connect(f"{server.ws_url()}?token={server.token}") as ws:
+        observer = Listener(ws)
+        await observer.next("snapshot")
+        request_id = (await (await server.say(NARRATION)).json())["request_id"]
+        await wait_played(observer, request_id)
+    chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
+    assert len(chunk_ids) == 4 and set(chunk_ids) <= set(await scheduled(page))
     assert page_errors.errors == []

@@ -116,6 +116,7 @@ BAD_POSTS = {
     "encoded backslash": BadPost(404, channel="..%5c..%5ctable"),
     "nul byte": BadPost(404, channel="%00"),
     "nul after name": BadPost(404, channel="table%00"),
+    "newline after name": BadPost(404, channel="table%0A"),
     "space": BadPost(404, channel="ta%20ble"),
     "upper case": BadPost(404, channel="TABLE"),
     "emoji name": BadPost(404, channel="%F0%9F%93%BB"),
@@ -250,7 +251,8 @@ async def test_stream_with_bad_offset_is_400(server, offset):
     assert_error(status, answer, 400, "offset_ms")
 
 
-@pytest.mark.parametrize("chunk_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "..%2f..%2fbroadcaster.db", "%00"])
+@pytest.mark.parametrize("chunk_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "..%2f..%2fbroadcaster.db", "%00",
+                                      UNKNOWN_ID + "%0A"])
 async def test_unknown_or_malformed_chunk_is_404(server, chunk_id):
     """GET /api/audio/chunks/{id} with an unknown or malformed id is a 404 JSON error."""
     status, _, body = await call(server, "GET", f"/api/audio/chunks/{chunk_id}")

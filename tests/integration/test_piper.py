@@ -1,5 +1,7 @@
 """The real Piper voice, end to end: what the server reports is what the audio holds."""
 
+import asyncio
+import json
 import subprocess
 
 import aiohttp
@@ -60,3 +62,39 @@ async def test_piper_narration_is_as_loud_as_music(server, connect):
                 parts.append(read_flac(await resp.read()).samples)
     speech = Pcm(np.concatenate(parts), 22050)
     assert abs(measure_lufs(speech) - server.station.config.music.target_lufs) <= 2
+
+
+HOSTILE_BUT_SPEAKABLE = {
+    "right-to-left": "שלום עולם. مرحبا بالعالم.",
+    "markup": '<speak><prosody rate="x-fast">Run</prosody></speak> <script>alert(1)</script> & done.',
+    "bidi override": "\u202eThe innkeeper smiles.\u202c",
+    "control characters inside": "The bell\x00 rings\x1b[31m twice.",
+    "emoji inside": "The dragon \U0001f409 lands.",
+    "one long word": "Ah" + "h" * 280 + ".",
+}
+
+
+@pytest.mark.parametrize("text", HOSTILE_BUT_SPEAKABLE.values(), ids=HOSTILE_BUT_SPEAKABLE.keys())
+async def test_piper_takes_hostile_text_without_harm(server, connect, text):
+    """Odd but valid text is spoken, or fails with a reason; either way the next narration plays."""
+    listener = await connect()
+    await listener.next("snapshot")
+    resp = await server.say(text)
+    assert resp.status == 202
+    ended = await end_of(listener, (await resp.json())["request_id"])
+    if ended["type"] == "request_failed":
+        assert ended["reason"]  # explained
+    follow_up = await server.say("All is well.")
+    assert (await end_of(listener, (await follow_up.json())["request_id"]))["type"] == "request_played"
+    status, health = await server.get_json("/healthz")
+    assert status == 200 and health["status"] == "ok"
+
+
+async def end_of(listener, request_id: str) -> dict:  # noqa: ANN001
+    """The request_played or request_failed of this request."""
+    async with asyncio.timeout(90):
+        while True:
+            message = json.loads(await listener.ws.recv())
+            listener.messages.append(message)
+            if message["type"] in ("request_played", "request_failed") and message["request_id"] == request_id:
+                return message

@@ -12,7 +12,7 @@ import websockets
 
 from broadcaster.config import config_from_dict
 from broadcaster.errors import BadInput
-from broadcaster.runtime.station import create_channel
+from broadcaster.runtime.accounts import create_channel
 from tts.encode import ffmpeg_exe
 
 QUICK = {"tts": {"tone_ms_per_char": 8}, "timeline": {"lead_ms": 300, "sentence_gap_ms": 50, "request_gap_ms": 100}}

@@ -6,7 +6,7 @@ import socket
 import pytest
 import websockets
 
-from web.keys import HUB
+from web.keys import HUB, METRICS
 
 pytestmark = pytest.mark.server_config({"limits": {"ws_send_queue": 16, "ws_socket_buffer_bytes": 4096}, "tts": {"tone_delay_ms": 0}})
 
@@ -49,3 +49,4 @@ async def test_listener_that_stops_reading_is_dropped_and_others_get_everything(
             while True:
                 await slow.recv()
     assert closed.value.rcvd.code == 4008
+    assert server.app[METRICS].dropped.labels(kind="websocket").value == 1  # broadcaster_slow_consumers_dropped_total

@@ -288,3 +288,27 @@ def test_needs_filler_only_when_nothing_waits(channel):
     assert not channel.needs_filler()
     generate(channel, request, [1000], now=0)
     assert channel.needs_filler()
+
+
+def test_a_request_the_engine_cannot_keep_up_with_waits_until_all_its_audio_is_ready(channel):
+    """With may_stream refusing, the first chunk is held; once the last is ready all play back to back."""
+    channel.may_stream = lambda request: False
+    request = make_request("One.", "Two.", "Three.")
+    channel.submit(request, 0)
+    events = generate(channel, request, [1000, 1000], now=100)
+    assert StreamStarted not in kinds(events) and not request.chunks[0].scheduled
+    assert channel.next_chunk_due_ms(request) is None  # nothing is on the air waiting for it
+    events = channel.chunk_ready(make_chunk(request, 1000, 5000), 5000)
+    assert StreamStarted in kinds(events) and TimelineShifted not in kinds(events)
+    starts = [c.starts_at_ms for c in request.chunks]
+    assert starts == [5500, 5500 + 1000 + 250, 5500 + 2 * (1000 + 250)]
+
+
+def test_next_chunk_due_is_half_a_lead_before_the_gap_after_the_last_placed_chunk(channel):
+    request = make_request("One.", "Two.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000], now=0)
+    assert channel.streaming() == [request]
+    assert channel.next_chunk_due_ms(request) == 500 + 1000 + 250 - 250
+    channel.chunk_ready(make_chunk(request, 800, 100), 100)
+    assert channel.streaming() == []

@@ -7,9 +7,10 @@ const SYNC_BURST = 8;
 const SYNC_EVERY_MS = 5000;
 
 export class ChannelSocket {
-  constructor(channel, { onMessage, onState, role = "listener" }) {
+  constructor(channel, { onMessage, onState, role = "listener", params = {} }) {
     this.channel = channel;
     this.role = role;
+    this.params = params; // more query parameters: a private channel's key, a console's token
     this.onMessage = onMessage;
     this.onState = onState;
     this.clock = new ClockSync();
@@ -32,7 +33,9 @@ export class ChannelSocket {
     clearTimeout(this.retry);
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) return; // already connecting or live
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const query = this.role === "console" ? "?role=console" : "";
+    const params = new URLSearchParams(Object.entries(this.params).filter(([, value]) => value));
+    if (this.role === "console") params.set("role", "console");
+    const query = params.toString() ? `?${params}` : "";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}${query}`);
     this.ws = ws;
     this.onState("connecting");
@@ -68,6 +71,17 @@ export class ChannelSocket {
   }
 
   ping() { this.send({ type: "time_sync", t0: nowMs() }); }
+}
+
+// A private channel's listen key, from the shared link (?key=...); null for a public channel.
+export function listenKey() {
+  return new URLSearchParams(location.search).get("key");
+}
+
+// A same-origin URL with the listen key added when there is one.
+export function withKey(url, key = listenKey()) {
+  if (!key) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}key=${encodeURIComponent(key)}`;
 }
 
 export function channelFromPath() {

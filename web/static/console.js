@@ -49,6 +49,7 @@ async function login(token) {
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
+  socket.params.token = token; // a private channel's socket accepts the producer token as its key
   history.replaceState(null, "", location.pathname); // keep the token out of the address bar
   $("login").hidden = true;
   $("desk").hidden = false;
@@ -130,7 +131,8 @@ function refresh() {
   if (pending) return;
   pending = setTimeout(async () => {
     pending = null;
-    const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`);
+    const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`,
+      { headers: { Authorization: `Bearer ${state.token}` } });
     if (!response.ok) return;
     const data = await response.json();
     Object.assign(state, { nowPlaying: data.now_playing, queue: data.queue, recent: data.recent, repeat: data.repeat });

@@ -8,7 +8,7 @@
 // error (the clock estimate moved, the machine slept) restarts the playing chunk at the right
 // place. <audio>.currentTime is never used for sync.
 
-import { ChannelSocket, channelFromPath, el, queueLabel } from "./channel.js";
+import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { nowMs } from "./sync.js";
 
 const HARD_RESYNC_MS = 25;    // a playing chunk further off than this is restarted in place
@@ -25,7 +25,7 @@ const state = {
   stats: { scheduled: [] }, // for tests and bench/sync.py: when each chunk will sound, by our clock
 };
 window.broadcaster = state;
-const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection });
+const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, params: { key: listenKey() } });
 state.socket = socket;
 
 document.title = `${channel} · Broadcaster`;
@@ -148,7 +148,7 @@ async function addChunk(requestId, info) {
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
   try {
-    const response = await fetch(info.url);
+    const response = await fetch(withKey(info.url));
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
   } catch (err) {

@@ -1,0 +1,97 @@
+"""Channel credentials: the producer token that lets one write, the optional listen key that
+makes a channel private. Both are random, shown once, stored as SHA-256 digests and compared
+in constant time; the server re-reads them so a key the CLI replaced stops working promptly."""
+
+import time
+from dataclasses import dataclass
+
+from broadcaster.auth import hash_token, new_listen_key, new_token, token_matches, valid_channel_name
+from broadcaster.errors import BadInput, NotFound, Unauthorized
+from db.store import Store
+
+from .clock import Clock, wall_clock_ms
+
+LISTEN_KEY_TTL_S = 2.0  # how long a channel's listen-key digest is trusted before re-reading it
+
+
+@dataclass(frozen=True)
+class NewChannel:
+    name: str
+    token: str
+    listen_key: str | None = None
+
+
+async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign",
+                         private: bool = False) -> NewChannel:
+    """A new channel: "campaign" (narration) or "radio" (the auto-DJ fills silence from the music folder).
+    A private one gets a listen key that listeners need besides the link."""
+    if not valid_channel_name(name):
+        raise BadInput(f"expected a channel name of lowercase letters, digits, '-' or '_' (max 64), got {name!r}")
+    if style not in ("campaign", "radio"):
+        raise BadInput(f"expected a channel style 'campaign' or 'radio', got {style!r}")
+    token, key = new_token(), new_listen_key() if private else None
+    await store.create_channel(name, hash_token(token), clock(), style, hash_token(key) if key else None)
+    return NewChannel(name, token, key)
+
+
+async def new_producer_token(store: Store, name: str) -> str:
+    """Replace a channel's producer token (the old one stops working at once); returns the new one."""
+    token = new_token()
+    if not await store.set_token_hash(name, hash_token(token)):
+        raise NotFound(f"no channel named {name!r}")
+    return token
+
+
+async def set_listen_key(store: Store, name: str, private: bool) -> str | None:
+    """Make a channel private with a fresh listen key (replacing any old one), or public again."""
+    key = new_listen_key() if private else None
+    if not await store.set_listen_key_hash(name, hash_token(key) if key else None):
+        raise NotFound(f"no channel named {name!r}")
+    return key
+
+
+class ListenKeyRequired(Unauthorized):
+    code = "listen_key_required"
+
+
+class Gate:
+    """Checks credentials against the database."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._keys: dict[str, tuple[str | None, float]] = {}
+
+    async def check_token(self, name: str, token: str | None) -> None:
+        if not token:
+            raise Unauthorized("expected 'Authorization: Bearer <producer token>', got no token")
+        if not await self._token_ok(name, token):
+            raise Unauthorized(f"the producer token is not valid for channel {name!r}")
+
+    async def _token_ok(self, name: str, token: str) -> bool:
+        # Read every time: producer writes are rare, and a replaced token must stop working at once.
+        row = await self.store.channel(name)
+        return row is not None and token_matches(token, row.token_hash)
+
+    async def check_listener(self, name: str, key: str | None, token: str | None) -> None:
+        """Public channels pass; a private one needs its listen key or its producer token."""
+        required = await self._listen_key_hash(name)
+        if required is None:
+            return
+        if key and token_matches(key, required):
+            return
+        if token and await self._token_ok(name, token):
+            return
+        if not key and not token:
+            raise ListenKeyRequired(f"channel {name!r} is private: expected its listen key as ?key=<key> "
+                                    "(the link its producer shares carries it), got none")
+        raise ListenKeyRequired(f"the listen key is not valid for channel {name!r}; ask its producer for the current link")
+
+    async def _listen_key_hash(self, name: str) -> str | None:
+        """Cached briefly: every chunk fetch of every listener asks."""
+        cached = self._keys.get(name)
+        if cached is not None and time.monotonic() - cached[1] < LISTEN_KEY_TTL_S:
+            return cached[0]
+        row = await self.store.channel(name)
+        digest = row.listen_key_hash if row is not None else None
+        self._keys[name] = (digest, time.monotonic())
+        return digest

@@ -1,0 +1,180 @@
+"""Every metric one server exports, and the small helpers that feed them.
+
+One `Telemetry` per application: the web layer, the station, the chunk maker,
+the fan-out hub and the live streams are each handed the same instance. The
+list with meanings and labels is in docs/observability.md.
+
+Two kinds of values live here. Counters and histograms are pushed as things
+happen (a chunk made, bytes written, a listener dropped). Gauges that describe
+the present (requests by state, listeners, memory) are taken afresh at each
+scrape by web/metrics.py, so they can never drift from the truth.
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from broadcaster.core.events import Event, RequestFailed, TimelineShifted
+from broadcaster.core.model import Chunk
+from broadcaster.core.states import RequestState
+from broadcaster.metrics import Registry
+
+# Synthesizing a sentence takes tens of milliseconds with the tone engine and up to
+# tens of seconds for a long sentence with Piper on a slow machine.
+CHUNK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
+ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+STREAM_KINDS = ("chunk", "progressive", "live")
+CHUNK_KINDS = ("speech", "track")
+ACK_VIAS = ("ws", "http")
+CONSUMER_KINDS = ("websocket", "live")
+LISTENER_KINDS = ("websocket", "console", "live")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+Publish = Callable[[str, list[Event]], None]
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = r = Registry()
+        self._started = time.monotonic()
+        self.requests = r.gauge(
+            "broadcaster_requests", "Playback requests in the database by channel and state (finished ones "
+            "stay until cleanup purges them).", ("channel", "state"))
+        self.requests_failed = r.counter(
+            "broadcaster_requests_failed_total", "Requests that failed (TTS error, storage, generation timeout).",
+            ("channel",))
+        self.chunk_seconds = r.histogram(
+            "broadcaster_chunk_generation_seconds", "Time to make one chunk: synthesis or track segment, "
+            "FLAC stored, MP3 handed off.", ("kind",), CHUNK_BUCKETS_S)
+        self.underruns = r.counter(
+            "broadcaster_underruns_total", "Chunks placed later than due because they were not ready in time "
+            "(timeline_shifted).", ("channel",))
+        self.underrun_seconds = r.counter(
+            "broadcaster_underrun_seconds_total", "Silence added to the timeline by underruns.", ("channel",))
+        self.listeners = r.gauge(
+            "broadcaster_listeners", "Connected listeners: WebSocket listeners, producer consoles and live.mp3 "
+            "players.", ("channel", "kind"))
+        self.stream_bytes = r.counter(
+            "broadcaster_stream_bytes_total", "Audio bytes sent: chunk fetches, progressive streams, live.mp3.",
+            ("kind",))
+        self.ack_lag = r.histogram(
+            "broadcaster_ack_lag_seconds", "How long after the end of a chunk on the server timeline its "
+            "audio_played acknowledgement arrived (early ones count as 0).", ("via",), ACK_BUCKETS_S)
+        self.dropped = r.counter(
+            "broadcaster_slow_consumers_dropped_total", "Listeners disconnected for falling behind.", ("kind",))
+        self.refused = r.counter(
+            "broadcaster_refused_total", "Requests and messages refused by a rate limit or cap.", ("reason",))
+        self.http_responses = r.counter(
+            "broadcaster_http_responses_total", "HTTP responses by status class (a WebSocket counts as 1xx "
+            "when it closes).", ("status_class",))
+        self.resident_memory = r.gauge("broadcaster_process_resident_memory_bytes", "Resident memory of the process.")
+        self.open_fds = r.gauge("broadcaster_process_open_fds", "Open file descriptors of the process.")
+        self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
+        self.synthesis_backlog = r.gauge(
+            "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
+        self.synthesis_speed = r.gauge(
+            "broadcaster_synthesis_speed_ratio", "Measured TTS speed per worker: seconds of audio per second "
+            "of synthesis (0 until measured).")
+        self.streaming = r.gauge(
+            "broadcaster_streaming_requests", "Narrations on the air while still being synthesized, and how many "
+            "the engine's measured speed allows at once (more wait until fully made).", ("limit",))
+        self._zero_known_labels()
+
+    def _zero_known_labels(self) -> None:
+        """Series that always exist, so a rate over them starts at the first scrape, not the first event."""
+        for kind in STREAM_KINDS:
+            self.stream_bytes.labels(kind=kind)
+        for kind in CHUNK_KINDS:
+            self.chunk_seconds.labels(kind=kind)
+        for via in ACK_VIAS:
+            self.ack_lag.labels(via=via)
+        for kind in CONSUMER_KINDS:
+            self.dropped.labels(kind=kind)
+        for status_class in STATUS_CLASSES:
+            self.http_responses.labels(status_class=status_class)
+
+    # -- pushed as things happen -------------------------------------------------------
+
+    def observing(self, publish: Publish) -> Publish:
+        """Wrap a channel publisher so that every committed step's events are counted first."""
+        def count_and_publish(channel: str, events: list[Event]) -> None:
+            self.count_events(channel, events)
+            publish(channel, events)
+
+        return count_and_publish
+
+    def count_events(self, channel: str, events: Iterable[Event]) -> None:
+        for event in events:
+            if isinstance(event, RequestFailed):
+                self.requests_failed.labels(channel=channel).inc()
+            elif isinstance(event, TimelineShifted):
+                self.underruns.labels(channel=channel).inc()
+                self.underrun_seconds.labels(channel=channel).inc(event.shift_ms / 1000)
+
+    def chunk_made(self, kind: str, seconds: float) -> None:
+        self.chunk_seconds.labels(kind=kind).observe(seconds)
+
+    def sent(self, kind: str, size: int) -> None:
+        self.stream_bytes.labels(kind=kind).inc(size)
+
+    def acknowledged(self, chunk: Chunk, received_ms: int, via: str) -> None:
+        """An audio_played arrived; chunks that never had a place on the timeline have no lag."""
+        if chunk.starts_at_ms is None:
+            return
+        lag_ms = received_ms - (chunk.starts_at_ms + chunk.duration_ms)
+        self.ack_lag.labels(via=via).observe(max(0, lag_ms) / 1000)
+
+    def dropped_consumer(self, kind: str) -> None:
+        self.dropped.labels(kind=kind).inc()
+
+    def responded(self, status: int) -> None:
+        self.http_responses.labels(status_class=f"{status // 100}xx").inc()
+
+    # -- taken at each scrape -----------------------------------------------------------
+
+    def set_request_counts(self, counts: Mapping[tuple[str, str], int], channels: Iterable[str]) -> None:
+        """Counts by (channel, state); every state of every channel is shown, 0 when there is none."""
+        self.requests.clear()
+        for channel in {*channels, *(name for name, _ in counts)}:
+            for state in RequestState:
+                self.requests.labels(channel=channel, state=state.value).set(counts.get((channel, state.value), 0))
+
+    def set_synthesis(self, backlog: int, speed: float | None, streaming: int, capacity: int) -> None:
+        self.synthesis_backlog.set(backlog)
+        self.synthesis_speed.set(speed or 0)
+        self.streaming.labels(limit="now").set(streaming)
+        self.streaming.labels(limit="allowed").set(capacity)
+
+    def set_listeners(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Counts by (channel, kind), replacing the last scrape's."""
+        self.listeners.clear()
+        for (channel, kind), count in counts.items():
+            self.listeners.labels(channel=channel, kind=kind).set(count)
+
+    def know_channels(self, channels: Iterable[str]) -> None:
+        """Give each loaded channel its per-channel counters at 0 before its first event."""
+        for channel in channels:
+            self.requests_failed.labels(channel=channel)
+            self.underruns.labels(channel=channel)
+            self.underrun_seconds.labels(channel=channel)
+
+    def render(self) -> str:
+        self.uptime.set(time.monotonic() - self._started)
+        stats = process_stats()
+        if stats is not None:
+            self.resident_memory.set(stats[0])
+            self.open_fds.set(stats[1])
+        return self.registry.render()
+
+
+def process_stats() -> tuple[int, int] | None:
+    """Resident memory in bytes and open file descriptors, from /proc (None where there is no /proc)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE"), fds

@@ -1,0 +1,139 @@
+"""The metric primitives and their Prometheus text exposition."""
+
+import math
+
+import pytest
+
+from broadcaster.core.model import Chunk
+from broadcaster.metrics import Registry
+from broadcaster.runtime.telemetry import Telemetry
+
+
+def test_small_registry_renders_exactly():
+    """HELP and TYPE lines, sorted children, escaped labels and cumulative buckets come out exactly."""
+    registry = Registry()
+    sent = registry.counter("demo_bytes_total", "Bytes sent.\nBy kind.", ("kind",))
+    sent.labels(kind="live").inc(1024)
+    sent.labels(kind="chunk").inc(3)
+    sent.labels(kind="chunk").inc(0.5)
+    mood = registry.gauge("demo_mood", "Back\\slash.", ("channel",))
+    mood.labels('say "hi"\\\n').set(-2)
+    up = registry.gauge("demo_up", "Whether it is up.")
+    up.set(1)
+    lag = registry.histogram("demo_lag_seconds", "Lag.", ("via",), buckets=(0.1, 1, 2.5))
+    for value in (0.05, 0.1, 0.7, 3, 12):
+        lag.labels(via="ws").observe(value)
+    assert registry.render() == (
+        "# HELP demo_bytes_total Bytes sent.\\nBy kind.\n"
+        "# TYPE demo_bytes_total counter\n"
+        'demo_bytes_total{kind="chunk"} 3.5\n'
+        'demo_bytes_total{kind="live"} 1024\n'
+        "# HELP demo_mood Back\\\\slash.\n"
+        "# TYPE demo_mood gauge\n"
+        'demo_mood{channel="say \\"hi\\"\\\\\\n"} -2\n'
+        "# HELP demo_up Whether it is up.\n"
+        "# TYPE demo_up gauge\n"
+        "demo_up 1\n"
+        "# HELP demo_lag_seconds Lag.\n"
+        "# TYPE demo_lag_seconds histogram\n"
+        'demo_lag_seconds_bucket{via="ws",le="0.1"} 2\n'
+        'demo_lag_seconds_bucket{via="ws",le="1"} 3\n'
+        'demo_lag_seconds_bucket{via="ws",le="2.5"} 3\n'
+        'demo_lag_seconds_bucket{via="ws",le="+Inf"} 5\n'
+        'demo_lag_seconds_sum{via="ws"} 15.85\n'
+        'demo_lag_seconds_count{via="ws"} 5\n'
+    )
+
+
+def test_family_without_children_renders_only_help_and_type():
+    """A labelled metric nobody touched yet still announces itself, with no samples."""
+    registry = Registry()
+    registry.counter("demo_total", "Nothing yet.", ("channel",))
+    assert registry.render() == "# HELP demo_total Nothing yet.\n# TYPE demo_total counter\n"
+
+
+def test_special_values_use_prometheus_spelling():
+    """NaN and the infinities are written the way Prometheus parses them."""
+    registry = Registry()
+    gauge = registry.gauge("demo", "d.", ("case",))
+    gauge.labels("nan").set(math.nan)
+    gauge.labels("neg").set(-math.inf)
+    gauge.labels("pos").set(math.inf)
+    lines = registry.render().splitlines()[2:]
+    assert lines == ['demo{case="nan"} NaN', 'demo{case="neg"} -Inf', 'demo{case="pos"} +Inf']
+
+
+def test_counter_refuses_to_go_down():
+    """A negative increment is a bug in the caller and says so."""
+    counter = Registry().counter("demo_total", "d.")
+    with pytest.raises(ValueError, match="0 or more, got -1"):
+        counter.inc(-1)
+
+
+@pytest.mark.parametrize("labels", [{}, {"kind": "x", "extra": "y"}, {"other": "x"}])
+def test_wrong_labels_are_named_in_the_error(labels):
+    """Label names that do not match the metric's are refused with what was expected."""
+    counter = Registry().counter("demo_total", "d.", ("kind",))
+    with pytest.raises(ValueError, match=r"expected .*labels? .*\['kind'\] for demo_total, got"):
+        counter.labels(**labels)
+
+
+def test_labelled_metric_needs_a_child_first():
+    """Calling inc on a labelled family (instead of a child) is refused."""
+    counter = Registry().counter("demo_total", "d.", ("kind",))
+    with pytest.raises(ValueError, match="pick a child"):
+        counter.inc()
+
+
+@pytest.mark.parametrize("buckets", [(), (1, 1), (2, 1), (1, math.nan)])
+def test_histogram_buckets_must_increase(buckets):
+    """Empty, repeated, unordered or NaN bucket bounds are refused."""
+    with pytest.raises(ValueError, match="strictly increasing"):
+        Registry().histogram("demo_seconds", "d.", buckets=buckets)
+
+
+def test_names_are_checked_and_unique():
+    """Bad metric or label names, the reserved 'le', and duplicates are refused."""
+    registry = Registry()
+    registry.counter("demo_total", "d.")
+    with pytest.raises(ValueError, match="already registered"):
+        registry.gauge("demo_total", "d.")
+    with pytest.raises(ValueError, match="metric name"):
+        registry.gauge("2bad", "d.")
+    with pytest.raises(ValueError, match="label names"):
+        registry.gauge("demo_two", "d.", ("__reserved",))
+    with pytest.raises(ValueError, match="'le'"):
+        registry.histogram("demo_seconds", "d.", ("le",), buckets=(1,))
+
+
+def test_clear_forgets_children_taken_at_scrape_time():
+    """After clear() a channel that went away no longer appears."""
+    registry = Registry()
+    gauge = registry.gauge("demo", "d.", ("channel",))
+    gauge.labels("gone").set(3)
+    gauge.clear()
+    gauge.labels("here").set(1)
+    assert registry.render().splitlines()[2:] == ['demo{channel="here"} 1']
+
+
+def _chunk(starts_at_ms: int | None) -> Chunk:
+    return Chunk(chunk_id="0" * 16, request_id="1" * 16, seq=0, text="Hi.", duration_ms=1000, ready_at_ms=0,
+                 starts_at_ms=starts_at_ms, sample_rate=22050, samples=22050)
+
+
+def test_ack_lag_is_measured_from_the_chunk_end_and_early_acks_count_as_zero():
+    """An ack 250 ms after the chunk's end observes 0.25 s; one before the end observes 0; an unplaced chunk nothing."""
+    telemetry = Telemetry()
+    telemetry.acknowledged(_chunk(10_000), 11_250, "ws")
+    telemetry.acknowledged(_chunk(10_000), 10_500, "ws")
+    telemetry.acknowledged(_chunk(None), 99_000, "ws")
+    child = telemetry.ack_lag.labels(via="ws")
+    assert (child.count, child.sum) == (2, 0.25)
+
+
+def test_known_label_values_start_at_zero():
+    """Byte, drop and status-class counters exist at 0 before anything happens."""
+    text = Telemetry().render()
+    assert 'broadcaster_stream_bytes_total{kind="progressive"} 0' in text
+    assert 'broadcaster_slow_consumers_dropped_total{kind="live"} 0' in text
+    assert 'broadcaster_http_responses_total{status_class="5xx"} 0' in text

@@ -1,0 +1,53 @@
+"""How much one client may do: producer writes per minute and open connections per address."""
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from broadcaster.config import LimitsConfig
+from broadcaster.core.ratelimit import KeyedLimiter
+from broadcaster.errors import RateLimited
+from broadcaster.runtime.clock import Clock
+
+
+CONNECTION_RETRY_S = 10
+
+
+class TooManyConnections(RateLimited):
+    code = "too_many_connections"
+
+
+class Access:
+    def __init__(self, limits: LimitsConfig, clock: Clock, count_refusal: Callable[[str], None] = lambda reason: None):
+        self.clock = clock
+        self.refused = count_refusal  # by reason, for /metrics
+        self.writes = KeyedLimiter(limits.producer_writes_per_minute / 60, limits.producer_write_burst)
+        self.writes_per_minute = limits.producer_writes_per_minute
+        self.max_connections = limits.max_connections_per_address
+        self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
+
+    def check_write_rate(self, remote: str, channel: str) -> None:
+        wait_ms = self.writes.take((remote, channel), self.clock())
+        if wait_ms:
+            self.refused("producer_rate")
+            raise RateLimited(
+                f"expected at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} "
+                f"from one address, got more; try again in {math.ceil(wait_ms / 1000)} s",
+                math.ceil(wait_ms / 1000))
+
+    @contextmanager
+    def connection(self, remote: str) -> Iterator[None]:
+        """Hold one of the address's connection slots for the duration of a socket or stream."""
+        if self.max_connections and self.open[remote] >= self.max_connections:
+            self.refused("connections")
+            raise TooManyConnections(
+                f"expected at most {self.max_connections} open connections from one address, "
+                f"got another one from {remote}; close some and retry", CONNECTION_RETRY_S)
+        self.open[remote] += 1
+        try:
+            yield
+        finally:
+            self.open[remote] -= 1
+            if not self.open[remote]:
+                del self.open[remote]

@@ -1,0 +1,44 @@
+"""GET /metrics: the server's metrics in the Prometheus text format (docs/observability.md)."""
+
+import logging
+from collections import Counter
+
+from aiohttp import web
+
+from broadcaster.metrics import CONTENT_TYPE
+from db.stats import request_counts
+
+from .keys import HUB, LIVE, METRICS, STATION, STORE
+
+log = logging.getLogger(__name__)
+
+
+async def scrape(request: web.Request) -> web.Response:
+    app = request.app
+    telemetry = app[METRICS]
+    try:
+        counts, channels = await request_counts(app[STORE])
+    except Exception:  # the database is down: say so in the log, still report everything else
+        log.warning("metrics: could not count requests", exc_info=True)
+        counts, channels = {}, []
+    loaded = list(app[STATION].runners)
+    telemetry.set_request_counts(counts, [*channels, *loaded])
+    telemetry.set_listeners(listener_counts(app, loaded))
+    telemetry.know_channels(loaded)
+    station = app[STATION]
+    telemetry.set_synthesis(station.synthesis.backlog, station.synthesis.speed, station.streaming_count(),
+                            station.synthesis.live_capacity())
+    return web.Response(body=telemetry.render().encode(),
+                        headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+
+def listener_counts(app: web.Application, channels: list[str]) -> Counter[tuple[str, str]]:
+    """(channel, kind) -> connected now; every loaded channel appears, with 0 where nobody listens."""
+    counts: Counter[tuple[str, str]] = Counter({(name, kind): 0 for name in channels
+                                                for kind in ("websocket", "console", "live")})
+    for name, group in app[HUB].listeners.items():
+        for listener in group:
+            counts[name, "websocket" if listener.counted else "console"] += 1
+    for name, live in app[LIVE].streams.items():
+        counts[name, "live"] += len(live.listeners)
+    return counts

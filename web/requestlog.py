@@ -1,0 +1,73 @@
+"""An id for every HTTP request, the access log, and HTTP responses counted by status class.
+
+`request_log` is the outermost middleware, so it sees the status that actually
+leaves (the JSON errors included). It binds the request's id, and the channel
+and request ids of its path, for every log line written while the request is
+handled; the id goes back to the client as `X-Request-Id`.
+
+The access log writes the path without its query string: a query may carry a
+listen key or a token, and logs are kept longer and shown to more people than
+keys should be. The path stays percent-encoded, so nothing in it can break a line.
+"""
+
+import logging
+import time
+
+from aiohttp import web
+
+from broadcaster import logs
+from broadcaster.auth import valid_channel_name
+from broadcaster.core.ids import is_id, new_id
+
+from .keys import METRICS
+
+access_log = logging.getLogger("broadcaster.access")
+
+HTTP_REQUEST = web.RequestKey("http_request", str)
+MAX_LOGGED_PATH = 300
+
+
+@web.middleware
+async def request_log(request: web.Request, handler):  # noqa: ANN001, ANN201
+    http_id = request[HTTP_REQUEST] = new_id()
+    started = time.perf_counter()
+    status = None
+    with logs.bound(http_request=http_id, **_path_ids(request)):
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # only redirects and the like get past the JSON errors
+            status = exc.status
+            raise
+        finally:
+            _finished(request, status, (time.perf_counter() - started) * 1000)
+
+
+def _path_ids(request: web.Request) -> dict[str, str]:
+    """The channel and request named by the route, when they are well-formed."""
+    ids = {}
+    channel, request_id = request.match_info.get("channel"), request.match_info.get("request_id")
+    # The patterns behind both checks end in "$", which lets one trailing newline through.
+    if valid_channel_name(channel) and "\n" not in channel:
+        ids["channel"] = channel
+    if is_id(request_id) and "\n" not in request_id:
+        ids["request_id"] = request_id
+    return ids
+
+
+def _finished(request: web.Request, status: int | None, duration_ms: float) -> None:
+    if status is not None:
+        request.app[METRICS].responded(status)
+    path = request.rel_url.raw_path[:MAX_LOGGED_PATH]
+    remote = request.remote or "-"
+    access_log.info("%s %s %s %.1f ms %s", request.method, path, status or "-", duration_ms, remote,
+                    extra={"method": request.method, "path": path, "status": status,
+                           "duration_ms": round(duration_ms, 1), "remote": remote})
+
+
+async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, streams and sockets included, names its request."""
+    http_id = request.get(HTTP_REQUEST)
+    if http_id is not None:
+        response.headers["X-Request-Id"] = http_id
