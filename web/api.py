@@ -79,7 +79,8 @@ async def queue_state(request: web.Request) -> web.Response:
     station = request.app[STATION]
     runner = await station.runner(request.match_info["channel"])
     await require_listener(request, runner.name)
-    state = queue_state_json(runner.channel, station.clock())
+    async with runner.saved:
+        state = queue_state_json(runner.channel, station.clock())
     state["listeners"] = request.app[HUB].count(runner.name)
     return web.json_response(state)
 

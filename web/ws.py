@@ -43,11 +43,13 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
                                 request.headers.get("User-Agent", ""), station.clock())
     listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
                         counted=request.query.get("role") != "console")  # a producer's console is not an audience
-    snapshot = {"type": "snapshot", "connection_id": connection_id, "listeners": hub.count(runner.name) + listener.counted,
-                **queue_state_json(runner.channel, station.clock())}
-    listener.send(snapshot)
-    hub.add(listener)  # no await since the snapshot: no event can fall between the two
     try:
+        async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
+            snapshot = {"type": "snapshot", "connection_id": connection_id,
+                        "listeners": hub.count(runner.name) + listener.counted,
+                        **queue_state_json(runner.channel, station.clock())}
+            listener.send(snapshot)
+            hub.add(listener)  # in the same critical section: no event can fall between the two
         await _receive(ws, listener, request)
     finally:
         hub.remove(listener)

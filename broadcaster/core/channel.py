@@ -206,12 +206,24 @@ class Channel:
             ends = [c.ends_at_ms for c in request.chunks if c.state == ChunkState.READY and c.scheduled]
             if ends:
                 yield min(ends)  # type: ignore[type-var]
-            if request.state == RequestState.GENERATING and not request.generated:
+            if self._timing_out(request):
                 yield request.generation_started_ms + self.config.generation_timeout_ms  # type: ignore[operator]
         waiting = self._first_unplaced_request()
         cursor = self._cursor_ms()
-        if waiting is not None and waiting.chunks and cursor is not None:
+        if waiting is not None and waiting.chunks and cursor is not None and self._placeable(waiting):
             yield cursor + self.config.request_gap_ms - self.config.lead_ms
+
+    def _placeable(self, request: Request) -> bool:
+        """Whether `_place` would put this request on the air once it is due. A deadline for one it
+        would not (a request before it still needs audio, or it is held) would make the clock spin."""
+        before = self.line[:self.line.index(request)]
+        return all(r.generated for r in before) and (request.generated or self.may_stream(request))
+
+    def _timing_out(self, request: Request) -> bool:
+        """Only the request the worker is on runs against the generation timeout: one pushed aside
+        (a producer's request put before a half-made auto-DJ track) waits without it, and its clock
+        restarts when the worker comes back to it (`generation_started`)."""
+        return request.state == RequestState.GENERATING and not request.generated and request is self.next_job()
 
     # -- what listeners see ----------------------------------------------------
 
@@ -332,7 +344,7 @@ class Channel:
         return [RequestPlayed(request), QueueChanged()]
 
     def _check_timeout(self, request: Request, now_ms: int) -> list[Event]:
-        if request.state != RequestState.GENERATING or request.generated:
+        if not self._timing_out(request):
             return []
         deadline = request.generation_started_ms + self.config.generation_timeout_ms
         if now_ms < deadline:

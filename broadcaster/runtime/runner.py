@@ -47,6 +47,12 @@ class ChannelRunner:
     def name(self) -> str:
         return self.channel.name
 
+    @property
+    def saved(self) -> asyncio.Lock:
+        """Held while a step changes the channel and until it is saved: read under it to see only
+        saved state (a snapshot must never show what a crash could still take back)."""
+        return self._lock
+
     async def start(self) -> None:
         requests, played_end = await self.store.load_line(self.channel_id, self.name)
         await self.apply(lambda now: self.channel.restore(requests, played_end, now))

@@ -312,3 +312,40 @@ def test_next_chunk_due_is_half_a_lead_before_the_gap_after_the_last_placed_chun
     assert channel.next_chunk_due_ms(request) == 500 + 1000 + 250 - 250
     channel.chunk_ready(make_chunk(request, 800, 100), 100)
     assert channel.streaming() == []
+
+
+def test_a_held_request_sets_no_deadline_that_would_make_the_clock_spin(channel):
+    """While the engine is too busy for a held request, ticking at the deadline leaves the next one ahead."""
+    playing, held = make_request("Now."), make_request("Later.", "Much later.")
+    channel.submit(playing, 0)
+    channel.submit(held, 0)
+    generate(channel, playing, [2000], now=0)
+    channel.may_stream = lambda request: False
+    generate(channel, held, [1000], now=100)
+    now = 0
+    for _ in range(5):
+        deadline = channel.next_deadline_ms()
+        assert deadline is None or deadline > now
+        now = deadline if deadline is not None else now + 1000
+        channel.tick(now)
+
+
+def test_a_request_pushed_aside_does_not_time_out_while_it_waits(channel):
+    """An auto-DJ track half made when a producer's narration goes before it keeps its place and its time."""
+    track = make_request("One.", "Two.")
+    track.auto = True
+    channel.submit(track, 0)
+    channel.generation_started(track.request_id, 0)
+    channel.chunk_ready(make_chunk(track, 5000, 0), 0)  # on the air: the narration goes after it
+    waiting = make_request("Three.", "Four.")
+    waiting.auto = True
+    channel.submit(waiting, 0)
+    channel.chunk_ready(make_chunk(track, 5000, 10), 10)
+    channel.generation_started(waiting.request_id, 20)
+    channel.chunk_ready(make_chunk(waiting, 1000, 30), 30)
+    narration = make_request("Producer speaks.", "And goes on.")
+    channel.submit(narration, 40)
+    assert channel.next_job() is narration
+    channel.generation_started(narration.request_id, 50)
+    events = channel.tick(20 + CFG.generation_timeout_ms + 1)
+    assert waiting.state == RequestState.GENERATING and RequestFailed not in kinds(events)

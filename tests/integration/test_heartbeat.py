@@ -1,0 +1,160 @@
+"""WebSocket heartbeats find dead peers and free what they held; live listeners are left alone."""
+
+import asyncio
+import base64
+import inspect
+import json
+import os
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+import websockets
+from sqlalchemy import select
+
+from db.models import ConnectionRow
+from web.keys import HUB
+
+HEARTBEAT_S = 1.0  # small, yet a healthy peer in this busy test process has 0.5 s to answer each ping
+pytestmark = pytest.mark.server_config({"limits": {"ws_heartbeat_s": HEARTBEAT_S, "max_connections_per_address": 0}})
+
+
+async def raw_websocket(url: str) -> tuple[socket.socket, bytes]:
+    """A plain TCP socket that completes the WebSocket handshake; nothing in it ever answers a ping.
+
+    Returns the socket and the bytes that arrived after the 101 response."""
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (parts.hostname, parts.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = await loop.sock_recv(sock, 65536)
+        assert data, f"expected a 101 response, got EOF after {received!r}"
+        received += data
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
+def split_frame(buffer: bytes) -> tuple[int, bytes, bytes] | None:
+    """(opcode, payload, rest) of the first whole server frame in `buffer` (servers never mask), or None."""
+    if len(buffer) < 2:
+        return None
+    length, start = buffer[1] & 0x7F, 2
+    if length in (126, 127):
+        start = 4 if length == 126 else 10
+        if len(buffer) < start:
+            return None
+        length = int.from_bytes(buffer[2:start], "big")
+    if len(buffer) < start + length:
+        return None
+    return buffer[0] & 0x0F, buffer[start:start + length], buffer[start + length:]
+
+
+async def first_message(sock: socket.socket, buffer: bytes) -> dict:
+    """Read just enough to get the first text frame (the snapshot) out of the raw socket."""
+    loop = asyncio.get_running_loop()
+    while (frame := split_frame(buffer)) is None:
+        data = await loop.sock_recv(sock, 65536)
+        assert data, "expected the snapshot, got EOF"
+        buffer += data
+    opcode, payload, _ = frame
+    assert opcode == 0x1, f"expected a text frame first, got opcode {opcode}"
+    return json.loads(payload)
+
+
+async def read_to_end(sock: socket.socket) -> bytes:
+    """Everything left in the socket, up to the peer's close (EOF or reset)."""
+    loop, received = asyncio.get_running_loop(), b""
+    try:
+        while data := await loop.sock_recv(sock, 65536):
+            received += data
+    except ConnectionResetError:
+        pass
+    return received
+
+
+async def eventually(check, what: str, timeout_s: float = 15) -> None:  # noqa: ANN001
+    """Poll `check()` (a bool, or an awaitable of one) until it is true; fail naming `what` after a generous bound."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"expected {what} within {timeout_s} s") from None
+
+
+async def disconnected_at(server, connection_id: str) -> int | None:  # noqa: ANN001
+    async with server.station.store.session() as s:
+        row = (await s.execute(select(ConnectionRow).where(ConnectionRow.id == connection_id))).scalar_one()
+        return row.disconnected_at_ms
+
+
+async def closed(server, connection_id: str) -> bool:  # noqa: ANN001
+    return await disconnected_at(server, connection_id) is not None
+
+
+async def listeners(server) -> int:  # noqa: ANN001
+    """The channel's listener count as the queue endpoint reports it."""
+    status, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert status == 200
+    return state["listeners"]
+
+
+async def listeners_are(server, expected: int) -> bool:  # noqa: ANN001
+    return await listeners(server) == expected
+
+
+def writer_tasks(connection_id: str) -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == f"ws-writer:{connection_id}" and not t.done()]
+
+
+async def read_forever(ws: websockets.ClientConnection, into: list[dict]) -> None:
+    """A healthy listener: read every message (websockets answers the server's pings as it reads)."""
+    async for text in ws:
+        into.append(json.loads(text))
+
+
+async def test_silent_peer_is_closed_and_forgotten_while_a_healthy_listener_stays(server, connect):
+    """A peer that never answers pings is closed by the heartbeat: it leaves the hub and the listener count,
+    its writer task ends and its connection row gets a closed time; a reading client stays connected."""
+    healthy = await connect()
+    healthy_id = (await healthy.next("snapshot"))["connection_id"]
+    healthy_messages: list[dict] = []
+    reader = asyncio.create_task(read_forever(healthy.ws, healthy_messages))
+    dead, rest = await raw_websocket(server.ws_url())
+    try:
+        snapshot = await first_message(dead, rest)
+        dead_id = snapshot["connection_id"]
+        assert snapshot["type"] == "snapshot" and snapshot["listeners"] == 2
+        assert await disconnected_at(server, dead_id) is None
+        assert await listeners(server) == 2
+
+        await eventually(lambda: closed(server, dead_id), "the silent peer's connection row to get a closed time")
+        await eventually(lambda: listeners_are(server, 1), "the listener count to drop back to 1")
+        assert all(listener.connection_id != dead_id for listener in server.app[HUB].listeners[server.channel])
+        await eventually(lambda: not writer_tasks(dead_id), "the silent peer's writer task to end")
+        async with asyncio.timeout(15):
+            await read_to_end(dead)  # returns only once the server has closed its end
+    finally:
+        dead.close()
+
+    await asyncio.sleep(HEARTBEAT_S * 3)  # several more heartbeats for the healthy one to answer
+    assert not reader.done(), "the healthy listener was disconnected"
+    await healthy.send({"type": "time_sync", "t0": 1})
+    await eventually(lambda: any(m["type"] == "time_sync" for m in healthy_messages), "a time_sync reply")
+    assert await disconnected_at(server, healthy_id) is None
+    assert await listeners(server) == 1
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
