@@ -93,7 +93,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         asyncio.run(_ensure_channel(config, args.default_channel))
     print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
     # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None,
+    # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
+    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None, backlog=1024,
                 access_log=None)
     return 0
 

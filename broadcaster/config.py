@@ -47,6 +47,8 @@ class LimitsConfig:
 class TtsConfig:
     engine: str = "piper"
     piper_model: str = ""
+    piper_workers: int = 1  # sentences synthesized at once (each already uses every core)
+    piper_memory_arena: bool = False  # faster synthesis, but the peak working memory is never returned
     tone_ms_per_char: int = 55
     tone_delay_ms: int = 0
     tone_fail_marker: str = ""

@@ -3,7 +3,7 @@
 import json
 
 from sqlalchemy import delete, event, func, inspect, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from broadcaster.core.model import Chunk, Request
@@ -38,9 +38,17 @@ class Store:
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(_add_missing_columns)
+        """Create or update the tables. Two processes doing it at once on a new file (two CLI
+        commands, or the CLI and the server) race; the loser finds the tables made and retries."""
+        for attempt in range(3):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(Base.metadata.create_all)
+                    await conn.run_sync(_add_missing_columns)
+                return
+            except OperationalError as exc:
+                if "already exists" not in str(exc) and "duplicate column" not in str(exc) or attempt == 2:
+                    raise
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -37,5 +37,8 @@ class TtsEngine(ABC):
     async def synthesize(self, text: str) -> Pcm:
         """Speak one sentence; raise GenerationError if it cannot be done."""
 
+    async def idle(self) -> None:
+        """Called when no sentence is waiting: a chance to give memory back. Default: nothing."""
+
     async def close(self) -> None:
         """Release threads or models; the default engine holds none."""

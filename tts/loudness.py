@@ -44,6 +44,9 @@ class LeveledEngine(TtsEngine):
         scaled = np.clip(pcm.samples.astype(np.float32) * self.gain, -32768, 32767).astype(np.int16)
         return Pcm(scaled, pcm.sample_rate)
 
+    async def idle(self) -> None:
+        await self.inner.idle()
+
     async def close(self) -> None:
         await self.inner.close()
 

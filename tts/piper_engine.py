@@ -1,6 +1,7 @@
 """Piper TTS: the voice loads once; each sentence is synthesized in a worker thread."""
 
 import asyncio
+import ctypes
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,17 +24,21 @@ def default_model_path() -> Path:
 class PiperEngine(TtsEngine):
     name = "piper"
 
-    def __init__(self, model: str | Path | None = None, threads: int = 2):
-        from piper import PiperVoice
-
+    def __init__(self, model: str | Path | None = None, workers: int = 1, memory_arena: bool = False):
+        """`workers`: sentences synthesized at once. Measured on 2 cores, one worker (onnxruntime
+        already uses every core within a sentence) is faster than two and needs half the memory.
+        `memory_arena`: onnxruntime keeps its peak working memory (~200 MB after a long sentence)
+        for reuse; about 25% faster, but the server's memory never comes back down."""
         path = Path(model) if model else default_model_path()
         if not path.is_file():
             raise GenerationError(f"expected a Piper .onnx voice at {path}, found nothing")
-        self.voice = PiperVoice.load(path)
+        self.voice = _load_voice(path, memory_arena)
         self.sample_rate = self.voice.config.sample_rate
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="piper")
-        self.parallelism = threads
-        log.info("piper voice %s loaded (%d Hz)", path.name, self.sample_rate)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        self.parallelism = workers
+        self._release = not memory_arena
+        log.info("piper voice %s loaded (%d Hz, %d worker(s), memory arena %s)",
+                 path.name, self.sample_rate, workers, "on" if memory_arena else "off")
 
     async def synthesize(self, text: str) -> Pcm:
         loop = asyncio.get_running_loop()
@@ -51,5 +56,34 @@ class PiperEngine(TtsEngine):
             raise GenerationError(f"piper produced no audio for {text[:60]!r}")
         return np.concatenate(parts)
 
+    async def idle(self) -> None:
+        """Nothing left to say for now: hand the synthesis working memory back to the system."""
+        if self._release:
+            await asyncio.get_running_loop().run_in_executor(self._pool, _trim_heap)
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_voice(path: Path, memory_arena: bool):  # noqa: ANN202
+    """Like PiperVoice.load, with the session options that decide how memory is kept."""
+    import json
+
+    import onnxruntime
+    from piper import PiperVoice
+    from piper.config import PiperConfig
+
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = memory_arena
+    options.enable_mem_pattern = memory_arena
+    config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+    session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return PiperVoice(session=session, config=config)
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the system (glibc keeps them otherwise); a no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -39,7 +39,8 @@ def make_engine(config: Config) -> TtsEngine:
     if config.tts.engine == "piper":
         from tts.piper_engine import PiperEngine
 
-        return PiperEngine(config.tts.piper_model or None)
+        t = config.tts
+        return PiperEngine(t.piper_model or None, t.piper_workers, t.piper_memory_arena)
     raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
 
 

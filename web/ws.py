@@ -34,15 +34,22 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
 async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketResponse:
     app = request.app
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
-    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.ws_max_message_bytes,
-                               writer_limit=limits.ws_socket_buffer_bytes or 65536)
-    await ws.prepare(request)
+    # max_msg_size + 1: aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
+    # compress=False: browsers always offer permessage-deflate, and a compressor per listener costs
+    # ~100 KB of memory and CPU on every broadcast, for messages of a few hundred bytes.
+    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.ws_max_message_bytes + 1,
+                               writer_limit=limits.ws_socket_buffer_bytes or 65536, compress=False)
+    try:
+        await ws.prepare(request)
+    except ConnectionError:
+        return ws  # the client left during the upgrade: nobody to serve, nothing to report
     _cap_kernel_buffer(request, limits.ws_socket_buffer_bytes)
     connection_id = new_id()
     await store.open_connection(connection_id, runner.channel_id, request.remote or "",
                                 request.headers.get("User-Agent", ""), station.clock())
     listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
-                        counted=request.query.get("role") != "console")  # a producer's console is not an audience
+                        counted=request.query.get("role") != "console",  # a producer's console is not an audience
+                        transport=request.transport, buffer_limit=limits.ws_socket_buffer_bytes or 65536)
     try:
         async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
             snapshot = {"type": "snapshot", "connection_id": connection_id,

@@ -68,9 +68,12 @@ class SynthesisQueue:
     def _dispatch(self) -> None:
         while self._busy < self.workers and (job := self._next()) is not None:
             self._busy += 1
-            task = asyncio.create_task(self._run(job), name="synthesize")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start(self._run(job), "synthesize")
+
+    def _start(self, work, name: str) -> None:  # noqa: ANN001
+        task = asyncio.create_task(work, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _next(self) -> _Job | None:
         live = [j for j in self._waiting if not j.done.cancelled()]
@@ -99,6 +102,8 @@ class SynthesisQueue:
         finally:
             self._busy -= 1
             self._dispatch()
+            if not self.backlog:
+                self._start(self.engine.idle(), "synthesis-idle")
 
     async def close(self) -> None:
         for job in self._waiting:
