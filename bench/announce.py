@@ -1,0 +1,236 @@
+"""WebSocket announce latency: a producer's POST to every connected listener hearing of the request.
+
+Starts the real server as its own process (tone engine, a temporary data dir,
+per-address caps off), connects N listener sockets to /ws/channels/bench from
+several worker processes, then POSTs K short narrations, spaced out. For each
+socket and request it takes the time from sending the POST to that socket
+receiving the first message that names the request: the
+`playback_queue_updated` the submit publishes (docs/protocol.md). Receive
+times are the kernel's (SO_TIMESTAMPNS, CLOCK_REALTIME, which the benchmark
+process also stamps the POST with), so a busy client process does not
+inflate them; the time each client read the frame is shown too.
+
+The baseline is the same run with one socket, on the same server. Target
+(docs/performance.md): p99 within 50 ms at 5000 sockets.
+
+    .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
+"""
+
+import argparse
+import asyncio
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+from lightws import open_socket
+from report import percentile, table
+from serverproc import (
+    ServerProcess,
+    cpu_seconds,
+    raise_nofile,
+    sample_memory,
+    tcp_counters,
+    tcp_summary,
+    wait_listeners,
+    with_uncapped_limits,
+)
+from workers import WorkerPool, split
+
+CHANNEL = "bench"
+REQUEST_ID = re.compile(rb'"request_id": "([0-9a-f]{16})"')
+SETTINGS = with_uncapped_limits({"tts": {"engine": "tone", "tone_ms_per_char": 30}})
+TARGET_P99_MS = 50
+
+
+class AnnounceWorker:
+    """One client process: its share of the sockets, and when each first saw each request id."""
+
+    def __init__(self, index: int, host: str, port: int, deflate: bool):
+        self.index, self.host, self.port, self.deflate = index, host, port, deflate
+        self.sockets = []
+        self.seen: list[dict[bytes, tuple[int, int]]] = []
+
+    async def connect(self, count: int, concurrency: int) -> dict:
+        gate = asyncio.Semaphore(concurrency)
+        results = await asyncio.gather(*(self._open(gate) for _ in range(count)), return_exceptions=True)
+        failures = Counter(f"{type(r).__name__}: {r}"[:120] for r in results if isinstance(r, BaseException))
+        return {"connected": count - sum(failures.values()), "failures": dict(failures)}
+
+    async def _open(self, gate: asyncio.Semaphore) -> None:
+        seen: dict[bytes, tuple[int, int]] = {}
+
+        def on_text(payload: bytes, kernel_ns: int, read_ns: int) -> None:
+            for rid in REQUEST_ID.findall(payload):
+                if rid not in seen:
+                    seen[rid] = (kernel_ns, read_ns)
+
+        async with gate:
+            sock = await open_socket(self.host, self.port, f"/ws/channels/{CHANNEL}", on_text, deflate=self.deflate)
+        self.sockets.append(sock)
+        self.seen.append(seen)
+
+    async def collect(self, request_ids: list[str]) -> dict:
+        """Per request id: the kernel and read times (ns) of every socket that saw it, and how many did not."""
+        out = {}
+        for rid in request_ids:
+            key = rid.encode()
+            times = [seen[key] for seen in self.seen if key in seen]
+            out[rid] = ([k for k, _ in times], [r for _, r in times], len(self.seen) - len(times))
+        closed = Counter(s.closed.result() for s in self.sockets if s.closed.done())
+        return {"times": out, "closed_early": dict(closed), "deflate": sum(s.deflate for s in self.sockets)}
+
+    async def disconnect(self) -> int:
+        await asyncio.gather(*(s.close() for s in self.sockets), return_exceptions=True)
+        count = len(self.sockets)
+        self.sockets, self.seen = [], []
+        return count
+
+
+@dataclass
+class Stage:
+    sockets: int
+    connected: int = 0
+    connect_s: float = 0.0
+    failures: Counter = field(default_factory=Counter)
+    kernel_ms: list[float] = field(default_factory=list)
+    read_ms: list[float] = field(default_factory=list)
+    spread_ms: list[float] = field(default_factory=list)  # per request: last socket minus first
+    missed: int = 0
+    closed_early: Counter = field(default_factory=Counter)
+    deflate: int = 0  # sockets on which permessage-deflate was agreed
+    answered_ms: list[float] = field(default_factory=list)  # POST sent -> its 202 received
+    rss_mb: float = 0.0
+    cpu_share: float = 0.0
+
+
+async def run_stage(server: ServerProcess, pool: WorkerPool, http: aiohttp.ClientSession, token: str,
+                    sockets: int, posts: int, interval_s: float, concurrency: int) -> Stage:
+    stage = Stage(sockets)
+    started = time.monotonic()
+    answers = await pool.call("connect", [(n, concurrency) for n in split(sockets, len(pool))])
+    stage.connected = sum(a["connected"] for a in answers)
+    for answer in answers:
+        stage.failures.update(answer["failures"])
+    await wait_listeners(http, server.base_url, CHANNEL, stage.connected)
+    stage.connect_s = time.monotonic() - started
+    await asyncio.sleep(1.0)  # the coalesced listeners_changed goes out 0.5 s after the last join
+    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+    sent = await post_narrations(http, server.base_url, token, posts, interval_s, stage.answered_ms)
+    await wait_idle(http, server.base_url)
+    stage.cpu_share = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+    stage.rss_mb = sample_memory(server.pid, time.monotonic()).rss_mb
+    absorb(stage, sent, await pool.call("collect", [(list(sent),)] * len(pool)))
+    await pool.call("disconnect")
+    await wait_listeners(http, server.base_url, CHANNEL, 0)
+    return stage
+
+
+async def post_narrations(http: aiohttp.ClientSession, base_url: str, token: str, posts: int,
+                          interval_s: float, answered_ms: list[float]) -> dict[str, int]:
+    """POST `posts` narrations; returns the send time (time.time_ns) of each by request id."""
+    sent = {}
+    for k in range(posts):
+        started = time.time_ns()
+        async with http.post(f"{base_url}/api/channels/{CHANNEL}/requests", json={"text": f"Bench call {k + 1}."},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            body = await resp.json()
+            answered_ms.append((time.time_ns() - started) / 1e6)
+            if resp.status != 202:
+                raise RuntimeError(f"expected 202 from the submit, got {resp.status}: {body}")
+        sent[body["request_id"]] = started
+        await asyncio.sleep(interval_s * random.uniform(0.75, 1.25))  # no lockstep with the heartbeat or ticks
+    return sent
+
+
+async def wait_idle(http: aiohttp.ClientSession, base_url: str, timeout_s: float = 120) -> None:
+    """Until the channel has played everything, so each stage starts from the same state."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with http.get(f"{base_url}/api/channels/{CHANNEL}/audio/queue") as resp:
+            state = await resp.json()
+        if state["now_playing"] is None and not state["queue"]:
+            return
+        await asyncio.sleep(0.25)
+
+
+def absorb(stage: Stage, sent: dict[str, int], answers: list[dict]) -> None:
+    """Turn the workers' receive times into latencies (ms from each POST) and per-request fan-out spans."""
+    per_request: dict[str, list[int]] = {}
+    for answer in answers:
+        stage.closed_early.update(answer["closed_early"])
+        stage.deflate += answer["deflate"]
+        for rid, (kernel, read, missing) in answer["times"].items():
+            stage.kernel_ms += [(t - sent[rid]) / 1e6 for t in kernel]
+            stage.read_ms += [(t - sent[rid]) / 1e6 for t in read]
+            stage.missed += missing
+            per_request.setdefault(rid, []).extend(kernel)
+    stage.spread_ms = [(max(k) - min(k)) / 1e6 for k in per_request.values() if k]
+
+
+def report(stages: list[Stage], posts: int) -> None:
+    base = percentile(stages[0].kernel_ms, 99)
+    print(f"\nannounce latency: POST sent -> the socket receives the playback_queue_updated naming the request")
+    deflate = "permessage-deflate offered, as browsers do" if stages[0].deflate else "no compression offered"
+    print(f"{posts} POSTs per row; kernel receive time (SO_TIMESTAMPNS); {deflate}; the baseline is the 1-socket row\n")
+    rows = []
+    for s in stages:
+        p99 = percentile(s.kernel_ms, 99)
+        rows.append([s.sockets, s.connected, len(s.kernel_ms), s.missed, percentile(s.kernel_ms, 50), p99,
+                     max(s.kernel_ms, default=float("nan")), f"{p99 / base:.1f}x" if base else "-",
+                     percentile(s.spread_ms, 50), percentile(s.answered_ms, 50), percentile(s.read_ms, 99), s.rss_mb,
+                     f"{s.cpu_share * 100:.0f}%", f"{s.connect_s:.1f}"])
+    print(table(["sockets", "connected", "samples", "missed", "p50 ms", "p99 ms", "max ms", "p99 vs 1",
+                 "fan-out span p50 ms", "POST 202 p50 ms", "read p99 ms", "server RSS MB", "server CPU", "connect s"], rows))
+    print("\nfan-out span: per request, last socket's receive time minus the first's (kernel times)")
+    print("POST 202: from sending the POST to its answer (the announcement is queued for every socket before it)")
+    print("read p99: the same latency measured when the client process read the frame (includes client lag)")
+    for s in stages:
+        if s.failures or s.closed_early:
+            print(f"{s.sockets} sockets: connect failures {dict(s.failures)}; closed by the server {dict(s.closed_early)}")
+    largest = stages[-1]
+    verdict = "meets" if percentile(largest.kernel_ms, 99) <= TARGET_P99_MS else "MISSES"
+    print(f"\n{largest.sockets} sockets: p99 {percentile(largest.kernel_ms, 99):.1f} ms {verdict} "
+          f"the target of <= {TARGET_P99_MS} ms (docs: at 5000 sockets)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    raise_nofile()
+    tcp_before = tcp_counters()
+    server = ServerProcess(SETTINGS)
+    pool = None
+    try:
+        token = (await server.create_channels([CHANNEL]))[CHANNEL]
+        await server.start()
+        pool = WorkerPool(args.workers, AnnounceWorker, "127.0.0.1", server.port, args.deflate)
+        stages = []
+        async with aiohttp.ClientSession() as http:
+            for sockets in [1, *args.sockets]:
+                stage = await run_stage(server, pool, http, token, sockets, args.posts, args.interval,
+                                        args.concurrency)
+                print(f"{sockets} sockets: p50 {percentile(stage.kernel_ms, 50):.1f} ms, "
+                      f"p99 {percentile(stage.kernel_ms, 99):.1f} ms, max {max(stage.kernel_ms, default=0):.1f} ms",
+                      flush=True)
+                stages.append(stage)
+        report(stages, args.posts)
+        print(tcp_summary(tcp_before))
+        print(server.problems())
+    finally:
+        if pool is not None:
+            await pool.close()
+        server.remove(keep=args.keep)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--posts", type=int, default=20, help="narrations POSTed per row")
+    parser.add_argument("--interval", type=float, default=1.5, help="mean seconds between POSTs")
+    parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument("--concurrency", type=int, default=16, help="connects in flight per client process")
+    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
+                        help="offer permessage-deflate like a browser (default) or not")
+    parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,232 @@
+"""Soak: 500 listeners and a producer for half an hour; does the server's memory stay flat?
+
+Starts the real server as its own process (tone engine by default, or Piper
+with --engine piper; a temporary data dir; per-address caps off) and keeps it
+busy for --minutes: browser-like listeners from worker processes (clock
+samples, every chunk's MP3 fetched, `audio_played` sent when a chunk has
+played; see bench/listeners.py) that leave and come back at random (churn),
+a producer POSTing a paragraph of narration every --submit-every seconds,
+and a few live.mp3 players that reconnect now and then. It samples the
+server's VmRSS, VmHWM, its children's RSS, threads and open files every
+--sample-s seconds, prints the series, and judges the trend: RSS at minute
+~5 against the end, and the least-squares slope (MB/hour) over the second
+half. "Flat" means the second half's fitted growth is within the noise
+(twice the residual spread, at least 1 MB).
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--listeners 500] [--engine tone|piper]
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+from listeners import Behaviour, ListenerWorker, merge_reports
+from report import least_squares, percentile, table
+from serverproc import (
+    MemorySample,
+    MemorySampler,
+    ServerProcess,
+    cpu_seconds,
+    listener_count,
+    profile_summary,
+    raise_nofile,
+    tcp_counters,
+    tcp_summary,
+    with_uncapped_limits,
+)
+from texts import PARAGRAPHS
+from workers import WorkerPool, split
+
+CHANNEL = "bench"
+EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slow leak shows
+
+
+class Producer:
+    """POSTs a paragraph every so often, unless a few are already waiting (Piper may fall behind)."""
+
+    def __init__(self, http: aiohttp.ClientSession, base_url: str, token: str, every_s: float):
+        self.http, self.base_url, self.token, self.every_s = http, base_url, token, every_s
+        self.counts: Counter = Counter()
+
+    async def run(self) -> None:
+        turn = 0
+        while True:
+            async with self.http.get(f"{self.base_url}/api/channels/{CHANNEL}/audio/queue") as resp:
+                waiting = len((await resp.json())["queue"])
+            if waiting < 3:
+                await self._post(PARAGRAPHS[turn % len(PARAGRAPHS)])
+                turn += 1
+            else:
+                self.counts["skipped: queue busy"] += 1
+            await asyncio.sleep(self.every_s * random.uniform(0.7, 1.3))
+
+    async def _post(self, text: str) -> None:
+        try:
+            async with self.http.post(f"{self.base_url}/api/channels/{CHANNEL}/requests", json={"text": text},
+                                      headers={"Authorization": f"Bearer {self.token}"}) as resp:
+                self.counts[f"POST {resp.status}"] += 1
+        except aiohttp.ClientError as exc:
+            self.counts[f"POST failed: {type(exc).__name__}"] += 1
+
+
+async def live_player(http: aiohttp.ClientSession, base_url: str, counts: Counter) -> None:
+    """A radio player on live.mp3 that hangs up after a few minutes and tunes in again."""
+    while True:
+        stay_s = random.uniform(60, 240)
+        started = time.monotonic()
+        try:
+            async with http.get(f"{base_url}/c/{CHANNEL}/live.mp3") as resp:
+                counts[f"live {resp.status}"] += 1
+                while time.monotonic() - started < stay_s:
+                    data = await resp.content.readany()
+                    if not data:
+                        counts["live ended by server"] += 1
+                        break
+                    counts["live bytes"] += len(data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            counts[f"live failed: {type(exc).__name__}"] += 1
+        await asyncio.sleep(random.uniform(1, 5))
+
+
+def clients_cpu(pool: WorkerPool) -> float:
+    return cpu_seconds(os.getpid()) + sum(cpu_seconds(proc.pid) for proc in pool.procs)
+
+
+async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySampler,
+                      http: aiohttp.ClientSession, series: list, seconds: float) -> None:
+    """Every interval: memory, open listeners, data size, CPU since the last sample; printed as it goes."""
+    last = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
+    while True:
+        sample = await asyncio.to_thread(sampler.sample)
+        listening = await listener_count(http, server.base_url, CHANNEL)
+        data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
+        now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
+        wall = max(now[2] - last[2], 1e-6)
+        cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
+        series.append((sample, listening, data_mb, cpu, client_cpu))
+        print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  HWM {sample.hwm_mb:6.1f} MB  "
+              f"children {sample.children_rss_mb:5.1f} MB  fds {sample.fds:5d}  threads {sample.threads:3d}  "
+              f"listeners {listening:4d}  data {data_mb:6.1f} MB  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
+              flush=True)
+        if sample.at_s >= seconds:
+            return
+        await asyncio.sleep(sampler.interval_s)
+
+
+async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list, dict, Counter, Counter]:
+    token = (await server.create_channels([CHANNEL]))[CHANNEL]
+    await server.start()
+    pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
+    behaviour = Behaviour(fetch_fraction=args.fetch_fraction, ack=args.ack, mean_lifetime_s=args.churn_minutes * 60,
+                          deflate=args.deflate)
+    series: list = []
+    live_counts: Counter = Counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as http:
+        producer = Producer(http, server.base_url, token, args.submit_every)
+        try:
+            connected = sum(await pool.call("start", [([CHANNEL] * n, behaviour)
+                                                      for n in split(args.listeners, len(pool))]))
+            print(f"{connected} listeners connected; running {args.minutes:g} min", flush=True)
+            background = [asyncio.create_task(producer.run())]
+            background += [asyncio.create_task(live_player(http, server.base_url, live_counts))
+                           for _ in range(args.live_players)]
+            sampler = MemorySampler(server.pid, args.sample_s)
+            await sample_loop(server, pool, sampler, http, series, args.minutes * 60)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            load = merge_reports(await pool.call("stop"))
+        finally:
+            await pool.close()
+    return series, load, producer.counts, live_counts
+
+
+def verdict(series: list, minutes: float) -> None:
+    samples: list[MemorySample] = [s for s, *_ in series]
+    end = samples[-1]
+    early_at = min(EARLY_S, end.at_s / 2)
+    early = next(s for s in samples if s.at_s >= early_at)
+    half = [s for s in samples if s.at_s >= end.at_s / 2]
+    slope_s, _, spread = least_squares([s.at_s for s in half], [s.rss_mb for s in half])
+    span_h = (half[-1].at_s - half[0].at_s) / 3600
+    growth = slope_s * 3600 * span_h
+    flat = growth <= max(2 * spread, 1.0)
+    print(f"\nRSS at {early.at_s / 60:.1f} min: {early.rss_mb:.1f} MB; at the end ({end.at_s / 60:.1f} min): "
+          f"{end.rss_mb:.1f} MB ({end.rss_mb - early.rss_mb:+.1f} MB, {end.rss_mb / early.rss_mb:.3f}x)")
+    print(f"second half ({len(half)} samples): slope {slope_s * 3600:+.1f} MB/hour, fitted growth "
+          f"{growth:+.1f} MB, residual spread {spread:.2f} MB")
+    fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
+    print(f"open files: {early.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
+          f"threads {early.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB")
+    caveat = "  (a short run: only a smoke test of the trend)" if minutes < 20 else ""
+    print(f"verdict: {'FLAT' if flat else 'GROWING'}{caveat}")
+
+
+def print_series(series: list) -> None:
+    rows = [[f"{s.at_s / 60:.1f}", s.rss_mb, s.hwm_mb, s.children_rss_mb, s.fds, s.threads, listening, data_mb,
+             f"{cpu:.0%}", f"{client_cpu:.0%}"] for s, listening, data_mb, cpu, client_cpu in series]
+    print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
+    print(table(["min", "RSS MB", "HWM MB", "children MB", "fds", "threads", "listeners", "data MB",
+                 "server CPU", "clients CPU"], rows))
+
+
+def print_activity(load: dict, posts: Counter, live: Counter) -> None:
+    counts = load["counts"]
+    fetched = sum(v for k, v in counts.items() if k.startswith("fetch 2"))
+    failed = sum(v for k, v in counts.items() if k.startswith("fetch") and not k.startswith("fetch 2")
+                 and k != "fetched bytes")
+    late = sum(1 for spare in load["fetch_spare_ms"] if spare < 0)
+    print(f"\nproducer: {dict(posts)}")
+    print(f"listeners: {counts['connects']} connects, {counts['left (churn)']} left by churn, closed by the server "
+          f"{ {k: v for k, v in counts.items() if k.startswith('closed by server')} or 'never'}")
+    print(f"  messages: {counts['msg audio_chunk_ready']} chunk announcements, {counts['msg timeline_shifted']} "
+          f"timeline shifts, {counts['msg error']} errors")
+    print(f"  fetches: {fetched} OK, {failed} failed, p50 {percentile(load['fetch_ms'], 50):.0f} ms, "
+          f"p99 {percentile(load['fetch_ms'], 99):.0f} ms, in hand after the chunk's start: {late}")
+    print(f"  acks: {counts['acks sent']} sent, {counts['msg ack_recorded']} recorded")
+    failures = {k: v for k, v in counts.items() if k.startswith("connect failed")}
+    if failures:
+        print(f"  connect failures: {failures}")
+    print(f"live.mp3 players: {dict(live)}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    raise_nofile()
+    tcp_before = tcp_counters()
+    server = ServerProcess(with_uncapped_limits({"tts": {"engine": args.engine}}), profile_path=args.profile)
+    try:
+        series, load, posts, live = await run(args, server)
+        print_series(series)
+        print_activity(load, posts, live)
+        verdict(series, args.minutes)
+        print(tcp_summary(tcp_before))
+        print(server.problems())
+    finally:
+        server.remove(keep=args.keep)
+    if args.profile:
+        print(f"\nserver profile ({args.profile}), by own time:\n{profile_summary(args.profile)}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--listeners", type=int, default=500)
+    parser.add_argument("--engine", choices=["tone", "piper"], default="tone")
+    parser.add_argument("--workers", type=int, default=4, help="client processes")
+    parser.add_argument("--sample-s", type=float, default=15, help="seconds between memory samples")
+    parser.add_argument("--submit-every", type=float, default=20, help="mean seconds between narrations")
+    parser.add_argument("--churn-minutes", type=float, default=10, help="mean time a listener stays (0: forever)")
+    parser.add_argument("--fetch-fraction", type=float, default=1.0, help="share of chunks each listener fetches")
+    parser.add_argument("--ack", action=argparse.BooleanOptionalAction, default=True,
+                        help="listeners send audio_played for each chunk, as the page does (default)")
+    parser.add_argument("--live-players", type=int, default=2)
+    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
+                        help="listeners offer permessage-deflate like a browser (default) or not")
+    parser.add_argument("--profile", type=Path, help="run the server under cProfile and write its stats here")
+    parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
+    asyncio.run(main(parser.parse_args()))
