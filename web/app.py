@@ -85,6 +85,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         await store.create_schema()
         engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
         engine = await level(engine, config.music.target_lufs)
+        await engine.idle()  # leveling spoke a passage: give its working memory back
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
         audio = AudioStore(config.data_path / "audio")
         station = Station(config, store, audio, engine, _publisher(app), metrics=app[METRICS])

@@ -31,9 +31,11 @@ async def purge(store: Store, audio: AudioStore, before_ms: int, orphan_grace_s:
     result.request_ids = set(ids)
     for request_id in ids:
         result.bytes_freed += await asyncio.to_thread(audio.delete_request, request_id)
+        audio.forget(request_id)
     known = await store.request_ids()
     for orphan in await asyncio.to_thread(audio.orphans, known, orphan_grace_s):
         result.bytes_freed += await asyncio.to_thread(audio.delete_request, orphan)
+        audio.forget(orphan)
         result.orphans += 1
     freed, count = await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", orphan_grace_s)
     result.bytes_freed += freed

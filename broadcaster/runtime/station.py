@@ -262,6 +262,7 @@ class Station:
                                        music.max_track_minutes * 60, Path(filename).stem or "Untitled")
         except BaseException:
             await asyncio.to_thread(self.audio.delete_request, request_id)
+            self.audio.forget(request_id)
             raise
         label = f"{info.artist} – {info.title}" if info.artist else info.title
         request = Request(request_id, name, label, [info.title] * info.segments, self.clock(),
