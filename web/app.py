@@ -113,6 +113,7 @@ def _publisher(app: web.Application) -> Callable[[str, list[Event]], None]:
         if runner is None:
             return  # still loading: listeners get a snapshot when they connect
         queue_sent = False
+        messages = []
         for event in events:
             if isinstance(event, QueueChanged):
                 if queue_sent:
@@ -120,6 +121,7 @@ def _publisher(app: web.Application) -> Callable[[str, list[Event]], None]:
                 queue_sent = True
             message = event_json(event, runner.channel)
             if message is not None:
-                app[HUB].broadcast(channel, message)
+                messages.append(message)
+        app[HUB].broadcast(channel, *messages)  # one write per listener for the whole step
 
     return publish

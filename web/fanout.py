@@ -1,7 +1,7 @@
 """Fan-out to WebSocket listeners that never waits on the slowest one.
 
 A broadcast is serialized once, and framed once: the same bytes go to every
-listener. A listener that is keeping up (nothing queued, its socket buffer below
+listener (all the messages of one channel step together, in one write). A listener that is keeping up (nothing queued, its socket buffer below
 the limit) gets them written to its socket right away, which costs a few
 microseconds; otherwise they go on its bounded queue, which its own writer task
 drains at the socket's pace. A listener whose queue is full is too slow to keep
@@ -59,16 +59,19 @@ class Listener:
             return False
         return True
 
-    def offer_frame(self, text: str, frame: bytes) -> bool:
-        """Write the framed message now if nothing is ahead of it and the socket keeps up; else queue it."""
+    def offer_frames(self, texts: list[str], frames: bytes) -> bool:
+        """Write the framed messages now if nothing is ahead of them and the socket keeps up; else
+        queue them (False if they do not all fit: the listener is too slow)."""
         if self.dropped:
             return False
         transport = self.transport
         if (transport is not None and not self._sending and self.queue.empty() and not self.ws.closed
                 and not transport.is_closing() and transport.get_write_buffer_size() < self.buffer_limit):
-            transport.write(frame)
+            transport.write(frames)
             return True
-        return self.offer(text)
+        if self.queue.maxsize - self.queue.qsize() < len(texts):
+            return False
+        return all(self.offer(text) for text in texts)
 
     def send(self, payload: dict[str, Any]) -> bool:
         return self.offer(json.dumps(payload))
@@ -138,11 +141,15 @@ class Hub:
         """Listeners (not consoles) connected to the channel."""
         return sum(listener.counted for listener in self.listeners.get(channel, ()))
 
-    def broadcast(self, channel: str, payload: dict[str, Any]) -> None:
-        text = json.dumps(payload)
-        frame = text_frame(text)
+    def broadcast(self, channel: str, *payloads: dict[str, Any]) -> None:
+        """Send messages, in order, to every listener of the channel: each is serialized and framed
+        once, and a listener that keeps up gets all of them in a single write."""
+        if not payloads:
+            return
+        texts = [json.dumps(payload) for payload in payloads]
+        frames = b"".join(text_frame(text) for text in texts)
         for listener in list(self.listeners.get(channel, ())):
-            if not listener.offer_frame(text, frame):
+            if not listener.offer_frames(texts, frames):
                 self.drop(listener)
 
     def drop(self, listener: Listener) -> None:
