@@ -10,6 +10,7 @@ from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState, RequestState
 from broadcaster.errors import BadInput
 
+from .acks import AckLog
 from .models import Base, ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
@@ -36,6 +37,7 @@ class Store:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.ack_log = AckLog(self.session)
 
     async def create_schema(self) -> None:
         """Create or update the tables. Two processes doing it at once on a new file (two CLI
@@ -51,6 +53,7 @@ class Store:
                     raise
 
     async def close(self) -> None:
+        await self.ack_log.close()
         await self.engine.dispose()
 
     # -- channels ----------------------------------------------------------
@@ -164,20 +167,12 @@ class Store:
             return await s.get(ConnectionRow, conn_id) is not None
 
     async def record_ack(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
-        """Store one acknowledgement; False if this connection had already acknowledged the chunk."""
-        try:
-            async with self.session.begin() as s:
-                if connection_id is not None:
-                    seen = await s.execute(select(DeliveryRow.id).where(
-                        DeliveryRow.chunk_id == chunk_id, DeliveryRow.connection_id == connection_id))
-                    if seen.first():
-                        return False
-                s.add(DeliveryRow(chunk_id=chunk_id, connection_id=connection_id, via=via, acked_at_ms=now_ms))
-        except IntegrityError:
-            return False
-        return True
+        """Record one acknowledgement (written within moments, see db/acks.py); False if this
+        connection had already acknowledged the chunk."""
+        return await self.ack_log.record(chunk_id, connection_id, via, now_ms)
 
     async def acks(self, connection_id: str) -> list[tuple[str, int]]:
+        await self.ack_log.flush()
         async with self.session() as s:
             rows = await s.execute(select(DeliveryRow.chunk_id, DeliveryRow.acked_at_ms)
                                    .where(DeliveryRow.connection_id == connection_id).order_by(DeliveryRow.id))

@@ -78,6 +78,7 @@ async def test_private_channel_refuses_everything_without_its_key(tmp_path):
 
 
 async def acks_for(server, chunk_id: str) -> int:  # noqa: ANN001
+    await server.station.store.ack_log.flush()
     async with server.station.store.session() as s:
         query = select(func.count()).select_from(DeliveryRow).where(DeliveryRow.chunk_id == chunk_id)
         return (await s.execute(query)).scalar_one()

@@ -50,7 +50,8 @@ async def assert_queue_empty(server) -> None:
 
 
 async def deliveries(server) -> int:
-    """How many playback acknowledgements the database holds."""
+    """How many playback acknowledgements the database holds (queued ones written first)."""
+    await server.station.store.ack_log.flush()
     async with server.station.store.session() as s:
         return await s.scalar(select(func.count()).select_from(DeliveryRow))
 

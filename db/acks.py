@@ -1,0 +1,94 @@
+"""Acknowledgements, written in batches.
+
+Every listener acknowledges every chunk, so a thousand listeners make a thousand
+acknowledgements per sentence. One transaction each would keep the server busy
+with SQLite. Instead an acknowledgement is checked for a repeat in memory (the
+connections that acknowledged each recent chunk, loaded from the database once
+per chunk) and queued; the queue is written in one transaction within
+`FLUSH_S`. A crash can lose the last fraction of a second of acknowledgements;
+they are delivery records, and playback never depends on them.
+"""
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from .models import DeliveryRow
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.2
+RECENT_CHUNKS = 64  # chunks whose acknowledging connections are kept in memory
+
+
+class AckLog:
+    def __init__(self, session: async_sessionmaker):
+        self.session = session
+        self._pending: list[dict] = []
+        self._seen: OrderedDict[str, set[str]] = OrderedDict()
+        self._flusher: asyncio.Task | None = None
+
+    async def record(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
+        """Queue one acknowledgement; False if this connection had already acknowledged the chunk."""
+        if connection_id is not None and not await self._first_from(chunk_id, connection_id):
+            return False
+        self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via,
+                              "acked_at_ms": now_ms})
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_soon(), name="ack-flush")
+        return True
+
+    async def _first_from(self, chunk_id: str, connection_id: str) -> bool:
+        seen = self._seen.get(chunk_id)
+        if seen is None:
+            stored = await self._stored_connections(chunk_id)
+            seen = self._seen.setdefault(chunk_id, set())  # another ack may have loaded it meanwhile
+            seen |= stored
+            while len(self._seen) > RECENT_CHUNKS:
+                self._seen.popitem(last=False)
+        self._seen.move_to_end(chunk_id)
+        if connection_id in seen:
+            return False
+        seen.add(connection_id)
+        return True
+
+    async def _stored_connections(self, chunk_id: str) -> set[str]:
+        async with self.session() as s:
+            rows = await s.execute(select(DeliveryRow.connection_id).where(DeliveryRow.chunk_id == chunk_id))
+            return {row[0] for row in rows if row[0] is not None}
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_S)
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued (at once, before reads of acknowledgements and at shutdown)."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            await self._insert(batch)
+        except IntegrityError:  # a chunk purged meanwhile fails the batch: keep the rest
+            for row in batch:
+                try:
+                    await self._insert([row])
+                except IntegrityError:
+                    log.info("acknowledgement of chunk %s dropped: the chunk is gone", row["chunk_id"])
+        except Exception:
+            log.exception("could not write %d acknowledgements", len(batch))
+
+    async def _insert(self, rows: list[dict]) -> None:
+        async with self.session.begin() as s:
+            await s.execute(insert(DeliveryRow).prefix_with("OR IGNORE"), rows)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self.flush()

@@ -1,0 +1,50 @@
+"""Acknowledgements are deduplicated in memory and written in batches to a real SQLite file."""
+
+import asyncio
+
+from sqlalchemy import func, select
+
+from broadcaster.core.model import Chunk, Request
+from db.models import DeliveryRow
+from db.store import Store
+
+CHUNK = "c" * 16
+
+
+async def store_with_a_chunk(tmp_path) -> Store:  # noqa: ANN001
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'acks.db'}")
+    await store.create_schema()
+    row = await store.create_channel("table", "0" * 64, 0)
+    request = Request("r" * 16, "table", "Hi.", ["Hi."], 0)
+    await store.insert_request(request, row.id)
+    request.chunks.append(Chunk(CHUNK, request.request_id, 0, "Hi.", 500, 0))
+    await store.save([request])
+    for conn in ("a" * 16, "b" * 16):
+        await store.open_connection(conn, row.id, "127.0.0.1", "test", 0)
+    return store
+
+
+async def count(store: Store) -> int:
+    async with store.session() as s:
+        return await s.scalar(select(func.count()).select_from(DeliveryRow))
+
+
+async def test_repeats_are_answered_from_memory_and_rows_arrive_in_one_batch(tmp_path):
+    store = await store_with_a_chunk(tmp_path)
+    results = await asyncio.gather(*(store.record_ack(CHUNK, conn, "ws", 1) for conn in ["a" * 16] * 3 + ["b" * 16]))
+    assert sorted(results) == [False, False, True, True]
+    assert await count(store) == 0  # not yet written
+    await store.ack_log.flush()
+    assert await count(store) == 2
+    assert await store.record_ack(CHUNK, None, "http", 2)  # anonymous: every one counts
+    await store.close()
+
+
+async def test_a_repeat_after_a_restart_is_still_recognized(tmp_path):
+    store = await store_with_a_chunk(tmp_path)
+    assert await store.record_ack(CHUNK, "a" * 16, "ws", 1)
+    await store.close()  # writes what was queued
+    reopened = Store(f"sqlite+aiosqlite:///{tmp_path / 'acks.db'}")
+    assert not await reopened.record_ack(CHUNK, "a" * 16, "http", 2)
+    assert [c for c, _ in await reopened.acks("a" * 16)] == [CHUNK]
+    await reopened.close()
