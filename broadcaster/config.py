@@ -16,6 +16,7 @@ class ServerConfig:
     data_dir: str = "data"
     database_url: str = ""
     public_url: str = ""
+    metrics_token: str = ""  # if set, GET /metrics needs "Authorization: Bearer <it>"
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
 
 

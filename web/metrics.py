@@ -1,20 +1,26 @@
 """GET /metrics: the server's metrics in the Prometheus text format (docs/observability.md)."""
 
+import hmac
 import logging
 from collections import Counter
 
 from aiohttp import web
 
+from broadcaster.errors import Unauthorized
 from broadcaster.metrics import CONTENT_TYPE
 from db.stats import request_counts
 
-from .keys import HUB, LIVE, METRICS, STATION, STORE
+from .http_util import bearer_token
+from .keys import CONFIG, HUB, LIVE, METRICS, STATION, STORE
 
 log = logging.getLogger(__name__)
 
 
 async def scrape(request: web.Request) -> web.Response:
     app = request.app
+    required = app[CONFIG].server.metrics_token
+    if required and not hmac.compare_digest((bearer_token(request) or "").encode(), required.encode()):
+        raise Unauthorized("expected 'Authorization: Bearer <metrics_token>' from the server's config for /metrics")
     telemetry = app[METRICS]
     try:
         counts, channels = await request_counts(app[STORE])

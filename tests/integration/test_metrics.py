@@ -144,3 +144,15 @@ async def test_each_server_has_its_own_registry(server, tmp_path):
         assert (await scrape(other)).value("broadcaster_http_responses_total", status_class="2xx") == 0
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.server_config({"server": {"metrics_token": "scrape-me"}})
+async def test_metrics_token_when_configured(server):
+    """With [server] metrics_token set, /metrics answers 401 without it and the figures with it."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/metrics") as resp:
+            assert resp.status == 401 and "metrics_token" in (await resp.json())["error"]["message"]
+        async with http.get(f"{server.base_url}/metrics", headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(f"{server.base_url}/metrics", headers={"Authorization": "Bearer scrape-me"}) as resp:
+            assert resp.status == 200 and "broadcaster_uptime_seconds" in await resp.text()
