@@ -3,6 +3,7 @@ a private channel needs its listen key, or the producer token, for anything that
 
 from aiohttp import web
 
+from broadcaster.auth import valid_channel_name
 from broadcaster.errors import Unauthorized
 
 from .http_util import bearer_token
@@ -16,8 +17,9 @@ def remote_of(request: web.Request) -> str:
 async def producer_channel(request: web.Request) -> str:
     """The channel name, once the write rate and the producer token are checked (404 before 401)."""
     name = request.match_info["channel"]
-    request.app[ACCESS].check_write_rate(remote_of(request), name)
     station = request.app[STATION]
+    if valid_channel_name(name):  # a malformed one is a 404 below; only real names get a bucket
+        request.app[ACCESS].check_write_rate(remote_of(request), name)
     await station.runner(name)
     await station.gate.check_token(name, bearer_token(request))
     return name
