@@ -47,7 +47,8 @@ def memory_mb() -> dict[str, float]:
 def run_one(workers: int, arena: bool, trim: bool) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tts.piper_engine import _load_voice, _trim_heap, default_model_path
+    from broadcaster.process import release_free_memory
+    from tts.piper_engine import _load_voice, default_model_path
 
     voice = _load_voice(default_model_path(), arena)
     loaded = memory_mb()["VmRSS"]
@@ -63,7 +64,7 @@ def run_one(workers: int, arena: bool, trim: bool) -> dict:
     seconds = time.perf_counter() - started
     after = memory_mb()
     if trim:
-        _trim_heap()
+        release_free_memory()
     return {"speed": samples / rate / seconds, "loaded": loaded, "after": after["VmRSS"],
             "settled": memory_mb()["VmRSS"], "peak": after["VmHWM"]}
 

@@ -87,10 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from broadcaster.process import limit_malloc_arenas
+    from broadcaster.process import tune_allocator
     from web.app import create_app
 
-    limit_malloc_arenas()  # before the first thread
+    tune_allocator()  # before the first thread
 
     if args.default_channel:
         asyncio.run(_ensure_channel(config, args.default_channel))

@@ -1,16 +1,41 @@
-"""Process-wide settings made once at start-up, before any thread exists."""
+"""Process-wide memory settings for the server, made once at start-up before any thread exists,
+and a way to give freed memory back. All no-ops where glibc is not the C library."""
 
 import ctypes
 
-M_ARENA_MAX = -8  # glibc mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """glibc gives threads their own heaps (up to eight per core), and memory freed in one is not
-    reused by another. The server's few threads (synthesis, file I/O, SQLite) then hold tens of MB
-    each after a burst; two shared heaps keep it down (measured: docs/performance.md). A no-op
-    where glibc is not the C library."""
+def _libc():  # noqa: ANN202
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_allocator(arenas: int = 2) -> bool:
+    """Two choices, both measured in docs/performance.md:
+
+    - glibc gives threads their own heaps (up to eight per core), and memory freed in one is not
+      reused by another; the server's few threads (synthesis, file I/O, SQLite) then each keep
+      tens of MB after a burst. Two shared heaps keep that down.
+    - glibc raises its mmap threshold each time a large block is freed, after which chunk-sized
+      buffers (audio files, responses) come from the heap and fragment it. A fixed threshold keeps
+      them in their own mappings, which go back to the system when freed.
+    """
+    libc = _libc()
+    if libc is None:
         return False
+    try:
+        return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except AttributeError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Return free heap pages to the system."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

@@ -1,7 +1,6 @@
 """Piper TTS: the voice loads once; each sentence is synthesized in a worker thread."""
 
 import asyncio
-import ctypes
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from broadcaster.errors import GenerationError
+from broadcaster.process import release_free_memory
 
 from .engine import Pcm, TtsEngine
 
@@ -59,7 +59,7 @@ class PiperEngine(TtsEngine):
     async def idle(self) -> None:
         """Nothing left to say for now: hand the synthesis working memory back to the system."""
         if self._release:
-            await asyncio.get_running_loop().run_in_executor(self._pool, _trim_heap)
+            await asyncio.get_running_loop().run_in_executor(self._pool, release_free_memory)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -80,10 +80,3 @@ def _load_voice(path: Path, memory_arena: bool):  # noqa: ANN202
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return PiperVoice(session=session, config=config)
 
-
-def _trim_heap() -> None:
-    """Return freed heap pages to the system (glibc keeps them otherwise); a no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

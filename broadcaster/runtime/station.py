@@ -16,6 +16,7 @@ from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
 from broadcaster.errors import BadInput, Conflict, NotFound
+from broadcaster.process import release_free_memory
 from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
@@ -347,6 +348,7 @@ class Station:
             await asyncio.sleep(self.config.cleanup.interval_s)
             try:
                 summary = await self.cleanup()
+                await asyncio.to_thread(release_free_memory)  # what bursts of listeners left behind
                 if summary["requests"] or summary["orphans"]:
                     log.info("cleanup: %s", summary)
             except Exception:  # cleanup must never take the server down; it retries next round
