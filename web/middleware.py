@@ -23,6 +23,9 @@ async def json_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, *_explain(exc, request), kept)
+    except ConnectionError:  # the client left mid-request (a reset while its body was read): not our error
+        log.info("client left during %s %s", request.method, request.path)
+        return error_response(400, "client_disconnected", "the connection was lost while the request was read")
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the server hit an unexpected error; it has been logged")
