@@ -1,11 +1,15 @@
 """Shared fixtures: a real server on a loopback port, real WebSocket clients."""
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -117,6 +121,32 @@ async def connect(server: LiveServer):  # noqa: ANN201
     yield open_listener
     for ws in sockets:
         await ws.close()
+
+
+async def raw_websocket(url: str, receive_buffer: int = 0) -> tuple[socket.socket, bytes]:
+    """A plain TCP socket that completes the WebSocket handshake; nothing in it ever answers a ping.
+
+    `receive_buffer` > 0 shrinks the kernel's receive buffer (a reader that stalls fills it fast).
+    Returns the socket and the bytes that arrived after the 101 response."""
+    parts = urlsplit(url)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (parts.hostname, parts.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        data = await loop.sock_recv(sock, 65536)
+        assert data, f"expected a 101 response, got EOF after {received!r}"
+        received += data
+    head, rest = received.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,45 +1,21 @@
 """WebSocket heartbeats find dead peers and free what they held; live listeners are left alone."""
 
 import asyncio
-import base64
 import inspect
 import json
-import os
 import socket
-from urllib.parse import urlsplit
 
 import pytest
 import websockets
 from sqlalchemy import select
+
+from conftest import raw_websocket
 
 from db.models import ConnectionRow
 from web.keys import HUB
 
 HEARTBEAT_S = 1.0  # small, yet a healthy peer in this busy test process has 0.5 s to answer each ping
 pytestmark = pytest.mark.server_config({"limits": {"ws_heartbeat_s": HEARTBEAT_S, "max_connections_per_address": 0}})
-
-
-async def raw_websocket(url: str) -> tuple[socket.socket, bytes]:
-    """A plain TCP socket that completes the WebSocket handshake; nothing in it ever answers a ping.
-
-    Returns the socket and the bytes that arrived after the 101 response."""
-    parts = urlsplit(url)
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setblocking(False)
-    await loop.sock_connect(sock, (parts.hostname, parts.port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    received = b""
-    while b"\r\n\r\n" not in received:
-        data = await loop.sock_recv(sock, 65536)
-        assert data, f"expected a 101 response, got EOF after {received!r}"
-        received += data
-    head, rest = received.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
 
 
 def split_frame(buffer: bytes) -> tuple[int, bytes, bytes] | None:

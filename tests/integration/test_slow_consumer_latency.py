@@ -7,17 +7,16 @@ per-message latencies are printed for a person to read (pytest -s).
 """
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import statistics
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import pytest
 import websockets
+
+from conftest import raw_websocket
 
 from web.fanout import TOO_SLOW
 from web.keys import HUB
@@ -66,24 +65,7 @@ class StalledPeer:
 
     @classmethod
     async def open(cls, url: str) -> "StalledPeer":
-        parts = urlsplit(url)
-        loop = asyncio.get_running_loop()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, (parts.hostname, parts.port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        await loop.sock_sendall(sock, (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            data = await loop.sock_recv(sock, 65536)
-            assert data, f"expected a 101 response, got EOF after {received!r}"
-            received += data
-        head, rest = received.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        return cls(sock, rest)
+        return cls(*await raw_websocket(url, receive_buffer=4096))
 
     def resume(self) -> None:
         self.reader = asyncio.create_task(self._read())
