@@ -10,13 +10,8 @@ import asyncio
 import hashlib
 import io
 import json
-import os
 import random
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +19,8 @@ import aiohttp
 import soundfile
 
 from broadcaster.core.states import CHUNK_TRANSITIONS, REQUEST_TRANSITIONS, ChunkState, RequestState
+
+from server_process import ServerProcess, cli
 
 SEED = 20_241_121
 KILLS = 12
@@ -60,56 +57,6 @@ def reachable(table: dict, state: str) -> set[str]:
                 seen.add(target)
                 todo.append(target)
     return seen
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """`broadcaster serve` as a child process; its output goes to one log file per start."""
-
-    def __init__(self, data_dir: Path, config: Path, logs: Path):
-        self.data_dir, self.logs = data_dir, logs
-        self.port = free_port()
-        self.args = [sys.executable, "-m", "broadcaster", "serve", "--data-dir", str(data_dir),
-                     "--config", str(config), "--port", str(self.port)]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        self.starts += 1
-        with open(self.logs / f"server-{self.starts}.log", "wb") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(600):
-                assert self.proc.poll() is None, f"the server exited at start {self.starts}:\n{self.log_tail()}"
-                try:
-                    async with http.get(self.base_url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"the server did not come up at start {self.starts}:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self) -> str:
-        return (self.logs / f"server-{self.starts}.log").read_text(errors="replace")[-3000:]
 
 
 @dataclass
@@ -287,9 +234,7 @@ async def test_random_kills_lose_nothing_accepted_and_serve_nothing_half_written
     data_dir, config, logs = tmp_path / "data", tmp_path / "config.toml", tmp_path / "logs"
     config.write_text(CONFIG)
     logs.mkdir()
-    made = subprocess.run([sys.executable, "-m", "broadcaster", "channel", "create", "table", "--json",
-                           "--data-dir", str(data_dir), "--config", str(config)],
-                          capture_output=True, text=True, check=True, timeout=60)
+    made = cli("channel", "create", "table", "--json", data_dir=data_dir, config=config)
     token = json.loads(made.stdout)["producer_token"]
     db, audio = data_dir / "broadcaster.db", data_dir / "audio"
     rng, history, moments = random.Random(SEED), History(), []

@@ -2,16 +2,13 @@
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 import websockets
+
+from server_process import ServerProcess, cli
 
 CONFIG = """
 [tts]
@@ -24,47 +21,6 @@ lead_ms = 300
 sentence_gap_ms = 100
 request_gap_ms = 200
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str, data_dir: Path, config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "broadcaster", *args, "--data-dir", str(data_dir),
-                           "--config", str(config)], capture_output=True, text=True, check=True, timeout=60)
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, config: Path, port: int):
-        self.args = [sys.executable, "-m", "broadcaster", "serve", "--data-dir", str(data_dir),
-                     "--config", str(config), "--port", str(port)]
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(self.base_url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("server did not come up")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -93,7 +49,7 @@ async def test_kill_and_restart_mid_request_keeps_timeline_and_queue(paths):
     generation resumes, the pending requests are still queued, and everything plays in order."""
     data_dir, config = paths
     token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
-    server = ServerProcess(data_dir, config, free_port())
+    server = ServerProcess(data_dir, config)
     await server.start()
     try:
         ws_url = "ws" + server.base_url.removeprefix("http") + "/ws/channels/table"
@@ -129,7 +85,7 @@ async def test_channel_created_by_cli_is_usable_at_once(paths):
     """A channel the CLI creates while the server runs accepts narration immediately."""
     data_dir, config = paths
     cli("channel", "create", "table", "--json", data_dir=data_dir, config=config)
-    server = ServerProcess(data_dir, config, free_port())
+    server = ServerProcess(data_dir, config)
     await server.start()
     try:
         made = json.loads(cli("channel", "create", "late-night", "--json", data_dir=data_dir, config=config).stdout)
@@ -146,7 +102,7 @@ async def test_new_token_from_the_cli_replaces_the_old_one_at_once(paths):
     """`broadcaster channel token` issues a new producer token; the running server refuses the old one."""
     data_dir, config = paths
     old = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
-    server = ServerProcess(data_dir, config, free_port())
+    server = ServerProcess(data_dir, config)
     await server.start()
     try:
         assert await post_status(server.base_url, old) == 202
