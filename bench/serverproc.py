@@ -366,6 +366,18 @@ async def listener_count(http: aiohttp.ClientSession, base_url: str, channel: st
         return (await resp.json())["listeners"]
 
 
+async def scrape_gauges(http: aiohttp.ClientSession, base_url: str, names: list[str]) -> dict[str, float]:
+    """Unlabelled gauges from the server's /metrics (NaN for any it does not report)."""
+    async with http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    found = {name: float("nan") for name in names}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found
+
+
 async def wait_listeners(http: aiohttp.ClientSession, base_url: str, channel: str, expected: int,
                          timeout_s: float = 120) -> int:
     """Poll the queue endpoint until the server counts `expected` listeners (or give up); returns the count."""

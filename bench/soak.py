@@ -21,7 +21,9 @@ import asyncio
 import os
 import random
 import time
+from collections.abc import Callable
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +37,7 @@ from serverproc import (
     listener_count,
     profile_summary,
     raise_nofile,
+    scrape_gauges,
     tcp_counters,
     tcp_summary,
     with_uncapped_limits,
@@ -44,6 +47,23 @@ from workers import WorkerPool, split
 
 CHANNEL = "bench"
 EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slow leak shows
+CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
+
+
+@dataclass
+class Point:
+    """One sample of the run: the server's memory as the OS and as the server itself sees it."""
+    memory: MemorySample
+    listening: int
+    data_mb: float
+    cpu: float  # server, share of one core since the previous sample
+    client_cpu: float
+    cache_mb: float  # chunk audio cached for fetches: bounded by [server] chunk_cache_mb
+    heap_kblocks: float  # Python's allocated blocks, in thousands: grows with any leak of Python objects
+
+    @property
+    def rss_less_cache_mb(self) -> float:
+        return self.memory.rss_mb - self.cache_mb
 
 
 class Producer:
@@ -98,33 +118,35 @@ def clients_cpu(pool: WorkerPool) -> float:
 
 
 async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySampler,
-                      http: aiohttp.ClientSession, series: list, seconds: float) -> None:
+                      http: aiohttp.ClientSession, series: list[Point], seconds: float) -> None:
     """Every interval: memory, open listeners, data size, CPU since the last sample; printed as it goes."""
     last = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
     while True:
         sample = await asyncio.to_thread(sampler.sample)
         listening = await listener_count(http, server.base_url, CHANNEL)
+        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP])
         data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
         cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
-        series.append((sample, listening, data_mb, cpu, client_cpu))
-        print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  HWM {sample.hwm_mb:6.1f} MB  "
-              f"children {sample.children_rss_mb:5.1f} MB  fds {sample.fds:5d}  threads {sample.threads:3d}  "
-              f"listeners {listening:4d}  data {data_mb:6.1f} MB  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
+        point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000)
+        series.append(point)
+        print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
+              f"heap {point.heap_kblocks:6.0f}k blocks  children {sample.children_rss_mb:5.1f} MB  "
+              f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
               flush=True)
         if sample.at_s >= seconds:
             return
         await asyncio.sleep(sampler.interval_s)
 
 
-async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list, dict, Counter, Counter]:
+async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list[Point], dict, Counter, Counter]:
     token = (await server.create_channels([CHANNEL]))[CHANNEL]
     await server.start()
     pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
     behaviour = Behaviour(fetch_fraction=args.fetch_fraction, ack=args.ack, mean_lifetime_s=args.churn_minutes * 60,
                           deflate=args.deflate)
-    series: list = []
+    series: list[Point] = []
     live_counts: Counter = Counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as http:
         producer = Producer(http, server.base_url, token, args.submit_every)
@@ -146,33 +168,44 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list, di
     return series, load, producer.counts, live_counts
 
 
-def verdict(series: list, minutes: float) -> None:
-    samples: list[MemorySample] = [s for s, *_ in series]
-    end = samples[-1]
-    early_at = min(EARLY_S, end.at_s / 2)
-    early = next(s for s in samples if s.at_s >= early_at)
-    half = [s for s in samples if s.at_s >= end.at_s / 2]
-    slope_s, _, spread = least_squares([s.at_s for s in half], [s.rss_mb for s in half])
-    span_h = (half[-1].at_s - half[0].at_s) / 3600
-    growth = slope_s * 3600 * span_h
+def trend(label: str, unit: str, points: list[Point], value: Callable[[Point], float]) -> bool:
+    """Print the early and final value and the second half's fitted growth; True when that growth is
+    within the noise (twice the residual spread, and at least 1 unit)."""
+    end = points[-1].memory.at_s
+    early = next(p for p in points if p.memory.at_s >= min(EARLY_S, end / 2))
+    half = [p for p in points if p.memory.at_s >= end / 2]
+    slope_s, _, spread = least_squares([p.memory.at_s for p in half], [value(p) for p in half])
+    growth = slope_s * (half[-1].memory.at_s - half[0].memory.at_s)
     flat = growth <= max(2 * spread, 1.0)
-    print(f"\nRSS at {early.at_s / 60:.1f} min: {early.rss_mb:.1f} MB; at the end ({end.at_s / 60:.1f} min): "
-          f"{end.rss_mb:.1f} MB ({end.rss_mb - early.rss_mb:+.1f} MB, {end.rss_mb / early.rss_mb:.3f}x)")
-    print(f"second half ({len(half)} samples): slope {slope_s * 3600:+.1f} MB/hour, fitted growth "
-          f"{growth:+.1f} MB, residual spread {spread:.2f} MB")
+    print(f"{label}: {value(early):.1f} {unit} at {early.memory.at_s / 60:.1f} min, {value(points[-1]):.1f} at "
+          f"{end / 60:.1f} min; second half: {slope_s * 3600:+.1f} {unit}/hour, fitted growth {growth:+.1f} "
+          f"(noise {spread:.2f}): {'flat' if flat else 'GROWING'}")
+    return flat
+
+
+def verdict(series: list[Point], minutes: float) -> None:
+    print()
+    trend("RSS", "MB", series, lambda p: p.memory.rss_mb)
+    trend("chunk cache (bounded)", "MB", series, lambda p: p.cache_mb)
+    flat = trend("RSS less the chunk cache", "MB", series, lambda p: p.rss_less_cache_mb)
+    flat &= trend("Python heap", "k blocks", series, lambda p: p.heap_kblocks)
+    first, end = series[0].memory, series[-1].memory
+    half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
     fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
-    print(f"open files: {early.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
-          f"threads {early.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB")
+    print(f"open files: {first.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
+          f"threads {first.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB")
     caveat = "  (a short run: only a smoke test of the trend)" if minutes < 20 else ""
-    print(f"verdict: {'FLAT' if flat else 'GROWING'}{caveat}")
+    print(f"verdict (memory other than the bounded cache, and the Python heap): "
+          f"{'FLAT' if flat else 'GROWING'}{caveat}")
 
 
-def print_series(series: list) -> None:
-    rows = [[f"{s.at_s / 60:.1f}", s.rss_mb, s.hwm_mb, s.children_rss_mb, s.fds, s.threads, listening, data_mb,
-             f"{cpu:.0%}", f"{client_cpu:.0%}"] for s, listening, data_mb, cpu, client_cpu in series]
+def print_series(series: list[Point]) -> None:
+    rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, f"{p.heap_kblocks:.0f}",
+             p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads, p.listening, p.data_mb,
+             f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "HWM MB", "children MB", "fds", "threads", "listeners", "data MB",
-                 "server CPU", "clients CPU"], rows))
+    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "heap kblocks", "HWM MB", "children MB", "fds",
+                 "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
 
 
 def print_activity(load: dict, posts: Counter, live: Counter) -> None:
@@ -198,7 +231,8 @@ def print_activity(load: dict, posts: Counter, live: Counter) -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
-    server = ServerProcess(with_uncapped_limits({"tts": {"engine": args.engine}}), profile_path=args.profile)
+    settings = {"tts": {"engine": args.engine}, "server": {"chunk_cache_mb": args.cache_mb}}
+    server = ServerProcess(with_uncapped_limits(settings), profile_path=args.profile)
     try:
         series, load, posts, live = await run(args, server)
         print_series(series)
@@ -224,6 +258,7 @@ if __name__ == "__main__":
     parser.add_argument("--fetch-fraction", type=float, default=1.0, help="share of chunks each listener fetches")
     parser.add_argument("--ack", action=argparse.BooleanOptionalAction, default=True,
                         help="listeners send audio_played for each chunk, as the page does (default)")
+    parser.add_argument("--cache-mb", type=float, default=16, help="the server's [server] chunk_cache_mb")
     parser.add_argument("--live-players", type=int, default=2)
     parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
                         help="listeners offer permessage-deflate like a browser (default) or not")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 FORMATS = ("mp3", "flac")
-CACHE_BYTES = 32 * 1024 * 1024  # the most recent chunks: minutes of audio, for every listener at once
+CACHE_BYTES = 16 * 1024 * 1024  # the most recent chunks: minutes of audio, for every listener at once
 _ID = re.compile(r"^[0-9a-f]{16,32}$")
 
 
@@ -91,6 +91,10 @@ class AudioStore:
         self._cached += len(data)
         while self._cached > self.cache_bytes:
             self._cached -= len(self._cache.popitem(last=False)[1])
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached
 
     def forget(self, request_id: str) -> None:
         """Drop a request's chunks from the cache (call after deleting its files)."""

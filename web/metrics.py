@@ -11,7 +11,7 @@ from broadcaster.metrics import CONTENT_TYPE
 from db.stats import request_counts
 
 from .http_util import bearer_token
-from .keys import CONFIG, HUB, LIVE, METRICS, STATION, STORE
+from .keys import AUDIO, CONFIG, HUB, LIVE, METRICS, STATION, STORE
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.set_request_counts(counts, [*channels, *loaded])
     telemetry.set_listeners(listener_counts(app, loaded))
     telemetry.know_channels(loaded)
+    telemetry.set_chunk_cache(app[AUDIO].cached_bytes)
     station = app[STATION]
     telemetry.set_synthesis(station.synthesis.backlog, station.synthesis.speed, station.streaming_count(),
                             station.synthesis.live_capacity())

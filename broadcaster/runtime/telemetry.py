@@ -11,6 +11,7 @@ scrape by web/metrics.py, so they can never drift from the truth.
 """
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -71,6 +72,12 @@ class Telemetry:
             "when it closes).", ("status_class",))
         self.resident_memory = r.gauge("broadcaster_process_resident_memory_bytes", "Resident memory of the process.")
         self.open_fds = r.gauge("broadcaster_process_open_fds", "Open file descriptors of the process.")
+        self.heap_blocks = r.gauge(
+            "broadcaster_python_heap_blocks", "Memory blocks the Python interpreter has allocated: steady when "
+            "nothing leaks, whatever the allocator keeps in reserve.")
+        self.chunk_cache = r.gauge(
+            "broadcaster_chunk_cache_bytes", "Chunk audio held in memory for listeners' fetches (bounded by "
+            "[server] chunk_cache_mb).")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
             "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
@@ -147,6 +154,9 @@ class Telemetry:
         self.streaming.labels(limit="now").set(streaming)
         self.streaming.labels(limit="allowed").set(capacity)
 
+    def set_chunk_cache(self, size: int) -> None:
+        self.chunk_cache.set(size)
+
     def set_listeners(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Counts by (channel, kind), replacing the last scrape's."""
         self.listeners.clear()
@@ -166,6 +176,7 @@ class Telemetry:
         if stats is not None:
             self.resident_memory.set(stats[0])
             self.open_fds.set(stats[1])
+        self.heap_blocks.set(sys.getallocatedblocks())
         return self.registry.render()
 
 

@@ -94,6 +94,9 @@ async def test_narration_listening_and_acks_move_the_metrics(server, connect):
     assert delta("broadcaster_http_responses_total", status_class="1xx") == 0
     assert after.value("broadcaster_process_resident_memory_bytes") > 10_000_000
     assert after.value("broadcaster_process_open_fds") > 3
+    assert after.value("broadcaster_python_heap_blocks") > 10_000
+    # the chunk fetched (its MP3) and the stream's FLAC reads are cached
+    assert after.value("broadcaster_chunk_cache_bytes") >= len(fetched) > before.value("broadcaster_chunk_cache_bytes")
     assert after.value("broadcaster_uptime_seconds") > before.value("broadcaster_uptime_seconds") > 0
 
 
