@@ -378,6 +378,38 @@ async def scrape_gauges(http: aiohttp.ClientSession, base_url: str, names: list[
     return found
 
 
+@dataclass
+class Histogram:
+    """An unlabelled histogram from /metrics: cumulative counts by upper bound, and the sum."""
+    buckets: list[tuple[float, float]]
+    total: float
+
+    @property
+    def count(self) -> float:
+        return self.buckets[-1][1] if self.buckets else 0
+
+    def minus(self, earlier: "Histogram") -> "Histogram":
+        return Histogram([(le, n - m) for (le, n), (_, m) in zip(self.buckets, earlier.buckets)],
+                         self.total - earlier.total)
+
+    def bound(self, share: float) -> float:
+        """The smallest bucket bound that `share` of the observations fall within."""
+        return next((le for le, n in self.buckets if n >= share * self.count), float("inf"))
+
+
+async def scrape_histogram(http: aiohttp.ClientSession, base_url: str, name: str) -> Histogram:
+    async with http.get(f"{base_url}/metrics") as resp:
+        text = await resp.text()
+    buckets, total = [], 0.0
+    for line in text.splitlines():
+        if line.startswith(f'{name}_bucket{{le="'):
+            le, count = line[len(name) + 12:].split('"} ')
+            buckets.append((float(le), float(count)))
+        elif line.startswith(f"{name}_sum "):
+            total = float(line.split()[1])
+    return Histogram(buckets, total)
+
+
 async def wait_listeners(http: aiohttp.ClientSession, base_url: str, channel: str, expected: int,
                          timeout_s: float = 120) -> int:
     """Poll the queue endpoint until the server counts `expected` listeners (or give up); returns the count."""

@@ -19,6 +19,7 @@ from tts.loudness import level
 
 from . import api, live, metrics, pages, stream, tracks, ws
 from .fanout import Hub
+from .sendmany import SocketWriter
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE
 from .limits import Access
 from .messages import event_json
@@ -50,7 +51,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()
-    app[HUB] = Hub(app[METRICS])
+    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_threads))
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app.cleanup_ctx.append(_lifecycle(engine_factory))
     app.on_shutdown.append(_close_listeners)
@@ -87,7 +88,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         engine = await level(engine, config.music.target_lufs)
         await engine.idle()  # leveling spoke a passage: give its working memory back
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
-        audio = AudioStore(config.data_path / "audio")
+        audio = AudioStore(config.data_path / "audio", cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024))
         station = Station(config, store, audio, engine, _publisher(app), metrics=app[METRICS])
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])

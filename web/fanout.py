@@ -1,21 +1,26 @@
 """Fan-out to WebSocket listeners that never waits on the slowest one.
 
 A broadcast is serialized once, and framed once: the same bytes go to every
-listener (all the messages of one channel step together, in one write). A listener that is keeping up (nothing queued, its socket buffer below
-the limit) gets them written to its socket right away, which costs a few
-microseconds; otherwise they go on its bounded queue, which its own writer task
-drains at the socket's pace. A listener whose queue is full is too slow to keep
-up and is disconnected, so it cannot delay the rest.
+listener (all the messages of one channel step together, in one write).
+Listeners with nothing waiting to be sent get them straight on their sockets,
+many sockets at once (web/sendmany.py). A listener with a little buffered in
+its transport gets them appended there; one whose writer task is busy gets
+them on its bounded queue, which that task drains at the socket's pace. A
+listener whose queue is full is too slow to keep up and is disconnected, so it
+cannot delay the rest.
 """
 
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 
 from broadcaster.runtime.telemetry import Telemetry
+
+from .sendmany import SocketWriter
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +41,20 @@ def text_frame(text: str) -> bytes:
     return header + data
 
 
+def _plain_socket_fd(transport: asyncio.Transport | None) -> int:
+    """The socket under a plain TCP transport; -1 where bytes must go through the transport (TLS)."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
+
+
 class Listener:
     def __init__(self, ws: web.WebSocketResponse, connection_id: str, channel: str, queue_size: int,
                  counted: bool = True, transport: asyncio.Transport | None = None, buffer_limit: int = 65536):
         self.ws = ws
         self.transport = transport  # None: every message goes through the queue
+        self.fd = _plain_socket_fd(transport)  # written directly only while the transport is idle
         self.buffer_limit = buffer_limit
         self._sending = False  # the writer task has taken a message and may not have written it yet
         self.counted = counted
@@ -58,6 +72,18 @@ class Listener:
         except asyncio.QueueFull:
             return False
         return True
+
+    def idle(self) -> bool:
+        """Nothing is waiting to be sent to this listener, so new bytes may go straight to its socket."""
+        transport = self.transport
+        return (self.fd >= 0 and not self._sending and not self.dropped and self.queue.empty()
+                and not self.ws.closed and not transport.is_closing() and not transport.get_write_buffer_size())
+
+    def take_rest(self, frames: bytes, sent: int) -> None:
+        """The socket took only `sent` bytes of a direct write (-1: the connection broke, and its reader
+        will find out); the transport sends the rest once the socket drains."""
+        if sent >= 0:
+            self.transport.write(memoryview(frames)[sent:])
 
     def offer_frames(self, texts: list[str], frames: bytes) -> bool:
         """Write the framed messages now if nothing is ahead of them and the socket keeps up; else
@@ -109,8 +135,9 @@ COUNT_DELAY_S = 0.5  # listener counts are announced at most twice a second per 
 
 
 class Hub:
-    def __init__(self, metrics: Telemetry | None = None) -> None:
+    def __init__(self, metrics: Telemetry | None = None, writer: SocketWriter | None = None) -> None:
         self.listeners: dict[str, set[Listener]] = {}
+        self.writer = writer or SocketWriter()
         self.metrics = metrics or Telemetry()
         self.dropped_total = 0
         self._closing: set[asyncio.Task] = set()
@@ -146,11 +173,19 @@ class Hub:
         once, and a listener that keeps up gets all of them in a single write."""
         if not payloads:
             return
+        started = time.perf_counter()
         texts = [json.dumps(payload) for payload in payloads]
         frames = b"".join(text_frame(text) for text in texts)
-        for listener in list(self.listeners.get(channel, ())):
+        direct, busy = [], []
+        for listener in self.listeners.get(channel, ()):
+            (direct if listener.idle() else busy).append(listener)
+        for index, sent in self.writer.write(frames, [listener.fd for listener in direct]):
+            direct[index].take_rest(frames, sent)
+        for listener in busy:
             if not listener.offer_frames(texts, frames):
                 self.drop(listener)
+        if direct or busy:
+            self.metrics.broadcast_took(time.perf_counter() - started)
 
     def drop(self, listener: Listener) -> None:
         if listener.dropped:
@@ -168,3 +203,4 @@ class Hub:
         everyone = [l for group in self.listeners.values() for l in group]
         await asyncio.gather(*(l.close(1001, b"server shutting down") for l in everyone), return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
+        self.writer.close()

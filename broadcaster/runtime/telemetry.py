@@ -19,11 +19,13 @@ from broadcaster.core.events import Event, RequestFailed, TimelineShifted
 from broadcaster.core.model import Chunk
 from broadcaster.core.states import RequestState
 from broadcaster.metrics import Registry
+from broadcaster.process import sqlite_memory_used
 
 # Synthesizing a sentence takes tens of milliseconds with the tone engine and up to
 # tens of seconds for a long sentence with Piper on a slow machine.
 CHUNK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
+BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 STREAM_KINDS = ("chunk", "progressive", "live")
@@ -63,6 +65,9 @@ class Telemetry:
         self.ack_lag = r.histogram(
             "broadcaster_ack_lag_seconds", "How long after the end of a chunk on the server timeline its "
             "audio_played acknowledgement arrived (early ones count as 0).", ("via",), ACK_BUCKETS_S)
+        self.broadcast_seconds = r.histogram(
+            "broadcaster_broadcast_seconds", "How long one broadcast took to hand its messages to every WebSocket "
+            "listener of a channel (written to the socket, or queued behind a backlog).", (), BROADCAST_BUCKETS_S)
         self.dropped = r.counter(
             "broadcaster_slow_consumers_dropped_total", "Listeners disconnected for falling behind.", ("kind",))
         self.refused = r.counter(
@@ -75,6 +80,9 @@ class Telemetry:
         self.heap_blocks = r.gauge(
             "broadcaster_python_heap_blocks", "Memory blocks the Python interpreter has allocated: steady when "
             "nothing leaks, whatever the allocator keeps in reserve.")
+        self.sqlite_memory = r.gauge(
+            "broadcaster_sqlite_memory_bytes", "Memory SQLite holds (page caches and statements of all "
+            "connections), by its own count.")
         self.chunk_cache = r.gauge(
             "broadcaster_chunk_cache_bytes", "Chunk audio held in memory for listeners' fetches (bounded by "
             "[server] chunk_cache_mb).")
@@ -133,6 +141,9 @@ class Telemetry:
         lag_ms = received_ms - (chunk.starts_at_ms + chunk.duration_ms)
         self.ack_lag.labels(via=via).observe(max(0, lag_ms) / 1000)
 
+    def broadcast_took(self, seconds: float) -> None:
+        self.broadcast_seconds.observe(seconds)
+
     def dropped_consumer(self, kind: str) -> None:
         self.dropped.labels(kind=kind).inc()
 
@@ -177,6 +188,8 @@ class Telemetry:
             self.resident_memory.set(stats[0])
             self.open_fds.set(stats[1])
         self.heap_blocks.set(sys.getallocatedblocks())
+        if sqlite_memory_used is not None:
+            self.sqlite_memory.set(sqlite_memory_used())
         return self.registry.render()
 
 

@@ -95,6 +95,8 @@ async def test_narration_listening_and_acks_move_the_metrics(server, connect):
     assert after.value("broadcaster_process_resident_memory_bytes") > 10_000_000
     assert after.value("broadcaster_process_open_fds") > 3
     assert after.value("broadcaster_python_heap_blocks") > 10_000
+    assert delta("broadcaster_broadcast_seconds_count") >= 4  # queue update, stream start, chunks, played
+    assert after.value("broadcaster_sqlite_memory_bytes") > 10_000  # the server's open connections
     # the chunk fetched (its MP3) and the stream's FLAC reads are cached
     assert after.value("broadcaster_chunk_cache_bytes") >= len(fetched) > before.value("broadcaster_chunk_cache_bytes")
     assert after.value("broadcaster_uptime_seconds") > before.value("broadcaster_uptime_seconds") > 0
