@@ -48,6 +48,7 @@ from workers import WorkerPool, split
 CHANNEL = "bench"
 EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slow leak shows
 CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
+SQLITE = "broadcaster_sqlite_memory_bytes"
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Point:
     client_cpu: float
     cache_mb: float  # chunk audio cached for fetches: bounded by [server] chunk_cache_mb
     heap_kblocks: float  # Python's allocated blocks, in thousands: grows with any leak of Python objects
+    sqlite_mb: float  # SQLite's page caches and statements, by its own count
 
     @property
     def rss_less_cache_mb(self) -> float:
@@ -124,15 +126,17 @@ async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySa
     while True:
         sample = await asyncio.to_thread(sampler.sample)
         listening = await listener_count(http, server.base_url, CHANNEL)
-        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP])
+        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE])
         data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
         cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
-        point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000)
+        point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000,
+                      gauges[SQLITE] / 2**20)
         series.append(point)
         print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
-              f"heap {point.heap_kblocks:6.0f}k blocks  children {sample.children_rss_mb:5.1f} MB  "
+              f"heap {point.heap_kblocks:6.0f}k blocks  sqlite {point.sqlite_mb:4.1f} MB  "
+              f"children {sample.children_rss_mb:5.1f} MB  "
               f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
               flush=True)
         if sample.at_s >= seconds:
@@ -189,6 +193,7 @@ def verdict(series: list[Point], minutes: float) -> None:
     trend("chunk cache (bounded)", "MB", series, lambda p: p.cache_mb)
     flat = trend("RSS less the chunk cache", "MB", series, lambda p: p.rss_less_cache_mb)
     flat &= trend("Python heap", "k blocks", series, lambda p: p.heap_kblocks)
+    trend("SQLite (part of RSS)", "MB", series, lambda p: p.sqlite_mb)
     first, end = series[0].memory, series[-1].memory
     half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
     fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
@@ -201,11 +206,11 @@ def verdict(series: list[Point], minutes: float) -> None:
 
 def print_series(series: list[Point]) -> None:
     rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, f"{p.heap_kblocks:.0f}",
-             p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads, p.listening, p.data_mb,
-             f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
+             f"{p.sqlite_mb:.1f}", p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads,
+             p.listening, p.data_mb, f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "heap kblocks", "HWM MB", "children MB", "fds",
-                 "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
+    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "heap kblocks", "SQLite MB", "HWM MB", "children MB",
+                 "fds", "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
 
 
 def print_activity(load: dict, posts: Counter, live: Counter) -> None:

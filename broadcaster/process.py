@@ -5,7 +5,7 @@ import ctypes
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
-MMAP_THRESHOLD_BYTES = 256 * 1024
+MMAP_THRESHOLD_BYTES = 32 * 1024  # below the smallest chunk file (a few seconds of 64 kbit/s MP3)
 
 
 def _libc():  # noqa: ANN202
@@ -22,8 +22,10 @@ def tune_allocator(arenas: int = 2) -> bool:
       reused by another; the server's few threads (synthesis, file I/O, SQLite) then each keep
       tens of MB after a burst. Two shared heaps keep that down.
     - glibc raises its mmap threshold each time a large block is freed, after which chunk-sized
-      buffers (audio files, responses) come from the heap and fragment it. A fixed threshold keeps
-      them in their own mappings, which go back to the system when freed.
+      buffers (audio files, responses) come from the heap and fragment it: a cached chunk that
+      lives for minutes pins the heap above the short-lived buffers freed below it. A fixed
+      threshold under the size of a chunk file keeps them in their own mappings, which go back to
+      the system when freed.
     """
     libc = _libc()
     if libc is None:
@@ -32,6 +34,22 @@ def tune_allocator(arenas: int = 2) -> bool:
         return bool(libc.mallopt(M_ARENA_MAX, arenas)) and bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     except AttributeError:
         return False
+
+
+def _sqlite_memory_used():  # noqa: ANN202
+    """SQLite's own count of the memory it holds (page caches, statements) across every connection
+    of the process, from the library the sqlite3 module is linked to; None where it is not reachable."""
+    try:
+        import _sqlite3
+
+        used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
+    except (ImportError, OSError, AttributeError):
+        return None
+    used.restype, used.argtypes = ctypes.c_int64, []
+    return used
+
+
+sqlite_memory_used = _sqlite_memory_used()
 
 
 def release_free_memory() -> None:

@@ -27,14 +27,23 @@ def pairs():
         theirs.close()
 
 
-@pytest.mark.parametrize("threads,count", [(1, 5), (2, 600), (4, 1100)])
+@pytest.mark.parametrize("threads,count", [(1, 5), (2, 60), (4, 130)])
 def test_every_socket_gets_the_bytes_exactly_once(pairs, threads, count, monkeypatch):
-    monkeypatch.setattr(sendmany, "MIN_SHARE", 100)  # so the larger groups really are split
+    monkeypatch.setattr(sendmany, "MIN_SHARE", 20)  # so the larger groups really are split
+    ranges = []
+
+    def recording(data, fds, start, stop):  # noqa: ANN001, ANN202
+        ranges.append((start, stop))
+        return sendmany_write_each(data, fds, start, stop)
+
+    sendmany_write_each = sendmany.write_each
+    monkeypatch.setattr(sendmany, "write_each", recording)
     writer = SocketWriter(threads)
     try:
         group = pairs(count)
         data = b"\x81\x05hello"
         assert writer.write(data, [ours.fileno() for ours, _ in group]) == []
+        assert sorted(ranges) == [(count * k // threads, count * (k + 1) // threads) for k in range(threads)]
         assert writer.write(data, [ours.fileno() for ours, _ in group]) == []
         for _, theirs in group:
             assert theirs.recv(100) == data * 2
