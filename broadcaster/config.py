@@ -173,6 +173,8 @@ def _overlay(name: str, section: Any, values: dict[str, Any]) -> Any:
                 raise BadInput(f"expected true or false for [{name}] {key}, got {value!r}")
         elif isinstance(default, (int, float)) and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise BadInput(f"expected a number for [{name}] {key}, got {value!r}")
+        elif known[key].type in (int, "int") and not isinstance(value, int):  # the annotation: 20 may be a float
+            raise BadInput(f"expected a whole number for [{name}] {key}, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise BadInput(f"expected a string for [{name}] {key}, got {value!r}")
     return replace(section, **values)

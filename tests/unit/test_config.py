@@ -1,0 +1,23 @@
+"""Config files are checked against the defaults' types: a wrong value is refused with a clear message."""
+
+import pytest
+
+from broadcaster.config import config_from_dict
+from broadcaster.errors import BadInput
+
+
+def test_whole_number_settings_refuse_fractions():
+    with pytest.raises(BadInput, match=r"whole number for \[server\] fanout_threads, got 2.5"):
+        config_from_dict({"server": {"fanout_threads": 2.5}})
+
+
+def test_fractional_settings_take_whole_numbers_too():
+    config = config_from_dict({"server": {"chunk_cache_mb": 4, "fanout_threads": 2}, "cleanup": {"retention_days": 3}})
+    assert (config.server.chunk_cache_mb, config.server.fanout_threads, config.cleanup.retention_days) == (4, 2, 3)
+
+
+@pytest.mark.parametrize("section,key,value", [("server", "port", "80"), ("limits", "max_queue", True),
+                                               ("server", "chunk_cache_mb", "16")])
+def test_wrong_types_are_refused(section, key, value):
+    with pytest.raises(BadInput, match=key):
+        config_from_dict({section: {key: value}})
