@@ -14,7 +14,7 @@ The baseline is the same run with one socket, on the same server. Target
 (docs/performance.md): p99 within 50 ms at 5000 sockets.
 
     .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
-                                       [--fanout-threads N] [--client-nice 19]
+                                       [--fanout-processes N] [--client-nice 19]
 """
 
 import argparse
@@ -215,7 +215,7 @@ def report(stages: list[Stage], posts: int) -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
-    server = ServerProcess({**SETTINGS, "server": {"fanout_threads": args.fanout_threads}})
+    server = ServerProcess({**SETTINGS, "server": {"fanout_processes": args.fanout_processes}})
     pool = None
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
@@ -231,8 +231,8 @@ async def main(args: argparse.Namespace) -> None:
                       flush=True)
                 stages.append(stage)
         report(stages, args.posts)
-        print(f"client processes: {args.workers} at nice {args.client_nice}; server fan-out threads: "
-              f"{args.fanout_threads or 'one per core'}")
+        print(f"client processes: {args.workers} at nice {args.client_nice}; server fan-out processes: "
+              f"{args.fanout_processes or 'one per core'}")
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:
@@ -253,7 +253,7 @@ if __name__ == "__main__":
     parser.add_argument("--client-nice", type=int, default=0,
                         help="niceness of the client processes; 19 leaves the server the CPU that clients on other "
                              "machines would not take from it")
-    parser.add_argument("--fanout-threads", type=int, default=0,
-                        help="the server's [server] fanout_threads (0: its default, one per core)")
+    parser.add_argument("--fanout-processes", type=int, default=0,
+                        help="the server's [server] fanout_processes (0: its default, one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

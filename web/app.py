@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from broadcaster.config import Config
-from broadcaster.core.events import Event, QueueChanged
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
@@ -22,8 +21,8 @@ from .fanout import Hub
 from .sendmany import SocketWriter
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE
 from .limits import Access
-from .messages import event_json
 from .middleware import json_errors
+from .publish import Publisher
 from .requestlog import request_log, stamp_request_id
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()
-    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_threads))
+    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_processes))
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app.cleanup_ctx.append(_lifecycle(engine_factory))
     app.on_shutdown.append(_close_listeners)
@@ -89,13 +88,15 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         await engine.idle()  # leveling spoke a passage: give its working memory back
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
         audio = AudioStore(config.data_path / "audio", cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024))
-        station = Station(config, store, audio, engine, _publisher(app), metrics=app[METRICS])
+        publish = Publisher(app[HUB], lambda: app[STATION].runners)
+        station = Station(config, store, audio, engine, publish, metrics=app[METRICS])
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield
         await app[LIVE].close()
+        await publish.close()
         await station.stop()
         await engine.close()
         await store.close()
@@ -106,23 +107,3 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
 async def _close_listeners(app: web.Application) -> None:
     """Say goodbye (1001) before aiohttp waits for open handlers, so shutdown is prompt."""
     await app[HUB].close_all()
-
-
-def _publisher(app: web.Application) -> Callable[[str, list[Event]], None]:
-    def publish(channel: str, events: list[Event]) -> None:
-        runner = app[STATION].runners.get(channel)
-        if runner is None:
-            return  # still loading: listeners get a snapshot when they connect
-        queue_sent = False
-        messages = []
-        for event in events:
-            if isinstance(event, QueueChanged):
-                if queue_sent:
-                    continue  # one queue update per step is enough
-                queue_sent = True
-            message = event_json(event, runner.channel)
-            if message is not None:
-                messages.append(message)
-        app[HUB].broadcast(channel, *messages)  # one write per listener for the whole step
-
-    return publish

@@ -20,12 +20,13 @@ from aiohttp import web
 
 from broadcaster.runtime.telemetry import Telemetry
 
-from .sendmany import SocketWriter
+from .sendmany import LOST, SocketWriter
 
 log = logging.getLogger(__name__)
 
-TOO_SLOW = 4008
-REPLY_WAIT_S = 10  # application close code: the listener fell too far behind
+TOO_SLOW = 4008  # application close code: the listener fell too far behind
+CUT = 1011  # a fan-out helper failed mid-write: the stream may hold part of a message
+REPLY_WAIT_S = 10
 
 
 def text_frame(text: str) -> bytes:
@@ -55,6 +56,7 @@ class Listener:
         self.ws = ws
         self.transport = transport  # None: every message goes through the queue
         self.fd = _plain_socket_fd(transport)  # written directly only while the transport is idle
+        self.key = 0  # the socket's key with the hub's SocketWriter; 0 while not attached
         self.buffer_limit = buffer_limit
         self._sending = False  # the writer task has taken a message and may not have written it yet
         self.counted = counted
@@ -76,7 +78,7 @@ class Listener:
     def idle(self) -> bool:
         """Nothing is waiting to be sent to this listener, so new bytes may go straight to its socket."""
         transport = self.transport
-        return (self.fd >= 0 and not self._sending and not self.dropped and self.queue.empty()
+        return (self.key and not self._sending and not self.dropped and self.queue.empty()
                 and not self.ws.closed and not transport.is_closing() and not transport.get_write_buffer_size())
 
     def take_rest(self, frames: bytes, sent: int) -> None:
@@ -142,15 +144,25 @@ class Hub:
         self.dropped_total = 0
         self._closing: set[asyncio.Task] = set()
         self._count_pending: set[str] = set()
+        self._counted: dict[str, int] = {}  # listeners (not consoles) per channel, kept as they come and go
 
     def add(self, listener: Listener) -> None:
-        self.listeners.setdefault(listener.channel, set()).add(listener)
+        if listener.fd >= 0:
+            listener.key = self.writer.attach(listener.fd)
+        group = self.listeners.setdefault(listener.channel, set())
+        if listener not in group:
+            group.add(listener)
+            self._counted[listener.channel] = self.count(listener.channel) + listener.counted
         self._count_changed(listener.channel)
 
     def remove(self, listener: Listener) -> None:
+        if listener.key:  # before its socket closes: a helper's duplicate would keep the connection open
+            self.writer.detach(listener.key)
+            listener.key = 0
         group = self.listeners.get(listener.channel, set())
         if listener in group:
             group.discard(listener)
+            self._counted[listener.channel] -= listener.counted
             self._count_changed(listener.channel)
 
     def _count_changed(self, channel: str) -> None:
@@ -166,7 +178,7 @@ class Hub:
 
     def count(self, channel: str) -> int:
         """Listeners (not consoles) connected to the channel."""
-        return sum(listener.counted for listener in self.listeners.get(channel, ()))
+        return self._counted.get(channel, 0)
 
     def broadcast(self, channel: str, *payloads: dict[str, Any]) -> None:
         """Send messages, in order, to every listener of the channel: each is serialized and framed
@@ -179,23 +191,27 @@ class Hub:
         direct, busy = [], []
         for listener in self.listeners.get(channel, ()):
             (direct if listener.idle() else busy).append(listener)
-        for index, sent in self.writer.write(frames, [listener.fd for listener in direct]):
-            direct[index].take_rest(frames, sent)
+        for index, sent in self.writer.write(frames, [listener.key for listener in direct]):
+            if sent == LOST:
+                self.drop(direct[index], CUT, b"server error: a message was cut short; reconnect")
+            else:
+                direct[index].take_rest(frames, sent)
         for listener in busy:
             if not listener.offer_frames(texts, frames):
-                self.drop(listener)
+                self.drop(listener, TOO_SLOW, b"too slow: send queue full")
         if direct or busy:
             self.metrics.broadcast_took(time.perf_counter() - started)
 
-    def drop(self, listener: Listener) -> None:
+    def drop(self, listener: Listener, code: int, reason: bytes) -> None:
         if listener.dropped:
             return
         listener.dropped = True
-        self.dropped_total += 1
-        self.metrics.dropped_consumer("websocket")
+        if code == TOO_SLOW:
+            self.dropped_total += 1
+            self.metrics.dropped_consumer("websocket")
         self.remove(listener)
-        log.warning("listener %s on %s dropped: send queue full", listener.connection_id, listener.channel)
-        task = asyncio.create_task(listener.close(TOO_SLOW, b"too slow: send queue full"))
+        log.warning("listener %s on %s dropped: %s", listener.connection_id, listener.channel, reason.decode())
+        task = asyncio.create_task(listener.close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

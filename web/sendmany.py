@@ -4,37 +4,61 @@ A small send on a TCP socket costs about ten microseconds of kernel time (on
 loopback the receiver's side of TCP runs inside the sender's system call as
 well), and going through an asyncio transport adds as much again in Python.
 So a listener whose transport has nothing buffered gets one `os.write` on its
-socket, and a large group is split between the event loop's thread and helper
-threads: `os.write` releases the GIL, so the kernel work of sends on different
-sockets overlaps on different cores.
+socket, and a large group is split between this process and helper processes
+(web/sendhelper.py) that hold duplicates of the sockets, passed to them with
+SCM_RIGHTS when each listener arrives. Threads were tried first: `os.write`
+releases the GIL, but with thousands of short system calls the threads spent
+most of their time handing the GIL back and forth, and a helper thread ran
+for a sixth of the time the main one did. Processes share nothing.
 
-The event loop's thread waits for its helpers before it returns, so nothing
-else touches those sockets meanwhile (no transport can close one mid-write).
-Whatever a socket does not take at once is reported back, and the caller hands
-the rest to that socket's transport, which sends it when the socket drains.
+The event loop's thread writes its own share and then waits for the helpers'
+answers before it returns, so nothing else touches those sockets meanwhile:
+no transport writes between, none closes one mid-write. Whatever a socket did
+not take is reported back, and the caller hands the rest to that socket's
+transport, which sends it when the socket drains.
+
+Helpers start when a broadcast first reaches HELPERS_FROM sockets; below that
+a broadcast takes a few milliseconds in one process, and a helper would only
+cost memory. A helper that fails is stopped; the sockets of its share are
+reported as LOST, since part of a message may have reached them, and the next
+large broadcast starts a fresh one.
 """
 
+import array
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-MIN_SHARE = 256  # fewer sockets than this per thread are not worth a thread hand-off
-MAX_THREADS = 4
+log = logging.getLogger(__name__)
 
-# (index into the fds given, bytes the socket took: 0 when full, -1 when the connection is broken)
+HELPERS_FROM = 1024  # sockets in one broadcast before helper processes are worth their memory
+MAX_PROCESSES = 4
+MAX_KEYS = 8192  # keys per write command (32 KB): with MAX_DATA, well inside a socket pair's buffer
+MAX_DATA = 65536  # a larger broadcast (a long queue) is written in this process alone
+REPLY_TIMEOUT_S = 5.0
+RESTART_AFTER_S = 10.0
+LOST = -2  # `sent` for a socket whose helper failed mid-write: its stream may hold part of a message
+SCRIPT = Path(__file__).with_name("sendhelper.py")
+
+# (index into the keys given, bytes the socket took: 0 when full, -1 when broken, LOST)
 Short = tuple[int, int]
 
 
-def default_threads() -> int:
-    return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+def default_processes() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_PROCESSES))
 
 
-def write_each(data: bytes, fds: list[int], start: int, stop: int) -> list[Short]:
-    """Write `data` to fds[start:stop]; the sockets that did not take all of it."""
+def write_each(data: bytes, fds: list[int], first: int = 0) -> list[Short]:
+    """Write `data` to every fd; (first + index, sent) of the sockets that did not take all of it."""
     short = []
     size, write = len(data), os.write
-    for index in range(start, stop):
+    for index, fd in enumerate(fds, first):
         try:
-            sent = write(fds[index], data)
+            sent = write(fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:  # reset or closed by the peer: its reader will see it and clean up
@@ -44,24 +68,163 @@ def write_each(data: bytes, fds: list[int], start: int, stop: int) -> list[Short
     return short
 
 
-class SocketWriter:
-    """Writes the same bytes to many non-blocking sockets, across `threads` threads when there are many."""
+class HelperFailed(Exception):
+    pass
 
-    def __init__(self, threads: int = 0):
-        self.threads = threads or default_threads()
-        self._pool = ThreadPoolExecutor(self.threads - 1, "fanout") if self.threads > 1 else None
 
-    def write(self, data: bytes, fds: list[int]) -> list[Short]:
-        shares = min(self.threads, len(fds) // MIN_SHARE) if self._pool else 1
-        if shares <= 1:
-            return write_each(data, fds, 0, len(fds))
-        bounds = [len(fds) * k // shares for k in range(shares + 1)]
-        helpers = [self._pool.submit(write_each, data, fds, bounds[k], bounds[k + 1]) for k in range(1, shares)]
-        short = write_each(data, fds, bounds[0], bounds[1])
-        for helper in helpers:
-            short += helper.result()
+class HelperProcess:
+    """The server's end of one helper: commands out, answers back, over a SOCK_SEQPACKET pair."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen([sys.executable, str(SCRIPT), str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        ours.settimeout(REPLY_TIMEOUT_S)
+        self.channel = ours
+        self.waiting = 0  # answers still to read: it may be writing
+
+    def attach(self, keys: list[int], fds: list[int]) -> None:
+        for start in range(0, len(keys), 250):
+            fds_bytes = array.array("i", fds[start:start + 250]).tobytes()
+            self._send(b"A" + array.array("I", keys[start:start + 250]).tobytes(),
+                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_bytes)])
+
+    def detach(self, keys: list[int]) -> None:
+        self._send(b"D" + array.array("I", keys).tobytes())
+
+    def start_write(self, data: bytes, keys: list[int]) -> None:
+        head = b"W" + array.array("i", [len(data)]).tobytes() + data
+        for start in range(0, len(keys), MAX_KEYS):
+            self._send(head + array.array("I", keys[start:start + MAX_KEYS]).tobytes())
+            self.waiting += 1
+
+    def finish_write(self) -> list[Short]:
+        """The sockets of the last write that did not take all of it, by index in its keys."""
+        short, offset = [], 0
+        while self.waiting:
+            try:
+                answer = self.channel.recv(MAX_KEYS * 8 + 1)
+            except OSError as exc:
+                raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {exc!r}") from None
+            if answer[:1] != b"R":
+                raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {answer[:8]!r}")
+            pairs = array.array("i", answer[1:])
+            short += [(offset + pairs[k], pairs[k + 1]) for k in range(0, len(pairs), 2)]
+            offset += MAX_KEYS
+            self.waiting -= 1
         return short
 
+    def _send(self, message: bytes, ancdata: list | None = None) -> None:
+        try:
+            self.channel.sendmsg([message], ancdata or [])
+        except OSError as exc:
+            raise HelperFailed(f"could not reach fan-out helper {self.proc.pid}: {exc!r}") from None
+
+    def stop(self) -> None:
+        self.channel.close()  # the helper reads end-of-file and exits
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class SocketWriter:
+    """Writes the same bytes to many non-blocking sockets, across `processes` processes when there are many.
+
+    Sockets are attached once (`attach` returns a key) and written by key; `detach` before the
+    socket closes, or a helper's duplicate keeps the connection open.
+    """
+
+    def __init__(self, processes: int = 0):
+        self.processes = processes or default_processes()
+        self._fds: dict[int, int] = {}  # key -> our descriptor
+        self._next_key = 0
+        self._helpers: list[HelperProcess] = []
+        self._started_at = -RESTART_AFTER_S
+
+    @property
+    def helper_pids(self) -> list[int]:
+        return [helper.proc.pid for helper in self._helpers]
+
+    def attach(self, fd: int) -> int:
+        key = self._next_key = self._next_key % 0xFFFFFFFF + 1  # 1 .. 2**32 - 1: 0 means not attached
+        self._fds[key] = fd
+        self._each_helper(lambda helper: helper.attach([key], [fd]))
+        return key
+
+    def detach(self, key: int) -> None:
+        if self._fds.pop(key, None) is not None:
+            self._each_helper(lambda helper: helper.detach([key]))
+
+    def write(self, data: bytes, keys: list[int]) -> list[Short]:
+        helpers = self._helpers_for(len(keys), len(data))
+        bounds = [len(keys) * k // (len(helpers) + 1) for k in range(len(helpers) + 2)]
+        own, started, lost = [range(bounds[0], bounds[1])], [], []
+        for k, helper in enumerate(helpers, 1):
+            share = range(bounds[k], bounds[k + 1])
+            try:
+                helper.start_write(data, keys[share.start:share.stop])
+                started.append((helper, share))
+            except HelperFailed as exc:
+                # Nothing sent yet: it wrote nothing, so this share is written here after all.
+                (lost if helper.waiting else own).append(share)
+                self._fail(helper, exc)
+        fds = self._fds
+        short = [s for share in own for s in write_each(data, [fds[keys[i]] for i in share], share.start)]
+        for helper, share in started:
+            short += self._finish(helper, share)
+        return short + [(index, LOST) for share in lost for index in share]
+
+    def _finish(self, helper: HelperProcess, share: range) -> list[Short]:
+        try:
+            return [(share.start + index, sent) for index, sent in helper.finish_write()]
+        except HelperFailed as exc:
+            self._fail(helper, exc)
+            return [(index, LOST) for index in share]
+
+    def _helpers_for(self, count: int, size: int) -> list[HelperProcess]:
+        if count < HELPERS_FROM or self.processes < 2 or size > MAX_DATA:
+            return []
+        if not self._helpers and time.monotonic() - self._started_at >= RESTART_AFTER_S:
+            self._start_helpers()
+        return list(self._helpers)
+
+    def _start_helpers(self) -> None:
+        self._started_at = time.monotonic()
+        keys = list(self._fds)
+        for _ in range(self.processes - 1):
+            try:
+                helper = HelperProcess()
+            except OSError as exc:
+                log.error("fan-out: could not start a helper process (%r); writing in one process", exc)
+                return
+            self._helpers.append(helper)
+            try:
+                helper.attach(keys, [self._fds[key] for key in keys])
+            except HelperFailed as exc:
+                self._fail(helper, exc)
+                return
+        log.info("fan-out: %d helper processes started (pids %s)", len(self._helpers), self.helper_pids)
+
+    def _each_helper(self, command) -> None:  # noqa: ANN001
+        for helper in list(self._helpers):
+            try:
+                command(helper)
+            except HelperFailed as exc:
+                self._fail(helper, exc)
+
+    def _fail(self, helper: HelperProcess, exc: HelperFailed) -> None:
+        log.error("fan-out: %s; stopping it", exc)
+        helper.proc.kill()
+        helper.stop()
+        if helper in self._helpers:
+            self._helpers.remove(helper)
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for helper in self._helpers:
+            helper.stop()
+        self._helpers = []

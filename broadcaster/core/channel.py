@@ -147,7 +147,7 @@ class Channel:
             request.apply(RequestEvent.START)
         request.generation_started_ms = now_ms
         self.dirty.add(request_id)
-        return [QueueChanged()]
+        return [QueueChanged(progress=True)]
 
     def chunk_ready(self, chunk: Chunk, now_ms: int) -> list[Event]:
         request = self._in_line(chunk.request_id)
@@ -155,7 +155,7 @@ class Channel:
             raise ValueError(f"expected chunk seq {request.next_seq} of {request.request_id}, got {chunk.seq}")
         request.chunks.append(chunk)
         self.dirty.add(request.request_id)
-        return self._place(now_ms) or [QueueChanged()]  # generated ahead: progress only
+        return self._place(now_ms) or [QueueChanged(progress=True)]  # generated ahead
 
     def generation_failed(self, request_id: str, reason: str, now_ms: int) -> list[Event]:
         request = self.find_request(request_id)

@@ -55,7 +55,7 @@ class RequestPlaced:
 
 @dataclass(frozen=True)
 class QueueChanged:
-    pass
+    progress: bool = False  # only progress (synthesis began, a chunk made ahead): announcing it may wait
 
 
 Event = (StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestCancelled | RequestPlayed

@@ -7,13 +7,13 @@ from broadcaster.errors import BadInput
 
 
 def test_whole_number_settings_refuse_fractions():
-    with pytest.raises(BadInput, match=r"whole number for \[server\] fanout_threads, got 2.5"):
-        config_from_dict({"server": {"fanout_threads": 2.5}})
+    with pytest.raises(BadInput, match=r"whole number for \[server\] fanout_processes, got 2.5"):
+        config_from_dict({"server": {"fanout_processes": 2.5}})
 
 
 def test_fractional_settings_take_whole_numbers_too():
-    config = config_from_dict({"server": {"chunk_cache_mb": 4, "fanout_threads": 2}, "cleanup": {"retention_days": 3}})
-    assert (config.server.chunk_cache_mb, config.server.fanout_threads, config.cleanup.retention_days) == (4, 2, 3)
+    config = config_from_dict({"server": {"chunk_cache_mb": 4, "fanout_processes": 2}, "cleanup": {"retention_days": 3}})
+    assert (config.server.chunk_cache_mb, config.server.fanout_processes, config.cleanup.retention_days) == (4, 2, 3)
 
 
 @pytest.mark.parametrize("section,key,value", [("server", "port", "80"), ("limits", "max_queue", True),

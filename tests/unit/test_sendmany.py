@@ -1,12 +1,15 @@
-"""Writing one buffer to many sockets, split across threads: every socket gets it exactly once,
-and what a full or broken socket did not take is reported, not lost."""
+"""Writing one buffer to many sockets, split between this process and helper processes: every
+socket gets it exactly once, and what a full, broken or unreachable socket did not take is
+reported, not lost."""
 
+import os
+import signal
 import socket
 
 import pytest
 
 from web import sendmany
-from web.sendmany import SocketWriter
+from web.sendmany import LOST, SocketWriter
 
 
 @pytest.fixture
@@ -27,50 +30,89 @@ def pairs():
         theirs.close()
 
 
-@pytest.mark.parametrize("threads,count", [(1, 5), (2, 60), (4, 130)])
-def test_every_socket_gets_the_bytes_exactly_once(pairs, threads, count, monkeypatch):
-    monkeypatch.setattr(sendmany, "MIN_SHARE", 20)  # so the larger groups really are split
-    ranges = []
+@pytest.fixture
+def writer():
+    made = []
 
-    def recording(data, fds, start, stop):  # noqa: ANN001, ANN202
-        ranges.append((start, stop))
-        return sendmany_write_each(data, fds, start, stop)
+    def make(processes: int) -> SocketWriter:
+        made.append(SocketWriter(processes))
+        return made[-1]
 
-    sendmany_write_each = sendmany.write_each
-    monkeypatch.setattr(sendmany, "write_each", recording)
-    writer = SocketWriter(threads)
-    try:
-        group = pairs(count)
-        data = b"\x81\x05hello"
-        assert writer.write(data, [ours.fileno() for ours, _ in group]) == []
-        assert sorted(ranges) == [(count * k // threads, count * (k + 1) // threads) for k in range(threads)]
-        assert writer.write(data, [ours.fileno() for ours, _ in group]) == []
-        for _, theirs in group:
-            assert theirs.recv(100) == data * 2
-            with pytest.raises(BlockingIOError):
-                theirs.recv(100)
-    finally:
-        writer.close()
+    yield make
+    for each in made:
+        each.close()
 
 
-def test_partial_write_takes_a_prefix(pairs):
-    ((ours, theirs),) = pairs(1)
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    data = bytes(range(256)) * 4096
-    short = SocketWriter(1).write(data, [ours.fileno()])
-    assert [index for index, _ in short] == [0]
-    took = short[0][1]
-    assert 0 < took < len(data)
+def drain(sock: socket.socket) -> bytes:
     received = b""
     while True:
         try:
-            received += theirs.recv(1 << 20)
+            chunk = sock.recv(1 << 20)
         except BlockingIOError:
-            break
-    assert received == data[:took]  # a prefix, so the caller can hand on exactly data[took:]
+            return received
+        if not chunk:
+            return received
+        received += chunk
 
 
-def test_a_full_socket_that_took_nothing_reports_zero(pairs):
+@pytest.mark.parametrize("processes,count", [(1, 5), (2, 60), (3, 130)])
+def test_every_socket_gets_the_bytes_exactly_once(pairs, writer, processes, count, monkeypatch):
+    """Every socket gets each write exactly once, whichever process wrote it."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 20)  # so the larger groups really are split
+    group = pairs(count)
+    fanout = writer(processes)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    data = b"\x81\x05hello"
+    assert fanout.write(data, keys) == []
+    assert len(fanout.helper_pids) == (processes - 1 if count >= 20 else 0)
+    assert fanout.write(data, keys) == []
+    for _, theirs in group:
+        assert drain(theirs) == data * 2
+
+
+def test_helpers_really_write_their_share(pairs, writer, monkeypatch):
+    """With the server's own share cut out, the helper's share still arrives: another process wrote it."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+    group = pairs(10)
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    monkeypatch.setattr(sendmany, "write_each", lambda data, fds, first=0: [])  # this process writes nothing
+    assert fanout.write(b"hi", keys) == []
+    assert [drain(theirs) for _, theirs in group] == [b""] * 5 + [b"hi"] * 5
+
+
+def test_a_detached_socket_closes_for_the_peer(pairs, writer, monkeypatch):
+    """Once detached and closed here, the peer sees the end: no helper keeps a duplicate open."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+    group = pairs(4)
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    assert fanout.write(b"x", keys) == []
+    ours, theirs = group[0]
+    fanout.detach(keys[0])
+    ours.close()
+    assert fanout.write(b"y", keys[1:]) == []  # the helper has read the detach by now
+    theirs.setblocking(True)
+    theirs.settimeout(5)
+    assert theirs.recv(10) == b"x"
+    assert theirs.recv(10) == b""  # end of file: the connection really closed
+
+
+def test_partial_write_takes_a_prefix(pairs, writer):
+    """A socket with little room takes a prefix, so the caller can hand on exactly the rest."""
+    ((ours, theirs),) = pairs(1)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = bytes(range(256)) * 4096
+    fanout = writer(1)
+    short = fanout.write(data, [fanout.attach(ours.fileno())])
+    assert [index for index, _ in short] == [0]
+    took = short[0][1]
+    assert 0 < took < len(data)
+    assert drain(theirs) == data[:took]
+
+
+def test_a_full_socket_that_took_nothing_reports_zero(pairs, writer):
+    """A socket with no room at all reports 0 bytes taken."""
     ((ours, _),) = pairs(1)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     while True:
@@ -78,18 +120,54 @@ def test_a_full_socket_that_took_nothing_reports_zero(pairs):
             ours.send(b"x" * 65536)
         except BlockingIOError:
             break
-    assert SocketWriter(1).write(b"more", [ours.fileno()]) == [(0, 0)]
+    fanout = writer(1)
+    assert fanout.write(b"more", [fanout.attach(ours.fileno())]) == [(0, 0)]
 
 
-def test_a_broken_connection_is_reported_and_the_rest_still_get_it(pairs, monkeypatch):
-    monkeypatch.setattr(sendmany, "MIN_SHARE", 2)
+def test_a_broken_connection_is_reported_and_the_rest_still_get_it(pairs, writer, monkeypatch):
+    """A broken connection in either share is reported as -1; the others get the bytes."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
     group = pairs(6)
-    broken, _ = group[3]
-    broken.shutdown(socket.SHUT_WR)  # writing to it now fails with EPIPE
-    writer = SocketWriter(2)
-    try:
-        assert writer.write(b"hi", [ours.fileno() for ours, _ in group]) == [(3, -1)]
-    finally:
-        writer.close()
+    for index in (1, 4):  # one in this process's share, one in the helper's
+        group[index][0].shutdown(socket.SHUT_WR)  # writing to it now fails with EPIPE
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    assert sorted(fanout.write(b"hi", keys)) == [(1, -1), (4, -1)]
     for index, (_, theirs) in enumerate(group):
-        assert theirs.recv(10) == (b"" if index == 3 else b"hi")
+        assert drain(theirs) == (b"" if index in (1, 4) else b"hi")
+
+
+def test_a_socket_the_helper_never_got_is_left_to_the_caller(pairs, writer, monkeypatch):
+    """A key the helper holds no socket for reports 0 bytes taken, so the caller sends it all."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+    group = pairs(4)
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    assert fanout.write(b"a", keys) == []
+    helper = fanout._helpers[0]
+    helper.detach([keys[3]])  # behind the writer's back: now only this process knows that socket
+    assert fanout.write(b"b", keys) == [(3, 0)]
+    assert [drain(theirs) for _, theirs in group] == [b"ab", b"ab", b"ab", b"a"]
+
+
+def test_a_dead_helper_loses_only_its_share_and_a_new_one_starts_later(pairs, writer, monkeypatch):
+    """A helper that died is stopped; its share is reported LOST, and a later write starts a fresh helper."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+    monkeypatch.setattr(sendmany, "RESTART_AFTER_S", 0)
+    group = pairs(6)
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    assert fanout.write(b"a", keys) == []
+    (first,) = fanout.helper_pids
+    os.kill(first, signal.SIGKILL)
+    os.waitpid(first, 0)
+    short = fanout.write(b"b", keys)
+    # Its death shows either when the command is sent (then this process writes that share
+    # itself) or when the answer is awaited (then the share is lost).
+    assert short == [] or short == [(index, LOST) for index in range(3, 6)]
+    assert fanout.helper_pids == []
+    assert fanout.write(b"c", keys) == []
+    assert fanout.helper_pids and fanout.helper_pids != [first]
+    received = [drain(theirs) for _, theirs in group]
+    assert received[:3] == [b"abc"] * 3
+    assert received[3:] == [b"abc"] * 3 if not short else [b"ac"] * 3

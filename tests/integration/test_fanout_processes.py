@@ -1,4 +1,4 @@
-"""Broadcasts written straight to sockets by several threads reach every listener whole and in order,
+"""Broadcasts written straight to sockets by several processes reach every listener whole and in order,
 and a listener that falls behind mid-stream still gets every message, through its transport and queue."""
 
 import pytest
@@ -17,8 +17,8 @@ def on_air(messages: list[dict]) -> list[tuple]:
             for m in messages if m["type"] in ON_AIR]
 
 
-async def test_listeners_written_by_three_threads_get_the_same_messages_in_order(server, connect, monkeypatch):
-    monkeypatch.setattr(sendmany, "MIN_SHARE", 1)  # split even a handful of listeners between threads
+async def test_listeners_written_by_three_processes_get_the_same_messages_in_order(server, connect, monkeypatch):
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 1)  # split even a handful of listeners between processes
     hub = server.app[HUB]
     hub.writer.close()
     hub.writer = SocketWriter(3)
@@ -35,5 +35,6 @@ async def test_listeners_written_by_three_threads_get_the_same_messages_in_order
     expected = on_air(listeners[0].messages)
     assert [t for t, rid, *_ in expected if t == "request_played"] == ["request_played"] * 3
     assert sum(t == "audio_chunk_ready" for t, *_ in expected) == 5  # one chunk per sentence
+    assert len(hub.writer.helper_pids) == 2
     for listener in listeners[1:]:
         assert on_air(listener.messages) == expected
