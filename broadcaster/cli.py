@@ -15,6 +15,7 @@ from broadcaster.errors import BroadcasterError
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.own_process = argv is None  # run from the command line: the process may be started over
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config).with_server(data_dir=args.data_dir, host=getattr(args, "host", None),
@@ -87,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from broadcaster.process import tune_allocator
+    from broadcaster.process import choose_small_object_allocator, tune_allocator
+
+    choose_small_object_allocator(config.server.allocator, restart=args.own_process)  # may start over
     from web.app import create_app
 
     tune_allocator()  # before the first thread

@@ -2,10 +2,37 @@
 and a way to give freed memory back. All no-ops where glibc is not the C library."""
 
 import ctypes
+import os
+import sys
+
+from broadcaster.errors import BadInput
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 32 * 1024  # below the smallest chunk file (a few seconds of 64 kbit/s MP3)
+
+
+ALLOCATORS = ("malloc", "pymalloc")
+
+
+def choose_small_object_allocator(allocator: str, restart: bool = True) -> None:
+    """Run the server with the allocator the config names, by re-executing this process if needed.
+
+    Python's own allocator (pymalloc) hands out small objects from 1 MiB arenas and returns an
+    arena only once every object in it is gone. After a burst of thousands of requests a few
+    survivors pin many arenas, and a long-running server's memory steps up with each large burst
+    and stays there (docs/performance.md, the soak). With "malloc" small objects come from
+    glibc, whose free pages the periodic heap trim gives back. Python reads its allocator from
+    the environment only at start-up, hence the re-exec (unless `restart` is false: called from
+    within another program); an explicit PYTHONMALLOC wins.
+    """
+    if allocator not in ALLOCATORS:
+        raise BadInput(f"expected [server] allocator 'malloc' or 'pymalloc', got {allocator!r}")
+    if not restart or allocator == "pymalloc" or os.environ.get("PYTHONMALLOC"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, "PYTHONMALLOC": allocator})
 
 
 def _libc():  # noqa: ANN202

@@ -50,7 +50,8 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()
-    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_processes))
+    failed = app[METRICS].fanout_helper_failures.inc
+    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_processes, on_failure=failed))
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app.cleanup_ctx.append(_lifecycle(engine_factory))
     app.on_shutdown.append(_close_listeners)

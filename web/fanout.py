@@ -147,7 +147,7 @@ class Hub:
         self._counted: dict[str, int] = {}  # listeners (not consoles) per channel, kept as they come and go
 
     def add(self, listener: Listener) -> None:
-        if listener.fd >= 0:
+        if listener.fd >= 0 and not listener.transport.is_closing():  # closing: its fd may be gone already
             listener.key = self.writer.attach(listener.fd)
         group = self.listeners.setdefault(listener.channel, set())
         if listener not in group:

@@ -32,6 +32,7 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.set_listeners(listener_counts(app, loaded))
     telemetry.know_channels(loaded)
     telemetry.set_chunk_cache(app[AUDIO].cached_bytes)
+    telemetry.set_fanout_helpers(len(app[HUB].writer.helper_pids))
     station = app[STATION]
     telemetry.set_synthesis(station.synthesis.backlog, station.synthesis.speed, station.streaming_count(),
                             station.synthesis.live_capacity())

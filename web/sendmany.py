@@ -25,12 +25,14 @@ large broadcast starts a fresh one.
 """
 
 import array
+import errno
 import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class HelperFailed(Exception):
     pass
 
 
+class BadDescriptor(Exception):
+    """A socket to pass on was already closed here: the helper itself is fine."""
+
+
 class HelperProcess:
     """The server's end of one helper: commands out, answers back, over a SOCK_SEQPACKET pair."""
 
@@ -88,9 +94,18 @@ class HelperProcess:
 
     def attach(self, keys: list[int], fds: list[int]) -> None:
         for start in range(0, len(keys), 250):
-            fds_bytes = array.array("i", fds[start:start + 250]).tobytes()
-            self._send(b"A" + array.array("I", keys[start:start + 250]).tobytes(),
-                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_bytes)])
+            try:
+                self._attach(keys[start:start + 250], fds[start:start + 250])
+            except BadDescriptor:  # one of them closed meanwhile (its peer left): pass the others one by one
+                for key, fd in zip(keys[start:start + 250], fds[start:start + 250]):
+                    try:
+                        self._attach([key], [fd])
+                    except BadDescriptor:
+                        pass  # never written: its listener is on its way out
+
+    def _attach(self, keys: list[int], fds: list[int]) -> None:
+        fds_bytes = array.array("i", fds).tobytes()
+        self._send(b"A" + array.array("I", keys).tobytes(), [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds_bytes)])
 
     def detach(self, keys: list[int]) -> None:
         self._send(b"D" + array.array("I", keys).tobytes())
@@ -121,6 +136,8 @@ class HelperProcess:
         try:
             self.channel.sendmsg([message], ancdata or [])
         except OSError as exc:
+            if exc.errno == errno.EBADF and ancdata and self.channel.fileno() >= 0:
+                raise BadDescriptor() from None
             raise HelperFailed(f"could not reach fan-out helper {self.proc.pid}: {exc!r}") from None
 
     def stop(self) -> None:
@@ -139,8 +156,9 @@ class SocketWriter:
     socket closes, or a helper's duplicate keeps the connection open.
     """
 
-    def __init__(self, processes: int = 0):
+    def __init__(self, processes: int = 0, on_failure: Callable[[], None] = lambda: None):
         self.processes = processes or default_processes()
+        self.on_failure = on_failure  # a helper failed and was stopped
         self._fds: dict[int, int] = {}  # key -> our descriptor
         self._next_key = 0
         self._helpers: list[HelperProcess] = []
@@ -219,6 +237,7 @@ class SocketWriter:
 
     def _fail(self, helper: HelperProcess, exc: HelperFailed) -> None:
         log.error("fan-out: %s; stopping it", exc)
+        self.on_failure()
         helper.proc.kill()
         helper.stop()
         if helper in self._helpers:

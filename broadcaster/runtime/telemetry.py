@@ -87,6 +87,12 @@ class Telemetry:
         self.chunk_cache = r.gauge(
             "broadcaster_chunk_cache_bytes", "Chunk audio held in memory for listeners' fetches (bounded by "
             "[server] chunk_cache_mb).")
+        self.fanout_helpers = r.gauge(
+            "broadcaster_fanout_helpers", "Helper processes writing large broadcasts (they start with the first "
+            "broadcast to 1024 or more sockets).")
+        self.fanout_helper_failures = r.counter(
+            "broadcaster_fanout_helper_failures_total", "Fan-out helper processes that failed and were stopped; "
+            "the listeners they were writing to at the time were closed with 1011 and reconnect.")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
             "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
@@ -168,6 +174,9 @@ class Telemetry:
 
     def set_chunk_cache(self, size: int) -> None:
         self.chunk_cache.set(size)
+
+    def set_fanout_helpers(self, running: int) -> None:
+        self.fanout_helpers.set(running)
 
     def set_listeners(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Counts by (channel, kind), replacing the last scrape's."""

@@ -21,3 +21,12 @@ def test_fractional_settings_take_whole_numbers_too():
 def test_wrong_types_are_refused(section, key, value):
     with pytest.raises(BadInput, match=key):
         config_from_dict({section: {key: value}})
+
+
+def test_an_unknown_allocator_is_refused_with_the_choices():
+    """A misspelt allocator is refused up front, naming the two it could be."""
+    from broadcaster.process import choose_small_object_allocator
+
+    config = config_from_dict({"server": {"allocator": "jemalloc"}})
+    with pytest.raises(BadInput, match=r"allocator 'malloc' or 'pymalloc', got 'jemalloc'"):
+        choose_small_object_allocator(config.server.allocator, restart=False)

@@ -171,3 +171,24 @@ def test_a_dead_helper_loses_only_its_share_and_a_new_one_starts_later(pairs, wr
     received = [drain(theirs) for _, theirs in group]
     assert received[:3] == [b"abc"] * 3
     assert received[3:] == [b"abc"] * 3 if not short else [b"ac"] * 3
+
+
+def test_a_socket_closed_before_it_reaches_the_helper_costs_nothing_else(pairs, writer, monkeypatch):
+    """Attaching a descriptor that is already closed skips it; the helper stays and the others are written."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+    group = list(pairs(4))
+    fanout = writer(2)
+    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    gone, _ = group[1]
+    gone.close()  # its peer left before the helpers started: the writer still lists it
+    assert fanout.write(b"a", [keys[0], keys[2], keys[3]]) == []
+    (pid,) = fanout.helper_pids
+    late, late_peer = pairs(1)[-1]
+    number = late.fileno()
+    late.close()
+    late_key = fanout.attach(number)  # closed: the attach is skipped, not fatal
+    assert fanout.helper_pids == [pid]
+    assert fanout.write(b"b", [keys[0], keys[2], keys[3]]) == []
+    assert [drain(theirs) for k, (_, theirs) in enumerate(group) if k != 1] == [b"ab"] * 3
+    fanout.detach(late_key)
+    assert drain(late_peer) == b""
