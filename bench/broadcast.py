@@ -17,10 +17,10 @@ import asyncio
 import base64
 import os
 import random
-import select
 import socket
 
 import aiohttp
+from sendcost import start_reader
 from serverproc import ServerProcess, raise_nofile, scrape_histogram, wait_listeners, with_uncapped_limits
 
 CHANNEL = "bench"
@@ -43,34 +43,8 @@ def upgrade(port: int) -> socket.socket:
     return sock
 
 
-def drain_forever(socks: list[socket.socket]) -> None:
-    """In a child process: read and discard everything, at the lowest priority."""
-    os.nice(19)
-    poll = select.epoll()
-    by_fd = {}
-    for sock in socks:
-        sock.setblocking(False)
-        poll.register(sock.fileno(), select.EPOLLIN)
-        by_fd[sock.fileno()] = sock
-    while True:
-        for fd, _ in poll.poll():
-            try:
-                by_fd[fd].recv(1 << 16)
-            except BlockingIOError:
-                pass
-
-
 def start_readers(socks: list[socket.socket], count: int) -> list[int]:
-    pids = []
-    for k in range(count):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                drain_forever(socks[k::count])
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    return pids
+    return [start_reader(socks[k::count], nice=19) for k in range(count)]
 
 
 async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, float]:

@@ -80,7 +80,8 @@ class Telemetry:
         self.open_fds = r.gauge("broadcaster_process_open_fds", "Open file descriptors of the process.")
         self.heap_blocks = r.gauge(
             "broadcaster_python_heap_blocks", "Memory blocks the Python interpreter has allocated: steady when "
-            "nothing leaks, whatever the allocator keeps in reserve.")
+            "nothing leaks, whatever the allocator keeps in reserve (counted by pymalloc only: 0 under "
+            "[server] allocator = \"malloc\").")
         self.sqlite_memory = r.gauge(
             "broadcaster_sqlite_memory_bytes", "Memory SQLite holds (page caches and statements of all "
             "connections), by its own count.")

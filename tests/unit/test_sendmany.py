@@ -43,6 +43,19 @@ def writer():
         each.close()
 
 
+@pytest.fixture
+def split(pairs, writer, monkeypatch):
+    """`split(n)`: n socket pairs attached to a writer that always shares the work with one helper."""
+    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
+
+    def make(count: int) -> tuple[list, SocketWriter, list[int]]:
+        group = list(pairs(count))[-count:]
+        fanout = writer(2)
+        return group, fanout, [fanout.attach(ours.fileno()) for ours, _ in group]
+
+    return make
+
+
 def drain(sock: socket.socket) -> bytes:
     received = b""
     while True:
@@ -70,23 +83,17 @@ def test_every_socket_gets_the_bytes_exactly_once(pairs, writer, processes, coun
         assert drain(theirs) == data * 2
 
 
-def test_helpers_really_write_their_share(pairs, writer, monkeypatch):
+def test_helpers_really_write_their_share(split, monkeypatch):
     """With the server's own share cut out, the helper's share still arrives: another process wrote it."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
-    group = pairs(10)
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    group, fanout, keys = split(10)
     monkeypatch.setattr(sendmany, "write_each", lambda data, fds, first=0: [])  # this process writes nothing
     assert fanout.write(b"hi", keys) == []
     assert [drain(theirs) for _, theirs in group] == [b""] * 5 + [b"hi"] * 5
 
 
-def test_a_detached_socket_closes_for_the_peer(pairs, writer, monkeypatch):
+def test_a_detached_socket_closes_for_the_peer(split):
     """Once detached and closed here, the peer sees the end: no helper keeps a duplicate open."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
-    group = pairs(4)
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    group, fanout, keys = split(4)
     assert fanout.write(b"x", keys) == []
     ours, theirs = group[0]
     fanout.detach(keys[0])
@@ -124,25 +131,19 @@ def test_a_full_socket_that_took_nothing_reports_zero(pairs, writer):
     assert fanout.write(b"more", [fanout.attach(ours.fileno())]) == [(0, 0)]
 
 
-def test_a_broken_connection_is_reported_and_the_rest_still_get_it(pairs, writer, monkeypatch):
+def test_a_broken_connection_is_reported_and_the_rest_still_get_it(split):
     """A broken connection in either share is reported as -1; the others get the bytes."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
-    group = pairs(6)
+    group, fanout, keys = split(6)
     for index in (1, 4):  # one in this process's share, one in the helper's
         group[index][0].shutdown(socket.SHUT_WR)  # writing to it now fails with EPIPE
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
     assert sorted(fanout.write(b"hi", keys)) == [(1, -1), (4, -1)]
     for index, (_, theirs) in enumerate(group):
         assert drain(theirs) == (b"" if index in (1, 4) else b"hi")
 
 
-def test_a_socket_the_helper_never_got_is_left_to_the_caller(pairs, writer, monkeypatch):
+def test_a_socket_the_helper_never_got_is_left_to_the_caller(split):
     """A key the helper holds no socket for reports 0 bytes taken, so the caller sends it all."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
-    group = pairs(4)
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    group, fanout, keys = split(4)
     assert fanout.write(b"a", keys) == []
     helper = fanout._helpers[0]
     helper.detach([keys[3]])  # behind the writer's back: now only this process knows that socket
@@ -150,13 +151,10 @@ def test_a_socket_the_helper_never_got_is_left_to_the_caller(pairs, writer, monk
     assert [drain(theirs) for _, theirs in group] == [b"ab", b"ab", b"ab", b"a"]
 
 
-def test_a_dead_helper_loses_only_its_share_and_a_new_one_starts_later(pairs, writer, monkeypatch):
+def test_a_dead_helper_loses_only_its_share_and_a_new_one_starts_later(split, monkeypatch):
     """A helper that died is stopped; its share is reported LOST, and a later write starts a fresh helper."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
     monkeypatch.setattr(sendmany, "RESTART_AFTER_S", 0)
-    group = pairs(6)
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    group, fanout, keys = split(6)
     assert fanout.write(b"a", keys) == []
     (first,) = fanout.helper_pids
     os.kill(first, signal.SIGKILL)
@@ -170,15 +168,12 @@ def test_a_dead_helper_loses_only_its_share_and_a_new_one_starts_later(pairs, wr
     assert fanout.helper_pids and fanout.helper_pids != [first]
     received = [drain(theirs) for _, theirs in group]
     assert received[:3] == [b"abc"] * 3
-    assert received[3:] == [b"abc"] * 3 if not short else [b"ac"] * 3
+    assert received[3:] == ([b"ac"] * 3 if short else [b"abc"] * 3)
 
 
-def test_a_socket_closed_before_it_reaches_the_helper_costs_nothing_else(pairs, writer, monkeypatch):
+def test_a_socket_closed_before_it_reaches_the_helper_costs_nothing_else(split, pairs):
     """Attaching a descriptor that is already closed skips it; the helper stays and the others are written."""
-    monkeypatch.setattr(sendmany, "HELPERS_FROM", 2)
-    group = list(pairs(4))
-    fanout = writer(2)
-    keys = [fanout.attach(ours.fileno()) for ours, _ in group]
+    group, fanout, keys = split(4)
     gone, _ = group[1]
     gone.close()  # its peer left before the helpers started: the writer still lists it
     assert fanout.write(b"a", [keys[0], keys[2], keys[3]]) == []
