@@ -14,7 +14,7 @@ The baseline is the same run with one socket, on the same server. Target
 (docs/performance.md): p99 within 50 ms at 5000 sockets.
 
     .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
-                                       [--fanout-processes N] [--client-nice 19]
+                                       [--fanout-processes N] [--client-priority idle]
 """
 
 import argparse
@@ -40,7 +40,7 @@ from serverproc import (
     wait_listeners,
     with_uncapped_limits,
 )
-from workers import WorkerPool, split
+from workers import PRIORITIES, WorkerPool, split
 
 CHANNEL = "bench"
 REQUEST_ID = re.compile(rb'"request_id": "([0-9a-f]{16})"')
@@ -220,7 +220,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
         await server.start()
-        pool = WorkerPool(args.workers, AnnounceWorker, "127.0.0.1", server.port, args.deflate, nice=args.client_nice)
+        pool = WorkerPool(args.workers, AnnounceWorker, "127.0.0.1", server.port, args.deflate, priority=args.client_priority)
         stages = []
         async with aiohttp.ClientSession() as http:
             for sockets in [1, *args.sockets]:
@@ -231,7 +231,7 @@ async def main(args: argparse.Namespace) -> None:
                       flush=True)
                 stages.append(stage)
         report(stages, args.posts)
-        print(f"client processes: {args.workers} at nice {args.client_nice}; server fan-out processes: "
+        print(f"client processes: {args.workers} at {args.client_priority} priority; server fan-out processes: "
               f"{args.fanout_processes or 'one per core'}")
         print(tcp_summary(tcp_before))
         print(server.problems())
@@ -250,9 +250,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16, help="connects in flight per client process")
     parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
                         help="offer permessage-deflate like a browser (default) or not")
-    parser.add_argument("--client-nice", type=int, default=0,
-                        help="niceness of the client processes; 19 leaves the server the CPU that clients on other "
-                             "machines would not take from it")
+    parser.add_argument("--client-priority", choices=PRIORITIES, default="normal",
+                        help="the client processes' CPU priority (bench/workers.py lower_priority); 'idle' leaves "
+                             "the server the CPU that clients on other machines would not take from it")
     parser.add_argument("--fanout-processes", type=int, default=0,
                         help="the server's [server] fanout_processes (0: its default, one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")

@@ -2,8 +2,8 @@
 
 Starts the real server as its own process (tone engine, per-address caps and
 heartbeats off), opens N WebSocket connections by hand (the upgrade only) and
-hands them to reader processes at nice 19 that just drain the bytes, so the
-clients take as little CPU from the server as clients on other machines
+hands them to reader processes at idle priority that just drain the bytes, so
+the clients take as little CPU from the server as clients on other machines
 would. Then POSTs short narrations and reads the server's
 `broadcaster_broadcast_seconds` histogram. It does this once with the
 server writing every broadcast alone (`fanout_processes = 1`, the baseline)
@@ -27,10 +27,11 @@ CHANNEL = "bench"
 BROADCAST = "broadcaster_broadcast_seconds"
 
 
-def upgrade(port: int) -> socket.socket:
+def upgrade(port: int, channel: str = CHANNEL) -> socket.socket:
+    """A WebSocket connection to `channel`, opened by hand: the upgrade only."""
     sock = socket.create_connection(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws/channels/{CHANNEL} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    sock.sendall(f"GET /ws/channels/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -44,7 +45,7 @@ def upgrade(port: int) -> socket.socket:
 
 
 def start_readers(socks: list[socket.socket], count: int) -> list[int]:
-    return [start_reader(socks[k::count], nice=19) for k in range(count)]
+    return [start_reader(socks[k::count], "idle") for k in range(count)]
 
 
 async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, float]:
@@ -84,7 +85,7 @@ async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, f
 
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
-    print(f"server time per broadcast to {args.sockets} WebSocket listeners (drained at nice 19), "
+    print(f"server time per broadcast to {args.sockets} WebSocket listeners (drained at idle priority), "
           f"{args.posts} POSTs per server; {os.cpu_count()} cores\n")
     results: dict[str, list[float]] = {"1 (baseline)": [], "default": []}
     for _ in range(args.pairs):

@@ -2,14 +2,14 @@
 
 No server, no WebSocket, no JSON: N connected TCP socket pairs on 127.0.0.1,
 the server ends non-blocking with TCP_NODELAY as asyncio leaves them, the
-client ends drained by reader processes (at nice 19 by default, standing in
-for clients on other machines). The server's `SocketWriter` (web/sendmany.py)
+client ends drained by reader processes (at idle priority by default,
+standing in for clients on other machines). The server's `SocketWriter` (web/sendmany.py)
 writes a 500-byte frame to all N, first in this process alone (the baseline),
 then split with helper processes, interleaved round by round. What it shows:
 the kernel's cost per send on this machine, which bounds what any broadcast
 to N loopback sockets can take.
 
-    .venv/bin/python bench/sendcost.py [--sockets 1000 5000] [--rounds 15] [--readers 2] [--reader-nice 19]
+    .venv/bin/python bench/sendcost.py [--sockets 1000 5000] [--rounds 15] [--readers 2] [--reader-priority idle]
 """
 
 import argparse
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from web import sendmany  # noqa: E402
 from web.sendmany import SocketWriter, default_processes  # noqa: E402
+from workers import PRIORITIES, lower_priority  # noqa: E402
 
 FRAME = b"\x81\x7e\x01\xf4" + b"x" * 500  # a 500-byte WebSocket text frame
 
@@ -43,13 +44,13 @@ def socket_pairs(count: int) -> tuple[list[socket.socket], list[socket.socket]]:
     return servers, clients
 
 
-def start_reader(clients: list[socket.socket], nice: int) -> int:
+def start_reader(clients: list[socket.socket], priority: str) -> int:
     """A child process that reads and discards everything arriving on `clients`."""
     pid = os.fork()
     if pid:
         return pid
     try:
-        os.nice(nice)
+        lower_priority(priority)
         poll = select.epoll()
         by_fd = {}
         for client in clients:
@@ -66,9 +67,9 @@ def start_reader(clients: list[socket.socket], nice: int) -> int:
         os._exit(0)
 
 
-def measure(count: int, rounds: int, readers: int, nice: int) -> dict[int, list[float]]:
+def measure(count: int, rounds: int, readers: int, priority: str) -> dict[int, list[float]]:
     servers, clients = socket_pairs(count)
-    pids = [start_reader(clients[k::readers], nice) for k in range(readers)]
+    pids = [start_reader(clients[k::readers], priority) for k in range(readers)]
     for client in clients:
         client.close()  # the readers have their copies
     sendmany.HELPERS_FROM = 1  # split every group, whatever its size: this measures the split itself
@@ -99,10 +100,10 @@ def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(f"one {len(FRAME)}-byte frame to N loopback sockets, {args.rounds} rounds, {args.readers} reader "
-          f"processes at nice {args.reader_nice}; {os.cpu_count()} cores\n")
+          f"processes at {args.reader_priority} priority; {os.cpu_count()} cores\n")
     print("sockets  processes  median ms  min ms  per socket us (median)  vs one process")
     for count in args.sockets:
-        times = measure(count, args.rounds, args.readers, args.reader_nice)
+        times = measure(count, args.rounds, args.readers, args.reader_priority)
         base = statistics.median(times[1])
         for n, values in times.items():
             median = statistics.median(values)
@@ -115,5 +116,6 @@ if __name__ == "__main__":
     parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--readers", type=int, default=2, help="processes reading the client ends")
-    parser.add_argument("--reader-nice", type=int, default=19)
+    parser.add_argument("--reader-priority", choices=PRIORITIES, default="idle",
+                        help="see bench/workers.py lower_priority")
     main(parser.parse_args())

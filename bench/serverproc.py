@@ -397,16 +397,19 @@ class Histogram:
         return next((le for le, n in self.buckets if n >= share * self.count), float("inf"))
 
 
-async def scrape_histogram(http: aiohttp.ClientSession, base_url: str, name: str) -> Histogram:
+async def scrape_histogram(http: aiohttp.ClientSession, base_url: str, name: str, labels: str = "") -> Histogram:
+    """`labels`: the series' labels as /metrics writes them, e.g. 'generation="2"' (none: unlabelled)."""
     async with http.get(f"{base_url}/metrics") as resp:
         text = await resp.text()
+    bucket = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
+    total_line = f"{name}_sum{{{labels}}} " if labels else f"{name}_sum "
     buckets, total = [], 0.0
     for line in text.splitlines():
-        if line.startswith(f'{name}_bucket{{le="'):
-            le, count = line[len(name) + 12:].split('"} ')
+        if line.startswith(bucket):
+            le, count = line[len(bucket):].split('"} ')
             buckets.append((float(le), float(count)))
-        elif line.startswith(f"{name}_sum "):
-            total = float(line.split()[1])
+        elif line.startswith(total_line):
+            total = float(line.split()[-1])
     return Histogram(buckets, total)
 
 

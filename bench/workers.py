@@ -19,9 +19,26 @@ from typing import Any
 from serverproc import raise_nofile
 
 
-def _run(conn: Connection, factory: Callable[..., Any], args: tuple, nice: int) -> None:
+PRIORITIES = ("normal", "low", "idle")
+
+
+def lower_priority(priority: str) -> None:
+    """How much CPU a client process on the server's own cores may take from it. "normal": as much
+    as the server. "low": nice 19. "idle": SCHED_IDLE, only time the server leaves, as clients on
+    other machines would. Nice 19 alone does not do that: the kernel's EEVDF scheduler lets a
+    reader woken by the server's send preempt it at once, two context switches per send
+    (docs/performance.md)."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"expected a client priority among {PRIORITIES}, got {priority!r}")
+    if priority == "low":
+        os.nice(19)
+    elif priority == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def _run(conn: Connection, factory: Callable[..., Any], args: tuple, priority: str) -> None:
     raise_nofile()
-    os.nice(nice)
+    lower_priority(priority)
     asyncio.run(_serve(conn, factory(*args)))
 
 
@@ -45,15 +62,14 @@ async def _serve(conn: Connection, target: Any) -> None:
 
 
 class WorkerPool:
-    def __init__(self, count: int, factory: Callable[..., Any], *args: Any, nice: int = 0):
-        """`nice`: the workers' scheduling niceness. Clients on the server's own cores take CPU from it
-        that remote clients would not; at 19 they get only what the server leaves."""
+    def __init__(self, count: int, factory: Callable[..., Any], *args: Any, priority: str = "normal"):
+        """`priority`: see lower_priority."""
         context = multiprocessing.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs = []
         for index in range(count):
             ours, theirs = context.Pipe()
-            proc = context.Process(target=_run, args=(theirs, factory, (index, *args), nice),
+            proc = context.Process(target=_run, args=(theirs, factory, (index, *args), priority),
                                    daemon=True,
                                    name=f"bench-worker-{index}")
             proc.start()

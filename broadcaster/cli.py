@@ -100,9 +100,18 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
     # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
     # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
-    web.run_app(create_app(config), host=config.server.host, port=config.server.port, print=None, backlog=1024,
-                access_log=None)
+    app = create_app(config)
+    if config.server.gc_freeze:
+        app.on_startup.append(_freeze_startup_heap)  # after the app's own start-up: voice and channels loaded
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
     return 0
+
+
+async def _freeze_startup_heap(app) -> None:  # noqa: ANN001
+    from broadcaster.runtime.collector import freeze_startup_heap
+
+    logging.getLogger("broadcaster.serve").info("start-up heap frozen: %d objects the collector no longer walks",
+                                                freeze_startup_heap())
 
 
 async def _ensure_channel(config: Config, name: str) -> None:

@@ -20,6 +20,7 @@ class ServerConfig:
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
+    gc_freeze: bool = True  # `serve` freezes its start-up objects out of the cycle collector's walks
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from broadcaster.config import Config
 from broadcaster.runtime.clock import wall_clock_ms
+from broadcaster.runtime.collector import PauseTimer
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.station import Station
 from broadcaster.runtime.telemetry import Telemetry
@@ -81,6 +82,8 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
 def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
+        gc_pauses = PauseTimer(app[METRICS].gc_paused)
+        gc_pauses.start()
         config.data_path.mkdir(parents=True, exist_ok=True)
         store = Store(config.database_url)
         await store.create_schema()
@@ -101,6 +104,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         await station.stop()
         await engine.close()
         await store.close()
+        gc_pauses.stop()
 
     return lifecycle
 

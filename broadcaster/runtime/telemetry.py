@@ -10,6 +10,7 @@ the present (requests by state, listeners, memory) are taken afresh at each
 scrape by web/metrics.py, so they can never drift from the truth.
 """
 
+import gc
 import os
 import sys
 import time
@@ -27,6 +28,9 @@ CHUNK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # One broadcast takes about 10 microseconds per listener: milliseconds for hundreds, 0.1 s for thousands.
 BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 # A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
+# A young collection takes a millisecond or so; a full one about a microsecond per tracked object,
+# which is most of a second with thousands of listeners.
+GC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 STREAM_KINDS = ("chunk", "progressive", "live")
@@ -94,6 +98,12 @@ class Telemetry:
         self.fanout_helper_failures = r.counter(
             "broadcaster_fanout_helper_failures_total", "Fan-out helper processes that failed and were stopped; "
             "the listeners they were writing to at the time were closed with 1011 and reconnect.")
+        self.gc_pause_seconds = r.histogram(
+            "broadcaster_gc_pause_seconds", "How long each run of Python's cycle collector stopped the server, by "
+            "generation (2: a full collection, which walks every tracked object).", ("generation",), GC_BUCKETS_S)
+        self.gc_frozen = r.gauge(
+            "broadcaster_gc_frozen_objects", "Objects from start-up frozen out of the cycle collector's walks "
+            "(0 when [server] gc_freeze is off, or outside `broadcaster serve`).")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
             "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
@@ -117,6 +127,8 @@ class Telemetry:
             self.dropped.labels(kind=kind)
         for status_class in STATUS_CLASSES:
             self.http_responses.labels(status_class=status_class)
+        for generation in range(3):
+            self.gc_pause_seconds.labels(generation=str(generation))
 
     # -- pushed as things happen -------------------------------------------------------
 
@@ -148,6 +160,9 @@ class Telemetry:
             return
         lag_ms = received_ms - (chunk.starts_at_ms + chunk.duration_ms)
         self.ack_lag.labels(via=via).observe(max(0, lag_ms) / 1000)
+
+    def gc_paused(self, generation: int, seconds: float) -> None:
+        self.gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
 
     def broadcast_took(self, seconds: float) -> None:
         self.broadcast_seconds.observe(seconds)
@@ -199,6 +214,7 @@ class Telemetry:
             self.resident_memory.set(stats[0])
             self.open_fds.set(stats[1])
         self.heap_blocks.set(sys.getallocatedblocks())
+        self.gc_frozen.set(gc.get_freeze_count())
         if sqlite_memory_used is not None:
             self.sqlite_memory.set(sqlite_memory_used())
         return self.registry.render()
