@@ -10,11 +10,19 @@ times are the kernel's (SO_TIMESTAMPNS, CLOCK_REALTIME, which the benchmark
 process also stamps the POST with), so a busy client process does not
 inflate them; the time each client read the frame is shown too.
 
+Kernel times overestimate when a client falls behind: a frame not yet read
+when the next one arrives is merged with it by TCP and takes the later time.
+With thousands of sockets on the same cores the clients do fall behind, so a
+few probe sockets (`--probes`) live in a process of their own that reads
+promptly; they are connected in step with the others, so they sit all through
+the server's order of writing, and their figures are the ones judged against
+the target. The all-sockets figures are shown too.
+
 The baseline is the same run with one socket, on the same server. Target
 (docs/performance.md): p99 within 50 ms at 5000 sockets.
 
     .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
-                                       [--fanout-processes N] [--client-priority idle]
+                                       [--fanout-processes N] [--client-priority idle] [--probes 50]
 """
 
 import argparse
@@ -47,6 +55,7 @@ REQUEST_ID = re.compile(rb'"request_id": "([0-9a-f]{16})"')
 SETTINGS = with_uncapped_limits({"tts": {"engine": "tone", "tone_ms_per_char": 30}})
 TARGET_P99_MS = 50
 BROADCAST = "broadcaster_broadcast_seconds"
+PAUSES, FULL = "broadcaster_gc_pause_seconds", 'generation="2"'
 
 
 class AnnounceWorker:
@@ -100,6 +109,7 @@ class Stage:
     connect_s: float = 0.0
     failures: Counter = field(default_factory=Counter)
     kernel_ms: list[float] = field(default_factory=list)
+    probe_ms: list[float] = field(default_factory=list)  # kernel times of the probe sockets only
     read_ms: list[float] = field(default_factory=list)
     spread_ms: list[float] = field(default_factory=list)  # per request: last socket minus first
     missed: int = 0
@@ -109,28 +119,42 @@ class Stage:
     rss_mb: float = 0.0
     cpu_share: float = 0.0
     broadcasts: Histogram | None = None  # the server's own time per broadcast, over this stage
+    full_gcs: Histogram | None = None  # the server's full garbage collections while the POSTs went on
 
 
-async def run_stage(server: ServerProcess, pool: WorkerPool, http: aiohttp.ClientSession, token: str,
-                    sockets: int, posts: int, interval_s: float, concurrency: int) -> Stage:
+CONNECT_STEPS = 10  # probes join in step with the rest, so they are spread through the server's listener set
+
+
+async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool], http: aiohttp.ClientSession,
+                    token: str, sockets: int, probes: int, posts: int, interval_s: float, concurrency: int) -> Stage:
+    """`pools`: the load clients and the probe process; `probes` of the `sockets` are the probe's."""
+    pool, probe = pools
     stage = Stage(sockets)
     started = time.monotonic()
-    answers = await pool.call("connect", [(n, concurrency) for n in split(sockets, len(pool))])
-    stage.connected = sum(a["connected"] for a in answers)
-    for answer in answers:
-        stage.failures.update(answer["failures"])
+    probes = min(probes, sockets)
+    for load_n, probe_n in zip(split(sockets - probes, CONNECT_STEPS), split(probes, CONNECT_STEPS)):
+        answers = [*await pool.call("connect", [(n, concurrency) for n in split(load_n, len(pool))]),
+                   *await probe.call("connect", [(probe_n, concurrency)])]
+        stage.connected += sum(a["connected"] for a in answers)
+        for answer in answers:
+            stage.failures.update(answer["failures"])
     await wait_listeners(http, server.base_url, CHANNEL, stage.connected)
     stage.connect_s = time.monotonic() - started
     await asyncio.sleep(1.0)  # the coalesced listeners_changed goes out 0.5 s after the last join
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     before = await scrape_histogram(http, server.base_url, BROADCAST)
+    gcs_before = await scrape_histogram(http, server.base_url, PAUSES, FULL)
     sent = await post_narrations(http, server.base_url, token, posts, interval_s, stage.answered_ms)
     await wait_idle(http, server.base_url)
     stage.broadcasts = (await scrape_histogram(http, server.base_url, BROADCAST)).minus(before)
+    stage.full_gcs = (await scrape_histogram(http, server.base_url, PAUSES, FULL)).minus(gcs_before)
     stage.cpu_share = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
     stage.rss_mb = sample_memory(server.pid, time.monotonic()).rss_mb
-    absorb(stage, sent, await pool.call("collect", [(list(sent),)] * len(pool)))
+    probed = await probe.call("collect", [(list(sent),)])
+    absorb(stage, sent, [*await pool.call("collect", [(list(sent),)] * len(pool)), *probed])
+    stage.probe_ms = [(t - sent[rid]) / 1e6 for rid, (kernel, _, _) in probed[0]["times"].items() for t in kernel]
     await pool.call("disconnect")
+    await probe.call("disconnect")
     await wait_listeners(http, server.base_url, CHANNEL, 0)
     return stage
 
@@ -177,19 +201,22 @@ def absorb(stage: Stage, sent: dict[str, int], answers: list[dict]) -> None:
     stage.spread_ms = [(max(k) - min(k)) / 1e6 for k in per_request.values() if k]
 
 
-def report(stages: list[Stage], posts: int) -> None:
-    base = percentile(stages[0].kernel_ms, 99)
+def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
+    base = percentile(stages[0].probe_ms, 99)
     print(f"\nannounce latency: POST sent -> the socket receives the playback_queue_updated naming the request")
-    deflate = "permessage-deflate offered, as browsers do" if stages[0].deflate else "no compression offered"
+    deflate = (f"permessage-deflate offered as browsers do, agreed on {stages[-1].deflate} of {stages[-1].connected} "
+               "sockets" if offered else "no compression offered")
     print(f"{posts} POSTs per row; kernel receive time (SO_TIMESTAMPNS); {deflate}; the baseline is the 1-socket row\n")
     rows = []
     for s in stages:
-        p99 = percentile(s.kernel_ms, 99)
-        rows.append([s.sockets, s.connected, len(s.kernel_ms), s.missed, percentile(s.kernel_ms, 50), p99,
-                     max(s.kernel_ms, default=float("nan")), f"{p99 / base:.1f}x" if base else "-",
+        p99 = percentile(s.probe_ms, 99)
+        rows.append([s.sockets, s.connected, len(s.probe_ms), percentile(s.probe_ms, 50), p99,
+                     max(s.probe_ms, default=float("nan")), f"{p99 / base:.1f}x" if base else "-",
+                     len(s.kernel_ms), s.missed, percentile(s.kernel_ms, 50), percentile(s.kernel_ms, 99),
                      percentile(s.spread_ms, 50), percentile(s.answered_ms, 50), percentile(s.read_ms, 99), s.rss_mb,
                      f"{s.cpu_share * 100:.0f}%", f"{s.connect_s:.1f}"])
-    print(table(["sockets", "connected", "samples", "missed", "p50 ms", "p99 ms", "max ms", "p99 vs 1",
+    print(table(["sockets", "connected", "probe samples", "probe p50 ms", "probe p99 ms", "probe max ms", "p99 vs 1",
+                 "all samples", "missed", "all p50 ms", "all p99 ms",
                  "fan-out span p50 ms", "POST 202 p50 ms", "read p99 ms", "server RSS MB", "server CPU", "connect s"], rows))
     print("\nthe server's own time per broadcast, from its broadcaster_broadcast_seconds histogram "
           "(bucket bounds: p50 and p99 fall within them):")
@@ -198,17 +225,26 @@ def report(stages: list[Stage], posts: int) -> None:
         if b is not None and b.count:
             print(f"  {s.sockets:5d} sockets: {b.count:.0f} broadcasts, mean {b.total / b.count * 1000:.1f} ms, "
                   f"p50 <= {b.bound(0.5) * 1000:g} ms, p99 <= {b.bound(0.99) * 1000:g} ms")
+    print("\nthe server's full garbage collections while the POSTs went on (each stops the server; "
+          "docs/performance.md):")
+    for s in stages:
+        g = s.full_gcs
+        if g is not None and g.count:
+            print(f"  {s.sockets:5d} sockets: {g.count:.0f}, mean {g.total / g.count * 1000:.0f} ms")
+        elif g is not None:
+            print(f"  {s.sockets:5d} sockets: none")
     print("\nfan-out span: per request, last socket's receive time minus the first's (kernel times)")
     print("POST 202: from sending the POST to its answer (the announcement is queued for every socket before it)")
     print("read p99: the same latency measured when the client process read the frame (includes client lag)")
     print("kernel times overestimate when a client falls behind: TCP merges a frame not yet read with the next "
-          "one\n  (each POST makes several broadcasts within ~0.2 s), and the merged data carries the later time")
+          "one\n  (each POST makes several broadcasts within ~0.2 s), and the merged data carries the later time;\n"
+          f"  the {probes} probe sockets are read promptly by a process of their own, so theirs do not")
     for s in stages:
         if s.failures or s.closed_early:
             print(f"{s.sockets} sockets: connect failures {dict(s.failures)}; closed by the server {dict(s.closed_early)}")
     largest = stages[-1]
-    verdict = "meets" if percentile(largest.kernel_ms, 99) <= TARGET_P99_MS else "MISSES"
-    print(f"\n{largest.sockets} sockets: p99 {percentile(largest.kernel_ms, 99):.1f} ms {verdict} "
+    verdict = "meets" if percentile(largest.probe_ms, 99) <= TARGET_P99_MS else "MISSES"
+    print(f"\n{largest.sockets} sockets: probe p99 {percentile(largest.probe_ms, 99):.1f} ms {verdict} "
           f"the target of <= {TARGET_P99_MS} ms (docs: at 5000 sockets)")
 
 
@@ -216,27 +252,30 @@ async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
     server = ServerProcess({**SETTINGS, "server": {"fanout_processes": args.fanout_processes}})
-    pool = None
+    pools: list[WorkerPool] = []
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
         await server.start()
-        pool = WorkerPool(args.workers, AnnounceWorker, "127.0.0.1", server.port, args.deflate, priority=args.client_priority)
+        client = ("127.0.0.1", server.port, args.deflate)
+        pools.append(WorkerPool(args.workers, AnnounceWorker, *client, priority=args.client_priority))
+        pools.append(WorkerPool(1, AnnounceWorker, *client))  # the probes: few sockets, read at once
         stages = []
         async with aiohttp.ClientSession() as http:
             for sockets in [1, *args.sockets]:
-                stage = await run_stage(server, pool, http, token, sockets, args.posts, args.interval,
-                                        args.concurrency)
-                print(f"{sockets} sockets: p50 {percentile(stage.kernel_ms, 50):.1f} ms, "
-                      f"p99 {percentile(stage.kernel_ms, 99):.1f} ms, max {max(stage.kernel_ms, default=0):.1f} ms",
+                stage = await run_stage(server, (pools[0], pools[1]), http, token, sockets, args.probes, args.posts,
+                                        args.interval, args.concurrency)
+                print(f"{sockets} sockets: probes p50 {percentile(stage.probe_ms, 50):.1f} ms, "
+                      f"p99 {percentile(stage.probe_ms, 99):.1f} ms; all sockets p50 "
+                      f"{percentile(stage.kernel_ms, 50):.1f} ms, p99 {percentile(stage.kernel_ms, 99):.1f} ms",
                       flush=True)
                 stages.append(stage)
-        report(stages, args.posts)
+        report(stages, args.posts, args.probes, args.deflate)
         print(f"client processes: {args.workers} at {args.client_priority} priority; server fan-out processes: "
               f"{args.fanout_processes or 'one per core'}")
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:
-        if pool is not None:
+        for pool in pools:
             await pool.close()
         server.remove(keep=args.keep)
 
@@ -248,6 +287,8 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=1.5, help="mean seconds between POSTs")
     parser.add_argument("--workers", type=int, default=4, help="client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="connects in flight per client process")
+    parser.add_argument("--probes", type=int, default=50,
+                        help="sockets of the promptly read probe process, judged against the target")
     parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
                         help="offer permessage-deflate like a browser (default) or not")
     parser.add_argument("--client-priority", choices=PRIORITIES, default="normal",

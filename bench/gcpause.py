@@ -8,9 +8,11 @@ until the server has run at least `--collections` full collections (or
 `--rounds` batches have turned over). The pauses come from the server's own
 `broadcaster_gc_pause_seconds` histogram over the churn only.
 
-The baseline is the same run with `[server] gc_freeze = false`, measured on a
-fresh server in the same run, so the two rows differ only in the frozen
-start-up heap.
+The baseline is the same run with `[server] gc_freeze = false` (Python's
+collector as it comes), measured on a fresh server in the same run. Then the
+default (start-up heap and every full collection's survivors frozen), and the
+default with a thaw every 15 s and the churn kept up for 40 s, so that the
+thaw's full walk, which the default does every 10 minutes, is in the figures.
 
     .venv/bin/python bench/gcpause.py [--listeners 1000 5000] [--collections 3] [--rounds 40]
 """
@@ -24,7 +26,8 @@ import aiohttp
 from broadcast import upgrade
 from report import table
 from sendcost import start_reader
-from serverproc import ServerProcess, raise_nofile, scrape_histogram, wait_listeners, with_uncapped_limits
+from serverproc import (ServerProcess, raise_nofile, sample_memory, scrape_histogram, wait_listeners,
+                        with_uncapped_limits)
 
 CHANNEL = "bench"
 BATCH = 250
@@ -54,8 +57,15 @@ class Audience:
             self.leave()
 
 
-async def one_server(freeze: bool, listeners: int, collections: int, rounds: int) -> dict:
-    settings = with_uncapped_limits({"tts": {"engine": "tone"}, "server": {"gc_freeze": freeze}})
+VARIANTS = (  # label, [server] settings, seconds the churn lasts at least
+    ("off (baseline)", {"gc_freeze": False}, 0),
+    ("on (default)", {}, 0),
+    ("on, thaw every 15 s", {"gc_thaw_minutes": 0.25}, 40),
+)
+
+
+async def one_server(server_settings: dict, listeners: int, collections: int, rounds: int, min_s: float) -> dict:
+    settings = with_uncapped_limits({"tts": {"engine": "tone"}, "server": server_settings})
     settings["limits"]["ws_heartbeat_s"] = 3600  # the readers never answer a ping
     server = ServerProcess(settings)
     audience = None
@@ -70,18 +80,18 @@ async def one_server(freeze: bool, listeners: int, collections: int, rounds: int
             before = await scrape_histogram(http, server.base_url, PAUSES, 'generation="2"')
             young_before = await scrape_histogram(http, server.base_url, PAUSES, 'generation="1"')
             started, turned = time.monotonic(), 0
-            while turned < rounds:
+            while turned < rounds or time.monotonic() - started < min_s:
                 audience.leave()
                 audience.join(BATCH)
                 turned += 1
                 full = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="2"')).minus(before)
-                if full.count >= collections:
+                if full.count >= collections and time.monotonic() - started >= min_s:
                     break
             full = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="2"')).minus(before)
             young = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="1"')).minus(young_before)
             frozen = await gauge(http, server.base_url, "broadcaster_gc_frozen_objects")
         return {"full": full, "young": young, "turned": turned * BATCH, "seconds": time.monotonic() - started,
-                "frozen": frozen}
+                "frozen": frozen, "rss_mb": sample_memory(server.pid, time.monotonic()).rss_mb}
     finally:
         if audience is not None:
             audience.close()
@@ -104,18 +114,20 @@ async def main(args: argparse.Namespace) -> None:
           f"{os.cpu_count()} cores\n")
     rows = []
     for listeners in args.listeners:
-        results = {}
-        for label, freeze in (("off (baseline)", False), ("on (default)", True)):
-            result = results[label] = await one_server(freeze, listeners, args.collections, args.rounds)
+        results = []
+        for label, server_settings, min_s in VARIANTS:
+            result = await one_server(server_settings, listeners, args.collections, args.rounds, min_s)
+            results.append(result)
             full, young = result["full"], result["young"]
-            rows.append([listeners, label, f"{result['frozen']:.0f}", result["turned"], f"{full.count:.0f}",
-                         mean_ms(full), f"<= {full.bound(1.0) * 1000:g}", f"{young.count:.0f}", mean_ms(young)])
+            rows.append([listeners, label, f"{result['frozen']:.0f}", result["turned"], f"{result['seconds']:.0f}",
+                         f"{full.count:.0f}", mean_ms(full), f"<= {full.bound(1.0) * 1000:g}",
+                         f"{young.count:.0f}", mean_ms(young), result["rss_mb"]])
             print(f"  {listeners} listeners, freeze {label}: {full.count:.0f} full collections, "
                   f"mean {mean_ms(full):.1f} ms", flush=True)
-        base, now = (mean_ms(r["full"]) for r in results.values())
+        base, now = mean_ms(results[0]["full"]), mean_ms(results[1]["full"])
         print(f"  {listeners} listeners: full collection {base:.1f} ms -> {now:.1f} ms ({base / now:.2f}x)\n")
-    print(table(["listeners", "freeze", "frozen objects", "listeners turned over", "full collections",
-                 "full mean ms", "full max ms (bucket)", "gen-1 collections", "gen-1 mean ms"], rows))
+    print(table(["listeners", "freeze", "frozen objects", "listeners turned over", "churn s", "full collections",
+                 "full mean ms", "full max ms (bucket)", "gen-1 collections", "gen-1 mean ms", "RSS MB"], rows))
     print("\nfull: a generation-2 collection, which walks every tracked object and stops the event loop meanwhile")
 
 

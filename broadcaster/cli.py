@@ -102,16 +102,26 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
     app = create_app(config)
     if config.server.gc_freeze:
-        app.on_startup.append(_freeze_startup_heap)  # after the app's own start-up: voice and channels loaded
+        _keep_full_collections_short(app, config.server.gc_thaw_minutes * 60)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
     return 0
 
 
-async def _freeze_startup_heap(app) -> None:  # noqa: ANN001
-    from broadcaster.runtime.collector import freeze_startup_heap
+def _keep_full_collections_short(app, thaw_after_s: float) -> None:  # noqa: ANN001
+    from broadcaster.runtime.collector import SurvivorFreezer
 
-    logging.getLogger("broadcaster.serve").info("start-up heap frozen: %d objects the collector no longer walks",
-                                                freeze_startup_heap())
+    freezer = SurvivorFreezer(thaw_after_s)
+
+    async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
+        frozen = freezer.start(asyncio.get_running_loop())
+        logging.getLogger("broadcaster.serve").info("start-up heap frozen: %d objects the collector no longer walks",
+                                                    frozen)
+
+    async def stop(app) -> None:  # noqa: ANN001
+        freezer.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
 
 
 async def _ensure_channel(config: Config, name: str) -> None:

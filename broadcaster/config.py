@@ -20,8 +20,13 @@ class ServerConfig:
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
-    gc_freeze: bool = True  # `serve` freezes its start-up objects out of the cycle collector's walks
+    gc_freeze: bool = True  # `serve` keeps what survives a full collection out of the next ones' walks
+    gc_thaw_minutes: float = 10  # how often those frozen objects are walked once, freeing cycles among them
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
+
+    def __post_init__(self) -> None:
+        if not self.gc_thaw_minutes > 0:  # 0 would walk the whole heap on every turn of the event loop
+            raise BadInput(f"expected [server] gc_thaw_minutes above 0, got {self.gc_thaw_minutes!r}")
 
 
 @dataclass(frozen=True)

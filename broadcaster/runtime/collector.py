@@ -8,18 +8,28 @@ hundred of them (aiohttp's request, handler, parser and writer; our queue and
 writer task), so with thousands of listeners one full collection is the
 longest stall the server has (measured in docs/performance.md).
 
-Two things here. Every pause is timed into `broadcaster_gc_pause_seconds`, so
-an operator sees it. And `freeze_startup_heap` moves the objects made at
-start-up (modules, classes, the voice, the database schema: tens of
-thousands) into the permanent generation, which no later collection walks.
-They live until exit anyway; the one cost is that a cycle among them that
-becomes garbage later is never collected, which is why only the server's own
-process freezes (`broadcaster serve`), never a program that embeds the app.
+Every pause is timed into `broadcaster_gc_pause_seconds`, so an operator
+sees it. And the server's own process (`broadcaster serve`, never a program
+that embeds the app) keeps full collections short with `SurvivorFreezer`:
+
+- At start-up, and after every full collection, what survived is frozen: moved
+  into the permanent generation, which collections do not walk. So a full
+  collection walks only what was made since the last one, not every listener.
+- Frozen objects are still freed as soon as nothing refers to them; only
+  garbage in reference cycles among them waits. A listener that leaves leaves
+  some (exceptions holding their tracebacks, in aiohttp and in our writer
+  task), so every `thaw_after_s` everything is unfrozen and collected once:
+  one full-length pause that frees those cycles, then the survivors are
+  frozen again.
 """
 
+import asyncio
 import gc
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 # (generation, seconds) of one finished collection
 Observe = Callable[[int, float], None]
@@ -55,3 +65,47 @@ class PauseTimer:
         elif self._started is not None:
             self.observe(info["generation"], now - self._started)
             self._started = None
+
+
+class SurvivorFreezer:
+    """Freezes the survivors of every full collection; thaws and collects them all every `thaw_after_s`."""
+
+    def __init__(self, thaw_after_s: float):
+        self.thaw_after_s = thaw_after_s
+        self.thaws = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Freeze the start-up heap and keep freezing; returns how many objects were frozen now."""
+        self._loop = loop
+        frozen = freeze_startup_heap()
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+        self._timer = loop.call_later(self.thaw_after_s, self.thaw)
+        return frozen
+
+    def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        # Any thread may be the one collecting; the freeze happens on the loop's thread, right after.
+        if phase == "stop" and info["generation"] == 2 and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(gc.freeze)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
+
+    def thaw(self) -> None:
+        started, frozen = time.perf_counter(), gc.get_freeze_count()
+        gc.unfreeze()
+        freed = gc.collect()  # the one full walk: its callback freezes the survivors again
+        self.thaws += 1
+        log.info("garbage collector: %d frozen objects walked once, %d in unreachable cycles freed, in %.0f ms",
+                 frozen, freed, (time.perf_counter() - started) * 1000)
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)

@@ -102,7 +102,8 @@ class Telemetry:
             "broadcaster_gc_pause_seconds", "How long each run of Python's cycle collector stopped the server, by "
             "generation (2: a full collection, which walks every tracked object).", ("generation",), GC_BUCKETS_S)
         self.gc_frozen = r.gauge(
-            "broadcaster_gc_frozen_objects", "Objects from start-up frozen out of the cycle collector's walks "
+            "broadcaster_gc_frozen_objects", "Objects frozen out of the cycle collector's walks: those made at "
+            "start-up and the survivors of each full collection, walked once every [server] gc_thaw_minutes "
             "(0 when [server] gc_freeze is off, or outside `broadcaster serve`).")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(

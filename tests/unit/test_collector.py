@@ -1,8 +1,10 @@
-"""The cycle collector's pauses are timed per generation, and the start-up heap can be frozen."""
+"""The cycle collector's pauses are timed per generation; survivors are frozen out of its walks and thawed on a schedule."""
 
+import asyncio
 import gc
+import weakref
 
-from broadcaster.runtime.collector import PauseTimer, freeze_startup_heap
+from broadcaster.runtime.collector import PauseTimer, SurvivorFreezer, freeze_startup_heap
 
 
 def test_each_collection_is_timed_with_its_generation():
@@ -31,3 +33,47 @@ def test_freezing_moves_the_survivors_out_of_the_collectors_walks():
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+class Node:
+    """Something the collector tracks that can sit in a reference cycle."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_survivors_of_a_full_collection_are_frozen_and_a_thaw_frees_their_cycles():
+    loop = asyncio.get_running_loop()
+    freezer = SurvivorFreezer(thaw_after_s=3600)
+    try:
+        assert freezer.start(loop) == gc.get_freeze_count() > 0
+        survivor = Node()
+        gc.collect()  # a full collection: its survivors are frozen on the loop's next turn
+        await asyncio.sleep(0)
+        assert not any(obj is survivor for obj in gc.get_objects(2)), "frozen: in no generation any more"
+        alive = weakref.ref(survivor)
+        del survivor  # garbage now, but in a cycle among frozen objects: no collection walks it
+        gc.collect()
+        assert alive() is not None
+        freezer.thaw()  # unfrozen, collected once, the rest frozen again
+        assert alive() is None
+        assert freezer.thaws == 1
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() > 0
+    finally:
+        freezer.stop()
+        gc.unfreeze()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert gc.get_freeze_count() == 0, "a stopped freezer freezes nothing more"
+
+
+async def test_the_freezer_thaws_on_its_own_schedule():
+    freezer = SurvivorFreezer(thaw_after_s=0.05)
+    try:
+        freezer.start(asyncio.get_running_loop())
+        await asyncio.sleep(0.5)
+        assert freezer.thaws >= 2  # and it went on after the first
+    finally:
+        freezer.stop()
+        gc.unfreeze()

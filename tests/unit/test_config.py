@@ -30,3 +30,11 @@ def test_an_unknown_allocator_is_refused_with_the_choices():
     config = config_from_dict({"server": {"allocator": "jemalloc"}})
     with pytest.raises(BadInput, match=r"allocator 'malloc' or 'pymalloc', got 'jemalloc'"):
         choose_small_object_allocator(config.server.allocator, restart=False)
+
+
+@pytest.mark.parametrize("minutes", [0, -1])
+def test_a_thaw_interval_of_zero_or_less_is_refused(minutes):
+    """It would walk the whole heap on every turn of the event loop."""
+    with pytest.raises(BadInput, match=rf"gc_thaw_minutes above 0, got {minutes}"):
+        config_from_dict({"server": {"gc_thaw_minutes": minutes}})
+    assert config_from_dict({"server": {"gc_thaw_minutes": 0.5}}).server.gc_thaw_minutes == 0.5
