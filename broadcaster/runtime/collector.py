@@ -1,4 +1,4 @@
-"""Python's cycle collector: its pauses timed, and the start-up heap kept out of its way.
+"""Python's cycle collector: its pauses timed, and what outlives a full collection kept out of its way.
 
 The collector runs on whichever thread happens to allocate when a threshold is
 crossed, and holds the GIL until it is done, so the event loop stands still
