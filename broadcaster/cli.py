@@ -101,16 +101,16 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
     # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
     app = create_app(config)
-    if config.server.gc_freeze:
-        _keep_full_collections_short(app, config.server.gc_thaw_minutes * 60)
+    if config.server.gc_freeze != "off":
+        _keep_full_collections_short(app, config.server.gc_freeze == "survivors", config.server.gc_thaw_minutes * 60)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
     return 0
 
 
-def _keep_full_collections_short(app, thaw_after_s: float) -> None:  # noqa: ANN001
-    from broadcaster.runtime.collector import SurvivorFreezer
+def _keep_full_collections_short(app, survivors: bool, thaw_after_s: float) -> None:  # noqa: ANN001
+    from broadcaster.runtime.collector import HeapFreezer
 
-    freezer = SurvivorFreezer(thaw_after_s)
+    freezer = HeapFreezer(thaw_after_s if survivors else None)
 
     async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
         frozen = freezer.start(asyncio.get_running_loop())

@@ -9,6 +9,9 @@ from broadcaster.core.timeline import TimelineConfig
 from broadcaster.errors import BadInput
 
 
+GC_FREEZE_MODES = ("startup", "survivors", "off")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -20,11 +23,13 @@ class ServerConfig:
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
-    gc_freeze: bool = True  # `serve` keeps what survives a full collection out of the next ones' walks
-    gc_thaw_minutes: float = 10  # how often those frozen objects are walked once, freeing cycles among them
+    gc_freeze: str = "startup"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
+    gc_thaw_minutes: float = 10  # with gc_freeze = "survivors": how often all frozen objects are walked once
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
 
     def __post_init__(self) -> None:
+        if self.gc_freeze not in GC_FREEZE_MODES:
+            raise BadInput(f"expected [server] gc_freeze among {', '.join(GC_FREEZE_MODES)}, got {self.gc_freeze!r}")
         if not self.gc_thaw_minutes > 0:  # 0 would walk the whole heap on every turn of the event loop
             raise BadInput(f"expected [server] gc_thaw_minutes above 0, got {self.gc_thaw_minutes!r}")
 

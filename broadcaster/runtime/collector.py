@@ -10,17 +10,23 @@ longest stall the server has (measured in docs/performance.md).
 
 Every pause is timed into `broadcaster_gc_pause_seconds`, so an operator
 sees it. And the server's own process (`broadcaster serve`, never a program
-that embeds the app) keeps full collections short with `SurvivorFreezer`:
+that embeds the app) keeps objects out of the collector's walks with
+`HeapFreezer`, as `[server] gc_freeze` says:
 
-- At start-up, and after every full collection, what survived is frozen: moved
-  into the permanent generation, which collections do not walk. So a full
-  collection walks only what was made since the last one, not every listener.
-- Frozen objects are still freed as soon as nothing refers to them; only
-  garbage in reference cycles among them waits. A listener that leaves leaves
-  some (exceptions holding their tracebacks, in aiohttp and in our writer
-  task), so every `thaw_after_s` everything is unfrozen and collected once:
-  one full-length pause that frees those cycles, then the survivors are
-  frozen again.
+- "startup" (the default): the objects made at start-up (modules, classes,
+  the schema: some 80 000) are frozen, moved into the permanent generation,
+  which no collection walks. They live until exit anyway.
+- "survivors": also what survives each full collection, so the next full
+  collection walks only what was made since: with thousands of listeners, a
+  tenth of the pause. Frozen objects are still freed as soon as nothing refers
+  to them, but garbage in reference cycles among them waits for the thaw,
+  every `thaw_after_s`: everything is unfrozen and collected once, one
+  full-length pause. Listeners that leave leave such cycles (exceptions
+  holding their tracebacks), and so does every HTTP request that was in flight
+  when a freeze happened; with many chunk fetches (every listener fetches every
+  chunk) that is hundreds of thousands of objects in ten minutes, tens of MB
+  and a thaw of over a second (docs/performance.md). So it is for large,
+  steady audiences, not the default.
 """
 
 import asyncio
@@ -67,22 +73,24 @@ class PauseTimer:
             self._started = None
 
 
-class SurvivorFreezer:
-    """Freezes the survivors of every full collection; thaws and collects them all every `thaw_after_s`."""
+class HeapFreezer:
+    """Freezes the start-up heap; with `thaw_after_s`, also the survivors of every full collection,
+    thawing and collecting them all every `thaw_after_s`."""
 
-    def __init__(self, thaw_after_s: float):
+    def __init__(self, thaw_after_s: float | None = None):
         self.thaw_after_s = thaw_after_s
         self.thaws = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
-        """Freeze the start-up heap and keep freezing; returns how many objects were frozen now."""
+        """Freeze the start-up heap (and keep freezing, if thawing); returns how many objects were frozen."""
         self._loop = loop
         frozen = freeze_startup_heap()
-        if self._on_gc not in gc.callbacks:
-            gc.callbacks.append(self._on_gc)
-        self._timer = loop.call_later(self.thaw_after_s, self.thaw)
+        if self.thaw_after_s is not None:
+            if self._on_gc not in gc.callbacks:
+                gc.callbacks.append(self._on_gc)
+            self._timer = loop.call_later(self.thaw_after_s, self.thaw)
         return frozen
 
     def stop(self) -> None:
@@ -107,5 +115,5 @@ class SurvivorFreezer:
         self.thaws += 1
         log.info("garbage collector: %d frozen objects walked once, %d in unreachable cycles freed, in %.0f ms",
                  frozen, freed, (time.perf_counter() - started) * 1000)
-        if self._loop is not None:
+        if self._loop is not None and self.thaw_after_s is not None:
             self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)

@@ -16,7 +16,7 @@ async def metric(server: ServerProcess, name: str, labels: str = "") -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(wanted)))
 
 
-@pytest.mark.parametrize("setting,frozen", [("", True), ("gc_freeze = false", False)])
+@pytest.mark.parametrize("setting,frozen", [("", True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)])
 async def test_the_server_freezes_its_start_up_heap_as_configured(tmp_path, setting, frozen):
     config = tmp_path / "config.toml"
     config.write_text(f'[server]\n{setting}\n[tts]\nengine = "tone"\n')

@@ -4,7 +4,7 @@ import asyncio
 import gc
 import weakref
 
-from broadcaster.runtime.collector import PauseTimer, SurvivorFreezer, freeze_startup_heap
+from broadcaster.runtime.collector import PauseTimer, HeapFreezer, freeze_startup_heap
 
 
 def test_each_collection_is_timed_with_its_generation():
@@ -44,7 +44,7 @@ class Node:
 
 async def test_survivors_of_a_full_collection_are_frozen_and_a_thaw_frees_their_cycles():
     loop = asyncio.get_running_loop()
-    freezer = SurvivorFreezer(thaw_after_s=3600)
+    freezer = HeapFreezer(thaw_after_s=3600)
     try:
         assert freezer.start(loop) == gc.get_freeze_count() > 0
         survivor = Node()
@@ -69,11 +69,29 @@ async def test_survivors_of_a_full_collection_are_frozen_and_a_thaw_frees_their_
 
 
 async def test_the_freezer_thaws_on_its_own_schedule():
-    freezer = SurvivorFreezer(thaw_after_s=0.05)
+    freezer = HeapFreezer(thaw_after_s=0.05)
     try:
         freezer.start(asyncio.get_running_loop())
         await asyncio.sleep(0.5)
         assert freezer.thaws >= 2  # and it went on after the first
+    finally:
+        freezer.stop()
+        gc.unfreeze()
+
+
+async def test_by_default_only_the_start_up_heap_is_frozen():
+    freezer = HeapFreezer()  # [server] gc_freeze = "startup"
+    try:
+        frozen = freezer.start(asyncio.get_running_loop())
+        assert frozen == gc.get_freeze_count() > 0
+        later = Node()
+        alive = weakref.ref(later)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() <= frozen, "survivors of later collections stay with the collector"
+        del later
+        gc.collect()
+        assert alive() is None, "so their cycles are freed by the next collection"
     finally:
         freezer.stop()
         gc.unfreeze()

@@ -32,6 +32,13 @@ def test_an_unknown_allocator_is_refused_with_the_choices():
         choose_small_object_allocator(config.server.allocator, restart=False)
 
 
+def test_an_unknown_freeze_mode_is_refused_with_the_choices():
+    with pytest.raises(BadInput, match=r"expected a string for \[server\] gc_freeze, got True"):
+        config_from_dict({"server": {"gc_freeze": True}})  # an old config's true: refused, not taken as a mode
+    with pytest.raises(BadInput, match=r"gc_freeze among startup, survivors, off, got 'all'"):
+        config_from_dict({"server": {"gc_freeze": "all"}})
+
+
 @pytest.mark.parametrize("minutes", [0, -1])
 def test_a_thaw_interval_of_zero_or_less_is_refused(minutes):
     """It would walk the whole heap on every turn of the event loop."""
