@@ -27,12 +27,13 @@ import aiohttp
 from broadcast import upgrade
 from report import table
 from sendcost import start_reader
-from serverproc import (ServerProcess, raise_nofile, sample_memory, scrape_histogram, wait_listeners,
+from serverproc import (ServerProcess, raise_nofile, sample_memory, scrape_gauges, scrape_histogram, wait_listeners,
                         with_uncapped_limits)
 
 CHANNEL = "bench"
 BATCH = 250
 PAUSES = "broadcaster_gc_pause_seconds"
+FROZEN = "broadcaster_gc_frozen_objects"
 
 
 class Audience:
@@ -91,19 +92,13 @@ async def one_server(server_settings: dict, listeners: int, collections: int, ro
                     break
             full = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="2"')).minus(before)
             young = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="1"')).minus(young_before)
-            frozen = await gauge(http, server.base_url, "broadcaster_gc_frozen_objects")
+            frozen = (await scrape_gauges(http, server.base_url, [FROZEN]))[FROZEN]
         return {"full": full, "young": young, "turned": turned * BATCH, "seconds": time.monotonic() - started,
                 "frozen": frozen, "rss_mb": sample_memory(server.pid, time.monotonic()).rss_mb}
     finally:
         if audience is not None:
             audience.close()
         server.remove()
-
-
-async def gauge(http: aiohttp.ClientSession, base_url: str, name: str) -> float:
-    async with http.get(f"{base_url}/metrics") as resp:
-        text = await resp.text()
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def mean_ms(histogram) -> float:  # noqa: ANN001
