@@ -73,3 +73,14 @@ class ServerProcess:
     def log_tail(self) -> str:
         """The end of the current start's log."""
         return (self.logs / f"server-{self.starts}.log").read_text(errors="replace")[-3000:]
+
+
+async def metric(server, name: str, labels: str = "") -> float:  # noqa: ANN001
+    """One sample from a server's /metrics (anything with a `base_url`); `labels` as written there,
+    e.g. 'generation="2"'."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    wanted = f"{name}{{{labels}}} " if labels else f"{name} "
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(wanted)))

@@ -1,19 +1,9 @@
 """`broadcaster serve` freezes its start-up heap out of the cycle collector's walks (unless told not to),
 and /metrics reports that and the collector's pauses."""
 
-import aiohttp
 import pytest
 
-from server_process import ServerProcess
-
-
-async def metric(server: ServerProcess, name: str, labels: str = "") -> float:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.base_url}/metrics") as resp:
-            assert resp.status == 200
-            text = await resp.text()
-    wanted = f"{name}{{{labels}}} " if labels else f"{name} "
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(wanted)))
+from server_process import ServerProcess, metric
 
 
 @pytest.mark.parametrize("setting,frozen", [("", True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)])

@@ -1,10 +1,10 @@
 """Broadcasts written straight to sockets by several processes reach every listener whole and in order,
 and a listener that falls behind mid-stream still gets every message, through its transport and queue."""
 
-import aiohttp
 import pytest
 import websockets
 
+from server_process import metric
 from web import sendmany
 from web.keys import HUB, METRICS
 from web.sendmany import SocketWriter
@@ -40,13 +40,6 @@ async def test_listeners_written_by_three_processes_get_the_same_messages_in_ord
     assert len(hub.writer.helper_pids) == 2
     for listener in listeners[1:]:
         assert on_air(listener.messages) == expected
-
-
-async def metric(server, name: str) -> float:  # noqa: ANN001
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.base_url}/metrics") as resp:
-            text = await resp.text()
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 async def heard_or_cut(listener, request_id: str) -> str:  # noqa: ANN001
