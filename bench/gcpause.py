@@ -9,13 +9,17 @@ until the server has run at least `--collections` full collections (or
 `broadcaster_gc_pause_seconds` histogram over the churn only.
 
 The baseline is the same run with `[server] gc_freeze = "off"` (Python's
-collector as it comes), measured on a fresh server in the same run. Then the
-default ("startup": the start-up heap frozen), then "survivors" (also every
-full collection's survivors), and "survivors" with a thaw every 15 s and the
-churn kept up for 40 s, so that the thaw's full walk, which comes every 10
-minutes by default, is in the figures.
+collector as it comes), measured on a fresh server in the same run. Then
+"startup" (the start-up heap frozen), the default "audience" (also the
+survivors of a full collection after the audience grew by a quarter, thawed
+once a quarter has left: with this churn, a thaw every quarter turned over,
+and its full walk is in the figures), then "survivors" (every full
+collection's survivors), and "survivors" with a thaw every 15 s and the churn
+kept up for 40 s, so that its thaw's full walk, which comes every 10 minutes
+by default, is in the figures.
 
     .venv/bin/python bench/gcpause.py [--listeners 1000 5000] [--collections 3] [--rounds 40]
+                                      [--modes off startup audience survivors]
 """
 
 import argparse
@@ -61,7 +65,8 @@ class Audience:
 
 VARIANTS = (  # label, [server] settings, seconds the churn lasts at least
     ("off (baseline)", {"gc_freeze": "off"}, 0),
-    ("startup (default)", {}, 0),
+    ("startup", {"gc_freeze": "startup"}, 0),
+    ("audience (default)", {}, 0),
     ("survivors", {"gc_freeze": "survivors"}, 0),
     ("survivors, thaw every 15 s", {"gc_freeze": "survivors", "gc_thaw_minutes": 0.25}, 40),
 )
@@ -110,9 +115,10 @@ async def main(args: argparse.Namespace) -> None:
     print(f"cycle collector pauses in the server while listeners come and go ({BATCH} at a time); "
           f"{os.cpu_count()} cores\n")
     rows = []
+    variants = [variant for variant in VARIANTS if variant[0].split()[0].rstrip(",") in args.modes]
     for listeners in args.listeners:
         results = []
-        for label, server_settings, min_s in VARIANTS:
+        for label, server_settings, min_s in variants:
             result = await one_server(server_settings, listeners, args.collections, args.rounds, min_s)
             results.append(result)
             full, young = result["full"], result["young"]
@@ -123,7 +129,7 @@ async def main(args: argparse.Namespace) -> None:
                   f"mean {mean_ms(full):.1f} ms", flush=True)
         base = mean_ms(results[0]["full"])
         print(f"  {listeners} listeners: full collection {base:.1f} ms; "
-              + ", ".join(f"{label} {base / mean_ms(r['full']):.2f}x" for (label, _, _), r in zip(VARIANTS[1:], results[1:]))
+              + ", ".join(f"{label} {base / mean_ms(r['full']):.2f}x" for (label, _, _), r in zip(variants[1:], results[1:]))
               + "\n")
     print(table(["listeners", "freeze", "frozen objects", "listeners turned over", "churn s", "full collections",
                  "full mean ms", "full max ms (bucket)", "gen-1 collections", "gen-1 mean ms", "RSS MB"], rows))
@@ -135,4 +141,6 @@ if __name__ == "__main__":
     parser.add_argument("--listeners", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--collections", type=int, default=3, help="full collections to wait for per server")
     parser.add_argument("--rounds", type=int, default=40, help="at most this many batches turned over per server")
+    parser.add_argument("--modes", nargs="+", default=["off", "startup", "audience", "survivors"],
+                        help="gc_freeze modes to run, the first being the baseline (survivors: both rows)")
     asyncio.run(main(parser.parse_args()))

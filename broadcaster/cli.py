@@ -102,15 +102,19 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
     app = create_app(config)
     if config.server.gc_freeze != "off":
-        _keep_full_collections_short(app, config.server.gc_freeze == "survivors", config.server.gc_thaw_minutes * 60)
+        _keep_full_collections_short(app, config.server.gc_freeze, config.server.gc_thaw_minutes * 60)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
     return 0
 
 
-def _keep_full_collections_short(app, survivors: bool, thaw_after_s: float) -> None:  # noqa: ANN001
-    from broadcaster.runtime.collector import HeapFreezer
+def _keep_full_collections_short(app, mode: str, thaw_after_s: float) -> None:  # noqa: ANN001
+    from broadcaster.runtime.collector import AudienceFreezer, HeapFreezer
+    from web.keys import HUB
 
-    freezer = HeapFreezer(thaw_after_s if survivors else None)
+    if mode == "audience":
+        freezer = AudienceFreezer(app[HUB].audience)
+    else:
+        freezer = HeapFreezer(thaw_after_s if mode == "survivors" else None)
 
     async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
         frozen = freezer.start(asyncio.get_running_loop())

@@ -9,7 +9,7 @@ from broadcaster.core.timeline import TimelineConfig
 from broadcaster.errors import BadInput
 
 
-GC_FREEZE_MODES = ("startup", "survivors", "off")
+GC_FREEZE_MODES = ("audience", "startup", "survivors", "off")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ServerConfig:
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
-    gc_freeze: str = "startup"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
+    gc_freeze: str = "audience"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
     gc_thaw_minutes: float = 10  # with gc_freeze = "survivors": how often all frozen objects are walked once
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
 

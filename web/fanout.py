@@ -127,8 +127,11 @@ class Listener:
                 self._sending = False
 
     async def close(self, code: int = 1000, message: bytes = b"") -> None:
-        self.writer.cancel()
-        await asyncio.gather(self.writer, return_exceptions=True)
+        writer = self.writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            self.writer = None  # the cancelled task's traceback refers to us: a cycle left to the collector
         if not self.ws.closed:
             await self.ws.close(code=code, message=message)
 
@@ -142,6 +145,7 @@ class Hub:
         self.writer = writer or SocketWriter()
         self.metrics = metrics or Telemetry()
         self.dropped_total = 0
+        self.departed = 0  # listeners and consoles that have left, since start-up
         self._closing: set[asyncio.Task] = set()
         self._count_pending: set[str] = set()
         self._counted: dict[str, int] = {}  # listeners (not consoles) per channel, kept as they come and go
@@ -162,6 +166,7 @@ class Hub:
         group = self.listeners.get(listener.channel, set())
         if listener in group:
             group.discard(listener)
+            self.departed += 1
             self._counted[listener.channel] -= listener.counted
             self._count_changed(listener.channel)
 
@@ -175,6 +180,10 @@ class Hub:
     def _announce_count(self, channel: str) -> None:
         self._count_pending.discard(channel)
         self.broadcast(channel, {"type": "listeners_changed", "listeners": self.count(channel)})
+
+    def audience(self) -> tuple[int, int]:
+        """Sockets connected now (listeners and consoles, every channel), and how many have left."""
+        return sum(len(group) for group in self.listeners.values()), self.departed
 
     def count(self, channel: str) -> int:
         """Listeners (not consoles) connected to the channel."""

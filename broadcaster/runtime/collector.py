@@ -13,17 +13,27 @@ sees it. And the server's own process (`broadcaster serve`, never a program
 that embeds the app) keeps objects out of the collector's walks with
 `HeapFreezer`, as `[server] gc_freeze` says:
 
-- "startup" (the default): the objects made at start-up (modules, classes,
-  the schema: some 80 000) are frozen, moved into the permanent generation,
-  which no collection walks. They live until exit anyway.
+- "startup": the objects made at start-up (modules, classes, the schema: some
+  80 000) are frozen, moved into the permanent generation, which no collection
+  walks. They live until exit anyway.
+- "audience" (the default): the start-up heap, and what survives a full
+  collection that comes after the audience has grown by a quarter (and by at
+  least `AT_LEAST` listeners) since the last freeze. Most of what survives
+  then is the newcomers' connections, which live for minutes or hours. Once a
+  quarter of the frozen audience (and at least `AT_LEAST`) has left, the
+  frozen heap is thawed and walked once, which frees the reference cycles the
+  departures left behind (about 30 objects each: aiohttp's heartbeat callback
+  and asyncio's transport each sit in one), and what is alive is frozen
+  again. A steady audience that churns is not frozen again between thaws, so
+  few short-lived objects (HTTP requests in flight) are ever frozen. A thaw
+  costs one full-length walk, once per quarter of the audience turned over.
 - "survivors": also what survives each full collection, so the next full
   collection walks only what was made since: with thousands of listeners, a
   tenth of the pause. Frozen objects are still freed as soon as nothing refers
   to them, but garbage in reference cycles among them waits for the thaw,
   every `thaw_after_s`: everything is unfrozen and collected once, one
-  full-length pause. Listeners that leave leave such cycles (exceptions
-  holding their tracebacks), and so does every HTTP request that was in flight
-  when a freeze happened; with many chunk fetches (every listener fetches every
+  full-length pause. Listeners that leave leave such cycles, and so does
+  every HTTP connection that was open when a freeze happened; with many chunk fetches (every listener fetches every
   chunk) that is hundreds of thousands of objects in ten minutes, tens of MB
   and a thaw of over a second (docs/performance.md). So it is for large,
   steady audiences, not the default.
@@ -117,3 +127,57 @@ class HeapFreezer:
                  frozen, freed, (time.perf_counter() - started) * 1000)
         if self._loop is not None and self.thaw_after_s is not None:
             self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)
+
+
+# (listeners connected now, listeners that have left since start-up)
+Audience = Callable[[], tuple[int, int]]
+
+GROWTH = 0.25  # of the frozen audience: joins that make a freeze worth it, departures that make a thaw
+AT_LEAST = 100  # listeners: below this, the listeners' objects are not worth a freeze or a thaw
+CHECK_S = 10  # how often departures are counted
+
+
+class AudienceFreezer(HeapFreezer):
+    """Freezes the start-up heap, then the survivors of a full collection when the audience has grown
+    by GROWTH (at least AT_LEAST listeners) since the last freeze; thaws when as many have left."""
+
+    def __init__(self, audience: Audience, check_s: float = CHECK_S):
+        super().__init__()
+        self.audience = audience
+        self.check_s = check_s
+        self.freezes = 0
+        self._frozen_audience = 0  # listeners connected at the last freeze or thaw (0: only start-up is frozen)
+        self._departed_before = 0  # the departure count then
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> int:
+        frozen = super().start(loop)
+        self._departed_before = self.audience()[1]
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+        self._timer = loop.call_later(self.check_s, self._check)
+        return frozen
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        # The audience is read on the loop's thread; the collecting thread may be another.
+        if phase == "stop" and info["generation"] == 2 and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._freeze_if_grown)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
+
+    def _freeze_if_grown(self) -> None:
+        connected, departed = self.audience()
+        if connected - self._frozen_audience >= max(AT_LEAST, GROWTH * self._frozen_audience):
+            gc.freeze()
+            self.freezes += 1
+            self._frozen_audience, self._departed_before = connected, departed
+            log.info("garbage collector: audience grew to %d, %d objects now frozen", connected, gc.get_freeze_count())
+
+    def _check(self) -> None:
+        connected, departed = self.audience()
+        if self._frozen_audience and departed - self._departed_before >= max(AT_LEAST, GROWTH * self._frozen_audience):
+            self.thaw()
+            gc.freeze()  # what is alive now: the audience that stayed
+            self._frozen_audience, self._departed_before = connected, departed
+        if self._loop is not None:
+            self._timer = self._loop.call_later(self.check_s, self._check)

@@ -1,12 +1,20 @@
 """`broadcaster serve` freezes its start-up heap out of the cycle collector's walks (unless told not to),
-and /metrics reports that and the collector's pauses."""
+and /metrics reports that and the collector's pauses; by default it freezes a grown audience, and thaws
+once enough of it has left."""
+
+import asyncio
+import socket
 
 import pytest
 
-from server_process import ServerProcess, metric
+from broadcaster.runtime.collector import AT_LEAST
+from conftest import raw_websocket
+from server_process import ServerProcess, cli, metric
+
+MODES = [("", True), ('gc_freeze = "startup"', True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)]
 
 
-@pytest.mark.parametrize("setting,frozen", [("", True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)])
+@pytest.mark.parametrize("setting,frozen", MODES)
 async def test_the_server_freezes_its_start_up_heap_as_configured(tmp_path, setting, frozen):
     config = tmp_path / "config.toml"
     config.write_text(f'[server]\n{setting}\n[tts]\nengine = "tone"\n')
@@ -23,4 +31,32 @@ async def test_the_server_freezes_its_start_up_heap_as_configured(tmp_path, sett
             assert count == 0
         assert server.proc.poll() is None
     finally:
+        server.stop()
+
+
+async def test_a_grown_audience_is_frozen_and_thawed_once_enough_of_it_has_left(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text('[tts]\nengine = "tone"\n[limits]\nmax_connections_per_address = 0\n')
+    cli("channel", "create", "table", "--json", data_dir=tmp_path / "data", config=config)
+    server = ServerProcess(tmp_path / "data", config)
+    await server.start()
+    sockets: list[socket.socket] = []
+    try:
+        start_up = await metric(server, "broadcaster_gc_frozen_objects")
+        url = f"ws{server.base_url.removeprefix('http')}/ws/channels/table"
+        sockets = [(await raw_websocket(url))[0] for _ in range(4 * AT_LEAST)]
+        # Each listener holds ~100 tracked objects: enough of them to bring a full collection (and the
+        # scrapes allocate until one comes), which finds the audience grown from none, and freezes.
+        async with asyncio.timeout(120):
+            while await metric(server, "broadcaster_gc_frozen_objects") < start_up + 50 * len(sockets):
+                await asyncio.sleep(0.05)
+        for sock in sockets[:AT_LEAST]:  # a quarter of them leave, and AT_LEAST
+            sock.close()
+        async with asyncio.timeout(120):  # counted every 10 s
+            while "frozen objects walked once" not in (tmp_path / "server-1.log").read_text():
+                await asyncio.sleep(0.2)
+        assert server.proc.poll() is None
+    finally:
+        for sock in sockets:
+            sock.close()
         server.stop()

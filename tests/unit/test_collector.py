@@ -1,10 +1,11 @@
-"""The cycle collector's pauses are timed per generation; survivors are frozen out of its walks and thawed on a schedule."""
+"""The cycle collector's pauses are timed per generation; survivors are frozen out of its walks and thawed
+on a schedule, or as the audience grows and leaves."""
 
 import asyncio
 import gc
 import weakref
 
-from broadcaster.runtime.collector import PauseTimer, HeapFreezer, freeze_startup_heap
+from broadcaster.runtime.collector import AT_LEAST, AudienceFreezer, HeapFreezer, PauseTimer, freeze_startup_heap
 
 
 def test_each_collection_is_timed_with_its_generation():
@@ -80,7 +81,7 @@ async def test_the_freezer_thaws_on_its_own_schedule():
         gc.unfreeze()
 
 
-async def test_by_default_only_the_start_up_heap_is_frozen():
+async def test_with_startup_only_the_start_up_heap_is_frozen():
     freezer = HeapFreezer()  # [server] gc_freeze = "startup"
     try:
         frozen = freezer.start(asyncio.get_running_loop())
@@ -93,6 +94,90 @@ async def test_by_default_only_the_start_up_heap_is_frozen():
         del later
         gc.collect()
         assert alive() is None, "so their cycles are freed by the next collection"
+    finally:
+        freezer.stop()
+        gc.unfreeze()
+
+
+def is_frozen(obj: object) -> bool:
+    return not any(tracked is obj for tracked in gc.get_objects())
+
+
+class FakeAudience:
+    def __init__(self) -> None:
+        self.connected = self.departed = 0
+
+    def __call__(self) -> tuple[int, int]:
+        return self.connected, self.departed
+
+
+async def collect_fully() -> None:
+    gc.collect()
+    await asyncio.sleep(0)  # the freeze, if any, happens on the loop's next turn
+
+
+async def test_survivors_are_frozen_only_once_the_audience_has_grown_by_a_quarter():
+    audience = FakeAudience()
+    freezer = AudienceFreezer(audience, check_s=3600)
+    try:
+        freezer.start(asyncio.get_running_loop())
+        audience.connected = AT_LEAST - 1
+        early = Node()
+        await collect_fully()
+        assert freezer.freezes == 0 and not is_frozen(early), "too few listeners to be worth a freeze"
+        audience.connected = 400
+        await collect_fully()
+        assert freezer.freezes == 1 and is_frozen(early)
+        audience.connected = 499  # less than a quarter more
+        later = Node()
+        await collect_fully()
+        assert freezer.freezes == 1 and not is_frozen(later)
+        audience.connected = 500
+        await collect_fully()
+        assert freezer.freezes == 2 and is_frozen(later)
+    finally:
+        freezer.stop()
+        gc.unfreeze()
+
+
+async def test_a_quarter_of_the_frozen_audience_leaving_thaws_and_frees_their_cycles():
+    audience = FakeAudience()
+    freezer = AudienceFreezer(audience, check_s=0.01)
+    try:
+        freezer.start(asyncio.get_running_loop())
+        audience.connected = 400
+        listener = Node()
+        await collect_fully()
+        assert is_frozen(listener)
+        alive = weakref.ref(listener)
+        del listener
+        audience.connected, audience.departed = 301, 99  # under both the quarter and AT_LEAST
+        await asyncio.sleep(0.1)  # ten checks
+        assert freezer.thaws == 0 and alive() is not None, "its cycle waits among the frozen objects"
+        audience.connected, audience.departed = 300, 100
+        async with asyncio.timeout(60):  # each thaw walks the whole test process: its speed is not the point
+            while freezer.thaws < 1:
+                await asyncio.sleep(0.01)
+        assert alive() is None
+        stayed = Node()
+        await asyncio.sleep(0.05)
+        assert freezer.thaws == 1, "the count starts again from the thaw"
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not is_frozen(stayed), "no growth since the thaw: newcomers stay with the collector"
+    finally:
+        freezer.stop()
+        gc.unfreeze()
+
+
+async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
+    audience = FakeAudience()
+    freezer = AudienceFreezer(audience, check_s=0.01)
+    try:
+        freezer.start(asyncio.get_running_loop())
+        audience.departed = 10 * AT_LEAST  # a small, churning audience: never frozen, nothing to thaw
+        await asyncio.sleep(0.1)
+        assert freezer.thaws == 0 and freezer.freezes == 0
     finally:
         freezer.stop()
         gc.unfreeze()

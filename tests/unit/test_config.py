@@ -35,7 +35,7 @@ def test_an_unknown_allocator_is_refused_with_the_choices():
 def test_an_unknown_freeze_mode_is_refused_with_the_choices():
     with pytest.raises(BadInput, match=r"expected a string for \[server\] gc_freeze, got True"):
         config_from_dict({"server": {"gc_freeze": True}})  # an old config's true: refused, not taken as a mode
-    with pytest.raises(BadInput, match=r"gc_freeze among startup, survivors, off, got 'all'"):
+    with pytest.raises(BadInput, match=r"gc_freeze among audience, startup, survivors, off, got 'all'"):
         config_from_dict({"server": {"gc_freeze": "all"}})
 
 
