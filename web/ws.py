@@ -61,8 +61,23 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
     finally:
         hub.remove(listener)
         await listener.close()
+        _break_cycles(request, ws)
         await store.close_connection(connection_id, station.clock())
     return ws
+
+
+def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """aiohttp (3.14) leaves a finished WebSocket in reference cycles: the heartbeat callback stays on
+    the connection's handler, and the error that ended an abrupt disconnect keeps its traceback, whose
+    frames hold the response. ~40 objects per departed listener that only a full collection frees, and
+    that wait for a thaw once frozen (runtime/collector.py). Broken here; a no-op where aiohttp does it."""
+    protocol = request.protocol
+    if getattr(protocol, "_data_received_cb", None) is not None:
+        protocol._data_received_cb = None
+    error, depth = ws.exception(), 0
+    while error is not None and depth < 8:  # with the errors it was raised in handling of
+        error.__traceback__ = None
+        error, depth = error.__context__, depth + 1
 
 
 def _cap_kernel_buffer(request: web.Request, size: int) -> None:

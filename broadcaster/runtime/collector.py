@@ -19,14 +19,14 @@ that embeds the app) keeps objects out of the collector's walks with
 - "audience" (the default): the start-up heap, and what survives a full
   collection that comes after the audience has grown by a quarter (and by at
   least `AT_LEAST` listeners) since the last freeze. Most of what survives
-  then is the newcomers' connections, which live for minutes or hours. Once a
-  quarter of the frozen audience (and at least `AT_LEAST`) has left, the
-  frozen heap is thawed and walked once, which frees the reference cycles the
-  departures left behind (about 30 objects each: aiohttp's heartbeat callback
-  and asyncio's transport each sit in one), and what is alive is frozen
-  again. A steady audience that churns is not frozen again between thaws, so
-  few short-lived objects (HTTP requests in flight) are ever frozen. A thaw
-  costs one full-length walk, once per quarter of the audience turned over.
+  then is the newcomers' connections, which live for minutes or hours, and a
+  steady audience that churns is not frozen again, so few short-lived objects
+  (HTTP requests in flight) ever are. A listener that leaves is freed at once,
+  frozen or not, except for 5 objects asyncio's transport keeps in a cycle of
+  its own (web/ws.py breaks aiohttp's and ours, which were 48). Once as many
+  listeners have left as were frozen, the frozen heap is thawed and walked
+  once, which frees those, and what is alive is frozen again: one full-length
+  walk per audience turned over.
 - "survivors": also what survives each full collection, so the next full
   collection walks only what was made since: with thousands of listeners, a
   tenth of the pause. Frozen objects are still freed as soon as nothing refers
@@ -132,14 +132,15 @@ class HeapFreezer:
 # (listeners connected now, listeners that have left since start-up)
 Audience = Callable[[], tuple[int, int]]
 
-GROWTH = 0.25  # of the frozen audience: joins that make a freeze worth it, departures that make a thaw
+GROWTH = 0.25  # of the frozen audience: newcomers that make a freeze worth it
+TURNOVER = 1.0  # of the frozen audience: departures that make a thaw worth it
 AT_LEAST = 100  # listeners: below this, the listeners' objects are not worth a freeze or a thaw
 CHECK_S = 10  # how often departures are counted
 
 
 class AudienceFreezer(HeapFreezer):
     """Freezes the start-up heap, then the survivors of a full collection when the audience has grown
-    by GROWTH (at least AT_LEAST listeners) since the last freeze; thaws when as many have left."""
+    by GROWTH (at least AT_LEAST listeners) since the last freeze; thaws once TURNOVER of it has left."""
 
     def __init__(self, audience: Audience, check_s: float = CHECK_S):
         super().__init__()
@@ -175,7 +176,7 @@ class AudienceFreezer(HeapFreezer):
 
     def _check(self) -> None:
         connected, departed = self.audience()
-        if self._frozen_audience and departed - self._departed_before >= max(AT_LEAST, GROWTH * self._frozen_audience):
+        if self._frozen_audience and departed - self._departed_before >= max(AT_LEAST, TURNOVER * self._frozen_audience):
             self.thaw()
             gc.freeze()  # what is alive now: the audience that stayed
             self._frozen_audience, self._departed_before = connected, departed

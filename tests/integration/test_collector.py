@@ -3,13 +3,16 @@ and /metrics reports that and the collector's pauses; by default it freezes a gr
 once enough of it has left."""
 
 import asyncio
+import gc
 import socket
+from collections import Counter
 
 import pytest
 
 from broadcaster.runtime.collector import AT_LEAST
 from conftest import raw_websocket
 from server_process import ServerProcess, cli, metric
+from web.keys import HUB
 
 MODES = [("", True), ('gc_freeze = "startup"', True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)]
 
@@ -50,7 +53,7 @@ async def test_a_grown_audience_is_frozen_and_thawed_once_enough_of_it_has_left(
         async with asyncio.timeout(120):
             while await metric(server, "broadcaster_gc_frozen_objects") < start_up + 50 * len(sockets):
                 await asyncio.sleep(0.05)
-        for sock in sockets[:AT_LEAST]:  # a quarter of them leave, and AT_LEAST
+        for sock in sockets:  # the frozen audience turns over: all of it leaves
             sock.close()
         async with asyncio.timeout(120):  # counted every 10 s
             while "frozen objects walked once" not in (tmp_path / "server-1.log").read_text():
@@ -60,3 +63,27 @@ async def test_a_grown_audience_is_frozen_and_thawed_once_enough_of_it_has_left(
         for sock in sockets:
             sock.close()
         server.stop()
+
+
+async def test_listeners_who_leave_leave_next_to_nothing_in_reference_cycles(server):
+    """What a departed listener leaves in cycles waits for a full collection, and once frozen for a thaw.
+    asyncio's transport keeps one of its own (5 objects); ours and aiohttp's are broken here (47 -> 5
+    per abrupt departure, as these are, and 48 -> 5 per closing handshake; found with gc.DEBUG_SAVEALL)."""
+    departures = 50
+    sockets = [(await raw_websocket(server.ws_url()))[0] for _ in range(departures)]
+    hub = server.app[HUB]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # the collector keeps what it would free, so it can be counted
+    try:
+        for sock in sockets:
+            sock.close()
+        async with asyncio.timeout(30):
+            while hub.audience() != (0, departures):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the handlers finish: connection records closed, transports released
+        gc.collect()
+        left = Counter(type(obj).__qualname__ for obj in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert sum(left.values()) <= 10 * departures, left.most_common(12)

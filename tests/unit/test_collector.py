@@ -140,7 +140,7 @@ async def test_survivors_are_frozen_only_once_the_audience_has_grown_by_a_quarte
         gc.unfreeze()
 
 
-async def test_a_quarter_of_the_frozen_audience_leaving_thaws_and_frees_their_cycles():
+async def test_the_frozen_audience_turning_over_thaws_and_frees_the_cycles_it_left():
     audience = FakeAudience()
     freezer = AudienceFreezer(audience, check_s=0.01)
     try:
@@ -151,10 +151,10 @@ async def test_a_quarter_of_the_frozen_audience_leaving_thaws_and_frees_their_cy
         assert is_frozen(listener)
         alive = weakref.ref(listener)
         del listener
-        audience.connected, audience.departed = 301, 99  # under both the quarter and AT_LEAST
+        audience.connected, audience.departed = 401, 399  # churn: one fewer than were frozen has left
         await asyncio.sleep(0.1)  # ten checks
         assert freezer.thaws == 0 and alive() is not None, "its cycle waits among the frozen objects"
-        audience.connected, audience.departed = 300, 100
+        audience.connected, audience.departed = 400, 400
         async with asyncio.timeout(60):  # each thaw walks the whole test process: its speed is not the point
             while freezer.thaws < 1:
                 await asyncio.sleep(0.01)
