@@ -17,16 +17,17 @@ that embeds the app) keeps objects out of the collector's walks with
   80 000) are frozen, moved into the permanent generation, which no collection
   walks. They live until exit anyway.
 - "audience" (the default): the start-up heap, and what survives a full
-  collection that comes after the audience has grown by a quarter (and by at
-  least `AT_LEAST` listeners) since the last freeze. Most of what survives
-  then is the newcomers' connections, which live for minutes or hours, and a
-  steady audience that churns is not frozen again, so few short-lived objects
-  (HTTP requests in flight) ever are. A listener that leaves is freed at once,
-  frozen or not, except for 5 objects asyncio's transport keeps in a cycle of
-  its own (web/ws.py breaks aiohttp's and ours, which were 48). Once as many
-  listeners have left as were frozen, the frozen heap is thawed and walked
-  once, which frees those, and what is alive is frozen again: one full-length
-  walk per audience turned over.
+  collection that comes once a quarter of the audience (and at least
+  `AT_LEAST` listeners) has arrived since the last freeze. Most of what
+  survives then is the newcomers' connections, which live for minutes or
+  hours; freezing only every quarter of the audience keeps the short-lived
+  objects caught in a freeze (HTTP requests in flight) few. A listener that
+  leaves is freed at once, frozen or not, except for 5 objects asyncio's
+  transport keeps in a cycle of its own (web/ws.py breaks aiohttp's and ours,
+  which were 48). Once as many listeners have left since the last thaw as are
+  connected (the audience has turned over), the frozen heap is thawed and
+  walked once, which frees those, and what is alive is frozen again: one
+  full-length walk per audience turned over.
 - "survivors": also what survives each full collection, so the next full
   collection walks only what was made since: with thousands of listeners, a
   tenth of the pause. Frozen objects are still freed as soon as nothing refers
@@ -129,30 +130,33 @@ class HeapFreezer:
             self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)
 
 
-# (listeners connected now, listeners that have left since start-up)
+# (listeners connected now, listeners that have left since start-up); their sum is every arrival
 Audience = Callable[[], tuple[int, int]]
 
-GROWTH = 0.25  # of the frozen audience: newcomers that make a freeze worth it
-TURNOVER = 1.0  # of the frozen audience: departures that make a thaw worth it
-AT_LEAST = 100  # listeners: below this, the listeners' objects are not worth a freeze or a thaw
+NEWCOMERS = 0.25  # of the audience: arrivals since the last freeze that make a freeze worth it
+TURNOVER = 1.0  # of the audience: departures since the last thaw that make a thaw worth it
+AT_LEAST = 100  # listeners: fewer arrivals or departures are not worth a freeze or a thaw
 CHECK_S = 10  # how often departures are counted
 
 
 class AudienceFreezer(HeapFreezer):
-    """Freezes the start-up heap, then the survivors of a full collection when the audience has grown
-    by GROWTH (at least AT_LEAST listeners) since the last freeze; thaws once TURNOVER of it has left."""
+    """Freezes the start-up heap, then the survivors of a full collection once NEWCOMERS of the
+    audience (at least AT_LEAST listeners) have arrived since the last freeze; thaws once TURNOVER of
+    it has left since the last thaw."""
 
     def __init__(self, audience: Audience, check_s: float = CHECK_S):
         super().__init__()
         self.audience = audience
         self.check_s = check_s
         self.freezes = 0
-        self._frozen_audience = 0  # listeners connected at the last freeze or thaw (0: only start-up is frozen)
-        self._departed_before = 0  # the departure count then
+        self._arrived_before = 0  # arrivals at the last freeze or thaw
+        self._departed_before = 0  # departures at the last thaw
+        self._listeners_frozen = False  # since the last thaw; until then only the start-up heap is
 
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
         frozen = super().start(loop)
-        self._departed_before = self.audience()[1]
+        connected, departed = self.audience()
+        self._arrived_before, self._departed_before = connected + departed, departed
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)
         self._timer = loop.call_later(self.check_s, self._check)
@@ -162,23 +166,24 @@ class AudienceFreezer(HeapFreezer):
         # The audience is read on the loop's thread; the collecting thread may be another.
         if phase == "stop" and info["generation"] == 2 and self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._freeze_if_grown)
+                self._loop.call_soon_threadsafe(self._freeze_if_new_arrivals)
             except RuntimeError:  # the loop is closed: shutting down
                 pass
 
-    def _freeze_if_grown(self) -> None:
+    def _freeze_if_new_arrivals(self) -> None:
         connected, departed = self.audience()
-        if connected - self._frozen_audience >= max(AT_LEAST, GROWTH * self._frozen_audience):
+        if connected + departed - self._arrived_before >= max(AT_LEAST, NEWCOMERS * connected):
             gc.freeze()
             self.freezes += 1
-            self._frozen_audience, self._departed_before = connected, departed
-            log.info("garbage collector: audience grew to %d, %d objects now frozen", connected, gc.get_freeze_count())
+            self._arrived_before, self._listeners_frozen = connected + departed, True
+            log.info("garbage collector: %d listeners now, %d objects frozen", connected, gc.get_freeze_count())
 
     def _check(self) -> None:
         connected, departed = self.audience()
-        if self._frozen_audience and departed - self._departed_before >= max(AT_LEAST, TURNOVER * self._frozen_audience):
+        if self._listeners_frozen and departed - self._departed_before >= max(AT_LEAST, TURNOVER * connected):
             self.thaw()
-            gc.freeze()  # what is alive now: the audience that stayed
-            self._frozen_audience, self._departed_before = connected, departed
+            gc.freeze()  # what is alive now: mostly the audience that is here
+            self._arrived_before, self._departed_before = connected + departed, departed
+            self._listeners_frozen = connected > 0
         if self._loop is not None:
             self._timer = self._loop.call_later(self.check_s, self._check)

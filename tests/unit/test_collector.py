@@ -116,7 +116,7 @@ async def collect_fully() -> None:
     await asyncio.sleep(0)  # the freeze, if any, happens on the loop's next turn
 
 
-async def test_survivors_are_frozen_only_once_the_audience_has_grown_by_a_quarter():
+async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new():
     audience = FakeAudience()
     freezer = AudienceFreezer(audience, check_s=3600)
     try:
@@ -124,15 +124,15 @@ async def test_survivors_are_frozen_only_once_the_audience_has_grown_by_a_quarte
         audience.connected = AT_LEAST - 1
         early = Node()
         await collect_fully()
-        assert freezer.freezes == 0 and not is_frozen(early), "too few listeners to be worth a freeze"
+        assert freezer.freezes == 0 and not is_frozen(early), "too few newcomers to be worth a freeze"
         audience.connected = 400
         await collect_fully()
         assert freezer.freezes == 1 and is_frozen(early)
-        audience.connected = 499  # less than a quarter more
+        audience.connected, audience.departed = 420, 79  # 99 arrived since: fewer than a quarter of 420
         later = Node()
         await collect_fully()
         assert freezer.freezes == 1 and not is_frozen(later)
-        audience.connected = 500
+        audience.connected, audience.departed = 400, 100  # churn, no growth: 100 newcomers, a quarter
         await collect_fully()
         assert freezer.freezes == 2 and is_frozen(later)
     finally:
@@ -140,7 +140,7 @@ async def test_survivors_are_frozen_only_once_the_audience_has_grown_by_a_quarte
         gc.unfreeze()
 
 
-async def test_the_frozen_audience_turning_over_thaws_and_frees_the_cycles_it_left():
+async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
     audience = FakeAudience()
     freezer = AudienceFreezer(audience, check_s=0.01)
     try:
@@ -151,20 +151,19 @@ async def test_the_frozen_audience_turning_over_thaws_and_frees_the_cycles_it_le
         assert is_frozen(listener)
         alive = weakref.ref(listener)
         del listener
-        audience.connected, audience.departed = 401, 399  # churn: one fewer than were frozen has left
+        audience.connected, audience.departed = 400, 399  # churn: one fewer than are here has left
         await asyncio.sleep(0.1)  # ten checks
         assert freezer.thaws == 0 and alive() is not None, "its cycle waits among the frozen objects"
-        audience.connected, audience.departed = 400, 400
+        audience.departed = 400
         async with asyncio.timeout(60):  # each thaw walks the whole test process: its speed is not the point
             while freezer.thaws < 1:
                 await asyncio.sleep(0.01)
         assert alive() is None
         stayed = Node()
         await asyncio.sleep(0.05)
-        assert freezer.thaws == 1, "the count starts again from the thaw"
-        gc.collect()
-        await asyncio.sleep(0)
-        assert not is_frozen(stayed), "no growth since the thaw: newcomers stay with the collector"
+        assert freezer.thaws == 1, "departures are counted again from the thaw"
+        await collect_fully()
+        assert not is_frozen(stayed), "and arrivals: no newcomers since the thaw, no freeze"
     finally:
         freezer.stop()
         gc.unfreeze()
@@ -173,11 +172,13 @@ async def test_the_frozen_audience_turning_over_thaws_and_frees_the_cycles_it_le
 async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
     audience = FakeAudience()
     freezer = AudienceFreezer(audience, check_s=0.01)
+    gc.disable()  # no full collection comes while they are here, so none of them is frozen
     try:
         freezer.start(asyncio.get_running_loop())
-        audience.departed = 10 * AT_LEAST  # a small, churning audience: never frozen, nothing to thaw
+        audience.departed = 10 * AT_LEAST
         await asyncio.sleep(0.1)
         assert freezer.thaws == 0 and freezer.freezes == 0
     finally:
+        gc.enable()
         freezer.stop()
         gc.unfreeze()
