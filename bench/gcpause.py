@@ -11,10 +11,9 @@ until the server has run at least `--collections` full collections (or
 The baseline is the same run with `[server] gc_freeze = "off"` (Python's
 collector as it comes), measured on a fresh server in the same run. Then
 "startup" (the start-up heap frozen), the default "audience" (also the
-survivors of a full collection after the audience grew by a quarter, thawed
-once a quarter has left: with this churn, a thaw every quarter turned over,
-and its full walk is in the figures), then "survivors" (every full
-collection's survivors), and "survivors" with a thaw every 15 s and the churn
+survivors of a full collection once a quarter of the audience is new, thawed
+once the audience has turned over: with enough --rounds the thaws' full walks
+are in the figures), then "survivors" (every full collection's survivors), and "survivors" with a thaw every 15 s and the churn
 kept up for 40 s, so that its thaw's full walk, which comes every 10 minutes
 by default, is in the figures.
 

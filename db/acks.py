@@ -12,6 +12,7 @@ they are delivery records, and playback never depends on them.
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -26,8 +27,9 @@ RECENT_CHUNKS = 64  # chunks whose acknowledging connections are kept in memory
 
 
 class AckLog:
-    def __init__(self, session: async_sessionmaker):
+    def __init__(self, session: async_sessionmaker, before: Callable[[], Awaitable[None]] | None = None):
         self.session = session
+        self.before = before  # written first: what the acknowledgements refer to
         self._pending: list[dict] = []
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
         self._flusher: asyncio.Task | None = None
@@ -68,6 +70,8 @@ class AckLog:
 
     async def flush(self) -> None:
         """Write everything queued (at once, before reads of acknowledgements and at shutdown)."""
+        if self.before is not None and self._pending:
+            await self.before()
         batch, self._pending = self._pending, []
         if not batch:
             return

@@ -11,6 +11,7 @@ from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState, RequestSta
 from broadcaster.errors import BadInput
 
 from .acks import AckLog
+from .connections import ConnectionLog
 from .models import Base, ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
@@ -37,7 +38,8 @@ class Store:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
-        self.ack_log = AckLog(self.session)
+        self.connection_log = ConnectionLog(self.session)
+        self.ack_log = AckLog(self.session, before=self.connection_log.flush)  # acks refer to connection rows
 
     async def create_schema(self) -> None:
         """Create or update the tables. Two processes doing it at once on a new file (two CLI
@@ -53,6 +55,7 @@ class Store:
                     raise
 
     async def close(self) -> None:
+        await self.connection_log.close()
         await self.ack_log.close()
         await self.engine.dispose()
 
@@ -147,22 +150,30 @@ class Store:
 
     # -- listeners and acknowledgements ----------------------------------------
 
-    async def open_connection(self, conn_id: str, channel_id: int, remote: str, agent: str, now_ms: int) -> None:
-        async with self.session.begin() as s:
-            s.add(ConnectionRow(id=conn_id, channel_id=channel_id, remote=remote[:64],
-                                user_agent=agent[:256], connected_at_ms=now_ms))
+    def open_connection(self, conn_id: str, channel_id: int, remote: str, agent: str, now_ms: int) -> None:
+        """Record a listener's arrival (written within moments, see db/connections.py)."""
+        self.connection_log.opened(conn_id, channel_id, remote, agent, now_ms)
 
-    async def close_connection(self, conn_id: str, now_ms: int) -> None:
-        async with self.session.begin() as s:
-            await s.execute(update(ConnectionRow).where(ConnectionRow.id == conn_id).values(disconnected_at_ms=now_ms))
+    def close_connection(self, conn_id: str, now_ms: int) -> None:
+        self.connection_log.closed(conn_id, now_ms)
+
+    async def connection_times(self, conn_id: str) -> tuple[int, int | None] | None:
+        """(connected_at_ms, disconnected_at_ms or None) of one connection record, None if there is none."""
+        await self.connection_log.flush()
+        async with self.session() as s:
+            row = await s.get(ConnectionRow, conn_id)
+            return None if row is None else (row.connected_at_ms, row.disconnected_at_ms)
 
     async def close_stale_connections(self, now_ms: int) -> None:
         """After a restart no earlier connection is alive."""
+        await self.connection_log.flush()
         async with self.session.begin() as s:
             await s.execute(update(ConnectionRow).where(ConnectionRow.disconnected_at_ms.is_(None))
                             .values(disconnected_at_ms=now_ms))
 
     async def connection_exists(self, conn_id: str) -> bool:
+        if self.connection_log.pending(conn_id):
+            return True
         async with self.session() as s:
             return await s.get(ConnectionRow, conn_id) is not None
 
@@ -182,6 +193,7 @@ class Store:
 
     async def purge_finished(self, before_ms: int) -> list[str]:
         """Delete played and failed requests that finished before `before_ms`, with their chunks and acks."""
+        await self.connection_log.flush()
         async with self.session.begin() as s:
             ids = list((await s.execute(select(RequestRow.id).where(
                 RequestRow.state.in_(FINAL), RequestRow.finished_at_ms < before_ms))).scalars())

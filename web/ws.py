@@ -45,8 +45,8 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
         return ws  # the client left during the upgrade: nobody to serve, nothing to report
     _cap_kernel_buffer(request, limits.ws_socket_buffer_bytes)
     connection_id = new_id()
-    await store.open_connection(connection_id, runner.channel_id, request.remote or "",
-                                request.headers.get("User-Agent", ""), station.clock())
+    store.open_connection(connection_id, runner.channel_id, request.remote or "",
+                          request.headers.get("User-Agent", ""), station.clock())
     listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
                         counted=request.query.get("role") != "console",  # a producer's console is not an audience
                         transport=request.transport, buffer_limit=limits.ws_socket_buffer_bytes or 65536)
@@ -62,7 +62,7 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
         hub.remove(listener)
         await listener.close()
         _break_cycles(request, ws)
-        await store.close_connection(connection_id, station.clock())
+        store.close_connection(connection_id, station.clock())
     return ws
 
 

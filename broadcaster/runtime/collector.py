@@ -18,16 +18,19 @@ that embeds the app) keeps objects out of the collector's walks with
   walks. They live until exit anyway.
 - "audience" (the default): the start-up heap, and what survives a full
   collection that comes once a quarter of the audience (and at least
-  `AT_LEAST` listeners) has arrived since the last freeze. Most of what
-  survives then is the newcomers' connections, which live for minutes or
-  hours; freezing only every quarter of the audience keeps the short-lived
-  objects caught in a freeze (HTTP requests in flight) few. A listener that
-  leaves is freed at once, frozen or not, except for 5 objects asyncio's
-  transport keeps in a cycle of its own (web/ws.py breaks aiohttp's and ours,
-  which were 48). Once as many listeners have left since the last thaw as are
-  connected (the audience has turned over), the frozen heap is thawed and
-  walked once, which frees those, and what is alive is frozen again: one
-  full-length walk per audience turned over.
+  `AT_LEAST` listeners) has arrived since the last freeze; if the collector
+  has not run one within `CHECK_S` by then, one is run, so a burst of
+  arrivals is frozen seconds after it, not whenever the collector next walks
+  it (among a producer's announcements, say). Most of what survives then is
+  the newcomers' connections, which live for minutes or hours; freezing only
+  every quarter of the audience keeps the short-lived objects caught in a
+  freeze (HTTP requests in flight) few. A listener that leaves is freed at
+  once, frozen or not, except for 5 objects asyncio's transport keeps in a
+  cycle of its own (web/ws.py breaks aiohttp's and ours, which were 48). Once
+  as many listeners have left since the last thaw as are connected (the
+  audience has turned over), the frozen heap is thawed and walked once, which
+  frees those, and what is alive is frozen again: one full-length walk per
+  audience turned over.
 - "survivors": also what survives each full collection, so the next full
   collection walks only what was made since: with thousands of listeners, a
   tenth of the pause. Frozen objects are still freed as soon as nothing refers
@@ -135,14 +138,14 @@ Audience = Callable[[], tuple[int, int]]
 
 NEWCOMERS = 0.25  # of the audience: arrivals since the last freeze that make a freeze worth it
 TURNOVER = 1.0  # of the audience: departures since the last thaw that make a thaw worth it
-AT_LEAST = 100  # listeners: fewer arrivals or departures are not worth a freeze or a thaw
-CHECK_S = 10  # how often departures are counted
+AT_LEAST = 100  # listeners: fewer connected, arrived or departed are not worth a freeze or a thaw
+CHECK_S = 10  # how often arrivals and departures are counted
 
 
 class AudienceFreezer(HeapFreezer):
     """Freezes the start-up heap, then the survivors of a full collection once NEWCOMERS of the
-    audience (at least AT_LEAST listeners) have arrived since the last freeze; thaws once TURNOVER of
-    it has left since the last thaw."""
+    audience (at least AT_LEAST listeners) have arrived since the last freeze (the collector's own, or
+    one run every CHECK_S when none came); thaws once TURNOVER of it has left since the last thaw."""
 
     def __init__(self, audience: Audience, check_s: float = CHECK_S):
         super().__init__()
@@ -170,15 +173,21 @@ class AudienceFreezer(HeapFreezer):
             except RuntimeError:  # the loop is closed: shutting down
                 pass
 
-    def _freeze_if_new_arrivals(self) -> None:
+    def _freeze_if_new_arrivals(self, collect: bool = False) -> None:
         connected, departed = self.audience()
-        if connected + departed - self._arrived_before >= max(AT_LEAST, NEWCOMERS * connected):
+        arrived = connected + departed - self._arrived_before
+        if connected >= AT_LEAST and arrived >= max(AT_LEAST, NEWCOMERS * connected):
+            if collect:
+                gc.collect()  # what would otherwise wait for the collector's own next full collection
             gc.freeze()
             self.freezes += 1
             self._arrived_before, self._listeners_frozen = connected + departed, True
             log.info("garbage collector: %d listeners now, %d objects frozen", connected, gc.get_freeze_count())
 
     def _check(self) -> None:
+        # Newcomers not frozen by now would make the next full collection walk them all, at a moment
+        # nobody chose (among a producer's announcements, say): collect and freeze them now instead.
+        self._freeze_if_new_arrivals(collect=True)
         connected, departed = self.audience()
         if self._listeners_frozen and departed - self._departed_before >= max(AT_LEAST, TURNOVER * connected):
             self.thaw()

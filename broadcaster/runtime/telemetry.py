@@ -103,8 +103,9 @@ class Telemetry:
             "generation (2: a full collection, which walks every tracked object).", ("generation",), GC_BUCKETS_S)
         self.gc_frozen = r.gauge(
             "broadcaster_gc_frozen_objects", "Objects frozen out of the cycle collector's walks: those made at "
-            "start-up, and with [server] gc_freeze = \"survivors\" those that survive each full collection "
-            "(0 when gc_freeze is \"off\", or outside `broadcaster serve`).")
+            "start-up, and as [server] gc_freeze says the survivors of later full collections (\"audience\": once a "
+            "quarter of the audience is new; \"survivors\": each one). 0 when gc_freeze is \"off\", or outside "
+            "`broadcaster serve`.")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
             "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")

@@ -48,8 +48,8 @@ async def test_a_grown_audience_is_frozen_and_thawed_once_enough_of_it_has_left(
         start_up = await metric(server, "broadcaster_gc_frozen_objects")
         url = f"ws{server.base_url.removeprefix('http')}/ws/channels/table"
         sockets = [(await raw_websocket(url))[0] for _ in range(4 * AT_LEAST)]
-        # Each listener holds ~100 tracked objects: enough of them to bring a full collection (and the
-        # scrapes allocate until one comes), which finds the audience grown from none, and freezes.
+        # 400 newcomers: the next full collection, the collector's own or the freezer's within its 10 s
+        # check, is followed by a freeze of what survived it.
         async with asyncio.timeout(120):
             while await metric(server, "broadcaster_gc_frozen_objects") < start_up + 50 * len(sockets):
                 await asyncio.sleep(0.05)

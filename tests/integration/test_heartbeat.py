@@ -7,11 +7,9 @@ import socket
 
 import pytest
 import websockets
-from sqlalchemy import select
 
 from conftest import raw_websocket
 
-from db.models import ConnectionRow
 from web.keys import HUB
 
 HEARTBEAT_S = 1.0  # small, yet a healthy peer in this busy test process has 0.5 s to answer each ping
@@ -72,9 +70,9 @@ async def eventually(check, what: str, timeout_s: float = 15) -> None:  # noqa: 
 
 
 async def disconnected_at(server, connection_id: str) -> int | None:  # noqa: ANN001
-    async with server.station.store.session() as s:
-        row = (await s.execute(select(ConnectionRow).where(ConnectionRow.id == connection_id))).scalar_one()
-        return row.disconnected_at_ms
+    times = await server.station.store.connection_times(connection_id)
+    assert times is not None, f"expected a record of connection {connection_id}"
+    return times[1]
 
 
 async def closed(server, connection_id: str) -> bool:  # noqa: ANN001

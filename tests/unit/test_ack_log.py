@@ -20,7 +20,7 @@ async def store_with_a_chunk(tmp_path) -> Store:  # noqa: ANN001
     request.chunks.append(Chunk(CHUNK, request.request_id, 0, "Hi.", 500, 0))
     await store.save([request])
     for conn in ("a" * 16, "b" * 16):
-        await store.open_connection(conn, row.id, "127.0.0.1", "test", 0)
+        store.open_connection(conn, row.id, "127.0.0.1", "test", 0)
     return store
 
 

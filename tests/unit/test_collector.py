@@ -140,6 +140,30 @@ async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new()
         gc.unfreeze()
 
 
+async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collector_runs_none():
+    audience = FakeAudience()
+    freezer = AudienceFreezer(audience, check_s=0.01)
+    gc.disable()  # the collector runs no full collection of its own
+    try:
+        freezer.start(asyncio.get_running_loop())
+        newcomer = Node()
+        audience.connected = AT_LEAST - 1
+        await asyncio.sleep(0.1)  # ten checks
+        assert freezer.freezes == 0 and not is_frozen(newcomer), "too few newcomers to be worth a freeze"
+        audience.connected = AT_LEAST
+        async with asyncio.timeout(60):
+            while freezer.freezes < 1:
+                await asyncio.sleep(0.01)
+        assert is_frozen(newcomer)
+        alive = weakref.ref(Node())  # garbage in a cycle, made before the check's collection...
+        await asyncio.sleep(0.1)
+        assert freezer.freezes == 1 and alive() is not None, "...which comes only once a quarter more arrive"
+    finally:
+        gc.enable()
+        freezer.stop()
+        gc.unfreeze()
+
+
 async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
     audience = FakeAudience()
     freezer = AudienceFreezer(audience, check_s=0.01)
