@@ -5,11 +5,10 @@ acknowledgements per sentence. One transaction each would keep the server busy
 with SQLite. Instead an acknowledgement is checked for a repeat in memory (the
 connections that acknowledged each recent chunk, loaded from the database once
 per chunk) and queued; the queue is written in one transaction within
-`FLUSH_S`. A crash can lose the last fraction of a second of acknowledgements;
+`batch.FLUSH_S`. A crash can lose the last fraction of a second of acknowledgements;
 they are delivery records, and playback never depends on them.
 """
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -18,21 +17,21 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from .batch import BatchedLog
 from .models import DeliveryRow
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.2
 RECENT_CHUNKS = 64  # chunks whose acknowledging connections are kept in memory
 
 
-class AckLog:
+class AckLog(BatchedLog):
     def __init__(self, session: async_sessionmaker, before: Callable[[], Awaitable[None]] | None = None):
+        super().__init__("ack")
         self.session = session
         self.before = before  # written first: what the acknowledgements refer to
         self._pending: list[dict] = []
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
-        self._flusher: asyncio.Task | None = None
 
     async def record(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
         """Queue one acknowledgement; False if this connection had already acknowledged the chunk."""
@@ -40,8 +39,7 @@ class AckLog:
             return False
         self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via,
                               "acked_at_ms": now_ms})
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_soon(), name="ack-flush")
+        self._flush_soon()
         return True
 
     async def _first_from(self, chunk_id: str, connection_id: str) -> bool:
@@ -62,11 +60,6 @@ class AckLog:
         async with self.session() as s:
             rows = await s.execute(select(DeliveryRow.connection_id).where(DeliveryRow.chunk_id == chunk_id))
             return {row[0] for row in rows if row[0] is not None}
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_S)
-        self._flusher = None
-        await self.flush()
 
     async def flush(self) -> None:
         """Write everything queued (at once, before reads of acknowledgements and at shutdown)."""
@@ -89,10 +82,3 @@ class AckLog:
     async def _insert(self, rows: list[dict]) -> None:
         async with self.session.begin() as s:
             await s.execute(insert(DeliveryRow).prefix_with("OR IGNORE"), rows)
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
-        await self.flush()

@@ -4,7 +4,7 @@ A burst of listeners (a class opening the link at once) would otherwise cost
 one SQLite transaction per arrival and one per departure, about 2 ms of the
 server's CPU each: thousands of them hold up the event loop for seconds.
 Instead arrivals and departures are queued and written together in one
-transaction within `FLUSH_S`, arrivals first. Acknowledgements refer to these
+transaction within `batch.FLUSH_S`, arrivals first. Acknowledgements refer to these
 records, so the acknowledgement log flushes this one before itself. A crash
 can lose the last fraction of a second of records; at the next start every
 record still open is closed anyway (they are delivery records, like the acks).
@@ -16,20 +16,20 @@ import logging
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from .batch import BatchedLog
 from .models import ConnectionRow
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 0.2
 TABLE = ConnectionRow.__table__
 
 
-class ConnectionLog:
+class ConnectionLog(BatchedLog):
     def __init__(self, session: async_sessionmaker):
+        super().__init__("connection")
         self.session = session
         self._opened: dict[str, dict] = {}  # by connection id, in arrival order
         self._closed: dict[str, int] = {}  # connection id -> disconnected_at_ms, for rows already written
-        self._flusher: asyncio.Task | None = None
         self._writing = asyncio.Lock()  # one batch at a time, so a departure is never written before its arrival
 
     def opened(self, conn_id: str, channel_id: int, remote: str, agent: str, now_ms: int) -> None:
@@ -46,15 +46,6 @@ class ConnectionLog:
 
     def pending(self, conn_id: str) -> bool:
         return conn_id in self._opened
-
-    def _flush_soon(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_later(), name="connection-flush")
-
-    async def _flush_later(self) -> None:
-        await asyncio.sleep(FLUSH_S)
-        self._flusher = None
-        await self.flush()
 
     async def flush(self) -> None:
         """Write everything queued (before reads of connection records or acknowledgements, and at shutdown)."""
@@ -73,10 +64,3 @@ class ConnectionLog:
                                         [{"conn_id": k, "at_ms": v} for k, v in closed.items()])
             except Exception:
                 log.exception("could not write %d connection arrivals and %d departures", len(opened), len(closed))
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
-        await self.flush()

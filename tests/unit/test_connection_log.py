@@ -5,7 +5,7 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from db import connections
+from db import batch
 from db.models import ConnectionRow
 from db.store import Store
 
@@ -31,7 +31,7 @@ async def test_a_burst_of_arrivals_is_one_write_within_moments(tmp_path):
     assert await store.connection_exists(B), "a queued arrival exists for whoever asks"
     async with asyncio.timeout(30):  # written by the log itself, FLUSH_S after the first
         while await rows(store) < 3:
-            await asyncio.sleep(connections.FLUSH_S)
+            await asyncio.sleep(batch.FLUSH_S)
     assert await store.connection_times(A) == (10, None)
     await store.close()
 
