@@ -36,10 +36,10 @@ that embeds the app) keeps objects out of the collector's walks with
   tenth of the pause. Frozen objects are still freed as soon as nothing refers
   to them, but garbage in reference cycles among them waits for the thaw,
   every `thaw_after_s`: everything is unfrozen and collected once, one
-  full-length pause. Listeners that leave leave such cycles, and so does
-  every HTTP connection that was open when a freeze happened; with many chunk fetches (every listener fetches every
-  chunk) that is hundreds of thousands of objects in ten minutes, tens of MB
-  and a thaw of over a second (docs/performance.md). So it is for large,
+  full-length pause. Whatever was in flight at a freeze and dies in a cycle
+  waits for it: before departures were made cycle-free, a soak with chunk
+  fetches held hundreds of thousands of objects for ten minutes, tens of MB,
+  and its thaw took over a second (docs/performance.md). So it is for large,
   steady audiences, not the default.
 """
 
@@ -173,23 +173,26 @@ class AudienceFreezer(HeapFreezer):
             except RuntimeError:  # the loop is closed: shutting down
                 pass
 
-    def _freeze_if_new_arrivals(self, collect: bool = False) -> None:
+    def _freeze_if_new_arrivals(self, collect: bool = False) -> bool:
         connected, departed = self.audience()
         arrived = connected + departed - self._arrived_before
-        if connected >= AT_LEAST and arrived >= max(AT_LEAST, NEWCOMERS * connected):
-            if collect:
-                gc.collect()  # what would otherwise wait for the collector's own next full collection
-            gc.freeze()
-            self.freezes += 1
-            self._arrived_before, self._listeners_frozen = connected + departed, True
-            log.info("garbage collector: %d listeners now, %d objects frozen", connected, gc.get_freeze_count())
+        if not (connected >= AT_LEAST and arrived >= max(AT_LEAST, NEWCOMERS * connected)):
+            return False
+        if collect:
+            gc.collect()  # what would otherwise wait for the collector's own next full collection
+        gc.freeze()
+        self.freezes += 1
+        self._arrived_before, self._listeners_frozen = connected + departed, True
+        log.info("garbage collector: %d listeners now, %d objects frozen", connected, gc.get_freeze_count())
+        return True
 
     def _check(self) -> None:
         # Newcomers not frozen by now would make the next full collection walk them all, at a moment
         # nobody chose (among a producer's announcements, say): collect and freeze them now instead.
-        self._freeze_if_new_arrivals(collect=True)
+        froze = self._freeze_if_new_arrivals(collect=True)
         connected, departed = self.audience()
-        if self._listeners_frozen and departed - self._departed_before >= max(AT_LEAST, TURNOVER * connected):
+        turned_over = departed - self._departed_before >= max(AT_LEAST, TURNOVER * connected)
+        if not froze and self._listeners_frozen and turned_over:
             self.thaw()
             gc.freeze()  # what is alive now: mostly the audience that is here
             self._arrived_before, self._departed_before = connected + departed, departed
