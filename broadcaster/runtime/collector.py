@@ -115,12 +115,15 @@ class HeapFreezer:
             self._timer = None
 
     def _on_gc(self, phase: str, info: dict) -> None:
-        # Any thread may be the one collecting; the freeze happens on the loop's thread, right after.
+        # Any thread may be the one collecting; what follows runs on the loop's thread, right after.
         if phase == "stop" and info["generation"] == 2 and self._loop is not None:
             try:
-                self._loop.call_soon_threadsafe(gc.freeze)
+                self._loop.call_soon_threadsafe(self._after_full_collection)
             except RuntimeError:  # the loop is closed: shutting down
                 pass
+
+    def _after_full_collection(self) -> None:
+        gc.freeze()
 
     def thaw(self) -> None:
         started, frozen = time.perf_counter(), gc.get_freeze_count()
@@ -165,13 +168,8 @@ class AudienceFreezer(HeapFreezer):
         self._timer = loop.call_later(self.check_s, self._check)
         return frozen
 
-    def _on_gc(self, phase: str, info: dict) -> None:
-        # The audience is read on the loop's thread; the collecting thread may be another.
-        if phase == "stop" and info["generation"] == 2 and self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._freeze_if_new_arrivals)
-            except RuntimeError:  # the loop is closed: shutting down
-                pass
+    def _after_full_collection(self) -> None:
+        self._freeze_if_new_arrivals()
 
     def _freeze_if_new_arrivals(self, collect: bool = False) -> bool:
         connected, departed = self.audience()

@@ -2,6 +2,7 @@
 on a schedule, or as the audience grows and leaves."""
 
 import asyncio
+import contextlib
 import gc
 import weakref
 
@@ -116,11 +117,25 @@ async def collect_fully() -> None:
     await asyncio.sleep(0)  # the freeze, if any, happens on the loop's next turn
 
 
-async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new():
+@contextlib.contextmanager
+def audience_freezer(check_s: float, collector_runs: bool = True):  # noqa: ANN201
+    """A started AudienceFreezer and the fake audience it counts; with `collector_runs` False, the
+    collector runs no full collection of its own meanwhile."""
     audience = FakeAudience()
-    freezer = AudienceFreezer(audience, check_s=3600)
+    freezer = AudienceFreezer(audience, check_s=check_s)
+    if not collector_runs:
+        gc.disable()
     try:
         freezer.start(asyncio.get_running_loop())
+        yield audience, freezer
+    finally:
+        gc.enable()
+        freezer.stop()
+        gc.unfreeze()
+
+
+async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new():
+    with audience_freezer(check_s=3600) as (audience, freezer):
         audience.connected = AT_LEAST - 1
         early = Node()
         await collect_fully()
@@ -135,17 +150,10 @@ async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new()
         audience.connected, audience.departed = 400, 100  # churn, no growth: 100 newcomers, a quarter
         await collect_fully()
         assert freezer.freezes == 2 and is_frozen(later)
-    finally:
-        freezer.stop()
-        gc.unfreeze()
 
 
 async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collector_runs_none():
-    audience = FakeAudience()
-    freezer = AudienceFreezer(audience, check_s=0.01)
-    gc.disable()  # the collector runs no full collection of its own
-    try:
-        freezer.start(asyncio.get_running_loop())
+    with audience_freezer(check_s=0.01, collector_runs=False) as (audience, freezer):
         newcomer = Node()
         audience.connected = AT_LEAST - 1
         await asyncio.sleep(0.1)  # ten checks
@@ -158,17 +166,10 @@ async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collec
         alive = weakref.ref(Node())  # garbage in a cycle, made before the check's collection...
         await asyncio.sleep(0.1)
         assert freezer.freezes == 1 and alive() is not None, "...which comes only once a quarter more arrive"
-    finally:
-        gc.enable()
-        freezer.stop()
-        gc.unfreeze()
 
 
 async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
-    audience = FakeAudience()
-    freezer = AudienceFreezer(audience, check_s=0.01)
-    try:
-        freezer.start(asyncio.get_running_loop())
+    with audience_freezer(check_s=0.01) as (audience, freezer):
         audience.connected = 400
         listener = Node()
         await collect_fully()
@@ -188,21 +189,10 @@ async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
         assert freezer.thaws == 1, "departures are counted again from the thaw"
         await collect_fully()
         assert not is_frozen(stayed), "and arrivals: no newcomers since the thaw, no freeze"
-    finally:
-        freezer.stop()
-        gc.unfreeze()
 
 
 async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
-    audience = FakeAudience()
-    freezer = AudienceFreezer(audience, check_s=0.01)
-    gc.disable()  # no full collection comes while they are here, so none of them is frozen
-    try:
-        freezer.start(asyncio.get_running_loop())
+    with audience_freezer(check_s=0.01, collector_runs=False) as (audience, freezer):
         audience.departed = 10 * AT_LEAST
         await asyncio.sleep(0.1)
         assert freezer.thaws == 0 and freezer.freezes == 0
-    finally:
-        gc.enable()
-        freezer.stop()
-        gc.unfreeze()
