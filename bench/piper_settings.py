@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import table  # noqa: E402
+from report import own_memory_mb, table  # noqa: E402
 
 SENTENCES = [
     "The old lighthouse keeper climbed the stairs slowly, counting each step as the storm rolled in.",
@@ -35,15 +35,6 @@ CONFIGS = [  # workers, arena, give memory back after the run
 ]
 
 
-def memory_mb() -> dict[str, float]:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
 def run_one(workers: int, arena: bool, trim: bool) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -51,7 +42,7 @@ def run_one(workers: int, arena: bool, trim: bool) -> dict:
     from tts.piper_engine import _load_voice, default_model_path
 
     voice = _load_voice(default_model_path(), arena)
-    loaded = memory_mb()["VmRSS"]
+    loaded = own_memory_mb()["VmRSS"]
     rate = voice.config.sample_rate
 
     def say(text: str) -> int:
@@ -62,11 +53,11 @@ def run_one(workers: int, arena: bool, trim: bool) -> dict:
     with ThreadPoolExecutor(workers) as pool:
         samples = sum(pool.map(say, SENTENCES))
     seconds = time.perf_counter() - started
-    after = memory_mb()
+    after = own_memory_mb()
     if trim:
         release_free_memory()
     return {"speed": samples / rate / seconds, "loaded": loaded, "after": after["VmRSS"],
-            "settled": memory_mb()["VmRSS"], "peak": after["VmHWM"]}
+            "settled": own_memory_mb()["VmRSS"], "peak": after["VmHWM"]}
 
 
 def main() -> None:

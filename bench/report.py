@@ -1,7 +1,9 @@
-"""Small helpers for the benchmarks' printed figures: percentiles, tables, a least-squares slope."""
+"""Small helpers for the benchmarks' printed figures: percentiles, tables, a least-squares slope, this
+process's memory."""
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -43,3 +45,13 @@ def least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, floa
     residuals = [y - (slope * x + intercept) for x, y in zip(xs, ys)]
     spread = math.sqrt(sum(r * r for r in residuals) / max(n - 2, 1))
     return slope, intercept, spread
+
+
+def own_memory_mb() -> dict[str, float]:
+    """This process's resident memory now (VmRSS) and at its peak (VmHWM), in MB."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values

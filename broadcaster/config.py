@@ -58,17 +58,26 @@ class LimitsConfig:
     max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
 
 
+MIN_PIPER_WINDOW_MS = 250  # shorter windows spend more time on their overlaps than on speech
+
+
 @dataclass(frozen=True)
 class TtsConfig:
     engine: str = "piper"
     piper_model: str = ""
     piper_workers: int = 1  # sentences synthesized at once (each already uses every core)
     piper_memory_arena: bool = False  # faster synthesis, but the peak working memory is never returned
+    piper_window_ms: int = 3000  # speech decoded at a time; bounds synthesis memory (0: each sentence whole)
     tone_ms_per_char: int = 55
     tone_delay_ms: int = 0
     tone_fail_marker: str = ""
     tone_stall_marker: str = ""
     mp3_bitrate_kbps: int = 64
+
+    def __post_init__(self) -> None:
+        if self.piper_window_ms != 0 and self.piper_window_ms < MIN_PIPER_WINDOW_MS:
+            raise BadInput(f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "
+                           f"got {self.piper_window_ms!r}")
 
 
 @dataclass(frozen=True)

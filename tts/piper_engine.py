@@ -1,4 +1,9 @@
-"""Piper TTS: the voice loads once; each sentence is synthesized in a worker thread."""
+"""Piper TTS: the voice loads once; each sentence is synthesized in a worker thread.
+
+By default the voice's decoder runs over windows of `window_ms` of speech
+(tts/windowed.py), so a sentence's working memory is bounded by the window,
+not by the sentence's length. A voice that cannot be split is decoded whole.
+"""
 
 import asyncio
 import logging
@@ -11,6 +16,7 @@ from broadcaster.errors import GenerationError
 from broadcaster.process import release_free_memory
 
 from .engine import Pcm, TtsEngine
+from .windowed import WindowedSession, windowed_session
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +30,26 @@ def default_model_path() -> Path:
 class PiperEngine(TtsEngine):
     name = "piper"
 
-    def __init__(self, model: str | Path | None = None, workers: int = 1, memory_arena: bool = False):
+    def __init__(self, model: str | Path | None = None, workers: int = 1, memory_arena: bool = False,
+                 window_ms: int = 0, cache_dir: Path | None = None):
         """`workers`: sentences synthesized at once. Measured on 2 cores, one worker (onnxruntime
         already uses every core within a sentence) is faster than two and needs half the memory.
-        `memory_arena`: onnxruntime keeps its peak working memory (~200 MB after a long sentence)
-        for reuse; about 25% faster, but the server's memory never comes back down."""
+        `memory_arena`: onnxruntime keeps its peak working memory for reuse; about 25% faster, but
+        the server's memory never comes back down.
+        `window_ms`: decode this much speech at a time (0: each sentence whole); the voice is split
+        once into `cache_dir` for it."""
         path = Path(model) if model else default_model_path()
         if not path.is_file():
             raise GenerationError(f"expected a Piper .onnx voice at {path}, found nothing")
-        self.voice = _load_voice(path, memory_arena)
+        self.voice = _load_voice(path, memory_arena, window_ms, cache_dir)
         self.sample_rate = self.voice.config.sample_rate
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
         self.parallelism = workers
         self._release = not memory_arena
-        log.info("piper voice %s loaded (%d Hz, %d worker(s), memory arena %s)",
-                 path.name, self.sample_rate, workers, "on" if memory_arena else "off")
+        windowed = isinstance(self.voice.session, WindowedSession)
+        log.info("piper voice %s loaded (%d Hz, %d worker(s), memory arena %s, %s)",
+                 path.name, self.sample_rate, workers, "on" if memory_arena else "off",
+                 f"decoded {window_ms} ms at a time" if windowed else "each sentence decoded whole")
 
     async def synthesize(self, text: str) -> Pcm:
         loop = asyncio.get_running_loop()
@@ -65,8 +76,9 @@ class PiperEngine(TtsEngine):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _load_voice(path: Path, memory_arena: bool):  # noqa: ANN202
-    """Like PiperVoice.load, with the session options that decide how memory is kept."""
+def _load_voice(path: Path, memory_arena: bool, window_ms: int = 0, cache_dir: Path | None = None):  # noqa: ANN202
+    """Like PiperVoice.load, with the session options that decide how memory is kept, and the
+    decoder windowed when `window_ms` and `cache_dir` are given and the voice can be split."""
     import json
 
     import onnxruntime
@@ -76,7 +88,17 @@ def _load_voice(path: Path, memory_arena: bool):  # noqa: ANN202
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = memory_arena
+    # onnxruntime's threads spin for a while after each operator, waiting for the next one. With the
+    # two halves of a windowed voice, one session's spinning threads take the cores from the other's
+    # (first sentences were 5-15% slower), and on a small server they take them from the event loop.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+    if window_ms > 0 and cache_dir is not None:
+        frames = max(1, round(window_ms * config.sample_rate / config.hop_length / 1000))
+        try:
+            return PiperVoice(session=windowed_session(path, cache_dir, frames, options), config=config)
+        except GenerationError as exc:
+            log.warning("%s; each sentence will be decoded whole, with working memory that grows with its "
+                        "length (about 16 MB per second of speech)", exc)
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return PiperVoice(session=session, config=config)
-

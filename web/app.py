@@ -41,7 +41,8 @@ def make_engine(config: Config) -> TtsEngine:
         from tts.piper_engine import PiperEngine
 
         t = config.tts
-        return PiperEngine(t.piper_model or None, t.piper_workers, t.piper_memory_arena)
+        return PiperEngine(t.piper_model or None, t.piper_workers, t.piper_memory_arena, t.piper_window_ms,
+                           config.data_path / "voices")
     raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
 
 

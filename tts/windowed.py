@@ -1,0 +1,121 @@
+"""Piper's decoder run window by window, so synthesis memory stops growing with the sentence.
+
+Run whole, a Piper voice needs about 16 MB of working memory per second of
+the sentence's speech (+250 MB for a 15-second sentence, docs/performance.md),
+almost all of it in the decoder. `WindowedSession` runs the voice's first
+stage (text to frames) whole, then the decoder on windows of `window_frames`
+frames, each widened by OVERLAP_FRAMES on both sides so that every kept
+sample sees the same neighbourhood it would in one run; only the window's
+own samples are kept. Measured on the bundled voice, the output is identical
+to the whole run's, sample for sample, from an overlap of 16 frames (0.19 s).
+The overlaps are computed twice: a sentence longer than one window costs
+2 x 16 frames more decoding per window boundary. A sentence that fits in
+one window is decoded in one run, as before.
+
+It stands in for the onnxruntime session inside `piper.PiperVoice`, which
+keeps doing everything else (phonemes, scales, speaker, normalization). The
+two halves come from tts/voice_split.py, run once per voice file in a
+process of its own; the result is cached under the data directory.
+"""
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from broadcaster.errors import GenerationError
+
+from .voice_split import DECODER, ENCODER, LAYOUT
+
+log = logging.getLogger(__name__)
+
+OVERLAP_FRAMES = 16
+SPLIT_SCRIPT = Path(__file__).with_name("voice_split.py")
+SPLIT_FORMAT = 1  # bump when voice_split.py writes something different
+SPLIT_TIMEOUT_S = 300
+
+
+class WindowedSession:
+    """The `run(output_names, feeds)` of an onnxruntime session over the two halves of a voice."""
+
+    def __init__(self, encoder: Any, decoder: Any, layout: dict, window_frames: int,
+                 overlap_frames: int = OVERLAP_FRAMES):
+        self.encoder, self.decoder = encoder, decoder
+        self.decoder_inputs: list[str] = layout["decoder_inputs"]  # the frames first
+        self.decoder_output: str = layout["decoder_output"]
+        self.other_outputs: list[str] = layout["other_outputs"]
+        self.outputs: list[str] = layout["outputs"]
+        self.window_frames, self.overlap_frames = window_frames, overlap_frames
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        first = self.encoder.run(None, feeds)
+        count = len(self.decoder_inputs)
+        results = dict(zip(self.other_outputs, first[count:]))
+        results[self.decoder_output] = self.decode(dict(zip(self.decoder_inputs, first[:count])))
+        return [results[name] for name in output_names or self.outputs]
+
+    def decode(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The decoder's output for all the frames, made a window at a time (time is the last axis)."""
+        name = self.decoder_inputs[0]
+        frames = feeds[name]
+        total, overlap = frames.shape[-1], self.overlap_frames
+        step = -(-total // -(-total // self.window_frames))  # equal windows: no short one at the end
+        parts = []
+        for start in range(0, total, step):
+            low, high, stop = max(0, start - overlap), min(total, start + step + overlap), min(total, start + step)
+            window = {**feeds, name: np.ascontiguousarray(frames[..., low:high])}
+            out = self.decoder.run([self.decoder_output], window)[0]
+            hop, rest = divmod(out.shape[-1], high - low)
+            if rest:
+                raise GenerationError(f"expected the decoder to make a whole number of samples per frame, "
+                                      f"got {out.shape[-1]} for {high - low} frames")
+            parts.append(out[..., (start - low) * hop:(stop - low) * hop])
+        return np.concatenate(parts, axis=-1)
+
+
+def split_voice(model: Path, cache_dir: Path) -> Path:
+    """The directory holding the two halves of `model`, split now if the cache has none for this file."""
+    stat = model.stat()
+    out_dir = cache_dir / f"{model.stem}-{stat.st_size}-{stat.st_mtime_ns}-v{SPLIT_FORMAT}"
+    if (out_dir / LAYOUT).is_file():
+        return out_dir
+    older = re.compile(re.escape(model.stem) + r"-\d+-\d+-v\d+")  # this voice's file before, or an older format
+    for stale in cache_dir.glob(f"{model.stem}-*"):
+        if older.fullmatch(stale.name):
+            shutil.rmtree(stale, ignore_errors=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, str(SPLIT_SCRIPT), str(model), str(out_dir)],
+                              capture_output=True, text=True, timeout=SPLIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise GenerationError(f"expected the voice split to finish within {SPLIT_TIMEOUT_S} s, it did not") from None
+    if done.returncode != 0 or not (out_dir / LAYOUT).is_file():
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise GenerationError(f"could not split voice {model.name} for windowed decoding: {reason}")
+    log.info("piper voice %s split for windowed decoding in %.1f s (once per voice file; cached in %s)",
+             model.name, time.perf_counter() - started, out_dir)
+    return out_dir
+
+
+def windowed_session(model: Path, cache_dir: Path, window_frames: int, options: Any) -> WindowedSession:
+    """A WindowedSession over `model`'s two halves, loaded with onnxruntime `options`."""
+    import onnxruntime
+
+    halves = split_voice(model, cache_dir)
+    layout = json.loads((halves / LAYOUT).read_text(encoding="utf-8"))
+
+    def load(name: str) -> Any:
+        try:
+            return onnxruntime.InferenceSession(str(halves / name), sess_options=options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types: a file it cannot load, say
+            raise GenerationError(f"could not load {halves / name} for windowed decoding: {exc}") from exc
+
+    return WindowedSession(load(ENCODER), load(DECODER), layout, window_frames)
