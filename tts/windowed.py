@@ -66,6 +66,8 @@ class WindowedSession:
         name = self.decoder_inputs[0]
         frames = feeds[name]
         total, overlap = frames.shape[-1], self.overlap_frames
+        if total <= self.window_frames:
+            return self.decoder.run([self.decoder_output], feeds)[0]
         step = -(-total // -(-total // self.window_frames))  # equal windows: no short one at the end
         parts = []
         for start in range(0, total, step):
