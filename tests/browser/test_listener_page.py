@@ -148,14 +148,14 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
     console = await browser.new_page()
     await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
     await console.wait_for_selector("#desk:not([hidden])")
-    await server.say(NARRATION)
+    await server.say(LONG_FIRST + NARRATION)  # ~14 s: still on the air when a loaded machine gets to the skip
     queued = (await (await server.say("A second narration waits.")).json())["request_id"]
     await observer.next("audio_chunk_ready")
     await console.click("#queue button[aria-label^='Cancel: A second narration']")
-    cancelled = await observer.next("request_cancelled")
+    cancelled = await observer.next("request_cancelled", timeout=30)
     assert cancelled["request_id"] == queued
     await console.click("#now button[aria-label^='Skip: The caravan']")
-    skipped = await observer.next("request_cancelled")
+    skipped = await observer.next("request_cancelled", timeout=30)
     assert skipped["skipped"] is True
     await listener.wait_for_function("document.querySelector('#captions em') !== null")
     assert "token" not in console.url
