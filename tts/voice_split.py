@@ -15,9 +15,10 @@ a voice with the `onnx` package costs a few hundred MB for a moment, which the
 server would otherwise keep in its heap.
 
 The decoder is every node under `/dec/` (the module name PyTorch's export
-gives it) plus what follows it up to the model's outputs. Its inputs from the
-rest of the graph come first the frames, then anything else it reads (a
-multi-speaker voice's speaker embedding), and are the first stage's outputs.
+gives it) plus what follows it up to the model's outputs. What it reads from
+the rest of the graph becomes the first stage's outputs and the decoder's
+inputs: the frames first, then anything else (a multi-speaker voice's speaker
+embedding).
 """
 
 import json

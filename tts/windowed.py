@@ -7,7 +7,8 @@ stage (text to frames) whole, then the decoder on windows of `window_frames`
 frames, each widened by OVERLAP_FRAMES on both sides so that every kept
 sample sees the same neighbourhood it would in one run; only the window's
 own samples are kept. Measured on the bundled voice, the output is identical
-to the whole run's, sample for sample, from an overlap of 16 frames (0.19 s).
+to the whole run's, sample for sample, from an overlap of 12 frames; 16
+(0.19 s) leaves a margin for other voices.
 The overlaps are computed twice: a sentence longer than one window costs
 2 x 16 frames more decoding per window boundary. A sentence that fits in
 one window is decoded in one run, as before.

@@ -25,6 +25,15 @@ def voice_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("voices")
 
 
+class CountingSession:
+    def __init__(self, session) -> None:  # noqa: ANN001
+        self.session, self.runs = session, 0
+
+    def run(self, names, feeds):  # noqa: ANN001, ANN201
+        self.runs += 1
+        return self.session.run(names, feeds)
+
+
 def test_windowed_decoding_gives_the_whole_voices_audio_sample_for_sample(voice_cache):
     engine = PiperEngine(window_ms=1000, cache_dir=voice_cache)
     voice = engine.voice
@@ -33,17 +42,15 @@ def test_windowed_decoding_gives_the_whole_voices_audio_sample_for_sample(voice_
     ids = voice.phonemes_to_ids(voice.phonemize(LONG)[0])
     feeds = {"input": np.array([ids], dtype=np.int64), "input_lengths": np.array([len(ids)], dtype=np.int64),
              "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32)}  # no noise: both runs are deterministic
-    runs = []
-    decoder = voice.session.decoder
-    voice.session.decoder = type("Counting", (), {"run": lambda _, names, f: runs.append(1) or decoder.run(names, f)})()
+    voice.session.decoder = counting = CountingSession(voice.session.decoder)
     windowed_audio = voice.session.run(None, feeds)[0]
     whole_audio = whole.run(None, feeds)[0]
-    assert len(runs) >= 5, f"expected a sentence of several seconds to take several 1 s windows, took {len(runs)}"
+    assert counting.runs >= 5, f"expected several seconds of speech to take several 1 s windows, took {counting.runs}"
     assert windowed_audio.shape == whole_audio.shape
     assert float(np.abs(windowed_audio - whole_audio).max()) < 1e-4
 
 
-def test_the_split_is_made_once_per_voice_file_and_a_stale_one_removed(voice_cache, tmp_path, monkeypatch):
+def test_the_split_is_made_once_per_voice_file_and_a_stale_one_removed(tmp_path, monkeypatch):
     model = tmp_path / "voice.onnx"
     shutil.copyfile(default_model_path(), model)
     stale, other = tmp_path / "cache" / "voice-1-2-v1", tmp_path / "cache" / "voice-two-1-2-v1"
