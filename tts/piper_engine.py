@@ -89,7 +89,7 @@ def _load_voice(path: Path, memory_arena: bool, window_ms: int = 0, cache_dir: P
     options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = memory_arena
     # onnxruntime's threads spin for a while after each operator, waiting for the next one. With the
-    # two halves of a windowed voice, one session's spinning threads take the cores from the other's
+    # parts of a windowed voice, one session's spinning threads take the cores from the other's
     # (first sentences were 5-15% slower), and on a small server they take them from the event loop.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))

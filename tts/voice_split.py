@@ -9,7 +9,7 @@ convolutional, so it can be run on overlapping windows of frames and the
 windows' middles put end to end (tts/windowed.py).
 
 The published voices are one ONNX graph, so the split is done once per voice
-file and the two halves are kept in a cache directory. It runs as a script in
+file and the parts are kept in a cache directory. It runs as a script in
 a process of its own (`python voice_split.py MODEL OUT_DIR`), because loading
 a voice with the `onnx` package costs a few hundred MB for a moment, which the
 server would otherwise keep in its heap.
@@ -19,6 +19,13 @@ gives it) plus what follows it up to the model's outputs. What it reads from
 the rest of the graph becomes the first stage's outputs and the decoder's
 inputs: the frames first, then anything else (a multi-speaker voice's speaker
 embedding).
+
+The decoder itself is cut once more, where its second upsampling layer
+begins. Its last two stages work at 64 and 256 samples per frame and hold
+nearly all of its working memory, yet they only see a few frames around each
+sample (the first stage sees some twelve), so they can run on much shorter
+windows than the rest (tts/windowed.py). A decoder without that layer is
+kept whole.
 """
 
 import json
@@ -30,7 +37,8 @@ from pathlib import Path
 
 DECODER_PREFIX = "/dec/"
 FRAMES_NODE = "/dec/conv_pre/Conv"  # the decoder's first layer: its data input is the frame sequence
-ENCODER, DECODER, LAYOUT = "encoder.onnx", "decoder.onnx", "layout.json"
+BACK_NODE = "/dec/ups.1/ConvTranspose"  # the second upsampling layer: where the decoder's back part begins
+ENCODER, DECODER, BACK, LAYOUT = "encoder.onnx", "decoder.onnx", "decoder_back.onnx", "layout.json"
 
 
 class NotSplittable(Exception):
@@ -61,8 +69,22 @@ def decoder_boundary(graph) -> tuple[list[str], list[str]]:  # noqa: ANN001
     return inputs, outputs
 
 
+def back_input(graph) -> str | None:  # noqa: ANN001
+    """The tensor where the decoder's back part begins, if it reads nothing else from before it."""
+    names = [node.name for node in graph.node]
+    if BACK_NODE not in names:
+        return None
+    cut = graph.node[names.index(BACK_NODE)].input[0]
+    known = {cut} | {init.name for init in graph.initializer}
+    for node in graph.node[names.index(BACK_NODE):]:  # ONNX graphs list their nodes in order
+        if not all(name in known for name in node.input if name):
+            return None
+        known.update(node.output)
+    return cut
+
+
 def split(model: Path, out_dir: Path) -> None:
-    """Write the two halves and their layout into `out_dir`, all or nothing."""
+    """Write the parts and their layout into `out_dir`, all or nothing."""
     import onnx
     from onnx.utils import Extractor
 
@@ -76,8 +98,11 @@ def split(model: Path, out_dir: Path) -> None:
     work_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".split-"))
     try:
         onnx.save(extractor.extract_model(model_inputs, decoder_inputs + other_outputs), work_dir / ENCODER)
-        onnx.save(extractor.extract_model(decoder_inputs, decoder_outputs), work_dir / DECODER)
-        layout = {"decoder_inputs": decoder_inputs, "decoder_output": decoder_outputs[0],
+        cut = back_input(graph)
+        onnx.save(extractor.extract_model(decoder_inputs, [cut] if cut else decoder_outputs), work_dir / DECODER)
+        if cut:
+            onnx.save(extractor.extract_model([cut], decoder_outputs), work_dir / BACK)
+        layout = {"decoder_inputs": decoder_inputs, "decoder_output": decoder_outputs[0], "back_input": cut,
                   "other_outputs": other_outputs, "outputs": [out.name for out in graph.output]}
         (work_dir / LAYOUT).write_text(json.dumps(layout), encoding="utf-8")
         try:

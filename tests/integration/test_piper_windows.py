@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from broadcaster.errors import GenerationError
 from tts.piper_engine import PiperEngine, default_model_path
+from tts.voice_split import BACK_NODE, back_input
 from tts.windowed import WindowedSession, split_voice, windowed_session
 
 pytestmark = pytest.mark.piper
@@ -43,9 +44,11 @@ def test_windowed_decoding_gives_the_whole_voices_audio_sample_for_sample(voice_
     feeds = {"input": np.array([ids], dtype=np.int64), "input_lengths": np.array([len(ids)], dtype=np.int64),
              "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32)}  # no noise: both runs are deterministic
     voice.session.decoder = counting = CountingSession(voice.session.decoder)
+    voice.session.back = back = CountingSession(voice.session.back)
     windowed_audio = voice.session.run(None, feeds)[0]
     whole_audio = whole.run(None, feeds)[0]
     assert counting.runs >= 5, f"expected several seconds of speech to take several 1 s windows, took {counting.runs}"
+    assert back.runs > counting.runs, "the decoder's back part runs on windows shorter still"
     assert windowed_audio.shape == whole_audio.shape
     assert float(np.abs(windowed_audio - whole_audio).max()) < 1e-4
 
@@ -59,13 +62,31 @@ def test_the_split_is_made_once_per_voice_file_and_a_stale_one_removed(tmp_path,
     first = split_voice(model, tmp_path / "cache")
     assert not stale.exists(), "a split of an older copy of the voice is removed"
     assert other.exists(), "another voice's is not"
-    assert json.loads((first / "layout.json").read_text())["decoder_output"] == "output"
+    layout = json.loads((first / "layout.json").read_text())
+    assert layout["decoder_output"] == "output"
+    assert layout["back_input"] == "/dec/LeakyRelu_1_output_0", "the decoder is cut at its second upsampling"
+    assert (first / "decoder_back.onnx").is_file()
 
     def no_subprocess(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("expected the cached split to be used")
 
     monkeypatch.setattr("tts.windowed.subprocess.run", no_subprocess)
     assert split_voice(model, tmp_path / "cache") == first
+
+
+def decoder_graph(back_reads: list[str]):  # noqa: ANN201
+    """x -> /dec/a -> t1 -> the back part's first node -> t2 -> /dec/b (reading t2 and `back_reads`) -> out."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])
+    nodes = [helper.make_node("Relu", ["x"], ["t1"], name="/dec/a"),
+             helper.make_node("Relu", ["t1"], ["t2"], name=BACK_NODE),
+             helper.make_node("Sum", ["t2", *back_reads], ["out"], name="/dec/b")]
+    return helper.make_graph(nodes, "decoder", [x], [out])
+
+
+def test_the_back_part_is_cut_off_only_when_it_reads_nothing_from_before_the_cut():
+    assert back_input(decoder_graph([])) == "t1"
+    assert back_input(decoder_graph(["x"])) is None, "a back part reading the frames again is not cut off"
 
 
 def unsplittable_voice(tmp_path) -> str:  # noqa: ANN001
