@@ -22,9 +22,9 @@ embedding).
 
 The decoder itself is cut once more, where its second upsampling layer
 begins. Its last two stages work at 64 and 256 samples per frame and hold
-nearly all of its working memory, yet they only see a few frames around each
-sample (the first stage sees some twelve), so they can run on much shorter
-windows than the rest (tts/windowed.py). A decoder without that layer is
+nearly all of its working memory, yet they only reach about one frame to
+each side of a sample (the whole decoder reaches some twelve), so they can
+run on much shorter windows than the rest (tts/windowed.py). A decoder without that layer is
 kept whole.
 """
 

@@ -28,8 +28,8 @@ process of its own; the result is cached under the data directory.
 """
 
 import json
-import math
 import logging
+import math
 import re
 import shutil
 import subprocess
