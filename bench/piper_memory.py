@@ -8,7 +8,7 @@ speaks the measured sentence three times. It reports the peak resident
 memory over the loaded voice (`VmHWM` less `VmRSS` after the warm-up) and
 the synthesis speed (seconds of speech per second of wall time).
 
-    .venv/bin/python bench/piper_memory.py [--lengths 40 100 200 300] [--windows 0 1500]
+    .venv/bin/python bench/piper_memory.py [--lengths 40 100 200 300] [--windows 0 3000]
 """
 
 import argparse
@@ -57,7 +57,7 @@ def run_one(length: int, window_ms: int, cache_dir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[40, 100, 200, 300])
-    parser.add_argument("--windows", type=int, nargs="+", default=[0, 1500], help="piper_window_ms values")
+    parser.add_argument("--windows", type=int, nargs="+", default=[0, 3000], help="piper_window_ms values")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one measurement, in a child process
