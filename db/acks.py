@@ -4,11 +4,13 @@ Every listener acknowledges every chunk, so a thousand listeners make a thousand
 acknowledgements per sentence. One transaction each would keep the server busy
 with SQLite. Instead an acknowledgement is checked for a repeat in memory (the
 connections that acknowledged each recent chunk, loaded from the database once
-per chunk) and queued; the queue is written in one transaction within
+per chunk, by the first of the chunk's acknowledgements while the others wait
+for that load) and queued; the queue is written in one transaction within
 `batch.FLUSH_S`. A crash can lose the last fraction of a second of acknowledgements;
 they are delivery records, and playback never depends on them.
 """
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ class AckLog(BatchedLog):
         self.before = before  # written first: what the acknowledgements refer to
         self._pending: list[dict] = []
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[set[str]]] = {}
 
     async def record(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
         """Queue one acknowledgement; False if this connection had already acknowledged the chunk."""
@@ -45,16 +48,27 @@ class AckLog(BatchedLog):
     async def _first_from(self, chunk_id: str, connection_id: str) -> bool:
         seen = self._seen.get(chunk_id)
         if seen is None:
-            stored = await self._stored_connections(chunk_id)
-            seen = self._seen.setdefault(chunk_id, set())  # another ack may have loaded it meanwhile
-            seen |= stored
-            while len(self._seen) > RECENT_CHUNKS:
-                self._seen.popitem(last=False)
+            seen = await self._load(chunk_id)
         self._seen.move_to_end(chunk_id)
         if connection_id in seen:
             return False
         seen.add(connection_id)
         return True
+
+    async def _load(self, chunk_id: str) -> set[str]:
+        """The chunk's set of acknowledging connections, read once however many acknowledgements
+        ask at the same moment (every listener acknowledges a chunk as it ends)."""
+        loading = self._loading.get(chunk_id)
+        if loading is None:
+            loading = self._loading[chunk_id] = asyncio.ensure_future(self._stored_connections(chunk_id))
+            loading.add_done_callback(lambda _: self._loading.pop(chunk_id, None))
+        stored = await asyncio.shield(loading)  # one waiter leaving does not cancel the others' read
+        seen = self._seen.get(chunk_id)
+        if seen is None:  # the first waiter to wake keeps the set; the others find it
+            seen = self._seen[chunk_id] = set(stored)
+            while len(self._seen) > RECENT_CHUNKS:
+                self._seen.popitem(last=False)
+        return seen
 
     async def _stored_connections(self, chunk_id: str) -> set[str]:
         async with self.session() as s:

@@ -48,3 +48,23 @@ async def test_a_repeat_after_a_restart_is_still_recognized(tmp_path):
     assert not await reopened.record_ack(CHUNK, "a" * 16, "http", 2)
     assert [c for c, _ in await reopened.acks("a" * 16)] == [CHUNK]
     await reopened.close()
+
+
+async def test_a_burst_of_acknowledgements_of_a_new_chunk_reads_the_database_once(tmp_path):
+    store = await store_with_a_chunk(tmp_path)
+    log = store.ack_log
+    reads = []
+    stored_connections = log._stored_connections
+
+    async def counted(chunk_id: str) -> set[str]:
+        reads.append(chunk_id)
+        return await stored_connections(chunk_id)
+
+    log._stored_connections = counted
+    connections = ["a" * 16, "b" * 16] * 50
+    results = await asyncio.gather(*(store.record_ack(CHUNK, conn, "ws", 1) for conn in connections))
+    assert reads == [CHUNK], f"expected one read for 100 acknowledgements of one chunk, got {len(reads)}"
+    assert sorted(results).count(True) == 2, "each connection's first acknowledgement counts, once"
+    await store.ack_log.flush()
+    assert await count(store) == 2
+    await store.close()
