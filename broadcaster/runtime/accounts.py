@@ -2,6 +2,7 @@
 makes a channel private. Both are random, shown once, stored as SHA-256 digests and compared
 in constant time; the server re-reads them so a key the CLI replaced stops working promptly."""
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ class Gate:
     def __init__(self, store: Store):
         self.store = store
         self._keys: dict[str, tuple[str | None, float]] = {}
+        self._reading: dict[str, asyncio.Future[str | None]] = {}
 
     async def check_token(self, name: str, token: str | None) -> None:
         if not token:
@@ -87,10 +89,18 @@ class Gate:
         raise ListenKeyRequired(f"the listen key is not valid for channel {name!r}; ask its producer for the current link")
 
     async def _listen_key_hash(self, name: str) -> str | None:
-        """Cached briefly: every chunk fetch of every listener asks."""
+        """Cached briefly: every chunk fetch of every listener asks. When the cache is stale, one
+        read serves every request that asks meanwhile (a thousand fetches come at once)."""
         cached = self._keys.get(name)
         if cached is not None and time.monotonic() - cached[1] < LISTEN_KEY_TTL_S:
             return cached[0]
+        reading = self._reading.get(name)
+        if reading is None:
+            reading = self._reading[name] = asyncio.ensure_future(self._read_listen_key_hash(name))
+            reading.add_done_callback(lambda _: self._reading.pop(name, None))
+        return await asyncio.shield(reading)  # one request leaving does not cancel the others' read
+
+    async def _read_listen_key_hash(self, name: str) -> str | None:
         row = await self.store.channel(name)
         digest = row.listen_key_hash if row is not None else None
         self._keys[name] = (digest, time.monotonic())
