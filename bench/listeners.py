@@ -5,7 +5,8 @@ sends the page's clock samples (a burst of 8, then one every few seconds),
 fetches the audio of each chunk it is told about (`audio_chunk_ready`, and
 the chunks of its snapshot that are still ahead) over its own keep-alive
 connections (at most 6, a browser's limit per host), sends `audio_played` when
-a chunk's end passes on the server clock (which is this machine's clock), and
+a chunk's end passes on the server clock (which is this machine's clock), with
+when its audio was in hand for chunks announced as they went on the air, and
 reconnects when the server closes it. With churn it also leaves on its own
 after a random time and comes back a moment later, as people do.
 
@@ -66,6 +67,7 @@ class PageListener:
         self.http: aiohttp.ClientSession | None = None
         self.sock: LightSocket | None = None
         self.acks: dict[str, asyncio.TimerHandle] = {}
+        self.ready_at_ms: dict[str, int] = {}  # chunks fetched, announced live, not yet acknowledged
         self.connected = asyncio.Event()  # set after the first connect attempt, whatever its outcome
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -112,6 +114,7 @@ class PageListener:
             for handle in self.acks.values():
                 handle.cancel()
             self.acks.clear()
+            self.ready_at_ms.clear()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -137,7 +140,7 @@ class PageListener:
         kind = _message_type(payload)
         self.stats.counts[f"msg {kind}"] += 1
         if kind == "audio_chunk_ready":
-            self._chunk(json.loads(payload), read_ns)
+            self._chunk(json.loads(payload), read_ns, live=True)
         elif kind == "snapshot":
             now_ms = time.time() * 1000
             playing = json.loads(payload).get("now_playing") or {}
@@ -147,14 +150,16 @@ class PageListener:
         elif kind in ("request_failed", "request_cancelled"):
             for chunk_id in json.loads(payload).get("discarded_chunk_ids", []):
                 handle = self.acks.pop(chunk_id, None)
+                self.ready_at_ms.pop(chunk_id, None)
                 if handle:
                     handle.cancel()
 
-    def _chunk(self, chunk: dict, announced_ns: int) -> None:
+    def _chunk(self, chunk: dict, announced_ns: int, live: bool = False) -> None:
+        """`live`: announced as it went on the air (not in a snapshot): the ack says when it was in hand."""
         if self._stopping:
             return
         if random.random() < self.behaviour.fetch_fraction:
-            task = asyncio.create_task(self._fetch(chunk, announced_ns))
+            task = asyncio.create_task(self._fetch(chunk, announced_ns, live))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if self.behaviour.ack and self.sock is not None:
@@ -164,10 +169,14 @@ class PageListener:
 
     def _ack(self, sock: LightSocket, chunk_id: str) -> None:
         self.acks.pop(chunk_id, None)
-        sock.send_text(json.dumps({"type": "audio_played", "chunk_id": chunk_id}))
+        ack = {"type": "audio_played", "chunk_id": chunk_id}
+        ready_at_ms = self.ready_at_ms.pop(chunk_id, None)
+        if ready_at_ms is not None:  # the server's clock is this host's
+            ack["ready_at_ms"] = ready_at_ms
+        sock.send_text(json.dumps(ack))
         self.stats.counts["acks sent"] += 1
 
-    async def _fetch(self, chunk: dict, announced_ns: int) -> None:
+    async def _fetch(self, chunk: dict, announced_ns: int, live: bool) -> None:
         try:
             async with self.http.get(f"http://{self.host}:{self.port}{chunk['url']}") as resp:
                 body = await resp.read()
@@ -179,6 +188,8 @@ class PageListener:
         except RuntimeError:  # the session closed under it: this listener is being stopped
             return
         done_ns = time.time_ns()
+        if live and chunk["chunk_id"] in self.acks:
+            self.ready_at_ms[chunk["chunk_id"]] = done_ns // 1_000_000
         self.stats.fetch_ms.append((done_ns - announced_ns) / 1e6)
         self.stats.fetch_spare_ms.append(chunk["starts_at_ms"] - done_ns / 1e6)
 

@@ -15,7 +15,6 @@ Target (docs/performance.md): RSS within 250 MB with the voice and 1000 listener
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import time
@@ -28,6 +27,7 @@ from serverproc import (
     MemorySample,
     MemorySampler,
     ServerProcess,
+    narrate,
     raise_nofile,
     tcp_counters,
     tcp_summary,
@@ -45,29 +45,6 @@ TARGET_MB = 250
 async def settle_sample(sampler: MemorySampler, seconds: float) -> MemorySample:
     await asyncio.sleep(seconds)
     return await asyncio.to_thread(sampler.sample)
-
-
-async def narrate(server: ServerProcess, http: aiohttp.ClientSession, token: str, text: str,
-                  timeout_s: float = 300) -> dict:
-    """Submit `text` and follow it on a socket of our own until it has played; returns what happened."""
-    seen = {"chunks": 0, "shifts": 0, "outcome": "timed out"}
-    async with http.ws_connect(f"{server.base_url.replace('http', 'ws')}/ws/channels/{CHANNEL}") as ws:
-        async with http.post(f"{server.base_url}/api/channels/{CHANNEL}/requests", json={"text": text},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
-            request_id = (await resp.json())["request_id"]
-        deadline = time.monotonic() + timeout_s
-        async for msg in ws:
-            event = json.loads(msg.data)
-            if event.get("request_id") != request_id:
-                continue
-            seen["chunks"] += event["type"] == "audio_chunk_ready"
-            seen["shifts"] += event["type"] == "timeline_shifted"
-            if event["type"] in ("request_played", "request_failed", "request_cancelled"):
-                seen["outcome"] = event["type"]
-                break
-            if time.monotonic() > deadline:
-                break
-    return seen
 
 
 def bare_piper(text: str) -> MemorySample:
@@ -106,7 +83,7 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> None:
             rows.append((f"{connected} listeners connected", await settle_sample(sampler, 3)))
             during_from = len(sampler.samples)
             sampler.start()
-            story = await narrate(server, http, token, text)
+            story = await narrate(server, http, token, CHANNEL, text)
             await asyncio.sleep(5)  # the last acks, their replies and fetches
             await sampler.stop()
             during = sampler.samples[during_from:]

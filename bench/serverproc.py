@@ -423,3 +423,30 @@ async def wait_listeners(http: aiohttp.ClientSession, base_url: str, channel: st
             return count
         await asyncio.sleep(0.25)
     return count
+
+
+async def narrate(server: ServerProcess, http: aiohttp.ClientSession, token: str, channel: str, text: str,
+                  timeout_s: float = 300) -> dict:
+    """Submit `text` and follow it on a socket of our own until it has played; returns what happened:
+    chunks, timeline shifts, the outcome, and `lead_ms`, from the first chunk's announcement reaching
+    us to its start (the server's clock is this host's)."""
+    seen = {"chunks": 0, "shifts": 0, "outcome": "timed out", "lead_ms": None}
+    async with http.ws_connect(f"{server.base_url.replace('http', 'ws')}/ws/channels/{channel}") as ws:
+        async with http.post(f"{server.base_url}/api/channels/{channel}/requests", json={"text": text},
+                             headers={"Authorization": f"Bearer {token}"}) as resp:
+            request_id = (await resp.json())["request_id"]
+        deadline = time.monotonic() + timeout_s
+        async for msg in ws:
+            event = json.loads(msg.data)
+            if event.get("request_id") != request_id:
+                continue
+            if event["type"] == "audio_chunk_ready" and seen["lead_ms"] is None:
+                seen["lead_ms"] = event["starts_at_ms"] - time.time() * 1000
+            seen["chunks"] += event["type"] == "audio_chunk_ready"
+            seen["shifts"] += event["type"] == "timeline_shifted"
+            if event["type"] in ("request_played", "request_failed", "request_cancelled"):
+                seen["outcome"] = event["type"]
+                break
+            if time.monotonic() > deadline:
+                break
+    return seen

@@ -8,10 +8,13 @@ played; see bench/listeners.py) that leave and come back at random (churn),
 a producer POSTing a paragraph of narration every --submit-every seconds,
 and a few live.mp3 players that reconnect now and then. It samples the
 server's VmRSS, VmHWM, its children's RSS, threads and open files every
---sample-s seconds, prints the series, and judges the trend: RSS at minute
-~5 against the end, and the least-squares slope (MB/hour) over the second
-half. "Flat" means the second half's fitted growth is within the noise
-(twice the residual spread, at least 1 MB).
+--sample-s seconds, with the memory its C allocator has handed out (live
+objects under the default allocator) and holds free, prints the series,
+and judges the trend: RSS at minute ~5 against the end, and the
+least-squares slope (MB/hour) over the second half. "Flat" means the second
+half's fitted growth is within the noise (twice the residual spread, at
+least 1 MB). RSS that grows while the memory in use stays flat is a
+fragmented heap, not a leak.
 
     .venv/bin/python bench/soak.py [--minutes 30] [--listeners 500] [--engine tone|piper]
 """
@@ -49,6 +52,7 @@ CHANNEL = "bench"
 EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slow leak shows
 CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
 SQLITE = "broadcaster_sqlite_memory_bytes"
+IN_USE, FREE = "broadcaster_malloc_in_use_bytes", "broadcaster_malloc_free_bytes"
 
 
 @dataclass
@@ -62,6 +66,12 @@ class Point:
     cache_mb: float  # chunk audio cached for fetches: bounded by [server] chunk_cache_mb
     heap_kblocks: float  # Python's allocated blocks, in thousands: grows with any leak of Python objects
     sqlite_mb: float  # SQLite's page caches and statements, by its own count
+    in_use_mb: float  # the C allocator's memory handed out: live objects under allocator = "malloc"
+    free_mb: float  # free memory the C allocator holds: resident, reusable
+
+    @property
+    def in_use_less_cache_mb(self) -> float:
+        return self.in_use_mb - self.cache_mb
 
     @property
     def rss_less_cache_mb(self) -> float:
@@ -126,16 +136,17 @@ async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySa
     while True:
         sample = await asyncio.to_thread(sampler.sample)
         listening = await listener_count(http, server.base_url, CHANNEL)
-        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE])
+        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE, IN_USE, FREE])
         data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
         cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
         point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000,
-                      gauges[SQLITE] / 2**20)
+                      gauges[SQLITE] / 2**20, gauges[IN_USE] / 2**20, gauges[FREE] / 2**20)
         series.append(point)
         print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
-              f"heap {point.heap_kblocks:6.0f}k blocks  sqlite {point.sqlite_mb:4.1f} MB  "
+              f"in use {point.in_use_mb:6.1f} MB  free {point.free_mb:5.1f} MB  "
+              f"heap {point.heap_kblocks:4.0f}k blocks  sqlite {point.sqlite_mb:4.1f} MB  "
               f"children {sample.children_rss_mb:5.1f} MB  "
               f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
               flush=True)
@@ -192,7 +203,12 @@ def verdict(series: list[Point], minutes: float) -> None:
     trend("RSS", "MB", series, lambda p: p.memory.rss_mb)
     trend("chunk cache (bounded)", "MB", series, lambda p: p.cache_mb)
     flat = trend("RSS less the chunk cache", "MB", series, lambda p: p.rss_less_cache_mb)
-    flat &= trend("Python heap", "k blocks", series, lambda p: p.heap_kblocks)
+    # Live memory, whichever allocator holds Python's objects: a leak shows here, while RSS that
+    # grows with these flat is a fragmented heap. A series the server does not report is all zeros.
+    flat &= trend("C heap in use less the chunk cache", "MB", series, lambda p: p.in_use_less_cache_mb)
+    trend("C heap free, held", "MB", series, lambda p: p.free_mb)
+    if any(p.heap_kblocks for p in series):
+        flat &= trend("Python heap (pymalloc)", "k blocks", series, lambda p: p.heap_kblocks)
     trend("SQLite (part of RSS)", "MB", series, lambda p: p.sqlite_mb)
     first, end = series[0].memory, series[-1].memory
     half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
@@ -200,16 +216,17 @@ def verdict(series: list[Point], minutes: float) -> None:
     print(f"open files: {first.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
           f"threads {first.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB")
     caveat = "  (a short run: only a smoke test of the trend)" if minutes < 20 else ""
-    print(f"verdict (memory other than the bounded cache, and the Python heap): "
+    print(f"verdict (RSS and the heap in use, each less the bounded cache): "
           f"{'FLAT' if flat else 'GROWING'}{caveat}")
 
 
 def print_series(series: list[Point]) -> None:
-    rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, f"{p.heap_kblocks:.0f}",
+    rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, p.in_use_mb,
+             p.free_mb, f"{p.heap_kblocks:.0f}",
              f"{p.sqlite_mb:.1f}", p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads,
              p.listening, p.data_mb, f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "heap kblocks", "SQLite MB", "HWM MB", "children MB",
+    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "SQLite MB", "HWM MB", "children MB",
                  "fds", "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
 
 

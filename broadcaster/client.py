@@ -32,7 +32,9 @@ class HeardChunk:
     seq: int
     starts_at_ms: int
     text: str
+    live: bool = False  # announced while connected, not found in a snapshot
     pcm: Pcm | None = None
+    ready_at_ms: int | None = None  # when the audio was in hand, by the server's clock (live chunks only)
 
 
 @dataclass
@@ -100,7 +102,7 @@ class _Follower:
             for chunk in message["now_playing"]["chunks"]:
                 self.note(message["now_playing"]["request_id"], chunk)
         elif kind == "audio_chunk_ready":
-            self.note(message["request_id"], message)
+            self.note(message["request_id"], message, live=True)
         elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
             self.heard.chunks[message["chunk_id"]].starts_at_ms = message["starts_at_ms"]
         elif kind in ("request_failed", "request_cancelled"):
@@ -115,10 +117,10 @@ class _Follower:
             t3 = _now_ms()
             self.heard.offset_ms = ((message["t1"] - message["t0"]) + (message["t2"] - t3)) / 2
 
-    def note(self, request_id: str, chunk: dict[str, Any]) -> None:
+    def note(self, request_id: str, chunk: dict[str, Any], live: bool = False) -> None:
         if chunk["chunk_id"] in self.heard.chunks:
             return
-        entry = HeardChunk(chunk["chunk_id"], request_id, chunk["seq"], chunk["starts_at_ms"], chunk["text"])
+        entry = HeardChunk(chunk["chunk_id"], request_id, chunk["seq"], chunk["starts_at_ms"], chunk["text"], live)
         self.heard.chunks[entry.chunk_id] = entry
         fetch = asyncio.create_task(self.fetch(entry, chunk["url"]))
         self.fetches.add(fetch)
@@ -137,13 +139,18 @@ class _Follower:
         async with self.http.get(f"{self.base_url}{url}?format=flac") as resp:
             resp.raise_for_status()
             entry.pcm = read_flac(await resp.read())
+        if entry.live:
+            entry.ready_at_ms = round(_now_ms() + self.heard.offset_ms)
 
     async def play(self, entry: HeardChunk, fetch: asyncio.Task, duration_ms: int) -> None:
         await fetch
         await self._sleep_until(entry.starts_at_ms)
         self.say(f"\u25b6 {entry.text}")
         await self._sleep_until(entry.starts_at_ms + duration_ms)
-        await self.ws.send(json.dumps({"type": "audio_played", "chunk_id": entry.chunk_id}))
+        ack: dict[str, Any] = {"type": "audio_played", "chunk_id": entry.chunk_id}
+        if entry.ready_at_ms is not None:
+            ack["ready_at_ms"] = entry.ready_at_ms  # lets the server give a slow audience more lead
+        await self.ws.send(json.dumps(ack))
 
     async def _sleep_until(self, server_ms: int) -> None:
         local_ms = server_ms - self.heard.offset_ms

@@ -37,9 +37,15 @@ class ServerConfig:
 @dataclass(frozen=True)
 class TimelineSection:
     lead_ms: int = 500
+    max_lead_ms: int = 3000
     sentence_gap_ms: int = 250
     request_gap_ms: int = 600
     generation_timeout_s: float = 180
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lead_ms <= self.max_lead_ms:
+            raise BadInput(f"expected [timeline] 0 <= lead_ms <= max_lead_ms, got lead_ms {self.lead_ms!r} and "
+                           f"max_lead_ms {self.max_lead_ms!r}")
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ class Config:
         t = self.timeline
         return TimelineConfig(
             lead_ms=t.lead_ms,
+            max_lead_ms=t.max_lead_ms,
             sentence_gap_ms=t.sentence_gap_ms,
             request_gap_ms=t.request_gap_ms,
             generation_timeout_ms=int(t.generation_timeout_s * 1000),

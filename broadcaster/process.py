@@ -79,6 +79,36 @@ def _sqlite_memory_used():  # noqa: ANN202
 sqlite_memory_used = _sqlite_memory_used()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():  # noqa: ANN202
+    libc = _libc()
+    try:
+        mallinfo2 = libc.mallinfo2  # glibc 2.33 and later
+    except AttributeError:  # no glibc, or an older one
+        return None
+    mallinfo2.restype, mallinfo2.argtypes = _MallInfo2, []
+    return mallinfo2
+
+
+_mallinfo2_call = _mallinfo2()
+
+
+def malloc_usage() -> tuple[int, int] | None:
+    """(bytes the C allocator has handed out and not had back, free bytes it holds in its heaps),
+    or None where glibc cannot tell. The first follows live objects under the default
+    `allocator = "malloc"`, so it tells a leak from a heap that is only fragmented (the second).
+    It walks the allocator's free lists under their locks: milliseconds on a fragmented heap,
+    so call it off the event loop."""
+    if _mallinfo2_call is None:
+        return None
+    info = _mallinfo2_call()
+    return info.uordblks + info.hblkhd, info.fordblks
+
+
 def release_free_memory() -> None:
     """Return free heap pages to the system."""
     libc = _libc()

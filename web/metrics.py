@@ -1,5 +1,6 @@
 """GET /metrics: the server's metrics in the Prometheus text format (docs/observability.md)."""
 
+import asyncio
 import hmac
 import logging
 from collections import Counter
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from broadcaster.errors import Unauthorized
 from broadcaster.metrics import CONTENT_TYPE
+from broadcaster.process import malloc_usage
 from db.stats import request_counts
 
 from .http_util import bearer_token
@@ -31,7 +33,9 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.set_request_counts(counts, [*channels, *loaded])
     telemetry.set_listeners(listener_counts(app, loaded))
     telemetry.know_channels(loaded)
+    telemetry.set_leads({name: runner.channel.lead_ms for name, runner in app[STATION].runners.items()})
     telemetry.set_chunk_cache(app[AUDIO].cached_bytes)
+    telemetry.set_malloc(await asyncio.to_thread(malloc_usage))
     telemetry.set_fanout_helpers(len(app[HUB].writer.helper_pids))
     station = app[STATION]
     telemetry.set_synthesis(station.synthesis.backlog, station.synthesis.speed, station.streaming_count(),

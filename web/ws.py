@@ -20,6 +20,7 @@ from .messages import error_json, queue_state_json
 log = logging.getLogger(__name__)
 
 RATE_LIMITED = 4029  # application close code: the client kept flooding after rate_limited errors
+READY_AT_RANGE_MS = 86_400_000
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 
 
@@ -154,11 +155,29 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
     chunk_id = message.get("chunk_id")
     if not is_id(chunk_id):
         raise BadInput(f"expected audio_played \"chunk_id\" of 16 hex digits, got {str(chunk_id)[:40]!r}")
-    chunk = await request.app[STATION].find_chunk(chunk_id)
+    ready_at_ms = _ready_at(message, now_ms)
+    station = request.app[STATION]
+    chunk = await station.find_chunk(chunk_id)
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
     if recorded:
         request.app[METRICS].acknowledged(chunk, now_ms, "ws")
+        runner = station.runners.get(listener.channel)
+        if ready_at_ms is not None and runner is not None:
+            need_ms = runner.listener_ready(chunk_id, ready_at_ms)
+            if need_ms is not None:
+                request.app[METRICS].listener_needed(need_ms)
     return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
+
+
+def _ready_at(message: dict[str, Any], now_ms: int) -> int | None:
+    """The optional moment the listener had the chunk's audio ready to play, by the server's clock."""
+    ready_at_ms = message.get("ready_at_ms")
+    if ready_at_ms is None:
+        return None
+    if isinstance(ready_at_ms, bool) or not isinstance(ready_at_ms, int) or abs(ready_at_ms - now_ms) > READY_AT_RANGE_MS:
+        raise BadInput("expected audio_played \"ready_at_ms\" to be a whole number of milliseconds on the server's "
+                       f"clock within a day of now (when the audio was ready to play), got {str(ready_at_ms)[:40]!r}")
+    return ready_at_ms
 
 
 class UnknownMessage(BadInput):

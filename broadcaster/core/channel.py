@@ -14,6 +14,8 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
 * The next request's first chunk is placed only once the cursor is within the
   lead of now (the request gap included): that is the moment it goes on the
   air, so `StreamStarted` reaches listeners roughly `lead_ms` before it sounds.
+  The lead is the config's floor, or more when the audience reports needing
+  more time to fetch (`Channel.lead_ms`, set by the runtime; see lead.py).
 * `tick(now)` retires chunks whose end has passed, finishes requests whose last
   chunk has ended (auto-advance needs nothing more: the next request is already
   placed), fails requests whose generation ran past the timeout, and places
@@ -58,6 +60,9 @@ class Channel:
         self.dirty: set[str] = set()  # request ids whose state the adapter must persist
         self.repeat = RepeatMode.OFF
         self.may_stream: Callable[[Request], bool] = lambda request: True
+        # How far ahead of now audio goes on the air: the config's, or what the runtime measured its
+        # audience needs (core/lead.py), set before each step.
+        self.lead_ms = config.lead_ms
 
     # -- producers and the generation worker ---------------------------------
 
@@ -135,7 +140,7 @@ class Channel:
         if not request.chunks or not request.chunks[0].scheduled or not request.chunks[-1].scheduled:
             return None
         gap = 0 if request.kind == "track" else self.config.sentence_gap_ms
-        return request.chunks[-1].ends_at_ms + gap - self.config.lead_ms // 2
+        return request.chunks[-1].ends_at_ms + gap - self.lead_ms // 2
 
     def streaming(self) -> list[Request]:
         """Requests on the air whose audio is still being made."""
@@ -211,7 +216,7 @@ class Channel:
         waiting = self._first_unplaced_request()
         cursor = self._cursor_ms()
         if waiting is not None and waiting.chunks and cursor is not None and self._placeable(waiting):
-            yield cursor + self.config.request_gap_ms - self.config.lead_ms
+            yield cursor + self.config.request_gap_ms - self.lead_ms
 
     def _placeable(self, request: Request) -> bool:
         """Whether `_place` would put this request on the air once it is due. A deadline for one it
@@ -316,11 +321,11 @@ class Channel:
         # A track's segments are one continuous piece of music: no pause between them.
         gap = cfg.request_gap_ms if first else (0 if request.kind == "track" else cfg.sentence_gap_ms)
         cursor = self._cursor_ms()
-        if first and cursor is not None and now_ms + cfg.lead_ms < cursor + gap:
+        if first and cursor is not None and now_ms + self.lead_ms < cursor + gap:
             return None  # the request before is still playing: not on the air yet
         if first and not request.generated and not self.may_stream(request):
             return None  # the engine is too busy to make the rest in time: wait for all of it
-        start, slip = place_chunk(cursor, gap, now_ms, cfg.lead_ms)
+        start, slip = place_chunk(cursor, gap, now_ms, self.lead_ms)
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)
         events: list[Event] = [StreamStarted(request)] if first else []

@@ -8,6 +8,7 @@ from .model import Chunk
 @dataclass(frozen=True)
 class TimelineConfig:
     lead_ms: int = 500  # how far ahead of "now" new audio is placed, so listeners can fetch it
+    max_lead_ms: int = 500  # up to this far when listeners report needing longer (lead.py)
     sentence_gap_ms: int = 250  # silence between chunks of one request
     request_gap_ms: int = 600  # silence between two requests
     generation_timeout_ms: int = 180_000

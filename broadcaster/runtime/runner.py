@@ -12,7 +12,8 @@ from functools import partial
 
 from broadcaster import logs
 from broadcaster.core.channel import Channel
-from broadcaster.core.events import Event, RequestCancelled, RequestFailed
+from broadcaster.core.events import ChunkScheduled, Event, RequestCancelled, RequestFailed
+from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
 from broadcaster.errors import GenerationError
 from db.store import Store
@@ -34,6 +35,7 @@ class ChannelRunner:
         self.maker = maker
         self.clock = clock
         self.publish = publish
+        self.lead = LeadTuner(channel.config.lead_ms, max(channel.config.lead_ms, channel.config.max_lead_ms))
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()  # the deadline may have moved
         self._work = asyncio.Event()  # a request may need audio
@@ -78,16 +80,36 @@ class ChannelRunner:
         """
         async with self._lock:
             await self.store.insert_request(request, self.channel_id)
-            events = (step or partial(self.channel.submit, request))(self.clock())
+            events = self._step(step or partial(self.channel.submit, request))
             await self._commit(events)
             return self.channel.line_position(request.request_id)
 
     async def apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
         """Run one core step at the current time, persist what changed, announce it."""
         async with self._lock:
-            events = step(self.clock())
+            events = self._step(step)
             await self._commit(events)
             return events
+
+    def _step(self, step: Callable[[int], list[Event]]) -> list[Event]:
+        now = self.clock()
+        self.channel.lead_ms = self.lead.lead_ms(now)
+        events = step(now)
+        for event in events:
+            if isinstance(event, ChunkScheduled):
+                self.lead.placed(event.chunk.chunk_id, now)
+        return events
+
+    def listener_ready(self, chunk_id: str, ready_at_ms: int) -> int | None:
+        """A listener had a chunk's audio ready to play at `ready_at_ms`: the lead it needed (None for a
+        chunk not placed lately). The lead for the next placement follows at once."""
+        now = self.clock()
+        need_ms = self.lead.ready(chunk_id, ready_at_ms, now)
+        lead_ms = self.lead.lead_ms(now)
+        if lead_ms != self.channel.lead_ms:
+            self.channel.lead_ms = lead_ms  # between steps: each step sees one lead throughout
+            self._wake.set()  # the next request's moment to go on the air moved
+        return need_ms
 
     async def wait_change(self, timeout_s: float) -> None:
         changed = self._changed

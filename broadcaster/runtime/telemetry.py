@@ -32,6 +32,9 @@ BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 # which is most of a second with thousands of listeners.
 GC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# From a chunk going on the air to a listener having it ready: tenths of a second for a few
+# listeners, seconds for a thousand fetching the same chunk at once; capped by max_lead_ms.
+READY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 
 STREAM_KINDS = ("chunk", "progressive", "live")
 CHUNK_KINDS = ("speech", "track")
@@ -70,6 +73,13 @@ class Telemetry:
         self.ack_lag = r.histogram(
             "broadcaster_ack_lag_seconds", "How long after the end of a chunk on the server timeline its "
             "audio_played acknowledgement arrived (early ones count as 0).", ("via",), ACK_BUCKETS_S)
+        self.listener_ready = r.histogram(
+            "broadcaster_listener_ready_seconds", "From a chunk's placement on the timeline (its announcement) to "
+            "a listener having its audio ready to play, as listeners report with their acknowledgements: the "
+            "lead they needed.", (), READY_BUCKETS_S)
+        self.lead = r.gauge(
+            "broadcaster_lead_seconds", "How far ahead of now the channel places new audio: [timeline] lead_ms, or "
+            "more when its listeners report needing longer (up to max_lead_ms).", ("channel",))
         self.broadcast_seconds = r.histogram(
             "broadcaster_broadcast_seconds", "How long one broadcast took to hand its messages to every WebSocket "
             "listener of a channel (written to the socket, or queued behind a backlog).", (), BROADCAST_BUCKETS_S)
@@ -86,6 +96,13 @@ class Telemetry:
             "broadcaster_python_heap_blocks", "Memory blocks the Python interpreter has allocated: steady when "
             "nothing leaks, whatever the allocator keeps in reserve (counted by pymalloc only: 0 under "
             "[server] allocator = \"malloc\").")
+        self.malloc_in_use = r.gauge(
+            "broadcaster_malloc_in_use_bytes", "Memory the C library's allocator has handed out and not had back "
+            "(Python's objects under the default [server] allocator = \"malloc\", SQLite, buffers): steady when "
+            "nothing leaks. 0 where the C library is not glibc 2.33 or later.")
+        self.malloc_free = r.gauge(
+            "broadcaster_malloc_free_bytes", "Free memory the C library's allocator keeps in its heaps: part of "
+            "the resident memory that is reusable, not live (fragmentation when it stays high).")
         self.sqlite_memory = r.gauge(
             "broadcaster_sqlite_memory_bytes", "Memory SQLite holds (page caches and statements of all "
             "connections), by its own count.")
@@ -163,6 +180,9 @@ class Telemetry:
         lag_ms = received_ms - (chunk.starts_at_ms + chunk.duration_ms)
         self.ack_lag.labels(via=via).observe(max(0, lag_ms) / 1000)
 
+    def listener_needed(self, need_ms: int) -> None:
+        self.listener_ready.observe(need_ms / 1000)
+
     def gc_paused(self, generation: int, seconds: float) -> None:
         self.gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
 
@@ -190,8 +210,20 @@ class Telemetry:
         self.streaming.labels(limit="now").set(streaming)
         self.streaming.labels(limit="allowed").set(capacity)
 
+    def set_leads(self, leads: Mapping[str, int]) -> None:
+        """Each loaded channel's lead now, in ms."""
+        self.lead.clear()
+        for channel, lead_ms in leads.items():
+            self.lead.labels(channel=channel).set(lead_ms / 1000)
+
     def set_chunk_cache(self, size: int) -> None:
         self.chunk_cache.set(size)
+
+    def set_malloc(self, usage: tuple[int, int] | None) -> None:
+        """From process.malloc_usage(), taken off the event loop (it can take milliseconds)."""
+        if usage is not None:
+            self.malloc_in_use.set(usage[0])
+            self.malloc_free.set(usage[1])
 
     def set_fanout_helpers(self, running: int) -> None:
         self.fanout_helpers.set(running)

@@ -80,7 +80,25 @@ async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser
     assert all(abs(e["decoded_ms"] - e["duration_ms"]) <= 2 for r in records for e in r.values())
     assert p95(against_server) <= SYNC_TOLERANCE_MS, records
     assert p95(spread) <= SYNC_TOLERANCE_MS, spread
+    # With their acknowledgements the pages said when each chunk announced to them was in hand (the
+    # late joiner found the first ones in its snapshot): within the lead, on loopback.
+    count, total_s = await ready_reports(server, at_least=3 * len(chunk_ids))
+    assert 3 * len(chunk_ids) <= count <= 4 * len(chunk_ids) - 1
+    assert 0 < total_s / count < 0.8
     assert page_errors.errors == []
+
+
+async def ready_reports(server, at_least: int, timeout_s: float = 10) -> tuple[float, float]:  # noqa: ANN001
+    """broadcaster_listener_ready_seconds' count and sum once `at_least` reports are in (acks follow each chunk's end)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(int(timeout_s * 10)):
+            async with http.get(server.base_url + "/metrics") as resp:
+                lines = dict(line.split(" ", 1) for line in (await resp.text()).splitlines() if line[:1] != "#")
+            count = float(lines["broadcaster_listener_ready_seconds_count"])
+            if count >= at_least:
+                return count, float(lines["broadcaster_listener_ready_seconds_sum"])
+            await asyncio.sleep(0.1)
+    return count, float(lines["broadcaster_listener_ready_seconds_sum"])
 
 
 async def test_captions_follow_the_narration(browser, server, connect, page_errors):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server_process import ServerProcess
+from server_process import ServerProcess, metric
 
 
 def environment(pid: int) -> dict[str, str]:
@@ -32,5 +32,12 @@ async def test_the_server_runs_with_the_configured_allocator(tmp_path, monkeypat
     try:
         assert environment(server.proc.pid).get("PYTHONMALLOC") == expected
         assert server.proc.poll() is None
+        # live memory is counted by whichever allocator holds Python's objects
+        in_use, blocks = (await metric(server, "broadcaster_malloc_in_use_bytes"),
+                          await metric(server, "broadcaster_python_heap_blocks"))
+        if expected == "malloc":
+            assert blocks == 0 and in_use > 20_000_000
+        elif expected is None:
+            assert blocks > 10_000 and in_use > 1_000_000
     finally:
         server.stop()

@@ -95,6 +95,8 @@ async def test_narration_listening_and_acks_move_the_metrics(server, connect):
     assert after.value("broadcaster_process_resident_memory_bytes") > 10_000_000
     assert after.value("broadcaster_process_open_fds") > 3
     assert after.value("broadcaster_python_heap_blocks") > 10_000
+    assert after.value("broadcaster_malloc_in_use_bytes") > 1_000_000  # numpy, SQLite, buffers at least
+    assert after.value("broadcaster_malloc_free_bytes") > 0
     assert delta("broadcaster_broadcast_seconds_count") >= 4  # queue update, stream start, chunks, played
     assert after.value("broadcaster_sqlite_memory_bytes") > 10_000  # the server's open connections
     # the chunk fetched (its MP3) and the stream's FLAC reads are cached

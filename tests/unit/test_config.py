@@ -45,3 +45,14 @@ def test_a_thaw_interval_of_zero_or_less_is_refused(minutes):
     with pytest.raises(BadInput, match=rf"gc_thaw_minutes above 0, got {minutes}"):
         config_from_dict({"server": {"gc_thaw_minutes": minutes}})
     assert config_from_dict({"server": {"gc_thaw_minutes": 0.5}}).server.gc_thaw_minutes == 0.5
+
+
+@pytest.mark.parametrize("timeline", [{"lead_ms": 4000}, {"lead_ms": 500, "max_lead_ms": 400}, {"lead_ms": -1}])
+def test_a_lead_outside_zero_to_its_ceiling_is_refused(timeline):
+    with pytest.raises(BadInput, match=r"\[timeline\] 0 <= lead_ms <= max_lead_ms"):
+        config_from_dict({"timeline": timeline})
+
+
+def test_the_lead_ceiling_reaches_the_channel():
+    config = config_from_dict({"timeline": {"lead_ms": 800, "max_lead_ms": 800}}).timeline_config()
+    assert (config.lead_ms, config.max_lead_ms) == (800, 800)

@@ -106,7 +106,7 @@ function handle(m) {
       state.request = describe(m);
       renderCaptions();
       break;
-    case "audio_chunk_ready": addChunk(m.request_id, m); break;
+    case "audio_chunk_ready": addChunk(m.request_id, m, true); break;
     case "timeline_shifted": {
       const chunk = state.chunks.get(m.chunk_id);
       if (chunk && chunk.starts_at_ms !== m.starts_at_ms) { chunk.starts_at_ms = m.starts_at_ms; schedule(chunk); }
@@ -138,7 +138,9 @@ function onSnapshot(m) {
   renderCaptions();
 }
 
-async function addChunk(requestId, info) {
+// `live`: announced as it went on the air, not found in a snapshot. For those the server hears, with
+// the acknowledgement, when the audio was ready to play: how much lead this listener needed.
+async function addChunk(requestId, info, live = false) {
   const known = state.chunks.get(info.chunk_id);
   if (known) { // after a reconnect: keep what is already playing unless its time moved
     if (known.starts_at_ms !== info.starts_at_ms) { known.starts_at_ms = info.starts_at_ms; schedule(known); }
@@ -151,6 +153,7 @@ async function addChunk(requestId, info) {
     const response = await fetch(withKey(info.url));
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
+    if (live) chunk.readyLocalMs = nowMs();
   } catch (err) {
     notice(`Could not load a sentence (${err.message}); it will be skipped.`);
     return;
@@ -180,7 +183,9 @@ function schedule(chunk) {
     if (chunk.source !== source) return;
     chunk.source = null;
     chunk.done = true;
-    socket.send({ type: "audio_played", chunk_id: chunk.chunk_id });
+    const ack = { type: "audio_played", chunk_id: chunk.chunk_id };
+    if (chunk.readyLocalMs !== undefined) ack.ready_at_ms = Math.round(socket.clock.serverMs(chunk.readyLocalMs));
+    socket.send(ack);
   };
   source.start(when + late, late);
   Object.assign(chunk, { source, when });

@@ -1,0 +1,81 @@
+"""The lead follows what listeners report needing, within the configured floor and ceiling."""
+
+import pytest
+
+from broadcaster.core.channel import Channel
+from broadcaster.core.lead import KEEP_CHUNKS, MARGIN_MS, SAMPLE_AGE_MS, LeadTuner
+
+from .test_channel import CFG, generate, make_request
+
+
+def tuner_with_needs(needs: list[int], floor: int = 500, ceiling: int = 3000, now: int = 10_000) -> LeadTuner:
+    tuner = LeadTuner(floor, ceiling)
+    tuner.placed("c1", now)
+    for need in needs:
+        tuner.ready("c1", now + need, now)
+    return tuner
+
+
+def test_no_reports_keep_the_floor() -> None:
+    assert LeadTuner(500, 3000).lead_ms(0) == 500
+
+
+def test_a_fast_audience_keeps_the_floor() -> None:
+    assert tuner_with_needs([40, 80, 120, 90]).lead_ms(10_000) == 500
+
+
+def test_a_slow_audience_raises_the_lead_to_its_high_quantile_plus_a_margin() -> None:
+    """A thousand listeners fetching at once: needs spread over 0.1-2 s; all but the slowest 5% covered."""
+    needs = [100 + 2 * k for k in range(1000)]  # 100 .. 2098 ms
+    lead = tuner_with_needs(needs).lead_ms(10_000)
+    assert lead == needs[949] + MARGIN_MS
+    assert sum(need <= lead for need in needs) >= 950
+
+
+def test_the_ceiling_bounds_the_lead_and_each_report() -> None:
+    tuner = tuner_with_needs([10_000_000])  # a wild (or hostile) report
+    assert tuner.lead_ms(10_000) == 3000
+    assert tuner.ready("c1", -10_000_000, 10_000) == 0  # from before its placement: needed nothing
+
+
+def test_reports_for_unknown_or_forgotten_chunks_count_for_nothing() -> None:
+    tuner = LeadTuner(500, 3000)
+    assert tuner.ready("never-placed", 5000, 5000) is None
+    for k in range(KEEP_CHUNKS + 1):
+        tuner.placed(f"c{k}", k)
+    assert tuner.ready("c0", 10_000, 10_000) is None  # the oldest placement was forgotten
+    assert tuner.ready(f"c{KEEP_CHUNKS}", KEEP_CHUNKS + 1000, 10_000) == 1000
+    assert tuner.lead_ms(10_000) == 1000 + MARGIN_MS
+
+
+def test_the_lead_falls_back_once_the_needs_are_old() -> None:
+    tuner = tuner_with_needs([2000] * 10)
+    assert tuner.lead_ms(10_000) == 2150
+    tuner.placed("c2", 20_000)
+    tuner.ready("c2", 20_100, 20_100)
+    assert tuner.lead_ms(20_100) == 2150  # the slow audience still counts
+    assert tuner.lead_ms(10_000 + SAMPLE_AGE_MS + 1) == 500  # the one recent report needed 100 ms
+
+
+def test_floor_above_ceiling_is_refused() -> None:
+    with pytest.raises(ValueError, match="floor <= ceiling"):
+        LeadTuner(1000, 500)
+
+
+def test_the_channel_places_a_new_stream_at_its_current_lead() -> None:
+    """The runtime sets the measured lead; the first chunk starts that far ahead of the moment it is ready,
+    and the next request goes on the air that long before the cursor reaches it."""
+    channel = Channel("table", CFG)
+    channel.lead_ms = 2000
+    first, second = make_request("Hello."), make_request("Again.")
+    channel.submit(first, 0)
+    channel.submit(second, 0)
+    generate(channel, first, [1000], now=100)
+    assert first.chunks[0].starts_at_ms == 2100
+    generate(channel, second, [1000], now=200)
+    assert not second.chunks[0].scheduled  # the first is still far from its end
+    # the second is due at 2100 + 1000 + 600 = 3700 and goes on the air one lead (2000 ms) before
+    assert channel.next_deadline_ms() == 1700
+    channel.tick(1700)
+    assert second.chunks[0].starts_at_ms == 3700
+
