@@ -17,6 +17,7 @@ audience and falls back as the needs do.
 """
 
 import math
+from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 
 QUANTILE = 0.95  # of recent needs: the slowest few listeners of a large audience may still join late
@@ -33,8 +34,10 @@ class LeadTuner:
         self.floor_ms = floor_ms
         self.ceiling_ms = ceiling_ms
         self._placed: OrderedDict[str, int] = OrderedDict()  # chunk id -> when it was placed
-        self._needs: deque[tuple[int, int]] = deque(maxlen=KEEP_SAMPLES)  # (reported at, need) in ms
-        self._lead_ms: int | None = None  # for the needs as they are: asked at every step of the channel
+        # The recent needs twice: in arrival order, to forget the oldest, and sorted, for the quantile.
+        # A thousand listeners report on every chunk, so neither is rebuilt per report.
+        self._needs: deque[tuple[int, int]] = deque()  # (reported at, need) in ms
+        self._ranked: list[int] = []
 
     def placed(self, chunk_id: str, now_ms: int) -> None:
         """The chunk was put on the timeline, and so announced, at `now_ms`."""
@@ -50,22 +53,22 @@ class LeadTuner:
         if placed_ms is None:
             return None
         need_ms = min(max(ready_at_ms - placed_ms, 0), self.ceiling_ms)  # one wild report moves it at most this far
+        if len(self._needs) == KEEP_SAMPLES:
+            self._forget_oldest()
         self._needs.append((now_ms, need_ms))
-        self._lead_ms = None
+        insort(self._ranked, need_ms)
         return need_ms
 
     def lead_ms(self, now_ms: int) -> int:
         """The lead for audio placed now."""
-        needs = self._needs
-        while needs and needs[0][0] < now_ms - SAMPLE_AGE_MS:
-            needs.popleft()
-            self._lead_ms = None
-        if self._lead_ms is None:
-            self._lead_ms = self._from(sorted(need for _, need in needs))
-        return self._lead_ms
-
-    def _from(self, ranked: list[int]) -> int:
+        while self._needs and self._needs[0][0] < now_ms - SAMPLE_AGE_MS:
+            self._forget_oldest()
+        ranked = self._ranked
         if not ranked:
             return self.floor_ms
         quantile = ranked[math.ceil(QUANTILE * len(ranked)) - 1]
         return min(max(quantile + MARGIN_MS, self.floor_ms), self.ceiling_ms)
+
+    def _forget_oldest(self) -> None:
+        _, need_ms = self._needs.popleft()
+        del self._ranked[bisect_left(self._ranked, need_ms)]

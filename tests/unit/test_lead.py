@@ -3,7 +3,7 @@
 import pytest
 
 from broadcaster.core.channel import Channel
-from broadcaster.core.lead import KEEP_CHUNKS, MARGIN_MS, SAMPLE_AGE_MS, LeadTuner
+from broadcaster.core.lead import KEEP_CHUNKS, KEEP_SAMPLES, MARGIN_MS, SAMPLE_AGE_MS, LeadTuner
 
 from .test_channel import CFG, generate, make_request
 
@@ -55,6 +55,15 @@ def test_the_lead_falls_back_once_the_needs_are_old() -> None:
     tuner.ready("c2", 20_100, 20_100)
     assert tuner.lead_ms(20_100) == 2150  # the slow audience still counts
     assert tuner.lead_ms(10_000 + SAMPLE_AGE_MS + 1) == 500  # the one recent report needed 100 ms
+
+
+def test_only_the_latest_reports_count() -> None:
+    """A slow burst is outweighed once as many fast reports have come after it."""
+    tuner = tuner_with_needs([2500] * KEEP_SAMPLES + [100] * (KEEP_SAMPLES // 2))
+    assert tuner.lead_ms(10_000) == 2650  # half of the kept reports are still the slow ones
+    for _ in range(KEEP_SAMPLES // 2):
+        tuner.ready("c1", 10_100, 10_000)
+    assert tuner.lead_ms(10_000) == 500
 
 
 def test_floor_above_ceiling_is_refused() -> None:
