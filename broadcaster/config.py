@@ -21,6 +21,7 @@ class ServerConfig:
     public_url: str = ""
     metrics_token: str = ""  # if set, GET /metrics needs "Authorization: Bearer <it>"
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
+    log_audio_fetches: bool = False  # access-log successful chunk fetches too: one line per listener per sentence
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
     gc_freeze: str = "audience"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py

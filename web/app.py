@@ -24,7 +24,7 @@ from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, ST
 from .limits import Access
 from .middleware import json_errors
 from .publish import Publisher
-from .requestlog import request_log, stamp_request_id
+from .requestlog import AUDIO_FETCH, request_log, stamp_request_id
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/channels/{channel}/queue/shuffle", api.shuffle_queue)
     app.router.add_post("/api/channels/{channel}/queue/repeat", api.set_repeat)
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
-    app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio)
+    app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)
     app.router.add_post("/api/audio/played/{chunk_id}", api.played)
     app.router.add_get("/ws/channels/{channel}", ws.channel_socket)
     app.router.add_get("/healthz", api.healthz)

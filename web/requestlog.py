@@ -5,6 +5,12 @@ leaves (the JSON errors included). It binds the request's id, and the channel
 and request ids of its path, for every log line written while the request is
 handled; the id goes back to the client as `X-Request-Id`.
 
+Successful chunk fetches are left out of the access log unless `[server]
+log_audio_fetches` is on: every listener fetches every sentence, so with a
+thousand listeners they are a thousand lines per sentence, and writing them
+took a seventh of the server's time during a burst of fetches. They are
+counted in the metrics either way.
+
 The access log writes the path without its query string: a query may carry a
 listen key or a token, and logs are kept longer and shown to more people than
 keys should be. The path stays percent-encoded, so nothing in it can break a line.
@@ -19,11 +25,12 @@ from broadcaster import logs
 from broadcaster.auth import valid_channel_name
 from broadcaster.core.ids import is_id, new_id
 
-from .keys import METRICS
+from .keys import CONFIG, METRICS
 
 access_log = logging.getLogger("broadcaster.access")
 
 HTTP_REQUEST = web.RequestKey("http_request", str)
+AUDIO_FETCH = "chunk_audio"  # the route's name
 MAX_LOGGED_PATH = 300
 
 
@@ -59,6 +66,9 @@ def _path_ids(request: web.Request) -> dict[str, str]:
 def _finished(request: web.Request, status: int | None, duration_ms: float) -> None:
     if status is not None:
         request.app[METRICS].responded(status)
+        if status < 400 and request.match_info.route.name == AUDIO_FETCH and \
+                not request.app[CONFIG].server.log_audio_fetches:
+            return
     path = request.rel_url.raw_path[:MAX_LOGGED_PATH]
     remote = request.remote or "-"
     access_log.info("%s %s %s %.1f ms %s", request.method, path, status or "-", duration_ms, remote,

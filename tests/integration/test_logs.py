@@ -68,3 +68,31 @@ async def test_access_log_never_contains_the_query_string(server, json_log):
     for entry in access:
         assert "SECRET" not in json.dumps(entry)
         assert "?" not in entry["msg"]
+
+
+async def fetch_chunk_and_a_missing_one(server, connect) -> str:  # noqa: ANN001
+    """Fetch a chunk's audio (200) and a chunk that does not exist (404); the chunk's path."""
+    listener = await connect()
+    await listener.next("snapshot")
+    assert (await server.say("Fetch me.")).status == 202
+    path = (await listener.next("audio_chunk_ready"))["url"]
+    async with aiohttp.ClientSession() as http:
+        for url in (path, "/api/audio/chunks/0000000000000000"):
+            async with http.get(server.base_url + url) as resp:
+                await resp.read()
+    return path
+
+
+async def test_chunk_fetches_are_counted_but_only_failures_are_logged(server, connect, json_log):
+    """Every listener fetches every sentence: a line each would flood the log."""
+    path = await fetch_chunk_and_a_missing_one(server, connect)
+    access = [(e["path"], e["status"]) for e in json_log() if e["logger"] == "broadcaster.access"]
+    assert ("/api/audio/chunks/0000000000000000", 404) in access
+    assert not any(p == path for p, _ in access)
+
+
+@pytest.mark.server_config({"server": {"log_audio_fetches": True}})
+async def test_chunk_fetches_are_logged_when_asked(server, connect, json_log):
+    path = await fetch_chunk_and_a_missing_one(server, connect)
+    access = [(e["path"], e["status"]) for e in json_log() if e["logger"] == "broadcaster.access"]
+    assert (path, 200) in access and ("/api/audio/chunks/0000000000000000", 404) in access
