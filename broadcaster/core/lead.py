@@ -10,8 +10,8 @@ seconds ahead).
 
 So listeners report, with each acknowledgement, when they had the chunk's
 audio ready to play (`ready_at_ms`, by the server's clock as they estimate it).
-That minus the moment the chunk was placed is how much lead that listener
-needed. The lead is the recent needs' high quantile plus a margin, never below
+For a chunk placed within the lead, that minus the moment it was placed is how
+much lead that listener needed. The lead is the recent needs' high quantile plus a margin, never below
 the configured floor nor above the ceiling: it grows with a large or slow
 audience and falls back as the needs do.
 """
@@ -39,8 +39,13 @@ class LeadTuner:
         self._needs: deque[tuple[int, int]] = deque()  # (reported at, need) in ms
         self._ranked: list[int] = []
 
-    def placed(self, chunk_id: str, now_ms: int) -> None:
-        """The chunk was put on the timeline, and so announced, at `now_ms`."""
+    def placed(self, chunk_id: str, now_ms: int, starts_at_ms: int) -> None:
+        """The chunk was put on the timeline, and so announced, at `now_ms`. Only a chunk placed
+        within the lead is remembered: one placed further ahead had time to spare, and how long its
+        audio took to reach listeners (queued behind the fetches of later sentences) is not what the lead
+        must cover."""
+        if starts_at_ms - now_ms > self.lead_ms(now_ms):
+            return
         self._placed[chunk_id] = now_ms
         self._placed.move_to_end(chunk_id)
         while len(self._placed) > KEEP_CHUNKS:

@@ -97,7 +97,7 @@ class ChannelRunner:
         events = step(now)
         for event in events:
             if isinstance(event, ChunkScheduled):
-                self.lead.placed(event.chunk.chunk_id, now)
+                self.lead.placed(event.chunk.chunk_id, now, event.chunk.starts_at_ms)
         return events
 
     def listener_ready(self, chunk_id: str, ready_at_ms: int) -> int | None:

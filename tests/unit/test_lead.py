@@ -10,7 +10,7 @@ from .test_channel import CFG, generate, make_request
 
 def tuner_with_needs(needs: list[int], floor: int = 500, ceiling: int = 3000, now: int = 10_000) -> LeadTuner:
     tuner = LeadTuner(floor, ceiling)
-    tuner.placed("c1", now)
+    tuner.placed("c1", now, now + floor)
     for need in needs:
         tuner.ready("c1", now + need, now)
     return tuner
@@ -42,7 +42,7 @@ def test_reports_for_unknown_or_forgotten_chunks_count_for_nothing() -> None:
     tuner = LeadTuner(500, 3000)
     assert tuner.ready("never-placed", 5000, 5000) is None
     for k in range(KEEP_CHUNKS + 1):
-        tuner.placed(f"c{k}", k)
+        tuner.placed(f"c{k}", k, k + 500)
     assert tuner.ready("c0", 10_000, 10_000) is None  # the oldest placement was forgotten
     assert tuner.ready(f"c{KEEP_CHUNKS}", KEEP_CHUNKS + 1000, 10_000) == 1000
     assert tuner.lead_ms(10_000) == 1000 + MARGIN_MS
@@ -51,10 +51,20 @@ def test_reports_for_unknown_or_forgotten_chunks_count_for_nothing() -> None:
 def test_the_lead_falls_back_once_the_needs_are_old() -> None:
     tuner = tuner_with_needs([2000] * 10)
     assert tuner.lead_ms(10_000) == 2150
-    tuner.placed("c2", 20_000)
+    tuner.placed("c2", 20_000, 22_000)  # within the lead of 2150
     tuner.ready("c2", 20_100, 20_100)
     assert tuner.lead_ms(20_100) == 2150  # the slow audience still counts
     assert tuner.lead_ms(10_000 + SAMPLE_AGE_MS + 1) == 500  # the one recent report needed 100 ms
+
+
+def test_only_chunks_placed_within_the_lead_are_measured() -> None:
+    """A sentence placed seconds ahead had time to spare: its audio's delay says nothing of the lead."""
+    tuner = LeadTuner(500, 3000)
+    tuner.placed("ahead", 0, 4000)
+    tuner.placed("at-lead", 0, 500)
+    assert tuner.ready("ahead", 2500, 3000) is None
+    assert tuner.ready("at-lead", 900, 3000) == 900
+    assert tuner.lead_ms(3000) == 900 + MARGIN_MS
 
 
 def test_only_the_latest_reports_count() -> None:
