@@ -10,10 +10,10 @@ seconds ahead).
 
 So listeners report, with each acknowledgement, when they had the chunk's
 audio ready to play (`ready_at_ms`, by the server's clock as they estimate it).
-For a chunk placed within the lead, that minus the moment it was placed is how
-much lead that listener needed. The lead is the recent needs' high quantile plus a margin, never below
-the configured floor nor above the ceiling: it grows with a large or slow
-audience and falls back as the needs do.
+For a chunk placed within the lead, that minus the moment it was placed is
+how much lead that listener needed. The lead is the recent needs' high
+quantile plus a margin, never below the configured floor nor above the
+ceiling: it grows with a large or slow audience and falls back as the needs do.
 """
 
 import math
@@ -35,7 +35,7 @@ class LeadTuner:
         self.ceiling_ms = ceiling_ms
         self._placed: OrderedDict[str, int] = OrderedDict()  # chunk id -> when it was placed
         # The recent needs twice: in arrival order, to forget the oldest, and sorted, for the quantile.
-        # A thousand listeners report on every chunk, so neither is rebuilt per report.
+        # A thousand listeners report on a first sentence at once, so neither is rebuilt per report.
         self._needs: deque[tuple[int, int]] = deque()  # (reported at, need) in ms
         self._ranked: list[int] = []
 
