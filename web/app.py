@@ -94,7 +94,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
         audio = AudioStore(config.data_path / "audio", cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024))
         publish = Publisher(app[HUB], lambda: app[STATION].runners)
-        station = Station(config, store, audio, engine, publish, metrics=app[METRICS])
+        station = Station(config, store, audio, engine, publish, metrics=app[METRICS], audience=app[HUB].count)
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
         await station.start()

@@ -14,17 +14,29 @@ For a chunk placed within the lead, that minus the moment it was placed is
 how much lead that listener needed. The lead is the recent needs' high
 quantile plus a margin, never below the configured floor nor above the
 ceiling: it grows with a large or slow audience and falls back as the needs do.
+
+How long a burst of fetches takes depends on how many fetch at once, so each
+need is kept with the size of the audience its chunk was placed for, and the
+lead for an audience counts only needs measured with one of about its size
+(its power of two, or the one either side: 256-2047 listeners for 1000). A crowd
+that leaves takes its needs with it, and an office radio that speaks once an
+hour to the same thousand listeners keeps its lead from the last time.
 """
 
 import math
-from bisect import bisect_left, insort
 from collections import OrderedDict, deque
+from itertools import chain
 
 QUANTILE = 0.95  # of recent needs: the slowest few listeners of a large audience may still join late
 MARGIN_MS = 150  # on top of that quantile: decoding, the clock estimate, jitter
-KEEP_SAMPLES = 1000  # the recent needs, at most: a burst of a large audience, or many chunks of a small one
-SAMPLE_AGE_MS = 300_000  # needs older than this are forgotten, so a departed audience stops counting
+KEEP_SAMPLES = 2000  # the recent needs, at most, over all audience sizes
+SAMPLE_AGE_MS = 6 * 3_600_000  # older needs are forgotten: the network or the machine may have changed
 KEEP_CHUNKS = 256  # placement times remembered; acknowledgements arrive as each chunk ends
+
+
+def band(audience: int) -> int:
+    """Audiences of the same power of two share a band: 1, 2-3, 4-7, ..., 512-1023, ..."""
+    return max(audience, 1).bit_length()
 
 
 class LeadTuner:
@@ -33,47 +45,57 @@ class LeadTuner:
             raise ValueError(f"expected 0 <= floor <= ceiling for the lead, got {floor_ms} and {ceiling_ms} ms")
         self.floor_ms = floor_ms
         self.ceiling_ms = ceiling_ms
-        self._placed: OrderedDict[str, int] = OrderedDict()  # chunk id -> when it was placed
-        # The recent needs twice: in arrival order, to forget the oldest, and sorted, for the quantile.
-        # A thousand listeners report on a first sentence at once, so neither is rebuilt per report.
-        self._needs: deque[tuple[int, int]] = deque()  # (reported at, need) in ms
-        self._ranked: list[int] = []
+        self._placed: OrderedDict[str, tuple[int, int]] = OrderedDict()  # chunk id -> (placed at, its band)
+        # The needs in arrival order, to forget the oldest, and sorted by band, for the quantile.
+        self._needs: deque[tuple[int, int, int]] = deque()  # (reported at, band, need) in ms
+        self._bands: dict[int, list[int]] = {}
+        self._leads: dict[int, int] = {}  # band -> lead, until the needs change
 
-    def placed(self, chunk_id: str, now_ms: int, starts_at_ms: int) -> None:
-        """The chunk was put on the timeline, and so announced, at `now_ms`. Only a chunk placed
-        within the lead is remembered: one placed further ahead had time to spare, and how long its
-        audio took to reach listeners (queued behind the fetches of later sentences) is not what the lead
-        must cover."""
-        if starts_at_ms - now_ms > self.lead_ms(now_ms):
+    def placed(self, chunk_id: str, now_ms: int, starts_at_ms: int, audience: int) -> None:
+        """The chunk was put on the timeline, and so announced, at `now_ms`, for `audience` listeners.
+        Only a chunk placed within the lead is remembered: one placed further ahead had time to
+        spare, and how long its audio took to reach listeners (queued behind the fetches of later
+        sentences) is not what the lead must cover."""
+        if starts_at_ms - now_ms > self.lead_ms(now_ms, audience):
             return
-        self._placed[chunk_id] = now_ms
+        self._placed[chunk_id] = (now_ms, band(audience))
         self._placed.move_to_end(chunk_id)
         while len(self._placed) > KEEP_CHUNKS:
             self._placed.popitem(last=False)
 
     def ready(self, chunk_id: str, ready_at_ms: int, now_ms: int) -> int | None:
         """A listener had the chunk's audio ready at `ready_at_ms`; the lead it needed, or None for a
-        chunk not placed here lately (placed before a restart, or long ago)."""
-        placed_ms = self._placed.get(chunk_id)
-        if placed_ms is None:
+        chunk not placed here lately (placed before a restart, long ago, or well ahead)."""
+        placed = self._placed.get(chunk_id)
+        if placed is None:
             return None
+        placed_ms, placed_band = placed
         need_ms = min(max(ready_at_ms - placed_ms, 0), self.ceiling_ms)  # one wild report moves it at most this far
         if len(self._needs) == KEEP_SAMPLES:
             self._forget_oldest()
-        self._needs.append((now_ms, need_ms))
-        insort(self._ranked, need_ms)
+        self._needs.append((now_ms, placed_band, need_ms))
+        self._bands.setdefault(placed_band, []).append(need_ms)
+        self._leads.clear()
         return need_ms
 
-    def lead_ms(self, now_ms: int) -> int:
-        """The lead for audio placed now."""
+    def lead_ms(self, now_ms: int, audience: int) -> int:
+        """The lead for audio placed now for `audience` listeners."""
         while self._needs and self._needs[0][0] < now_ms - SAMPLE_AGE_MS:
             self._forget_oldest()
-        ranked = self._ranked
+        wanted = band(audience)
+        lead = self._leads.get(wanted)
+        if lead is None:
+            lead = self._leads[wanted] = self._from(wanted)
+        return lead
+
+    def _from(self, wanted: int) -> int:
+        ranked = sorted(chain.from_iterable(self._bands.get(b, ()) for b in (wanted - 1, wanted, wanted + 1)))
         if not ranked:
             return self.floor_ms
         quantile = ranked[math.ceil(QUANTILE * len(ranked)) - 1]
         return min(max(quantile + MARGIN_MS, self.floor_ms), self.ceiling_ms)
 
     def _forget_oldest(self) -> None:
-        _, need_ms = self._needs.popleft()
-        del self._ranked[bisect_left(self._ranked, need_ms)]
+        _, old_band, need_ms = self._needs.popleft()
+        self._bands[old_band].remove(need_ms)  # the oldest of its value: any one of them will do
+        self._leads.clear()

@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[str, list[Event]], None]
 SAVE_RETRY_S = (0.05, 0.2, 0.5)
+LEAD_WAKE_MS = 100  # a thousand listeners report on a first sentence at once: one new lead per 0.1 s is enough
 
 
 class ChannelRunner:
-    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock, publish: Publish):
+    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock, publish: Publish,
+                 audience: Callable[[], int] = lambda: 0):
         self.channel = channel
         self.channel_id = channel_id
         self.store = store
@@ -36,6 +38,8 @@ class ChannelRunner:
         self.clock = clock
         self.publish = publish
         self.lead = LeadTuner(channel.config.lead_ms, max(channel.config.lead_ms, channel.config.max_lead_ms))
+        self.audience = audience  # listeners connected now, for the lead
+        self._woken_for_lead_ms = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()  # the deadline may have moved
         self._work = asyncio.Event()  # a request may need audio
@@ -93,22 +97,27 @@ class ChannelRunner:
 
     def _step(self, step: Callable[[int], list[Event]]) -> list[Event]:
         now = self.clock()
-        self.channel.lead_ms = self.lead.lead_ms(now)
+        audience = self._refresh_lead(now)
         events = step(now)
         for event in events:
             if isinstance(event, ChunkScheduled):
-                self.lead.placed(event.chunk.chunk_id, now, event.chunk.starts_at_ms)
+                self.lead.placed(event.chunk.chunk_id, now, event.chunk.starts_at_ms, audience)
         return events
+
+    def _refresh_lead(self, now: int) -> int:
+        """Set the channel's lead for its audience now (between steps: a step sees one lead throughout)."""
+        audience = self.audience()
+        self.channel.lead_ms = self.lead.lead_ms(now, audience)
+        return audience
 
     def listener_ready(self, chunk_id: str, ready_at_ms: int) -> int | None:
         """A listener had a chunk's audio ready to play at `ready_at_ms`: the lead it needed (None for a
-        chunk not placed lately). The lead for the next placement follows at once."""
+        chunk not placed lately). The clock takes the new lead into account at once."""
         now = self.clock()
         need_ms = self.lead.ready(chunk_id, ready_at_ms, now)
-        lead_ms = self.lead.lead_ms(now)
-        if lead_ms != self.channel.lead_ms:
-            self.channel.lead_ms = lead_ms  # between steps: each step sees one lead throughout
-            self._wake.set()  # the next request's moment to go on the air moved
+        if need_ms is not None and now - self._woken_for_lead_ms >= LEAD_WAKE_MS:
+            self._woken_for_lead_ms = now
+            self._wake.set()  # the next request's moment to go on the air may have moved
         return need_ms
 
     async def wait_change(self, timeout_s: float) -> None:
@@ -157,6 +166,7 @@ class ChannelRunner:
 
     async def _clock_loop(self) -> None:
         while True:
+            self._refresh_lead(self.clock())  # listeners may have come, gone or reported
             deadline = self.channel.next_deadline_ms()
             self._wake.clear()
             timeout = None if deadline is None else max(0, deadline - self.clock()) / 1000

@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -83,7 +84,8 @@ def _encodable(text: str) -> bool:
 
 class Station:
     def __init__(self, config: Config, store: Store, audio: AudioStore, engine: TtsEngine,
-                 publish: Publish, clock: Clock = wall_clock_ms, metrics: Telemetry | None = None):
+                 publish: Publish, clock: Clock = wall_clock_ms, metrics: Telemetry | None = None,
+                 audience: Callable[[str], int] = lambda channel: 0):
         self.config = config
         self.store = store
         self.audio = audio
@@ -91,6 +93,7 @@ class Station:
         self.metrics = metrics or Telemetry()
         self.publish = self.metrics.observing(publish)  # failures and underruns are counted from the events
         self.clock = clock
+        self.audience = audience  # listeners of a channel connected now
         self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
         self.synthesis = SynthesisQueue(engine, clock)
         self.maker = ChunkMaker(engine, audio, clock, self.delivery, self.metrics, self.synthesis)
@@ -139,7 +142,8 @@ class Station:
                     raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
                 channel = Channel(name, self.config.timeline_config())
                 channel.may_stream = self._may_stream
-                runner = ChannelRunner(channel, row.id, self.store, self.maker, self.clock, self.publish)
+                runner = ChannelRunner(channel, row.id, self.store, self.maker, self.clock, self.publish,
+                                       partial(self.audience, name))
                 runner.after_commit.append(self._after_commit)
                 if row.style == "radio" and self.config.radio.autodj:
                     self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
