@@ -174,7 +174,8 @@ def _ready_at(message: dict[str, Any], now_ms: int) -> int | None:
     ready_at_ms = message.get("ready_at_ms")
     if ready_at_ms is None:
         return None
-    if isinstance(ready_at_ms, bool) or not isinstance(ready_at_ms, int) or abs(ready_at_ms - now_ms) > READY_AT_RANGE_MS:
+    whole = isinstance(ready_at_ms, int) and not isinstance(ready_at_ms, bool)
+    if not whole or abs(ready_at_ms - now_ms) > READY_AT_RANGE_MS:
         raise BadInput("expected audio_played \"ready_at_ms\" to be a whole number of milliseconds on the server's "
                        f"clock within a day of now (when the audio was ready to play), got {str(ready_at_ms)[:40]!r}")
     return ready_at_ms

@@ -29,8 +29,8 @@ LEAD_WAKE_MS = 100  # a thousand listeners report on a first sentence at once: o
 
 
 class ChannelRunner:
-    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock, publish: Publish,
-                 audience: Callable[[], int] = lambda: 0):
+    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock,
+                 publish: Publish, audience: Callable[[], int] = lambda: 0):
         self.channel = channel
         self.channel_id = channel_id
         self.store = store
