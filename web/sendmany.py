@@ -17,6 +17,11 @@ no transport writes between, none closes one mid-write. Whatever a socket did
 not take is reported back, and the caller hands the rest to that socket's
 transport, which sends it when the socket drains.
 
+Each attached socket is written through a duplicate descriptor of the
+writer's own, closed only at `detach`: the transport may close its
+descriptor first (a connection lost), and a new connection may be given the
+same number at once, which a write by number would then reach.
+
 Helpers start when a broadcast first reaches HELPERS_FROM sockets; below that
 a broadcast takes a few milliseconds in one process, and a helper would only
 cost memory. A helper that fails is stopped; the sockets of its share are
@@ -152,8 +157,9 @@ class HelperProcess:
 class SocketWriter:
     """Writes the same bytes to many non-blocking sockets, across `processes` processes when there are many.
 
-    Sockets are attached once (`attach` returns a key) and written by key; `detach` before the
-    socket closes, or a helper's duplicate keeps the connection open.
+    Sockets are attached once (`attach` returns a key, 0 if the socket is already closed or no
+    descriptor is left) and written by key. Until `detach` the writer's duplicates keep the
+    connection open.
     """
 
     def __init__(self, processes: int = 0, on_failure: Callable[[], None] = lambda: None):
@@ -169,14 +175,21 @@ class SocketWriter:
         return [helper.proc.pid for helper in self._helpers]
 
     def attach(self, fd: int) -> int:
+        try:
+            own = os.dup(fd)
+        except OSError as exc:  # closed already, or out of descriptors: the caller writes it the slow way
+            log.debug("fan-out: socket %d not attached: %r", fd, exc)
+            return 0
         key = self._next_key = self._next_key % 0xFFFFFFFF + 1  # 1 .. 2**32 - 1: 0 means not attached
-        self._fds[key] = fd
-        self._each_helper(lambda helper: helper.attach([key], [fd]))
+        self._fds[key] = own
+        self._each_helper(lambda helper: helper.attach([key], [own]))
         return key
 
     def detach(self, key: int) -> None:
-        if self._fds.pop(key, None) is not None:
+        own = self._fds.pop(key, None)
+        if own is not None:
             self._each_helper(lambda helper: helper.detach([key]))
+            os.close(own)
 
     def write(self, data: bytes, keys: list[int]) -> list[Short]:
         helpers = self._helpers_for(len(keys), len(data))
@@ -247,3 +260,6 @@ class SocketWriter:
         for helper in self._helpers:
             helper.stop()
         self._helpers = []
+        for own in self._fds.values():
+            os.close(own)
+        self._fds = {}

@@ -59,6 +59,12 @@ async def test_messages_with_the_writer_task_keep_new_ones_behind_them_until_all
         await asyncio.sleep(0)
         assert listener.idle() and listener.backlog == 0
         assert listener.offer_frames(['{"n": 4}'], b"frame 4") and transport.written == [b"frame 4"]
-        assert await listener.reply({"n": 5}) and not listener.idle(), "an answer to the client counts too"
+        assert await listener.reply({"n": 5}) and transport.written[-1] == b'\x81\x08{"n": 5}', \
+            "nothing ahead of it: an answer goes straight out"
+        ws.release.clear()
+        assert listener.send({"n": 6})
+        await asyncio.sleep(0)
+        assert await listener.reply({"n": 7}) and listener.backlog == 2, "else it waits its turn in the queue"
+        assert transport.written[-1] == b'\x81\x08{"n": 5}'
     finally:
         await listener.close()

@@ -187,3 +187,25 @@ def test_a_socket_closed_before_it_reaches_the_helper_costs_nothing_else(split, 
     assert [drain(theirs) for k, (_, theirs) in enumerate(group) if k != 1] == [b"ab"] * 3
     fanout.detach(late_key)
     assert drain(late_peer) == b""
+
+
+def test_a_socket_closed_by_its_owner_is_still_written_to_its_own_peer_never_to_a_newcomer(pairs, writer):
+    """The writer holds its own descriptor until detach: a new socket given the old number is not reached."""
+    fanout = writer(1)
+    ((old, old_peer),) = pairs(1)
+    number = old.fileno()
+    key = fanout.attach(number)
+    old.close()  # the transport closed its descriptor; the hub has not detached it yet
+    newcomer, newcomer_peer = socket.socketpair()
+    try:
+        newcomer_peer.setblocking(False)
+        assert newcomer.fileno() == number, "the lowest free number is reused at once"
+        assert fanout.write(b"late", [key]) == []
+        assert drain(newcomer_peer) == b""
+        assert drain(old_peer) == b"late"
+        fanout.detach(key)
+        old_peer.settimeout(5)
+        assert old_peer.recv(10) == b"", "detached: now the connection ends"
+    finally:
+        newcomer.close()
+        newcomer_peer.close()
