@@ -2,7 +2,8 @@
 
 import json
 
-from sqlalchemy import delete, event, func, inspect, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, inspect, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -76,6 +77,12 @@ class Store:
         async with self.session() as s:
             return (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
 
+    async def token_hash(self, name: str) -> str | None:
+        """The producer token's digest alone, read on every producer write: a plain statement on a
+        connection costs half of a session's ORM query (docs/performance.md)."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(TOKEN_HASH, {"name": name})).scalar()
+
     async def set_token_hash(self, name: str, token_hash: str) -> bool:
         async with self.session.begin() as s:
             result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(token_hash=token_hash))
@@ -92,25 +99,22 @@ class Store:
 
     # -- requests and chunks -------------------------------------------------
 
+    # Submitting a request and saving a step come before the listeners hear of them, so these are
+    # plain statements on a connection, each one round trip to SQLite's thread, not ORM sessions.
+
     async def insert_request(self, request: Request, channel_id: int) -> None:
-        async with self.session.begin() as s:
-            last = (await s.execute(select(func.max(RequestRow.line_seq)).where(RequestRow.channel_id == channel_id))).scalar()
-            s.add(_request_row(request, channel_id, (last or 0) + 1))
+        async with self.engine.begin() as conn:
+            await conn.execute(INSERT_REQUEST, {**_request_values(request, channel_id), "line_of": channel_id})
 
     async def save(self, requests: list[Request]) -> None:
         """Write the current state of these requests and all their chunks."""
         if not requests:
             return
-        async with self.session.begin() as s:
-            for request in requests:
-                await s.execute(update(RequestRow).where(RequestRow.id == request.request_id).values(
-                    state=request.state.value,
-                    generation_started_ms=request.generation_started_ms,
-                    finished_at_ms=request.finished_at_ms,
-                    error=request.error,
-                ))
-                for chunk in request.chunks:
-                    await s.merge(_chunk_row(chunk))
+        chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
+        async with self.engine.begin() as conn:
+            await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
+            if chunks:
+                await conn.execute(UPSERT_CHUNK, chunks)
 
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""
@@ -229,9 +233,22 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _request_row(request: Request, channel_id: int, line_seq: int) -> RequestRow:
-    return RequestRow(
-        id=request.request_id, channel_id=channel_id, line_seq=line_seq, text=request.text,
+TOKEN_HASH = select(ChannelRow.token_hash).where(ChannelRow.name == bindparam("name"))
+_requests, _chunks = RequestRow.__table__, ChunkRow.__table__
+# A request goes to the back of its channel's line: one past the highest place taken.
+INSERT_REQUEST = insert(_requests).values(line_seq=select(func.coalesce(func.max(_requests.c.line_seq), 0) + 1).where(
+    _requests.c.channel_id == bindparam("line_of")).scalar_subquery())
+UPDATE_REQUEST = update(_requests).where(_requests.c.id == bindparam("request_id")).values(
+    state=bindparam("new_state"), generation_started_ms=bindparam("new_generation_started_ms"),
+    finished_at_ms=bindparam("new_finished_at_ms"), error=bindparam("new_error"))
+_upsert = sqlite_insert(_chunks)
+UPSERT_CHUNK = _upsert.on_conflict_do_update(
+    index_elements=[_chunks.c.id], set_={column.name: _upsert.excluded[column.name] for column in _chunks.c if column.name != "id"})
+
+
+def _request_values(request: Request, channel_id: int) -> dict:
+    return dict(
+        id=request.request_id, channel_id=channel_id, text=request.text,
         sentences_json=json.dumps(request.sentences), state=request.state.value,
         created_at_ms=request.created_at_ms, generation_started_ms=request.generation_started_ms,
         finished_at_ms=request.finished_at_ms, error=request.error,
@@ -240,8 +257,14 @@ def _request_row(request: Request, channel_id: int, line_seq: int) -> RequestRow
     )
 
 
-def _chunk_row(chunk: Chunk) -> ChunkRow:
-    return ChunkRow(
+def _request_state(request: Request) -> dict:
+    return dict(request_id=request.request_id, new_state=request.state.value,
+                new_generation_started_ms=request.generation_started_ms,
+                new_finished_at_ms=request.finished_at_ms, new_error=request.error)
+
+
+def _chunk_values(chunk: Chunk) -> dict:
+    return dict(
         id=chunk.chunk_id, request_id=chunk.request_id, seq=chunk.seq, text=chunk.text,
         state=chunk.state.value, sample_rate=chunk.sample_rate, samples=chunk.samples,
         duration_ms=chunk.duration_ms, ready_at_ms=chunk.ready_at_ms, starts_at_ms=chunk.starts_at_ms,

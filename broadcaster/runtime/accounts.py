@@ -71,8 +71,8 @@ class Gate:
 
     async def _token_ok(self, name: str, token: str) -> bool:
         # Read every time: producer writes are rare, and a replaced token must stop working at once.
-        row = await self.store.channel(name)
-        return row is not None and token_matches(token, row.token_hash)
+        token_hash = await self.store.token_hash(name)
+        return token_hash is not None and token_matches(token, token_hash)
 
     async def check_listener(self, name: str, key: str | None, token: str | None) -> None:
         """Public channels pass; a private one needs its listen key or its producer token."""

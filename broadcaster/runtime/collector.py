@@ -21,7 +21,10 @@ that embeds the app) keeps objects out of the collector's walks with
   `AT_LEAST` listeners) has arrived since the last freeze; if the collector
   has not run one within `CHECK_S` by then, one is run, so a burst of
   arrivals is frozen seconds after it, not whenever the collector next walks
-  it (among a producer's announcements, say). Most of what survives then is
+  it (among a producer's announcements, say). A burst smaller than a quarter
+  (the last listeners of a crowd that arrived after its last freeze, say) is
+  frozen too once a check finds that nobody arrived since the one before.
+  Most of what survives then is
   the newcomers' connections, which live for minutes or hours; freezing only
   every quarter of the audience keeps the short-lived objects caught in a
   freeze (HTTP requests in flight) few. A listener that leaves is freed at
@@ -136,19 +139,48 @@ class HeapFreezer:
             self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)
 
 
+class HeldOff:
+    """`with held_off:` no collection starts inside; one that comes due waits for the end.
+
+    For a channel's step and its announcement: a few milliseconds that thousands of listeners wait
+    on, where a full collection (tens of milliseconds with thousands of listeners, and due every
+    heartbeat round, when each listener's pong renews a dozen of its objects) would hold up every
+    one of them. It runs just after instead. Nests, and across tasks: the collector comes back when
+    the last section ends, unless it was off before the first began."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self._enable_after = False
+
+    def __enter__(self) -> None:
+        if self.depth == 0:
+            self._enable_after = gc.isenabled()
+            gc.disable()
+        self.depth += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self._enable_after:
+            gc.enable()
+
+
+held_off = HeldOff()
+
+
 # (listeners connected now, listeners that have left since start-up); their sum is every arrival
 Audience = Callable[[], tuple[int, int]]
 
 NEWCOMERS = 0.25  # of the audience: arrivals since the last freeze that make a freeze worth it
 TURNOVER = 1.0  # of the audience: departures since the last thaw that make a thaw worth it
 AT_LEAST = 100  # listeners: fewer connected, arrived or departed are not worth a freeze or a thaw
-CHECK_S = 10  # how often arrivals and departures are counted
+CHECK_S = 5  # how often arrivals and departures are counted: a burst is frozen within two checks of its end
 
 
 class AudienceFreezer(HeapFreezer):
     """Freezes the start-up heap, then the survivors of a full collection once NEWCOMERS of the
     audience (at least AT_LEAST listeners) have arrived since the last freeze (the collector's own, or
-    one run every CHECK_S when none came); thaws once TURNOVER of it has left since the last thaw."""
+    one run every CHECK_S when none came), or AT_LEAST have and then none for a whole CHECK_S;
+    thaws once TURNOVER of it has left since the last thaw."""
 
     def __init__(self, audience: Audience, check_s: float = CHECK_S):
         super().__init__()
@@ -157,12 +189,14 @@ class AudienceFreezer(HeapFreezer):
         self.freezes = 0
         self._arrived_before = 0  # arrivals at the last freeze or thaw
         self._departed_before = 0  # departures at the last thaw
+        self._arrived_at_check = 0  # arrivals at the last check
         self._listeners_frozen = False  # since the last thaw; until then only the start-up heap is
 
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
         frozen = super().start(loop)
         connected, departed = self.audience()
         self._arrived_before, self._departed_before = connected + departed, departed
+        self._arrived_at_check = connected + departed
         if self._on_gc not in gc.callbacks:
             gc.callbacks.append(self._on_gc)
         self._timer = loop.call_later(self.check_s, self._check)
@@ -171,10 +205,13 @@ class AudienceFreezer(HeapFreezer):
     def _after_full_collection(self) -> None:
         self._freeze_if_new_arrivals()
 
-    def _freeze_if_new_arrivals(self, collect: bool = False) -> bool:
+    def _freeze_if_new_arrivals(self, collect: bool = False, settled: bool = False) -> bool:
+        """`settled`: nobody has arrived for a while, so the newcomers are a finished burst, and
+        AT_LEAST of them are worth a freeze even if they are fewer than NEWCOMERS of the audience."""
         connected, departed = self.audience()
         arrived = connected + departed - self._arrived_before
-        if not (connected >= AT_LEAST and arrived >= max(AT_LEAST, NEWCOMERS * connected)):
+        enough = AT_LEAST if settled else max(AT_LEAST, NEWCOMERS * connected)
+        if not (connected >= AT_LEAST and arrived >= enough):
             return False
         if collect:
             gc.collect()  # what would otherwise wait for the collector's own next full collection
@@ -187,8 +224,10 @@ class AudienceFreezer(HeapFreezer):
     def _check(self) -> None:
         # Newcomers not frozen by now would make the next full collection walk them all, at a moment
         # nobody chose (among a producer's announcements, say): collect and freeze them now instead.
-        froze = self._freeze_if_new_arrivals(collect=True)
         connected, departed = self.audience()
+        settled = connected + departed == self._arrived_at_check
+        self._arrived_at_check = connected + departed
+        froze = self._freeze_if_new_arrivals(collect=True, settled=settled)
         turned_over = departed - self._departed_before >= max(AT_LEAST, TURNOVER * connected)
         if not froze and self._listeners_frozen and turned_over:
             self.thaw()

@@ -19,6 +19,7 @@ from broadcaster.errors import GenerationError
 from db.store import Store
 
 from .clock import Clock
+from .collector import held_off
 from .generator import ChunkMaker
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,22 @@ class ChannelRunner:
         `step` inserts it somewhere other than the default place (a repeat copy, for one).
         """
         async with self._lock:
-            await self.store.insert_request(request, self.channel_id)
-            events = self._step(step or partial(self.channel.submit, request))
-            await self._commit(events)
-            return self.channel.line_position(request.request_id)
+            with held_off:  # a collection would hold up the announcement to every listener
+                await self.store.insert_request(request, self.channel_id)
+                inserted = _saved_state(request)
+                events = self._step(step or partial(self.channel.submit, request))
+                if not request.chunks and _saved_state(request) == inserted:
+                    self.channel.dirty.discard(request.request_id)  # the row just inserted says all of it
+                await self._commit(events)
+                return self.channel.line_position(request.request_id)
 
     async def apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
         """Run one core step at the current time, persist what changed, announce it."""
         async with self._lock:
-            events = self._step(step)
-            await self._commit(events)
-            return events
+            with held_off:
+                events = self._step(step)
+                await self._commit(events)
+                return events
 
     def _step(self, step: Callable[[int], list[Event]]) -> list[Event]:
         now = self.clock()
@@ -220,3 +226,8 @@ class ChannelRunner:
             if self.channel.next_job() is not request:
                 return  # failed or removed while this chunk was being made
             await self.apply(partial(self.channel.chunk_ready, chunk))
+
+
+def _saved_state(request: Request) -> tuple:
+    """What Store.save writes of a request besides its chunks."""
+    return request.state, request.generation_started_ms, request.finished_at_ms, request.error

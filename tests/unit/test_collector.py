@@ -6,7 +6,14 @@ import contextlib
 import gc
 import weakref
 
-from broadcaster.runtime.collector import AT_LEAST, AudienceFreezer, HeapFreezer, PauseTimer, freeze_startup_heap
+from broadcaster.runtime.collector import (
+    AT_LEAST,
+    AudienceFreezer,
+    HeapFreezer,
+    PauseTimer,
+    freeze_startup_heap,
+    held_off,
+)
 
 
 def test_each_collection_is_timed_with_its_generation():
@@ -168,6 +175,23 @@ async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collec
         assert freezer.freezes == 1 and alive() is not None, "...which comes only once a quarter more arrive"
 
 
+async def test_a_late_burst_smaller_than_a_quarter_is_frozen_once_arrivals_stop():
+    with audience_freezer(check_s=3600, collector_runs=False) as (audience, freezer):
+        audience.connected = 400
+        freezer._check()
+        assert freezer.freezes == 1
+        straggler = Node()
+        audience.connected = 400 + AT_LEAST  # fewer than a quarter of the 500 now here...
+        freezer._check()
+        assert freezer.freezes == 1 and not is_frozen(straggler), "...and still arriving: no freeze"
+        freezer._check()  # nobody arrived since the last check: the burst is over
+        assert freezer.freezes == 2 and is_frozen(straggler)
+        audience.connected += AT_LEAST - 1
+        freezer._check()
+        freezer._check()
+        assert freezer.freezes == 2, "a finished burst must still be AT_LEAST listeners to be worth a freeze"
+
+
 async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
     with audience_freezer(check_s=0.01) as (audience, freezer):
         audience.connected = 400
@@ -196,3 +220,44 @@ async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
         audience.departed = 10 * AT_LEAST
         await asyncio.sleep(0.1)
         assert freezer.thaws == 0 and freezer.freezes == 0
+
+
+async def test_held_off_sections_nest_across_tasks_and_leave_a_disabled_collector_off():
+    assert gc.isenabled()
+    entered, leave = asyncio.Event(), asyncio.Event()
+
+    async def section() -> None:
+        with held_off:
+            entered.set()
+            await leave.wait()
+
+    task = asyncio.create_task(section())
+    await entered.wait()
+    with held_off:
+        assert not gc.isenabled()
+    assert not gc.isenabled(), "the other task's section is still open"
+    leave.set()
+    await task
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with held_off:
+            pass
+        assert not gc.isenabled(), "off before: off after"
+    finally:
+        gc.enable()
+
+
+def test_a_collection_due_inside_a_held_off_section_runs_after_it():
+    pauses = []
+    timer = PauseTimer(lambda generation, seconds: pauses.append(generation))
+    timer.start()
+    try:
+        with held_off:
+            junk = [[] for _ in range(100_000)]  # far past the threshold of the youngest generation
+            assert pauses == []
+        del junk
+        [[] for _ in range(1000)]
+        assert pauses, "and it comes at the next allocation after"
+    finally:
+        timer.stop()
