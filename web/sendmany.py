@@ -11,11 +11,16 @@ releases the GIL, but with thousands of short system calls the threads spent
 most of their time handing the GIL back and forth, and a helper thread ran
 for a sixth of the time the main one did. Processes share nothing.
 
-The event loop's thread writes its own share and then waits for the helpers'
-answers before it returns, so nothing else touches those sockets meanwhile:
-no transport writes between, none closes one mid-write. Whatever a socket did
-not take is reported back, and the caller hands the rest to that socket's
-transport, which sends it when the socket drains.
+The sockets are dealt out in batches of BATCH: each helper has AHEAD of them in
+hand, and the event loop's thread writes batches itself, handing a helper its
+next one whenever it answers one. So whichever process the machine runs more
+of writes more; with fixed halves, the broadcast lasted as long as the slower
+half, and on two shared cores one half was often 10-20 ms behind the other.
+The event loop's thread returns only when every answer is in, so nothing else
+touches those sockets meanwhile: no transport writes between, none closes one
+mid-write. Whatever a socket did not take is reported back, and the caller
+hands the rest to that socket's transport, which sends it when the socket
+drains.
 
 Each attached socket is written through a duplicate descriptor of the
 writer's own, closed only at `detach`: the transport may close its
@@ -33,10 +38,12 @@ import array
 import errno
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +52,8 @@ log = logging.getLogger(__name__)
 HELPERS_FROM = 1024  # sockets in one broadcast before helper processes are worth their memory
 MAX_PROCESSES = 4
 MAX_KEYS = 8192  # keys per write command (32 KB): with MAX_DATA, well inside a socket pair's buffer
+BATCH = 250  # sockets per batch dealt out: about 3 ms of writing here
+AHEAD = 2  # batches each helper holds, so it never waits for the event loop's thread between two
 MAX_DATA = 65536  # a larger broadcast (a long queue) is written in this process alone
 REPLY_TIMEOUT_S = 5.0
 RESTART_AFTER_S = 10.0
@@ -96,6 +105,8 @@ class HelperProcess:
         ours.settimeout(REPLY_TIMEOUT_S)
         self.channel = ours
         self.waiting = 0  # answers still to read: it may be writing
+        self._answers = select.poll()  # not select(): with thousands of sockets open, our number is past 1024
+        self._answers.register(ours, select.POLLIN)
 
     def attach(self, keys: list[int], fds: list[int]) -> None:
         for start in range(0, len(keys), 250):
@@ -116,26 +127,25 @@ class HelperProcess:
         self._send(b"D" + array.array("I", keys).tobytes())
 
     def start_write(self, data: bytes, keys: list[int]) -> None:
-        head = b"W" + array.array("i", [len(data)]).tobytes() + data
-        for start in range(0, len(keys), MAX_KEYS):
-            self._send(head + array.array("I", keys[start:start + MAX_KEYS]).tobytes())
-            self.waiting += 1
+        """Hand over one batch (at most MAX_KEYS); its answer comes back in turn."""
+        self._send(b"W" + array.array("i", [len(data)]).tobytes() + data + array.array("I", keys).tobytes())
+        self.waiting += 1
 
-    def finish_write(self) -> list[Short]:
-        """The sockets of the last write that did not take all of it, by index in its keys."""
-        short, offset = [], 0
-        while self.waiting:
-            try:
-                answer = self.channel.recv(MAX_KEYS * 8 + 1)
-            except OSError as exc:
-                raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {exc!r}") from None
-            if answer[:1] != b"R":
-                raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {answer[:8]!r}")
-            pairs = array.array("i", answer[1:])
-            short += [(offset + pairs[k], pairs[k + 1]) for k in range(0, len(pairs), 2)]
-            offset += MAX_KEYS
-            self.waiting -= 1
-        return short
+    def answered(self) -> bool:
+        """An answer is there to read now."""
+        return bool(self.waiting) and bool(self._answers.poll(0))
+
+    def finish_one(self) -> list[Short]:
+        """The sockets of the oldest batch not yet answered that did not take all of it, by index in it."""
+        try:
+            answer = self.channel.recv(MAX_KEYS * 8 + 1)
+        except OSError as exc:
+            raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {exc!r}") from None
+        if answer[:1] != b"R":
+            raise HelperFailed(f"expected an answer from fan-out helper {self.proc.pid}, got {answer[:8]!r}")
+        self.waiting -= 1
+        pairs = array.array("i", answer[1:])
+        return [(pairs[k], pairs[k + 1]) for k in range(0, len(pairs), 2)]
 
     def _send(self, message: bytes, ancdata: list | None = None) -> None:
         try:
@@ -152,6 +162,42 @@ class HelperProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class _Deal:
+    """One write's batches: which each helper holds, in the order it answers them, and what was lost."""
+
+    def __init__(self, data: bytes, keys: list[int], helpers: list[HelperProcess], todo: deque[range]):
+        self.data, self.keys, self.todo = data, keys, todo
+        self.held: dict[HelperProcess, deque[range]] = {helper: deque() for helper in helpers}
+        self.failed: list[tuple[HelperProcess, HelperFailed]] = []
+        self.lost: list[Short] = []  # sockets of batches a failed helper held: part may have reached them
+
+    def hand(self, helper: HelperProcess) -> None:
+        """Top the helper up to AHEAD batches, while any are left."""
+        held = self.held.get(helper)
+        while held is not None and len(held) < AHEAD and self.todo:
+            batch = self.todo.popleft()
+            try:
+                helper.start_write(self.data, self.keys[batch.start:batch.stop])
+            except HelperFailed as exc:
+                self.todo.appendleft(batch)  # never sent: written here after all
+                self._give_up(helper, exc)
+                return
+            held.append(batch)
+
+    def take_answer(self, helper: HelperProcess) -> list[Short]:
+        batch = self.held[helper].popleft()
+        try:
+            return [(batch.start + index, sent) for index, sent in helper.finish_one()]
+        except HelperFailed as exc:
+            self.held[helper].appendleft(batch)
+            self._give_up(helper, exc)
+            return []
+
+    def _give_up(self, helper: HelperProcess, exc: HelperFailed) -> None:
+        self.lost += [(index, LOST) for batch in self.held.pop(helper) for index in batch]
+        self.failed.append((helper, exc))
 
 
 class SocketWriter:
@@ -193,29 +239,26 @@ class SocketWriter:
 
     def write(self, data: bytes, keys: list[int]) -> list[Short]:
         helpers = self._helpers_for(len(keys), len(data))
-        bounds = [len(keys) * k // (len(helpers) + 1) for k in range(len(helpers) + 2)]
-        own, started, lost = [range(bounds[0], bounds[1])], [], []
-        for k, helper in enumerate(helpers, 1):
-            share = range(bounds[k], bounds[k + 1])
-            try:
-                helper.start_write(data, keys[share.start:share.stop])
-                started.append((helper, share))
-            except HelperFailed as exc:
-                # Nothing sent yet: it wrote nothing, so this share is written here after all.
-                (lost if helper.waiting else own).append(share)
-                self._fail(helper, exc)
-        fds = self._fds
-        short = [s for share in own for s in write_each(data, [fds[keys[i]] for i in share], share.start)]
-        for helper, share in started:
-            short += self._finish(helper, share)
-        return short + [(index, LOST) for share in lost for index in share]
-
-    def _finish(self, helper: HelperProcess, share: range) -> list[Short]:
-        try:
-            return [(share.start + index, sent) for index, sent in helper.finish_write()]
-        except HelperFailed as exc:
+        if not helpers:
+            return write_each(data, [self._fds[key] for key in keys])
+        todo = deque(range(start, min(start + BATCH, len(keys))) for start in range(0, len(keys), BATCH))
+        deal = _Deal(data, keys, helpers, todo)
+        for helper in helpers:
+            deal.hand(helper)
+        short, fds = [], self._fds
+        while todo:
+            batch = todo.popleft()
+            short += write_each(data, [fds[keys[i]] for i in batch], batch.start)
+            for helper in helpers:
+                while helper in deal.held and helper.answered():
+                    short += deal.take_answer(helper)
+                deal.hand(helper)
+        for helper in helpers:
+            while deal.held.get(helper):
+                short += deal.take_answer(helper)
+        for helper, exc in deal.failed:
             self._fail(helper, exc)
-            return [(index, LOST) for index in share]
+        return short + deal.lost
 
     def _helpers_for(self, count: int, size: int) -> list[HelperProcess]:
         if count < HELPERS_FROM or self.processes < 2 or size > MAX_DATA:
