@@ -27,6 +27,7 @@ The baseline is the same run with one socket, on the same server. Target
 
     .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
                                        [--fanout-processes N] [--client-priority idle] [--probes 50] [--settle 12]
+                                       [--load-clients quiet] [--per-post]
 """
 
 import argparse
@@ -99,6 +100,12 @@ class AnnounceWorker:
         closed = Counter(s.closed.result() for s in self.sockets if s.closed.done())
         return {"times": out, "closed_early": dict(closed), "deflate": sum(s.deflate for s in self.sockets)}
 
+    async def hold(self, quiet: bool) -> int:
+        """Stop (or restart) reading every socket: a quiet client takes none of the cores meanwhile."""
+        for sock in self.sockets:
+            sock.pause() if quiet else sock.resume()
+        return len(self.sockets)
+
     async def disconnect(self) -> int:
         await asyncio.gather(*(s.close() for s in self.sockets), return_exceptions=True)
         count = len(self.sockets)
@@ -124,15 +131,24 @@ class Stage:
     cpu_share: float = 0.0
     broadcasts: Histogram | None = None  # the server's own time per broadcast, over this stage
     full_gcs: Histogram | None = None  # the server's full garbage collections while the POSTs went on
+    per_post: list[tuple[float, float, float]] = field(default_factory=list)  # probes' first, median, last
 
 
+# With --load-clients quiet, the load clients read all that has arrived and then stop reading, before
+# each POST is sent, until this long after its answer, by when the narration's stream start and end
+# have been announced too; then they catch up for at least CATCH_UP_S. Clients on other machines take
+# none of the server's cores; reading here, 4950 sockets' worth of Python frame parsing shares them,
+# and a broadcast written while they read takes two to three times as long (docs/performance.md).
+QUIET_S = 1.2
+CATCH_UP_S = 0.6
 CONNECT_STEPS = 10  # probes join in step with the rest, so they are spread through the server's listener set
 
 
 async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool], http: aiohttp.ClientSession,
                     token: str, sockets: int, probes: int, posts: int, interval_s: float, concurrency: int,
-                    settle_s: float) -> Stage:
-    """`pools`: the load clients and the probe process; `probes` of the `sockets` are the probe's."""
+                    settle_s: float, quiet_load: bool) -> Stage:
+    """`pools`: the load clients and the probe process; `probes` of the `sockets` are the probe's.
+    `quiet_load`: the load clients stop reading around each POST (see QUIET_S)."""
     pool, probe = pools
     stage = Stage(sockets)
     started = time.monotonic()
@@ -151,7 +167,8 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     before = await scrape_histogram(http, server.base_url, BROADCAST)
     gcs_before = await scrape_histogram(http, server.base_url, PAUSES, FULL)
-    sent = await post_narrations(http, server.base_url, token, posts, interval_s, stage.answered_ms)
+    hold = (lambda quiet: pool.call("hold", [(quiet,)] * len(pool))) if quiet_load else None
+    sent = await post_narrations(http, server.base_url, token, posts, interval_s, stage.answered_ms, hold)
     await wait_idle(http, server.base_url)
     stage.broadcasts = (await scrape_histogram(http, server.base_url, BROADCAST)).minus(before)
     stage.full_gcs = (await scrape_histogram(http, server.base_url, PAUSES, FULL)).minus(gcs_before)
@@ -160,6 +177,9 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
     probed = await probe.call("collect", [(list(sent),)])
     absorb(stage, sent, [*await pool.call("collect", [(list(sent),)] * len(pool)), *probed])
     stage.probe_ms = [(t - sent[rid]) / 1e6 for rid, (kernel, _, _) in probed[0]["times"].items() for t in kernel]
+    for rid, (kernel, _, _) in sorted(probed[0]["times"].items(), key=lambda item: sent[item[0]]):
+        ms = sorted((t - sent[rid]) / 1e6 for t in kernel)
+        stage.per_post.append((ms[0], ms[len(ms) // 2], ms[-1]) if ms else (float("nan"),) * 3)
     await pool.call("disconnect")
     await probe.call("disconnect")
     await wait_listeners(http, server.base_url, CHANNEL, 0)
@@ -167,10 +187,13 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
 
 
 async def post_narrations(http: aiohttp.ClientSession, base_url: str, token: str, posts: int,
-                          interval_s: float, answered_ms: list[float]) -> dict[str, int]:
-    """POST `posts` narrations; returns the send time (time.time_ns) of each by request id."""
+                          interval_s: float, answered_ms: list[float], hold=None) -> dict[str, int]:  # noqa: ANN001
+    """POST `posts` narrations; returns the send time (time.time_ns) of each by request id. `hold(quiet)`,
+    if given, quiets the load clients from before each POST until QUIET_S after its answer."""
     sent = {}
     for k in range(posts):
+        if hold is not None:
+            await hold(True)
         started = time.time_ns()
         async with http.post(f"{base_url}/api/channels/{CHANNEL}/requests", json={"text": f"Bench call {k + 1}."},
                              headers={"Authorization": f"Bearer {token}"}) as resp:
@@ -179,7 +202,12 @@ async def post_narrations(http: aiohttp.ClientSession, base_url: str, token: str
             if resp.status != 202:
                 raise RuntimeError(f"expected 202 from the submit, got {resp.status}: {body}")
         sent[body["request_id"]] = started
-        await asyncio.sleep(interval_s * random.uniform(0.75, 1.25))  # no lockstep with the heartbeat or ticks
+        pause_s = interval_s * random.uniform(0.75, 1.25)  # no lockstep with the heartbeat or ticks
+        if hold is not None:
+            await asyncio.sleep(QUIET_S)
+            await hold(False)
+            pause_s = max(pause_s - QUIET_S, CATCH_UP_S)
+        await asyncio.sleep(pause_s)
     return sent
 
 
@@ -206,6 +234,12 @@ def absorb(stage: Stage, sent: dict[str, int], answers: list[dict]) -> None:
             stage.missed += missing
             per_request.setdefault(rid, []).extend(kernel)
     stage.spread_ms = [(max(k) - min(k)) / 1e6 for k in per_request.values() if k]
+
+
+def report_per_post(stage: Stage) -> None:
+    print(f"\n{stage.sockets} sockets, per POST in order: ms to the first, median and last probe")
+    for k, (first, median, last) in enumerate(stage.per_post, 1):
+        print(f"  {k:3d}: {first:6.1f} {median:6.1f} {last:6.1f}")
 
 
 def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
@@ -270,14 +304,17 @@ async def main(args: argparse.Namespace) -> None:
         async with aiohttp.ClientSession() as http:
             for sockets in [1, *args.sockets]:
                 stage = await run_stage(server, (pools[0], pools[1]), http, token, sockets, args.probes, args.posts,
-                                        args.interval, args.concurrency, args.settle)
+                                        args.interval, args.concurrency, args.settle, args.load_clients == "quiet")
                 print(f"{sockets} sockets: probes p50 {percentile(stage.probe_ms, 50):.1f} ms, "
                       f"p99 {percentile(stage.probe_ms, 99):.1f} ms; all sockets p50 "
                       f"{percentile(stage.kernel_ms, 50):.1f} ms, p99 {percentile(stage.kernel_ms, 99):.1f} ms",
                       flush=True)
                 stages.append(stage)
         report(stages, args.posts, args.probes, args.deflate)
-        print(f"client processes: {args.workers} at {args.client_priority} priority; server fan-out processes: "
+        if args.per_post:
+            report_per_post(stages[-1])
+        print(f"client processes: {args.workers} at {args.client_priority} priority, {args.load_clients} during "
+              f"the POSTs; server fan-out processes: "
               f"{args.fanout_processes or 'one per core'}")
         print(tcp_summary(tcp_before))
         print(server.problems())
@@ -301,10 +338,14 @@ if __name__ == "__main__":
     parser.add_argument("--client-priority", choices=PRIORITIES, default="normal",
                         help="the client processes' CPU priority (bench/workers.py lower_priority); 'idle' leaves "
                              "the server the CPU that clients on other machines would not take from it")
+    parser.add_argument("--load-clients", choices=("reading", "quiet"), default="reading",
+                        help="'quiet': the load clients stop reading from each POST until its announcements are "
+                             "out, as clients on other machines would take none of these cores (the probes read on)")
     parser.add_argument("--fanout-processes", type=int, default=0,
                         help="the server's [server] fanout_processes (0: its default, one per core)")
     parser.add_argument("--settle", type=float, default=12.0,
                         help="seconds between the last connect and the first POST, so the latency measured is a "
                              "connected audience's, not a burst of arrivals' (0: 1 s)")
+    parser.add_argument("--per-post", action="store_true", help="also list each POST's probe times (largest row)")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

@@ -99,6 +99,18 @@ class LightSocket:
 
     # -- reading -----------------------------------------------------------------
 
+    def pause(self) -> None:
+        """Read what has arrived, then stop reading: what arrives next waits in the kernel's receive
+        buffer, costing this process nothing."""
+        while not self.closed.done() and self._readable():
+            pass
+        if not self.closed.done():
+            self.loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        if not self.closed.done():
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
     def _wanted(self) -> int:
         """Bytes that complete the current header or frame, and not one more."""
         buf = self._buf
@@ -109,19 +121,20 @@ class LightSocket:
             return header - len(buf)
         return header + _payload_length(buf) - len(buf)
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
+        """Read up to READS_PER_WAKEUP times; True if there may be more."""
         for _ in range(READS_PER_WAKEUP):
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(max(self._wanted(), 1), ANCILLARY)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError:
                 self._lost()
-                return
+                return False
             read_ns = time.time_ns()
             if not data:
                 self._lost()
-                return
+                return False
             kernel_ns = read_ns
             for level, kind, value in ancillary:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
@@ -130,7 +143,8 @@ class LightSocket:
             self._buf += data
             self._drain(kernel_ns, read_ns)
             if self.closed.done():
-                return
+                return False
+        return True
 
     def _drain(self, kernel_ns: int, read_ns: int) -> None:
         buf = self._buf
