@@ -1,8 +1,9 @@
-"""Process-wide memory settings for the server, made once at start-up before any thread exists,
-and a way to give freed memory back. All no-ops where glibc is not the C library."""
+"""Process-wide settings for the server, made once at start-up before any thread exists: memory
+(no-ops where glibc is not the C library; and a way to give freed memory back) and open files."""
 
 import ctypes
 import os
+import resource
 import sys
 
 from broadcaster.errors import BadInput
@@ -114,3 +115,28 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard one; returns (before, after).
+
+    Every listener holds two descriptors here (its socket, and the fan-out's duplicate of it) and
+    every chunk fetch a connection, while many systems start a process with a soft limit of 1024
+    (and a hard one in the hundreds of thousands), which would refuse the 400th listener or so.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else _kernel_open_file_cap()
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, wanted
+
+
+def _kernel_open_file_cap() -> int:
+    try:
+        return int(open("/proc/sys/fs/nr_open").read())
+    except (OSError, ValueError):
+        return 1 << 20
