@@ -18,9 +18,16 @@ promptly; they are connected in step with the others, so they sit all through
 the server's order of writing, and their figures are the ones judged against
 the target. The all-sockets figures are shown too.
 
+The load clients share the server's two cores, and parsing every frame of
+thousands of sockets in Python takes a good part of them. Clients on other
+machines would take none, so with --load-clients quiet (how the target is
+judged) they read all that has arrived before each POST and then stop
+reading until its narration has been announced and played (QUIET_S); the
+probes read on. The default keeps every client reading throughout.
+
 The POSTs start --settle seconds after the last socket connected, once the
 server has dealt with the burst of arrivals (its collector freezes newcomers
-within 10 s), so the figures are a connected audience's.
+within 5-10 s), so the figures are a connected audience's.
 
 The baseline is the same run with one socket, on the same server. Target
 (docs/performance.md): p99 within 50 ms at 5000 sockets.
@@ -162,7 +169,7 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
     await wait_listeners(http, server.base_url, CHANNEL, stage.connected)
     stage.connect_s = time.monotonic() - started
     # The coalesced listeners_changed goes out 0.5 s after the last join, and the server's collector
-    # freezes a burst of newcomers within 10 s of it (one full collection): the POSTs come after both.
+    # freezes a burst of newcomers within 10 s of its end (one full collection): the POSTs come after both.
     await asyncio.sleep(max(1.0, settle_s))
     cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     before = await scrape_histogram(http, server.base_url, BROADCAST)

@@ -10,6 +10,7 @@ the kernel's cost per send on this machine, which bounds what any broadcast
 to N loopback sockets can take.
 
     .venv/bin/python bench/sendcost.py [--sockets 1000 5000] [--rounds 15] [--readers 2] [--reader-priority idle]
+    .venv/bin/python bench/sendcost.py --readers 0     # nobody reads: the send alone, receiver's TCP included
 """
 
 import argparse
@@ -70,11 +71,19 @@ def start_reader(clients: list[socket.socket], priority: str) -> int:
 def measure(count: int, rounds: int, readers: int, priority: str) -> dict[int, list[float]]:
     servers, clients = socket_pairs(count)
     pids = [start_reader(clients[k::readers], priority) for k in range(readers)]
-    for client in clients:
-        client.close()  # the readers have their copies
+    if readers:
+        for client in clients:
+            client.close()  # the readers have their copies
+    # else nobody reads: what arrives waits in each socket's receive buffer, and no reader is woken
     sendmany.HELPERS_FROM = 1  # split every group, whatever its size: this measures the split itself
     writers = {n: SocketWriter(n) for n in sorted({1, default_processes()})}
-    keys = {n: [writer.attach(s.fileno()) for s in servers] for n, writer in writers.items()}
+    keys: dict[int, list[int]] = {n: [] for n in writers}
+    for server in servers:
+        for n, writer in writers.items():
+            keys[n].append(writer.attach(server.fileno()))
+        server.close()  # each writer has its own copy
+    if not all(all(k) for k in keys.values()):
+        raise RuntimeError("expected every socket attached; out of descriptors? (ulimit -n)")
     times: dict[int, list[float]] = {n: [] for n in writers}
     try:
         for _ in range(rounds):
@@ -91,8 +100,8 @@ def measure(count: int, rounds: int, readers: int, priority: str) -> dict[int, l
         for pid in pids:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-        for server in servers:
-            server.close()
+        for sock in [*servers, *([] if readers else clients)]:
+            sock.close()
     return times
 
 
@@ -115,7 +124,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--readers", type=int, default=2, help="processes reading the client ends")
+    parser.add_argument("--readers", type=int, default=2,
+                        help="processes reading the client ends (0: none; nobody is woken, as with clients elsewhere)")
     parser.add_argument("--reader-priority", choices=PRIORITIES, default="idle",
                         help="see bench/workers.py lower_priority")
     main(parser.parse_args())
