@@ -3,7 +3,7 @@
 import json
 
 from sqlalchemy import bindparam, delete, event, func, insert, inspect, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -39,6 +39,7 @@ class Store:
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._upsert_chunk = _chunk_upsert(self.engine.dialect.name)  # None: no upsert statement known
         self.connection_log = ConnectionLog(self.session)
         self.ack_log = AckLog(self.session, before=self.connection_log.flush)  # acks refer to connection rows
 
@@ -111,10 +112,19 @@ class Store:
         if not requests:
             return
         chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
+        if self._upsert_chunk is None:
+            return await self._save_with_orm(requests, chunks)
         async with self.engine.begin() as conn:
             await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             if chunks:
-                await conn.execute(UPSERT_CHUNK, chunks)
+                await conn.execute(self._upsert_chunk, chunks)
+
+    async def _save_with_orm(self, requests: list[Request], chunks: list[dict]) -> None:
+        """For a database without an upsert statement here: a session merges each chunk row."""
+        async with self.session.begin() as s:
+            await s.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
+            for values in chunks:
+                await s.merge(ChunkRow(**values))
 
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""
@@ -241,9 +251,16 @@ INSERT_REQUEST = insert(_requests).values(line_seq=select(func.coalesce(func.max
 UPDATE_REQUEST = update(_requests).where(_requests.c.id == bindparam("request_id")).values(
     state=bindparam("new_state"), generation_started_ms=bindparam("new_generation_started_ms"),
     finished_at_ms=bindparam("new_finished_at_ms"), error=bindparam("new_error"))
-_upsert = sqlite_insert(_chunks)
-UPSERT_CHUNK = _upsert.on_conflict_do_update(
-    index_elements=[_chunks.c.id], set_={column.name: _upsert.excluded[column.name] for column in _chunks.c if column.name != "id"})
+
+
+def _chunk_upsert(dialect: str):  # noqa: ANN202
+    """Insert a chunk row or overwrite the one with its id, in the database's own words."""
+    insert_for = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
+    if insert_for is None:
+        return None
+    statement = insert_for(_chunks)
+    return statement.on_conflict_do_update(index_elements=[_chunks.c.id], set_={
+        column.name: statement.excluded[column.name] for column in _chunks.c if column.name != "id"})
 
 
 def _request_values(request: Request, channel_id: int) -> dict:

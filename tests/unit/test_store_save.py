@@ -1,0 +1,63 @@
+"""A step's save writes each request's state and every chunk row, new or changed, in one transaction,
+with the database's own upsert statement, or through the ORM where none is known; a new request
+goes to the back of its channel's line."""
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
+
+from broadcaster.core.ids import new_id
+from broadcaster.core.model import Chunk, Request
+from broadcaster.core.states import ChunkState, RequestState
+from db.store import Store, _chunk_upsert
+
+
+@pytest.fixture(params=["upsert", "orm"])
+async def store(request, tmp_path):
+    made = Store(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+    await made.create_schema()
+    if request.param == "orm":
+        made._upsert_chunk = None  # as for a database without an upsert statement
+    yield made
+    await made.close()
+
+
+def narration(*sentences: str) -> Request:
+    return Request(new_id(), "table", " ".join(sentences), list(sentences), 1000)
+
+
+async def test_saved_chunks_and_states_come_back_as_the_line(store):
+    channel_id = (await store.create_channel("table", "digest", 0)).id
+    first, second = narration("One.", "Two."), narration("Three.")
+    await store.insert_request(first, channel_id)
+    await store.insert_request(second, channel_id)
+    first.state, first.generation_started_ms = RequestState.GENERATING, 1100
+    first.chunks.append(Chunk(new_id(), first.request_id, 0, "One.", 800, 1200, sample_rate=22050, samples=17640))
+    await store.save([first])
+    first.chunks[0].starts_at_ms = 1700  # placed and played: the same row again, changed
+    first.chunks[0].state = ChunkState.PLAYED
+    first.chunks.append(Chunk(new_id(), first.request_id, 1, "Two.", 600, 1300))
+    await store.save([first, second])
+    line, _ = await store.load_line(channel_id, "table")
+    assert [r.request_id for r in line] == [first.request_id, second.request_id], "in the order submitted"
+    loaded = line[0]
+    assert (loaded.state, loaded.generation_started_ms) == (RequestState.GENERATING, 1100)
+    assert [(c.seq, c.state, c.starts_at_ms, c.duration_ms) for c in loaded.chunks] == [
+        (0, ChunkState.PLAYED, 1700, 800), (1, ChunkState.READY, None, 600)]
+    assert line[1].chunks == []
+
+
+async def test_a_new_request_takes_the_place_after_the_last_of_its_own_channel(store):
+    table = (await store.create_channel("table", "digest", 0)).id
+    other = (await store.create_channel("other", "digest", 0)).id
+    for channel_id in (other, other, table):
+        await store.insert_request(narration("Hi."), channel_id)
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT channel_id, line_seq FROM playback_requests ORDER BY rowid"))).all()
+    assert [tuple(row) for row in rows] == [(other, 1), (other, 2), (table, 1)]
+
+
+def test_postgresql_gets_its_own_upsert_and_an_unknown_database_none():
+    sql = str(_chunk_upsert("postgresql").compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (id) DO UPDATE SET" in sql
+    assert _chunk_upsert("mysql") is None
