@@ -5,6 +5,7 @@ import ctypes
 import os
 import resource
 import sys
+from pathlib import Path
 
 from broadcaster.errors import BadInput
 
@@ -137,6 +138,6 @@ def raise_open_file_limit() -> tuple[int, int]:
 
 def _kernel_open_file_cap() -> int:
     try:
-        return int(open("/proc/sys/fs/nr_open").read())
+        return int(Path("/proc/sys/fs/nr_open").read_text())
     except (OSError, ValueError):
         return 1 << 20

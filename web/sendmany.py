@@ -14,8 +14,8 @@ for a sixth of the time the main one did. Processes share nothing.
 The sockets are dealt out in batches of BATCH: each helper has AHEAD of them in
 hand, and the event loop's thread writes batches itself, handing a helper its
 next one whenever it answers one. So whichever process the machine runs more
-of writes more; with fixed halves, the broadcast lasted as long as the slower
-half, and on two shared cores one half was often 10-20 ms behind the other.
+of writes more; with fixed halves the broadcast lasted as long as the slower
+half (in one traced run on two shared cores, up to 18 ms past the other).
 The event loop's thread returns only when every answer is in, so nothing else
 touches those sockets meanwhile: no transport writes between, none closes one
 mid-write. Whatever a socket did not take is reported back, and the caller
