@@ -53,6 +53,8 @@ EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slo
 CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
 SQLITE = "broadcaster_sqlite_memory_bytes"
 IN_USE, FREE = "broadcaster_malloc_in_use_bytes", "broadcaster_malloc_free_bytes"
+FROZEN = "broadcaster_gc_frozen_objects"
+WALKED = "frozen objects walked once"  # the server's log line for a thaw (runtime/collector.py)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Point:
     sqlite_mb: float  # SQLite's page caches and statements, by its own count
     in_use_mb: float  # the C allocator's memory handed out: live objects under allocator = "malloc"
     free_mb: float  # free memory the C allocator holds: resident, reusable
+    frozen_k: float  # objects frozen out of the cycle collector's walks, in thousands: garbage in cycles
+    #                  among them waits for a thaw, so a steady climb is such garbage piling up
 
     @property
     def in_use_less_cache_mb(self) -> float:
@@ -136,17 +140,17 @@ async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySa
     while True:
         sample = await asyncio.to_thread(sampler.sample)
         listening = await listener_count(http, server.base_url, CHANNEL)
-        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE, IN_USE, FREE])
+        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE, IN_USE, FREE, FROZEN])
         data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
         cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
         point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000,
-                      gauges[SQLITE] / 2**20, gauges[IN_USE] / 2**20, gauges[FREE] / 2**20)
+                      gauges[SQLITE] / 2**20, gauges[IN_USE] / 2**20, gauges[FREE] / 2**20, gauges[FROZEN] / 1000)
         series.append(point)
         print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
               f"in use {point.in_use_mb:6.1f} MB  free {point.free_mb:5.1f} MB  "
-              f"heap {point.heap_kblocks:4.0f}k blocks  sqlite {point.sqlite_mb:4.1f} MB  "
+              f"heap {point.heap_kblocks:4.0f}k blocks  frozen {point.frozen_k:4.0f}k  sqlite {point.sqlite_mb:4.1f} MB  "
               f"children {sample.children_rss_mb:5.1f} MB  "
               f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
               flush=True)
@@ -210,6 +214,7 @@ def verdict(series: list[Point], minutes: float) -> None:
     if any(p.heap_kblocks for p in series):
         flat &= trend("Python heap (pymalloc)", "k blocks", series, lambda p: p.heap_kblocks)
     trend("SQLite (part of RSS)", "MB", series, lambda p: p.sqlite_mb)
+    trend("objects frozen out of the collector's walks", "k", series, lambda p: p.frozen_k)
     first, end = series[0].memory, series[-1].memory
     half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
     fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
@@ -222,11 +227,11 @@ def verdict(series: list[Point], minutes: float) -> None:
 
 def print_series(series: list[Point]) -> None:
     rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, p.in_use_mb,
-             p.free_mb, f"{p.heap_kblocks:.0f}",
+             p.free_mb, f"{p.heap_kblocks:.0f}", f"{p.frozen_k:.0f}",
              f"{p.sqlite_mb:.1f}", p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads,
              p.listening, p.data_mb, f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "SQLite MB", "HWM MB", "children MB",
+    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "frozen k", "SQLite MB", "HWM MB", "children MB",
                  "fds", "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
 
 
@@ -260,6 +265,10 @@ async def main(args: argparse.Namespace) -> None:
         print_series(series)
         print_activity(load, posts, live)
         verdict(series, args.minutes)
+        walks = [line for line in server.log_path.read_text(errors="replace").splitlines() if WALKED in line]
+        print(f"walks of every frozen object (what waits there in cycles is freed): {len(walks)}")
+        for line in walks:
+            print(f"  {line[line.index('garbage collector'):]}")
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:

@@ -112,12 +112,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
 def _keep_full_collections_short(app, mode: str, thaw_after_s: float) -> None:  # noqa: ANN001
     from broadcaster.runtime.collector import AudienceFreezer, HeapFreezer
-    from web.keys import HUB
+    from web.keys import HUB, METRICS
 
+    counted = app[METRICS].gc_frozen.set
     if mode == "audience":
-        freezer = AudienceFreezer(app[HUB].audience)
+        freezer = AudienceFreezer(app[HUB].audience, walk_every_s=thaw_after_s, on_count=counted)
     else:
-        freezer = HeapFreezer(thaw_after_s if mode == "survivors" else None)
+        freezer = HeapFreezer(thaw_after_s if mode == "survivors" else None, on_count=counted)
 
     async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
         frozen = freezer.start(asyncio.get_running_loop())

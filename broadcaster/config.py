@@ -25,7 +25,7 @@ class ServerConfig:
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
     gc_freeze: str = "audience"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
-    gc_thaw_minutes: float = 10  # with gc_freeze = "survivors": how often all frozen objects are walked once
+    gc_thaw_minutes: float = 10  # how often all frozen objects are walked once ("audience": at first; see collector.py)
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
 
     def __post_init__(self) -> None:

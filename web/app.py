@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -48,7 +49,12 @@ def make_engine(config: Config) -> TtsEngine:
 
 def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> web.Application:
     body_limit = max(64 * 1024, config.limits.max_text_chars * 8)
-    app = web.Application(middlewares=[request_log, json_errors], client_max_size=body_limit)
+    # Heartbeats at their own times: aiohttp rounds a timer longer than timeout_ceil_threshold up to the
+    # whole second, so each second's arrivals would be pinged together ever after. With thousands of
+    # listeners that is a thousand pings (and then pongs) in one turn of the loop, tens of
+    # milliseconds during which no announcement goes out (docs/performance.md).
+    app = web.Application(middlewares=[request_log, json_errors], client_max_size=body_limit,
+                          handler_args={"timeout_ceil_threshold": math.inf})
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()

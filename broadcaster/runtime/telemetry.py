@@ -10,7 +10,6 @@ the present (requests by state, listeners, memory) are taken afresh at each
 scrape by web/metrics.py, so they can never drift from the truth.
 """
 
-import gc
 import os
 import sys
 import time
@@ -119,10 +118,9 @@ class Telemetry:
             "broadcaster_gc_pause_seconds", "How long each run of Python's cycle collector stopped the server, by "
             "generation (2: a full collection, which walks every tracked object).", ("generation",), GC_BUCKETS_S)
         self.gc_frozen = r.gauge(
-            "broadcaster_gc_frozen_objects", "Objects frozen out of the cycle collector's walks: those made at "
-            "start-up, and as [server] gc_freeze says the survivors of later full collections (\"audience\": once a "
-            "quarter of the audience is new; \"survivors\": each one). 0 when gc_freeze is \"off\", or outside "
-            "`broadcaster serve`.")
+            "broadcaster_gc_frozen_objects", "Objects frozen out of the cycle collector's walks, as last counted: at "
+            "start-up and at each walk of them all (counting visits every one, so it is done only then). 0 when "
+            "[server] gc_freeze is \"off\", or outside `broadcaster serve`.")
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
             "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
@@ -248,7 +246,6 @@ class Telemetry:
             self.resident_memory.set(stats[0])
             self.open_fds.set(stats[1])
         self.heap_blocks.set(sys.getallocatedblocks())
-        self.gc_frozen.set(gc.get_freeze_count())
         if sqlite_memory_used is not None:
             self.sqlite_memory.set(sqlite_memory_used())
         return self.registry.render()

@@ -132,3 +132,34 @@ async def test_silent_peer_is_closed_and_forgotten_while_a_healthy_listener_stay
     assert await listeners(server) == 1
     reader.cancel()
     await asyncio.gather(reader, return_exceptions=True)
+
+
+async def first_ping_at(sock: socket.socket, buffer: bytes) -> float:
+    """The loop time at which the first ping frame arrives on the raw socket."""
+    loop = asyncio.get_running_loop()
+    while True:
+        while (frame := split_frame(buffer)) is not None:
+            opcode, _, buffer = frame
+            if opcode == 0x9:
+                return loop.time()
+        data = await loop.sock_recv(sock, 65536)
+        assert data, "expected a ping, got EOF"
+        buffer += data
+
+
+@pytest.mark.server_config({"limits": {"ws_heartbeat_s": 6, "max_connections_per_address": 0}})
+async def test_listeners_are_pinged_at_their_own_times_not_together_on_the_second(server):
+    """aiohttp rounds a heartbeat over 5 s up to the whole second, which would ping together, every
+    round, everyone who arrived within the same second (thousands in a burst): one long stall.
+    Here each listener's pings keep the spacing of its arrival."""
+    first, first_rest = await raw_websocket(server.ws_url())
+    await asyncio.sleep(0.5)
+    second, second_rest = await raw_websocket(server.ws_url())
+    try:
+        async with asyncio.timeout(30):
+            pinged = await asyncio.gather(first_ping_at(first, first_rest), first_ping_at(second, second_rest))
+        gap_s = pinged[1] - pinged[0]
+        assert 0.15 < gap_s < 0.85, f"expected the pings about 0.5 s apart, as the arrivals were, got {gap_s:.3f} s"
+    finally:
+        first.close()
+        second.close()

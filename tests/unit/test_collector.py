@@ -8,6 +8,8 @@ import weakref
 
 from broadcaster.runtime.collector import (
     AT_LEAST,
+    FULL_AFTER,
+    LONGEST,
     AudienceFreezer,
     HeapFreezer,
     PauseTimer,
@@ -125,11 +127,11 @@ async def collect_fully() -> None:
 
 
 @contextlib.contextmanager
-def audience_freezer(check_s: float, collector_runs: bool = True):  # noqa: ANN201
+def audience_freezer(check_s: float, collector_runs: bool = True, **options):  # noqa: ANN201
     """A started AudienceFreezer and the fake audience it counts; with `collector_runs` False, the
     collector runs no full collection of its own meanwhile."""
     audience = FakeAudience()
-    freezer = AudienceFreezer(audience, check_s=check_s)
+    freezer = AudienceFreezer(audience, check_s=check_s, **options)
     if not collector_runs:
         gc.disable()
     try:
@@ -141,22 +143,62 @@ def audience_freezer(check_s: float, collector_runs: bool = True):  # noqa: ANN2
         gc.unfreeze()
 
 
-async def test_survivors_are_frozen_only_once_a_quarter_of_the_audience_is_new():
+async def test_the_survivors_of_every_full_collection_are_frozen_and_full_collections_come_sooner():
+    python_s = gc.get_threshold()
     with audience_freezer(check_s=3600) as (audience, freezer):
-        audience.connected = AT_LEAST - 1
-        early = Node()
+        assert gc.get_threshold() == (*python_s[:2], FULL_AFTER)
+        audience.connected = 1  # no newcomers to speak of: a full collection's survivors are frozen anyway
+        renewed = Node()  # (a listener's heartbeat renews a dozen objects this way every round)
         await collect_fully()
-        assert freezer.freezes == 0 and not is_frozen(early), "too few newcomers to be worth a freeze"
-        audience.connected = 400
-        await collect_fully()
-        assert freezer.freezes == 1 and is_frozen(early)
-        audience.connected, audience.departed = 420, 79  # 99 arrived since: fewer than a quarter of 420
+        assert freezer.freezes == 1 and is_frozen(renewed)
         later = Node()
         await collect_fully()
-        assert freezer.freezes == 1 and not is_frozen(later)
-        audience.connected, audience.departed = 400, 100  # churn, no growth: 100 newcomers, a quarter
-        await collect_fully()
         assert freezer.freezes == 2 and is_frozen(later)
+        assert freezer.thaws == 0
+    assert gc.get_threshold() == python_s, "Python's thresholds come back when the freezer stops"
+
+
+async def test_after_a_large_freeze_the_next_full_collection_does_not_wait_for_a_quarter_of_it():
+    """Python runs a full collection only once the objects that reached the oldest generation since the
+    last outnumber a quarter of what that one left there, frozen or not; the freezer makes it count
+    from nothing. Without that, after 400 000 were frozen, the next full collection would wait for
+    100 000 to reach the oldest generation (a pause as long as the one the freeze was for)."""
+    full = []
+
+    def count_full(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(1)
+
+    with audience_freezer(check_s=3600) as (audience, freezer):
+        audience.connected = 1
+        gc.disable()  # one full collection finds all of them, as after a burst of arrivals
+        audience_held = [Node() for _ in range(400_000)]
+        gc.enable()
+        await collect_fully()
+        assert is_frozen(audience_held[0])
+        gc.callbacks.append(count_full)
+        try:
+            renewals = [Node() for _ in range(40_000)]  # long-lived: they reach the oldest generation
+        finally:
+            gc.callbacks.remove(count_full)
+        assert full, "expected a full collection among 40 000 long-lived objects"
+        del audience_held, renewals
+
+
+async def test_with_an_audience_a_full_collection_comes_every_few_seconds_unless_held_off():
+    with audience_freezer(check_s=3600, collector_runs=False, full_every_s=0.01) as (audience, freezer):
+        audience.connected = AT_LEAST - 1
+        small = Node()
+        await asyncio.sleep(0.1)  # ten ticks
+        assert freezer.freezes == 0 and not is_frozen(small), "a small audience renews too little to matter"
+        audience.connected = AT_LEAST
+        with held_off:
+            await asyncio.sleep(0.1)
+            assert freezer.freezes == 0, "no collection while one is held off"
+        async with asyncio.timeout(60):
+            while freezer.freezes < 2:  # the second proves the ticks go on
+                await asyncio.sleep(0.01)
+        assert is_frozen(small)
 
 
 async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collector_runs_none():
@@ -175,20 +217,25 @@ async def test_newcomers_are_collected_and_frozen_within_a_check_when_the_collec
         assert freezer.freezes == 1 and alive() is not None, "...which comes only once a quarter more arrive"
 
 
+async def check(freezer: AudienceFreezer) -> None:
+    freezer._check()
+    await asyncio.sleep(0)  # a collection's survivors are frozen on the loop's next turn
+
+
 async def test_a_late_burst_smaller_than_a_quarter_is_frozen_once_arrivals_stop():
     with audience_freezer(check_s=3600, collector_runs=False) as (audience, freezer):
         audience.connected = 400
-        freezer._check()
+        await check(freezer)
         assert freezer.freezes == 1
         straggler = Node()
         audience.connected = 400 + AT_LEAST  # fewer than a quarter of the 500 now here...
-        freezer._check()
+        await check(freezer)
         assert freezer.freezes == 1 and not is_frozen(straggler), "...and still arriving: no freeze"
-        freezer._check()  # nobody arrived since the last check: the burst is over
+        await check(freezer)  # nobody arrived since the last check: the burst is over
         assert freezer.freezes == 2 and is_frozen(straggler)
         audience.connected += AT_LEAST - 1
-        freezer._check()
-        freezer._check()
+        await check(freezer)
+        await check(freezer)
         assert freezer.freezes == 2, "a finished burst must still be AT_LEAST listeners to be worth a freeze"
 
 
@@ -208,11 +255,38 @@ async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
             while freezer.thaws < 1:
                 await asyncio.sleep(0.01)
         assert alive() is None
-        stayed = Node()
         await asyncio.sleep(0.05)
         assert freezer.thaws == 1, "departures are counted again from the thaw"
-        await collect_fully()
-        assert not is_frozen(stayed), "and arrivals: no newcomers since the thaw, no freeze"
+
+
+async def test_walks_come_further_apart_while_they_find_little_and_close_again_when_one_finds_more():
+    counts = []
+    with audience_freezer(check_s=3600, collector_runs=False, walk_every_s=0.05,
+                          on_count=counts.append) as (audience, freezer):
+        for expected_s in (0.1, 0.2, 0.4, 0.8):
+            freezer._walk_all(0, 0)
+            assert freezer.walk_wait_s == expected_s, "little garbage found: the next walk waits twice as long"
+        for _ in range(3):
+            freezer._walk_all(0, 0)
+        assert freezer.walk_wait_s == LONGEST * 0.05, "up to LONGEST times the first wait"
+        in_flight = [Node() for _ in range(counts[-1] // 50)]  # 2% of the heap, caught in a freeze, then dead
+        gc.freeze()
+        alive = weakref.ref(in_flight[0])
+        del in_flight
+        freezer._walk_all(0, 0)
+        assert alive() is None and freezer.walk_wait_s == 0.05, "much garbage found: back to the first wait"
+        assert len(counts) == 1 + freezer.thaws, "counted at the start and at each walk"
+
+
+async def test_a_walk_comes_on_its_own_once_the_wait_is_over():
+    with audience_freezer(check_s=0.01, collector_runs=False, walk_every_s=0.05) as (audience, freezer):
+        async with asyncio.timeout(60):  # each walk covers the whole test process: its speed is not the point
+            while freezer.thaws < 2:
+                await asyncio.sleep(0.01)
+        with held_off:
+            walks = freezer.thaws
+            await asyncio.sleep(0.5)
+            assert freezer.thaws == walks, "no walk while collections are held off"
 
 
 async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
