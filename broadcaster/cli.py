@@ -88,12 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from broadcaster.process import choose_small_object_allocator, raise_open_file_limit, tune_allocator
+    from broadcaster.process import (choose_small_object_allocator, free_closed_transports_at_once,
+                                     raise_open_file_limit, tune_allocator)
 
     choose_small_object_allocator(config.server.allocator, restart=args.own_process)  # may start over
     from web.app import create_app
 
     tune_allocator()  # before the first thread
+    free_closed_transports_at_once()
     before, after = raise_open_file_limit()
     if after != before:
         logging.getLogger("broadcaster.serve").info("open files: limit raised from %d to %d", before, after)

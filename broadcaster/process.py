@@ -141,3 +141,36 @@ def _kernel_open_file_cap() -> int:
         return int(Path("/proc/sys/fs/nr_open").read_text())
     except (OSError, ValueError):
         return 1 << 20
+
+
+def _nothing_to_read() -> None:
+    pass
+
+
+def free_closed_transports_at_once() -> bool:
+    """Every closed TCP connection would otherwise wait for the cycle collector: asyncio's socket
+    transport (Python 3.11) keeps a bound method of its own as its read callback, a reference cycle
+    (with its socket and extras, 7 objects) that nothing breaks when the connection is lost. Where
+    the server freezes survivors out of the collector's walks (runtime/collector.py), a connection
+    that was open at a freeze and then closed waits there for the next walk of everything: a soak's
+    chunk fetchers, whose keep-alive connections come and go in thousands, piled up tens of MB so.
+    Clears the callback once the connection is gone (nothing reads after that); returns False where
+    this Python's transport has no such callback."""
+    from asyncio import selector_events
+
+    transport = getattr(selector_events, "_SelectorSocketTransport", None)
+    lost = getattr(transport, "_call_connection_lost", None)
+    if lost is None or "_read_ready_cb" not in transport.__init__.__code__.co_names:
+        return False
+    if getattr(lost, "frees_read_callback", False):
+        return True
+
+    def call_connection_lost(self, exc):  # noqa: ANN001, ANN202
+        try:
+            lost(self, exc)
+        finally:
+            self._read_ready_cb = _nothing_to_read
+
+    call_connection_lost.frees_read_callback = True
+    transport._call_connection_lost = call_connection_lost
+    return True
