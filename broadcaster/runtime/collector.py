@@ -273,8 +273,8 @@ class AudienceFreezer(HeapFreezer):
         self._freeze_all()
         self.freezes += 1
         self._arrived_before = connected + departed
+        self._listeners_frozen |= connected > 0
         if arrived >= AT_LEAST:
-            self._listeners_frozen = True
             log.info("garbage collector: %d listeners now, %d newly arrived frozen", connected, arrived)
 
     def _freeze_all(self) -> None:

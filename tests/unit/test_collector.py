@@ -289,6 +289,16 @@ async def test_a_walk_comes_on_its_own_once_the_wait_is_over():
             assert freezer.thaws == walks, "no walk while collections are held off"
 
 
+async def test_an_audience_that_trickled_in_is_walked_once_it_has_turned_over():
+    with audience_freezer(check_s=3600) as (audience, freezer):
+        for _ in range(40):  # never AT_LEAST newcomers between two freezes
+            audience.connected += 10
+            await collect_fully()
+        audience.connected, audience.departed = 0, 400
+        await check(freezer)
+        assert freezer.thaws == 1
+
+
 async def test_departures_thaw_nothing_while_only_the_start_up_heap_is_frozen():
     with audience_freezer(check_s=0.01, collector_runs=False) as (audience, freezer):
         audience.departed = 10 * AT_LEAST
