@@ -70,8 +70,8 @@ class Point:
     sqlite_mb: float  # SQLite's page caches and statements, by its own count
     in_use_mb: float  # the C allocator's memory handed out: live objects under allocator = "malloc"
     free_mb: float  # free memory the C allocator holds: resident, reusable
-    frozen_k: float  # objects frozen out of the cycle collector's walks, in thousands: garbage in cycles
-    #                  among them waits for a thaw, so a steady climb is such garbage piling up
+    frozen_k: float  # objects frozen out of the cycle collector's walks, in thousands, as counted at the last
+    #                  walk of them all (counting visits every one, so the server counts only then)
 
     @property
     def in_use_less_cache_mb(self) -> float:
@@ -214,7 +214,6 @@ def verdict(series: list[Point], minutes: float) -> None:
     if any(p.heap_kblocks for p in series):
         flat &= trend("Python heap (pymalloc)", "k blocks", series, lambda p: p.heap_kblocks)
     trend("SQLite (part of RSS)", "MB", series, lambda p: p.sqlite_mb)
-    trend("objects frozen out of the collector's walks", "k", series, lambda p: p.frozen_k)
     first, end = series[0].memory, series[-1].memory
     half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
     fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
@@ -231,7 +230,7 @@ def print_series(series: list[Point]) -> None:
              f"{p.sqlite_mb:.1f}", p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads,
              p.listening, p.data_mb, f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "frozen k", "SQLite MB", "HWM MB", "children MB",
+    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "frozen k (last walk)", "SQLite MB", "HWM MB", "children MB",
                  "fds", "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
 
 

@@ -24,13 +24,14 @@ that embeds the app) keeps objects out of the collector's walks with
   listeners' heartbeats. Each pong leaves about a dozen new objects per
   listener, replacing as many, so with 5000 listeners the collector's own
   full collections came tens of seconds apart and walked all the renewals of
-  that time (45-80 ms); every 2 s, they take 3-10 ms. A frozen object is
+  that time (26-82 ms); every 2 s, mostly 2-14 ms. A frozen object is
   still freed as soon as nothing refers to it; only garbage in reference
   cycles among frozen objects waits, for a walk: everything unfrozen and
   collected once, one full-length pause. A walk comes once as many listeners
   have left since the last one as are connected (the audience has turned
-  over: each departure leaves 5 objects asyncio's transport keeps in a cycle
-  of its own; web/ws.py breaks aiohttp's and ours, which were 48), and on a
+  over: web/ws.py breaks the cycles aiohttp's and ours left per departure,
+  48 objects, and `serve` the one asyncio's transport leaves per closed
+  connection, process.free_closed_transports_at_once), and on a
   timer (`walk_every_s`, `[server] gc_thaw_minutes`) that doubles, up to
   LONGEST times, after each walk that finds LITTLE garbage in cycles (what
   was in flight at a freeze and died in a cycle), and starts over after one
@@ -192,7 +193,7 @@ CHECK_S = 5  # how often arrivals and departures are counted: a burst is frozen 
 FULL_AFTER = 1
 # With AT_LEAST listeners or more, a full collection at least this often. Heartbeat renewals replace
 # objects one for one, so the youngest generation fills slowly and Python's own full collections come
-# tens of seconds apart, each walking the renewals of all that time (with 5000 listeners: 45-80 ms).
+# tens of seconds apart, each walking the renewals of all that time (with 5000 listeners: 26-82 ms).
 FULL_EVERY_S = 2.0
 LITTLE = 0.01  # of the objects walked: garbage a walk may find for the next wait to be twice as long
 LONGEST = 16  # the longest wait between walks, in multiples of the first
