@@ -14,6 +14,7 @@ import numpy as np
 import soundfile
 import websockets
 
+from broadcaster.core.playout import convert
 from tts.encode import read_flac
 from tts.engine import Pcm
 
@@ -42,23 +43,37 @@ class Heard:
     chunks: dict[str, HeardChunk] = field(default_factory=dict)
     requests_done: int = 0
     offset_ms: float = 0.0  # server clock minus ours, from time_sync
+    joined_at_ms: int | None = None  # the server's clock at the snapshot: nothing before it was heard
 
     def timeline(self) -> list[HeardChunk]:
         return sorted(self.chunks.values(), key=lambda c: c.starts_at_ms)
 
     def to_wav(self, path: Path) -> None:
-        """What was heard, each chunk at its place on the timeline, silence between."""
-        placed = [c for c in self.timeline() if c.pcm is not None]
-        if not placed:
+        """What was heard after joining, each chunk at its place on the timeline, silence between, in one
+        format: the highest rate and most channels among the chunks (narration is 22.05 kHz mono, tracks
+        44.1 kHz stereo), the others resampled and upmixed to it."""
+        clips = [clip for c in self.timeline() if c.pcm is not None and (clip := self._heard_part(c)) is not None]
+        if not clips:
             raise ValueError("nothing was heard, so there is nothing to write")
-        rate = placed[0].pcm.sample_rate
-        origin = placed[0].starts_at_ms
-        end = max((c.starts_at_ms - origin) * rate // 1000 + len(c.pcm.samples) for c in placed)
-        out = np.zeros(end, dtype=np.int16)
-        for c in placed:
-            at = (c.starts_at_ms - origin) * rate // 1000
-            out[at:at + len(c.pcm.samples)] = c.pcm.samples
+        rate = max(pcm.sample_rate for _, pcm in clips)
+        channels = max(pcm.channels for _, pcm in clips)
+        parts = [(start_ms, convert(pcm.samples, pcm.sample_rate, rate, channels)) for start_ms, pcm in clips]
+        origin = parts[0][0]
+        end = max((start_ms - origin) * rate // 1000 + len(samples) for start_ms, samples in parts)
+        out = np.zeros((end, channels), dtype=np.int16)
+        for start_ms, samples in parts:
+            at = (start_ms - origin) * rate // 1000
+            out[at:at + len(samples)] = samples
         soundfile.write(path, out, rate, subtype="PCM_16")
+
+    def _heard_part(self, chunk: HeardChunk) -> tuple[int, Pcm] | None:
+        """The part of a chunk after joining, with when it starts; None if it had ended by then."""
+        joined_ms = chunk.starts_at_ms if self.joined_at_ms is None else self.joined_at_ms
+        late_ms = max(0, joined_ms - chunk.starts_at_ms)
+        skip = late_ms * chunk.pcm.sample_rate // 1000
+        if skip >= len(chunk.pcm.samples):
+            return None
+        return chunk.starts_at_ms + late_ms, Pcm(chunk.pcm.samples[skip:], chunk.pcm.sample_rate)
 
 
 async def listen(base_url: str, channel: str, out: Path | None = None, max_requests: int = 0,
@@ -98,6 +113,8 @@ class _Follower:
 
     def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if kind == "snapshot":
+            self.heard.joined_at_ms = message["server_time_ms"]
         if kind == "snapshot" and message["now_playing"]:
             for chunk in message["now_playing"]["chunks"]:
                 self.note(message["now_playing"]["request_id"], chunk)

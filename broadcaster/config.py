@@ -1,5 +1,6 @@
 """Configuration: built-in defaults, overlaid by a TOML file and command-line flags."""
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,12 +28,25 @@ class ServerConfig:
     gc_freeze: str = "audience"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
     gc_thaw_minutes: float = 10  # how often all frozen objects are walked once ("audience": at first; see collector.py)
     fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
+    cors_origins: tuple[str, ...] = ("*",)  # pages that may read public channels cross-origin; see web/cors.py
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cors_origins", _origins(self.cors_origins))
         if self.gc_freeze not in GC_FREEZE_MODES:
             raise BadInput(f"expected [server] gc_freeze among {', '.join(GC_FREEZE_MODES)}, got {self.gc_freeze!r}")
         if not self.gc_thaw_minutes > 0:  # 0 would walk the whole heap on every turn of the event loop
             raise BadInput(f"expected [server] gc_thaw_minutes above 0, got {self.gc_thaw_minutes!r}")
+
+
+ORIGIN = re.compile(r"\*|https?://[^/\s:]+(:\d+)?/?", re.IGNORECASE)
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """The [server] cors_origins list: "*" or origins like "https://vtt.example" (scheme, host, optional port)."""
+    if isinstance(value, (list, tuple)) and all(isinstance(o, str) and ORIGIN.fullmatch(o) for o in value):
+        return tuple(o.lower().rstrip("/") for o in value)
+    raise BadInput(f"expected [server] cors_origins to be a list of \"*\" or origins like \"https://vtt.example\" "
+                   f"(no path), got {value!r}"[:300])
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from db.store import Store
 from tts.engine import TtsEngine
 from tts.loudness import level
 
-from . import api, live, metrics, pages, stream, tracks, ws
+from . import api, cors, live, metrics, pages, stream, tracks, ws
 from .fanout import Hub
 from .sendmany import SocketWriter
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE
@@ -83,6 +83,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_get("/c/{channel}/console", pages.console_page)
     app.router.add_get("/c/{channel}/live.mp3", live.live_mp3)
     app.router.add_get("/static/{name}", pages.static_file)
+    cors.setup(app)  # preflights and allow headers for the public reads above
     return app
 
 

@@ -2,6 +2,10 @@
 
 Icecast-style headers; with `Icy-MetaData: 1` the response carries ICY metadata
 (`StreamTitle`) every `icy-metaint` bytes, the way SHOUTcast/Icecast players expect.
+The body is framed as Icecast frames it, for every client: no length and no chunked
+encoding, `Connection: close`, so it ends when the connection does. Rippers such as
+streamripper count `icy-metaint` bytes of the raw body; chunk-size lines would land
+inside the audio and the metadata.
 """
 
 import contextlib
@@ -15,6 +19,22 @@ from .access import remote_of, require_listener
 from .keys import ACCESS, CONFIG, LIVE, STATION
 
 METAINT = 16000
+
+
+class CloseDelimitedResponse(web.StreamResponse):
+    """A streamed response whose body ends when the connection closes (HTTP/1.0 framing, valid in HTTP/1.1).
+
+    aiohttp frames any HTTP/1.1 response of unknown length as chunked and offers no switch for it.
+    Its own WebSocketResponse skips that framing with the class attribute `_length_check`; this
+    subclass sets the same attribute (aiohttp itself is not changed). tests/integration/
+    test_radio_clients.py reads the raw bytes, so an aiohttp that stops honouring it fails there.
+    """
+
+    _length_check = False
+
+    def __init__(self, headers: dict[str, str]):
+        super().__init__(headers={**headers, "Connection": "close"})
+        self.force_close()
 
 
 class IcyWriter:
@@ -59,7 +79,7 @@ async def live_mp3(request: web.Request) -> web.StreamResponse:
 async def _play(request: web.Request, runner: ChannelRunner) -> web.StreamResponse:
     live = await request.app[LIVE].stream(runner)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
-    response = web.StreamResponse(headers=_headers(request, runner.name, icy))
+    response = CloseDelimitedResponse(_headers(request, runner.name, icy))
     await response.prepare(request)
     listener = live.subscribe()
     try:

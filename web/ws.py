@@ -14,6 +14,7 @@ from broadcaster.errors import BadInput
 from .fanout import TOO_SLOW, Listener
 from .http_util import parse_json
 from .access import remote_of, require_listener
+from .cors import check_socket_origin
 from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE
 from .messages import error_json, queue_state_json
 
@@ -27,6 +28,7 @@ MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also re
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     runner = await app[STATION].runner(request.match_info["channel"])  # 404 before the upgrade
+    await check_socket_origin(request, runner.name)  # 403 for a page on an origin that may not listen
     await require_listener(request, runner.name)  # and 401 for a private channel without its key
     with app[ACCESS].connection(remote_of(request)):  # or 429
         return await _serve(request, runner)

@@ -20,6 +20,7 @@ from broadcaster.config import LiveConfig
 from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
+from broadcaster.core.titles import item_title, stream_title
 from db.audio_store import AudioStore
 from tts.encode import Mp3Encoder, decode_flac
 
@@ -128,14 +129,15 @@ class LiveStream:
             await asyncio.sleep(FRAME_MS / 2000)
 
     async def _placed(self, start_ms: int, end_ms: int) -> tuple[list[Placed], str]:
-        placed, title = [], self.idle_title
+        """What sounds in the frame, and the stream's title for it (it keeps self.title through gaps)."""
+        placed, sounding = [], []
         channel = self.runner.channel
         for request in (*channel.recent, *channel.line):
             for chunk in request.chunks:
                 if _sounds_within(chunk, start_ms, end_ms):
                     placed.append(Placed(chunk.starts_at_ms, await self._samples(chunk)))
-                    title = _title(request.text)
-        return placed, title
+                    sounding.append(item_title(request))
+        return placed, stream_title(self.title, sounding, bool(channel.line), self.idle_title)
 
     async def _samples(self, chunk: Chunk) -> np.ndarray:
         if chunk.chunk_id not in self._cache:
@@ -177,11 +179,6 @@ def _sounds_within(chunk: Chunk, start_ms: int, end_ms: int) -> bool:
     if chunk.starts_at_ms is None or chunk.state == ChunkState.DISCARDED:
         return False
     return chunk.starts_at_ms < end_ms and chunk.starts_at_ms + chunk.duration_ms > start_ms
-
-
-def _title(text: str, limit: int = 120) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _closed_queue() -> asyncio.Queue:

@@ -269,7 +269,7 @@ class Station:
             await asyncio.to_thread(self.audio.delete_request, request_id)
             self.audio.forget(request_id)
             raise
-        label = f"{info.artist} – {info.title}" if info.artist else info.title
+        label = f"{info.artist} - {info.title}" if info.artist else info.title
         request = Request(request_id, name, label, [info.title] * info.segments, self.clock(),
                           kind="track", title=info.title, artist=info.artist, duration_ms=info.duration_ms, auto=auto)
         return request, await runner.submit(request)
