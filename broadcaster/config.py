@@ -77,6 +77,17 @@ class LimitsConfig:
     producer_writes_per_minute: float = 120  # per client address and channel, including refused tokens
     producer_write_burst: int = 30
     max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
+    credential_recheck_s: float = 2  # open sockets and streams whose listen key or token was replaced close this soon
+    ws_auth_timeout_s: float = 10  # a console's socket must send its auth message within this
+    stream_write_timeout_s: float = 30  # a progressive stream whose client reads nothing this long is ended
+    max_stream_encoders: int = 32  # progressive streams (one ffmpeg each) open at once, server-wide
+
+    def __post_init__(self) -> None:
+        for name in ("credential_recheck_s", "ws_auth_timeout_s", "stream_write_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise BadInput(f"expected [limits] {name} above 0, got {getattr(self, name)!r}")
+        if self.max_stream_encoders < 1:
+            raise BadInput(f"expected [limits] max_stream_encoders of at least 1, got {self.max_stream_encoders!r}")
 
 
 MIN_PIPER_WINDOW_MS = 500  # below it the overlaps decoded twice (2 x 16 frames, 0.37 s) outweigh the window

@@ -1,9 +1,11 @@
 """Who may do what: producer writes need the channel's token (and stay under the write rate);
-a private channel needs its listen key, or the producer token, for anything that reveals or plays it."""
+a private channel needs its listen key, or the producer token, for anything that reveals or plays it.
+The credential that admitted a long-lived connection is kept, and checked again while it stays open
+(web/revocation.py)."""
 
 from aiohttp import web
 
-from broadcaster.auth import valid_channel_name
+from broadcaster.auth import Admission, Credential, valid_channel_name
 from broadcaster.errors import Unauthorized
 
 from .http_util import bearer_token
@@ -25,12 +27,18 @@ async def producer_channel(request: web.Request) -> str:
     return name
 
 
-async def require_listener(request: web.Request, name: str) -> None:
-    """Pass if the channel is public, or the request shows its listen key or producer token."""
+async def producer_credential(request: web.Request, name: str, token: str | None) -> Credential:
+    """What admits a producer's console: its token, checked like a producer write (and counted in the rate)."""
+    request.app[ACCESS].check_write_rate(remote_of(request), name)
+    return Credential(Admission.CONSOLE, await request.app[STATION].gate.check_token(name, token))
+
+
+async def require_listener(request: web.Request, name: str) -> Credential:
+    """Pass if the channel is public, or the request shows its listen key or producer token; returns which.
+    The token only as `Authorization: Bearer`: in a URL it would end up in logs and browser histories."""
     key = request.query.get("key") or request.headers.get("X-Listen-Key")
-    token = bearer_token(request) or request.query.get("token")
     try:
-        await request.app[STATION].gate.check_listener(name, key, token)
+        return await request.app[STATION].gate.check_listener(name, key, bearer_token(request))
     except Unauthorized:
         request.app[ACCESS].refused("listen_key")
         raise

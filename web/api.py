@@ -2,6 +2,7 @@
 
 from aiohttp import web
 
+from broadcaster.auth import Admission, Credential
 from broadcaster.errors import BadInput, GenerationError, NotFound
 from broadcaster.runtime.collector import held_off
 from db.audio_store import FORMATS
@@ -94,7 +95,7 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
     station = request.app[STATION]
     chunk = await station.find_chunk(chunk_id)
-    await require_listener(request, (await station.find_request(chunk.request_id)).channel)
+    credential = await require_listener(request, (await station.find_request(chunk.request_id)).channel)
     try:
         if fmt == "mp3":
             await station.delivery.ensure(chunk.request_id, chunk_id)
@@ -104,7 +105,7 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
     except (GenerationError, OSError) as exc:
         return error_response(503, "encoding_failed", f"the MP3 of chunk {chunk_id} could not be made: {exc}")
     headers = {"Accept-Ranges": "bytes", "Content-Type": CONTENT_TYPES[fmt],
-               "Cache-Control": "public, max-age=604800, immutable", "ETag": f'"{chunk_id}-{fmt}"'}
+               "Cache-Control": _cache_control(credential), "ETag": f'"{chunk_id}-{fmt}"'}
     try:
         wanted = parse_range(request.headers.get("Range"), len(data))
     except RangeNotSatisfiable as exc:
@@ -115,6 +116,13 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
     headers["Content-Range"] = wanted.content_range(len(data))
     request.app[METRICS].sent("chunk", wanted.end + 1 - wanted.start)
     return web.Response(body=data[wanted.start:wanted.end + 1], status=206, headers=headers)
+
+
+def _cache_control(credential: Credential) -> str:
+    """A chunk never changes, so anyone may keep it; but a private channel's only for the listener who
+    fetched it with the key: a shared cache would hand it to anyone who asks for its URL."""
+    scope = "public" if credential.admission is Admission.PUBLIC else "private"
+    return f"{scope}, max-age=604800, immutable"
 
 
 async def played(request: web.Request) -> web.Response:

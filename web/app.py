@@ -21,11 +21,12 @@ from tts.loudness import level
 from . import api, cors, live, metrics, pages, stream, tracks, ws
 from .fanout import Hub
 from .sendmany import SocketWriter
-from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE
+from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE, WATCH
 from .limits import Access
 from .middleware import json_errors
 from .publish import Publisher
-from .requestlog import AUDIO_FETCH, request_log, stamp_request_id
+from .requestlog import AUDIO_FETCH, quiet_malformed_requests, request_log, stamp_request_id
+from .revocation import CredentialWatch
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     failed = app[METRICS].fanout_helper_failures.inc
     app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_processes, on_failure=failed))
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
+    app[WATCH] = CredentialWatch(lambda name: app[STATION].gate.current(name), config.limits.credential_recheck_s)
+    quiet_malformed_requests()
     app.cleanup_ctx.append(_lifecycle(engine_factory))
     app.on_shutdown.append(_close_listeners)
     app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
@@ -119,4 +122,5 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
 
 async def _close_listeners(app: web.Application) -> None:
     """Say goodbye (1001) before aiohttp waits for open handlers, so shutdown is prompt."""
+    await app[WATCH].close()
     await app[HUB].close_all()

@@ -297,7 +297,8 @@ class Hub:
         if direct or busy:
             self.metrics.broadcast_took(time.perf_counter() - started)
 
-    def drop(self, listener: Listener, code: int, reason: bytes) -> None:
+    def drop(self, listener: Listener, code: int, reason: bytes, quiet: bool = False) -> None:
+        """Stop sending to the listener at once and close it with `code` (quiet: the caller logs it)."""
         if listener.dropped:
             return
         listener.dropped = True
@@ -305,7 +306,8 @@ class Hub:
             self.dropped_total += 1
             self.metrics.dropped_consumer("websocket")
         self.remove(listener)
-        log.warning("listener %s on %s dropped: %s", listener.connection_id, listener.channel, reason.decode())
+        if not quiet:
+            log.warning("listener %s on %s dropped: %s", listener.connection_id, listener.channel, reason.decode())
         task = asyncio.create_task(listener.close(code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -1,12 +1,24 @@
 """Small helpers shared by the HTTP handlers: JSON errors, ids, tokens, bodies."""
 
 import json
+import socket
 from typing import Any
 
 from aiohttp import web
 
 from broadcaster.core.ids import is_id
 from broadcaster.errors import BadInput, NotFound
+
+
+def cap_send_buffer(request: web.Request, size: int) -> None:
+    """Bound what the transport and the kernel hold for one client (0: leave the defaults), so a
+    client that stops reading makes writes wait soon, instead of parking megabytes in buffers."""
+    if request.transport is None or size <= 0:
+        return
+    request.transport.set_write_buffer_limits(high=size)
+    sock = request.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -12,6 +12,7 @@ from tts.engine import TtsEngine
 
 from .limits import Access
 from .fanout import Hub
+from .revocation import CredentialWatch
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
@@ -22,3 +23,4 @@ HUB = web.AppKey("hub", Hub)
 LIVE = web.AppKey("live", LiveStreams)
 METRICS = web.AppKey("metrics", Telemetry)
 ACCESS = web.AppKey("access", Access)
+WATCH = web.AppKey("watch", CredentialWatch)

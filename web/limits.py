@@ -1,4 +1,5 @@
-"""How much one client may do: producer writes per minute and open connections per address."""
+"""How much one client may do: producer writes per minute and open connections per address; and how
+many progressive-stream encoders the whole server runs at once."""
 
 import math
 from collections import Counter
@@ -12,10 +13,18 @@ from broadcaster.runtime.clock import Clock
 
 
 CONNECTION_RETRY_S = 10
+STREAM_RETRY_S = 10
 
 
 class TooManyConnections(RateLimited):
     code = "too_many_connections"
+
+
+class TooManyStreams(RateLimited):
+    """Not this client's excess but the server's: every encoder it allows is busy."""
+
+    status = 503
+    code = "too_many_streams"
 
 
 class Access:
@@ -26,6 +35,8 @@ class Access:
         self.writes_per_minute = limits.producer_writes_per_minute
         self.max_connections = limits.max_connections_per_address
         self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
+        self.max_encoders = limits.max_stream_encoders
+        self.encoders = 0  # progressive streams open now, each with its own ffmpeg
 
     def check_write_rate(self, remote: str, channel: str) -> None:
         wait_ms = self.writes.take((remote, channel), self.clock())
@@ -51,3 +62,17 @@ class Access:
             self.open[remote] -= 1
             if not self.open[remote]:
                 del self.open[remote]
+
+    @contextmanager
+    def stream_encoder(self) -> Iterator[None]:
+        """Hold one of the server's progressive-stream encoders for the duration of a stream."""
+        if self.encoders >= self.max_encoders:
+            self.refused("stream_encoders")
+            raise TooManyStreams(
+                f"expected at most {self.max_encoders} progressive streams open at once on this server, got "
+                f"another; try again in a little while, or play the chunk URLs instead", STREAM_RETRY_S)
+        self.encoders += 1
+        try:
+            yield
+        finally:
+            self.encoders -= 1

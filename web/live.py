@@ -16,7 +16,8 @@ from broadcaster.runtime.live import LiveListener, LiveStream
 from broadcaster.runtime.runner import ChannelRunner
 
 from .access import remote_of, require_listener
-from .keys import ACCESS, CONFIG, LIVE, STATION
+from .keys import ACCESS, CONFIG, LIVE, STATION, WATCH
+from .revocation import Watched
 
 METAINT = 16000
 
@@ -71,17 +72,19 @@ class IcyWriter:
 
 async def live_mp3(request: web.Request) -> web.StreamResponse:
     runner = await request.app[STATION].runner(request.match_info["channel"])
-    await require_listener(request, runner.name)
-    with request.app[ACCESS].connection(remote_of(request)):
-        return await _play(request, runner)
+    credential = await require_listener(request, runner.name)
+    with request.app[ACCESS].connection(remote_of(request)), \
+            request.app[WATCH].watch(runner.name, credential) as watched:  # ends it if the key is replaced
+        return await _play(request, runner, watched)
 
 
-async def _play(request: web.Request, runner: ChannelRunner) -> web.StreamResponse:
+async def _play(request: web.Request, runner: ChannelRunner, watched: Watched) -> web.StreamResponse:
     live = await request.app[LIVE].stream(runner)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
     response = CloseDelimitedResponse(_headers(request, runner.name, icy))
     await response.prepare(request)
     listener = live.subscribe()
+    watched.on_revoke(lambda reason: listener.end())
     try:
         await _pump(listener, live, IcyWriter(response, METAINT if icy else None))
     except (ConnectionError, RuntimeError):

@@ -14,12 +14,19 @@ counted in the metrics either way.
 The access log writes the path without its query string: a query may carry a
 listen key or a token, and logs are kept longer and shown to more people than
 keys should be. The path stays percent-encoded, so nothing in it can break a line.
+
+A request aiohttp cannot even parse (garbage bytes, a bad request line, an
+invalid header) never reaches a handler; aiohttp answers 400 itself and logs
+it, as an ERROR with a traceback (or, for a bad method on a connection's first
+request, at DEBUG, unseen). A filter on its logger turns either into one
+warning line saying what was wrong and from whom: a client's mistake, not ours.
 """
 
 import logging
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from broadcaster import logs
 from broadcaster.auth import valid_channel_name
@@ -81,3 +88,40 @@ async def stamp_request_id(request: web.Request, response: web.StreamResponse) -
     http_id = request.get(HTTP_REQUEST)
     if http_id is not None:
         response.headers["X-Request-Id"] = http_id
+
+
+SERVER_LOG = logging.getLogger("aiohttp.server")  # where aiohttp reports requests it could not parse
+MAX_LOGGED_PROBLEM = 200
+
+
+class MalformedRequests(logging.Filter):
+    """On aiohttp's server logger: a request aiohttp could not parse becomes one warning line. The
+    logger is opened to DEBUG so the first-request case reaches us; everything else passes only at
+    the level its parent logger would have let it through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return record.levelno >= logging.getLogger("aiohttp").getEffectiveLevel()
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown"
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "malformed HTTP request from %s: %s: %s", (remote, type(error).__name__,
+                                                                              _one_line(error.message))
+        record.exc_info, record.exc_text = None, None
+        record.remote = remote
+        return True
+
+
+def _one_line(text: object) -> str:
+    """aiohttp's parser messages span lines and point at the fault with a caret: keep the words, escaped."""
+    words = " ".join(line.strip() for line in str(text).splitlines() if line.strip(" ^"))
+    return words.encode("unicode_escape").decode("ascii")[:MAX_LOGGED_PROBLEM]
+
+
+_MALFORMED = MalformedRequests()
+
+
+def quiet_malformed_requests() -> None:
+    """Install the filter (once, however many apps are made)."""
+    SERVER_LOG.addFilter(_MALFORMED)
+    SERVER_LOG.setLevel(logging.DEBUG)

@@ -6,10 +6,15 @@ timeline sample for sample (ignoring underrun slips, which only pause it).
 Chunks are fed as soon as they exist; ffmpeg flushes every packet, so the
 first audio leaves as soon as the first sentence does. `?offset_ms=N` starts
 N ms into that content, cut at the exact sample.
+
+An encoder is a process, so they are bounded: at most `[limits]
+max_stream_encoders` at once on the server (then 503), and a listener that
+reads nothing for `stream_write_timeout_s` has its stream cut off.
 """
 
 import asyncio
 import contextlib
+import logging
 
 import numpy as np
 from aiohttp import web
@@ -20,51 +25,84 @@ from broadcaster.runtime.telemetry import Telemetry
 from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
-from .http_util import int_query, path_id
+from .http_util import cap_send_buffer, int_query, path_id
 from .access import remote_of, require_listener
-from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION
+from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION, WATCH
+from .revocation import Watched
+
+log = logging.getLogger(__name__)
 
 MAX_OFFSET_MS = 24 * 3_600_000
 WAIT_SLICE_S = 5.0
 COPY_BYTES = 16 * 1024
+# The kernel's share of what a listener has not read yet. Left to itself it grows to megabytes, which a
+# stalled listener fills without a write ever waiting, so its encoder would outlive the write timeout.
+SOCKET_BUFFER_BYTES = 64 * 1024
 
 
 async def request_stream(request: web.Request) -> web.StreamResponse:
     request_id = path_id(request, "request_id", "request")
     offset_ms = int_query(request, "offset_ms", 0, MAX_OFFSET_MS)
-    station = request.app[STATION]
+    station, access = request.app[STATION], request.app[ACCESS]
     playback = await station.find_request(request_id)
-    await require_listener(request, playback.channel)
-    with request.app[ACCESS].connection(remote_of(request)):
-        return await _stream(request, playback, offset_ms)
+    credential = await require_listener(request, playback.channel)
+    with access.connection(remote_of(request)), access.stream_encoder(), \
+            request.app[WATCH].watch(playback.channel, credential) as watched:  # or 429, 503
+        return await _stream(request, playback, offset_ms, watched)
 
 
-async def _stream(request: web.Request, playback: Request, offset_ms: int) -> web.StreamResponse:
-    station = request.app[STATION]
+async def _stream(request: web.Request, playback: Request, offset_ms: int, watched: Watched) -> web.StreamResponse:
+    station, limits = request.app[STATION], request.app[CONFIG].limits
     rate, channels = _format(playback, request.app[ENGINE].sample_rate)
     encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps * channels, "pipe:1", channels)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
+    cap_send_buffer(request, SOCKET_BUFFER_BYTES)
     feeder = _Feeder(request, encoder, rate, channels, offset_ms)
     feed = asyncio.create_task(feeder.feed(playback, station.runner_of(playback)))
-    copy = asyncio.create_task(_copy(encoder, response, request.app[METRICS]))
+    copy = asyncio.create_task(_copy(encoder, response, request.app[METRICS], limits.stream_write_timeout_s))
+    revoked = asyncio.Event()
+    watched.on_revoke(lambda reason: revoked.set())
+    stop = asyncio.create_task(revoked.wait())
     try:
-        # If the listener leaves, copying fails first and feeding must stop with it;
-        # otherwise feeding ends, ffmpeg flushes, and copying drains the rest.
-        await asyncio.wait({feed, copy}, return_when=asyncio.FIRST_EXCEPTION)
-        if feed.done() and feed.exception() is None:
-            await copy
-    except (ConnectionError, BrokenPipeError):
-        pass  # the listener went away
+        await _until_done(feed, copy, stop)
     finally:
-        for task in (feed, copy):
+        for task in (feed, copy, stop):
             task.cancel()
-        await asyncio.gather(feed, copy, return_exceptions=True)
+        await asyncio.gather(feed, copy, stop, return_exceptions=True)
         with contextlib.suppress(Exception):
             await encoder.abandon()
-    with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+    stalled = not copy.cancelled() and isinstance(copy.exception(), StalledClient)
+    if stalled or watched.reason:
+        log.info("progressive stream of %s cut off: %s", playback.request_id,
+                 copy.exception() if stalled else watched.reason)
+    await _end(request, response, limits.stream_write_timeout_s, stalled)
     return response
+
+
+async def _end(request: web.Request, response: web.StreamResponse, timeout_s: float, stalled: bool) -> None:
+    """End the response cleanly if the listener takes the end; drop the connection if it is not reading."""
+    try:
+        if not stalled:
+            async with asyncio.timeout(timeout_s):
+                await response.write_eof()
+            return
+    except ConnectionError:
+        return
+    except TimeoutError:
+        pass
+    if request.transport is not None:
+        request.transport.abort()  # what it did not read stays unread: there is no clean end to wait for
+
+
+async def _until_done(feed: asyncio.Task, copy: asyncio.Task, stop: asyncio.Task) -> None:
+    """Until copying ends (the whole MP3 sent, or the listener gone or stalled), feeding fails, or the
+    listener's credential is revoked. Feeding ending well is not the end: ffmpeg flushes, copying drains."""
+    waiting = {feed, copy, stop}
+    while copy in waiting and stop in waiting:
+        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if feed in done and (feed.cancelled() or feed.exception() is not None):
+            return
 
 
 def _format(playback: Request, speech_rate: int) -> tuple[int, int]:
@@ -74,10 +112,18 @@ def _format(playback: Request, speech_rate: int) -> tuple[int, int]:
     return (TRACK_RATE, TRACK_CHANNELS) if playback.kind == "track" else (speech_rate, 1)
 
 
-async def _copy(encoder: Mp3Encoder, response: web.StreamResponse, metrics: Telemetry) -> None:
+async def _copy(encoder: Mp3Encoder, response: web.StreamResponse, metrics: Telemetry, timeout_s: float) -> None:
     while data := await encoder.proc.stdout.read(COPY_BYTES):
-        await response.write(data)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await response.write(data)
+        except TimeoutError:
+            raise StalledClient(f"the client read nothing for {timeout_s:g} s") from None
         metrics.sent("progressive", len(data))
+
+
+class StalledClient(Exception):
+    """A write to the listener did not complete in time: its buffers are full and it is not reading."""
 
 
 class _Feeder:

@@ -1,26 +1,32 @@
-"""The listener WebSocket: a snapshot on connect, then events; acks and time sync from the client."""
+"""The listener WebSocket: a snapshot on connect, then events; acks and time sync from the client.
+A console (`?role=console`) first proves it holds the producer token; any socket is closed (4401)
+once the credential that admitted it no longer would (web/revocation.py)."""
 
+import contextlib
 import logging
-import socket
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from broadcaster.auth import Admission, Credential
 from broadcaster.core.ids import is_id, new_id
 from broadcaster.core.ratelimit import TokenBucket
 from broadcaster.runtime.runner import ChannelRunner
-from broadcaster.errors import BadInput
+from broadcaster.errors import BadInput, RateLimited
 
 from .fanout import TOO_SLOW, Listener
-from .http_util import parse_json
-from .access import remote_of, require_listener
+from .http_util import bearer_token, cap_send_buffer, parse_json
+from .access import producer_credential, remote_of, require_listener
 from .cors import check_socket_origin
-from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE
+from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE, WATCH
 from .messages import error_json, queue_state_json
+from .revocation import Watched
 
 log = logging.getLogger(__name__)
 
 RATE_LIMITED = 4029  # application close code: the client kept flooding after rate_limited errors
+REFUSED = 4401  # application close code: the credential was refused, or no longer admits the connection
+AUTH_TIMEOUT = 4408  # application close code: a console sent no auth message in time
 READY_AT_RANGE_MS = 86_400_000
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 
@@ -29,14 +35,23 @@ async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     runner = await app[STATION].runner(request.match_info["channel"])  # 404 before the upgrade
     await check_socket_origin(request, runner.name)  # 403 for a page on an origin that may not listen
-    await require_listener(request, runner.name)  # and 401 for a private channel without its key
+    credential = await _admit(request, runner.name)  # and 401 for a private channel without its key
     with app[ACCESS].connection(remote_of(request)):  # or 429
-        return await _serve(request, runner)
+        return await _serve(request, runner, credential)
 
 
-async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketResponse:
-    app = request.app
-    station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
+async def _admit(request: web.Request, name: str) -> Credential | None:
+    """What admits the connection, checked before the upgrade. A console needs the producer token:
+    from a client that can set headers, as `Authorization: Bearer`; a browser cannot, so None here,
+    and its first message carries it (the token never travels in the URL)."""
+    if request.query.get("role") != "console":
+        return await require_listener(request, name)
+    token = bearer_token(request)
+    return None if token is None else await producer_credential(request, name, token)
+
+
+async def _serve(request: web.Request, runner: ChannelRunner, credential: Credential | None) -> web.WebSocketResponse:
+    limits = request.app[CONFIG].limits
     # max_msg_size + 1: aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
     # compress=False: browsers always offer permessage-deflate, and a compressor per listener costs
     # ~100 KB of memory and CPU on every broadcast, for messages of a few hundred bytes.
@@ -46,13 +61,30 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
         await ws.prepare(request)
     except ConnectionError:
         return ws  # the client left during the upgrade: nobody to serve, nothing to report
-    _cap_kernel_buffer(request, limits.ws_socket_buffer_bytes)
+    # Bound what the kernel holds for one listener, so a stalled reader fills its queue and is dropped
+    # quickly instead of parking megabytes in socket buffers.
+    cap_send_buffer(request, limits.ws_socket_buffer_bytes)
+    if credential is None:
+        credential = await _authenticate(ws, request, runner.name)
+    if credential is None:
+        _break_cycles(request, ws)
+        return ws
+    with request.app[WATCH].watch(runner.name, credential) as watched:
+        await _listen(ws, request, runner, credential, watched)
+    return ws
+
+
+async def _listen(ws: web.WebSocketResponse, request: web.Request, runner: ChannelRunner, credential: Credential,
+                  watched: Watched) -> None:
+    app = request.app
+    station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
     connection_id = new_id()
     store.open_connection(connection_id, runner.channel_id, request.remote or "",
                           request.headers.get("User-Agent", ""), station.clock())
     listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
-                        counted=request.query.get("role") != "console",  # a producer's console is not an audience
+                        counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
                         transport=request.transport, buffer_limit=limits.ws_socket_buffer_bytes or 65536)
+    watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:
         async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
             snapshot = {"type": "snapshot", "connection_id": connection_id,
@@ -66,7 +98,47 @@ async def _serve(request: web.Request, runner: ChannelRunner) -> web.WebSocketRe
         await listener.close()
         _break_cycles(request, ws)
         store.close_connection(connection_id, station.clock())
-    return ws
+
+
+async def _authenticate(ws: web.WebSocketResponse, request: web.Request, name: str) -> Credential | None:
+    """A console's first message proves it holds the producer token: {"type": "auth", "token": ...},
+    within `ws_auth_timeout_s`. Answered `authenticated` (the snapshot follows), or an error and a close."""
+    timeout_s = request.app[CONFIG].limits.ws_auth_timeout_s
+    try:
+        msg = await ws.receive(timeout=timeout_s)
+    except TimeoutError:
+        await _refuse(ws, AUTH_TIMEOUT, error_json(
+            "auth_timeout", f"expected a first message {{\"type\": \"auth\", \"token\": ...}} within {timeout_s:g} s, "
+                            "got none"))
+        return None
+    if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        return None  # it left
+    try:
+        credential = await producer_credential(request, name, _auth_token(msg))
+    except BadInput as exc:
+        await _refuse(ws, RATE_LIMITED if isinstance(exc, RateLimited) else REFUSED, error_json(exc.code, exc.message))
+        return None
+    try:
+        await ws.send_json({"type": "authenticated", "channel": name})
+    except (ConnectionError, RuntimeError):
+        return None
+    return credential
+
+
+def _auth_token(msg) -> str:  # noqa: ANN001
+    expected = 'expected a console\'s first message to be {"type": "auth", "token": "<producer token>"}'
+    if msg.type != WSMsgType.TEXT:
+        raise BadInput(f"{expected}, got a binary frame")
+    message = _parse(msg.data)
+    if message["type"] != "auth" or not isinstance(message.get("token"), str):
+        raise BadInput(f"{expected}, got a message of type {message['type'][:40]!r}")
+    return message["token"]
+
+
+async def _refuse(ws: web.WebSocketResponse, code: int, error: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json(error)
+        await ws.close(code=code, message=error["code"].encode())
 
 
 def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
@@ -81,17 +153,6 @@ def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
     while error is not None and depth < 8:  # with the errors it was raised in handling of
         error.__traceback__ = None
         error, depth = error.__context__, depth + 1
-
-
-def _cap_kernel_buffer(request: web.Request, size: int) -> None:
-    """Bound what the kernel holds for one listener, so a stalled reader fills its queue and is dropped
-    quickly instead of parking megabytes in socket buffers."""
-    if request.transport is None or size <= 0:
-        return
-    request.transport.set_write_buffer_limits(high=size)
-    sock = request.transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.Request) -> None:
@@ -160,6 +221,9 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
     ready_at_ms = _ready_at(message, now_ms)
     station = request.app[STATION]
     chunk = await station.find_chunk(chunk_id)
+    if (await station.find_request(chunk.request_id)).channel != listener.channel:
+        raise WrongChannel(f"expected a chunk of channel {listener.channel!r} on its socket, got {chunk_id}, which is "
+                           "another channel's; nothing was recorded")
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
     if recorded:
         request.app[METRICS].acknowledged(chunk, now_ms, "ws")
@@ -185,3 +249,7 @@ def _ready_at(message: dict[str, Any], now_ms: int) -> int | None:
 
 class UnknownMessage(BadInput):
     code = "unknown_type"
+
+
+class WrongChannel(BadInput):
+    code = "wrong_channel"

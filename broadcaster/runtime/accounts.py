@@ -6,7 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from broadcaster.auth import hash_token, new_listen_key, new_token, token_matches, valid_channel_name
+from broadcaster.auth import (PUBLIC, Admission, Credential, hash_token, new_listen_key, new_token, token_matches,
+                              valid_channel_name)
 from broadcaster.errors import BadInput, NotFound, Unauthorized
 from db.store import Store
 
@@ -63,30 +64,42 @@ class Gate:
         self._keys: dict[str, tuple[str | None, float]] = {}
         self._reading: dict[str, asyncio.Future[str | None]] = {}
 
-    async def check_token(self, name: str, token: str | None) -> None:
+    async def check_token(self, name: str, token: str | None) -> str:
+        """The stored digest `token` matches; Unauthorized if it is missing or not the channel's token."""
         if not token:
             raise Unauthorized("expected 'Authorization: Bearer <producer token>', got no token")
-        if not await self._token_ok(name, token):
+        digest = await self._token_digest(name, token)
+        if digest is None:
             raise Unauthorized(f"the producer token is not valid for channel {name!r}")
+        return digest
 
-    async def _token_ok(self, name: str, token: str) -> bool:
+    async def _token_digest(self, name: str, token: str) -> str | None:
         # Read every time: producer writes are rare, and a replaced token must stop working at once.
         token_hash = await self.store.token_hash(name)
-        return token_hash is not None and token_matches(token, token_hash)
+        return token_hash if token_hash is not None and token_matches(token, token_hash) else None
 
-    async def check_listener(self, name: str, key: str | None, token: str | None) -> None:
-        """Public channels pass; a private one needs its listen key or its producer token."""
+    async def check_listener(self, name: str, key: str | None, token: str | None) -> Credential:
+        """Public channels pass; a private one needs its listen key or its producer token.
+        Returns what admitted the listener, so an open connection can be checked again later."""
         required = await self._listen_key_hash(name)
         if required is None:
-            return
+            return PUBLIC
         if key and token_matches(key, required):
-            return
-        if token and await self._token_ok(name, token):
-            return
+            return Credential(Admission.LISTEN_KEY, required)
+        if token and (digest := await self._token_digest(name, token)):
+            return Credential(Admission.PRODUCER_TOKEN, digest)
         if not key and not token:
             raise ListenKeyRequired(f"channel {name!r} is private: expected its listen key as ?key=<key> "
                                     "(the link its producer shares carries it), got none")
         raise ListenKeyRequired(f"the listen key is not valid for channel {name!r}; ask its producer for the current link")
+
+    async def current(self, name: str) -> tuple[str | None, str | None]:
+        """The channel's listen-key and producer-token digests, read now (one read; it refreshes the cache)."""
+        row = await self.store.channel(name)
+        if row is None:
+            return None, None
+        self._keys[name] = (row.listen_key_hash, time.monotonic())
+        return row.listen_key_hash, row.token_hash
 
     async def _listen_key_hash(self, name: str) -> str | None:
         """Cached briefly: every chunk fetch of every listener asks. When the cache is stale, one

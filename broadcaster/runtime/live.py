@@ -51,6 +51,12 @@ class LiveListener:
             return False
         return True
 
+    def end(self) -> None:
+        """End this player's stream now, dropping what waits for it (its listen key was revoked)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
 
 class LiveStream:
     def __init__(self, runner: ChannelRunner, audio: AudioStore, config: LiveConfig, clock: Clock,

@@ -253,7 +253,8 @@ async def test_private_channel_plays_from_the_shared_link_and_explains_without_i
     await page.goto(f"{server.base_url}/c/{server.channel}?key={key}")
     await page.click("#tune")
     await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 8")
-    async with websockets.connect(f"{server.ws_url()}?token={server.token}") as ws:
+    producer = {"Authorization": f"Bearer {server.token}"}  # a listener admitted by the token (never in the URL)
+    async with websockets.connect(server.ws_url(), additional_headers=producer) as ws:
         observer = Listener(ws)
         await observer.next("snapshot")
         request_id = (await (await server.say(NARRATION)).json())["request_id"]

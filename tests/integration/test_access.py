@@ -3,6 +3,8 @@ message limits and the per-address connection cap. Every refusal is clear and ch
 
 import asyncio
 import json
+import logging
+import socket
 import sys
 
 import aiohttp
@@ -10,10 +12,10 @@ import pytest
 import websockets
 from sqlalchemy import func, select
 
-from broadcaster.runtime.accounts import set_listen_key
+from broadcaster.runtime.accounts import create_channel, new_producer_token, set_listen_key
 
 from db.models import DeliveryRow
-from web.keys import METRICS
+from web.keys import ACCESS, METRICS
 
 from conftest import Listener, start_server
 
@@ -22,6 +24,10 @@ async def private_server(tmp_path, overrides=None):  # noqa: ANN001, ANN201
     runner, server = await start_server(tmp_path, overrides)
     key = await set_listen_key(server.station.store, server.channel, private=True)
     return runner, server, key
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def status_of(http: aiohttp.ClientSession, method: str, url: str, **kwargs) -> tuple[int, str]:
@@ -40,7 +46,7 @@ async def test_private_channel_refuses_everything_without_its_key(tmp_path):
     runner, server, key = await private_server(tmp_path)
     try:
         base, ch = server.base_url, server.channel
-        producer_ws = await websockets.connect(server.ws_url() + f"?token={server.token}")
+        producer_ws = await websockets.connect(server.ws_url(), additional_headers=bearer(server.token))
         chunk = await played_request(server, Listener(producer_ws))
         chunk_url = f"{base}{chunk['url']}"
         guarded = [
@@ -190,3 +196,250 @@ async def test_connections_beyond_the_per_address_cap_get_429(server, connect):
                     await asyncio.sleep(0.1)
         assert json.loads(await third.recv())["type"] == "snapshot"
         await third.close()
+
+
+# -- open connections and the credentials that admitted them --------------------------------------
+
+RECHECK = {"limits": {"credential_recheck_s": 0.2}}
+STALLING = {"tts": {"tone_stall_marker": "STALL"}}  # a sentence with it never finishes: its stream stays open
+
+
+async def closed_with(ws: websockets.ClientConnection, within_s: float = 10) -> websockets.frames.Close:
+    """Read (and drop) messages until the server closes the socket; its close frame."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        async with asyncio.timeout(within_s):
+            while True:
+                await ws.recv()
+    return closed.value.rcvd
+
+
+async def read_to_end(resp: aiohttp.ClientResponse, within_s: float = 10) -> int:
+    """Read an HTTP stream until the server ends it; how many bytes came."""
+    size = 0
+    async with asyncio.timeout(within_s):
+        async for data in resp.content.iter_any():
+            size += len(data)
+    return size
+
+
+async def open_console(server, token: str) -> Listener:  # noqa: ANN001
+    """A console socket as the page opens it: ?role=console, then the token in the first message."""
+    console = Listener(await websockets.connect(server.ws_url() + "?role=console"))
+    await console.send({"type": "auth", "token": token})
+    await console.next("snapshot")
+    return console
+
+
+async def test_a_new_listen_key_cuts_off_sockets_and_streams_opened_with_the_old_one(tmp_path):
+    """The socket (4401), live.mp3 and a progressive stream opened with the old key end; the producer's socket stays."""
+    runner, server, old_key = await private_server(tmp_path, {**RECHECK, **STALLING})
+    try:
+        base, ch = server.base_url, server.channel
+        producer = Listener(await websockets.connect(server.ws_url(), additional_headers=bearer(server.token)))
+        chunk = await played_request(server, producer, "Heard first. STALL never comes.")
+        keyed = Listener(await websockets.connect(server.ws_url() + f"?key={old_key}"))
+        await keyed.next("snapshot")
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/c/{ch}/live.mp3?key={old_key}") as live, \
+                http.get(f"{base}/api/audio/stream/{chunk['request_id']}?key={old_key}") as stream:
+            assert live.status == 200 and stream.status == 200
+            new_key = await set_listen_key(server.station.store, ch, private=True)
+            close = await closed_with(keyed.ws)
+            assert close.code == 4401 and close.reason == "listen key no longer valid"
+            await read_to_end(live)
+            await read_to_end(stream)
+        await producer.send({"type": "time_sync", "t0": 1})
+        assert (await producer.next("time_sync"))["t0"] == 1  # admitted by the token, which still holds
+        async with websockets.connect(server.ws_url() + f"?key={new_key}") as fresh:
+            assert json.loads(await fresh.recv())["type"] == "snapshot"
+        await producer.ws.close()
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.server_config(RECHECK)
+async def test_making_a_public_channel_private_cuts_off_those_listening_without_a_key(server, connect):
+    """A socket and a live.mp3 player that came in while the channel was public are closed once it is private."""
+    listener = await connect()
+    await listener.next("snapshot")
+    async with aiohttp.ClientSession() as http, http.get(f"{server.base_url}/c/{server.channel}/live.mp3") as live:
+        assert live.status == 200
+        await set_listen_key(server.station.store, server.channel, private=True)
+        close = await closed_with(listener.ws)
+        assert close.code == 4401 and close.reason == "channel is private now: listen key required"
+        await read_to_end(live)
+
+
+@pytest.mark.server_config(RECHECK)
+async def test_a_new_producer_token_closes_consoles_opened_with_the_old_one(server, connect):
+    """Rotating the token closes the console socket with 4401; a listener of the public channel stays."""
+    console = await open_console(server, server.token)
+    listener = await connect()
+    await listener.next("snapshot")
+    await new_producer_token(server.station.store, server.channel)
+    close = await closed_with(console.ws)
+    assert close.code == 4401 and close.reason == "producer token no longer valid"
+    await listener.send({"type": "time_sync", "t0": 7})
+    assert (await listener.next("time_sync"))["t0"] == 7
+
+
+@pytest.mark.server_config({"limits": {"ws_auth_timeout_s": 0.5}})
+async def test_a_console_socket_gets_no_snapshot_without_the_producer_token(server):
+    """?role=console: no auth message in time is 4408, a wrong token 4401 (after an error each); the token passes."""
+    url = server.ws_url() + "?role=console"
+    async with websockets.connect(url) as silent:
+        error = json.loads(await silent.recv())
+        assert error["type"] == "error" and error["code"] == "auth_timeout"
+        assert (await closed_with(silent)).code == 4408
+    async with websockets.connect(url) as wrong:
+        await wrong.send(json.dumps({"type": "auth", "token": "bc_wrong"}))
+        error = json.loads(await wrong.recv())
+        assert error["type"] == "error" and error["code"] == "unauthorized" and "not valid" in error["message"]
+        assert (await closed_with(wrong)).code == 4401
+    async with websockets.connect(url) as early:
+        await early.send(json.dumps({"type": "time_sync", "t0": 1}))
+        error = json.loads(await early.recv())
+        assert error["code"] == "bad_request" and "auth" in error["message"]
+        assert (await closed_with(early)).code == 4401
+    async with websockets.connect(url) as right:
+        await right.send(json.dumps({"type": "auth", "token": server.token}))
+        assert json.loads(await right.recv()) == {"type": "authenticated", "channel": server.channel}
+        snapshot = json.loads(await right.recv())
+        assert snapshot["type"] == "snapshot" and snapshot["listeners"] == 0  # a console is not counted
+    async with websockets.connect(url, additional_headers=bearer(server.token)) as by_header:
+        assert json.loads(await by_header.recv())["type"] == "snapshot"  # a client that can set headers
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(url, additional_headers=bearer("bc_wrong"))
+    assert refused.value.response.status_code == 401
+
+
+async def test_listener_routes_refuse_the_producer_token_in_the_url(tmp_path):
+    """?token= no longer opens a private channel (it would sit in logs and histories); the Bearer header does."""
+    runner, server, _ = await private_server(tmp_path)
+    try:
+        queue = f"{server.base_url}/api/channels/{server.channel}/audio/queue"
+        async with aiohttp.ClientSession() as http:
+            assert (await status_of(http, "GET", f"{queue}?token={server.token}"))[0] == 401
+            assert (await status_of(http, "GET", queue, headers=bearer(server.token)))[0] == 200
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(server.ws_url() + f"?token={server.token}")
+        assert refused.value.response.status_code == 401
+    finally:
+        await runner.cleanup()
+
+
+async def test_audio_played_for_a_chunk_of_another_channel_is_refused_on_the_socket(server, connect):
+    """The socket answers an error naming its own channel and records nothing."""
+    other = await create_channel(server.station.store, "elsewhere")
+    watcher = await connect("elsewhere")
+    await watcher.next("snapshot")
+    assert (await server.say("Elsewhere.", token=other.token, channel="elsewhere")).status == 202
+    chunk = await watcher.next("audio_chunk_ready", timeout=20)
+    listener = await connect()
+    await listener.next("snapshot")
+    await listener.send({"type": "audio_played", "chunk_id": chunk["chunk_id"]})
+    async with asyncio.timeout(10):
+        while (reply := json.loads(await listener.ws.recv()))["type"] not in ("error", "ack_recorded"):
+            pass
+    assert reply["type"] == "error" and reply["code"] == "wrong_channel"
+    assert "'table'" in reply["message"] and "elsewhere" not in reply["message"]
+    assert await acks_for(server, chunk["chunk_id"]) == 0
+
+
+async def test_private_channel_audio_is_cacheable_only_by_the_listener(tmp_path):
+    """A private channel's chunks are Cache-Control: private; a public channel's stay public and immutable."""
+    runner, server, key = await private_server(tmp_path)
+    try:
+        public = await create_channel(server.station.store, "open")
+        chunks = {}
+        for name, token, query in ((server.channel, server.token, f"?key={key}"), ("open", public.token, "")):
+            async with websockets.connect(server.ws_url(name) + query) as ws:
+                chunks[name] = await played_request_on(server, Listener(ws), token, name)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.base_url}{chunks[server.channel]['url']}?key={key}") as resp:
+                assert resp.status == 200
+                policy = resp.headers["Cache-Control"]
+                assert policy.startswith("private") and "public" not in policy
+            async with http.get(f"{server.base_url}{chunks['open']['url']}") as resp:
+                assert resp.status == 200 and resp.headers["Cache-Control"] == "public, max-age=604800, immutable"
+    finally:
+        await runner.cleanup()
+
+
+async def played_request_on(server, listener: Listener, token: str, channel: str) -> dict:  # noqa: ANN001
+    await listener.next("snapshot")
+    assert (await server.say("A line.", token=token, channel=channel)).status == 202
+    return await listener.next("audio_chunk_ready", timeout=20)
+
+
+LONG_TEXT = " ".join(f"Sentence number {i} goes on for a while, so the stream has much to send." for i in range(14))
+
+
+@pytest.mark.server_config({"limits": {"stream_write_timeout_s": 1}, "tts": {"tone_ms_per_char": 100,
+                                                                            "mp3_bitrate_kbps": 160}})
+async def test_a_progressive_stream_whose_client_reads_nothing_is_ended(server, connect):
+    """A client that stops reading has its stream ended (and its encoder stopped) after the write timeout."""
+    listener = await connect()
+    chunk = await played_request(server, listener, LONG_TEXT)  # ~100 s of audio: megabytes of MP3
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills at once
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    host, port = server.base_url.removeprefix("http://").split(":")
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, f"GET /api/audio/stream/{chunk['request_id']} HTTP/1.1\r\n"
+                                  f"Host: {host}\r\n\r\n".encode())
+    try:
+        async with asyncio.timeout(15):
+            while open_connections(server) < 2:  # the listener's socket, and now the stream
+                await asyncio.sleep(0.05)
+            while open_connections(server) > 1:  # the stream ends although nothing was read
+                await asyncio.sleep(0.1)
+        assert server.app[ACCESS].encoders == 0
+    finally:
+        sock.close()
+
+
+def open_connections(server) -> int:  # noqa: ANN001
+    return sum(server.app[ACCESS].open.values())
+
+
+@pytest.mark.server_config({"limits": {"max_stream_encoders": 2}, **STALLING})
+async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect):
+    """With the cap reached, one more stream is refused with 503, Retry-After and a JSON error that says so."""
+    listener = await connect()
+    chunk = await played_request(server, listener, "Heard first. STALL never comes.")
+    url = f"{server.base_url}/api/audio/stream/{chunk['request_id']}"
+    async with aiohttp.ClientSession() as http:
+        first, second = await http.get(url), await http.get(url)
+        try:
+            assert first.status == 200 and second.status == 200
+            async with http.get(url) as third:
+                assert third.status == 503 and int(third.headers["Retry-After"]) > 0
+                error = (await third.json())["error"]
+                assert error["code"] == "too_many_streams" and "2 progressive streams" in error["message"]
+        finally:
+            first.close()
+            second.close()
+    async with asyncio.timeout(10):  # the slots come back once those clients leave
+        while server.app[ACCESS].encoders:
+            await asyncio.sleep(0.05)
+
+
+async def test_malformed_requests_are_logged_as_one_warning_line(server, caplog):
+    """Garbage, a bad request line or a bad header: one warning naming the client, no error, no traceback."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    payloads = [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage",
+                b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"]
+    for payload in payloads:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(payload)
+        assert (await reader.read()).startswith(b"HTTP/1.")  # answered with a 400, then closed
+        writer.close()
+        await writer.wait_closed()
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelno for r in records] == [logging.WARNING] * 3, [r.getMessage()[:200] for r in records]
+    for record in records:
+        line = record.getMessage()
+        assert record.exc_info is None and "\n" not in line
+        assert line.startswith("malformed HTTP request from 127.0.0.1: ")

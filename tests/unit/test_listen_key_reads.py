@@ -2,6 +2,7 @@
 
 import asyncio
 
+from broadcaster.auth import Admission, Credential, hash_token
 from broadcaster.errors import Unauthorized
 from broadcaster.runtime.accounts import Gate, create_channel, set_listen_key
 from db.store import Store
@@ -24,7 +25,7 @@ async def test_a_burst_of_listener_checks_reads_the_key_once_and_each_check_stil
     checks = [gate.check_listener("table", key if i % 2 else "wrong", None) for i in range(200)]
     results = await asyncio.gather(*checks, return_exceptions=True)
     assert reads == ["table"], f"expected one read for 200 checks, got {len(reads)}"
-    assert all(r is None for r in results[1::2]), "the right key passes"
+    assert all(r == Credential(Admission.LISTEN_KEY, hash_token(key)) for r in results[1::2]), "the right key passes"
     assert all(isinstance(r, Unauthorized) for r in results[0::2]), "a wrong key is refused"
     await store.close()
 

@@ -1,16 +1,20 @@
 // The channel's WebSocket: connects, reconnects with backoff, keeps the clock in sync,
 // and hands every server message to `onMessage`. Shared by the listener page and the console.
+// A console proves itself with its first message (the token never goes in the URL); a socket the
+// server refuses (4401: a key or token that no longer works) is not reopened.
 
 import { ClockSync, nowMs } from "./sync.js";
 
 const SYNC_BURST = 8;
 const SYNC_EVERY_MS = 5000;
+const REFUSED = 4401;
 
 export class ChannelSocket {
-  constructor(channel, { onMessage, onState, role = "listener", params = {} }) {
+  constructor(channel, { onMessage, onState, role = "listener", params = {}, token = null }) {
     this.channel = channel;
     this.role = role;
-    this.params = params; // more query parameters: a private channel's key, a console's token
+    this.params = params; // more query parameters: a private channel's key
+    this.token = token; // a console's: () => the producer token, sent as the first message
     this.onMessage = onMessage;
     this.onState = onState;
     this.clock = new ClockSync();
@@ -20,6 +24,7 @@ export class ChannelSocket {
   }
 
   start() {
+    this.refused = false;
     this.connect();
     // A laptop waking from sleep: the clock may have jumped and the socket may be dead.
     document.addEventListener("visibilitychange", () => {
@@ -31,6 +36,7 @@ export class ChannelSocket {
 
   connect() {
     clearTimeout(this.retry);
+    if (this.refused) return; // the same key or token would only be refused again
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) return; // already connecting or live
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const params = new URLSearchParams(Object.entries(this.params).filter(([, value]) => value));
@@ -39,11 +45,15 @@ export class ChannelSocket {
     const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}${query}`);
     this.ws = ws;
     this.onState("connecting");
-    ws.onopen = () => { this.retryMs = 500; this.onState("live"); this.syncBurst(); };
+    ws.onopen = () => {
+      if (this.token) ws.send(JSON.stringify({ type: "auth", token: this.token() }));
+      this.retryMs = 500; this.onState("live"); this.syncBurst();
+    };
     ws.onmessage = (event) => this.receive(JSON.parse(event.data));
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return;
       clearInterval(this.timer);
+      if (event.code === REFUSED) { this.refused = true; this.onState("refused", event.reason); return; }
       this.onState("reconnecting", this.retryMs);
       this.retry = setTimeout(() => this.connect(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 15000) * (0.8 + Math.random() * 0.4); // jitter: no thundering herd

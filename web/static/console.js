@@ -8,7 +8,8 @@ const TOKEN_KEY = `broadcaster.token.${channel}`;
 const $ = (id) => document.getElementById(id);
 const state = { token: null, nowPlaying: null, queue: [], recent: [] };
 window.broadcasterConsole = state;
-const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, role: "console" });
+const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, role: "console",
+  token: () => state.token });
 
 document.title = `${channel} · console`;
 $("channel").textContent = channel;
@@ -49,7 +50,6 @@ async function login(token) {
     return;
   }
   localStorage.setItem(TOKEN_KEY, token);
-  socket.params.token = token; // a private channel's socket accepts the producer token as its key
   history.replaceState(null, "", location.pathname); // keep the token out of the address bar
   $("login").hidden = true;
   $("desk").hidden = false;
@@ -176,9 +176,20 @@ function button(label, onClick, ariaLabel) {
   return b;
 }
 
-function showConnection(kind, retryMs) {
-  $("connection").textContent = { connecting: "Connecting…", live: "Live", reconnecting: `Connection lost; retrying in ${Math.ceil(retryMs / 1000)} s` }[kind];
+function showConnection(kind, detail) {
+  $("connection").textContent = { connecting: "Connecting…", live: "Live", refused: `Disconnected: ${detail}`,
+    reconnecting: `Connection lost; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
   $("connection").dataset.state = kind;
+  if (kind === "refused") signOut(`Signed out: ${detail}. Enter the current producer token.`);
+}
+
+// The token stopped working (it was replaced): back to the log-in form, nothing remembered.
+function signOut(message) {
+  state.token = null;
+  localStorage.removeItem(TOKEN_KEY);
+  $("desk").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message;
 }
 
 function showListeners(count) { $("listeners").textContent = `${count} listening`; }

@@ -236,8 +236,9 @@ function checkDrift() {
 
 // ---- display ----------------------------------------------------------------------------
 
-function showConnection(kind, retryMs) {
-  const text = { connecting: "Connecting…", live: "Live", reconnecting: `Connection lost; retrying in ${Math.ceil(retryMs / 1000)} s` }[kind];
+function showConnection(kind, detail) {
+  const text = { connecting: "Connecting…", live: "Live", refused: `Disconnected: ${detail}; ask for the current link`,
+    reconnecting: `Connection lost; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
   $("connection").textContent = text;
   $("connection").dataset.state = kind;
 }
