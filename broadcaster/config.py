@@ -118,6 +118,17 @@ class MusicConfig:
     max_upload_mb: float = 100
     max_track_minutes: float = 30
     target_lufs: float = -16
+    decode_timeout_s: float = 300  # a decode still running after this is killed and the file refused
+    max_decodes: int = 2  # decodes at once, server-wide; others wait their turn
+    decode_wait_s: float = 30  # an upload waits this long for a turn, then is answered 503
+    decode_memory_mb: int = 1024  # address space each decoder may use
+
+    def __post_init__(self) -> None:
+        for name in ("max_track_minutes", "decode_timeout_s", "max_decodes", "decode_memory_mb"):
+            if not getattr(self, name) > 0:
+                raise BadInput(f"expected [music] {name} above 0, got {getattr(self, name)!r}")
+        if not self.decode_wait_s >= 0:
+            raise BadInput(f"expected [music] decode_wait_s of 0 or more, got {self.decode_wait_s!r}")
 
 
 @dataclass(frozen=True)

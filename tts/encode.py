@@ -15,6 +15,7 @@ import soundfile
 
 from broadcaster.errors import GenerationError
 
+from .children import spawn
 from .engine import Pcm
 
 
@@ -50,7 +51,7 @@ class Mp3Encoder:
     @classmethod
     async def start(cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1",
                     channels: int = 1) -> "Mp3Encoder":
-        proc = await asyncio.create_subprocess_exec(
+        proc = await spawn(
             *mp3_command(sample_rate, bitrate_kbps, target, channels),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

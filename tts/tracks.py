@@ -1,10 +1,15 @@
 """Music files as a chunk source: decode, normalize loudness, keep a lossless master, cut segments.
 
-Any format the bundled ffmpeg decodes is accepted (mp3, flac, ogg/opus, m4a/aac,
-wav...). A file is decoded once, strictly (a decoding error rejects it), with
-EBU R128 loudness normalization to the configured target so music and
-narration sit at the same level, into a 44.1 kHz stereo FLAC master next to
-the request's chunks. Chunks are then read from the master segment by segment.
+Uploads and the music folder are untrusted bytes, and ffmpeg picks its demuxer from a file's
+content, not its name; some formats (playlists, manifests, concat lists) name other files or
+URLs to read. So ffmpeg is handed the one file as an open descriptor, may open no other input
+(`-protocol_whitelist fd`), and may only use the demuxers of the audio formats accepted below.
+The length cap counts samples as they pass (atrim), since timestamps in a hostile file need not
+advance; every decode also has a wall-clock timeout and an address-space cap (tts/children.py).
+
+A file is decoded once, strictly, with EBU R128 loudness normalization to the configured target
+so music and narration sit at the same level, into a 44.1 kHz stereo FLAC master next to the
+request's chunks. Chunks are then read from the master segment by segment.
 """
 
 import asyncio
@@ -16,19 +21,36 @@ import soundfile
 
 from broadcaster.errors import BadInput
 
+from .children import Tail, spawn, stop
 from .encode import ffmpeg_exe
 from .engine import Pcm
 
 TRACK_RATE = 44100
 TRACK_CHANNELS = 2
 SEGMENT_MS = 5000
+MIN_TAIL_MS = 50  # a last segment shorter than this joins the one before it
 # loudnorm may hand a short file over as one huge frame, which the FLAC encoder refuses: re-frame it.
 FLAC_FRAMES = "asetnsamples=n=4096:p=0"
+# ffmpeg's demuxer names (a name matches any of a demuxer's aliases: "mov" is mp4 and m4a too).
+ACCEPTED_FORMATS = {
+    "mp3": "MP3", "flac": "FLAC", "ogg": "Ogg (Vorbis, Opus, FLAC)", "mov": "MP4/M4A (AAC, ALAC)",
+    "wav": "WAV", "aiff": "AIFF", "aac": "AAC (ADTS)", "matroska": "Matroska/WebM",
+}
+ACCEPTED = ", ".join(ACCEPTED_FORMATS.values())
+TAGS_BYTES = 64 * 1024  # ffmetadata output read for the title and artist; the rest is not wanted
+TAGS_TIMEOUT_S = 10
 
 
 class TrackRejected(BadInput):
     status = 422
     code = "not_audio"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_seconds: float
+    timeout_s: float
+    memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,21 +65,34 @@ class TrackInfo:
 
     @property
     def segments(self) -> int:
-        return max(1, -(-self.samples // segment_samples()))
+        return segment_count(self.samples)
 
 
 def segment_samples() -> int:
     return SEGMENT_MS * TRACK_RATE // 1000
 
 
-async def prepare_track(source: Path, master: Path, target_lufs: float, max_seconds: float,
+def segment_count(samples: int) -> int:
+    """Whole segments, plus the remainder as its own segment unless it is too short to hear."""
+    whole, rest = divmod(samples, segment_samples())
+    return max(1, whole + (rest * 1000 >= MIN_TAIL_MS * TRACK_RATE))
+
+
+def input_args() -> list[str]:
+    """ffmpeg reads its standard input (the file, opened by us) and nothing else, as an accepted format."""
+    return ["-protocol_whitelist", "fd", "-format_whitelist", ",".join(ACCEPTED_FORMATS), "-i", "fd:"]
+
+
+async def prepare_track(source: Path, master: Path, target_lufs: float, limits: DecodeLimits,
                         fallback_title: str) -> TrackInfo:
-    """Decode `source` into a normalized FLAC at `master`; raises TrackRejected with ffmpeg's reason."""
-    tags = await read_tags(source)
+    """Decode `source` into a normalized FLAC at `master`; raises TrackRejected with the reason.
+
+    Cancelling it (the client left) kills ffmpeg and leaves no file behind."""
     master.parent.mkdir(parents=True, exist_ok=True)
     part = master.with_suffix(".flac.part")
     try:
-        samples = await _decode_into(source, part, target_lufs, max_seconds)
+        samples = await _decode_into(source, part, target_lufs, limits)
+        tags = await read_tags(source, limits.memory_bytes)
         await asyncio.to_thread(_fsync, part)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -67,23 +102,51 @@ async def prepare_track(source: Path, master: Path, target_lufs: float, max_seco
     return TrackInfo(title=title[:200], artist=(tags.get("artist") or None), samples=samples)
 
 
-async def _decode_into(source: Path, target: Path, target_lufs: float, max_seconds: float) -> int:
-    """ffmpeg writes the normalized FLAC itself, so a long track never sits in memory; returns its length."""
-    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-y", "-i", str(source), "-vn",
-            "-t", str(max_seconds + 1), "-af", f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11,{FLAC_FRAMES}",
-            "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-c:a", "flac", "-sample_fmt", "s16",
+def decode_command(target: Path, target_lufs: float, max_seconds: float) -> list[str]:
+    # asetpts: timestamps become the sample count, so a file whose timestamps stand still or jump
+    # cannot confuse what follows; atrim stops after the cap (plus a second, to tell "too long").
+    cap = int((max_seconds + 1) * TRACK_RATE)
+    filters = (f"asetpts=N/SR/TB,aresample={TRACK_RATE},aformat=channel_layouts=stereo,atrim=end_sample={cap},"
+               f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11,aresample={TRACK_RATE},{FLAC_FRAMES}")
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-y", *input_args(), "-vn",
+            "-af", filters, "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-c:a", "flac", "-sample_fmt", "s16",
             "-f", "flac", str(target)]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    reason = err.decode(errors="replace").replace(str(source), "the file").strip().splitlines()
-    frames = await asyncio.to_thread(_frames, target) if proc.returncode == 0 else 0
+
+
+async def _decode_into(source: Path, target: Path, target_lufs: float, limits: DecodeLimits) -> int:
+    """ffmpeg writes the normalized FLAC itself, so a long track never sits in memory; returns its length."""
+    returncode, reason = await _run(decode_command(target, target_lufs, limits.max_seconds), source, limits)
+    frames = await asyncio.to_thread(_frames, target) if returncode == 0 else 0
+    if "not on whitelist" in reason:
+        raise TrackRejected(f"expected an audio file in one of the accepted formats ({ACCEPTED}), "
+                            "got another kind of file")
     if not frames:
-        raise TrackRejected(f"expected an audio file ffmpeg can decode, got one it cannot: {' '.join(reason[-2:])[:300] or 'no audio'}")
-    if frames > max_seconds * TRACK_RATE:
-        raise TrackRejected(f"expected a track of at most {max_seconds:g} s, got a longer one")
+        lines = reason.strip().splitlines()
+        raise TrackRejected(f"expected an audio file in one of the accepted formats ({ACCEPTED}), got one that "
+                            f"does not decode: {' '.join(lines[-2:])[:300] or 'no audio'}")
+    if frames > limits.max_seconds * TRACK_RATE:
+        raise TrackRejected(f"expected a track of at most {limits.max_seconds:g} s, got a longer one")
     if frames < TRACK_RATE // 10:
         raise TrackRejected("expected at least 0.1 s of audio, got less")
     return frames
+
+
+async def _run(args: list[str], source: Path, limits: DecodeLimits) -> tuple[int, str]:
+    """Run one decode of `source` within the limits; returns ffmpeg's exit code and the tail of its log."""
+    tail = Tail()
+    with open(source, "rb") as stdin:
+        proc = await spawn(*args, memory_bytes=limits.memory_bytes, stdin=stdin,
+                           stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            await tail.drain(proc.stderr)
+            await proc.wait()
+    except TimeoutError:
+        raise TrackRejected(f"expected a file that decodes within {limits.timeout_s:g} s, "
+                            "got one that took longer") from None
+    finally:
+        await asyncio.shield(stop(proc))
+    return proc.returncode, tail.text()
 
 
 def _frames(path: Path) -> int:
@@ -98,22 +161,39 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())  # durable before it is renamed into place, like chunk files
 
 
-async def read_tags(source: Path) -> dict[str, str]:
+async def read_tags(source: Path, memory_bytes: int | None = None) -> dict[str, str]:
     """Title and artist from the container's or the audio stream's tags (Ogg keeps them per stream)."""
     tags: dict[str, str] = {}
     for mapping in ("0", "0:s:a:0"):
-        proc = await asyncio.create_subprocess_exec(
-            ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "quiet", "-i", str(source), "-map_metadata", mapping,
-            "-f", "ffmetadata", "pipe:1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await proc.communicate()
-        for line in out.decode(errors="replace").splitlines():
+        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "quiet", *input_args(), "-map_metadata", mapping,
+                "-f", "ffmetadata", "pipe:1"]
+        for line in (await _metadata(args, source, memory_bytes)).splitlines():
             key, sep, value = line.partition("=")
             if sep and key.lower() in ("title", "artist") and value.strip():
                 tags.setdefault(key.lower(), value.strip())
     return tags
 
 
-def read_segment(master: Path, seq: int) -> Pcm:
+async def _metadata(args: list[str], source: Path, memory_bytes: int | None) -> str:
+    """The first TAGS_BYTES ffmpeg writes; empty if it does not finish in time."""
+    with open(source, "rb") as stdin:
+        proc = await spawn(*args, memory_bytes=memory_bytes, stdin=stdin, stdout=asyncio.subprocess.PIPE,
+                           stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(TAGS_TIMEOUT_S):
+            out = b""
+            while len(out) < TAGS_BYTES and (data := await proc.stdout.read(TAGS_BYTES - len(out))):
+                out += data
+    except TimeoutError:
+        out = b""
+    finally:
+        await asyncio.shield(stop(proc))
+    return out.decode(errors="replace")
+
+
+def read_segment(master: Path, seq: int, count: int) -> Pcm:
+    """Segment `seq` of `count`; the last one runs to the end (a short tail folded into it)."""
     size = segment_samples()
-    samples, rate = soundfile.read(master, start=seq * size, frames=size, dtype="int16", always_2d=True)
+    frames = size if seq < count - 1 else -1
+    samples, rate = soundfile.read(master, start=seq * size, frames=frames, dtype="int16", always_2d=True)
     return Pcm(samples, rate)

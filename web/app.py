@@ -121,6 +121,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
 
 
 async def _close_listeners(app: web.Application) -> None:
-    """Say goodbye (1001) before aiohttp waits for open handlers, so shutdown is prompt."""
+    """Say goodbye (1001) and stop decodes before aiohttp waits for open handlers, so shutdown is prompt."""
+    app[STATION].decoders.cancel_all()
     await app[WATCH].close()
     await app[HUB].close_all()

@@ -1,13 +1,18 @@
 """Small helpers shared by the HTTP handlers: JSON errors, ids, tokens, bodies."""
 
+import asyncio
 import json
 import socket
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from broadcaster.core.ids import is_id
 from broadcaster.errors import BadInput, NotFound
+
+T = TypeVar("T")
+LEFT_POLL_S = 0.25
 
 
 def cap_send_buffer(request: web.Request, size: int) -> None:
@@ -69,3 +74,20 @@ def int_query(request: web.Request, name: str, default: int, maximum: int) -> in
 class UnsupportedMedia(BadInput):
     status = 415
     code = "unsupported_media_type"
+
+
+async def while_connected(request: web.Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client hangs up first (aiohttp does not cancel handlers
+    when a client leaves). For slow work on the client's behalf, such as decoding its upload."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=LEFT_POLL_S)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client left before its request was done")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

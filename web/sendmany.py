@@ -47,6 +47,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from tts.children import child_setup
+
 log = logging.getLogger(__name__)
 
 HELPERS_FROM = 1024  # sockets in one broadcast before helper processes are worth their memory
@@ -99,7 +101,8 @@ class HelperProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen([sys.executable, str(SCRIPT), str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                         preexec_fn=child_setup())
         finally:
             theirs.close()
         ours.settimeout(REPLY_TIMEOUT_S)

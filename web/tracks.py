@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 from broadcaster.errors import BadInput, PayloadTooLarge
 
 from .access import producer_channel
-from .http_util import UnsupportedMedia, json_body
+from .http_util import UnsupportedMedia, json_body, while_connected
 from .keys import CONFIG, STATION
 
 READ_BYTES = 256 * 1024
@@ -29,11 +29,11 @@ async def add_track(request: web.Request) -> web.Response:
     if request.content_type == "application/json":
         body = await json_body(request)
         source = station.music_file(body.get("path"))
-        queued, position = await station.add_track(name, source, source.name)
+        queued, position = await while_connected(request, station.add_track(name, source, source.name))
     else:
         with _upload_file(request) as path:
             filename = await _receive(request, path)
-            queued, position = await station.add_track(name, path, filename)
+            queued, position = await while_connected(request, station.add_track(name, path, filename))
     return web.json_response(_track_json(queued, position), status=202)
 
 

@@ -50,7 +50,8 @@ class ChunkMaker:
 
     async def _produce(self, request: Request, seq: int, deadline_ms: int | None) -> Pcm:
         if request.kind == "track":
-            return await asyncio.to_thread(read_segment, self.audio.track_path(request.request_id), seq)
+            return await asyncio.to_thread(read_segment, self.audio.track_path(request.request_id), seq,
+                                           len(request.sentences))
         if self.synthesis is not None:
             return await self.synthesis.speak(request.sentences[seq], deadline_ms)
         return await self.engine.synthesize(request.sentences[seq])

@@ -15,7 +15,7 @@ from broadcaster.core.channel import Channel
 from broadcaster.core.events import ChunkScheduled, Event, RequestCancelled, RequestFailed
 from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
-from broadcaster.errors import GenerationError
+from broadcaster.errors import BadInput, GenerationError
 from db.store import Store
 
 from .clock import Clock
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 Publish = Callable[[str, list[Event]], None]
 SAVE_RETRY_S = (0.05, 0.2, 0.5)
 LEAD_WAKE_MS = 100  # a thousand listeners report on a first sentence at once: one new lead per 0.1 s is enough
+
+
+class QueueFull(BadInput):
+    status = 429
+    code = "queue_full"
+    retry_after_s = 5
 
 
 class ChannelRunner:
@@ -78,12 +84,17 @@ class ChannelRunner:
                 task.cancel()
         await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
 
-    async def submit(self, request: Request, step: Callable[[int], list[Event]] | None = None) -> int:
+    async def submit(self, request: Request, step: Callable[[int], list[Event]] | None = None,
+                     max_line: int | None = None) -> int:
         """Queue a request durably; returns its place in line (0 = on the air next or now).
 
         `step` inserts it somewhere other than the default place (a repeat copy, for one).
+        `max_line`: refuse with QueueFull if that many requests are waiting already (checked under
+        the lock, so requests submitted at once cannot all slip in under the limit).
         """
         async with self._lock:
+            if max_line is not None and len(self.channel.line) >= max_line:
+                raise QueueFull(f"channel {self.name!r} already has {max_line} requests waiting; try again later")
             with held_off:  # a collection would hold up the announcement to every listener
                 await self.store.insert_request(request, self.channel_id)
                 inserted = _saved_state(request)

@@ -22,26 +22,21 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.sentences import split_sentences
-from tts.tracks import prepare_track
+from tts.tracks import DecodeLimits, TrackInfo, prepare_track
 
 from .accounts import Gate
 from .autodj import AutoDJ
 from .cleanup import purge
 from .clock import Clock, wall_clock_ms
+from .decoders import Decoders
 from .delivery import Mp3Delivery
 from .generator import ChunkMaker
 from .synthesis import SynthesisQueue
-from .runner import ChannelRunner, Publish
+from .runner import ChannelRunner, Publish, QueueFull
 from .schedule import Scheduler
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(BadInput):
-    status = 429
-    code = "queue_full"
-    retry_after_s = 5
 
 
 def _guarded(step, *args):  # noqa: ANN001, ANN202
@@ -106,6 +101,7 @@ class Station:
         self._stopping = False
         self._auto_count: dict[str, int] = {}
         self.rng = Random()
+        self.decoders = Decoders(config.music.max_decodes, config.music.decode_wait_s, self.metrics.set_decodes)
 
     async def start(self) -> None:
         await self.store.close_stale_connections(self.clock())
@@ -259,20 +255,31 @@ class Station:
     async def add_track(self, name: str, source: Path, filename: str, auto: bool = False) -> tuple[Request, int]:
         """Decode a music file into a track request and queue it; nothing is left behind if it is refused."""
         runner = await self.runner(name)
-        self._check_room(runner)
+        self._check_room(runner)  # before the decode too: a full line need not cost one
         request_id = new_id()
-        music = self.config.music
         try:
-            info = await prepare_track(source, self.audio.track_path(request_id), music.target_lufs,
-                                       music.max_track_minutes * 60, Path(filename).stem or "Untitled")
+            async with self.decoders.turn(patient=auto):
+                info = await self._decode(request_id, source, Path(filename).stem or "Untitled")
         except BaseException:
-            await asyncio.to_thread(self.audio.delete_request, request_id)
-            self.audio.forget(request_id)
+            await asyncio.shield(self._forget_audio(request_id))
             raise
         label = f"{info.artist} - {info.title}" if info.artist else info.title
-        request = Request(request_id, name, label, [info.title] * info.segments, self.clock(),
-                          kind="track", title=info.title, artist=info.artist, duration_ms=info.duration_ms, auto=auto)
-        return request, await runner.submit(request)
+        request = Request(request_id, name, label, [info.title] * info.segments, self.clock(), kind="track",
+                          title=info.title, artist=info.artist, duration_ms=info.duration_ms, auto=auto)
+        try:
+            return request, await runner.submit(request, max_line=self.config.limits.max_queue)
+        except QueueFull:  # the line filled up while this one was decoding
+            await self._forget_audio(request_id)
+            raise
+
+    async def _decode(self, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
+        music = self.config.music
+        limits = DecodeLimits(music.max_track_minutes * 60, music.decode_timeout_s, music.decode_memory_mb * 1024 * 1024)
+        return await prepare_track(source, self.audio.track_path(request_id), music.target_lufs, limits, fallback_title)
+
+    async def _forget_audio(self, request_id: str) -> None:
+        await asyncio.to_thread(self.audio.delete_request, request_id)
+        self.audio.forget(request_id)
 
     def music_file(self, relative: object) -> Path:
         """A file inside the configured music folder; anything else is refused."""

@@ -130,6 +130,9 @@ class Telemetry:
         self.streaming = r.gauge(
             "broadcaster_streaming_requests", "Narrations on the air while still being synthesized, and how many "
             "the engine's measured speed allows at once (more wait until fully made).", ("limit",))
+        self.decodes = r.gauge(
+            "broadcaster_track_decodes", "Music files being decoded into tracks, and uploads waiting for a "
+            "decoder ([music] max_decodes at once).", ("state",))
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -222,6 +225,10 @@ class Telemetry:
         if usage is not None:
             self.malloc_in_use.set(usage[0])
             self.malloc_free.set(usage[1])
+
+    def set_decodes(self, running: int, waiting: int) -> None:
+        self.decodes.labels(state="running").set(running)
+        self.decodes.labels(state="waiting").set(waiting)
 
     def set_fanout_helpers(self, running: int) -> None:
         self.fanout_helpers.set(running)

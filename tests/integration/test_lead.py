@@ -52,8 +52,7 @@ async def test_a_bad_ready_time_is_refused_and_records_nothing(server, connect, 
 
 
 async def test_a_report_from_another_channels_listener_changes_no_lead(server, connect):
-    """Its channel did not place the chunk, so there is nothing to measure from; the acknowledgement
-    itself is still recorded, as before."""
+    """Its channel did not place the chunk: the acknowledgement is refused on its socket, and no lead moves."""
     await create_channel(server.station.store, "other")
     outsider = await connect("other")
     await outsider.next("snapshot")
@@ -62,7 +61,7 @@ async def test_a_report_from_another_channels_listener_changes_no_lead(server, c
     assert (await server.say("Our words.")).status == 202
     chunk = await listener.next("audio_chunk_ready")
     await outsider.send({"type": "audio_played", "chunk_id": chunk["chunk_id"], "ready_at_ms": chunk["starts_at_ms"]})
-    assert (await outsider.next("ack_recorded"))["duplicate"] is False
+    assert (await outsider.next("error"))["code"] == "wrong_channel"
     metrics = await scrape(server)
     assert metrics.value("broadcaster_lead_seconds", channel=server.channel) == FLOOR_MS / 1000
     assert metrics.value("broadcaster_lead_seconds", channel="other") == FLOOR_MS / 1000

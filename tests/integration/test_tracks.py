@@ -1,5 +1,6 @@
 """Music tracks: every common format decodes, is normalized and tagged; bad files leave nothing behind."""
 
+import io
 import re
 import subprocess
 from pathlib import Path
@@ -168,3 +169,14 @@ async def test_retrying_a_track_plays_the_music_again(server, connect, tmp_path)
             assert resp.status == 202
     started = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == retried["request_id"])
     assert started["kind"] == "track" and started["title"] == "Test Tone"
+
+
+async def test_a_tail_too_short_to_hear_joins_the_last_chunk(server, connect, tmp_path):
+    """A 25.02 s track is five chunks, the last 20 ms longer, not a sixth chunk of a few samples."""
+    listener = await connect()
+    await listener.next("snapshot")
+    status, body = await upload(server, io.BytesIO(make_fixture(tmp_path, "flac", seconds=25.02).read_bytes()), "audio/flac")
+    assert status == 202 and body["chunks"] == 5, body
+    chunks = [await listener.next("audio_chunk_ready", timeout=30) for _ in range(5)]
+    assert [c["duration_ms"] for c in chunks[:4]] == [5000] * 4
+    assert abs(chunks[4]["duration_ms"] - 5020) <= 2
