@@ -53,8 +53,8 @@ from serverproc import (
     ServerProcess,
     cpu_seconds,
     raise_nofile,
-    scrape_histogram,
     sample_memory,
+    scrape_histogram,
     tcp_counters,
     tcp_summary,
     wait_listeners,
@@ -151,9 +151,19 @@ CATCH_UP_S = 0.6
 CONNECT_STEPS = 10  # probes join in step with the rest, so they are spread through the server's listener set
 
 
-async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool], http: aiohttp.ClientSession,
-                    token: str, sockets: int, probes: int, posts: int, interval_s: float, concurrency: int,
-                    settle_s: float, quiet_load: bool) -> Stage:
+async def run_stage(
+    server: ServerProcess,
+    pools: tuple[WorkerPool, WorkerPool],
+    http: aiohttp.ClientSession,
+    token: str,
+    sockets: int,
+    probes: int,
+    posts: int,
+    interval_s: float,
+    concurrency: int,
+    settle_s: float,
+    quiet_load: bool,
+) -> Stage:
     """`pools`: the load clients and the probe process; `probes` of the `sockets` are the probe's.
     `quiet_load`: the load clients stop reading around each POST (see QUIET_S)."""
     pool, probe = pools
@@ -161,8 +171,10 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
     started = time.monotonic()
     probes = min(probes, sockets)
     for load_n, probe_n in zip(split(sockets - probes, CONNECT_STEPS), split(probes, CONNECT_STEPS)):
-        answers = [*await pool.call("connect", [(n, concurrency) for n in split(load_n, len(pool))]),
-                   *await probe.call("connect", [(probe_n, concurrency)])]
+        answers = [
+            *await pool.call("connect", [(n, concurrency) for n in split(load_n, len(pool))]),
+            *await probe.call("connect", [(probe_n, concurrency)]),
+        ]
         stage.connected += sum(a["connected"] for a in answers)
         for answer in answers:
             stage.failures.update(answer["failures"])
@@ -193,8 +205,15 @@ async def run_stage(server: ServerProcess, pools: tuple[WorkerPool, WorkerPool],
     return stage
 
 
-async def post_narrations(http: aiohttp.ClientSession, base_url: str, token: str, posts: int,
-                          interval_s: float, answered_ms: list[float], hold=None) -> dict[str, int]:  # noqa: ANN001
+async def post_narrations(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    token: str,
+    posts: int,
+    interval_s: float,
+    answered_ms: list[float],
+    hold=None,
+) -> dict[str, int]:
     """POST `posts` narrations; returns the send time (time.time_ns) of each by request id. `hold(quiet)`,
     if given, quiets the load clients from before each POST until QUIET_S after its answer."""
     sent = {}
@@ -202,8 +221,11 @@ async def post_narrations(http: aiohttp.ClientSession, base_url: str, token: str
         if hold is not None:
             await hold(True)
         started = time.time_ns()
-        async with http.post(f"{base_url}/api/channels/{CHANNEL}/requests", json={"text": f"Bench call {k + 1}."},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{base_url}/api/channels/{CHANNEL}/requests",
+            json={"text": f"Bench call {k + 1}."},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
             body = await resp.json()
             answered_ms.append((time.time_ns() - started) / 1e6)
             if resp.status != 202:
@@ -251,30 +273,75 @@ def report_per_post(stage: Stage) -> None:
 
 def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
     base = percentile(stages[0].probe_ms, 99)
-    print(f"\nannounce latency: POST sent -> the socket receives the playback_queue_updated naming the request")
-    deflate = (f"permessage-deflate offered as browsers do, agreed on {stages[-1].deflate} of {stages[-1].connected} "
-               "sockets" if offered else "no compression offered")
+    print("\nannounce latency: POST sent -> the socket receives the playback_queue_updated naming the request")
+    deflate = (
+        f"permessage-deflate offered as browsers do, agreed on {stages[-1].deflate} of {stages[-1].connected} sockets"
+        if offered
+        else "no compression offered"
+    )
     print(f"{posts} POSTs per row; kernel receive time (SO_TIMESTAMPNS); {deflate}; the baseline is the 1-socket row\n")
     rows = []
     for s in stages:
         p99 = percentile(s.probe_ms, 99)
-        rows.append([s.sockets, s.connected, len(s.probe_ms), percentile(s.probe_ms, 50), p99,
-                     max(s.probe_ms, default=float("nan")), f"{p99 / base:.1f}x" if base else "-",
-                     len(s.kernel_ms), s.missed, percentile(s.kernel_ms, 50), percentile(s.kernel_ms, 99),
-                     percentile(s.spread_ms, 50), percentile(s.answered_ms, 50), percentile(s.read_ms, 99), s.rss_mb,
-                     f"{s.cpu_share * 100:.0f}%", f"{s.connect_s:.1f}"])
-    print(table(["sockets", "connected", "probe samples", "probe p50 ms", "probe p99 ms", "probe max ms", "p99 vs 1",
-                 "all samples", "missed", "all p50 ms", "all p99 ms",
-                 "fan-out span p50 ms", "POST 202 p50 ms", "read p99 ms", "server RSS MB", "server CPU", "connect s"], rows))
-    print("\nthe server's own time per broadcast, from its broadcaster_broadcast_seconds histogram "
-          "(bucket bounds: p50 and p99 fall within them):")
+        rows.append(
+            [
+                s.sockets,
+                s.connected,
+                len(s.probe_ms),
+                percentile(s.probe_ms, 50),
+                p99,
+                max(s.probe_ms, default=float("nan")),
+                f"{p99 / base:.1f}x" if base else "-",
+                len(s.kernel_ms),
+                s.missed,
+                percentile(s.kernel_ms, 50),
+                percentile(s.kernel_ms, 99),
+                percentile(s.spread_ms, 50),
+                percentile(s.answered_ms, 50),
+                percentile(s.read_ms, 99),
+                s.rss_mb,
+                f"{s.cpu_share * 100:.0f}%",
+                f"{s.connect_s:.1f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "sockets",
+                "connected",
+                "probe samples",
+                "probe p50 ms",
+                "probe p99 ms",
+                "probe max ms",
+                "p99 vs 1",
+                "all samples",
+                "missed",
+                "all p50 ms",
+                "all p99 ms",
+                "fan-out span p50 ms",
+                "POST 202 p50 ms",
+                "read p99 ms",
+                "server RSS MB",
+                "server CPU",
+                "connect s",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\nthe server's own time per broadcast, from its broadcaster_broadcast_seconds histogram "
+        "(bucket bounds: p50 and p99 fall within them):"
+    )
     for s in stages:
         b = s.broadcasts
         if b is not None and b.count:
-            print(f"  {s.sockets:5d} sockets: {b.count:.0f} broadcasts, mean {b.total / b.count * 1000:.1f} ms, "
-                  f"p50 <= {b.bound(0.5) * 1000:g} ms, p99 <= {b.bound(0.99) * 1000:g} ms")
-    print("\nthe server's full garbage collections while the POSTs went on (each stops the server; "
-          "docs/performance.md):")
+            print(
+                f"  {s.sockets:5d} sockets: {b.count:.0f} broadcasts, mean {b.total / b.count * 1000:.1f} ms, "
+                f"p50 <= {b.bound(0.5) * 1000:g} ms, p99 <= {b.bound(0.99) * 1000:g} ms"
+            )
+    print(
+        "\nthe server's full garbage collections while the POSTs went on (each stops the server; docs/performance.md):"
+    )
     for s in stages:
         g = s.full_gcs
         if g is not None and g.count:
@@ -284,16 +351,22 @@ def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
     print("\nfan-out span: per request, last socket's receive time minus the first's (kernel times)")
     print("POST 202: from sending the POST to its answer (the announcement is queued for every socket before it)")
     print("read p99: the same latency measured when the client process read the frame (includes client lag)")
-    print("kernel times overestimate when a client falls behind: TCP merges a frame not yet read with the next "
-          "one\n  (each POST makes several broadcasts within ~0.2 s), and the merged data carries the later time;\n"
-          f"  the {probes} probe sockets are read promptly by a process of their own, so theirs do not")
+    print(
+        "kernel times overestimate when a client falls behind: TCP merges a frame not yet read with the next "
+        "one\n  (each POST makes several broadcasts within ~0.2 s), and the merged data carries the later time;\n"
+        f"  the {probes} probe sockets are read promptly by a process of their own, so theirs do not"
+    )
     for s in stages:
         if s.failures or s.closed_early:
-            print(f"{s.sockets} sockets: connect failures {dict(s.failures)}; closed by the server {dict(s.closed_early)}")
+            print(
+                f"{s.sockets} sockets: connect failures {dict(s.failures)}; closed by the server {dict(s.closed_early)}"
+            )
     largest = stages[-1]
     verdict = "meets" if percentile(largest.probe_ms, 99) <= TARGET_P99_MS else "MISSES"
-    print(f"\n{largest.sockets} sockets: probe p99 {percentile(largest.probe_ms, 99):.1f} ms {verdict} "
-          f"the target of <= {TARGET_P99_MS} ms (docs: at 5000 sockets)")
+    print(
+        f"\n{largest.sockets} sockets: probe p99 {percentile(largest.probe_ms, 99):.1f} ms {verdict} "
+        f"the target of <= {TARGET_P99_MS} ms (docs: at 5000 sockets)"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -310,19 +383,34 @@ async def main(args: argparse.Namespace) -> None:
         stages = []
         async with aiohttp.ClientSession() as http:
             for sockets in [1, *args.sockets]:
-                stage = await run_stage(server, (pools[0], pools[1]), http, token, sockets, args.probes, args.posts,
-                                        args.interval, args.concurrency, args.settle, args.load_clients == "quiet")
-                print(f"{sockets} sockets: probes p50 {percentile(stage.probe_ms, 50):.1f} ms, "
-                      f"p99 {percentile(stage.probe_ms, 99):.1f} ms; all sockets p50 "
-                      f"{percentile(stage.kernel_ms, 50):.1f} ms, p99 {percentile(stage.kernel_ms, 99):.1f} ms",
-                      flush=True)
+                stage = await run_stage(
+                    server,
+                    (pools[0], pools[1]),
+                    http,
+                    token,
+                    sockets,
+                    args.probes,
+                    args.posts,
+                    args.interval,
+                    args.concurrency,
+                    args.settle,
+                    args.load_clients == "quiet",
+                )
+                print(
+                    f"{sockets} sockets: probes p50 {percentile(stage.probe_ms, 50):.1f} ms, "
+                    f"p99 {percentile(stage.probe_ms, 99):.1f} ms; all sockets p50 "
+                    f"{percentile(stage.kernel_ms, 50):.1f} ms, p99 {percentile(stage.kernel_ms, 99):.1f} ms",
+                    flush=True,
+                )
                 stages.append(stage)
         report(stages, args.posts, args.probes, args.deflate)
         if args.per_post:
             report_per_post(stages[-1])
-        print(f"client processes: {args.workers} at {args.client_priority} priority, {args.load_clients} during "
-              f"the POSTs; server fan-out processes: "
-              f"{args.fanout_processes or 'one per core'}")
+        print(
+            f"client processes: {args.workers} at {args.client_priority} priority, {args.load_clients} during "
+            f"the POSTs; server fan-out processes: "
+            f"{args.fanout_processes or 'one per core'}"
+        )
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:
@@ -338,21 +426,42 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=float, default=1.5, help="mean seconds between POSTs")
     parser.add_argument("--workers", type=int, default=4, help="client processes")
     parser.add_argument("--concurrency", type=int, default=16, help="connects in flight per client process")
-    parser.add_argument("--probes", type=int, default=50,
-                        help="sockets of the promptly read probe process, judged against the target")
-    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
-                        help="offer permessage-deflate like a browser (default) or not")
-    parser.add_argument("--client-priority", choices=PRIORITIES, default="normal",
-                        help="the client processes' CPU priority (bench/workers.py lower_priority); 'idle' leaves "
-                             "the server the CPU that clients on other machines would not take from it")
-    parser.add_argument("--load-clients", choices=("reading", "quiet"), default="reading",
-                        help="'quiet': the load clients stop reading from each POST until its announcements are "
-                             "out, as clients on other machines would take none of these cores (the probes read on)")
-    parser.add_argument("--fanout-processes", type=int, default=0,
-                        help="the server's [server] fanout_processes (0: its default, one per core)")
-    parser.add_argument("--settle", type=float, default=12.0,
-                        help="seconds between the last connect and the first POST, so the latency measured is a "
-                             "connected audience's, not a burst of arrivals' (0: 1 s)")
+    parser.add_argument(
+        "--probes", type=int, default=50, help="sockets of the promptly read probe process, judged against the target"
+    )
+    parser.add_argument(
+        "--deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="offer permessage-deflate like a browser (default) or not",
+    )
+    parser.add_argument(
+        "--client-priority",
+        choices=PRIORITIES,
+        default="normal",
+        help="the client processes' CPU priority (bench/workers.py lower_priority); 'idle' leaves "
+        "the server the CPU that clients on other machines would not take from it",
+    )
+    parser.add_argument(
+        "--load-clients",
+        choices=("reading", "quiet"),
+        default="reading",
+        help="'quiet': the load clients stop reading from each POST until its announcements are "
+        "out, as clients on other machines would take none of these cores (the probes read on)",
+    )
+    parser.add_argument(
+        "--fanout-processes",
+        type=int,
+        default=0,
+        help="the server's [server] fanout_processes (0: its default, one per core)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=12.0,
+        help="seconds between the last connect and the first POST, so the latency measured is a "
+        "connected audience's, not a burst of arrivals' (0: 1 s)",
+    )
     parser.add_argument("--per-post", action="store_true", help="also list each POST's probe times (largest row)")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

@@ -31,8 +31,10 @@ def upgrade(port: int, channel: str = CHANNEL) -> socket.socket:
     """A WebSocket connection to `channel`, opened by hand: the upgrade only."""
     sock = socket.create_connection(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws/channels/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /ws/channels/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         data = sock.recv(4096)
@@ -50,8 +52,9 @@ def start_readers(socks: list[socket.socket], count: int) -> list[int]:
 
 async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, float]:
     """(mean broadcast seconds, broadcasts) with `processes` fan-out processes."""
-    settings = with_uncapped_limits({"tts": {"engine": "tone", "tone_ms_per_char": 30},
-                                     "server": {"fanout_processes": processes}})
+    settings = with_uncapped_limits(
+        {"tts": {"engine": "tone", "tone_ms_per_char": 30}, "server": {"fanout_processes": processes}}
+    )
     settings["limits"]["ws_heartbeat_s"] = 3600  # the drainers never answer a ping
     server = ServerProcess(settings)
     pids: list[int] = []
@@ -67,9 +70,11 @@ async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, f
             await asyncio.sleep(1.0)
             before = await scrape_histogram(http, server.base_url, BROADCAST)
             for k in range(posts):
-                async with http.post(f"{server.base_url}/api/channels/{CHANNEL}/requests",
-                                     json={"text": f"Broadcast number {k + 1}."},
-                                     headers={"Authorization": f"Bearer {token}"}) as resp:
+                async with http.post(
+                    f"{server.base_url}/api/channels/{CHANNEL}/requests",
+                    json={"text": f"Broadcast number {k + 1}."},
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp:
                     if resp.status != 202:
                         raise RuntimeError(f"expected 202 from the submit, got {resp.status}")
                 await asyncio.sleep(1.5 * random.uniform(0.75, 1.25))
@@ -85,8 +90,10 @@ async def one_server(processes: int, sockets: int, posts: int) -> tuple[float, f
 
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
-    print(f"server time per broadcast to {args.sockets} WebSocket listeners (drained at idle priority), "
-          f"{args.posts} POSTs per server; {os.cpu_count()} cores\n")
+    print(
+        f"server time per broadcast to {args.sockets} WebSocket listeners (drained at idle priority), "
+        f"{args.posts} POSTs per server; {os.cpu_count()} cores\n"
+    )
     results: dict[str, list[float]] = {"1 (baseline)": [], "default": []}
     for _ in range(args.pairs):
         for label, processes in (("1 (baseline)", 1), ("default", 0)):
@@ -95,8 +102,10 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  fan-out processes {label:12s}: {count:.0f} broadcasts, mean {mean_s * 1000:.1f} ms", flush=True)
     base = sum(results["1 (baseline)"]) / args.pairs
     now = sum(results["default"]) / args.pairs
-    print(f"\nmean over {args.pairs} servers each: one process {base:.1f} ms, with helpers {now:.1f} ms "
-          f"({base / now:.2f}x)")
+    print(
+        f"\nmean over {args.pairs} servers each: one process {base:.1f} ms, with helpers {now:.1f} ms "
+        f"({base / now:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

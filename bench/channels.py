@@ -73,8 +73,9 @@ class Channel:
         return sum(e["duration_ms"] for _, e in self.of_type("audio_chunk_ready"))
 
 
-async def follow(http: aiohttp.ClientSession, ws_url: str, channel: Channel, ready: asyncio.Event,
-                 done: asyncio.Event) -> None:
+async def follow(
+    http: aiohttp.ClientSession, ws_url: str, channel: Channel, ready: asyncio.Event, done: asyncio.Event
+) -> None:
     """Record the events of this channel's request, from before its POST until it has ended."""
     async with http.ws_connect(ws_url, heartbeat=None) as ws:
         ready.set()
@@ -92,8 +93,11 @@ async def follow(http: aiohttp.ClientSession, ws_url: str, channel: Channel, rea
 
 async def submit(http: aiohttp.ClientSession, base_url: str, channel: Channel) -> None:
     channel.sent_ms = time.time() * 1000
-    async with http.post(f"{base_url}/api/channels/{channel.name}/requests", json={"text": channel.text},
-                         headers={"Authorization": f"Bearer {channel.token}"}) as resp:
+    async with http.post(
+        f"{base_url}/api/channels/{channel.name}/requests",
+        json={"text": channel.text},
+        headers={"Authorization": f"Bearer {channel.token}"},
+    ) as resp:
         body = await resp.json()
     if resp.status != 202:
         raise RuntimeError(f"expected 202 from {channel.name}, got {resp.status}: {body}")
@@ -101,15 +105,18 @@ async def submit(http: aiohttp.ClientSession, base_url: str, channel: Channel) -
     channel.events = [(at, e) for at, e in channel.events if e.get("request_id") == channel.request_id]
 
 
-async def run_round(http: aiohttp.ClientSession, server: ServerProcess, tokens: dict[str, str], count: int,
-                    timeout_s: float) -> list[Channel]:
+async def run_round(
+    http: aiohttp.ClientSession, server: ServerProcess, tokens: dict[str, str], count: int, timeout_s: float
+) -> list[Channel]:
     names = sorted(tokens)[:count]
     channels = [Channel(name, tokens[name], paragraph(i)) for i, name in enumerate(names)]
     ws_base = server.base_url.replace("http", "ws")
     ready = [asyncio.Event() for _ in channels]
     done = [asyncio.Event() for _ in channels]
-    followers = [asyncio.create_task(follow(http, f"{ws_base}/ws/channels/{c.name}", c, r, d))
-                 for c, r, d in zip(channels, ready, done)]
+    followers = [
+        asyncio.create_task(follow(http, f"{ws_base}/ws/channels/{c.name}", c, r, d))
+        for c, r, d in zip(channels, ready, done)
+    ]
     await asyncio.gather(*(r.wait() for r in ready))
     await asyncio.sleep(0.5)  # let the snapshots and listener counts go by
     await asyncio.gather(*(submit(http, server.base_url, c) for c in channels))  # the same moment
@@ -130,11 +137,20 @@ def summary_row(channels: list[Channel], baseline_ttfa: float) -> list:
     ttfa = [c.ttfa_ms for c in channels]
     audio_s = sum(c.audio_ms for c in channels) / 1000
     wall_s = max(c.generated_after_ms for c in channels) / 1000
-    return [len(channels), len(shifts), sum(1 for c in channels if c.shifts), max(shifts, default=0),
-            sum(shifts), percentile(ttfa, 50), max(ttfa), f"{percentile(ttfa, 50) / baseline_ttfa:.1f}x",
-            min(leads, default=float("nan")), max(leads, default=float("nan")),
-            f"{audio_s / wall_s:.1f}x" if wall_s > 0 else "-",
-            ", ".join(f"{o} {n}" for o, n in _outcomes(channels).items())]
+    return [
+        len(channels),
+        len(shifts),
+        sum(1 for c in channels if c.shifts),
+        max(shifts, default=0),
+        sum(shifts),
+        percentile(ttfa, 50),
+        max(ttfa),
+        f"{percentile(ttfa, 50) / baseline_ttfa:.1f}x",
+        min(leads, default=float("nan")),
+        max(leads, default=float("nan")),
+        f"{audio_s / wall_s:.1f}x" if wall_s > 0 else "-",
+        ", ".join(f"{o} {n}" for o, n in _outcomes(channels).items()),
+    ]
 
 
 def _outcomes(channels: list[Channel]) -> dict[str, int]:
@@ -145,35 +161,87 @@ def _outcomes(channels: list[Channel]) -> dict[str, int]:
 
 
 def channel_rows(channels: list[Channel]) -> list[list]:
-    return [[c.name, len(c.of_type("audio_chunk_ready")), len(c.shifts), max(c.shifts, default=0), sum(c.shifts),
-             c.ttfa_ms, min(c.leads_ms, default=float("nan")), max(c.leads_ms, default=float("nan")),
-             c.generated_after_ms / 1000, c.audio_ms / 1000, c.outcome] for c in channels]
+    return [
+        [
+            c.name,
+            len(c.of_type("audio_chunk_ready")),
+            len(c.shifts),
+            max(c.shifts, default=0),
+            sum(c.shifts),
+            c.ttfa_ms,
+            min(c.leads_ms, default=float("nan")),
+            max(c.leads_ms, default=float("nan")),
+            c.generated_after_ms / 1000,
+            c.audio_ms / 1000,
+            c.outcome,
+        ]
+        for c in channels
+    ]
 
 
 def report(rounds: list[list[Channel]], engine: str) -> None:
     baseline = rounds[0][0].ttfa_ms
     for channels in rounds[1:]:
         print(f"\n{len(channels)} channels at once, per channel (ms unless marked):")
-        print(table(["channel", "sentences", "underruns", "worst slip", "total slip", "TTFA", "min lead",
-                     "max lead", "generated after s", "audio s", "outcome"],
-                    channel_rows(channels)))
-    print(f"\nsummary ({engine} engine; lead_ms {LEAD_MS}: a sentence ready less than {LEAD_MS // 2} ms "
-          f"before it is due is an underrun; the 1-channel row is the baseline)\n")
-    print(table(["channels", "underruns", "channels hit", "worst slip ms", "total slip ms", "TTFA p50 ms",
-                 "TTFA max ms", "TTFA p50 vs 1", "min lead ms", "max lead ms", "synthesis speed", "outcomes"],
-                [summary_row(channels, baseline) for channels in rounds]))
-    print("\nlead: starts_at_ms minus the time the sentence was announced (ready), sentences after the first;"
-          "\nsynthesis speed: seconds of audio made per second of wall time, all channels together;"
-          "\ngenerated after: POST to the last sentence's announcement")
+        print(
+            table(
+                [
+                    "channel",
+                    "sentences",
+                    "underruns",
+                    "worst slip",
+                    "total slip",
+                    "TTFA",
+                    "min lead",
+                    "max lead",
+                    "generated after s",
+                    "audio s",
+                    "outcome",
+                ],
+                channel_rows(channels),
+            )
+        )
+    print(
+        f"\nsummary ({engine} engine; lead_ms {LEAD_MS}: a sentence ready less than {LEAD_MS // 2} ms "
+        f"before it is due is an underrun; the 1-channel row is the baseline)\n"
+    )
+    print(
+        table(
+            [
+                "channels",
+                "underruns",
+                "channels hit",
+                "worst slip ms",
+                "total slip ms",
+                "TTFA p50 ms",
+                "TTFA max ms",
+                "TTFA p50 vs 1",
+                "min lead ms",
+                "max lead ms",
+                "synthesis speed",
+                "outcomes",
+            ],
+            [summary_row(channels, baseline) for channels in rounds],
+        )
+    )
+    print(
+        "\nlead: starts_at_ms minus the time the sentence was announced (ready), sentences after the first;"
+        "\nsynthesis speed: seconds of audio made per second of wall time, all channels together;"
+        "\ngenerated after: POST to the last sentence's announcement"
+    )
     for channels in rounds:
         hit = sum(1 for c in channels if c.shifts)
         slow = sorted(c.ttfa_ms / 1000 for c in channels if c.ttfa_ms > SLOW_START_MS)
         if hit:
-            print(f"{len(channels)} channels: {hit} of them slipped ({sum(len(c.shifts) for c in channels)} "
-                  f"underruns) - the aim of no underrun at 20 channels is not met at this size")
+            print(
+                f"{len(channels)} channels: {hit} of them slipped ({sum(len(c.shifts) for c in channels)} "
+                f"underruns) - the aim of no underrun at 20 channels is not met at this size"
+            )
         if slow:
-            print(f"{len(channels)} channels: {len(slow)} waited more than {SLOW_START_MS / 1000:g} s for first "
-                  f"audio (up to {slow[-1]:.1f} s)")
+            print(
+                f"{len(channels)} channels: {len(slow)} waited more than {SLOW_START_MS / 1000:g} s for first "
+                f"audio (up to {slow[-1]:.1f} s)"
+            )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -189,8 +257,11 @@ async def main(args: argparse.Namespace) -> None:
             for count in [1, *counts]:
                 channels = await run_round(http, server, tokens, count, args.timeout)
                 shifts = sum(len(c.shifts) for c in channels)
-                print(f"{count} channels: {shifts} underruns, TTFA p50 "
-                      f"{percentile([c.ttfa_ms for c in channels], 50):.0f} ms", flush=True)
+                print(
+                    f"{count} channels: {shifts} underruns, TTFA p50 "
+                    f"{percentile([c.ttfa_ms for c in channels], 50):.0f} ms",
+                    flush=True,
+                )
                 rounds.append(channels)
                 await asyncio.sleep(2)
         report(rounds, args.engine)

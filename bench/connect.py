@@ -43,18 +43,39 @@ async def main(args: argparse.Namespace) -> None:
             socks, took = await asyncio.to_thread(burst, server.port, args.listeners, parallel)
             held += socks
             cpu = cpu_seconds(server.pid) - cpu_before
-            rows.append([parallel, args.listeners, f"{took:.1f}", f"{took / args.listeners * 1000:.2f}",
-                         f"{cpu / args.listeners * 1000:.2f}", f"{args.listeners / took:.0f}"])
+            rows.append(
+                [
+                    parallel,
+                    args.listeners,
+                    f"{took:.1f}",
+                    f"{took / args.listeners * 1000:.2f}",
+                    f"{cpu / args.listeners * 1000:.2f}",
+                    f"{args.listeners / took:.0f}",
+                ]
+            )
             print(f"  {args.listeners} connections, {parallel} at a time: {took:.1f} s", flush=True)
     finally:
         for sock in held:
             sock.close()
         server.remove()
-    print(table(["at a time", "connections", "seconds", "ms per connection", "server CPU ms per connection",
-                 "connections per second"], rows))
+    print(
+        table(
+            [
+                "at a time",
+                "connections",
+                "seconds",
+                "ms per connection",
+                "server CPU ms per connection",
+                "connections per second",
+            ],
+            rows,
+        )
+    )
     base, burst_row = float(rows[0][3]), float(rows[1][3])
-    print(f"\n{args.parallel} at a time: {base / burst_row:.2f}x the rate of one at a time "
-          f"(the second burst joins an audience of {args.listeners} already connected)")
+    print(
+        f"\n{args.parallel} at a time: {base / burst_row:.2f}x the rate of one at a time "
+        f"(the second burst joins an audience of {args.listeners} already connected)"
+    )
 
 
 if __name__ == "__main__":

@@ -93,7 +93,12 @@ async def measure(base: str, pid: int, listeners: int, seconds: float, bytes_per
 async def baseline(pid: int, seconds: float) -> dict:
     cpu0, t0 = tree_cpu_seconds(pid), time.monotonic()
     await asyncio.sleep(seconds)
-    return {"listeners": 0, "cpu": (tree_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0), "rss_mb": rss_mb(pid), "kept": 0}
+    return {
+        "listeners": 0,
+        "cpu": (tree_cpu_seconds(pid) - cpu0) / (time.monotonic() - t0),
+        "rss_mb": rss_mb(pid),
+        "kept": 0,
+    }
 
 
 async def main(counts: list[int], seconds: float) -> None:
@@ -101,18 +106,30 @@ async def main(counts: list[int], seconds: float) -> None:
         config = Path(data_dir) / "bench.toml"
         config.write_text(CONFIG)
         common = ["--data-dir", data_dir, "--config", str(config)]
-        made = subprocess.run([sys.executable, "-m", "broadcaster", "channel", "create", "bench", "--radio", "--json", *common],
-                              capture_output=True, text=True, check=True, cwd=ROOT)
+        made = subprocess.run(
+            [sys.executable, "-m", "broadcaster", "channel", "create", "bench", "--radio", "--json", *common],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         token = json.loads(made.stdout)["producer_token"]
         port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "broadcaster", "serve", "--port", str(port), *common],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "broadcaster", "serve", "--port", str(port), *common],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             await wait_up(base)
             async with aiohttp.ClientSession() as http:  # something on the air, so the stream is not all silence
-                await http.post(f"{base}/api/channels/bench/requests", headers={"Authorization": f"Bearer {token}"},
-                                json={"text": "This is the benchmark. " * 40})
+                await http.post(
+                    f"{base}/api/channels/bench/requests",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"text": "This is the benchmark. " * 40},
+                )
             await asyncio.sleep(5)  # let its synthesis finish: the baseline is an idle server
             bitrate = 128_000 / 8
             rows = [await baseline(server.pid, seconds / 2)]

@@ -30,9 +30,11 @@ async def one_chunk(server: ServerProcess, token: str) -> str:
     """Submit a sentence and return the URL of its chunk once announced."""
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(server.base_url.replace("http", "ws") + f"/ws/channels/{CHANNEL}") as ws:
-            async with http.post(f"{server.base_url}/api/channels/{CHANNEL}/requests",
-                                 json={"text": "A sentence that every listener fetches at once."},
-                                 headers={"Authorization": f"Bearer {token}"}) as resp:
+            async with http.post(
+                f"{server.base_url}/api/channels/{CHANNEL}/requests",
+                json={"text": "A sentence that every listener fetches at once."},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp:
                 await resp.read()
             async for msg in ws:
                 message = json.loads(msg.data)
@@ -43,14 +45,16 @@ async def one_chunk(server: ServerProcess, token: str) -> str:
 
 async def measure(logged: bool, args: argparse.Namespace) -> tuple[float, float]:
     """(server CPU ms per fetch, wall seconds) for one burst on a fresh server."""
-    settings = with_uncapped_limits({"tts": {"engine": "tone", "tone_ms_per_char": 30},
-                                     "server": {"log_audio_fetches": logged}})
+    settings = with_uncapped_limits(
+        {"tts": {"engine": "tone", "tone_ms_per_char": 30}, "server": {"log_audio_fetches": logged}}
+    )
     server = ServerProcess(settings)
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
         await server.start()
         url = server.base_url + await one_chunk(server, token)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.connections)) as http:
+
             async def fetch() -> None:
                 async with http.get(url) as resp:
                     if resp.status != 200:
@@ -71,15 +75,25 @@ async def main(args: argparse.Namespace) -> None:
         for logged in (True, False):
             results[logged].append(await measure(logged, args))
             cpu_ms, wall_s = results[logged][-1]
-            print(f"access log {'on ' if logged else 'off'}: {cpu_ms:.3f} ms of server CPU per fetch, "
-                  f"{args.fetches} fetches in {wall_s:.2f} s", flush=True)
+            print(
+                f"access log {'on ' if logged else 'off'}: {cpu_ms:.3f} ms of server CPU per fetch, "
+                f"{args.fetches} fetches in {wall_s:.2f} s",
+                flush=True,
+            )
     base = statistics.median(cpu for cpu, _ in results[True])
-    rows = [[("a line per fetch (log_audio_fetches = true)" if logged else "failures only (the default)"),
-             f"{statistics.median(cpu for cpu, _ in runs):.3f}",
-             f"{base / statistics.median(cpu for cpu, _ in runs):.2f}x",
-             f"{statistics.median(wall for _, wall in runs):.2f}"] for logged, runs in results.items()]
-    print(f"\n{args.fetches} fetches of one chunk over {args.connections} keep-alive connections, "
-          f"median of {args.rounds} servers each\n")
+    rows = [
+        [
+            ("a line per fetch (log_audio_fetches = true)" if logged else "failures only (the default)"),
+            f"{statistics.median(cpu for cpu, _ in runs):.3f}",
+            f"{base / statistics.median(cpu for cpu, _ in runs):.2f}x",
+            f"{statistics.median(wall for _, wall in runs):.2f}",
+        ]
+        for logged, runs in results.items()
+    ]
+    print(
+        f"\n{args.fetches} fetches of one chunk over {args.connections} keep-alive connections, "
+        f"median of {args.rounds} servers each\n"
+    )
     print(table(["access log", "server CPU ms per fetch", "fetches per CPU second vs logged", "wall s"], rows))
 
 

@@ -30,8 +30,15 @@ import aiohttp
 from broadcast import upgrade
 from report import table
 from sendcost import start_reader
-from serverproc import (ServerProcess, raise_nofile, sample_memory, scrape_gauges, scrape_histogram, wait_listeners,
-                        with_uncapped_limits)
+from serverproc import (
+    ServerProcess,
+    raise_nofile,
+    sample_memory,
+    scrape_gauges,
+    scrape_histogram,
+    wait_listeners,
+    with_uncapped_limits,
+)
 
 CHANNEL = "bench"
 BATCH = 250
@@ -97,22 +104,30 @@ async def one_server(server_settings: dict, listeners: int, collections: int, ro
             full = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="2"')).minus(before)
             young = (await scrape_histogram(http, server.base_url, PAUSES, 'generation="1"')).minus(young_before)
             frozen = (await scrape_gauges(http, server.base_url, [FROZEN]))[FROZEN]
-        return {"full": full, "young": young, "turned": turned * BATCH, "seconds": time.monotonic() - started,
-                "frozen": frozen, "rss_mb": sample_memory(server.pid, time.monotonic()).rss_mb}
+        return {
+            "full": full,
+            "young": young,
+            "turned": turned * BATCH,
+            "seconds": time.monotonic() - started,
+            "frozen": frozen,
+            "rss_mb": sample_memory(server.pid, time.monotonic()).rss_mb,
+        }
     finally:
         if audience is not None:
             audience.close()
         server.remove()
 
 
-def mean_ms(histogram) -> float:  # noqa: ANN001
+def mean_ms(histogram) -> float:
     return histogram.total / histogram.count * 1000 if histogram.count else float("nan")
 
 
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
-    print(f"cycle collector pauses in the server while listeners come and go ({BATCH} at a time); "
-          f"{os.cpu_count()} cores\n")
+    print(
+        f"cycle collector pauses in the server while listeners come and go ({BATCH} at a time); "
+        f"{os.cpu_count()} cores\n"
+    )
     rows = []
     variants = [variant for variant in VARIANTS if variant[0].split()[0].rstrip(",") in args.modes]
     for listeners in args.listeners:
@@ -121,17 +136,52 @@ async def main(args: argparse.Namespace) -> None:
             result = await one_server(server_settings, listeners, args.collections, args.rounds, min_s)
             results.append(result)
             full, young = result["full"], result["young"]
-            rows.append([listeners, label, f"{result['frozen']:.0f}", result["turned"], f"{result['seconds']:.0f}",
-                         f"{full.count:.0f}", mean_ms(full), f"<= {full.bound(1.0) * 1000:g}",
-                         f"{young.count:.0f}", mean_ms(young), result["rss_mb"]])
-            print(f"  {listeners} listeners, freeze {label}: {full.count:.0f} full collections, "
-                  f"mean {mean_ms(full):.1f} ms", flush=True)
+            rows.append(
+                [
+                    listeners,
+                    label,
+                    f"{result['frozen']:.0f}",
+                    result["turned"],
+                    f"{result['seconds']:.0f}",
+                    f"{full.count:.0f}",
+                    mean_ms(full),
+                    f"<= {full.bound(1.0) * 1000:g}",
+                    f"{young.count:.0f}",
+                    mean_ms(young),
+                    result["rss_mb"],
+                ]
+            )
+            print(
+                f"  {listeners} listeners, freeze {label}: {full.count:.0f} full collections, "
+                f"mean {mean_ms(full):.1f} ms",
+                flush=True,
+            )
         base = mean_ms(results[0]["full"])
-        print(f"  {listeners} listeners: full collection {base:.1f} ms; "
-              + ", ".join(f"{label} {base / mean_ms(r['full']):.2f}x" for (label, _, _), r in zip(variants[1:], results[1:]))
-              + "\n")
-    print(table(["listeners", "freeze", "frozen objects", "listeners turned over", "churn s", "full collections",
-                 "full mean ms", "full max ms (bucket)", "gen-1 collections", "gen-1 mean ms", "RSS MB"], rows))
+        print(
+            f"  {listeners} listeners: full collection {base:.1f} ms; "
+            + ", ".join(
+                f"{label} {base / mean_ms(r['full']):.2f}x" for (label, _, _), r in zip(variants[1:], results[1:])
+            )
+            + "\n"
+        )
+    print(
+        table(
+            [
+                "listeners",
+                "freeze",
+                "frozen objects",
+                "listeners turned over",
+                "churn s",
+                "full collections",
+                "full mean ms",
+                "full max ms (bucket)",
+                "gen-1 collections",
+                "gen-1 mean ms",
+                "RSS MB",
+            ],
+            rows,
+        )
+    )
     print("\nfull: a generation-2 collection, which walks every tracked object and stops the event loop meanwhile")
 
 
@@ -140,6 +190,10 @@ if __name__ == "__main__":
     parser.add_argument("--listeners", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--collections", type=int, default=3, help="full collections to wait for per server")
     parser.add_argument("--rounds", type=int, default=40, help="at most this many batches turned over per server")
-    parser.add_argument("--modes", nargs="+", default=["off", "startup", "audience", "survivors"],
-                        help="gc_freeze modes to run, the first being the baseline (survivors: both rows)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["off", "startup", "audience", "survivors"],
+        help="gc_freeze modes to run, the first being the baseline (survivors: both rows)",
+    )
     asyncio.run(main(parser.parse_args()))

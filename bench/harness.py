@@ -10,10 +10,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broadcaster.config import config_from_dict  # noqa: E402
-from broadcaster.runtime.accounts import create_channel  # noqa: E402
-from web.app import create_app  # noqa: E402
-from web.keys import STATION  # noqa: E402
+from broadcaster.config import config_from_dict
+from broadcaster.runtime.accounts import create_channel
+from web.app import create_app
+from web.keys import STATION
 
 
 @dataclass

@@ -49,8 +49,9 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[list]:
         try:
             async with aiohttp.ClientSession() as http:
                 behaviour = Behaviour()
-                connected = sum(await pool.call("start", [([CHANNEL] * n, behaviour)
-                                                          for n in split(args.listeners, len(pool))]))
+                connected = sum(
+                    await pool.call("start", [([CHANNEL] * n, behaviour) for n in split(args.listeners, len(pool))])
+                )
                 await wait_listeners(http, server.base_url, CHANNEL, connected, timeout_s=60)
                 await asyncio.sleep(IDLE_S)
                 await pool.call("report")  # from here on: the narrations' fetches only
@@ -73,9 +74,17 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[list]:
 def row(mode: str, k: int, story: dict, load: dict, lead_after_s: float) -> list:
     spare = load["fetch_spare_ms"]  # one per fetch that succeeded, since the last report
     late = sum(1 for s in spare if s < 0)
-    return [mode, k + 1, f"{story['lead_ms']:.0f}", f"{late} / {len(spare)}",
-            f"{percentile(load['fetch_ms'], 50):.0f}", f"{percentile(load['fetch_ms'], 99):.0f}",
-            f"{-min(spare, default=0):.0f}" if late else "-", f"{lead_after_s * 1000:.0f}", story["outcome"]]
+    return [
+        mode,
+        k + 1,
+        f"{story['lead_ms']:.0f}",
+        f"{late} / {len(spare)}",
+        f"{percentile(load['fetch_ms'], 50):.0f}",
+        f"{percentile(load['fetch_ms'], 99):.0f}",
+        f"{-min(spare, default=0):.0f}" if late else "-",
+        f"{lead_after_s * 1000:.0f}",
+        story["outcome"],
+    ]
 
 
 def summary(rows: list[list]) -> None:
@@ -85,9 +94,11 @@ def summary(rows: list[list]) -> None:
         counts = [tuple(map(int, r[3].split(" / "))) for r in rows if r[0] == mode and r[1] > 1]
         late[mode] = (sum(c[0] for c in counts), sum(c[1] for c in counts))
     (base_late, base_all), (new_late, new_all) = late["fixed"], late["follows listeners"]
-    print(f"\nfetches in hand only after their chunk started, narrations 2 and later: fixed lead {base_late} of "
-          f"{base_all} ({base_late / max(base_all, 1):.1%}), lead that follows listeners {new_late} of {new_all} "
-          f"({new_late / max(new_all, 1):.1%})")
+    print(
+        f"\nfetches in hand only after their chunk started, narrations 2 and later: fixed lead {base_late} of "
+        f"{base_all} ({base_late / max(base_all, 1):.1%}), lead that follows listeners {new_late} of {new_all} "
+        f"({new_late / max(new_all, 1):.1%})"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -97,8 +108,22 @@ async def main(args: argparse.Namespace) -> None:
         print(f"\n{mode} lead, {args.listeners} listeners:", flush=True)
         rows += await run_mode(mode, args)
     print()
-    print(table(["lead", "narration", "lead at our socket ms", "late fetches / all", "fetch p50 ms",
-                 "fetch p99 ms", "latest by ms", "lead after ms", "outcome"], rows))
+    print(
+        table(
+            [
+                "lead",
+                "narration",
+                "lead at our socket ms",
+                "late fetches / all",
+                "fetch p50 ms",
+                "fetch p99 ms",
+                "latest by ms",
+                "lead after ms",
+                "outcome",
+            ],
+            rows,
+        )
+    )
     summary(rows)
 
 

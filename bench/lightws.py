@@ -152,8 +152,8 @@ class LightSocket:
             header, size = _header_length(buf), _payload_length(buf)
             if len(buf) < header + size:
                 return
-            first, payload = buf[0], bytes(buf[header:header + size])
-            del buf[:header + size]
+            first, payload = buf[0], bytes(buf[header : header + size])
+            del buf[: header + size]
             self._frame(first & 0x80, first & 0x40, first & 0x0F, payload, kernel_ns, read_ns)
 
     def _inflate(self, data: bytes) -> bytes:
@@ -242,8 +242,9 @@ class LightSocket:
         self.closed.set_result(self._close_code)
 
 
-async def open_socket(host: str, port: int, path: str, on_text: OnText | None = None,
-                      timeout_s: float = 30.0, deflate: bool = False) -> LightSocket:
+async def open_socket(
+    host: str, port: int, path: str, on_text: OnText | None = None, timeout_s: float = 30.0, deflate: bool = False
+) -> LightSocket:
     """Connect and upgrade, offering permessage-deflate if `deflate`; raises HandshakeError or OSError."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -254,10 +255,13 @@ async def open_socket(host: str, port: int, path: str, on_text: OnText | None = 
         async with asyncio.timeout(timeout_s):
             await loop.sock_connect(sock, (host, port))
             key = base64.b64encode(os.urandom(16))
-            await loop.sock_sendall(sock, b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-                                          b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                                          b"Sec-WebSocket-Version: 13\r\nUser-Agent: broadcaster-bench\r\n%s\r\n"
-                                    % (path.encode(), host.encode(), port, key, DEFLATE_OFFER if deflate else b""))
+            await loop.sock_sendall(
+                sock,
+                b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                b"Sec-WebSocket-Version: 13\r\nUser-Agent: broadcaster-bench\r\n%s\r\n"
+                % (path.encode(), host.encode(), port, key, DEFLATE_OFFER if deflate else b""),
+            )
             head, leftover = await _read_head(loop, sock)
     except BaseException:
         sock.close()

@@ -76,12 +76,14 @@ class PageListener:
         """Connect, stay for a lifetime (or until closed), come back; until stopped."""
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=BROWSER_CONNECTIONS_PER_HOST),
-            timeout=aiohttp.ClientTimeout(total=60))
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
         backoff = 0.5
         while not self._stopping:
             try:
-                self.sock = await open_socket(self.host, self.port, f"/ws/channels/{self.channel}", self._on_text,
-                                              deflate=self.behaviour.deflate)
+                self.sock = await open_socket(
+                    self.host, self.port, f"/ws/channels/{self.channel}", self._on_text, deflate=self.behaviour.deflate
+                )
             except (OSError, HandshakeError, TimeoutError) as exc:
                 self.stats.counts[f"connect failed: {type(exc).__name__}: {exc}"[:100]] += 1
                 self.connected.set()
@@ -218,11 +220,11 @@ class ListenerWorker:
             await listener.connected.wait()
 
     async def report(self, reset_lists: bool = True) -> dict:
-        open_now = sum(1 for l in self.listeners if l.sock is not None and not l.sock.closed.done())
+        open_now = sum(1 for one in self.listeners if one.sock is not None and not one.sock.closed.done())
         return {**self.stats.snapshot(reset_lists), "open": open_now}
 
     async def stop(self) -> dict:
-        await asyncio.gather(*(l.stop() for l in self.listeners), return_exceptions=True)
+        await asyncio.gather(*(one.stop() for one in self.listeners), return_exceptions=True)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

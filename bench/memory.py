@@ -29,9 +29,9 @@ from serverproc import (
     ServerProcess,
     narrate,
     raise_nofile,
+    sample_memory,
     tcp_counters,
     tcp_summary,
-    sample_memory,
     wait_listeners,
     with_uncapped_limits,
 )
@@ -100,38 +100,66 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> None:
 
 def print_memory(args: argparse.Namespace, rows: list, connected: int, counted: int, peak_total: MemorySample) -> None:
     bare, idle, with_listeners, peak, after = (sample for _, sample in rows)
-    print(f"\nserver memory (MB), Piper voice loaded; {connected} listeners "
-          f"{'offering' if args.deflate else 'not offering'} permessage-deflate, "
-          f"fetching {args.fetch_fraction:.0%} of chunks\n")
-    print(table(["stage", "VmRSS", "vs idle", "VmHWM", "children RSS", "children", "threads", "fds"],
-                [[name, s.rss_mb, f"{s.rss_mb / idle.rss_mb:.2f}x", s.hwm_mb, s.children_rss_mb,
-                  s.child_names or "-", s.threads, s.fds] for name, s in rows]))
+    print(
+        f"\nserver memory (MB), Piper voice loaded; {connected} listeners "
+        f"{'offering' if args.deflate else 'not offering'} permessage-deflate, "
+        f"fetching {args.fetch_fraction:.0%} of chunks\n"
+    )
+    print(
+        table(
+            ["stage", "VmRSS", "vs idle", "VmHWM", "children RSS", "children", "threads", "fds"],
+            [
+                [
+                    name,
+                    s.rss_mb,
+                    f"{s.rss_mb / idle.rss_mb:.2f}x",
+                    s.hwm_mb,
+                    s.children_rss_mb,
+                    s.child_names or "-",
+                    s.threads,
+                    s.fds,
+                ]
+                for name, s in rows
+            ],
+        )
+    )
     n = max(connected, 1)
-    print(f"\nper listener: {(with_listeners.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB connected, "
-          f"{(peak.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB at the narration's peak "
-          f"(the server counted {counted} listeners)")
+    print(
+        f"\nper listener: {(with_listeners.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB connected, "
+        f"{(peak.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB at the narration's peak "
+        f"(the server counted {counted} listeners)"
+    )
     print(f"server without Piper's share: idle {idle.rss_mb - bare.rss_mb:.1f} MB over the bare Piper process")
-    print(f"peak of server + children together: {peak_total.total_mb:.1f} MB "
-          f"(children then: {peak_total.child_names or 'none'}, {peak_total.children_rss_mb:.1f} MB)")
+    print(
+        f"peak of server + children together: {peak_total.total_mb:.1f} MB "
+        f"(children then: {peak_total.child_names or 'none'}, {peak_total.children_rss_mb:.1f} MB)"
+    )
     hwm = after.hwm_mb
     verdict = "meets" if hwm <= TARGET_MB else "MISSES"
-    print(f"VmHWM {hwm:.1f} MB with the voice and {connected} listeners: {verdict} the target of "
-          f"<= {TARGET_MB} MB ({hwm / TARGET_MB:.2f}x); idle alone is {idle.rss_mb / TARGET_MB:.2f}x")
+    print(
+        f"VmHWM {hwm:.1f} MB with the voice and {connected} listeners: {verdict} the target of "
+        f"<= {TARGET_MB} MB ({hwm / TARGET_MB:.2f}x); idle alone is {idle.rss_mb / TARGET_MB:.2f}x"
+    )
 
 
 def print_load(story: dict, load: dict) -> None:
     counts = load["counts"]
     good = sum(v for k, v in counts.items() if k.startswith("fetch 2"))
-    bad = sum(v for k, v in counts.items() if k.startswith("fetch") and not k.startswith("fetch 2")
-              and k != "fetched bytes")
+    bad = sum(
+        v for k, v in counts.items() if k.startswith("fetch") and not k.startswith("fetch 2") and k != "fetched bytes"
+    )
     late = sum(1 for spare in load["fetch_spare_ms"] if spare < 0)
     closed = {k: v for k, v in counts.items() if k.startswith("closed by server")}
     print(f"\nnarration: {story['chunks']} chunks, {story['shifts']} timeline shifts, {story['outcome']}")
-    print(f"chunk fetches: {good} OK, {bad} failed; announcement -> audio in hand p50 "
-          f"{percentile(load['fetch_ms'], 50):.0f} ms, p99 {percentile(load['fetch_ms'], 99):.0f} ms, "
-          f"max {max(load['fetch_ms'], default=0):.0f} ms; in hand only after the chunk's start: {late}")
-    print(f"acks sent {counts['acks sent']}, recorded {counts['msg ack_recorded']}; "
-          f"closed by the server: {closed or 'none'}")
+    print(
+        f"chunk fetches: {good} OK, {bad} failed; announcement -> audio in hand p50 "
+        f"{percentile(load['fetch_ms'], 50):.0f} ms, p99 {percentile(load['fetch_ms'], 99):.0f} ms, "
+        f"max {max(load['fetch_ms'], default=0):.0f} ms; in hand only after the chunk's start: {late}"
+    )
+    print(
+        f"acks sent {counts['acks sent']}, recorded {counts['msg ack_recorded']}; "
+        f"closed by the server: {closed or 'none'}"
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -151,7 +179,11 @@ if __name__ == "__main__":
     parser.add_argument("--listeners", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4, help="client processes")
     parser.add_argument("--fetch-fraction", type=float, default=1.0, help="share of chunks each listener fetches")
-    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
-                        help="offer permessage-deflate like a browser (default) or not")
+    parser.add_argument(
+        "--deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="offer permessage-deflate like a browser (default) or not",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

@@ -21,11 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import own_memory_mb, table  # noqa: E402
+from report import own_memory_mb, table
 
-PASSAGE = ("The old lighthouse keeper climbed the stairs slowly, counting each step as the storm gathered over "
-           "the grey and restless sea, while far below the waves broke against the rocks and the gulls cried out "
-           "in the wind and the rain and the dark, and the lamp above him turned and turned. ") * 2
+PASSAGE = (
+    "The old lighthouse keeper climbed the stairs slowly, counting each step as the storm gathered over "
+    "the grey and restless sea, while far below the waves broke against the rocks and the gulls cried out "
+    "in the wind and the rain and the dark, and the lamp above him turned and turned. "
+) * 2
 REPEATS = 3
 
 
@@ -48,8 +50,14 @@ def run_one(length: int, window_ms: int, cache_dir: str) -> dict:
             speech_ms += (await engine.synthesize(text)).duration_ms
         seconds = time.perf_counter() - started
         await engine.close()
-        return {"chars": len(text), "speech_s": speech_ms / 1000 / REPEATS, "seconds": seconds / REPEATS,
-                "speed": speech_ms / 1000 / seconds, "loaded": loaded, "peak": own_memory_mb()["VmHWM"] - loaded}
+        return {
+            "chars": len(text),
+            "speech_s": speech_ms / 1000 / REPEATS,
+            "seconds": seconds / REPEATS,
+            "speed": speech_ms / 1000 / seconds,
+            "loaded": loaded,
+            "peak": own_memory_mb()["VmHWM"] - loaded,
+        }
 
     return asyncio.run(measure())
 
@@ -69,17 +77,45 @@ def main() -> None:
         for length in args.lengths:
             baseline = None
             for window_ms in args.windows:
-                out = subprocess.run([sys.executable, __file__, "--child", str(length), str(window_ms), cache_dir],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", str(length), str(window_ms), cache_dir],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 r = json.loads(out.strip().splitlines()[-1])
                 baseline = baseline or r
-                rows.append([r["chars"], f"{r['speech_s']:.1f} s", window_ms or "whole", f"{r['seconds']:.2f} s",
-                             f"{r['speed']:.1f}x", f"{r['speed'] / baseline['speed']:.2f}", f"{r['loaded']:.0f}",
-                             f"+{r['peak']:.0f}", f"{r['peak'] / baseline['peak']:.2f}" if baseline["peak"] else "-"])
+                rows.append(
+                    [
+                        r["chars"],
+                        f"{r['speech_s']:.1f} s",
+                        window_ms or "whole",
+                        f"{r['seconds']:.2f} s",
+                        f"{r['speed']:.1f}x",
+                        f"{r['speed'] / baseline['speed']:.2f}",
+                        f"{r['loaded']:.0f}",
+                        f"+{r['peak']:.0f}",
+                        f"{r['peak'] / baseline['peak']:.2f}" if baseline["peak"] else "-",
+                    ]
+                )
                 print(f"done: {rows[-1]}", flush=True)
     print()
-    print(table(["chars", "speech", "window ms", "synthesis", "speed", "speed vs whole", "loaded MB",
-                 "peak over loaded MB", "peak vs whole"], rows))
+    print(
+        table(
+            [
+                "chars",
+                "speech",
+                "window ms",
+                "synthesis",
+                "speed",
+                "speed vs whole",
+                "loaded MB",
+                "peak over loaded MB",
+                "peak vs whole",
+            ],
+            rows,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from report import own_memory_mb, table  # noqa: E402
+from report import own_memory_mb, table
 
 SENTENCES = [
     "The old lighthouse keeper climbed the stairs slowly, counting each step as the storm rolled in.",
@@ -56,8 +56,13 @@ def run_one(workers: int, arena: bool, trim: bool) -> dict:
     after = own_memory_mb()
     if trim:
         release_free_memory()
-    return {"speed": samples / rate / seconds, "loaded": loaded, "after": after["VmRSS"],
-            "settled": own_memory_mb()["VmRSS"], "peak": after["VmHWM"]}
+    return {
+        "speed": samples / rate / seconds,
+        "loaded": loaded,
+        "after": after["VmRSS"],
+        "settled": own_memory_mb()["VmRSS"],
+        "peak": after["VmHWM"],
+    }
 
 
 def main() -> None:
@@ -66,17 +71,32 @@ def main() -> None:
         return
     rows, baseline = [], None
     for workers, arena, trim in CONFIGS:
-        out = subprocess.run([sys.executable, __file__, str(workers), str(int(arena)), str(int(trim))],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, str(workers), str(int(arena)), str(int(trim))],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         result = json.loads(out.strip().splitlines()[-1])
         baseline = baseline or result["speed"]
-        rows.append([workers, "on" if arena else "off", "yes" if trim else "no", f"{result['speed']:.1f}x",
-                     f"{result['speed'] / baseline:.2f}", f"{result['loaded']:.0f}", f"{result['after']:.0f}",
-                     f"{result['settled']:.0f}", f"{result['peak']:.0f}"])
+        rows.append(
+            [
+                workers,
+                "on" if arena else "off",
+                "yes" if trim else "no",
+                f"{result['speed']:.1f}x",
+                f"{result['speed'] / baseline:.2f}",
+                f"{result['loaded']:.0f}",
+                f"{result['after']:.0f}",
+                f"{result['settled']:.0f}",
+                f"{result['peak']:.0f}",
+            ]
+        )
         print(f"done: {rows[-1]}", flush=True)
     print()
-    print(table(["workers", "arena", "trim", "speed", "vs first", "loaded MB", "after MB", "settled MB", "peak MB"],
-                rows))
+    print(
+        table(["workers", "arena", "trim", "speed", "vs first", "loaded MB", "after MB", "settled MB", "peak MB"], rows)
+    )
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from web import sendmany  # noqa: E402
-from web.sendmany import SocketWriter, default_processes  # noqa: E402
-from workers import PRIORITIES, lower_priority  # noqa: E402
+from workers import PRIORITIES, lower_priority
+
+from web import sendmany
+from web.sendmany import SocketWriter, default_processes
 
 FRAME = b"\x81\x7e\x01\xf4" + b"x" * 500  # a 500-byte WebSocket text frame
 
@@ -108,24 +109,33 @@ def measure(count: int, rounds: int, readers: int, priority: str) -> dict[int, l
 def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    print(f"one {len(FRAME)}-byte frame to N loopback sockets, {args.rounds} rounds, {args.readers} reader "
-          f"processes at {args.reader_priority} priority; {os.cpu_count()} cores\n")
+    print(
+        f"one {len(FRAME)}-byte frame to N loopback sockets, {args.rounds} rounds, {args.readers} reader "
+        f"processes at {args.reader_priority} priority; {os.cpu_count()} cores\n"
+    )
     print("sockets  processes  median ms  min ms  per socket us (median)  vs one process")
     for count in args.sockets:
         times = measure(count, args.rounds, args.readers, args.reader_priority)
         base = statistics.median(times[1])
         for n, values in times.items():
             median = statistics.median(values)
-            print(f"{count:7d}  {n:9d}  {median:9.1f}  {min(values):6.1f}  {median * 1000 / count:22.1f}  "
-                  f"{base / median:13.2f}x")
+            print(
+                f"{count:7d}  {n:9d}  {median:9.1f}  {min(values):6.1f}  {median * 1000 / count:22.1f}  "
+                f"{base / median:13.2f}x"
+            )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--readers", type=int, default=2,
-                        help="processes reading the client ends (0: none; nobody is woken, as with clients elsewhere)")
-    parser.add_argument("--reader-priority", choices=PRIORITIES, default="idle",
-                        help="see bench/workers.py lower_priority")
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=2,
+        help="processes reading the client ends (0: none; nobody is woken, as with clients elsewhere)",
+    )
+    parser.add_argument(
+        "--reader-priority", choices=PRIORITIES, default="idle", help="see bench/workers.py lower_priority"
+    )
     main(parser.parse_args())

@@ -130,8 +130,10 @@ def tcp_summary(before: dict[str, int]) -> str:
     """What happened to TCP on this host since `before` (shared with anything else running here)."""
     after = tcp_counters()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("ListenOverflows", "TCPSynRetrans")}
-    return (f"TCP on this host meanwhile: {delta['ListenOverflows']} connections overflowed a listen queue, "
-            f"{delta['TCPSynRetrans']} SYN retransmits")
+    return (
+        f"TCP on this host meanwhile: {delta['ListenOverflows']} connections overflowed a listen queue, "
+        f"{delta['TCPSynRetrans']} SYN retransmits"
+    )
 
 
 @dataclass
@@ -155,9 +157,16 @@ def sample_memory(pid: int, started: float) -> MemorySample:
     kids = descendants(pid)
     kids_kb = sum(status_kb(kid).get("VmRSS", 0) for kid in kids)
     names = Counter(_command_name(kid) for kid in kids)
-    return MemorySample(time.monotonic() - started, own.get("VmRSS", 0) / 1024, own.get("VmHWM", 0) / 1024,
-                        kids_kb / 1024, len(kids), ", ".join(f"{n} x{c}" for n, c in names.items()),
-                        own.get("Threads", 0), open_fds(pid))
+    return MemorySample(
+        time.monotonic() - started,
+        own.get("VmRSS", 0) / 1024,
+        own.get("VmHWM", 0) / 1024,
+        kids_kb / 1024,
+        len(kids),
+        ", ".join(f"{n} x{c}" for n, c in names.items()),
+        own.get("Threads", 0),
+        open_fds(pid),
+    )
 
 
 def _command_name(pid: int) -> str:
@@ -234,8 +243,18 @@ class ServerProcess:
         async def create(name: str) -> tuple[str, str]:
             async with gate:
                 made = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "broadcaster", "channel", "create", name, "--json", *self._common(),
-                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    sys.executable,
+                    "-m",
+                    "broadcaster",
+                    "channel",
+                    "create",
+                    name,
+                    "--json",
+                    *self._common(),
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
                 out, err = await made.communicate()
             if made.returncode != 0:
                 raise RuntimeError(f"channel create {name} exited {made.returncode}: {err.decode()[-800:]}")
@@ -251,8 +270,23 @@ class ServerProcess:
         log = self.log_path.open("ab")
         profiler = ["-m", "cProfile", "-o", str(self.profile_path)] if self.profile_path else []
         self.proc = subprocess.Popen(
-            [sys.executable, *profiler, "-m", "broadcaster", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             *self._common()], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                *profiler,
+                "-m",
+                "broadcaster",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *self._common(),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         await self._wait_healthy(timeout_s)
 
@@ -290,7 +324,7 @@ class ServerProcess:
                 counts[re.sub(r"[0-9a-f]{16}", "<id>", line.split(" ", 2)[2].split(" [")[0])[:160]] += 1
                 if i + 1 < len(lines) and lines[i + 1].startswith("Traceback"):
                     end = next((j for j in range(i + 2, len(lines)) if lines[j][:4].isdigit()), len(lines))
-                    traceback = lines[i + 1:end]
+                    traceback = lines[i + 1 : end]
         if not counts:
             return "server log: no warnings or errors"
         out = [f"server log: {sum(counts.values())} warnings/errors"]
@@ -342,8 +376,10 @@ def profile_summary(path: Path, lines: int = 15) -> str:
     out += [f"  {own / total:6.1%}  {own:7.1f} s  {group}" for group, own in by_group.most_common(lines)]
     top = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:lines]
     out += ["top functions by own time:"]
-    out += [f"  {own / total:6.1%}  {calls:9d} calls  {_short(filename)}:{line}({name})"
-            for (filename, line, name), (_, calls, own, _, _) in top]
+    out += [
+        f"  {own / total:6.1%}  {calls:9d} calls  {_short(filename)}:{line}({name})"
+        for (filename, line, name), (_, calls, own, _, _) in top
+    ]
     return "\n".join(out)
 
 
@@ -353,7 +389,7 @@ def _profile_group(filename: str, name: str) -> str:
     if "site-packages/" in filename:
         return filename.split("site-packages/")[1].split("/")[0]
     if filename.startswith(str(ROOT)):
-        return filename[len(str(ROOT)) + 1:].split("/")[0] + "/ (project)"
+        return filename[len(str(ROOT)) + 1 :].split("/")[0] + "/ (project)"
     return "stdlib " + Path(filename).stem
 
 
@@ -381,6 +417,7 @@ async def scrape_gauges(http: aiohttp.ClientSession, base_url: str, names: list[
 @dataclass
 class Histogram:
     """An unlabelled histogram from /metrics: cumulative counts by upper bound, and the sum."""
+
     buckets: list[tuple[float, float]]
     total: float
 
@@ -389,8 +426,9 @@ class Histogram:
         return self.buckets[-1][1] if self.buckets else 0
 
     def minus(self, earlier: "Histogram") -> "Histogram":
-        return Histogram([(le, n - m) for (le, n), (_, m) in zip(self.buckets, earlier.buckets)],
-                         self.total - earlier.total)
+        return Histogram(
+            [(le, n - m) for (le, n), (_, m) in zip(self.buckets, earlier.buckets)], self.total - earlier.total
+        )
 
     def bound(self, share: float) -> float:
         """The smallest bucket bound that `share` of the observations fall within."""
@@ -401,20 +439,21 @@ async def scrape_histogram(http: aiohttp.ClientSession, base_url: str, name: str
     """`labels`: the series' labels as /metrics writes them, e.g. 'generation="2"' (none: unlabelled)."""
     async with http.get(f"{base_url}/metrics") as resp:
         text = await resp.text()
-    bucket = f"{name}_bucket{{{labels + ',' if labels else ''}le=\""
+    bucket = f'{name}_bucket{{{labels + "," if labels else ""}le="'
     total_line = f"{name}_sum{{{labels}}} " if labels else f"{name}_sum "
     buckets, total = [], 0.0
     for line in text.splitlines():
         if line.startswith(bucket):
-            le, count = line[len(bucket):].split('"} ')
+            le, count = line[len(bucket) :].split('"} ')
             buckets.append((float(le), float(count)))
         elif line.startswith(total_line):
             total = float(line.split()[-1])
     return Histogram(buckets, total)
 
 
-async def wait_listeners(http: aiohttp.ClientSession, base_url: str, channel: str, expected: int,
-                         timeout_s: float = 120) -> int:
+async def wait_listeners(
+    http: aiohttp.ClientSession, base_url: str, channel: str, expected: int, timeout_s: float = 120
+) -> int:
     """Poll the queue endpoint until the server counts `expected` listeners (or give up); returns the count."""
     deadline, count = time.monotonic() + timeout_s, -1
     while time.monotonic() < deadline:
@@ -425,15 +464,19 @@ async def wait_listeners(http: aiohttp.ClientSession, base_url: str, channel: st
     return count
 
 
-async def narrate(server: ServerProcess, http: aiohttp.ClientSession, token: str, channel: str, text: str,
-                  timeout_s: float = 300) -> dict:
+async def narrate(
+    server: ServerProcess, http: aiohttp.ClientSession, token: str, channel: str, text: str, timeout_s: float = 300
+) -> dict:
     """Submit `text` and follow it on a socket of our own until it has played; returns what happened:
     chunks, timeline shifts, the outcome, and `lead_ms`, from the first chunk's announcement reaching
     us to its start (the server's clock is this host's)."""
     seen = {"chunks": 0, "shifts": 0, "outcome": "timed out", "lead_ms": None}
     async with http.ws_connect(f"{server.base_url.replace('http', 'ws')}/ws/channels/{channel}") as ws:
-        async with http.post(f"{server.base_url}/api/channels/{channel}/requests", json={"text": text},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{channel}/requests",
+            json={"text": text},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
             request_id = (await resp.json())["request_id"]
         deadline = time.monotonic() + timeout_s
         async for msg in ws:

@@ -24,8 +24,8 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Callable
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,7 @@ WALKED = "frozen objects walked once"  # the server's log line for a thaw (runti
 @dataclass
 class Point:
     """One sample of the run: the server's memory as the OS and as the server itself sees it."""
+
     memory: MemorySample
     listening: int
     data_mb: float
@@ -103,8 +104,11 @@ class Producer:
 
     async def _post(self, text: str) -> None:
         try:
-            async with self.http.post(f"{self.base_url}/api/channels/{CHANNEL}/requests", json={"text": text},
-                                      headers={"Authorization": f"Bearer {self.token}"}) as resp:
+            async with self.http.post(
+                f"{self.base_url}/api/channels/{CHANNEL}/requests",
+                json={"text": text},
+                headers={"Authorization": f"Bearer {self.token}"},
+            ) as resp:
                 self.counts[f"POST {resp.status}"] += 1
         except aiohttp.ClientError as exc:
             self.counts[f"POST failed: {type(exc).__name__}"] += 1
@@ -133,8 +137,14 @@ def clients_cpu(pool: WorkerPool) -> float:
     return cpu_seconds(os.getpid()) + sum(cpu_seconds(proc.pid) for proc in pool.procs)
 
 
-async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySampler,
-                      http: aiohttp.ClientSession, series: list[Point], seconds: float) -> None:
+async def sample_loop(
+    server: ServerProcess,
+    pool: WorkerPool,
+    sampler: MemorySampler,
+    http: aiohttp.ClientSession,
+    series: list[Point],
+    seconds: float,
+) -> None:
     """Every interval: memory, open listeners, data size, CPU since the last sample; printed as it goes."""
     last = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
     while True:
@@ -145,15 +155,28 @@ async def sample_loop(server: ServerProcess, pool: WorkerPool, sampler: MemorySa
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
         cpu, client_cpu, last = (now[0] - last[0]) / wall, (now[1] - last[1]) / wall, now
-        point = Point(sample, listening, data_mb, cpu, client_cpu, gauges[CACHE] / 2**20, gauges[HEAP] / 1000,
-                      gauges[SQLITE] / 2**20, gauges[IN_USE] / 2**20, gauges[FREE] / 2**20, gauges[FROZEN] / 1000)
+        point = Point(
+            sample,
+            listening,
+            data_mb,
+            cpu,
+            client_cpu,
+            gauges[CACHE] / 2**20,
+            gauges[HEAP] / 1000,
+            gauges[SQLITE] / 2**20,
+            gauges[IN_USE] / 2**20,
+            gauges[FREE] / 2**20,
+            gauges[FROZEN] / 1000,
+        )
         series.append(point)
-        print(f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
-              f"in use {point.in_use_mb:6.1f} MB  free {point.free_mb:5.1f} MB  "
-              f"heap {point.heap_kblocks:4.0f}k blocks  frozen {point.frozen_k:4.0f}k  sqlite {point.sqlite_mb:4.1f} MB  "
-              f"children {sample.children_rss_mb:5.1f} MB  "
-              f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
-              flush=True)
+        print(
+            f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
+            f"in use {point.in_use_mb:6.1f} MB  free {point.free_mb:5.1f} MB  "
+            f"heap {point.heap_kblocks:4.0f}k blocks  frozen {point.frozen_k:4.0f}k  sqlite {point.sqlite_mb:4.1f} MB  "
+            f"children {sample.children_rss_mb:5.1f} MB  "
+            f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
+            flush=True,
+        )
         if sample.at_s >= seconds:
             return
         await asyncio.sleep(sampler.interval_s)
@@ -163,19 +186,22 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list[Poi
     token = (await server.create_channels([CHANNEL]))[CHANNEL]
     await server.start()
     pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
-    behaviour = Behaviour(fetch_fraction=args.fetch_fraction, ack=args.ack, mean_lifetime_s=args.churn_minutes * 60,
-                          deflate=args.deflate)
+    behaviour = Behaviour(
+        fetch_fraction=args.fetch_fraction, ack=args.ack, mean_lifetime_s=args.churn_minutes * 60, deflate=args.deflate
+    )
     series: list[Point] = []
     live_counts: Counter = Counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=30)) as http:
         producer = Producer(http, server.base_url, token, args.submit_every)
         try:
-            connected = sum(await pool.call("start", [([CHANNEL] * n, behaviour)
-                                                      for n in split(args.listeners, len(pool))]))
+            connected = sum(
+                await pool.call("start", [([CHANNEL] * n, behaviour) for n in split(args.listeners, len(pool))])
+            )
             print(f"{connected} listeners connected; running {args.minutes:g} min", flush=True)
             background = [asyncio.create_task(producer.run())]
-            background += [asyncio.create_task(live_player(http, server.base_url, live_counts))
-                           for _ in range(args.live_players)]
+            background += [
+                asyncio.create_task(live_player(http, server.base_url, live_counts)) for _ in range(args.live_players)
+            ]
             sampler = MemorySampler(server.pid, args.sample_s)
             await sample_loop(server, pool, sampler, http, series, args.minutes * 60)
             for task in background:
@@ -196,9 +222,11 @@ def trend(label: str, unit: str, points: list[Point], value: Callable[[Point], f
     slope_s, _, spread = least_squares([p.memory.at_s for p in half], [value(p) for p in half])
     growth = slope_s * (half[-1].memory.at_s - half[0].memory.at_s)
     flat = growth <= max(2 * spread, 1.0)
-    print(f"{label}: {value(early):.1f} {unit} at {early.memory.at_s / 60:.1f} min, {value(points[-1]):.1f} at "
-          f"{end / 60:.1f} min; second half: {slope_s * 3600:+.1f} {unit}/hour, fitted growth {growth:+.1f} "
-          f"(noise {spread:.2f}): {'flat' if flat else 'GROWING'}")
+    print(
+        f"{label}: {value(early):.1f} {unit} at {early.memory.at_s / 60:.1f} min, {value(points[-1]):.1f} at "
+        f"{end / 60:.1f} min; second half: {slope_s * 3600:+.1f} {unit}/hour, fitted growth {growth:+.1f} "
+        f"(noise {spread:.2f}): {'flat' if flat else 'GROWING'}"
+    )
     return flat
 
 
@@ -217,36 +245,84 @@ def verdict(series: list[Point], minutes: float) -> None:
     first, end = series[0].memory, series[-1].memory
     half = [p.memory for p in series if p.memory.at_s >= end.at_s / 2]
     fd_slope, _, _ = least_squares([s.at_s for s in half], [float(s.fds) for s in half])
-    print(f"open files: {first.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
-          f"threads {first.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB")
+    print(
+        f"open files: {first.fds} -> {end.fds} (second-half slope {fd_slope * 3600:+.0f}/hour); "
+        f"threads {first.threads} -> {end.threads}; VmHWM {end.hwm_mb:.1f} MB"
+    )
     caveat = "  (a short run: only a smoke test of the trend)" if minutes < 20 else ""
-    print(f"verdict (RSS and the heap in use, each less the bounded cache): "
-          f"{'FLAT' if flat else 'GROWING'}{caveat}")
+    print(f"verdict (RSS and the heap in use, each less the bounded cache): {'FLAT' if flat else 'GROWING'}{caveat}")
 
 
 def print_series(series: list[Point]) -> None:
-    rows = [[f"{p.memory.at_s / 60:.1f}", p.memory.rss_mb, p.cache_mb, p.rss_less_cache_mb, p.in_use_mb,
-             p.free_mb, f"{p.heap_kblocks:.0f}", f"{p.frozen_k:.0f}",
-             f"{p.sqlite_mb:.1f}", p.memory.hwm_mb, p.memory.children_rss_mb, p.memory.fds, p.memory.threads,
-             p.listening, p.data_mb, f"{p.cpu:.0%}", f"{p.client_cpu:.0%}"] for p in series]
+    rows = [
+        [
+            f"{p.memory.at_s / 60:.1f}",
+            p.memory.rss_mb,
+            p.cache_mb,
+            p.rss_less_cache_mb,
+            p.in_use_mb,
+            p.free_mb,
+            f"{p.heap_kblocks:.0f}",
+            f"{p.frozen_k:.0f}",
+            f"{p.sqlite_mb:.1f}",
+            p.memory.hwm_mb,
+            p.memory.children_rss_mb,
+            p.memory.fds,
+            p.memory.threads,
+            p.listening,
+            p.data_mb,
+            f"{p.cpu:.0%}",
+            f"{p.client_cpu:.0%}",
+        ]
+        for p in series
+    ]
     print("\nserver memory over time (CPU: share of one core since the previous sample)\n")
-    print(table(["min", "RSS MB", "cache MB", "RSS-cache MB", "in use MB", "free MB", "heap kblocks", "frozen k (last walk)", "SQLite MB", "HWM MB", "children MB",
-                 "fds", "threads", "listeners", "data MB", "server CPU", "clients CPU"], rows))
+    print(
+        table(
+            [
+                "min",
+                "RSS MB",
+                "cache MB",
+                "RSS-cache MB",
+                "in use MB",
+                "free MB",
+                "heap kblocks",
+                "frozen k (last walk)",
+                "SQLite MB",
+                "HWM MB",
+                "children MB",
+                "fds",
+                "threads",
+                "listeners",
+                "data MB",
+                "server CPU",
+                "clients CPU",
+            ],
+            rows,
+        )
+    )
 
 
 def print_activity(load: dict, posts: Counter, live: Counter) -> None:
     counts = load["counts"]
     fetched = sum(v for k, v in counts.items() if k.startswith("fetch 2"))
-    failed = sum(v for k, v in counts.items() if k.startswith("fetch") and not k.startswith("fetch 2")
-                 and k != "fetched bytes")
+    failed = sum(
+        v for k, v in counts.items() if k.startswith("fetch") and not k.startswith("fetch 2") and k != "fetched bytes"
+    )
     late = sum(1 for spare in load["fetch_spare_ms"] if spare < 0)
     print(f"\nproducer: {dict(posts)}")
-    print(f"listeners: {counts['connects']} connects, {counts['left (churn)']} left by churn, closed by the server "
-          f"{ {k: v for k, v in counts.items() if k.startswith('closed by server')} or 'never'}")
-    print(f"  messages: {counts['msg audio_chunk_ready']} chunk announcements, {counts['msg timeline_shifted']} "
-          f"timeline shifts, {counts['msg error']} errors")
-    print(f"  fetches: {fetched} OK, {failed} failed, p50 {percentile(load['fetch_ms'], 50):.0f} ms, "
-          f"p99 {percentile(load['fetch_ms'], 99):.0f} ms, in hand after the chunk's start: {late}")
+    print(
+        f"listeners: {counts['connects']} connects, {counts['left (churn)']} left by churn, closed by the server "
+        f"{ {k: v for k, v in counts.items() if k.startswith('closed by server')} or 'never' }"
+    )
+    print(
+        f"  messages: {counts['msg audio_chunk_ready']} chunk announcements, {counts['msg timeline_shifted']} "
+        f"timeline shifts, {counts['msg error']} errors"
+    )
+    print(
+        f"  fetches: {fetched} OK, {failed} failed, p50 {percentile(load['fetch_ms'], 50):.0f} ms, "
+        f"p99 {percentile(load['fetch_ms'], 99):.0f} ms, in hand after the chunk's start: {late}"
+    )
     print(f"  acks: {counts['acks sent']} sent, {counts['msg ack_recorded']} recorded")
     failures = {k: v for k, v in counts.items() if k.startswith("connect failed")}
     if failures:
@@ -267,7 +343,7 @@ async def main(args: argparse.Namespace) -> None:
         walks = [line for line in server.log_path.read_text(errors="replace").splitlines() if WALKED in line]
         print(f"walks of every frozen object (what waits there in cycles is freed): {len(walks)}")
         for line in walks:
-            print(f"  {line[line.index('garbage collector'):]}")
+            print(f"  {line[line.index('garbage collector') :]}")
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:
@@ -286,12 +362,20 @@ if __name__ == "__main__":
     parser.add_argument("--submit-every", type=float, default=20, help="mean seconds between narrations")
     parser.add_argument("--churn-minutes", type=float, default=10, help="mean time a listener stays (0: forever)")
     parser.add_argument("--fetch-fraction", type=float, default=1.0, help="share of chunks each listener fetches")
-    parser.add_argument("--ack", action=argparse.BooleanOptionalAction, default=True,
-                        help="listeners send audio_played for each chunk, as the page does (default)")
+    parser.add_argument(
+        "--ack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="listeners send audio_played for each chunk, as the page does (default)",
+    )
     parser.add_argument("--cache-mb", type=float, default=16, help="the server's [server] chunk_cache_mb")
     parser.add_argument("--live-players", type=int, default=2)
-    parser.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
-                        help="listeners offer permessage-deflate like a browser (default) or not")
+    parser.add_argument(
+        "--deflate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="listeners offer permessage-deflate like a browser (default) or not",
+    )
     parser.add_argument("--profile", type=Path, help="run the server under cProfile and write its stats here")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

@@ -23,27 +23,37 @@ import websockets
 from harness import running_server  # first: it puts the project on sys.path
 from playwright.async_api import async_playwright
 
-NARRATION = " ".join([
-    "The lanterns of the harbour flicker in the fog.",
-    "A bell tolls twice, then falls silent.",
-    "Somewhere below the pier, oars dip into black water.",
-    "The captain raises a hand, and the crew holds its breath.",
-    "Then, from the mist, a voice calls your names.",
-    "Nobody on deck dares to answer.",
-    "The fog thins for a heartbeat, showing a second ship.",
-    "Its sails are black and its deck is empty.",
-    "A rope creaks against the mast.",
-    "The voice calls again, closer now.",
-    "Your lantern gutters, though there is no wind.",
-    "Then everything is still.",
-])
-FLAGS = ["--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
-SETTINGS = {"tts": {"engine": "tone", "tone_ms_per_char": 55},
-            "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
+NARRATION = " ".join(
+    [
+        "The lanterns of the harbour flicker in the fog.",
+        "A bell tolls twice, then falls silent.",
+        "Somewhere below the pier, oars dip into black water.",
+        "The captain raises a hand, and the crew holds its breath.",
+        "Then, from the mist, a voice calls your names.",
+        "Nobody on deck dares to answer.",
+        "The fog thins for a heartbeat, showing a second ship.",
+        "Its sails are black and its deck is empty.",
+        "A rope creaks against the mast.",
+        "The voice calls again, closer now.",
+        "Your lantern gutters, though there is no wind.",
+        "Then everything is still.",
+    ]
+)
+FLAGS = [
+    "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SETTINGS = {
+    "tts": {"engine": "tone", "tone_ms_per_char": 55},
+    "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},
+}
 
 
-async def open_listener(browser, url: str):  # noqa: ANN001, ANN201
+async def open_listener(browser, url: str):
     page = await browser.new_page()
     await page.goto(url)
     await page.click("#tune")
@@ -51,7 +61,7 @@ async def open_listener(browser, url: str):  # noqa: ANN001, ANN201
     return page
 
 
-async def next_message(ws, kind: str) -> dict:  # noqa: ANN001
+async def next_message(ws, kind: str) -> dict:
     while True:
         message = json.loads(await ws.recv())
         if message["type"] == kind:
@@ -71,8 +81,11 @@ def report(records: list[dict], chunk_ids: list[str], offsets: list[float], list
         error += [abs(h["sounds_at_local_ms"] - h["starts_at_ms"]) for h in heard]
     offset_error = [abs(o) for o in offsets]
     print(f"listeners: {listeners} ({late} joined late), chunks: {len(chunk_ids)}, samples: {len(error)}")
-    for name, values in [("inter-listener skew", skew), ("error vs server timeline", error),
-                         ("clock-offset estimation error", offset_error)]:
+    for name, values in [
+        ("inter-listener skew", skew),
+        ("error vs server timeline", error),
+        ("clock-offset estimation error", offset_error),
+    ]:
         print(f"{name:32s} p50 {pct(values, 50):6.2f} ms   p95 {pct(values, 95):6.2f} ms   max {max(values):6.2f} ms")
 
 

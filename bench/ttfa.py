@@ -17,7 +17,6 @@ import time
 
 import aiohttp
 import websockets
-from aiohttp import web
 from harness import running_server  # first: it puts the project on sys.path
 
 from web.keys import CONFIG, ENGINE
@@ -33,7 +32,7 @@ def ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def plain_voice():  # noqa: ANN201
+def plain_voice():
     """The bundled voice with the server's onnxruntime options, each sentence decoded whole: raw Piper,
     as every earlier run of this benchmark measured it."""
     from tts.piper_engine import _load_voice, default_model_path
@@ -41,17 +40,18 @@ def plain_voice():  # noqa: ANN201
     return _load_voice(default_model_path(), memory_arena=False)
 
 
-async def raw_piper_ms(voice, sentence: str) -> float:  # noqa: ANN001
+async def raw_piper_ms(voice, sentence: str) -> float:
     start = time.perf_counter()
     await asyncio.to_thread(lambda: [c.audio_int16_array for c in voice.synthesize(sentence)])
     return ms_since(start)
 
 
-async def one_trial(base: str, token: str, ws, text: str) -> tuple[float, float]:  # noqa: ANN001
+async def one_trial(base: str, token: str, ws, text: str) -> tuple[float, float]:
     async with aiohttp.ClientSession() as http:
         start, wall_start_ms = time.perf_counter(), time.time() * 1000
-        async with http.post(f"{base}/api/channels/bench/requests", json={"text": text},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{base}/api/channels/bench/requests", json={"text": text}, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             request_id = (await resp.json())["request_id"]
         async with http.get(f"{base}/api/audio/stream/{request_id}") as resp:
             await resp.content.readany()
@@ -66,7 +66,10 @@ async def one_trial(base: str, token: str, ws, text: str) -> tuple[float, float]
 
 async def main(trials: int, window_ms: int) -> None:
     raw, ttfb, starts = [], [], []
-    async with running_server({"tts": {"engine": "piper", "piper_window_ms": window_ms}}) as server, websockets.connect(server.ws_url) as ws:
+    async with (
+        running_server({"tts": {"engine": "piper", "piper_window_ms": window_ms}}) as server,
+        websockets.connect(server.ws_url) as ws,
+    ):
         lead_ms = server.app[CONFIG].timeline.lead_ms
         voice = plain_voice()
         await raw_piper_ms(voice, "Warm up the voice.")

@@ -18,7 +18,6 @@ from typing import Any
 
 from serverproc import raise_nofile
 
-
 PRIORITIES = ("normal", "low", "idle")
 
 
@@ -69,9 +68,9 @@ class WorkerPool:
         self.procs = []
         for index in range(count):
             ours, theirs = context.Pipe()
-            proc = context.Process(target=_run, args=(theirs, factory, (index, *args), priority),
-                                   daemon=True,
-                                   name=f"bench-worker-{index}")
+            proc = context.Process(
+                target=_run, args=(theirs, factory, (index, *args), priority), daemon=True, name=f"bench-worker-{index}"
+            )
             proc.start()
             theirs.close()
             self.conns.append(ours)

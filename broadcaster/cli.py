@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args.own_process = argv is None  # run from the command line: the process may be started over
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config).with_server(data_dir=args.data_dir, host=getattr(args, "host", None),
-                                                      port=getattr(args, "port", None))
+        config = load_config(args.config).with_server(
+            data_dir=args.data_dir, host=getattr(args, "host", None), port=getattr(args, "port", None)
+        )
         logs.configure(config.server.log_format)  # replaces the set-up above once the config is known
         return args.run(config, args)
     except BroadcasterError as exc:
@@ -46,18 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     create = channel.add_parser("create", parents=[common], help="create a channel and print its producer token")
     create.add_argument("name")
     create.add_argument("--json", action="store_true")
-    create.add_argument("--radio", action="store_true", help="a radio channel: the auto-DJ plays the music folder when idle")
-    create.add_argument("--private", action="store_true",
-                        help="listeners need a listen key (printed, and part of the listen link)")
+    create.add_argument(
+        "--radio", action="store_true", help="a radio channel: the auto-DJ plays the music folder when idle"
+    )
+    create.add_argument(
+        "--private", action="store_true", help="listeners need a listen key (printed, and part of the listen link)"
+    )
     create.set_defaults(run=_channel_create)
     listing = channel.add_parser("list", parents=[common], help="list channels")
     listing.set_defaults(run=_channel_list)
-    rotate = channel.add_parser("token", parents=[common], help="issue a new producer token (the old one stops working)")
+    rotate = channel.add_parser(
+        "token", parents=[common], help="issue a new producer token (the old one stops working)"
+    )
     rotate.add_argument("name")
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(run=_channel_token)
-    key = channel.add_parser("key", parents=[common],
-                             help="make a channel private with a new listen key (the old one stops working)")
+    key = channel.add_parser(
+        "key", parents=[common], help="make a channel private with a new listen key (the old one stops working)"
+    )
     key.add_argument("name")
     key.add_argument("--off", action="store_true", help="make the channel public again")
     key.add_argument("--json", action="store_true")
@@ -74,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("channel")
     listen.add_argument("--out", metavar="WAV")
     listen.add_argument("--server", help="server URL (default from config)")
-    listen.add_argument("--key", default=os.environ.get("BROADCASTER_LISTEN_KEY"),
-                        help="listen key of a private channel ($BROADCASTER_LISTEN_KEY)")
+    listen.add_argument(
+        "--key",
+        default=os.environ.get("BROADCASTER_LISTEN_KEY"),
+        help="listen key of a private channel ($BROADCASTER_LISTEN_KEY)",
+    )
     listen.add_argument("--requests", type=int, default=0, help="stop after this many requests finished (0 = never)")
     listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = never)")
     listen.set_defaults(run=_listen)
@@ -88,8 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from broadcaster.process import (choose_small_object_allocator, free_closed_transports_at_once,
-                                     raise_open_file_limit, tune_allocator)
+    from broadcaster.process import (
+        choose_small_object_allocator,
+        free_closed_transports_at_once,
+        raise_open_file_limit,
+        tune_allocator,
+    )
 
     choose_small_object_allocator(config.server.allocator, restart=args.own_process)  # may start over
     from web.app import create_app
@@ -124,8 +138,9 @@ def _keep_full_collections_short(app, mode: str, thaw_after_s: float) -> None:  
 
     async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
         frozen = freezer.start(asyncio.get_running_loop())
-        logging.getLogger("broadcaster.serve").info("start-up heap frozen: %d objects the collector no longer walks",
-                                                    frozen)
+        logging.getLogger("broadcaster.serve").info(
+            "start-up heap frozen: %d objects the collector no longer walks", frozen
+        )
 
     async def stop(app) -> None:  # noqa: ANN001
         freezer.stop()
@@ -146,8 +161,10 @@ async def _ensure_channel(config: Config, name: str) -> None:
             print("(a producer token is shown once; 'broadcaster channel token NAME' issues a new one)")
             return
         made = await create_channel(store, name)
-        print(f"created channel {made.name}\n  listen at:      {config.base_url}/c/{made.name}\n"
-              f"  producer token: {made.token}")
+        print(
+            f"created channel {made.name}\n  listen at:      {config.base_url}/c/{made.name}\n"
+            f"  producer token: {made.token}"
+        )
     finally:
         await store.close()
 
@@ -167,14 +184,23 @@ def _channel_create(config: Config, args: argparse.Namespace) -> int:
     async def run() -> None:
         store = await _open_store(config)
         try:
-            made = await create_channel(store, args.name, style="radio" if args.radio else "campaign",
-                                        private=args.private)
+            made = await create_channel(
+                store, args.name, style="radio" if args.radio else "campaign", private=args.private
+            )
         finally:
             await store.close()
         url = _listen_url(config, made.name, made.listen_key)
         if args.json:
-            print(json.dumps({"channel": made.name, "producer_token": made.token, "listen_url": url,
-                              "listen_key": made.listen_key}))
+            print(
+                json.dumps(
+                    {
+                        "channel": made.name,
+                        "producer_token": made.token,
+                        "listen_url": url,
+                        "listen_key": made.listen_key,
+                    }
+                )
+            )
         else:
             print(f"channel:        {made.name}\nproducer token: {made.token}\nlisten at:      {url}")
 

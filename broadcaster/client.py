@@ -21,8 +21,11 @@ from tts.engine import Pcm
 
 async def submit(base_url: str, channel: str, text: str, token: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/api/channels/{channel}/requests", json={"text": text},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{base_url}/api/channels/{channel}/requests",
+            json={"text": text},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
             return resp.status, await resp.json()
 
 
@@ -63,7 +66,7 @@ class Heard:
         out = np.zeros((end, channels), dtype=np.int16)
         for start_ms, samples in parts:
             at = (start_ms - origin) * rate // 1000
-            out[at:at + len(samples)] = samples
+            out[at : at + len(samples)] = samples
         soundfile.write(path, out, rate, subtype="PCM_16")
 
     def _heard_part(self, chunk: HeardChunk) -> tuple[int, Pcm] | None:
@@ -76,11 +79,23 @@ class Heard:
         return chunk.starts_at_ms + late_ms, Pcm(chunk.pcm.samples[skip:], chunk.pcm.sample_rate)
 
 
-async def listen(base_url: str, channel: str, out: Path | None = None, max_requests: int = 0,
-                 seconds: float = 0, quiet: bool = False, key: str | None = None) -> Heard:
+async def listen(
+    base_url: str,
+    channel: str,
+    out: Path | None = None,
+    max_requests: int = 0,
+    seconds: float = 0,
+    quiet: bool = False,
+    key: str | None = None,
+) -> Heard:
     """Follow a channel; `key` is the listen key of a private channel."""
     heard = Heard()
-    ws_url = "ws" + base_url.removeprefix("http") + f"/ws/channels/{channel}" + (f"?{urlencode({'key': key})}" if key else "")
+    ws_url = (
+        "ws"
+        + base_url.removeprefix("http")
+        + f"/ws/channels/{channel}"
+        + (f"?{urlencode({'key': key})}" if key else "")
+    )
     headers = {"X-Listen-Key": key} if key else None
     async with aiohttp.ClientSession(headers=headers) as http, websockets.connect(ws_url) as ws:
         follower = _Follower(ws, http, base_url, heard, quiet)

@@ -9,7 +9,6 @@ from typing import Any
 from broadcaster.core.timeline import TimelineConfig
 from broadcaster.errors import BadInput
 
-
 GC_FREEZE_MODES = ("audience", "startup", "survivors", "off")
 
 
@@ -45,8 +44,10 @@ def _origins(value: Any) -> tuple[str, ...]:
     """The [server] cors_origins list: "*" or origins like "https://vtt.example" (scheme, host, optional port)."""
     if isinstance(value, (list, tuple)) and all(isinstance(o, str) and ORIGIN.fullmatch(o) for o in value):
         return tuple(o.lower().rstrip("/") for o in value)
-    raise BadInput(f"expected [server] cors_origins to be a list of \"*\" or origins like \"https://vtt.example\" "
-                   f"(no path), got {value!r}"[:300])
+    raise BadInput(
+        f'expected [server] cors_origins to be a list of "*" or origins like "https://vtt.example" '
+        f"(no path), got {value!r}"[:300]
+    )
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,10 @@ class TimelineSection:
 
     def __post_init__(self) -> None:
         if not 0 <= self.lead_ms <= self.max_lead_ms:
-            raise BadInput(f"expected [timeline] 0 <= lead_ms <= max_lead_ms, got lead_ms {self.lead_ms!r} and "
-                           f"max_lead_ms {self.max_lead_ms!r}")
+            raise BadInput(
+                f"expected [timeline] 0 <= lead_ms <= max_lead_ms, got lead_ms {self.lead_ms!r} and "
+                f"max_lead_ms {self.max_lead_ms!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,10 @@ class TtsConfig:
 
     def __post_init__(self) -> None:
         if self.piper_window_ms != 0 and self.piper_window_ms < MIN_PIPER_WINDOW_MS:
-            raise BadInput(f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "
-                           f"got {self.piper_window_ms!r}")
+            raise BadInput(
+                f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "
+                f"got {self.piper_window_ms!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         ids = " ".join(f"{_TEXT_LABELS[name]}={value}" for name in _IDS if (value := getattr(record, name, None)))
         return f"{line} [{ids}]" if ids else line

@@ -103,8 +103,10 @@ class Family:
                 raise ValueError(f"expected labels {list(self.labelnames)} for {self.name}, got {sorted(named)}")
             values = tuple(named[label] for label in self.labelnames)
         if len(values) != len(self.labelnames):
-            raise ValueError(f"expected {len(self.labelnames)} label values {list(self.labelnames)} for "
-                             f"{self.name}, got {len(values)}")
+            raise ValueError(
+                f"expected {len(self.labelnames)} label values {list(self.labelnames)} for "
+                f"{self.name}, got {len(values)}"
+            )
         return tuple(str(value) for value in values)
 
     def clear(self) -> None:
@@ -196,8 +198,9 @@ class Registry:
     def gauge(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Gauge:
         return self._add(Gauge(name, help_text, labelnames))
 
-    def histogram(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                  buckets: Sequence[float] = ()) -> Histogram:
+    def histogram(
+        self, name: str, help_text: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = ()
+    ) -> Histogram:
         return self._add(Histogram(name, help_text, labelnames, buckets))
 
     def _add(self, family):  # noqa: ANN001, ANN202

@@ -40,8 +40,7 @@ class AckLog(BatchedLog):
         """Queue one acknowledgement; False if this connection had already acknowledged the chunk."""
         if connection_id is not None and not await self._first_from(chunk_id, connection_id):
             return False
-        self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via,
-                              "acked_at_ms": now_ms})
+        self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via, "acked_at_ms": now_ms})
         self._flush_soon()
         return True
 

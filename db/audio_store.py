@@ -15,10 +15,10 @@ audio that is deleted.
 
 import asyncio
 import os
-from collections import OrderedDict
 import re
 import shutil
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 FORMATS = ("mp3", "flac")

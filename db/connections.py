@@ -33,8 +33,14 @@ class ConnectionLog(BatchedLog):
         self._writing = asyncio.Lock()  # one batch at a time, so a departure is never written before its arrival
 
     def opened(self, conn_id: str, channel_id: int, remote: str, agent: str, now_ms: int) -> None:
-        self._opened[conn_id] = {"id": conn_id, "channel_id": channel_id, "remote": remote[:64],
-                                 "user_agent": agent[:256], "connected_at_ms": now_ms, "disconnected_at_ms": None}
+        self._opened[conn_id] = {
+            "id": conn_id,
+            "channel_id": channel_id,
+            "remote": remote[:64],
+            "user_agent": agent[:256],
+            "connected_at_ms": now_ms,
+            "disconnected_at_ms": None,
+        }
         self._flush_soon()
 
     def closed(self, conn_id: str, now_ms: int) -> None:
@@ -59,8 +65,11 @@ class ConnectionLog(BatchedLog):
                     if opened:
                         await s.execute(insert(TABLE), opened)
                     if closed:
-                        await s.execute(update(TABLE).where(TABLE.c.id == bindparam("conn_id"))
-                                        .values(disconnected_at_ms=bindparam("at_ms")),
-                                        [{"conn_id": k, "at_ms": v} for k, v in closed.items()])
+                        await s.execute(
+                            update(TABLE)
+                            .where(TABLE.c.id == bindparam("conn_id"))
+                            .values(disconnected_at_ms=bindparam("at_ms")),
+                            [{"conn_id": k, "at_ms": v} for k, v in closed.items()],
+                        )
             except Exception:
                 log.exception("could not write %d connection arrivals and %d departures", len(opened), len(closed))

@@ -12,9 +12,12 @@ async def request_counts(store: Store) -> tuple[dict[tuple[str, str], int], list
     One GROUP BY over the (channel_id, state) index: cheap at any sensible scrape interval,
     and always equal to what is stored, however requests came and went.
     """
-    query = (select(ChannelRow.name, RequestRow.state, func.count(RequestRow.id))
-             .select_from(ChannelRow).outerjoin(RequestRow, RequestRow.channel_id == ChannelRow.id)
-             .group_by(ChannelRow.name, RequestRow.state))
+    query = (
+        select(ChannelRow.name, RequestRow.state, func.count(RequestRow.id))
+        .select_from(ChannelRow)
+        .outerjoin(RequestRow, RequestRow.channel_id == ChannelRow.id)
+        .group_by(ChannelRow.name, RequestRow.state)
+    )
     async with store.session() as s:
         rows = (await s.execute(query)).all()
     counts = {(name, state): count for name, state, count in rows if state is not None}

@@ -24,7 +24,7 @@ def make_engine(url: str) -> AsyncEngine:
         # WAL lets the CLI and cron write while the server reads; busy_timeout makes
         # a writer wait for a lock instead of failing at once.
         @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=10000")
@@ -63,10 +63,12 @@ class Store:
 
     # -- channels ----------------------------------------------------------
 
-    async def create_channel(self, name: str, token_hash: str, now_ms: int, style: str = "campaign",
-                             listen_key_hash: str | None = None) -> ChannelRow:
-        row = ChannelRow(name=name, token_hash=token_hash, created_at_ms=now_ms, style=style,
-                         listen_key_hash=listen_key_hash)
+    async def create_channel(
+        self, name: str, token_hash: str, now_ms: int, style: str = "campaign", listen_key_hash: str | None = None
+    ) -> ChannelRow:
+        row = ChannelRow(
+            name=name, token_hash=token_hash, created_at_ms=now_ms, style=style, listen_key_hash=listen_key_hash
+        )
         try:
             async with self.session.begin() as s:
                 s.add(row)
@@ -129,12 +131,24 @@ class Store:
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""
         async with self.session() as s:
-            rows = (await s.execute(select(RequestRow).where(
-                RequestRow.channel_id == channel_id, RequestRow.state.not_in(FINAL)
-            ).order_by(RequestRow.line_seq))).scalars().all()
-            played_end = (await s.execute(select(func.max(RequestRow.finished_at_ms)).where(
-                RequestRow.channel_id == channel_id, RequestRow.state.in_(FINAL)
-            ))).scalar()
+            rows = (
+                (
+                    await s.execute(
+                        select(RequestRow)
+                        .where(RequestRow.channel_id == channel_id, RequestRow.state.not_in(FINAL))
+                        .order_by(RequestRow.line_seq)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            played_end = (
+                await s.execute(
+                    select(func.max(RequestRow.finished_at_ms)).where(
+                        RequestRow.channel_id == channel_id, RequestRow.state.in_(FINAL)
+                    )
+                )
+            ).scalar()
             requests = [await self._with_chunks(s, row, channel) for row in rows]
         return requests, played_end
 
@@ -152,13 +166,24 @@ class Store:
             return _chunk(row) if row else None
 
     async def _with_chunks(self, s, row: RequestRow, channel: str) -> Request:  # noqa: ANN001
-        chunks = (await s.execute(select(ChunkRow).where(ChunkRow.request_id == row.id).order_by(ChunkRow.seq))).scalars()
+        chunks = (
+            await s.execute(select(ChunkRow).where(ChunkRow.request_id == row.id).order_by(ChunkRow.seq))
+        ).scalars()
         return Request(
-            request_id=row.id, channel=channel, text=row.text, sentences=json.loads(row.sentences_json),
-            created_at_ms=row.created_at_ms, state=RequestState(row.state),
-            generation_started_ms=row.generation_started_ms, finished_at_ms=row.finished_at_ms,
-            error=row.error, chunks=[_chunk(c) for c in chunks],
-            kind=row.kind or "speech", title=row.title, artist=row.artist, duration_ms=row.duration_ms,
+            request_id=row.id,
+            channel=channel,
+            text=row.text,
+            sentences=json.loads(row.sentences_json),
+            created_at_ms=row.created_at_ms,
+            state=RequestState(row.state),
+            generation_started_ms=row.generation_started_ms,
+            finished_at_ms=row.finished_at_ms,
+            error=row.error,
+            chunks=[_chunk(c) for c in chunks],
+            kind=row.kind or "speech",
+            title=row.title,
+            artist=row.artist,
+            duration_ms=row.duration_ms,
             auto=bool(row.auto),
         )
 
@@ -182,8 +207,11 @@ class Store:
         """After a restart no earlier connection is alive."""
         await self.connection_log.flush()
         async with self.session.begin() as s:
-            await s.execute(update(ConnectionRow).where(ConnectionRow.disconnected_at_ms.is_(None))
-                            .values(disconnected_at_ms=now_ms))
+            await s.execute(
+                update(ConnectionRow)
+                .where(ConnectionRow.disconnected_at_ms.is_(None))
+                .values(disconnected_at_ms=now_ms)
+            )
 
     async def connection_exists(self, conn_id: str) -> bool:
         if self.connection_log.pending(conn_id):
@@ -199,8 +227,11 @@ class Store:
     async def acks(self, connection_id: str) -> list[tuple[str, int]]:
         await self.ack_log.flush()
         async with self.session() as s:
-            rows = await s.execute(select(DeliveryRow.chunk_id, DeliveryRow.acked_at_ms)
-                                   .where(DeliveryRow.connection_id == connection_id).order_by(DeliveryRow.id))
+            rows = await s.execute(
+                select(DeliveryRow.chunk_id, DeliveryRow.acked_at_ms)
+                .where(DeliveryRow.connection_id == connection_id)
+                .order_by(DeliveryRow.id)
+            )
             return [(r[0], r[1]) for r in rows]
 
     # -- cleanup ---------------------------------------------------------------
@@ -209,17 +240,26 @@ class Store:
         """Delete played and failed requests that finished before `before_ms`, with their chunks and acks."""
         await self.connection_log.flush()
         async with self.session.begin() as s:
-            ids = list((await s.execute(select(RequestRow.id).where(
-                RequestRow.state.in_(FINAL), RequestRow.finished_at_ms < before_ms))).scalars())
+            ids = list(
+                (
+                    await s.execute(
+                        select(RequestRow.id).where(RequestRow.state.in_(FINAL), RequestRow.finished_at_ms < before_ms)
+                    )
+                ).scalars()
+            )
             for batch in _batches(ids, 500):
                 chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
                 await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
                 await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
                 await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
-            await s.execute(delete(ConnectionRow).where(
-                ConnectionRow.disconnected_at_ms < before_ms,
-                ~ConnectionRow.id.in_(select(DeliveryRow.connection_id).where(DeliveryRow.connection_id.is_not(None))),
-            ))
+            await s.execute(
+                delete(ConnectionRow).where(
+                    ConnectionRow.disconnected_at_ms < before_ms,
+                    ~ConnectionRow.id.in_(
+                        select(DeliveryRow.connection_id).where(DeliveryRow.connection_id.is_not(None))
+                    ),
+                )
+            )
         return ids
 
     async def request_ids(self) -> set[str]:
@@ -240,17 +280,27 @@ def _add_missing_columns(conn) -> None:  # noqa: ANN001
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 TOKEN_HASH = select(ChannelRow.token_hash).where(ChannelRow.name == bindparam("name"))
 _requests, _chunks = RequestRow.__table__, ChunkRow.__table__
 # A request goes to the back of its channel's line: one past the highest place taken.
-INSERT_REQUEST = insert(_requests).values(line_seq=select(func.coalesce(func.max(_requests.c.line_seq), 0) + 1).where(
-    _requests.c.channel_id == bindparam("line_of")).scalar_subquery())
-UPDATE_REQUEST = update(_requests).where(_requests.c.id == bindparam("request_id")).values(
-    state=bindparam("new_state"), generation_started_ms=bindparam("new_generation_started_ms"),
-    finished_at_ms=bindparam("new_finished_at_ms"), error=bindparam("new_error"))
+INSERT_REQUEST = insert(_requests).values(
+    line_seq=select(func.coalesce(func.max(_requests.c.line_seq), 0) + 1)
+    .where(_requests.c.channel_id == bindparam("line_of"))
+    .scalar_subquery()
+)
+UPDATE_REQUEST = (
+    update(_requests)
+    .where(_requests.c.id == bindparam("request_id"))
+    .values(
+        state=bindparam("new_state"),
+        generation_started_ms=bindparam("new_generation_started_ms"),
+        finished_at_ms=bindparam("new_finished_at_ms"),
+        error=bindparam("new_error"),
+    )
+)
 
 
 def _chunk_upsert(dialect: str):  # noqa: ANN202
@@ -259,40 +309,68 @@ def _chunk_upsert(dialect: str):  # noqa: ANN202
     if insert_for is None:
         return None
     statement = insert_for(_chunks)
-    return statement.on_conflict_do_update(index_elements=[_chunks.c.id], set_={
-        column.name: statement.excluded[column.name] for column in _chunks.c if column.name != "id"})
+    return statement.on_conflict_do_update(
+        index_elements=[_chunks.c.id],
+        set_={column.name: statement.excluded[column.name] for column in _chunks.c if column.name != "id"},
+    )
 
 
 def _request_values(request: Request, channel_id: int) -> dict:
     return dict(
-        id=request.request_id, channel_id=channel_id, text=request.text,
-        sentences_json=json.dumps(request.sentences), state=request.state.value,
-        created_at_ms=request.created_at_ms, generation_started_ms=request.generation_started_ms,
-        finished_at_ms=request.finished_at_ms, error=request.error,
-        kind=request.kind, title=request.title, artist=request.artist, duration_ms=request.duration_ms,
+        id=request.request_id,
+        channel_id=channel_id,
+        text=request.text,
+        sentences_json=json.dumps(request.sentences),
+        state=request.state.value,
+        created_at_ms=request.created_at_ms,
+        generation_started_ms=request.generation_started_ms,
+        finished_at_ms=request.finished_at_ms,
+        error=request.error,
+        kind=request.kind,
+        title=request.title,
+        artist=request.artist,
+        duration_ms=request.duration_ms,
         auto=request.auto,
     )
 
 
 def _request_state(request: Request) -> dict:
-    return dict(request_id=request.request_id, new_state=request.state.value,
-                new_generation_started_ms=request.generation_started_ms,
-                new_finished_at_ms=request.finished_at_ms, new_error=request.error)
+    return dict(
+        request_id=request.request_id,
+        new_state=request.state.value,
+        new_generation_started_ms=request.generation_started_ms,
+        new_finished_at_ms=request.finished_at_ms,
+        new_error=request.error,
+    )
 
 
 def _chunk_values(chunk: Chunk) -> dict:
     return dict(
-        id=chunk.chunk_id, request_id=chunk.request_id, seq=chunk.seq, text=chunk.text,
-        state=chunk.state.value, sample_rate=chunk.sample_rate, samples=chunk.samples,
-        duration_ms=chunk.duration_ms, ready_at_ms=chunk.ready_at_ms, starts_at_ms=chunk.starts_at_ms,
+        id=chunk.chunk_id,
+        request_id=chunk.request_id,
+        seq=chunk.seq,
+        text=chunk.text,
+        state=chunk.state.value,
+        sample_rate=chunk.sample_rate,
+        samples=chunk.samples,
+        duration_ms=chunk.duration_ms,
+        ready_at_ms=chunk.ready_at_ms,
+        starts_at_ms=chunk.starts_at_ms,
         channels=chunk.channels,
     )
 
 
 def _chunk(row: ChunkRow) -> Chunk:
     return Chunk(
-        chunk_id=row.id, request_id=row.request_id, seq=row.seq, text=row.text,
-        duration_ms=row.duration_ms, ready_at_ms=row.ready_at_ms, state=ChunkState(row.state),
-        starts_at_ms=row.starts_at_ms, sample_rate=row.sample_rate, samples=row.samples,
+        chunk_id=row.id,
+        request_id=row.request_id,
+        seq=row.seq,
+        text=row.text,
+        duration_ms=row.duration_ms,
+        ready_at_ms=row.ready_at_ms,
+        state=ChunkState(row.state),
+        starts_at_ms=row.starts_at_ms,
+        sample_rate=row.sample_rate,
+        samples=row.samples,
         channels=row.channels or 1,
     )

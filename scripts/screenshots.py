@@ -1,6 +1,6 @@
 """Regenerate docs/listener.png and docs/console.png from the real pages (Debian's Chromium).
 
-    .venv/bin/python scripts/screenshots.py
+.venv/bin/python scripts/screenshots.py
 """
 
 import asyncio

@@ -38,7 +38,7 @@ class LiveServer:
     token: str
 
     @property
-    def station(self):  # noqa: ANN201
+    def station(self):
         return self.app[STATION]
 
     def ws_url(self, channel: str | None = None) -> str:
@@ -46,8 +46,11 @@ class LiveServer:
 
     async def say(self, text: str, token: str | None = None, channel: str | None = None) -> aiohttp.ClientResponse:
         async with aiohttp.ClientSession() as http:
-            resp = await http.post(f"{self.base_url}/api/channels/{channel or self.channel}/requests",
-                                   json={"text": text}, headers={"Authorization": f"Bearer {token or self.token}"})
+            resp = await http.post(
+                f"{self.base_url}/api/channels/{channel or self.channel}/requests",
+                json={"text": text},
+                headers={"Authorization": f"Bearer {token or self.token}"},
+            )
             await resp.read()
             return resp
 
@@ -67,8 +70,9 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-async def start_server(tmp_path: Path, overrides: dict | None = None,
-                       engine_factory=None) -> tuple[web.AppRunner, LiveServer]:  # noqa: ANN001
+async def start_server(
+    tmp_path: Path, overrides: dict | None = None, engine_factory=None
+) -> tuple[web.AppRunner, LiveServer]:
     settings = merge(FAST_TONES, overrides or {})
     settings.setdefault("server", {})["data_dir"] = str(tmp_path / "data")
     config = config_from_dict(settings)
@@ -97,7 +101,7 @@ class Listener:
         self.ws = ws
         self.messages: list[dict[str, Any]] = []
 
-    async def next(self, kind: str, timeout: float = 10, where=None) -> dict[str, Any]:  # noqa: ANN001
+    async def next(self, kind: str, timeout: float = 10, where=None) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
                 message = json.loads(await self.ws.recv())
@@ -110,7 +114,7 @@ class Listener:
 
 
 @pytest.fixture
-async def connect(server: LiveServer):  # noqa: ANN201
+async def connect(server: LiveServer):
     sockets = []
 
     async def open_listener(channel: str | None = None) -> Listener:
@@ -136,9 +140,14 @@ async def raw_websocket(url: str, receive_buffer: int = 0) -> tuple[socket.socke
     sock.setblocking(False)
     await loop.sock_connect(sock, (parts.hostname, parts.port))
     key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(sock, (f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
     received = b""
     while b"\r\n\r\n" not in received:
         data = await loop.sock_recv(sock, 65536)

@@ -21,8 +21,13 @@ def free_port() -> int:
 
 def cli(*args: str, data_dir: Path, config: Path) -> subprocess.CompletedProcess[str]:
     """Run `python -m broadcaster ARGS` on the given data dir and config, as an operator would; fails on error."""
-    return subprocess.run([sys.executable, "-m", "broadcaster", *args, "--data-dir", str(data_dir),
-                           "--config", str(config)], capture_output=True, text=True, check=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "broadcaster", *args, "--data-dir", str(data_dir), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
 
 
 class ServerProcess:
@@ -32,8 +37,18 @@ class ServerProcess:
     def __init__(self, data_dir: Path, config: Path, logs: Path | None = None):
         self.logs = logs or data_dir.parent
         self.port = free_port()
-        self.args = [sys.executable, "-m", "broadcaster", "serve", "--data-dir", str(data_dir),
-                     "--config", str(config), "--port", str(self.port)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "broadcaster",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config),
+            "--port",
+            str(self.port),
+        ]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
@@ -75,7 +90,7 @@ class ServerProcess:
         return (self.logs / f"server-{self.starts}.log").read_text(errors="replace")[-3000:]
 
 
-async def metric(server, name: str, labels: str = "") -> float:  # noqa: ANN001
+async def metric(server, name: str, labels: str = "") -> float:
     """One sample from a server's /metrics (anything with a `base_url`); `labels` as written there,
     e.g. 'generation="2"'."""
     async with aiohttp.ClientSession() as http:

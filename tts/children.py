@@ -61,8 +61,7 @@ async def spawn(*args: str, memory_bytes: int | None = None, **kwargs) -> asynci
     The setup step makes Python fork rather than vfork: about 3 ms per spawn from a process with
     300 MB resident (against 0.3-1 ms). Encoders are started before their audio exists, so this
     stays off the time to first audio."""
-    return await asyncio.create_subprocess_exec(*args, preexec_fn=child_setup(memory_bytes), env=child_env(),
-                                                **kwargs)
+    return await asyncio.create_subprocess_exec(*args, preexec_fn=child_setup(memory_bytes), env=child_env(), **kwargs)
 
 
 class Tail:
@@ -80,7 +79,7 @@ class Tail:
             self._size -= len(self._parts.popleft())
 
     def text(self) -> str:
-        return b"".join(self._parts)[-self.limit:].decode(errors="replace")
+        return b"".join(self._parts)[-self.limit :].decode(errors="replace")
 
     async def drain(self, stream: asyncio.StreamReader) -> None:
         while data := await stream.read(READ_BYTES):

@@ -49,8 +49,9 @@ class Mp3Encoder:
         self.proc = proc
 
     @classmethod
-    async def start(cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1",
-                    channels: int = 1) -> "Mp3Encoder":
+    async def start(
+        cls, sample_rate: int, bitrate_kbps: int = 64, target: str = "pipe:1", channels: int = 1
+    ) -> "Mp3Encoder":
         proc = await spawn(
             *mp3_command(sample_rate, bitrate_kbps, target, channels),
             stdin=asyncio.subprocess.PIPE,
@@ -63,7 +64,9 @@ class Mp3Encoder:
         """Feed all of the PCM, wait for ffmpeg to finish; returns what it wrote to stdout."""
         out, err = await self.proc.communicate(pcm.samples.astype("<i2").tobytes())
         if self.proc.returncode != 0:
-            raise GenerationError(f"expected ffmpeg to encode MP3, it exited {self.proc.returncode}: {err.decode()[:200]}")
+            raise GenerationError(
+                f"expected ffmpeg to encode MP3, it exited {self.proc.returncode}: {err.decode()[:200]}"
+            )
         return out
 
     async def abandon(self) -> None:

@@ -37,8 +37,8 @@ class TtsEngine(ABC):
     async def synthesize(self, text: str) -> Pcm:
         """Speak one sentence; raise GenerationError if it cannot be done."""
 
-    async def idle(self) -> None:
+    async def idle(self) -> None:  # noqa: B027 (optional hook; doing nothing is right for most engines)
         """Called when no sentence is waiting: a chance to give memory back. Default: nothing."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Release threads or models; the default engine holds none."""

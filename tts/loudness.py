@@ -15,14 +15,32 @@ import numpy as np
 from .encode import ffmpeg_exe
 from .engine import Pcm, TtsEngine
 
-CALIBRATION = ("This passage sets the level of the voice, so that narration and music "
-               "sound equally loud. It is long enough to measure.")
+CALIBRATION = (
+    "This passage sets the level of the voice, so that narration and music "
+    "sound equally loud. It is long enough to measure."
+)
 
 
 def measure_lufs(pcm: Pcm) -> float:
     """Integrated loudness (LUFS) of the samples, by ffmpeg's ebur128 filter."""
-    args = [ffmpeg_exe(), "-hide_banner", "-nostats", "-f", "s16le", "-ar", str(pcm.sample_rate),
-            "-ac", str(pcm.channels), "-i", "pipe:0", "-af", "ebur128", "-f", "null", "-"]
+    args = [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostats",
+        "-f",
+        "s16le",
+        "-ar",
+        str(pcm.sample_rate),
+        "-ac",
+        str(pcm.channels),
+        "-i",
+        "pipe:0",
+        "-af",
+        "ebur128",
+        "-f",
+        "null",
+        "-",
+    ]
     err = subprocess.run(args, input=pcm.samples.astype("<i2").tobytes(), capture_output=True, timeout=60).stderr
     found = re.findall(rb"I:\s+(-?[\d.]+) LUFS", err)
     return float(found[-1]) if found else float("nan")
@@ -50,7 +68,7 @@ class LeveledEngine(TtsEngine):
     async def close(self) -> None:
         await self.inner.close()
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - e.g. the Piper voice, for benchmarks
+    def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
 

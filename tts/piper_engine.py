@@ -30,8 +30,14 @@ def default_model_path() -> Path:
 class PiperEngine(TtsEngine):
     name = "piper"
 
-    def __init__(self, model: str | Path | None = None, workers: int = 1, memory_arena: bool = False,
-                 window_ms: int = 0, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        workers: int = 1,
+        memory_arena: bool = False,
+        window_ms: int = 0,
+        cache_dir: Path | None = None,
+    ):
         """`workers`: sentences synthesized at once. Measured on 2 cores, one worker (onnxruntime
         already uses every core within a sentence) is faster than two and needs half the memory.
         `memory_arena`: onnxruntime keeps its peak working memory for reuse; about 25% faster, but
@@ -47,9 +53,14 @@ class PiperEngine(TtsEngine):
         self.parallelism = workers
         self._release = not memory_arena
         windowed = isinstance(self.voice.session, WindowedSession)
-        log.info("piper voice %s loaded (%d Hz, %d worker(s), memory arena %s, %s)",
-                 path.name, self.sample_rate, workers, "on" if memory_arena else "off",
-                 f"decoded {window_ms} ms at a time" if windowed else "each sentence decoded whole")
+        log.info(
+            "piper voice %s loaded (%d Hz, %d worker(s), memory arena %s, %s)",
+            path.name,
+            self.sample_rate,
+            workers,
+            "on" if memory_arena else "off",
+            f"decoded {window_ms} ms at a time" if windowed else "each sentence decoded whole",
+        )
 
     async def synthesize(self, text: str) -> Pcm:
         loop = asyncio.get_running_loop()
@@ -98,7 +109,10 @@ def _load_voice(path: Path, memory_arena: bool, window_ms: int = 0, cache_dir: P
         try:
             return PiperVoice(session=windowed_session(path, cache_dir, frames, options), config=config)
         except GenerationError as exc:
-            log.warning("%s; each sentence will be decoded whole, with working memory that grows with its "
-                        "length (about 16 MB per second of speech)", exc)
+            log.warning(
+                "%s; each sentence will be decoded whole, with working memory that grows with its "
+                "length (about 16 MB per second of speech)",
+                exc,
+            )
     session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return PiperVoice(session=session, config=config)

@@ -50,11 +50,33 @@ _INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
 # apart needs semantics, and a missed split only makes one utterance longer,
 # while a wrong split in "Dr. Smith" audibly breaks the prosody. The same
 # trade-off applies to a.m./p.m. and to single capitals ("Plan B. Then").
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "capt", "lt",
-    "col", "gen", "sgt", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "vol",
-    "fig", "approx",
-})
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "capt",
+        "lt",
+        "col",
+        "gen",
+        "sgt",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "a.m",
+        "p.m",
+        "vol",
+        "fig",
+        "approx",
+    }
+)
 # "no" is also an ordinary word ("The answer was no. Then..."), so it only
 # counts as an abbreviation when a number follows ("No. 5").
 _NUMBER_ABBREVIATIONS = frozenset({"no"})
@@ -86,7 +108,7 @@ def _split_paragraph(paragraph: str) -> list[str]:
     start = 0
     for match in _CANDIDATE.finditer(paragraph):
         if match.group("cjk") or _ends_sentence(paragraph, match):
-            sentences.append(paragraph[start:match.end()].strip())
+            sentences.append(paragraph[start : match.end()].strip())
             start = match.end()
     sentences.append(paragraph[start:].strip())
     return [sentence for sentence in sentences if sentence]
@@ -104,7 +126,7 @@ def _ends_sentence(text: str, match: re.Match) -> bool:
 
 def _is_abbreviation(text: str, dot: int, following: str) -> bool:
     """Whether the word ending at index ``dot`` is an abbreviation or initial."""
-    word = text[text.rfind(" ", 0, dot) + 1:dot].lstrip(_OPENERS)
+    word = text[text.rfind(" ", 0, dot) + 1 : dot].lstrip(_OPENERS)
     lowered = word.lower()
     if lowered in _NUMBER_ABBREVIATIONS:
         return following.isdigit()
@@ -124,7 +146,7 @@ def _split_long(sentence: str, max_chars: int) -> list[str]:
     start = 0
     # Offsets instead of slicing the remainder keep a huge sentence linear.
     while len(sentence) - start > max_chars:
-        window = sentence[start:start + max_chars + 1]
+        window = sentence[start : start + max_chars + 1]
         cut = _best_cut(window, max_chars)
         pieces.append(window[:cut].rstrip())
         start += cut

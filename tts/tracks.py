@@ -33,8 +33,14 @@ MIN_TAIL_MS = 50  # a last segment shorter than this joins the one before it
 FLAC_FRAMES = "asetnsamples=n=4096:p=0"
 # ffmpeg's demuxer names (a name matches any of a demuxer's aliases: "mov" is mp4 and m4a too).
 ACCEPTED_FORMATS = {
-    "mp3": "MP3", "flac": "FLAC", "ogg": "Ogg (Vorbis, Opus, FLAC)", "mov": "MP4/M4A (AAC, ALAC)",
-    "wav": "WAV", "aiff": "AIFF", "aac": "AAC (ADTS)", "matroska": "Matroska/WebM",
+    "mp3": "MP3",
+    "flac": "FLAC",
+    "ogg": "Ogg (Vorbis, Opus, FLAC)",
+    "mov": "MP4/M4A (AAC, ALAC)",
+    "wav": "WAV",
+    "aiff": "AIFF",
+    "aac": "AAC (ADTS)",
+    "matroska": "Matroska/WebM",
 }
 ACCEPTED = ", ".join(ACCEPTED_FORMATS.values())
 TAGS_BYTES = 64 * 1024  # ffmetadata output read for the title and artist; the rest is not wanted
@@ -83,8 +89,9 @@ def input_args() -> list[str]:
     return ["-protocol_whitelist", "fd", "-format_whitelist", ",".join(ACCEPTED_FORMATS), "-i", "fd:"]
 
 
-async def prepare_track(source: Path, master: Path, target_lufs: float, limits: DecodeLimits,
-                        fallback_title: str) -> TrackInfo:
+async def prepare_track(
+    source: Path, master: Path, target_lufs: float, limits: DecodeLimits, fallback_title: str
+) -> TrackInfo:
     """Decode `source` into a normalized FLAC at `master`; raises TrackRejected with the reason.
 
     Cancelling it (the client left) kills ffmpeg and leaves no file behind."""
@@ -106,11 +113,34 @@ def decode_command(target: Path, target_lufs: float, max_seconds: float) -> list
     # asetpts: timestamps become the sample count, so a file whose timestamps stand still or jump
     # cannot confuse what follows; atrim stops after the cap (plus a second, to tell "too long").
     cap = int((max_seconds + 1) * TRACK_RATE)
-    filters = (f"asetpts=N/SR/TB,aresample={TRACK_RATE},aformat=channel_layouts=stereo,atrim=end_sample={cap},"
-               f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11,aresample={TRACK_RATE},{FLAC_FRAMES}")
-    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-xerror", "-y", *input_args(), "-vn",
-            "-af", filters, "-ar", str(TRACK_RATE), "-ac", str(TRACK_CHANNELS), "-c:a", "flac", "-sample_fmt", "s16",
-            "-f", "flac", str(target)]
+    filters = (
+        f"asetpts=N/SR/TB,aresample={TRACK_RATE},aformat=channel_layouts=stereo,atrim=end_sample={cap},"
+        f"loudnorm=I={target_lufs}:TP=-1.5:LRA=11,aresample={TRACK_RATE},{FLAC_FRAMES}"
+    )
+    return [
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-nostdin",
+        "-v",
+        "error",
+        "-xerror",
+        "-y",
+        *input_args(),
+        "-vn",
+        "-af",
+        filters,
+        "-ar",
+        str(TRACK_RATE),
+        "-ac",
+        str(TRACK_CHANNELS),
+        "-c:a",
+        "flac",
+        "-sample_fmt",
+        "s16",
+        "-f",
+        "flac",
+        str(target),
+    ]
 
 
 async def _decode_into(source: Path, target: Path, target_lufs: float, limits: DecodeLimits) -> int:
@@ -118,12 +148,15 @@ async def _decode_into(source: Path, target: Path, target_lufs: float, limits: D
     returncode, reason = await _run(decode_command(target, target_lufs, limits.max_seconds), source, limits)
     frames = await asyncio.to_thread(_frames, target) if returncode == 0 else 0
     if "not on whitelist" in reason:
-        raise TrackRejected(f"expected an audio file in one of the accepted formats ({ACCEPTED}), "
-                            "got another kind of file")
+        raise TrackRejected(
+            f"expected an audio file in one of the accepted formats ({ACCEPTED}), got another kind of file"
+        )
     if not frames:
         lines = reason.strip().splitlines()
-        raise TrackRejected(f"expected an audio file in one of the accepted formats ({ACCEPTED}), got one that "
-                            f"does not decode: {' '.join(lines[-2:])[:300] or 'no audio'}")
+        raise TrackRejected(
+            f"expected an audio file in one of the accepted formats ({ACCEPTED}), got one that "
+            f"does not decode: {' '.join(lines[-2:])[:300] or 'no audio'}"
+        )
     if frames > limits.max_seconds * TRACK_RATE:
         raise TrackRejected(f"expected a track of at most {limits.max_seconds:g} s, got a longer one")
     if frames < TRACK_RATE // 10:
@@ -135,15 +168,21 @@ async def _run(args: list[str], source: Path, limits: DecodeLimits) -> tuple[int
     """Run one decode of `source` within the limits; returns ffmpeg's exit code and the tail of its log."""
     tail = Tail()
     with open(source, "rb") as stdin:
-        proc = await spawn(*args, memory_bytes=limits.memory_bytes, stdin=stdin,
-                           stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        proc = await spawn(
+            *args,
+            memory_bytes=limits.memory_bytes,
+            stdin=stdin,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
     try:
         async with asyncio.timeout(limits.timeout_s):
             await tail.drain(proc.stderr)
             await proc.wait()
     except TimeoutError:
-        raise TrackRejected(f"expected a file that decodes within {limits.timeout_s:g} s, "
-                            "got one that took longer") from None
+        raise TrackRejected(
+            f"expected a file that decodes within {limits.timeout_s:g} s, got one that took longer"
+        ) from None
     finally:
         await asyncio.shield(stop(proc))
     return proc.returncode, tail.text()
@@ -165,8 +204,19 @@ async def read_tags(source: Path, memory_bytes: int | None = None) -> dict[str, 
     """Title and artist from the container's or the audio stream's tags (Ogg keeps them per stream)."""
     tags: dict[str, str] = {}
     for mapping in ("0", "0:s:a:0"):
-        args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "quiet", *input_args(), "-map_metadata", mapping,
-                "-f", "ffmetadata", "pipe:1"]
+        args = [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "quiet",
+            *input_args(),
+            "-map_metadata",
+            mapping,
+            "-f",
+            "ffmetadata",
+            "pipe:1",
+        ]
         for line in (await _metadata(args, source, memory_bytes)).splitlines():
             key, sep, value = line.partition("=")
             if sep and key.lower() in ("title", "artist") and value.strip():
@@ -177,8 +227,13 @@ async def read_tags(source: Path, memory_bytes: int | None = None) -> dict[str, 
 async def _metadata(args: list[str], source: Path, memory_bytes: int | None) -> str:
     """The first TAGS_BYTES ffmpeg writes; empty if it does not finish in time."""
     with open(source, "rb") as stdin:
-        proc = await spawn(*args, memory_bytes=memory_bytes, stdin=stdin, stdout=asyncio.subprocess.PIPE,
-                           stderr=asyncio.subprocess.DEVNULL)
+        proc = await spawn(
+            *args,
+            memory_bytes=memory_bytes,
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
     try:
         async with asyncio.timeout(TAGS_TIMEOUT_S):
             out = b""

@@ -76,7 +76,7 @@ def back_input(graph) -> str | None:  # noqa: ANN001
         return None
     cut = graph.node[names.index(BACK_NODE)].input[0]
     known = {cut} | {init.name for init in graph.initializer}
-    for node in graph.node[names.index(BACK_NODE):]:  # ONNX graphs list their nodes in order
+    for node in graph.node[names.index(BACK_NODE) :]:  # ONNX graphs list their nodes in order
         if not all(name in known for name in node.input if name):
             return None
         known.update(node.output)
@@ -102,8 +102,13 @@ def split(model: Path, out_dir: Path) -> None:
         onnx.save(extractor.extract_model(decoder_inputs, [cut] if cut else decoder_outputs), work_dir / DECODER)
         if cut:
             onnx.save(extractor.extract_model([cut], decoder_outputs), work_dir / BACK)
-        layout = {"decoder_inputs": decoder_inputs, "decoder_output": decoder_outputs[0], "back_input": cut,
-                  "other_outputs": other_outputs, "outputs": [out.name for out in graph.output]}
+        layout = {
+            "decoder_inputs": decoder_inputs,
+            "decoder_output": decoder_outputs[0],
+            "back_input": cut,
+            "other_outputs": other_outputs,
+            "outputs": [out.name for out in graph.output],
+        }
         (work_dir / LAYOUT).write_text(json.dumps(layout), encoding="utf-8")
         try:
             os.rename(work_dir, out_dir)
@@ -113,6 +118,7 @@ def split(model: Path, out_dir: Path) -> None:
             # another process split the same voice meanwhile: theirs stays
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
 
 def main() -> None:
     try:

@@ -35,8 +35,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,15 +67,16 @@ def windowed(run: Callable[[np.ndarray], np.ndarray], frames: np.ndarray, window
         low, high, stop = max(0, start - overlap), min(total, start + step + overlap), min(total, start + step)
         out = run(np.ascontiguousarray(frames[..., low:high]))
         hop = whole_hop(out, high - low)
-        parts.append(out[..., (start - low) * hop:(stop - low) * hop])
+        parts.append(out[..., (start - low) * hop : (stop - low) * hop])
     return np.concatenate(parts, axis=-1)
 
 
 def whole_hop(out: np.ndarray, frames: int) -> int:
     hop, rest = divmod(out.shape[-1], frames)
     if rest:
-        raise GenerationError(f"expected the decoder to make a whole number of samples per frame, "
-                              f"got {out.shape[-1]} for {frames} frames")
+        raise GenerationError(
+            f"expected the decoder to make a whole number of samples per frame, got {out.shape[-1]} for {frames} frames"
+        )
     return hop
 
 
@@ -85,9 +87,17 @@ class WindowedSession:
     then names the tensor that passes between them.
     """
 
-    def __init__(self, encoder: Any, decoder: Any, layout: dict, window_frames: int,
-                 overlap_frames: int = OVERLAP_FRAMES, back: Any = None,
-                 back_window_frames: int = BACK_WINDOW_FRAMES, back_overlap_frames: float = BACK_OVERLAP_FRAMES):
+    def __init__(
+        self,
+        encoder: Any,
+        decoder: Any,
+        layout: dict,
+        window_frames: int,
+        overlap_frames: int = OVERLAP_FRAMES,
+        back: Any = None,
+        back_window_frames: int = BACK_WINDOW_FRAMES,
+        back_overlap_frames: float = BACK_OVERLAP_FRAMES,
+    ):
         self.encoder, self.decoder, self.back = encoder, decoder, back
         self.decoder_inputs: list[str] = layout["decoder_inputs"]  # the frames first
         self.decoder_output: str = layout["decoder_output"]
@@ -119,8 +129,12 @@ class WindowedSession:
     def _back_windows(self, middle: np.ndarray, frames: int) -> np.ndarray:
         """The back part over the front part's output for `frames` frames, on its own shorter windows."""
         steps = whole_hop(middle, frames) if frames else 1  # the front part's output steps per frame
-        return windowed(lambda part: self.back.run([self.decoder_output], {self.back_input: part})[0], middle,
-                        self.back_window_frames * steps, math.ceil(self.back_overlap_frames * steps))
+        return windowed(
+            lambda part: self.back.run([self.decoder_output], {self.back_input: part})[0],
+            middle,
+            self.back_window_frames * steps,
+            math.ceil(self.back_overlap_frames * steps),
+        )
 
 
 def split_voice(model: Path, cache_dir: Path) -> Path:
@@ -135,15 +149,24 @@ def split_voice(model: Path, cache_dir: Path) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     started = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, str(SPLIT_SCRIPT), str(model), str(out_dir)],
-                              capture_output=True, text=True, timeout=SPLIT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [sys.executable, str(SPLIT_SCRIPT), str(model), str(out_dir)],
+            capture_output=True,
+            text=True,
+            timeout=SPLIT_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         raise GenerationError(f"expected the voice split to finish within {SPLIT_TIMEOUT_S} s, it did not") from None
     if done.returncode != 0 or not (out_dir / LAYOUT).is_file():
         reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise GenerationError(f"could not split voice {model.name} for windowed decoding: {reason}")
-    log.info("piper voice %s split for windowed decoding in %.1f s (once per voice file; cached in %s)",
-             model.name, time.perf_counter() - started, out_dir)
+    log.info(
+        "piper voice %s split for windowed decoding in %.1f s (once per voice file; cached in %s)",
+        model.name,
+        time.perf_counter() - started,
+        out_dir,
+    )
     return out_dir
 
 
@@ -156,8 +179,9 @@ def windowed_session(model: Path, cache_dir: Path, window_frames: int, options: 
 
     def load(name: str) -> Any:
         try:
-            return onnxruntime.InferenceSession(str(parts / name), sess_options=options,
-                                                providers=["CPUExecutionProvider"])
+            return onnxruntime.InferenceSession(
+                str(parts / name), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own types: a file it cannot load, say
             raise GenerationError(f"could not load {parts / name} for windowed decoding: {exc}") from exc
 

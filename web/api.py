@@ -22,11 +22,15 @@ async def submit_request(request: web.Request) -> web.Response:
         name = await producer_channel(request)
     body = await json_body(request)  # not held off: a body may arrive slowly
     if "text" not in body:
-        raise BadInput(f"expected a JSON object with \"text\", got keys {sorted(body)[:10]}")
+        raise BadInput(f'expected a JSON object with "text", got keys {sorted(body)[:10]}')
     queued, position = await station.submit(name, body["text"])  # held off again inside, to the announcement
     return web.json_response(
-        {"request_id": queued.request_id, "status": queued.state.value, "position": position,
-         "sentences": len(queued.sentences)},
+        {
+            "request_id": queued.request_id,
+            "status": queued.state.value,
+            "position": position,
+            "sentences": len(queued.sentences),
+        },
         status=202,
     )
 
@@ -53,8 +57,15 @@ async def cancel_request(request: web.Request) -> web.Response:
 async def retry_request(request: web.Request) -> web.Response:
     name = await producer_channel(request)
     queued, position = await request.app[STATION].retry(name, path_id(request, "request_id", "request"))
-    return web.json_response({"request_id": queued.request_id, "status": queued.state.value, "position": position,
-                              "sentences": len(queued.sentences)}, status=202)
+    return web.json_response(
+        {
+            "request_id": queued.request_id,
+            "status": queued.state.value,
+            "position": position,
+            "sentences": len(queued.sentences),
+        },
+        status=202,
+    )
 
 
 async def move_request(request: web.Request) -> web.Response:
@@ -104,8 +115,12 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
     except (GenerationError, OSError) as exc:
         return error_response(503, "encoding_failed", f"the MP3 of chunk {chunk_id} could not be made: {exc}")
-    headers = {"Accept-Ranges": "bytes", "Content-Type": CONTENT_TYPES[fmt],
-               "Cache-Control": _cache_control(credential), "ETag": f'"{chunk_id}-{fmt}"'}
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Type": CONTENT_TYPES[fmt],
+        "Cache-Control": _cache_control(credential),
+        "ETag": f'"{chunk_id}-{fmt}"',
+    }
     try:
         wanted = parse_range(request.headers.get("Range"), len(data))
     except RangeNotSatisfiable as exc:
@@ -115,7 +130,7 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         return web.Response(body=data, headers=headers)
     headers["Content-Range"] = wanted.content_range(len(data))
     request.app[METRICS].sent("chunk", wanted.end + 1 - wanted.start)
-    return web.Response(body=data[wanted.start:wanted.end + 1], status=206, headers=headers)
+    return web.Response(body=data[wanted.start : wanted.end + 1], status=206, headers=headers)
 
 
 def _cache_control(credential: Credential) -> str:

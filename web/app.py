@@ -20,13 +20,13 @@ from tts.loudness import level
 
 from . import api, cors, live, metrics, pages, stream, tracks, ws
 from .fanout import Hub
-from .sendmany import SocketWriter
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE, WATCH
 from .limits import Access
 from .middleware import json_errors
 from .publish import Publisher
 from .requestlog import AUDIO_FETCH, quiet_malformed_requests, request_log, stamp_request_id
 from .revocation import CredentialWatch
+from .sendmany import SocketWriter
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def make_engine(config: Config) -> TtsEngine:
         from tts.piper_engine import PiperEngine
 
         t = config.tts
-        return PiperEngine(t.piper_model or None, t.piper_workers, t.piper_memory_arena, t.piper_window_ms,
-                           config.data_path / "voices")
+        return PiperEngine(
+            t.piper_model or None, t.piper_workers, t.piper_memory_arena, t.piper_window_ms, config.data_path / "voices"
+        )
     raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
 
 
@@ -54,8 +55,11 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     # whole second, so each second's arrivals would be pinged together ever after. With thousands of
     # listeners that is a thousand pings (and then pongs) in one turn of the loop, tens of
     # milliseconds during which no announcement goes out (docs/performance.md).
-    app = web.Application(middlewares=[request_log, json_errors], client_max_size=body_limit,
-                          handler_args={"timeout_ceil_threshold": math.inf})
+    app = web.Application(
+        middlewares=[request_log, json_errors],
+        client_max_size=body_limit,
+        handler_args={"timeout_ceil_threshold": math.inf},
+    )
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()

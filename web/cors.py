@@ -99,11 +99,20 @@ async def preflight(request: web.Request) -> web.Response:
     if allow is None:
         raise OriginRefused(f"expected a page from one of the origins in [server] cors_origins, got {origin[:100]!r}")
     if not await _public(request, await _channel_of(request)):
-        raise OriginRefused("this channel is private: only pages served by this server may read it "
-                            "(cross-origin access is for public channels)")
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Origin": allow, "Access-Control-Allow-Methods": methods,
-        "Access-Control-Allow-Headers": "Range", "Access-Control-Max-Age": str(MAX_AGE_S), **_vary(allow)})
+        raise OriginRefused(
+            "this channel is private: only pages served by this server may read it "
+            "(cross-origin access is for public channels)"
+        )
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": allow,
+            "Access-Control-Allow-Methods": methods,
+            "Access-Control-Allow-Headers": "Range",
+            "Access-Control-Max-Age": str(MAX_AGE_S),
+            **_vary(allow),
+        },
+    )
 
 
 async def _allow_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -133,11 +142,15 @@ async def check_socket_origin(request: web.Request, channel: str) -> None:
     if origin is None or same_origin(origin, request.host, server.public_url):
         return
     if not await _public(request, channel):
-        raise OriginRefused(f"channel {channel!r} is private: its socket is open only to pages from the same "
-                            f"origin as this server, got Origin {origin[:100]!r}")
+        raise OriginRefused(
+            f"channel {channel!r} is private: its socket is open only to pages from the same "
+            f"origin as this server, got Origin {origin[:100]!r}"
+        )
     if allowed_origin(origin, server.cors_origins) is None:
-        raise OriginRefused(f"expected a page from this server or one of the origins in [server] cors_origins, "
-                            f"got Origin {origin[:100]!r}")
+        raise OriginRefused(
+            f"expected a page from this server or one of the origins in [server] cors_origins, "
+            f"got Origin {origin[:100]!r}"
+        )
 
 
 def _path(request: web.Request) -> str | None:

@@ -64,8 +64,16 @@ def _unwatched(listener: "Listener") -> None:
 
 
 class Listener:
-    def __init__(self, ws: web.WebSocketResponse, connection_id: str, channel: str, queue_size: int,
-                 counted: bool = True, transport: asyncio.Transport | None = None, buffer_limit: int = 65536):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        connection_id: str,
+        channel: str,
+        queue_size: int,
+        counted: bool = True,
+        transport: asyncio.Transport | None = None,
+        buffer_limit: int = 65536,
+    ):
         self.ws = ws
         self.transport = transport  # None: every message goes through the queue
         self.fd = _plain_socket_fd(transport)  # written directly only while the transport is idle
@@ -126,8 +134,14 @@ class Listener:
         """Nothing is waiting to be sent to this listener, so new bytes may go straight to its socket.
         (Checked for thousands of listeners per broadcast: plain attributes first.)"""
         transport = self.transport
-        return (self.key and not self.backlog and not self.dropped and not self.ws.closed
-                and not transport.is_closing() and not transport.get_write_buffer_size())
+        return (
+            self.key
+            and not self.backlog
+            and not self.dropped
+            and not self.ws.closed
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        )
 
     def take_rest(self, frames: bytes, sent: int) -> None:
         """The socket took only `sent` bytes of a direct write (-1: the connection broke, and its reader
@@ -141,8 +155,13 @@ class Listener:
         if self.dropped:
             return False
         transport = self.transport
-        if (transport is not None and not self.backlog and not self.ws.closed
-                and not transport.is_closing() and transport.get_write_buffer_size() < self.buffer_limit):
+        if (
+            transport is not None
+            and not self.backlog
+            and not self.ws.closed
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() < self.buffer_limit
+        ):
             transport.write(frames)
             return True
         if self.queue.maxsize - self.queue.qsize() < len(texts):
@@ -313,7 +332,7 @@ class Hub:
         task.add_done_callback(self._closing.discard)
 
     async def close_all(self) -> None:
-        everyone = [l for group in self.listeners.values() for l in group]
-        await asyncio.gather(*(l.close(1001, b"server shutting down") for l in everyone), return_exceptions=True)
+        everyone = [one for group in self.listeners.values() for one in group]
+        await asyncio.gather(*(one.close(1001, b"server shutting down") for one in everyone), return_exceptions=True)
         await asyncio.gather(*self._closing, return_exceptions=True)
         self.writer.close()

@@ -59,7 +59,9 @@ def parse_json(raw: bytes | str) -> Any:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:  # 4300+ digit numbers, absurd nesting
-        raise BadInput(f"expected a reasonable JSON object, got one Python refuses to parse ({type(exc).__name__})") from None
+        raise BadInput(
+            f"expected a reasonable JSON object, got one Python refuses to parse ({type(exc).__name__})"
+        ) from None
 
 
 def int_query(request: web.Request, name: str, default: int, maximum: int) -> int:

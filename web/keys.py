@@ -10,8 +10,8 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
-from .limits import Access
 from .fanout import Hub
+from .limits import Access
 from .revocation import CredentialWatch
 
 CONFIG = web.AppKey("config", Config)

@@ -11,7 +11,6 @@ from broadcaster.core.ratelimit import KeyedLimiter
 from broadcaster.errors import RateLimited
 from broadcaster.runtime.clock import Clock
 
-
 CONNECTION_RETRY_S = 10
 STREAM_RETRY_S = 10
 
@@ -45,7 +44,8 @@ class Access:
             raise RateLimited(
                 f"expected at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} "
                 f"from one address, got more; try again in {math.ceil(wait_ms / 1000)} s",
-                math.ceil(wait_ms / 1000))
+                math.ceil(wait_ms / 1000),
+            )
 
     @contextmanager
     def connection(self, remote: str) -> Iterator[None]:
@@ -54,7 +54,9 @@ class Access:
             self.refused("connections")
             raise TooManyConnections(
                 f"expected at most {self.max_connections} open connections from one address, "
-                f"got another one from {remote}; close some and retry", CONNECTION_RETRY_S)
+                f"got another one from {remote}; close some and retry",
+                CONNECTION_RETRY_S,
+            )
         self.open[remote] += 1
         try:
             yield
@@ -70,7 +72,9 @@ class Access:
             self.refused("stream_encoders")
             raise TooManyStreams(
                 f"expected at most {self.max_encoders} progressive streams open at once on this server, got "
-                f"another; try again in a little while, or play the chunk URLs instead", STREAM_RETRY_S)
+                f"another; try again in a little while, or play the chunk URLs instead",
+                STREAM_RETRY_S,
+            )
         self.encoders += 1
         try:
             yield

@@ -52,7 +52,7 @@ class IcyWriter:
             await self.response.write(data)
             return
         while data:
-            part, data = data[: self.until_meta], data[self.until_meta:]
+            part, data = data[: self.until_meta], data[self.until_meta :]
             await self.response.write(part)
             self.until_meta -= len(part)
             if self.until_meta == 0:
@@ -73,8 +73,10 @@ class IcyWriter:
 async def live_mp3(request: web.Request) -> web.StreamResponse:
     runner = await request.app[STATION].runner(request.match_info["channel"])
     credential = await require_listener(request, runner.name)
-    with request.app[ACCESS].connection(remote_of(request)), \
-            request.app[WATCH].watch(runner.name, credential) as watched:  # ends it if the key is replaced
+    with (
+        request.app[ACCESS].connection(remote_of(request)),
+        request.app[WATCH].watch(runner.name, credential) as watched,
+    ):  # ends it if the key is replaced
         return await _play(request, runner, watched)
 
 

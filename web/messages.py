@@ -39,8 +39,13 @@ def source_json(request: Request) -> dict[str, Any]:
     """What the request is: narration, or a track with its tags."""
     if request.kind != "track":
         return {"kind": "speech"}
-    return {"kind": "track", "title": request.title, "artist": request.artist, "duration_ms": request.duration_ms,
-            "auto": request.auto}
+    return {
+        "kind": "track",
+        "title": request.title,
+        "artist": request.artist,
+        "duration_ms": request.duration_ms,
+        "auto": request.auto,
+    }
 
 
 def queue_item_json(request: Request, position: int) -> dict[str, Any]:
@@ -70,7 +75,9 @@ def now_playing_json(channel: Channel, now_ms: int) -> dict[str, Any] | None:
         "chunks_total": len(head.sentences),
         "stream_url": stream_url(head.request_id),
         "chunks": [chunk_json(c) for c in head.live_chunks() if c.scheduled],
-        "position": None if position is None else {"chunk_id": position.chunk.chunk_id, "offset_ms": position.offset_ms},
+        "position": None
+        if position is None
+        else {"chunk_id": position.chunk.chunk_id, "offset_ms": position.offset_ms},
     }
 
 
@@ -81,39 +88,77 @@ def queue_json(channel: Channel) -> list[dict[str, Any]]:
 
 def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
     """The latest finished requests, newest first (the console offers a retry on failed ones)."""
-    return [{"request_id": r.request_id, "status": r.state.value, "text": r.text, "error": r.error,
-             "finished_at_ms": r.finished_at_ms} for r in list(channel.recent)[::-1][:limit]]
+    return [
+        {
+            "request_id": r.request_id,
+            "status": r.state.value,
+            "text": r.text,
+            "error": r.error,
+            "finished_at_ms": r.finished_at_ms,
+        }
+        for r in list(channel.recent)[::-1][:limit]
+    ]
 
 
 def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
-    return {"server_time_ms": now_ms, "now_playing": now_playing_json(channel, now_ms), "queue": queue_json(channel),
-            "recent": recent_json(channel), "repeat": channel.repeat.value}
+    return {
+        "server_time_ms": now_ms,
+        "now_playing": now_playing_json(channel, now_ms),
+        "queue": queue_json(channel),
+        "recent": recent_json(channel),
+        "repeat": channel.repeat.value,
+    }
 
 
 def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
     """The message announcing `event`, or None for events listeners do not need."""
     match event:
         case StreamStarted(request):
-            return {"type": "audio_stream_started", "request_id": request.request_id,
-                    "starts_at_ms": request.starts_at_ms, "stream_url": stream_url(request.request_id),
-                    "text": request.text, "chunks_total": len(request.sentences), **source_json(request)}
+            return {
+                "type": "audio_stream_started",
+                "request_id": request.request_id,
+                "starts_at_ms": request.starts_at_ms,
+                "stream_url": stream_url(request.request_id),
+                "text": request.text,
+                "chunks_total": len(request.sentences),
+                **source_json(request),
+            }
         case ChunkScheduled(request, chunk):
             return {"type": "audio_chunk_ready", "request_id": request.request_id, **chunk_json(chunk)}
         case TimelineShifted(request, chunk, shift_ms):
-            return {"type": "timeline_shifted", "request_id": request.request_id, "chunk_id": chunk.chunk_id,
-                    "starts_at_ms": chunk.starts_at_ms, "shift_ms": shift_ms}
+            return {
+                "type": "timeline_shifted",
+                "request_id": request.request_id,
+                "chunk_id": chunk.chunk_id,
+                "starts_at_ms": chunk.starts_at_ms,
+                "shift_ms": shift_ms,
+            }
         case RequestFailed(request, reason, failed_at_ms, discarded):
-            return {"type": "request_failed", "request_id": request.request_id, "reason": reason,
-                    "failed_at_ms": failed_at_ms, "audio_ends_at_ms": request.finished_at_ms,
-                    "discarded_chunk_ids": list(discarded)}
+            return {
+                "type": "request_failed",
+                "request_id": request.request_id,
+                "reason": reason,
+                "failed_at_ms": failed_at_ms,
+                "audio_ends_at_ms": request.finished_at_ms,
+                "discarded_chunk_ids": list(discarded),
+            }
         case RequestCancelled(request, skipped, stopped_at_ms, discarded):
-            return {"type": "request_cancelled", "request_id": request.request_id, "skipped": skipped,
-                    "stopped_at_ms": stopped_at_ms, "discarded_chunk_ids": list(discarded)}
+            return {
+                "type": "request_cancelled",
+                "request_id": request.request_id,
+                "skipped": skipped,
+                "stopped_at_ms": stopped_at_ms,
+                "discarded_chunk_ids": list(discarded),
+            }
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
         case QueueChanged():
-            return {"type": "playback_queue_updated", "queue": queue_json(channel), "recent": recent_json(channel),
-                    "repeat": channel.repeat.value}
+            return {
+                "type": "playback_queue_updated",
+                "queue": queue_json(channel),
+                "recent": recent_json(channel),
+                "repeat": channel.repeat.value,
+            }
     return None
 
 

@@ -38,16 +38,19 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.set_malloc(await asyncio.to_thread(malloc_usage))
     telemetry.set_fanout_helpers(len(app[HUB].writer.helper_pids))
     station = app[STATION]
-    telemetry.set_synthesis(station.synthesis.backlog, station.synthesis.speed, station.streaming_count(),
-                            station.synthesis.live_capacity())
-    return web.Response(body=telemetry.render().encode(),
-                        headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+    telemetry.set_synthesis(
+        station.synthesis.backlog, station.synthesis.speed, station.streaming_count(), station.synthesis.live_capacity()
+    )
+    return web.Response(
+        body=telemetry.render().encode(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"}
+    )
 
 
 def listener_counts(app: web.Application, channels: list[str]) -> Counter[tuple[str, str]]:
     """(channel, kind) -> connected now; every loaded channel appears, with 0 where nobody listens."""
-    counts: Counter[tuple[str, str]] = Counter({(name, kind): 0 for name in channels
-                                                for kind in ("websocket", "console", "live")})
+    counts: Counter[tuple[str, str]] = Counter(
+        {(name, kind): 0 for name in channels for kind in ("websocket", "console", "live")}
+    )
     for name, group in app[HUB].listeners.items():
         for listener in group:
             counts[name, "websocket" if listener.counted else "console"] += 1

@@ -40,8 +40,10 @@ async def static_file(request: web.Request) -> web.FileResponse:
 def _private_page(name: str, exc: Unauthorized) -> web.Response:
     """A person followed a link without the key: tell them in words, not JSON."""
     text = escape(exc.message)
-    body = (f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-            f"<title>{escape(name)}: private channel</title><link rel=stylesheet href=/static/style.css>"
-            f"<main class=notice><h1>{escape(name)} is a private channel</h1><p>{text}</p>"
-            f"<p>Open the full link the producer shared; it ends in <code>?key=…</code>.</p></main>")
+    body = (
+        f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{escape(name)}: private channel</title><link rel=stylesheet href=/static/style.css>"
+        f"<main class=notice><h1>{escape(name)} is a private channel</h1><p>{text}</p>"
+        f"<p>Open the full link the producer shared; it ends in <code>?key=…</code>.</p></main>"
+    )
     return web.Response(status=401, text=body, content_type="text/html", headers={"Cache-Control": "no-store"})

@@ -73,14 +73,29 @@ def _path_ids(request: web.Request) -> dict[str, str]:
 def _finished(request: web.Request, status: int | None, duration_ms: float) -> None:
     if status is not None:
         request.app[METRICS].responded(status)
-        if status < 400 and request.match_info.route.name == AUDIO_FETCH and \
-                not request.app[CONFIG].server.log_audio_fetches:
+        if (
+            status < 400
+            and request.match_info.route.name == AUDIO_FETCH
+            and not request.app[CONFIG].server.log_audio_fetches
+        ):
             return
     path = request.rel_url.raw_path[:MAX_LOGGED_PATH]
     remote = request.remote or "-"
-    access_log.info("%s %s %s %.1f ms %s", request.method, path, status or "-", duration_ms, remote,
-                    extra={"method": request.method, "path": path, "status": status,
-                           "duration_ms": round(duration_ms, 1), "remote": remote})
+    access_log.info(
+        "%s %s %s %.1f ms %s",
+        request.method,
+        path,
+        status or "-",
+        duration_ms,
+        remote,
+        extra={
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 1),
+            "remote": remote,
+        },
+    )
 
 
 async def stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -105,8 +120,10 @@ class MalformedRequests(logging.Filter):
             return record.levelno >= logging.getLogger("aiohttp").getEffectiveLevel()
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown"
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg, record.args = "malformed HTTP request from %s: %s: %s", (remote, type(error).__name__,
-                                                                              _one_line(error.message))
+        record.msg, record.args = (
+            "malformed HTTP request from %s: %s: %s",
+            (remote, type(error).__name__, _one_line(error.message)),
+        )
         record.exc_info, record.exc_text = None, None
         record.remote = remote
         return True

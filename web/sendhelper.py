@@ -80,7 +80,7 @@ class Helper:
         for key, fd in zip(keys, fds):
             self.detach((key,))
             self.fds[key] = fd
-        for fd in fds[len(keys):]:
+        for fd in fds[len(keys) :]:
             os.close(fd)
 
     def detach(self, keys) -> None:  # noqa: ANN001
@@ -91,8 +91,8 @@ class Helper:
 
     def write(self, body: bytes) -> array.array:
         sizes = array.array("i", body[:4])
-        data = body[4:4 + sizes[0]]
-        keys = array.array("I", body[4 + sizes[0]:])
+        data = body[4 : 4 + sizes[0]]
+        keys = array.array("I", body[4 + sizes[0] :])
         lookup = self.fds.get
         return write_each(data, [lookup(key, -1) for key in keys])
 

@@ -100,9 +100,12 @@ class HelperProcess:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.proc = subprocess.Popen([sys.executable, str(SCRIPT), str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                         preexec_fn=child_setup())
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SCRIPT), str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                preexec_fn=child_setup(),
+            )
         finally:
             theirs.close()
         ours.settimeout(REPLY_TIMEOUT_S)
@@ -114,9 +117,9 @@ class HelperProcess:
     def attach(self, keys: list[int], fds: list[int]) -> None:
         for start in range(0, len(keys), 250):
             try:
-                self._attach(keys[start:start + 250], fds[start:start + 250])
+                self._attach(keys[start : start + 250], fds[start : start + 250])
             except BadDescriptor:  # one of them closed meanwhile (its peer left): pass the others one by one
-                for key, fd in zip(keys[start:start + 250], fds[start:start + 250]):
+                for key, fd in zip(keys[start : start + 250], fds[start : start + 250]):
                     try:
                         self._attach([key], [fd])
                     except BadDescriptor:
@@ -182,7 +185,7 @@ class _Deal:
         while held is not None and len(held) < AHEAD and self.todo:
             batch = self.todo.popleft()
             try:
-                helper.start_write(self.data, self.keys[batch.start:batch.stop])
+                helper.start_write(self.data, self.keys[batch.start : batch.stop])
             except HelperFailed as exc:
                 self.todo.appendleft(batch)  # never sent: written here after all
                 self._give_up(helper, exc)

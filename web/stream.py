@@ -25,8 +25,8 @@ from broadcaster.runtime.telemetry import Telemetry
 from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
-from .http_util import cap_send_buffer, int_query, path_id
 from .access import remote_of, require_listener
+from .http_util import cap_send_buffer, int_query, path_id
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION, WATCH
 from .revocation import Watched
 
@@ -46,8 +46,11 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     station, access = request.app[STATION], request.app[ACCESS]
     playback = await station.find_request(request_id)
     credential = await require_listener(request, playback.channel)
-    with access.connection(remote_of(request)), access.stream_encoder(), \
-            request.app[WATCH].watch(playback.channel, credential) as watched:  # or 429, 503
+    with (
+        access.connection(remote_of(request)),
+        access.stream_encoder(),
+        request.app[WATCH].watch(playback.channel, credential) as watched,
+    ):  # or 429, 503
         return await _stream(request, playback, offset_ms, watched)
 
 
@@ -74,8 +77,9 @@ async def _stream(request: web.Request, playback: Request, offset_ms: int, watch
             await encoder.abandon()
     stalled = not copy.cancelled() and isinstance(copy.exception(), StalledClient)
     if stalled or watched.reason:
-        log.info("progressive stream of %s cut off: %s", playback.request_id,
-                 copy.exception() if stalled else watched.reason)
+        log.info(
+            "progressive stream of %s cut off: %s", playback.request_id, copy.exception() if stalled else watched.reason
+        )
     await _end(request, response, limits.stream_write_timeout_s, stalled)
     return response
 

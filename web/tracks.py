@@ -38,8 +38,14 @@ async def add_track(request: web.Request) -> web.Response:
 
 
 def _track_json(queued, position: int) -> dict:  # noqa: ANN001
-    return {"request_id": queued.request_id, "status": queued.state.value, "position": position,
-            "title": queued.title, "artist": queued.artist, "chunks": len(queued.sentences)}
+    return {
+        "request_id": queued.request_id,
+        "status": queued.state.value,
+        "position": position,
+        "title": queued.title,
+        "artist": queued.artist,
+        "chunks": len(queued.sentences),
+    }
 
 
 @contextlib.contextmanager
@@ -73,7 +79,7 @@ async def _file_part(request: web.Request) -> BodyPartReader:
     async for part in reader:
         if isinstance(part, BodyPartReader) and part.name == "file":
             return part
-    raise BadInput("expected a multipart form with a \"file\" field")
+    raise BadInput('expected a multipart form with a "file" field')
 
 
 async def _copy(read, path: Path, limit: int) -> None:  # noqa: ANN001

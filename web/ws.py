@@ -11,13 +11,13 @@ from aiohttp import WSMsgType, web
 from broadcaster.auth import Admission, Credential
 from broadcaster.core.ids import is_id, new_id
 from broadcaster.core.ratelimit import TokenBucket
-from broadcaster.runtime.runner import ChannelRunner
 from broadcaster.errors import BadInput, RateLimited
+from broadcaster.runtime.runner import ChannelRunner
 
-from .fanout import TOO_SLOW, Listener
-from .http_util import bearer_token, cap_send_buffer, parse_json
 from .access import producer_credential, remote_of, require_listener
 from .cors import check_socket_origin
+from .fanout import TOO_SLOW, Listener
+from .http_util import bearer_token, cap_send_buffer, parse_json
 from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE, WATCH
 from .messages import error_json, queue_state_json
 from .revocation import Watched
@@ -55,8 +55,12 @@ async def _serve(request: web.Request, runner: ChannelRunner, credential: Creden
     # max_msg_size + 1: aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
     # compress=False: browsers always offer permessage-deflate, and a compressor per listener costs
     # ~100 KB of memory and CPU on every broadcast, for messages of a few hundred bytes.
-    ws = web.WebSocketResponse(heartbeat=limits.ws_heartbeat_s, max_msg_size=limits.ws_max_message_bytes + 1,
-                               writer_limit=limits.ws_socket_buffer_bytes or 65536, compress=False)
+    ws = web.WebSocketResponse(
+        heartbeat=limits.ws_heartbeat_s,
+        max_msg_size=limits.ws_max_message_bytes + 1,
+        writer_limit=limits.ws_socket_buffer_bytes or 65536,
+        compress=False,
+    )
     try:
         await ws.prepare(request)
     except ConnectionError:
@@ -74,22 +78,33 @@ async def _serve(request: web.Request, runner: ChannelRunner, credential: Creden
     return ws
 
 
-async def _listen(ws: web.WebSocketResponse, request: web.Request, runner: ChannelRunner, credential: Credential,
-                  watched: Watched) -> None:
+async def _listen(
+    ws: web.WebSocketResponse, request: web.Request, runner: ChannelRunner, credential: Credential, watched: Watched
+) -> None:
     app = request.app
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
     connection_id = new_id()
-    store.open_connection(connection_id, runner.channel_id, request.remote or "",
-                          request.headers.get("User-Agent", ""), station.clock())
-    listener = Listener(ws, connection_id, runner.name, limits.ws_send_queue,
-                        counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
-                        transport=request.transport, buffer_limit=limits.ws_socket_buffer_bytes or 65536)
+    store.open_connection(
+        connection_id, runner.channel_id, request.remote or "", request.headers.get("User-Agent", ""), station.clock()
+    )
+    listener = Listener(
+        ws,
+        connection_id,
+        runner.name,
+        limits.ws_send_queue,
+        counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
+        transport=request.transport,
+        buffer_limit=limits.ws_socket_buffer_bytes or 65536,
+    )
     watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:
         async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
-            snapshot = {"type": "snapshot", "connection_id": connection_id,
-                        "listeners": hub.count(runner.name) + listener.counted,
-                        **queue_state_json(runner.channel, station.clock())}
+            snapshot = {
+                "type": "snapshot",
+                "connection_id": connection_id,
+                "listeners": hub.count(runner.name) + listener.counted,
+                **queue_state_json(runner.channel, station.clock()),
+            }
             listener.send(snapshot)
             hub.add(listener)  # in the same critical section: no event can fall between the two
         await _receive(ws, listener, request)
@@ -107,9 +122,14 @@ async def _authenticate(ws: web.WebSocketResponse, request: web.Request, name: s
     try:
         msg = await ws.receive(timeout=timeout_s)
     except TimeoutError:
-        await _refuse(ws, AUTH_TIMEOUT, error_json(
-            "auth_timeout", f"expected a first message {{\"type\": \"auth\", \"token\": ...}} within {timeout_s:g} s, "
-                            "got none"))
+        await _refuse(
+            ws,
+            AUTH_TIMEOUT,
+            error_json(
+                "auth_timeout",
+                f'expected a first message {{"type": "auth", "token": ...}} within {timeout_s:g} s, got none',
+            ),
+        )
         return None
     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
         return None  # it left
@@ -169,8 +189,12 @@ async def _receive(ws: web.WebSocketResponse, listener: Listener, request: web.R
             if refused > limits.ws_message_burst:  # it ignores the errors: stop reading its flood
                 await listener.close(RATE_LIMITED, b"rate limit: too many messages, ignored the errors")
                 return
-            reply = error_json("rate_limited", f"expected at most {limits.ws_messages_per_second:g} messages a second "
-                               f"on one connection, got more; this one was ignored", retry_after_ms=wait_ms)
+            reply = error_json(
+                "rate_limited",
+                f"expected at most {limits.ws_messages_per_second:g} messages a second "
+                f"on one connection, got more; this one was ignored",
+                retry_after_ms=wait_ms,
+            )
         else:
             refused = 0
             reply = await _answer(msg, listener, request)
@@ -194,7 +218,7 @@ async def _answer(msg, listener: Listener, request: web.Request) -> dict[str, An
 def _parse(text: str) -> dict[str, Any]:
     message = parse_json(text)
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise BadInput("expected a JSON object with a string \"type\"")
+        raise BadInput('expected a JSON object with a string "type"')
     return message
 
 
@@ -210,20 +234,22 @@ async def _handle(message: dict[str, Any], listener: Listener, request: web.Requ
 def _time_sync(message: dict[str, Any], request: web.Request, received_ms: int) -> dict[str, Any]:
     t0 = message.get("t0")
     if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not abs(t0) < MAX_T0:
-        raise BadInput(f"expected time_sync \"t0\" to be a number (client send time, ms), got {t0!r}"[:200])
+        raise BadInput(f'expected time_sync "t0" to be a number (client send time, ms), got {t0!r}'[:200])
     return {"type": "time_sync", "t0": t0, "t1": received_ms, "t2": request.app[STATION].clock()}
 
 
 async def _audio_played(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> dict:
     chunk_id = message.get("chunk_id")
     if not is_id(chunk_id):
-        raise BadInput(f"expected audio_played \"chunk_id\" of 16 hex digits, got {str(chunk_id)[:40]!r}")
+        raise BadInput(f'expected audio_played "chunk_id" of 16 hex digits, got {str(chunk_id)[:40]!r}')
     ready_at_ms = _ready_at(message, now_ms)
     station = request.app[STATION]
     chunk = await station.find_chunk(chunk_id)
     if (await station.find_request(chunk.request_id)).channel != listener.channel:
-        raise WrongChannel(f"expected a chunk of channel {listener.channel!r} on its socket, got {chunk_id}, which is "
-                           "another channel's; nothing was recorded")
+        raise WrongChannel(
+            f"expected a chunk of channel {listener.channel!r} on its socket, got {chunk_id}, which is "
+            "another channel's; nothing was recorded"
+        )
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
     if recorded:
         request.app[METRICS].acknowledged(chunk, now_ms, "ws")
@@ -242,8 +268,10 @@ def _ready_at(message: dict[str, Any], now_ms: int) -> int | None:
         return None
     whole = isinstance(ready_at_ms, int) and not isinstance(ready_at_ms, bool)
     if not whole or abs(ready_at_ms - now_ms) > READY_AT_RANGE_MS:
-        raise BadInput("expected audio_played \"ready_at_ms\" to be a whole number of milliseconds on the server's "
-                       f"clock within a day of now (when the audio was ready to play), got {str(ready_at_ms)[:40]!r}")
+        raise BadInput(
+            'expected audio_played "ready_at_ms" to be a whole number of milliseconds on the server\'s '
+            f"clock within a day of now (when the audio was ready to play), got {str(ready_at_ms)[:40]!r}"
+        )
     return ready_at_ms
 
 

@@ -120,7 +120,7 @@ class Channel:
     def insert_before(self, request: Request, anchor: Request, now_ms: int) -> list[Event]:
         """Queue `request` right before `anchor` if the anchor is still waiting; otherwise last."""
         at = len(self.line)
-        if anchor in self.line[self.movable_from():]:
+        if anchor in self.line[self.movable_from() :]:
             at = self.line.index(anchor)
         self.line.insert(at, request)
         self.dirty.add(request.request_id)
@@ -174,7 +174,7 @@ class Channel:
         cancelled = self._cancel(request, now_ms)
         events: list[Event] = [cancelled]
         if cancelled.skipped:  # skipping under "repeat" moves on instead of replaying what was skipped
-            for copy in [r for r in self.line[self.movable_from():] if r.repeat_of == request_id]:
+            for copy in [r for r in self.line[self.movable_from() :] if r.repeat_of == request_id]:
                 events.append(self._cancel(copy, now_ms))
         return [*events, QueueChanged(), *self._place(now_ms)]
 
@@ -221,7 +221,7 @@ class Channel:
     def _placeable(self, request: Request) -> bool:
         """Whether `_place` would put this request on the air once it is due. A deadline for one it
         would not (a request before it still needs audio, or it is held) would make the clock spin."""
-        before = self.line[:self.line.index(request)]
+        before = self.line[: self.line.index(request)]
         return all(r.generated for r in before) and (request.generated or self.may_stream(request))
 
     def _timing_out(self, request: Request) -> bool:

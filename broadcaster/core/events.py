@@ -58,5 +58,13 @@ class QueueChanged:
     progress: bool = False  # only progress (synthesis began, a chunk made ahead): announcing it may wait
 
 
-Event = (StreamStarted | ChunkScheduled | TimelineShifted | RequestFailed | RequestCancelled | RequestPlayed
-         | RequestPlaced | QueueChanged)
+Event = (
+    StreamStarted
+    | ChunkScheduled
+    | TimelineShifted
+    | RequestFailed
+    | RequestCancelled
+    | RequestPlayed
+    | RequestPlaced
+    | QueueChanged
+)

@@ -28,10 +28,8 @@ def render(placed: list[Placed], start_ms: int, end_ms: int, rate: int, channels
         begin = sample_index(item.starts_at_ms, rate)
         lo, hi = max(begin, first), min(begin + len(item.samples), last)
         if lo < hi:
-            out[lo - first:hi - first] = item.samples[lo - begin:hi - begin]
+            out[lo - first : hi - first] = item.samples[lo - begin : hi - begin]
     return out
-
-
 
 
 def convert(samples: np.ndarray, from_rate: int, to_rate: int, channels: int) -> np.ndarray:

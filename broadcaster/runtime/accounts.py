@@ -6,8 +6,16 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from broadcaster.auth import (PUBLIC, Admission, Credential, hash_token, new_listen_key, new_token, token_matches,
-                              valid_channel_name)
+from broadcaster.auth import (
+    PUBLIC,
+    Admission,
+    Credential,
+    hash_token,
+    new_listen_key,
+    new_token,
+    token_matches,
+    valid_channel_name,
+)
 from broadcaster.errors import BadInput, NotFound, Unauthorized
 from db.store import Store
 
@@ -23,8 +31,9 @@ class NewChannel:
     listen_key: str | None = None
 
 
-async def create_channel(store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign",
-                         private: bool = False) -> NewChannel:
+async def create_channel(
+    store: Store, name: str, clock: Clock = wall_clock_ms, style: str = "campaign", private: bool = False
+) -> NewChannel:
     """A new channel: "campaign" (narration) or "radio" (the auto-DJ fills silence from the music folder).
     A private one gets a listen key that listeners need besides the link."""
     if not valid_channel_name(name):
@@ -89,9 +98,13 @@ class Gate:
         if token and (digest := await self._token_digest(name, token)):
             return Credential(Admission.PRODUCER_TOKEN, digest)
         if not key and not token:
-            raise ListenKeyRequired(f"channel {name!r} is private: expected its listen key as ?key=<key> "
-                                    "(the link its producer shares carries it), got none")
-        raise ListenKeyRequired(f"the listen key is not valid for channel {name!r}; ask its producer for the current link")
+            raise ListenKeyRequired(
+                f"channel {name!r} is private: expected its listen key as ?key=<key> "
+                "(the link its producer shares carries it), got none"
+            )
+        raise ListenKeyRequired(
+            f"the listen key is not valid for channel {name!r}; ask its producer for the current link"
+        )
 
     async def current(self, name: str) -> tuple[str | None, str | None]:
         """The channel's listen-key and producer-token digests, read now (one read; it refreshes the cache)."""

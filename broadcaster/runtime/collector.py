@@ -143,8 +143,12 @@ class HeapFreezer:
         gc.unfreeze()
         freed = gc.collect()  # the one full walk: its callback freezes the survivors again
         self.thaws += 1
-        log.info("garbage collector: %d frozen objects walked once, %d in unreachable cycles freed, in %.0f ms",
-                 frozen, freed, (time.perf_counter() - started) * 1000)
+        log.info(
+            "garbage collector: %d frozen objects walked once, %d in unreachable cycles freed, in %.0f ms",
+            frozen,
+            freed,
+            (time.perf_counter() - started) * 1000,
+        )
         self.on_count(frozen - freed)
         if self._loop is not None and self.thaw_after_s is not None:
             self._timer = self._loop.call_later(self.thaw_after_s, self.thaw)
@@ -213,8 +217,14 @@ class AudienceFreezer(HeapFreezer):
     the audience has turned over (TURNOVER), and every `walk_every_s`, a wait that doubles (up to
     LONGEST times) after each walk that finds LITTLE garbage and starts over after one that finds more."""
 
-    def __init__(self, audience: Audience, check_s: float = CHECK_S, walk_every_s: float = 600,
-                 full_every_s: float = FULL_EVERY_S, on_count: Callable[[int], None] = lambda frozen: None):
+    def __init__(
+        self,
+        audience: Audience,
+        check_s: float = CHECK_S,
+        walk_every_s: float = 600,
+        full_every_s: float = FULL_EVERY_S,
+        on_count: Callable[[int], None] = lambda frozen: None,
+    ):
         super().__init__(on_count=on_count)
         self.audience = audience
         self.check_s = check_s

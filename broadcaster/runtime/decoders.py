@@ -51,8 +51,9 @@ class Decoders:
                 self._changed()
         except asyncio.CancelledError:
             if self.closing:  # an answer for the client rather than a dropped connection
-                raise ServerStopping("the server is shutting down; send the track again once it is back",
-                                     RETRY_AFTER_S) from None
+                raise ServerStopping(
+                    "the server is shutting down; send the track again once it is back", RETRY_AFTER_S
+                ) from None
             raise
         finally:
             self._holders.discard(task)
@@ -70,8 +71,11 @@ class Decoders:
             async with asyncio.timeout(wait_s):
                 await self._slots.acquire()
         except TimeoutError:
-            raise DecodersBusy(f"expected a free decoder within {self.wait_s:g} s, but all {self.size} were busy "
-                               "with other tracks; try again shortly", RETRY_AFTER_S) from None
+            raise DecodersBusy(
+                f"expected a free decoder within {self.wait_s:g} s, but all {self.size} were busy "
+                "with other tracks; try again shortly",
+                RETRY_AFTER_S,
+            ) from None
         finally:
             self.waiting -= 1
             self._changed()

@@ -43,15 +43,22 @@ class ChunkMaker:
         self.delivery.finish(rid, chunk_id, encoder, pcm)
         self.metrics.chunk_made(request.kind, time.perf_counter() - started)
         return Chunk(
-            chunk_id=chunk_id, request_id=rid, seq=seq, text=text,
-            duration_ms=pcm.duration_ms, ready_at_ms=self.clock(),
-            sample_rate=pcm.sample_rate, samples=len(pcm.samples), channels=pcm.channels,
+            chunk_id=chunk_id,
+            request_id=rid,
+            seq=seq,
+            text=text,
+            duration_ms=pcm.duration_ms,
+            ready_at_ms=self.clock(),
+            sample_rate=pcm.sample_rate,
+            samples=len(pcm.samples),
+            channels=pcm.channels,
         )
 
     async def _produce(self, request: Request, seq: int, deadline_ms: int | None) -> Pcm:
         if request.kind == "track":
-            return await asyncio.to_thread(read_segment, self.audio.track_path(request.request_id), seq,
-                                           len(request.sentences))
+            return await asyncio.to_thread(
+                read_segment, self.audio.track_path(request.request_id), seq, len(request.sentences)
+            )
         if self.synthesis is not None:
             return await self.synthesis.speak(request.sentences[seq], deadline_ms)
         return await self.engine.synthesize(request.sentences[seq])

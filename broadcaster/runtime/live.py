@@ -59,8 +59,14 @@ class LiveListener:
 
 
 class LiveStream:
-    def __init__(self, runner: ChannelRunner, audio: AudioStore, config: LiveConfig, clock: Clock,
-                 metrics: Telemetry | None = None):
+    def __init__(
+        self,
+        runner: ChannelRunner,
+        audio: AudioStore,
+        config: LiveConfig,
+        clock: Clock,
+        metrics: Telemetry | None = None,
+    ):
         self.runner, self.audio, self.clock = runner, audio, clock
         self.metrics = metrics or Telemetry()
         self.rate, self.channels, self.bitrate_kbps = config.sample_rate, config.channels, config.bitrate_kbps
@@ -85,10 +91,18 @@ class LiveStream:
 
     async def start(self) -> None:
         self._encoder = await Mp3Encoder.start(self.rate, self.bitrate_kbps, "pipe:1", self.channels)
-        self._tasks = [asyncio.create_task(self._render_loop(), name=f"live-render:{self.runner.name}",
-                                           context=logs.task_context(channel=self.runner.name)),
-                       asyncio.create_task(self._read_loop(), name=f"live-read:{self.runner.name}",
-                                           context=logs.task_context(channel=self.runner.name))]
+        self._tasks = [
+            asyncio.create_task(
+                self._render_loop(),
+                name=f"live-render:{self.runner.name}",
+                context=logs.task_context(channel=self.runner.name),
+            ),
+            asyncio.create_task(
+                self._read_loop(),
+                name=f"live-read:{self.runner.name}",
+                context=logs.task_context(channel=self.runner.name),
+            ),
+        ]
         log.info("live stream of %s started", self.runner.name)
 
     async def stop(self) -> None:

@@ -36,8 +36,16 @@ class QueueFull(BadInput):
 
 
 class ChannelRunner:
-    def __init__(self, channel: Channel, channel_id: int, store: Store, maker: ChunkMaker, clock: Clock,
-                 publish: Publish, audience: Callable[[], int] = lambda: 0):
+    def __init__(
+        self,
+        channel: Channel,
+        channel_id: int,
+        store: Store,
+        maker: ChunkMaker,
+        clock: Clock,
+        publish: Publish,
+        audience: Callable[[], int] = lambda: 0,
+    ):
         self.channel = channel
         self.channel_id = channel_id
         self.store = store
@@ -54,7 +62,7 @@ class ChannelRunner:
         self._job: asyncio.Task | None = None
         self._job_request: str | None = None
         self._tasks: list[asyncio.Task] = []
-        self.after_commit: list[Callable[["ChannelRunner", list[Event]], None]] = []  # station hooks: repeat, auto-DJ
+        self.after_commit: list[Callable[[ChannelRunner, list[Event]], None]] = []  # station hooks: repeat, auto-DJ
 
     @property
     def name(self) -> str:
@@ -72,10 +80,12 @@ class ChannelRunner:
         # Fresh log ids: the first use of a channel may come from an HTTP request, whose id
         # must not stick to the channel's loops for good.
         self._tasks = [
-            asyncio.create_task(self._clock_loop(), name=f"clock:{self.name}",
-                                context=logs.task_context(channel=self.name)),
-            asyncio.create_task(self._generate_loop(), name=f"generate:{self.name}",
-                                context=logs.task_context(channel=self.name)),
+            asyncio.create_task(
+                self._clock_loop(), name=f"clock:{self.name}", context=logs.task_context(channel=self.name)
+            ),
+            asyncio.create_task(
+                self._generate_loop(), name=f"generate:{self.name}", context=logs.task_context(channel=self.name)
+            ),
         ]
 
     async def stop(self) -> None:
@@ -84,8 +94,9 @@ class ChannelRunner:
                 task.cancel()
         await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
 
-    async def submit(self, request: Request, step: Callable[[int], list[Event]] | None = None,
-                     max_line: int | None = None) -> int:
+    async def submit(
+        self, request: Request, step: Callable[[int], list[Event]] | None = None, max_line: int | None = None
+    ) -> int:
         """Queue a request durably; returns its place in line (0 = on the air next or now).
 
         `step` inserts it somewhere other than the default place (a repeat copy, for one).
@@ -211,13 +222,21 @@ class ChannelRunner:
                 await self._work.wait()
                 continue
             self._job_request = request.request_id
-            self._job = asyncio.create_task(self._generate(request), name=f"job:{request.request_id}",
-                                            context=logs.task_context(channel=self.name, request_id=request.request_id))
+            self._job = asyncio.create_task(
+                self._generate(request),
+                name=f"job:{request.request_id}",
+                context=logs.task_context(channel=self.name, request_id=request.request_id),
+            )
             await asyncio.wait([self._job])
             crashed = not self._job.cancelled() and self._job.exception() is not None
             if crashed:
-                log.error("channel %s: generating %s crashed", self.name, request.request_id,
-                          exc_info=self._job.exception(), extra={"request_id": request.request_id})
+                log.error(
+                    "channel %s: generating %s crashed",
+                    self.name,
+                    request.request_id,
+                    exc_info=self._job.exception(),
+                    extra={"request_id": request.request_id},
+                )
             self._job = self._job_request = None
             if crashed:
                 await asyncio.sleep(1)  # e.g. the database is unavailable: retry, but not in a tight loop

@@ -31,15 +31,15 @@ from .clock import Clock, wall_clock_ms
 from .decoders import Decoders
 from .delivery import Mp3Delivery
 from .generator import ChunkMaker
-from .synthesis import SynthesisQueue
 from .runner import ChannelRunner, Publish, QueueFull
 from .schedule import Scheduler
+from .synthesis import SynthesisQueue
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 
-def _guarded(step, *args):  # noqa: ANN001, ANN202
+def _guarded(step, *args):  # noqa: ANN001, ANN002, ANN202
     """Run a core step whose ValueError means the request was in the wrong place for it."""
     try:
         return step(*args)
@@ -78,9 +78,17 @@ def _encodable(text: str) -> bool:
 
 
 class Station:
-    def __init__(self, config: Config, store: Store, audio: AudioStore, engine: TtsEngine,
-                 publish: Publish, clock: Clock = wall_clock_ms, metrics: Telemetry | None = None,
-                 audience: Callable[[str], int] = lambda channel: 0):
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        audio: AudioStore,
+        engine: TtsEngine,
+        publish: Publish,
+        clock: Clock = wall_clock_ms,
+        metrics: Telemetry | None = None,
+        audience: Callable[[str], int] = lambda channel: 0,
+    ):
         self.config = config
         self.store = store
         self.audio = audio
@@ -138,8 +146,9 @@ class Station:
                     raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
                 channel = Channel(name, self.config.timeline_config())
                 channel.may_stream = self._may_stream
-                runner = ChannelRunner(channel, row.id, self.store, self.maker, self.clock, self.publish,
-                                       partial(self.audience, name))
+                runner = ChannelRunner(
+                    channel, row.id, self.store, self.maker, self.clock, self.publish, partial(self.audience, name)
+                )
                 runner.after_commit.append(self._after_commit)
                 if row.style == "radio" and self.config.radio.autodj:
                     self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
@@ -187,11 +196,23 @@ class Station:
 
     async def _copy(self, name: str, original: Request, repeat_of: str | None = None) -> Request:
         """A new request with the same audio source (a track shares its master file)."""
-        copy = Request(new_id(), name, original.text, list(original.sentences), self.clock(),
-                       kind=original.kind, title=original.title, artist=original.artist,
-                       duration_ms=original.duration_ms, auto=original.auto, repeat_of=repeat_of)
+        copy = Request(
+            new_id(),
+            name,
+            original.text,
+            list(original.sentences),
+            self.clock(),
+            kind=original.kind,
+            title=original.title,
+            artist=original.artist,
+            duration_ms=original.duration_ms,
+            auto=original.auto,
+            repeat_of=repeat_of,
+        )
         if original.kind == "track":
-            await asyncio.to_thread(_link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id))
+            await asyncio.to_thread(
+                _link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id)
+            )
         return copy
 
     def _music_folder(self, name: str) -> Path:
@@ -223,7 +244,7 @@ class Station:
         runner = await self.runner(name)
         await self._request_in(runner, request_id)
         if isinstance(position, bool) or not isinstance(position, int):
-            raise BadInput(f"expected \"position\" to be a whole number, got {position!r}"[:200])
+            raise BadInput(f'expected "position" to be a whole number, got {position!r}'[:200])
         await runner.apply(partial(_guarded, runner.channel.move, request_id, position))
 
     async def shuffle(self, name: str) -> None:
@@ -240,9 +261,9 @@ class Station:
         runner = await self.runner(name)
         limits = self.config.limits
         if not isinstance(text, str):
-            raise BadInput(f"expected \"text\" to be a string, got {type(text).__name__}")
+            raise BadInput(f'expected "text" to be a string, got {type(text).__name__}')
         if not text.isascii() and not _encodable(text):
-            raise BadInput("expected \"text\" to be valid Unicode, got an unpaired surrogate escape (\\ud800-\\udfff)")
+            raise BadInput('expected "text" to be valid Unicode, got an unpaired surrogate escape (\\ud800-\\udfff)')
         if len(text) > limits.max_text_chars:
             raise BadInput(f"expected at most {limits.max_text_chars} characters of text, got {len(text)}")
         sentences = split_sentences(text, limits.max_sentence_chars)
@@ -264,8 +285,18 @@ class Station:
             await asyncio.shield(self._forget_audio(request_id))
             raise
         label = f"{info.artist} - {info.title}" if info.artist else info.title
-        request = Request(request_id, name, label, [info.title] * info.segments, self.clock(), kind="track",
-                          title=info.title, artist=info.artist, duration_ms=info.duration_ms, auto=auto)
+        request = Request(
+            request_id,
+            name,
+            label,
+            [info.title] * info.segments,
+            self.clock(),
+            kind="track",
+            title=info.title,
+            artist=info.artist,
+            duration_ms=info.duration_ms,
+            auto=auto,
+        )
         try:
             return request, await runner.submit(request, max_line=self.config.limits.max_queue)
         except QueueFull:  # the line filled up while this one was decoding
@@ -274,7 +305,9 @@ class Station:
 
     async def _decode(self, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
         music = self.config.music
-        limits = DecodeLimits(music.max_track_minutes * 60, music.decode_timeout_s, music.decode_memory_mb * 1024 * 1024)
+        limits = DecodeLimits(
+            music.max_track_minutes * 60, music.decode_timeout_s, music.decode_memory_mb * 1024 * 1024
+        )
         return await prepare_track(source, self.audio.track_path(request_id), music.target_lufs, limits, fallback_title)
 
     async def _forget_audio(self, request_id: str) -> None:
@@ -285,7 +318,7 @@ class Station:
         """A file inside the configured music folder; anything else is refused."""
         root = Path(self.config.music.folder).resolve()
         if not isinstance(relative, str) or not relative or "\x00" in relative:
-            raise BadInput("expected \"path\": a file name inside the music folder")
+            raise BadInput('expected "path": a file name inside the music folder')
         candidate = (root / relative).resolve()
         if root not in candidate.parents or not candidate.is_file():
             raise NotFound(f"no file {relative[:100]!r} in the music folder")

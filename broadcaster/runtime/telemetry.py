@@ -50,89 +50,146 @@ class Telemetry:
         self.registry = r = Registry()
         self._started = time.monotonic()
         self.requests = r.gauge(
-            "broadcaster_requests", "Playback requests in the database by channel and state (finished ones "
-            "stay until cleanup purges them).", ("channel", "state"))
+            "broadcaster_requests",
+            "Playback requests in the database by channel and state (finished ones stay until cleanup purges them).",
+            ("channel", "state"),
+        )
         self.requests_failed = r.counter(
-            "broadcaster_requests_failed_total", "Requests that failed (TTS error, storage, generation timeout).",
-            ("channel",))
+            "broadcaster_requests_failed_total",
+            "Requests that failed (TTS error, storage, generation timeout).",
+            ("channel",),
+        )
         self.chunk_seconds = r.histogram(
-            "broadcaster_chunk_generation_seconds", "Time to make one chunk: synthesis or track segment, "
-            "FLAC stored, MP3 handed off.", ("kind",), CHUNK_BUCKETS_S)
+            "broadcaster_chunk_generation_seconds",
+            "Time to make one chunk: synthesis or track segment, FLAC stored, MP3 handed off.",
+            ("kind",),
+            CHUNK_BUCKETS_S,
+        )
         self.underruns = r.counter(
-            "broadcaster_underruns_total", "Chunks placed later than due because they were not ready in time "
-            "(timeline_shifted).", ("channel",))
+            "broadcaster_underruns_total",
+            "Chunks placed later than due because they were not ready in time (timeline_shifted).",
+            ("channel",),
+        )
         self.underrun_seconds = r.counter(
-            "broadcaster_underrun_seconds_total", "Silence added to the timeline by underruns.", ("channel",))
+            "broadcaster_underrun_seconds_total", "Silence added to the timeline by underruns.", ("channel",)
+        )
         self.listeners = r.gauge(
-            "broadcaster_listeners", "Connected listeners: WebSocket listeners, producer consoles and live.mp3 "
-            "players.", ("channel", "kind"))
+            "broadcaster_listeners",
+            "Connected listeners: WebSocket listeners, producer consoles and live.mp3 players.",
+            ("channel", "kind"),
+        )
         self.stream_bytes = r.counter(
-            "broadcaster_stream_bytes_total", "Audio bytes sent: chunk fetches, progressive streams, live.mp3.",
-            ("kind",))
+            "broadcaster_stream_bytes_total",
+            "Audio bytes sent: chunk fetches, progressive streams, live.mp3.",
+            ("kind",),
+        )
         self.ack_lag = r.histogram(
-            "broadcaster_ack_lag_seconds", "How long after the end of a chunk on the server timeline its "
-            "audio_played acknowledgement arrived (early ones count as 0).", ("via",), ACK_BUCKETS_S)
+            "broadcaster_ack_lag_seconds",
+            "How long after the end of a chunk on the server timeline its "
+            "audio_played acknowledgement arrived (early ones count as 0).",
+            ("via",),
+            ACK_BUCKETS_S,
+        )
         self.listener_ready = r.histogram(
-            "broadcaster_listener_ready_seconds", "From a chunk's placement on the timeline (its announcement) to "
+            "broadcaster_listener_ready_seconds",
+            "From a chunk's placement on the timeline (its announcement) to "
             "a listener having its audio ready to play, as listeners report with their acknowledgements: the "
-            "lead they needed.", (), READY_BUCKETS_S)
+            "lead they needed.",
+            (),
+            READY_BUCKETS_S,
+        )
         self.lead = r.gauge(
-            "broadcaster_lead_seconds", "How far ahead of now the channel places new audio: [timeline] lead_ms, or "
-            "more when its listeners report needing longer (up to max_lead_ms).", ("channel",))
+            "broadcaster_lead_seconds",
+            "How far ahead of now the channel places new audio: [timeline] lead_ms, or "
+            "more when its listeners report needing longer (up to max_lead_ms).",
+            ("channel",),
+        )
         self.broadcast_seconds = r.histogram(
-            "broadcaster_broadcast_seconds", "How long one broadcast took to hand its messages to every WebSocket "
-            "listener of a channel (written to the socket, or queued behind a backlog).", (), BROADCAST_BUCKETS_S)
+            "broadcaster_broadcast_seconds",
+            "How long one broadcast took to hand its messages to every WebSocket "
+            "listener of a channel (written to the socket, or queued behind a backlog).",
+            (),
+            BROADCAST_BUCKETS_S,
+        )
         self.dropped = r.counter(
-            "broadcaster_slow_consumers_dropped_total", "Listeners disconnected for falling behind.", ("kind",))
+            "broadcaster_slow_consumers_dropped_total", "Listeners disconnected for falling behind.", ("kind",)
+        )
         self.refused = r.counter(
-            "broadcaster_refused_total", "Requests and messages refused by a rate limit or cap.", ("reason",))
+            "broadcaster_refused_total", "Requests and messages refused by a rate limit or cap.", ("reason",)
+        )
         self.http_responses = r.counter(
-            "broadcaster_http_responses_total", "HTTP responses by status class (a WebSocket counts as 1xx "
-            "when it closes).", ("status_class",))
+            "broadcaster_http_responses_total",
+            "HTTP responses by status class (a WebSocket counts as 1xx when it closes).",
+            ("status_class",),
+        )
         self.resident_memory = r.gauge("broadcaster_process_resident_memory_bytes", "Resident memory of the process.")
         self.open_fds = r.gauge("broadcaster_process_open_fds", "Open file descriptors of the process.")
         self.heap_blocks = r.gauge(
-            "broadcaster_python_heap_blocks", "Memory blocks the Python interpreter has allocated: steady when "
+            "broadcaster_python_heap_blocks",
+            "Memory blocks the Python interpreter has allocated: steady when "
             "nothing leaks, whatever the allocator keeps in reserve (counted by pymalloc only: 0 under "
-            "[server] allocator = \"malloc\").")
+            '[server] allocator = "malloc").',
+        )
         self.malloc_in_use = r.gauge(
-            "broadcaster_malloc_in_use_bytes", "Memory the C library's allocator has handed out and not had back "
-            "(Python's objects under the default [server] allocator = \"malloc\", SQLite, buffers): steady when "
-            "nothing leaks. 0 where the C library is not glibc 2.33 or later.")
+            "broadcaster_malloc_in_use_bytes",
+            "Memory the C library's allocator has handed out and not had back "
+            '(Python\'s objects under the default [server] allocator = "malloc", SQLite, buffers): steady when '
+            "nothing leaks. 0 where the C library is not glibc 2.33 or later.",
+        )
         self.malloc_free = r.gauge(
-            "broadcaster_malloc_free_bytes", "Free memory the C library's allocator keeps in its heaps: part of "
-            "the resident memory that is reusable, not live (fragmentation when it stays high).")
+            "broadcaster_malloc_free_bytes",
+            "Free memory the C library's allocator keeps in its heaps: part of "
+            "the resident memory that is reusable, not live (fragmentation when it stays high).",
+        )
         self.sqlite_memory = r.gauge(
-            "broadcaster_sqlite_memory_bytes", "Memory SQLite holds (page caches and statements of all "
-            "connections), by its own count.")
+            "broadcaster_sqlite_memory_bytes",
+            "Memory SQLite holds (page caches and statements of all connections), by its own count.",
+        )
         self.chunk_cache = r.gauge(
-            "broadcaster_chunk_cache_bytes", "Chunk audio held in memory for listeners' fetches (bounded by "
-            "[server] chunk_cache_mb).")
+            "broadcaster_chunk_cache_bytes",
+            "Chunk audio held in memory for listeners' fetches (bounded by [server] chunk_cache_mb).",
+        )
         self.fanout_helpers = r.gauge(
-            "broadcaster_fanout_helpers", "Helper processes writing large broadcasts (they start with the first "
-            "broadcast to 1024 or more sockets).")
+            "broadcaster_fanout_helpers",
+            "Helper processes writing large broadcasts (they start with the first broadcast to 1024 or more sockets).",
+        )
         self.fanout_helper_failures = r.counter(
-            "broadcaster_fanout_helper_failures_total", "Fan-out helper processes that failed and were stopped; "
-            "the listeners they were writing to at the time were closed with 1011 and reconnect.")
+            "broadcaster_fanout_helper_failures_total",
+            "Fan-out helper processes that failed and were stopped; "
+            "the listeners they were writing to at the time were closed with 1011 and reconnect.",
+        )
         self.gc_pause_seconds = r.histogram(
-            "broadcaster_gc_pause_seconds", "How long each run of Python's cycle collector stopped the server, by "
-            "generation (2: a full collection, which walks every tracked object).", ("generation",), GC_BUCKETS_S)
+            "broadcaster_gc_pause_seconds",
+            "How long each run of Python's cycle collector stopped the server, by "
+            "generation (2: a full collection, which walks every tracked object).",
+            ("generation",),
+            GC_BUCKETS_S,
+        )
         self.gc_frozen = r.gauge(
-            "broadcaster_gc_frozen_objects", "Objects frozen out of the cycle collector's walks, as last counted: at "
+            "broadcaster_gc_frozen_objects",
+            "Objects frozen out of the cycle collector's walks, as last counted: at "
             "start-up and at each walk of them all (counting visits every one, so it is done only then). 0 when "
-            "[server] gc_freeze is \"off\", or outside `broadcaster serve`.")
+            '[server] gc_freeze is "off", or outside `broadcaster serve`.',
+        )
         self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
         self.synthesis_backlog = r.gauge(
-            "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.")
+            "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized."
+        )
         self.synthesis_speed = r.gauge(
-            "broadcaster_synthesis_speed_ratio", "Measured TTS speed per worker: seconds of audio per second "
-            "of synthesis (0 until measured).")
+            "broadcaster_synthesis_speed_ratio",
+            "Measured TTS speed per worker: seconds of audio per second of synthesis (0 until measured).",
+        )
         self.streaming = r.gauge(
-            "broadcaster_streaming_requests", "Narrations on the air while still being synthesized, and how many "
-            "the engine's measured speed allows at once (more wait until fully made).", ("limit",))
+            "broadcaster_streaming_requests",
+            "Narrations on the air while still being synthesized, and how many "
+            "the engine's measured speed allows at once (more wait until fully made).",
+            ("limit",),
+        )
         self.decodes = r.gauge(
-            "broadcaster_track_decodes", "Music files being decoded into tracks, and uploads waiting for a "
-            "decoder ([music] max_decodes at once).", ("state",))
+            "broadcaster_track_decodes",
+            "Music files being decoded into tracks, and uploads waiting for a decoder ([music] max_decodes at once).",
+            ("state",),
+        )
         self._zero_known_labels()
 
     def _zero_known_labels(self) -> None:
@@ -154,6 +211,7 @@ class Telemetry:
 
     def observing(self, publish: Publish) -> Publish:
         """Wrap a channel publisher so that every committed step's events are counted first."""
+
         def count_and_publish(channel: str, events: list[Event]) -> None:
             self.count_events(channel, events)
             publish(channel, events)

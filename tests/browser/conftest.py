@@ -46,7 +46,7 @@ class PageErrors:
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def watch(self, page) -> None:  # noqa: ANN001
+    def watch(self, page) -> None:
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
 

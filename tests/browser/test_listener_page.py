@@ -13,20 +13,24 @@ from broadcaster.runtime.accounts import set_listen_key
 from tts.encode import ffmpeg_exe
 
 SYNC_TOLERANCE_MS = 5
-NARRATION = ("The caravan leaves at dawn. Dust rises over the dunes. The guide hums an old song. "
-             "Far ahead, a tower glints in the sun.")
+NARRATION = (
+    "The caravan leaves at dawn. Dust rises over the dunes. The guide hums an old song. "
+    "Far ahead, a tower glints in the sun."
+)
 
 # Its first sentence lasts about 6 s, so a page opened 200 ms into it (which takes a moment
 # on a busy machine) still joins in the middle of it.
 LONG_FIRST = "The caravan gathers in the grey hour, camels groaning while the drivers check every strap twice. "
 
-pytestmark = pytest.mark.server_config({
-    "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
-    "timeline": {"lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
-})
+pytestmark = pytest.mark.server_config(
+    {
+        "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
+        "timeline": {"lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
+    }
+)
 
 
-async def open_listener(browser, server, page_errors):  # noqa: ANN001, ANN201
+async def open_listener(browser, server, page_errors):
     page = await browser.new_page()
     page_errors.watch(page)
     await page.goto(f"{server.base_url}/c/{server.channel}")
@@ -36,13 +40,13 @@ async def open_listener(browser, server, page_errors):  # noqa: ANN001, ANN201
     return page
 
 
-async def scheduled(page) -> dict[str, dict]:  # noqa: ANN001
+async def scheduled(page) -> dict[str, dict]:
     """The page's record of when each chunk will sound (latest entry per chunk wins)."""
     entries = await page.evaluate("window.broadcaster.stats.scheduled")
     return {e["chunk_id"]: e for e in entries}
 
 
-async def wait_played(listener, request_id: str, timeout: float = 30) -> None:  # noqa: ANN001
+async def wait_played(listener, request_id: str, timeout: float = 30) -> None:
     await listener.next("request_played", timeout=timeout, where=lambda m: m["request_id"] == request_id)
 
 
@@ -88,7 +92,7 @@ async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser
     assert page_errors.errors == []
 
 
-async def ready_reports(server, at_least: int, timeout_s: float = 10) -> tuple[float, float]:  # noqa: ANN001
+async def ready_reports(server, at_least: int, timeout_s: float = 10) -> tuple[float, float]:
     """broadcaster_listener_ready_seconds' count and sum once `at_least` reports are in (acks follow each chunk's end)."""
     async with aiohttp.ClientSession() as http:
         for _ in range(int(timeout_s * 10)):
@@ -196,15 +200,38 @@ async def test_console_refuses_a_wrong_token(browser, server, page_errors):
 async def test_music_plays_in_sync_like_narration(browser, server, connect, page_errors, tmp_path):
     """An uploaded track is scheduled by every page within 5 ms of the timeline, with its title shown."""
     song = tmp_path / "song.ogg"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=330:duration=7",
-                    "-ac", "2", "-c:a", "libopus", "-metadata", "title=Night Drive", "-metadata", "artist=Tape Loop",
-                    str(song)], check=True, timeout=60)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=330:duration=7",
+            "-ac",
+            "2",
+            "-c:a",
+            "libopus",
+            "-metadata",
+            "title=Night Drive",
+            "-metadata",
+            "artist=Tape Loop",
+            str(song),
+        ],
+        check=True,
+        timeout=60,
+    )
     observer = await connect()
     await observer.next("snapshot")
     pages = [await open_listener(browser, server, page_errors) for _ in range(2)]
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", data=song.read_bytes(),
-                             headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/ogg"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/tracks",
+            data=song.read_bytes(),
+            headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/ogg"},
+        ) as resp:
             request_id = (await resp.json())["request_id"]
     await pages[0].wait_for_function("document.getElementById('captions').textContent.includes('Night Drive')")
     captions = await pages[0].inner_text("#captions")
@@ -222,8 +249,11 @@ async def test_music_plays_in_sync_like_narration(browser, server, connect, page
 async def test_console_uploads_a_track_and_sets_repeat(browser, server, connect, page_errors, tmp_path):
     """From the console a producer uploads a track (it goes on the air) and sets the repeat mode."""
     song = tmp_path / "Coffee Break.ogg"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", "-c:a", "libopus",
-                    str(song)], check=True, timeout=60)
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2", "-c:a", "libopus", str(song)],
+        check=True,
+        timeout=60,
+    )
     observer = await connect()
     await observer.next("snapshot")
     console = await browser.new_page()

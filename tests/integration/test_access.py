@@ -10,17 +10,15 @@ import sys
 import aiohttp
 import pytest
 import websockets
+from conftest import Listener, start_server
 from sqlalchemy import func, select
 
 from broadcaster.runtime.accounts import create_channel, new_producer_token, set_listen_key
-
 from db.models import DeliveryRow
 from web.keys import ACCESS, METRICS
 
-from conftest import Listener, start_server
 
-
-async def private_server(tmp_path, overrides=None):  # noqa: ANN001, ANN201
+async def private_server(tmp_path, overrides=None):
     runner, server = await start_server(tmp_path, overrides)
     key = await set_listen_key(server.station.store, server.channel, private=True)
     return runner, server, key
@@ -35,7 +33,7 @@ async def status_of(http: aiohttp.ClientSession, method: str, url: str, **kwargs
         return resp.status, (await resp.read()).decode("utf-8", "replace")
 
 
-async def played_request(server, listener: Listener, text: str = "A secret scene.") -> dict:  # noqa: ANN001
+async def played_request(server, listener: Listener, text: str = "A secret scene.") -> dict:
     resp = await server.say(text)
     assert resp.status == 202
     return await listener.next("audio_chunk_ready", timeout=20)
@@ -74,8 +72,14 @@ async def test_private_channel_refuses_everything_without_its_key(tmp_path):
             assert (await status_of(http, "GET", f"{base}/c/{ch}?key={key}"))[0] == 200
             assert (await status_of(http, "GET", f"{chunk_url}?format=flac&key={key}"))[0] == 200
             assert (await status_of(http, "GET", f"{chunk_url}", headers={"X-Listen-Key": key}))[0] == 200
-            assert (await status_of(http, "GET", f"{base}/api/channels/{ch}/audio/queue",
-                                    headers={"Authorization": f"Bearer {server.token}"}))[0] == 200
+            assert (
+                await status_of(
+                    http,
+                    "GET",
+                    f"{base}/api/channels/{ch}/audio/queue",
+                    headers={"Authorization": f"Bearer {server.token}"},
+                )
+            )[0] == 200
             async with websockets.connect(server.ws_url() + f"?key={key}") as ws:
                 assert json.loads(await ws.recv())["type"] == "snapshot"
         await producer_ws.close()
@@ -83,7 +87,7 @@ async def test_private_channel_refuses_everything_without_its_key(tmp_path):
         await runner.cleanup()
 
 
-async def acks_for(server, chunk_id: str) -> int:  # noqa: ANN001
+async def acks_for(server, chunk_id: str) -> int:
     await server.station.store.ack_log.flush()
     async with server.station.store.session() as s:
         query = select(func.count()).select_from(DeliveryRow).where(DeliveryRow.chunk_id == chunk_id)
@@ -114,14 +118,34 @@ async def wait_for_status(http: aiohttp.ClientSession, url: str, status: int, wi
 async def test_cli_creates_a_private_channel_with_a_key_in_its_link(tmp_path):
     data = tmp_path / "cli-data"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broadcaster.cli", "channel", "create", "secret", "--private", "--json",
-        "--data-dir", str(data), stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "broadcaster.cli",
+        "channel",
+        "create",
+        "secret",
+        "--private",
+        "--json",
+        "--data-dir",
+        str(data),
+        stdout=asyncio.subprocess.PIPE,
+    )
     made = json.loads((await proc.communicate())[0])
     assert made["listen_key"].startswith("lk_")
     assert made["listen_url"].endswith(f"/c/secret?key={made['listen_key']}")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broadcaster.cli", "channel", "key", "secret", "--off", "--json",
-        "--data-dir", str(data), stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "broadcaster.cli",
+        "channel",
+        "key",
+        "secret",
+        "--off",
+        "--json",
+        "--data-dir",
+        str(data),
+        stdout=asyncio.subprocess.PIPE,
+    )
     public = json.loads((await proc.communicate())[0])
     assert public["listen_key"] is None and public["listen_url"].endswith("/c/secret")
 
@@ -145,8 +169,11 @@ async def test_producer_writes_beyond_the_rate_get_429_and_change_nothing(server
 async def test_refused_write_says_rate_limited_in_json(server):
     await server.say("First.")
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/queue/shuffle", json={},
-                             headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/queue/shuffle",
+            json={},
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
             body = await resp.json()
     assert resp.status == 429 and body["error"]["code"] == "rate_limited"
     assert "producer writes a minute" in body["error"]["message"]
@@ -222,7 +249,7 @@ async def read_to_end(resp: aiohttp.ClientResponse, within_s: float = 10) -> int
     return size
 
 
-async def open_console(server, token: str) -> Listener:  # noqa: ANN001
+async def open_console(server, token: str) -> Listener:
     """A console socket as the page opens it: ?role=console, then the token in the first message."""
     console = Listener(await websockets.connect(server.ws_url() + "?role=console"))
     await console.send({"type": "auth", "token": token})
@@ -239,8 +266,11 @@ async def test_a_new_listen_key_cuts_off_sockets_and_streams_opened_with_the_old
         chunk = await played_request(server, producer, "Heard first. STALL never comes.")
         keyed = Listener(await websockets.connect(server.ws_url() + f"?key={old_key}"))
         await keyed.next("snapshot")
-        async with aiohttp.ClientSession() as http, http.get(f"{base}/c/{ch}/live.mp3?key={old_key}") as live, \
-                http.get(f"{base}/api/audio/stream/{chunk['request_id']}?key={old_key}") as stream:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/c/{ch}/live.mp3?key={old_key}") as live,
+            http.get(f"{base}/api/audio/stream/{chunk['request_id']}?key={old_key}") as stream,
+        ):
             assert live.status == 200 and stream.status == 200
             new_key = await set_listen_key(server.station.store, ch, private=True)
             close = await closed_with(keyed.ws)
@@ -365,7 +395,7 @@ async def test_private_channel_audio_is_cacheable_only_by_the_listener(tmp_path)
         await runner.cleanup()
 
 
-async def played_request_on(server, listener: Listener, token: str, channel: str) -> dict:  # noqa: ANN001
+async def played_request_on(server, listener: Listener, token: str, channel: str) -> dict:
     await listener.next("snapshot")
     assert (await server.say("A line.", token=token, channel=channel)).status == 202
     return await listener.next("audio_chunk_ready", timeout=20)
@@ -374,8 +404,9 @@ async def played_request_on(server, listener: Listener, token: str, channel: str
 LONG_TEXT = " ".join(f"Sentence number {i} goes on for a while, so the stream has much to send." for i in range(14))
 
 
-@pytest.mark.server_config({"limits": {"stream_write_timeout_s": 1}, "tts": {"tone_ms_per_char": 100,
-                                                                            "mp3_bitrate_kbps": 160}})
+@pytest.mark.server_config(
+    {"limits": {"stream_write_timeout_s": 1}, "tts": {"tone_ms_per_char": 100, "mp3_bitrate_kbps": 160}}
+)
 async def test_a_progressive_stream_whose_client_reads_nothing_is_ended(server, connect):
     """A client that stops reading has its stream ended (and its encoder stopped) after the write timeout."""
     listener = await connect()
@@ -386,8 +417,9 @@ async def test_a_progressive_stream_whose_client_reads_nothing_is_ended(server, 
     loop = asyncio.get_running_loop()
     host, port = server.base_url.removeprefix("http://").split(":")
     await loop.sock_connect(sock, (host, int(port)))
-    await loop.sock_sendall(sock, f"GET /api/audio/stream/{chunk['request_id']} HTTP/1.1\r\n"
-                                  f"Host: {host}\r\n\r\n".encode())
+    await loop.sock_sendall(
+        sock, f"GET /api/audio/stream/{chunk['request_id']} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    )
     try:
         async with asyncio.timeout(15):
             while open_connections(server) < 2:  # the listener's socket, and now the stream
@@ -399,7 +431,7 @@ async def test_a_progressive_stream_whose_client_reads_nothing_is_ended(server, 
         sock.close()
 
 
-def open_connections(server) -> int:  # noqa: ANN001
+def open_connections(server) -> int:
     return sum(server.app[ACCESS].open.values())
 
 
@@ -428,9 +460,11 @@ async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect
 async def test_malformed_requests_are_logged_as_one_warning_line(server, caplog):
     """Garbage, a bad request line or a bad header: one warning naming the client, no error, no traceback."""
     host, port = server.base_url.removeprefix("http://").split(":")
-    payloads = [b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage",
-                b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
-                b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"]
+    payloads = [
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage",
+        b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    ]
     for payload in payloads:
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(payload)

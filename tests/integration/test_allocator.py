@@ -5,7 +5,6 @@ setting is left alone."""
 from pathlib import Path
 
 import pytest
-
 from server_process import ServerProcess, metric
 
 
@@ -14,11 +13,14 @@ def environment(pid: int) -> dict[str, str]:
     return dict(pair.decode().split("=", 1) for pair in pairs if b"=" in pair)
 
 
-@pytest.mark.parametrize("setting,inherited,expected", [
-    ("", None, "malloc"),  # the default
-    ('allocator = "pymalloc"', None, None),
-    ("", "pymalloc_debug", "pymalloc_debug"),  # the operator's explicit choice wins
-])
+@pytest.mark.parametrize(
+    "setting,inherited,expected",
+    [
+        ("", None, "malloc"),  # the default
+        ('allocator = "pymalloc"', None, None),
+        ("", "pymalloc_debug", "pymalloc_debug"),  # the operator's explicit choice wins
+    ],
+)
 async def test_the_server_runs_with_the_configured_allocator(tmp_path, monkeypatch, setting, inherited, expected):
     """The running server's environment shows the allocator chosen, and it serves."""
     if inherited is None:
@@ -33,8 +35,10 @@ async def test_the_server_runs_with_the_configured_allocator(tmp_path, monkeypat
         assert environment(server.proc.pid).get("PYTHONMALLOC") == expected
         assert server.proc.poll() is None
         # live memory is counted by whichever allocator holds Python's objects
-        in_use, blocks = (await metric(server, "broadcaster_malloc_in_use_bytes"),
-                          await metric(server, "broadcaster_python_heap_blocks"))
+        in_use, blocks = (
+            await metric(server, "broadcaster_malloc_in_use_bytes"),
+            await metric(server, "broadcaster_python_heap_blocks"),
+        )
         if expected == "malloc":
             assert blocks == 0 and in_use > 20_000_000
         elif expected is None:

@@ -16,8 +16,14 @@ from db.models import DeliveryRow
 
 QUEUE = "/api/channels/table/audio/queue"
 UNKNOWN_ID = "0123456789abcdef"
-CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-         415: "unsupported_media_type", 416: "range_not_satisfiable"}
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+}
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -56,7 +62,7 @@ async def deliveries(server) -> int:
         return await s.scalar(select(func.count()).select_from(DeliveryRow))
 
 
-async def open_socket(connect):  # noqa: ANN001, ANN201
+async def open_socket(connect):
     listener = await connect()
     snapshot = await listener.next("snapshot")
     return listener, snapshot["connection_id"]
@@ -81,7 +87,7 @@ async def ws_error(listener, frame: str | bytes) -> dict:
     return error
 
 
-async def real_chunk(server, connect) -> tuple[str, bytes]:  # noqa: ANN001
+async def real_chunk(server, connect) -> tuple[str, bytes]:
     """Submit text, wait for its first chunk to be announced, and fetch that chunk's bytes."""
     listener, _ = await open_socket(connect)
     assert (await server.say("Hello there, this sentence becomes a real chunk.")).status == 202
@@ -169,8 +175,9 @@ async def post_bad(server, case: BadPost) -> tuple[int, bytes]:
         headers["Authorization"] = case.auth.format(token=server.token)
     if case.content_type is not None:
         headers["Content-Type"] = case.content_type
-    status, _, body = await call(server, "POST", f"/api/channels/{case.channel}/requests",
-                                 data=case.data, headers=headers)
+    status, _, body = await call(
+        server, "POST", f"/api/channels/{case.channel}/requests", data=case.data, headers=headers
+    )
     return status, body
 
 
@@ -185,9 +192,13 @@ async def test_bad_request_submission_is_refused_and_queues_nothing(server, case
 async def test_body_over_the_size_limit_is_413_json(server):
     """A 2 MB body is refused with 413 and a JSON error, and nothing is queued."""
     body = b'{"text": "' + b"Hello there. " * 160_000 + b'"}'
-    status, _, answer = await call(server, "POST", "/api/channels/table/requests", data=io.BytesIO(body),
-                                   headers={"Authorization": f"Bearer {server.token}",
-                                            "Content-Type": "application/json"})
+    status, _, answer = await call(
+        server,
+        "POST",
+        "/api/channels/table/requests",
+        data=io.BytesIO(body),
+        headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+    )
     assert_error(status, answer, 413)
     await assert_queue_empty(server)
 
@@ -236,8 +247,7 @@ async def test_queue_of_unknown_channel_is_404(server, channel):
     assert_error(status, body, 404)
 
 
-@pytest.mark.parametrize("request_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "0123456789abcdef0", "..%2f..",
-                                        "%00"])
+@pytest.mark.parametrize("request_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "0123456789abcdef0", "..%2f..", "%00"])
 async def test_stream_of_bad_or_unknown_request_is_404(server, request_id):
     """GET /api/audio/stream/{id} with a malformed or unknown id is a 404 JSON error."""
     status, _, body = await call(server, "GET", f"/api/audio/stream/{request_id}")
@@ -252,8 +262,9 @@ async def test_stream_with_bad_offset_is_400(server, offset):
     assert_error(status, answer, 400, "offset_ms")
 
 
-@pytest.mark.parametrize("chunk_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "..%2f..%2fbroadcaster.db", "%00",
-                                      UNKNOWN_ID + "%0A"])
+@pytest.mark.parametrize(
+    "chunk_id", [UNKNOWN_ID, "xyz", "0123456789ABCDEF", "..%2f..%2fbroadcaster.db", "%00", UNKNOWN_ID + "%0A"]
+)
 async def test_unknown_or_malformed_chunk_is_404(server, chunk_id):
     """GET /api/audio/chunks/{id} with an unknown or malformed id is a 404 JSON error."""
     status, _, body = await call(server, "GET", f"/api/audio/chunks/{chunk_id}")
@@ -297,8 +308,10 @@ async def test_chunk_range_beyond_the_end_is_416(server, connect, spec):
     assert headers["Content-Range"] == f"bytes */{len(data)}"
 
 
-@pytest.mark.parametrize("header", ["bytes=abc", "bytes=5-2", "bytes=", "bytes=-", "bytes=1-2-3", "bytes 0-99",
-                                    "=0-99", "bytes=0-" + "9" * 300])
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=abc", "bytes=5-2", "bytes=", "bytes=-", "bytes=1-2-3", "bytes 0-99", "=0-99", "bytes=0-" + "9" * 300],
+)
 async def test_malformed_range_is_400(server, connect, header):
     """A malformed Range header is a 400 JSON error (see web/ranges.py)."""
     chunk_id, _ = await real_chunk(server, connect)
@@ -340,15 +353,18 @@ async def test_ack_for_unknown_connection_is_404_and_records_nothing(server, con
 # --- methods and paths --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/api/channels/table/requests"),
-    ("PUT", "/api/channels/table/requests"),
-    ("DELETE", QUEUE),
-    ("POST", QUEUE),
-    ("DELETE", f"/api/audio/chunks/{UNKNOWN_ID}"),
-    ("GET", f"/api/audio/played/{UNKNOWN_ID}"),
-    ("POST", "/healthz"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/api/channels/table/requests"),
+        ("PUT", "/api/channels/table/requests"),
+        ("DELETE", QUEUE),
+        ("POST", QUEUE),
+        ("DELETE", f"/api/audio/chunks/{UNKNOWN_ID}"),
+        ("GET", f"/api/audio/played/{UNKNOWN_ID}"),
+        ("POST", "/healthz"),
+    ],
+)
 async def test_wrong_method_is_405_json(server, method, path):
     """A known path with the wrong HTTP method is a 405 JSON error with an Allow header."""
     status, headers, body = await call(server, method, path)
@@ -357,8 +373,18 @@ async def test_wrong_method_is_405_json(server, method, path):
     await assert_queue_empty(server)
 
 
-@pytest.mark.parametrize("path", ["/nope", "/api", "/api/channels", "/api/channels/table", "/api/audio/chunks/",
-                                  "/api/channels/table/requests/extra", "/static/..%2f..%2fpyproject.toml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nope",
+        "/api",
+        "/api/channels",
+        "/api/channels/table",
+        "/api/audio/chunks/",
+        "/api/channels/table/requests/extra",
+        "/static/..%2f..%2fpyproject.toml",
+    ],
+)
 async def test_unknown_path_is_404_json(server, path):
     """A path no route serves is a 404 JSON error."""
     status, _, body = await call(server, "GET", path)
@@ -405,10 +431,16 @@ BAD_FRAMES = {
     "played without chunk_id": ('{"type": "audio_played"}', "bad_request", "chunk_id"),
     "played with malformed chunk_id": ('{"type": "audio_played", "chunk_id": "xyz"}', "bad_request", "chunk_id"),
     "played with chunk_id number": ('{"type": "audio_played", "chunk_id": 7}', "bad_request", "chunk_id"),
-    "played with chunk_id list": ('{"type": "audio_played", "chunk_id": ["0123456789abcdef"]}', "bad_request",
-                                  "chunk_id"),
-    "played with unknown chunk_id": (json.dumps({"type": "audio_played", "chunk_id": UNKNOWN_ID}), "not_found",
-                                     UNKNOWN_ID),
+    "played with chunk_id list": (
+        '{"type": "audio_played", "chunk_id": ["0123456789abcdef"]}',
+        "bad_request",
+        "chunk_id",
+    ),
+    "played with unknown chunk_id": (
+        json.dumps({"type": "audio_played", "chunk_id": UNKNOWN_ID}),
+        "not_found",
+        UNKNOWN_ID,
+    ),
     "time_sync without t0": ('{"type": "time_sync"}', "bad_request", "t0"),
     "time_sync t0 string": ('{"type": "time_sync", "t0": "1"}', "bad_request", "t0"),
     "time_sync t0 bool": ('{"type": "time_sync", "t0": true}', "bad_request", "t0"),
@@ -492,7 +524,6 @@ async def test_a_flood_of_garbage_gets_every_error_reply_and_the_server_stays_he
     status, health = await server.get_json("/healthz")
     assert status == 200 and health["status"] == "ok"
     await assert_queue_empty(server)
-
 
 
 async def test_a_flood_larger_than_the_send_queue_loses_no_reply(server, connect):

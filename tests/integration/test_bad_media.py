@@ -32,16 +32,32 @@ def secret_media(directory: Path) -> dict[str, Path]:
     made = {}
     for ext, options in {"m4a": ["-c:a", "aac"], "ts": ["-c:a", "aac", "-f", "mpegts"], "aac": ["-c:a", "aac"]}.items():
         made[ext] = directory / f"secret.{ext}"
-        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={SECRET_HZ}:duration=4",
-                        *options, str(made[ext])], check=True, timeout=60)
+        subprocess.run(
+            [
+                ffmpeg_exe(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency={SECRET_HZ}:duration=4",
+                *options,
+                str(made[ext]),
+            ],
+            check=True,
+            timeout=60,
+        )
     return made
 
 
 def dash_manifest(target: str) -> bytes:
-    return (f'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
-            f'mediaPresentationDuration="PT4S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">'
-            f'<Period><AdaptationSet mimeType="audio/mp4"><Representation id="a" bandwidth="64000" codecs="mp4a.40.2">'
-            f'<BaseURL>{target}</BaseURL></Representation></AdaptationSet></Period></MPD>').encode()
+    return (
+        f'<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        f'mediaPresentationDuration="PT4S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011">'
+        f'<Period><AdaptationSet mimeType="audio/mp4"><Representation id="a" bandwidth="64000" codecs="mp4a.40.2">'
+        f"<BaseURL>{target}</BaseURL></Representation></AdaptationSet></Period></MPD>"
+    ).encode()
 
 
 def hls_playlist(target: str) -> bytes:
@@ -57,7 +73,7 @@ def frozen_flac(frames: int, channels: int = 2) -> bytes:
     pos, last = 4, False
     while not last:  # metadata blocks: a flag-and-type byte, a 24-bit length
         last = bool(data[pos] & 0x80)
-        pos += 4 + int.from_bytes(data[pos + 1:pos + 4], "big")
+        pos += 4 + int.from_bytes(data[pos + 1 : pos + 4], "big")
     head = bytearray(data[:pos])
     head[21] &= 0xF0  # STREAMINFO: total samples (36 bits from here) and MD5 zeroed: length unknown
     head[22:26] = bytes(4)
@@ -80,7 +96,7 @@ def decoders(parent: int | None = None) -> list[int]:
     return found
 
 
-async def wait_until(condition, timeout: float = 10.0) -> bool:  # noqa: ANN001
+async def wait_until(condition, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -89,16 +105,19 @@ async def wait_until(condition, timeout: float = 10.0) -> bool:  # noqa: ANN001
     return condition()
 
 
-async def queue_length(server) -> int:  # noqa: ANN001
+async def queue_length(server) -> int:
     status, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     assert status == 200
     return len(state["queue"]) + (state["now_playing"] is not None)
 
 
-async def add_by_path(server, path: str) -> tuple[int, dict]:  # noqa: ANN001
+async def add_by_path(server, path: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", json={"path": path},
-                             headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/tracks",
+            json={"path": path},
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
             return resp.status, await resp.json()
 
 
@@ -115,8 +134,11 @@ def assert_refused_format(status: int, body: dict) -> None:
 async def test_an_upload_that_names_other_files_is_refused(server, tmp_path, kind):
     """An upload named song.mp3 whose body is a manifest or playlist naming a local file: 422, nothing queued."""
     secret = secret_media(tmp_path / "elsewhere")
-    body = {"dash": dash_manifest(str(secret["m4a"])), "dash-file-url": dash_manifest(f"file://{secret['m4a']}"),
-            "hls": hls_playlist(str(secret["ts"]))}[kind]
+    body = {
+        "dash": dash_manifest(str(secret["m4a"])),
+        "dash-file-url": dash_manifest(f"file://{secret['m4a']}"),
+        "hls": hls_playlist(str(secret["ts"])),
+    }[kind]
     status, reply = await upload(server, body, "audio/mpeg", filename="song.mp3")
     assert_refused_format(status, reply)
     assert await queue_length(server) == 0
@@ -131,17 +153,21 @@ async def test_a_music_folder_file_that_names_other_files_is_refused(server, tmp
     music.mkdir(parents=True, exist_ok=True)
     secret = secret_media(tmp_path / "elsewhere")
     (music / "inside.aac").write_bytes(secret["aac"].read_bytes())  # concat lists may only name neighbours
-    (music / kind).write_bytes({
-        "list.m3u8": hls_playlist(str(secret["ts"])), "list-url.m3u8": hls_playlist(f"file://{secret['aac']}"),
-        "list.ffconcat": b"ffconcat version 1.0\nfile 'inside.aac'\n", "list.mpd": dash_manifest(str(secret["m4a"])),
-    }[kind])
+    (music / kind).write_bytes(
+        {
+            "list.m3u8": hls_playlist(str(secret["ts"])),
+            "list-url.m3u8": hls_playlist(f"file://{secret['aac']}"),
+            "list.ffconcat": b"ffconcat version 1.0\nfile 'inside.aac'\n",
+            "list.mpd": dash_manifest(str(secret["m4a"])),
+        }[kind]
+    )
     status, reply = await add_by_path(server, kind)
     assert_refused_format(status, reply)
     assert await queue_length(server) == 0
 
 
 @pytest.fixture(autouse=True)
-def _music_folder_in_tmp(tmp_path, monkeypatch):  # noqa: ANN001
+def _music_folder_in_tmp(tmp_path, monkeypatch):
     """Relative music folders resolve inside the test's own directory."""
     monkeypatch.chdir(tmp_path)
 
@@ -149,8 +175,11 @@ def _music_folder_in_tmp(tmp_path, monkeypatch):  # noqa: ANN001
 async def test_a_file_that_is_not_audio_is_refused_with_the_accepted_formats(server, tmp_path):
     """A PNG image named song.mp3 is refused with 422 naming the accepted formats."""
     image = tmp_path / "cover.png"
-    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=red:size=32x32", "-frames:v", "1",
-                    str(image)], check=True, timeout=60)
+    subprocess.run(
+        [ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", "color=red:size=32x32", "-frames:v", "1", str(image)],
+        check=True,
+        timeout=60,
+    )
     status, reply = await upload(server, image.read_bytes(), "audio/mpeg", filename="song.mp3")
     assert_refused_format(status, reply)
 
@@ -200,8 +229,11 @@ async def test_decodes_at_once_are_capped_and_the_rest_told_to_retry(server):
 
     async def one() -> tuple[int, dict, str | None]:
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", data=frozen_flac(2000, 8),
-                                 headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/flac"}) as r:
+            async with http.post(
+                f"{server.base_url}/api/channels/{server.channel}/tracks",
+                data=frozen_flac(2000, 8),
+                headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/flac"},
+            ) as r:
                 return r.status, await r.json(), r.headers.get("Retry-After")
 
     watcher = asyncio.create_task(watch())
@@ -219,9 +251,13 @@ async def test_decodes_at_once_are_capped_and_the_rest_told_to_retry(server):
 async def test_a_decode_stops_when_its_client_leaves(server):
     """The uploader disconnects while its file decodes: ffmpeg is killed and nothing is left behind."""
     async with aiohttp.ClientSession() as http:
-        post = asyncio.create_task(http.post(
-            f"{server.base_url}/api/channels/{server.channel}/tracks", data=frozen_flac(4000, 8),
-            headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/flac"}))
+        post = asyncio.create_task(
+            http.post(
+                f"{server.base_url}/api/channels/{server.channel}/tracks",
+                data=frozen_flac(4000, 8),
+                headers={"Authorization": f"Bearer {server.token}", "Content-Type": "audio/flac"},
+            )
+        )
         assert await wait_until(lambda: decoders() != []), "the decode never started"
         post.cancel()
         await asyncio.gather(post, return_exceptions=True)
@@ -257,15 +293,21 @@ async def test_decoders_die_with_the_server(tmp_path, how):
     running: list[int] = []
     try:
         async with aiohttp.ClientSession() as http:
-            post = asyncio.create_task(http.post(
-                f"{server.base_url}/api/channels/table/tracks", data=frozen_flac(20000, 8),
-                headers={"Authorization": f"Bearer {made['producer_token']}", "Content-Type": "audio/flac"}))
+            post = asyncio.create_task(
+                http.post(
+                    f"{server.base_url}/api/channels/table/tracks",
+                    data=frozen_flac(20000, 8),
+                    headers={"Authorization": f"Bearer {made['producer_token']}", "Content-Type": "audio/flac"},
+                )
+            )
             assert await wait_until(lambda: decoders(server.proc.pid) != []), "the decode never started"
             running = decoders(server.proc.pid)
             os.kill(server.proc.pid, how)
             await asyncio.gather(post, return_exceptions=True)
         server.proc.wait(timeout=30)
-        assert await wait_until(lambda: not any(alive(pid) for pid in running), timeout=5), "a decoder outlived the server"
+        assert await wait_until(lambda: not any(alive(pid) for pid in running), timeout=5), (
+            "a decoder outlived the server"
+        )
     finally:
         if server.proc.poll() is None:
             server.proc.kill()

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.server_config({"cleanup": {"retention_days": 0}})
 
 
-async def play_one(server, connect, text: str) -> tuple[str, list[str]]:  # noqa: ANN001
+async def play_one(server, connect, text: str) -> tuple[str, list[str]]:
     listener = await connect()
     await listener.next("snapshot")
     request_id = (await (await server.say(text)).json())["request_id"]
@@ -21,7 +21,7 @@ async def play_one(server, connect, text: str) -> tuple[str, list[str]]:  # noqa
     return request_id, chunks
 
 
-def make_orphan(audio_root, name: str = "ab" * 8):  # noqa: ANN001, ANN201
+def make_orphan(audio_root, name: str = "ab" * 8):
     orphan = audio_root / name
     orphan.mkdir()
     (orphan / "deadbeefdeadbeef.mp3").write_bytes(b"x" * 100)
@@ -64,9 +64,22 @@ async def test_cleanup_command_is_safe_while_the_server_runs(server, connect, tm
     request_id, _ = await play_one(server, connect, "For the cron job.")
     config = tmp_path / "cron.toml"
     config.write_text("[cleanup]\nretention_days = 0\n")
-    out = subprocess.run([sys.executable, "-m", "broadcaster", "cleanup", "--config", str(config),
-                          "--data-dir", str(server.station.config.data_path)],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "broadcaster",
+            "cleanup",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(server.station.config.data_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert json.loads(out.stdout.strip().splitlines()[-1])["requests"] == 1
     assert not (server.station.audio.root / request_id).exists()
     again, _ = await play_one(server, connect, "The server carries on.")

@@ -33,8 +33,18 @@ async def test_listen_writes_what_it_heard_in_timeline_order(server, tmp_path):
 async def test_say_command_puts_text_on_the_air(server):
     """`broadcaster say` submits narration with the producer token and prints the server's answer."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broadcaster", "say", server.channel, "Hello from the shell.",
-        "--token", server.token, "--server", server.base_url, stdout=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "broadcaster",
+        "say",
+        server.channel,
+        "Hello from the shell.",
+        "--token",
+        server.token,
+        "--server",
+        server.base_url,
+        stdout=subprocess.PIPE,
+    )
     stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0
     assert json.loads(stdout)["status"] == "pending"
@@ -43,8 +53,18 @@ async def test_say_command_puts_text_on_the_air(server):
 async def test_say_command_with_a_wrong_token_fails_clearly(server):
     """A wrong token makes `say` exit non-zero with the server's explanation."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broadcaster", "say", server.channel, "Nope.",
-        "--token", "wrong", "--server", server.base_url, stdout=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "broadcaster",
+        "say",
+        server.channel,
+        "Nope.",
+        "--token",
+        "wrong",
+        "--server",
+        server.base_url,
+        stdout=subprocess.PIPE,
+    )
     stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert json.loads(stdout)["error"]["code"] == "unauthorized"

@@ -8,10 +8,10 @@ import socket
 from collections import Counter
 
 import pytest
-
-from broadcaster.runtime.collector import AT_LEAST
 from conftest import raw_websocket
 from server_process import ServerProcess, cli, metric
+
+from broadcaster.runtime.collector import AT_LEAST
 from web.keys import HUB
 
 MODES = [("", True), ('gc_freeze = "startup"', True), ('gc_freeze = "survivors"', True), ('gc_freeze = "off"', False)]

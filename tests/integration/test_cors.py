@@ -19,8 +19,11 @@ async def get(url: str, headers: dict[str, str] | None = None, method: str = "GE
 
 
 async def preflight(url: str, method: str = "GET", headers: str = "range", origin: str = VTT) -> tuple[int, dict]:
-    return await get(url, {"Origin": origin, "Access-Control-Request-Method": method,
-                           "Access-Control-Request-Headers": headers}, "OPTIONS")
+    return await get(
+        url,
+        {"Origin": origin, "Access-Control-Request-Method": method, "Access-Control-Request-Headers": headers},
+        "OPTIONS",
+    )
 
 
 def exposed(headers: dict[str, str]) -> set[str]:
@@ -40,8 +43,12 @@ async def test_public_reads_carry_allow_origin_and_expose_player_headers(server,
     Access-Control-Allow-Origin and expose Content-Range, Accept-Ranges, Content-Length and icy-* headers."""
     chunk = await first_chunk(server, connect)
     base = server.base_url
-    for path in (f"/api/channels/{server.channel}/audio/queue", chunk["url"], f"/c/{server.channel}/live.mp3",
-                 f"/api/audio/stream/{chunk['request_id']}"):
+    for path in (
+        f"/api/channels/{server.channel}/audio/queue",
+        chunk["url"],
+        f"/c/{server.channel}/live.mp3",
+        f"/api/audio/stream/{chunk['request_id']}",
+    ):
         status, headers = await get(base + path, {"Origin": VTT, "Range": "bytes=0-99"})
         assert status in (200, 206), path
         assert headers.get("access-control-allow-origin") == "*", path
@@ -51,8 +58,12 @@ async def test_public_reads_carry_allow_origin_and_expose_player_headers(server,
 async def test_preflight_on_a_public_read_is_204_with_methods_range_and_max_age(server, connect):
     """OPTIONS on a public read route answers 204: methods GET and HEAD, the Range header, and a max-age."""
     chunk = await first_chunk(server, connect)
-    for path in (f"/api/channels/{server.channel}/audio/queue", chunk["url"], f"/c/{server.channel}/live.mp3",
-                 f"/api/audio/stream/{chunk['request_id']}"):
+    for path in (
+        f"/api/channels/{server.channel}/audio/queue",
+        chunk["url"],
+        f"/c/{server.channel}/live.mp3",
+        f"/api/audio/stream/{chunk['request_id']}",
+    ):
         status, headers = await preflight(server.base_url + path)
         assert status == 204, path
         assert headers["access-control-allow-origin"] == "*"
@@ -97,7 +108,10 @@ async def test_producer_routes_stay_same_origin_but_work_with_a_token(server):
     status, headers = await preflight(url, "POST", "authorization, content-type")
     assert status >= 400 and "access-control-allow-origin" not in headers
     headers = {"Authorization": f"Bearer {server.token}", "Origin": VTT}
-    async with aiohttp.ClientSession() as http, http.post(url, json={"text": "From a script."}, headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"text": "From a script."}, headers=headers) as resp,
+    ):
         assert resp.status == 202 and "Access-Control-Allow-Origin" not in resp.headers
 
 
@@ -118,16 +132,25 @@ async def test_websocket_origin_check(server):
     made = await create_channel(server.station.store, "secret", private=True)
     public, private = server.ws_url(), server.ws_url("secret") + f"?key={made.listen_key}"
     own = server.base_url
-    assert [await socket_status(public, origin) for origin in (VTT, own, None, "https://elsewhere.example")] == \
-        [101, 101, 101, 403]
+    assert [await socket_status(public, origin) for origin in (VTT, own, None, "https://elsewhere.example")] == [
+        101,
+        101,
+        101,
+        403,
+    ]
     assert [await socket_status(private, origin) for origin in (own, None, VTT)] == [101, 101, 403]
 
 
 async def test_refused_socket_origin_is_a_json_error(server):
     """A refused Origin gets a JSON body that says why, not a bare status."""
     made = await create_channel(server.station.store, "secret", private=True)
-    upgrade = {"Origin": VTT, "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    upgrade = {
+        "Origin": VTT,
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
     url = f"{server.base_url}/ws/channels/secret?key={made.listen_key}"
     async with aiohttp.ClientSession() as http, http.get(url, headers=upgrade) as resp:
         body = await resp.json()

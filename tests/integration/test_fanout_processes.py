@@ -3,8 +3,8 @@ and a listener that falls behind mid-stream still gets every message, through it
 
 import pytest
 import websockets
-
 from server_process import metric
+
 from web import sendmany
 from web.keys import HUB, METRICS
 from web.sendmany import SocketWriter
@@ -15,8 +15,11 @@ ON_AIR = {"playback_queue_updated", "audio_chunk_ready", "audio_stream_started",
 
 
 def on_air(messages: list[dict]) -> list[tuple]:
-    return [(m["type"], m.get("request_id"), m.get("seq"), m.get("queue") and len(m["queue"]))
-            for m in messages if m["type"] in ON_AIR]
+    return [
+        (m["type"], m.get("request_id"), m.get("seq"), m.get("queue") and len(m["queue"]))
+        for m in messages
+        if m["type"] in ON_AIR
+    ]
 
 
 async def test_listeners_written_by_three_processes_get_the_same_messages_in_order(server, connect, monkeypatch):
@@ -42,7 +45,7 @@ async def test_listeners_written_by_three_processes_get_the_same_messages_in_ord
         assert on_air(listener.messages) == expected
 
 
-async def heard_or_cut(listener, request_id: str) -> str:  # noqa: ANN001
+async def heard_or_cut(listener, request_id: str) -> str:
     try:
         await listener.next("playback_queue_updated", where=lambda m: request_id in str(m["queue"]))
     except websockets.ConnectionClosedError as exc:

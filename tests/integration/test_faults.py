@@ -17,13 +17,13 @@ from tts.tone_engine import ToneEngine
 class CrashingEngine(ToneEngine):
     """Raises an arbitrary exception, as a buggy engine would."""
 
-    async def synthesize(self, text: str):  # noqa: ANN201
+    async def synthesize(self, text: str):
         if "crash" in text:
             raise RuntimeError("segfault-ish")
         return await super().synthesize(text)
 
 
-async def collect_until_played(ws_url: str, submit) -> tuple[list[str], list[dict]]:  # noqa: ANN001
+async def collect_until_played(ws_url: str, submit) -> tuple[list[str], list[dict]]:
     """Listen, submit, and gather every message until the last submitted request has played."""
     messages = []
     async with websockets.connect(ws_url) as ws:
@@ -40,7 +40,8 @@ async def test_engine_crash_fails_the_request_and_the_next_starts(tmp_path):
     """An engine raising an unexpected exception fails its request with a reason; the next one plays."""
     runner, server = await start_server(tmp_path, engine_factory=lambda config: CrashingEngine(ms_per_char=10))
     try:
-        async def submit():  # noqa: ANN202
+
+        async def submit():
             return [(await (await server.say(t)).json())["request_id"] for t in ("Please crash now.", "Fine.")]
 
         ids, messages = await collect_until_played(server.ws_url(), submit)
@@ -55,7 +56,7 @@ async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(t
     """A disk-full error while storing a chunk fails that request; the next request plays normally."""
     original = AudioStore._commit
 
-    def commit(self, request_id, chunk_id, fmt):  # noqa: ANN001, ANN202
+    def commit(self, request_id, chunk_id, fmt):
         if request_id == doomed[0]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, request_id, chunk_id, fmt)
@@ -64,7 +65,8 @@ async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(t
     monkeypatch.setattr(AudioStore, "_commit", commit)
     runner, server = await start_server(tmp_path, {"tts": {"tone_delay_ms": 100}})
     try:
-        async def submit():  # noqa: ANN202
+
+        async def submit():
             first = (await (await server.say("Doomed request.")).json())["request_id"]
             doomed.append(first)
             return [first, (await (await server.say("Survivor.")).json())["request_id"]]
@@ -89,7 +91,9 @@ async def test_stalled_request_in_the_middle_of_the_queue(server, connect):
         message = json.loads(await listener.ws.recv())
         if message["type"] in ("request_played", "request_failed"):
             outcomes.append((message["request_id"], message["type"]))
-    assert sorted(outcomes) == sorted([(ids[0], "request_played"), (ids[1], "request_failed"), (ids[2], "request_played")])
+    assert sorted(outcomes) == sorted(
+        [(ids[0], "request_played"), (ids[1], "request_failed"), (ids[2], "request_played")]
+    )
 
 
 async def test_lost_mp3_is_rebuilt_from_the_lossless_copy(server, connect):
@@ -112,7 +116,7 @@ async def test_database_locked_briefly_is_retried_and_nothing_is_lost(server, co
     """Saves that hit 'database is locked' are retried; the request plays and is stored as played."""
     original, failures = Store.save, []
 
-    async def flaky_save(self, requests):  # noqa: ANN001, ANN202
+    async def flaky_save(self, requests):
         if len(failures) < 4:
             failures.append(1)
             raise OperationalError("UPDATE", {}, Exception("database is locked"))

@@ -7,7 +7,6 @@ import socket
 
 import pytest
 import websockets
-
 from conftest import raw_websocket
 
 from web.keys import HUB
@@ -28,7 +27,7 @@ def split_frame(buffer: bytes) -> tuple[int, bytes, bytes] | None:
         length = int.from_bytes(buffer[2:start], "big")
     if len(buffer) < start + length:
         return None
-    return buffer[0] & 0x0F, buffer[start:start + length], buffer[start + length:]
+    return buffer[0] & 0x0F, buffer[start : start + length], buffer[start + length :]
 
 
 async def first_message(sock: socket.socket, buffer: bytes) -> dict:
@@ -54,7 +53,7 @@ async def read_to_end(sock: socket.socket) -> bytes:
     return received
 
 
-async def eventually(check, what: str, timeout_s: float = 15) -> None:  # noqa: ANN001
+async def eventually(check, what: str, timeout_s: float = 15) -> None:
     """Poll `check()` (a bool, or an awaitable of one) until it is true; fail naming `what` after a generous bound."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -69,24 +68,24 @@ async def eventually(check, what: str, timeout_s: float = 15) -> None:  # noqa: 
         raise AssertionError(f"expected {what} within {timeout_s} s") from None
 
 
-async def disconnected_at(server, connection_id: str) -> int | None:  # noqa: ANN001
+async def disconnected_at(server, connection_id: str) -> int | None:
     times = await server.station.store.connection_times(connection_id)
     assert times is not None, f"expected a record of connection {connection_id}"
     return times[1]
 
 
-async def closed(server, connection_id: str) -> bool:  # noqa: ANN001
+async def closed(server, connection_id: str) -> bool:
     return await disconnected_at(server, connection_id) is not None
 
 
-async def listeners(server) -> int:  # noqa: ANN001
+async def listeners(server) -> int:
     """The channel's listener count as the queue endpoint reports it."""
     status, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     assert status == 200
     return state["listeners"]
 
 
-async def listeners_are(server, expected: int) -> bool:  # noqa: ANN001
+async def listeners_are(server, expected: int) -> bool:
     return await listeners(server) == expected
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import aiohttp
 import soundfile
+from server_process import ServerProcess, cli
 
 from broadcaster.core.states import CHUNK_TRANSITIONS, REQUEST_TRANSITIONS, ChunkState, RequestState
-
-from server_process import ServerProcess, cli
 
 SEED = 20_241_121
 KILLS = 12
@@ -71,8 +70,12 @@ def read_rows(db: Path) -> Rows:
     conn.row_factory = sqlite3.Row
     try:
         requests = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM playback_requests")}
-        chunks = {r["id"]: dict(r) for r in conn.execute(
-            "SELECT c.*, r.line_seq FROM audio_chunks c JOIN playback_requests r ON r.id = c.request_id")}
+        chunks = {
+            r["id"]: dict(r)
+            for r in conn.execute(
+                "SELECT c.*, r.line_seq FROM audio_chunks c JOIN playback_requests r ON r.id = c.request_id"
+            )
+        }
     finally:
         conn.close()
     return Rows(requests, chunks)
@@ -102,7 +105,9 @@ class History:
             assert row["state"] in reachable(CHUNK_TRANSITIONS, before), f"chunk {cid}: {before} -> {row['state']}"
             self.chunk_states[cid] = row["state"]
             if row["starts_at_ms"] is not None:
-                assert self.chunk_starts.setdefault(cid, row["starts_at_ms"]) == row["starts_at_ms"], f"chunk {cid} moved"
+                assert self.chunk_starts.setdefault(cid, row["starts_at_ms"]) == row["starts_at_ms"], (
+                    f"chunk {cid} moved"
+                )
 
 
 def check_requests(rows: Rows) -> None:
@@ -140,9 +145,10 @@ def fully_made(rows: Rows) -> set[str]:
 
 def check_timeline(rows: Rows) -> None:
     """Audio on the timeline never overlaps, keeps its gaps, and runs in line order."""
-    placed = sorted((c for c in rows.chunks.values()
-                     if c["starts_at_ms"] is not None and c["state"] != ChunkState.DISCARDED),
-                    key=lambda c: c["starts_at_ms"])
+    placed = sorted(
+        (c for c in rows.chunks.values() if c["starts_at_ms"] is not None and c["state"] != ChunkState.DISCARDED),
+        key=lambda c: c["starts_at_ms"],
+    )
     for before, after in zip(placed, placed[1:]):
         gap = SENTENCE_GAP_MS if before["request_id"] == after["request_id"] else REQUEST_GAP_MS
         assert after["starts_at_ms"] >= before["starts_at_ms"] + before["duration_ms"] + gap, (before, after)
@@ -186,13 +192,18 @@ async def check_served(server: ServerProcess, rows: Rows, audio: Path, history: 
 
 
 def narration(rng: random.Random, number: int) -> str:
-    return " ".join(f"Request {number} says sentence {i} of its {rng.choice(['tale', 'story', 'saga'])}."
-                    for i in range(rng.randint(2, 4)))
+    return " ".join(
+        f"Request {number} says sentence {i} of its {rng.choice(['tale', 'story', 'saga'])}."
+        for i in range(rng.randint(2, 4))
+    )
 
 
 async def submit(http: aiohttp.ClientSession, server: ServerProcess, token: str, text: str) -> str:
-    async with http.post(f"{server.base_url}/api/channels/table/requests", json={"text": text},
-                         headers={"Authorization": f"Bearer {token}"}) as resp:
+    async with http.post(
+        f"{server.base_url}/api/channels/table/requests",
+        json={"text": text},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
         assert resp.status == 202, await resp.text()
         return (await resp.json())["request_id"]
 
@@ -203,8 +214,9 @@ async def queue(server: ServerProcess) -> dict:
             return await resp.json()
 
 
-async def kill_at_a_random_moment(rng: random.Random, server: ServerProcess, token: str, history: History,
-                                  number: int) -> str:
+async def kill_at_a_random_moment(
+    rng: random.Random, server: ServerProcess, token: str, history: History, number: int
+) -> str:
     """Submit narrations, then SIGKILL while they are generated, while a submission is in flight, or on the air."""
     async with aiohttp.ClientSession() as http:
         for _ in range(rng.choice([1, 1, 2])):
@@ -251,14 +263,19 @@ async def test_random_kills_lose_nothing_accepted_and_serve_nothing_half_written
             check_requests(rows)
             check_timeline(rows)
             strays = check_files(rows, audio, history)
-            mid_generation += any(r["state"] == RequestState.GENERATING and r["id"] not in fully_made(rows)
-                                  for r in rows.requests.values())
+            mid_generation += any(
+                r["state"] == RequestState.GENERATING and r["id"] not in fully_made(rows)
+                for r in rows.requests.values()
+            )
 
         await server.start()
         await check_served(server, rows, audio, history, strays)
         async with asyncio.timeout(120):  # drained: the line is empty and its last save has landed
-            while (state := await queue(server))["now_playing"] or state["queue"] or not all(
-                    row["state"] in FINAL for row in read_rows(db).requests.values()):
+            while (
+                (state := await queue(server))["now_playing"]
+                or state["queue"]
+                or not all(row["state"] in FINAL for row in read_rows(db).requests.values())
+            ):
                 await asyncio.sleep(0.2)
         rows = read_rows(db)
         history.check(rows)
@@ -274,5 +291,7 @@ async def test_random_kills_lose_nothing_accepted_and_serve_nothing_half_written
         raise
     finally:
         server.stop()
-    print(f"\n{KILLS} kills ({', '.join(moments)}), {mid_generation} of them with a request half generated; "
-          f"{len(history.accepted)} accepted requests of {len(rows.requests)} stored, {len(rows.chunks)} chunks")
+    print(
+        f"\n{KILLS} kills ({', '.join(moments)}), {mid_generation} of them with a request half generated; "
+        f"{len(history.accepted)} accepted requests of {len(rows.requests)} stored, {len(rows.chunks)} chunks"
+    )

@@ -10,7 +10,7 @@ from .test_metrics import scrape
 FLOOR_MS = 300  # the test servers' [timeline] lead_ms
 
 
-async def lead_s(server) -> float:  # noqa: ANN001
+async def lead_s(server) -> float:
     return (await scrape(server)).value("broadcaster_lead_seconds", channel=server.channel)
 
 

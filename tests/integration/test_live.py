@@ -15,9 +15,19 @@ from web.live import IcyWriter
 async def test_ffmpeg_decodes_ten_seconds_and_sees_the_title_change(server):
     """A real ffmpeg client decodes 10 s of the live stream without error and sees StreamTitle change."""
     player = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "verbose", "-t", "10",
-        "-i", f"{server.base_url}/c/{server.channel}/live.mp3", "-f", "null", "-",
-        stderr=asyncio.subprocess.PIPE)
+        ffmpeg_exe(),
+        "-hide_banner",
+        "-loglevel",
+        "verbose",
+        "-t",
+        "10",
+        "-i",
+        f"{server.base_url}/c/{server.channel}/live.mp3",
+        "-f",
+        "null",
+        "-",
+        stderr=asyncio.subprocess.PIPE,
+    )
     await asyncio.sleep(1.0)
     await server.say("The first item is on the air. It says two things.")
     await asyncio.sleep(3.0)

@@ -11,7 +11,7 @@ from broadcaster import logs
 
 
 @pytest.fixture
-def json_log(caplog: pytest.LogCaptureFixture):  # noqa: ANN201
+def json_log(caplog: pytest.LogCaptureFixture):
     """Everything the server logs at INFO and above, as JSON lines in a string."""
     stream = io.StringIO()
     handler = logs.make_handler("json", stream)
@@ -33,9 +33,11 @@ async def test_generation_lines_carry_channel_and_request_id(server, connect, js
     listener = await connect()
     await listener.next("snapshot")
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/requests",
-                             json={"text": "Logs are tidy. Every line says where it came from."},
-                             headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/requests",
+            json={"text": "Logs are tidy. Every line says where it came from."},
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
             assert resp.status == 202
             http_id = resp.headers["X-Request-Id"]
             request_id = (await resp.json())["request_id"]
@@ -56,21 +58,29 @@ async def test_generation_lines_carry_channel_and_request_id(server, connect, js
 
 async def test_access_log_never_contains_the_query_string(server, json_log):
     """Listen keys and tokens in a query stay out of the access log, whatever the route or status."""
-    paths = [f"/api/channels/{server.channel}/audio/queue?key=lk_SECRET1&token=bc_SECRET2",
-             "/healthz?token=bc_SECRET3", "/nope?key=lk_SECRET4", "/metrics?SECRET5"]
+    paths = [
+        f"/api/channels/{server.channel}/audio/queue?key=lk_SECRET1&token=bc_SECRET2",
+        "/healthz?token=bc_SECRET3",
+        "/nope?key=lk_SECRET4",
+        "/metrics?SECRET5",
+    ]
     async with aiohttp.ClientSession() as http:
         for path in paths:
             async with http.get(server.base_url + path) as resp:
                 await resp.read()
     access = [e for e in json_log() if e["logger"] == "broadcaster.access"]
     assert [(e["path"], e["status"]) for e in access] == [
-        (f"/api/channels/{server.channel}/audio/queue", 200), ("/healthz", 200), ("/nope", 404), ("/metrics", 200)]
+        (f"/api/channels/{server.channel}/audio/queue", 200),
+        ("/healthz", 200),
+        ("/nope", 404),
+        ("/metrics", 200),
+    ]
     for entry in access:
         assert "SECRET" not in json.dumps(entry)
         assert "?" not in entry["msg"]
 
 
-async def fetch_chunk_and_a_missing_one(server, connect) -> str:  # noqa: ANN001
+async def fetch_chunk_and_a_missing_one(server, connect) -> str:
     """Fetch a chunk's audio (200) and a chunk that does not exist (404); the chunk's path."""
     listener = await connect()
     await listener.next("snapshot")

@@ -33,12 +33,15 @@ class Scrape:
 
     def buckets(self, name: str, **labels: str) -> list[tuple[float, float]]:
         wanted = set(labels.items())
-        found = [(float(dict(key)["le"]), value) for (sample, key), value in self.samples.items()
-                 if sample == name + "_bucket" and wanted <= set(key)]
+        found = [
+            (float(dict(key)["le"]), value)
+            for (sample, key), value in self.samples.items()
+            if sample == name + "_bucket" and wanted <= set(key)
+        ]
         return sorted(found)
 
 
-async def scrape(server) -> Scrape:  # noqa: ANN001
+async def scrape(server) -> Scrape:
     async with aiohttp.ClientSession() as http:
         async with http.get(server.base_url + "/metrics") as resp:
             assert resp.status == 200

@@ -172,9 +172,27 @@ def first_gap(samples: np.ndarray) -> int:
 
 
 def decode_mp3(data: bytes) -> np.ndarray:
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", "pipe:0",
-                          "-f", "s16le", "-ac", "1", "-ar", "22050", "pipe:1"],
-                         input=data, capture_output=True, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            "pipe:0",
+            "-f",
+            "s16le",
+            "-ac",
+            "1",
+            "-ar",
+            "22050",
+            "pipe:1",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     return np.frombuffer(out.stdout, dtype=np.int16)
 
 

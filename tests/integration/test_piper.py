@@ -15,13 +15,30 @@ from tts.loudness import measure_lufs
 pytestmark = [pytest.mark.piper, pytest.mark.server_config({"tts": {"engine": "piper"}})]
 
 
-def decode_mp3(data: bytes, rate: int, tmp_path) -> np.ndarray:  # noqa: ANN001
+def decode_mp3(data: bytes, rate: int, tmp_path) -> np.ndarray:
     """Decode from a file, as a browser decodes from a whole buffer: the LAME header is honoured."""
     source = tmp_path / "chunk.mp3"
     source.write_bytes(data)
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(source),
-                          "-f", "s16le", "-ac", "1", "-ar", str(rate), "pipe:1"],
-                         capture_output=True, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            str(source),
+            "-f",
+            "s16le",
+            "-ac",
+            "1",
+            "-ar",
+            str(rate),
+            "pipe:1",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     return np.frombuffer(out.stdout, dtype=np.int16)
 
 
@@ -52,8 +69,10 @@ async def test_piper_narration_is_as_loud_as_music(server, connect):
     """Narration is leveled to the same EBU R128 target as tracks, so the two sit at the same loudness."""
     listener = await connect()
     await listener.next("snapshot")
-    await server.say("The caravan crosses the desert at night. The stars are bright and the sand is cold. "
-                     "Nobody speaks until the oasis comes into view.")
+    await server.say(
+        "The caravan crosses the desert at night. The stars are bright and the sand is cold. "
+        "Nobody speaks until the oasis comes into view."
+    )
     chunks = [await listener.next("audio_chunk_ready", timeout=60) for _ in range(3)]
     async with aiohttp.ClientSession() as http:
         parts = []
@@ -90,7 +109,7 @@ async def test_piper_takes_hostile_text_without_harm(server, connect, text):
     assert status == 200 and health["status"] == "ok"
 
 
-async def end_of(listener, request_id: str) -> dict:  # noqa: ANN001
+async def end_of(listener, request_id: str) -> dict:
     """The request_played or request_failed of this request."""
     async with asyncio.timeout(90):
         while True:

@@ -17,8 +17,10 @@ from tts.windowed import WindowedSession, split_voice, windowed_session
 
 pytestmark = pytest.mark.piper
 
-LONG = ("The caravan wound its way through the mountain pass, and the merchants, weary from the long road, "
-        "spoke of the harbour city they would reach before the first snows of winter came down.")
+LONG = (
+    "The caravan wound its way through the mountain pass, and the merchants, weary from the long road, "
+    "spoke of the harbour city they would reach before the first snows of winter came down."
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,10 @@ def voice_cache(tmp_path_factory):
 
 
 class CountingSession:
-    def __init__(self, session) -> None:  # noqa: ANN001
+    def __init__(self, session) -> None:
         self.session, self.runs = session, 0
 
-    def run(self, names, feeds):  # noqa: ANN001, ANN201
+    def run(self, names, feeds):
         self.runs += 1
         return self.session.run(names, feeds)
 
@@ -41,8 +43,11 @@ def test_windowed_decoding_gives_the_whole_voices_audio_sample_for_sample(voice_
     assert isinstance(voice.session, WindowedSession)
     whole = onnxruntime.InferenceSession(str(default_model_path()), providers=["CPUExecutionProvider"])
     ids = voice.phonemes_to_ids(voice.phonemize(LONG)[0])
-    feeds = {"input": np.array([ids], dtype=np.int64), "input_lengths": np.array([len(ids)], dtype=np.int64),
-             "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32)}  # no noise: both runs are deterministic
+    feeds = {
+        "input": np.array([ids], dtype=np.int64),
+        "input_lengths": np.array([len(ids)], dtype=np.int64),
+        "scales": np.array([0.0, 1.0, 0.0], dtype=np.float32),
+    }  # no noise: both runs are deterministic
     voice.session.decoder = counting = CountingSession(voice.session.decoder)
     voice.session.back = back = CountingSession(voice.session.back)
     windowed_audio = voice.session.run(None, feeds)[0]
@@ -67,20 +72,22 @@ def test_the_split_is_made_once_per_voice_file_and_a_stale_one_removed(tmp_path,
     assert layout["back_input"] == "/dec/LeakyRelu_1_output_0", "the decoder is cut at its second upsampling"
     assert (first / "decoder_back.onnx").is_file()
 
-    def no_subprocess(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def no_subprocess(*args, **kwargs):
         raise AssertionError("expected the cached split to be used")
 
     monkeypatch.setattr("tts.windowed.subprocess.run", no_subprocess)
     assert split_voice(model, tmp_path / "cache") == first
 
 
-def decoder_graph(back_reads: list[str]):  # noqa: ANN201
+def decoder_graph(back_reads: list[str]):
     """x -> /dec/a -> t1 -> the back part's first node -> t2 -> /dec/b (reading t2 and `back_reads`) -> out."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])
-    nodes = [helper.make_node("Relu", ["x"], ["t1"], name="/dec/a"),
-             helper.make_node("Relu", ["t1"], ["t2"], name=BACK_NODE),
-             helper.make_node("Sum", ["t2", *back_reads], ["out"], name="/dec/b")]
+    nodes = [
+        helper.make_node("Relu", ["x"], ["t1"], name="/dec/a"),
+        helper.make_node("Relu", ["t1"], ["t2"], name=BACK_NODE),
+        helper.make_node("Sum", ["t2", *back_reads], ["out"], name="/dec/b"),
+    ]
     return helper.make_graph(nodes, "decoder", [x], [out])
 
 
@@ -89,14 +96,17 @@ def test_the_back_part_is_cut_off_only_when_it_reads_nothing_from_before_the_cut
     assert back_input(decoder_graph(["x"])) is None, "a back part reading the frames again is not cut off"
 
 
-def unsplittable_voice(tmp_path) -> str:  # noqa: ANN001
+def unsplittable_voice(tmp_path) -> str:
     """A model with Piper's inputs and output but no decoder, next to the real voice's config."""
-    inputs = [helper.make_tensor_value_info("input", TensorProto.INT64, [1, None]),
-              helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
-              helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3])]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.INT64, [1, None]),
+        helper.make_tensor_value_info("input_lengths", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("scales", TensorProto.FLOAT, [3]),
+    ]
     output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [3])
-    graph = helper.make_graph([helper.make_node("Identity", ["scales"], ["output"], name="/pass")],
-                              "not-piper", inputs, [output])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["scales"], ["output"], name="/pass")], "not-piper", inputs, [output]
+    )
     path = tmp_path / "odd.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     shutil.copyfile(f"{default_model_path()}.json", f"{path}.json")

@@ -10,7 +10,7 @@ from tts.tone_engine import ToneEngine
 LONG = "This sentence keeps the request on the air for a while. " * 4
 
 
-async def act(server, request_id: str, action: str, token: str | None = None) -> tuple[int, dict]:  # noqa: ANN001
+async def act(server, request_id: str, action: str, token: str | None = None) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
         url = f"{server.base_url}/api/channels/{server.channel}/requests/{request_id}/{action}"
         async with http.post(url, headers={"Authorization": f"Bearer {token or server.token}"}) as resp:
@@ -57,7 +57,7 @@ class FlakyEngine(ToneEngine):
         super().__init__(ms_per_char=10)
         self.failed_once = False
 
-    async def synthesize(self, text: str):  # noqa: ANN201
+    async def synthesize(self, text: str):
         if "Try me" in text and not self.failed_once:
             self.failed_once = True
             raise GenerationError("the TTS service hiccuped")
@@ -87,8 +87,11 @@ async def test_wrong_state_is_a_clear_conflict(server, connect):
     on_air = (await (await server.say(LONG)).json())["request_id"]
     queued = (await (await server.say("Waiting.")).json())["request_id"]
     await listener.next("audio_chunk_ready")
-    for request_id, action, words in [(queued, "skip", "not on the air"), (on_air, "cancel", "on the air"),
-                                      (queued, "retry", "failed or cancelled")]:
+    for request_id, action, words in [
+        (queued, "skip", "not on the air"),
+        (on_air, "cancel", "on the air"),
+        (queued, "retry", "failed or cancelled"),
+    ]:
         status, body = await act(server, request_id, action)
         assert status == 409 and words in body["error"]["message"]
     _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
@@ -104,9 +107,12 @@ async def test_actions_need_the_producer_token(server):
     status, _ = await act(server, "0123456789abcdef", "cancel")
     assert status == 404
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.base_url}/api/channels/{server.channel}/producer",
-                            headers={"Authorization": "Bearer bc_wrong"}) as resp:
+        async with http.get(
+            f"{server.base_url}/api/channels/{server.channel}/producer", headers={"Authorization": "Bearer bc_wrong"}
+        ) as resp:
             assert resp.status == 401
-        async with http.get(f"{server.base_url}/api/channels/{server.channel}/producer",
-                            headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        async with http.get(
+            f"{server.base_url}/api/channels/{server.channel}/producer",
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
             assert resp.status == 200

@@ -11,7 +11,7 @@ def queue_updates_before(messages: list[dict], kind: str) -> list[dict]:
     return [m for m in messages[:until] if m["type"] == "playback_queue_updated"]
 
 
-async def listen_and_say(server, connect, text: str):  # noqa: ANN001, ANN201
+async def listen_and_say(server, connect, text: str):
     """A listener past its snapshot, and the id of the narration submitted after it."""
     listener = await connect()
     await listener.next("snapshot")
@@ -28,7 +28,7 @@ async def test_synthesis_starting_rides_with_the_stream_start(server, connect, m
     (submitted,) = queue_updates_before(listener.messages, "audio_stream_started")
     assert [item["status"] for item in submitted["queue"]] == ["pending"]
     started = listener.messages.index(next(m for m in listener.messages if m["type"] == "audio_stream_started"))
-    same_write = listener.messages[started:started + 4]
+    same_write = listener.messages[started : started + 4]
     assert "playback_queue_updated" in [m["type"] for m in same_write]  # the owed view came with the start
 
 
@@ -39,6 +39,8 @@ async def test_synthesis_starting_is_announced_alone_when_nothing_follows(server
     monkeypatch.setattr(publish, "PROGRESS_DELAY_S", 0.05)
     listener, request_id = await listen_and_say(server, connect, "A slow sentence.")
     await listener.next("audio_stream_started", timeout=30, where=lambda m: m["request_id"] == request_id)
-    statuses = [[item["status"] for item in m["queue"] if item["request_id"] == request_id]
-                for m in queue_updates_before(listener.messages, "audio_stream_started")]
+    statuses = [
+        [item["status"] for item in m["queue"] if item["request_id"] == request_id]
+        for m in queue_updates_before(listener.messages, "audio_stream_started")
+    ]
     assert statuses == [["pending"], []]

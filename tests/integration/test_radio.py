@@ -19,33 +19,42 @@ QUICK = {"tts": {"tone_ms_per_char": 8}, "timeline": {"lead_ms": 300, "sentence_
 pytestmark = pytest.mark.server_config(QUICK)
 
 
-async def post(server, path: str, body: dict | None = None, channel: str | None = None,  # noqa: ANN001
-               token: str | None = None) -> tuple[int, dict]:
+async def post(
+    server, path: str, body: dict | None = None, channel: str | None = None, token: str | None = None
+) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{channel or server.channel}{path}", json=body or {},
-                             headers={"Authorization": f"Bearer {token or server.token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{channel or server.channel}{path}",
+            json=body or {},
+            headers={"Authorization": f"Bearer {token or server.token}"},
+        ) as resp:
             return resp.status, await resp.json()
 
 
-async def queue_ids(server) -> list[str]:  # noqa: ANN001
+async def queue_ids(server) -> list[str]:
     _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     return [item["request_id"] for item in state["queue"]]
 
 
-async def played_texts(listener, count: int, timeout: float = 30) -> list[str]:  # noqa: ANN001
+async def played_texts(listener, count: int, timeout: float = 30) -> list[str]:
     """Texts of the next `count` requests to finish playing, in order."""
     texts = []
     while len(texts) < count:
         message = await listener.next("request_played", timeout=timeout)
-        started = [m for m in listener.messages if m["type"] == "audio_stream_started"
-                   and m["request_id"] == message["request_id"]]
+        started = [
+            m
+            for m in listener.messages
+            if m["type"] == "audio_stream_started" and m["request_id"] == message["request_id"]
+        ]
         texts.append(started[-1]["text"])
     return texts
 
 
-async def fill_queue(server, listener, count: int) -> list[str]:  # noqa: ANN001
-    ids = [(await (await server.say(f"Item {i} is a sentence that takes a while to say.")).json())["request_id"]
-           for i in range(count)]
+async def fill_queue(server, listener, count: int) -> list[str]:
+    ids = [
+        (await (await server.say(f"Item {i} is a sentence that takes a while to say.")).json())["request_id"]
+        for i in range(count)
+    ]
     await listener.next("audio_chunk_ready")
     return ids
 
@@ -60,7 +69,9 @@ async def test_shuffle_permutes_the_waiting_requests_only(server, connect):
     assert status == 200
     after = await queue_ids(server)
     assert sorted(after) == sorted(ids[1:]) and after != ids[1:]
-    update = await listener.next("playback_queue_updated", where=lambda m: [q["request_id"] for q in m["queue"]] == after)
+    update = await listener.next(
+        "playback_queue_updated", where=lambda m: [q["request_id"] for q in m["queue"]] == after
+    )
     assert update["repeat"] == "off"
 
 
@@ -137,8 +148,23 @@ def music(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "music"
     folder.mkdir()
     for i, freq in enumerate((330, 440, 550)):
-        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"sine=frequency={freq}:duration=1.2",
-                        "-metadata", f"title=Song {i}", str(folder / f"song{i}.flac")], check=True, timeout=60)
+        subprocess.run(
+            [
+                ffmpeg_exe(),
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"sine=frequency={freq}:duration=1.2",
+                "-metadata",
+                f"title=Song {i}",
+                str(folder / f"song{i}.flac"),
+            ],
+            check=True,
+            timeout=60,
+        )
     (folder / "notes.txt").write_text("not music")
     monkeypatch.chdir(tmp_path)
     return folder
@@ -172,8 +198,14 @@ async def test_campaign_channels_have_no_auto_dj(music, server, connect):
     assert state["now_playing"] is None and state["queue"] == []
 
 
-@pytest.mark.server_config({"schedule": [{"channel": "table", "cron": "55 9 * * 1-5", "say": "Stand-up in five minutes."},
-                                         {"channel": "nowhere", "cron": "55 9 * * *", "say": "Lost."}]})
+@pytest.mark.server_config(
+    {
+        "schedule": [
+            {"channel": "table", "cron": "55 9 * * 1-5", "say": "Stand-up in five minutes."},
+            {"channel": "nowhere", "cron": "55 9 * * *", "say": "Lost."},
+        ]
+    }
+)
 async def test_scheduled_item_is_queued_at_its_minute_once(server):
     """A [[schedule]] entry queues its item in its minute, once; an entry for an unknown channel is skipped."""
     monday_0955 = int(datetime(2026, 11, 23, 9, 55, 20).timestamp() * 1000)
@@ -189,14 +221,16 @@ async def test_scheduled_item_is_queued_at_its_minute_once(server):
 
 def test_schedule_entries_are_validated():
     """A schedule entry with a bad cron or both say and track is refused when the config loads."""
-    for entry in ({"channel": "a", "cron": "61 * * * *", "say": "x"},
-                  {"channel": "a", "cron": "* * * * *", "say": "x", "track": "y.mp3"},
-                  {"channel": "a", "cron": "* * * * *"}):
+    for entry in (
+        {"channel": "a", "cron": "61 * * * *", "say": "x"},
+        {"channel": "a", "cron": "* * * * *", "say": "x", "track": "y.mp3"},
+        {"channel": "a", "cron": "* * * * *"},
+    ):
         with pytest.raises(BadInput):
             config_from_dict({"schedule": [entry]})
 
 
-async def radio_starts(server, count: int) -> list[dict]:  # noqa: ANN001
+async def radio_starts(server, count: int) -> list[dict]:
     """Make a radio channel "office" and collect its first `count` audio_stream_started messages."""
     await create_channel(server.station.store, "office", style="radio")
     started = []

@@ -27,24 +27,49 @@ RADIO = {"timeline": {"lead_ms": 300, "sentence_gap_ms": 50, "request_gap_ms": 6
 def make_track(directory: Path, artist: str, title: str, freq: int, seconds: float = 4) -> Path:
     """A short tagged tone, made with the bundled ffmpeg."""
     path = directory / f"{freq}.mp3"
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-v", "error", "-y", "-f", "lavfi",
-                    "-i", f"sine=frequency={freq}:duration={seconds}:sample_rate=44100", "-ac", "2",
-                    "-c:a", "libmp3lame", "-b:a", "96k", "-metadata", f"artist={artist}", "-metadata", f"title={title}",
-                    str(path)], check=True, timeout=60)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency={freq}:duration={seconds}:sample_rate=44100",
+            "-ac",
+            "2",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "96k",
+            "-metadata",
+            f"artist={artist}",
+            "-metadata",
+            f"title={title}",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
     return path
 
 
 async def queue_track(base_url: str, channel: str, token: str, path: Path) -> dict:
     url = f"{base_url}/api/channels/{channel}/tracks?filename={path.name}"
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "audio/mpeg"}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
-            http.post(url, data=path.read_bytes(), headers=headers) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+        http.post(url, data=path.read_bytes(), headers=headers) as resp,
+    ):
         assert resp.status == 202, await resp.text()
         return await resp.json()
 
 
-async def raw_get(base_url: str, path: str, headers: str = "") -> tuple[asyncio.StreamReader, asyncio.StreamWriter,
-                                                                       str, dict[str, str]]:
+async def raw_get(
+    base_url: str, path: str, headers: str = ""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, dict[str, str]]:
     """A GET over a plain socket: the status line and headers exactly as sent, and the reader for the body."""
     host, port = base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -58,8 +83,9 @@ async def raw_get(base_url: str, path: str, headers: str = "") -> tuple[asyncio.
 async def test_live_mp3_is_a_plain_body_ended_by_closing(server, connection):
     """live.mp3 is sent as Icecast sends it, to every HTTP/1.1 client: no chunked encoding, no length,
     `Connection: close`, so the first metadata block sits exactly `icy-metaint` bytes into the body."""
-    reader, writer, status, headers = await raw_get(server.base_url, f"/c/{server.channel}/live.mp3",
-                                                    f"Icy-MetaData: 1\r\n{connection}")
+    reader, writer, status, headers = await raw_get(
+        server.base_url, f"/c/{server.channel}/live.mp3", f"Icy-MetaData: 1\r\n{connection}"
+    )
     try:
         assert status.endswith("200 OK")
         assert "transfer-encoding" not in headers and "content-length" not in headers
@@ -76,7 +102,9 @@ async def test_live_mp3_is_a_plain_body_ended_by_closing(server, connection):
 @pytest.mark.server_config(RADIO)
 async def test_track_label_uses_an_ascii_hyphen(server, tmp_path):
     """A track with artist and title tags is labelled "Artist - Title" (what players split on), not with an en dash."""
-    await queue_track(server.base_url, server.channel, server.token, make_track(tmp_path, "Alpha Band", "First Song", 330, 1))
+    await queue_track(
+        server.base_url, server.channel, server.token, make_track(tmp_path, "Alpha Band", "First Song", 330, 1)
+    )
     _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     texts = [item["text"] for item in [state["now_playing"], *state["queue"]] if item]
     assert texts == ["Alpha Band - First Song"]
@@ -108,12 +136,40 @@ async def test_streamripper_splits_two_tracks_and_ffmpeg_reads_their_titles(tmp_
     try:
         radio = await create_channel(server.station.store, "radio", style="radio")
         url = f"{server.base_url}/c/radio/live.mp3"
-        clients.append(await asyncio.create_subprocess_exec(
-            binary, url, "-d", str(rips), "-s", "-l", "24", "--xs_none", "--quiet",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
-        clients.append(await asyncio.create_subprocess_exec(
-            ffmpeg_exe(), "-hide_banner", "-loglevel", "verbose", "-icy", "1", "-t", "20", "-i", url, "-f", "null", "-",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE))
+        clients.append(
+            await asyncio.create_subprocess_exec(
+                binary,
+                url,
+                "-d",
+                str(rips),
+                "-s",
+                "-l",
+                "24",
+                "--xs_none",
+                "--quiet",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        )
+        clients.append(
+            await asyncio.create_subprocess_exec(
+                ffmpeg_exe(),
+                "-hide_banner",
+                "-loglevel",
+                "verbose",
+                "-icy",
+                "1",
+                "-t",
+                "20",
+                "-i",
+                url,
+                "-f",
+                "null",
+                "-",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        )
         await players_connected(server, "radio", 2)
         await asyncio.sleep(1.5)  # the ripper hears the idle title first, so the first track is one it saw begin
         for path in tracks:

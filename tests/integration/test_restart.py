@@ -7,7 +7,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import websockets
-
 from server_process import ServerProcess, cli
 
 CONFIG = """
@@ -32,8 +31,9 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
 
 async def post(base_url: str, token: str, text: str) -> str:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/api/channels/table/requests", json={"text": text},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{base_url}/api/channels/table/requests", json={"text": text}, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             assert resp.status == 202
             return (await resp.json())["request_id"]
 
@@ -48,15 +48,21 @@ async def test_kill_and_restart_mid_request_keeps_timeline_and_queue(paths):
     """SIGKILL while a request is on the air and generating: after restart its chunk times are unchanged,
     generation resumes, the pending requests are still queued, and everything plays in order."""
     data_dir, config = paths
-    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
+        "producer_token"
+    ]
     server = ServerProcess(data_dir, config)
     await server.start()
     try:
         ws_url = "ws" + server.base_url.removeprefix("http") + "/ws/channels/table"
         announced: dict[str, int] = {}
         async with websockets.connect(ws_url) as ws:
-            first = await post(server.base_url, token, "Sentence one is here. Sentence two is here. "
-                               "Sentence three is here. Sentence four is here. Sentence five is here.")
+            first = await post(
+                server.base_url,
+                token,
+                "Sentence one is here. Sentence two is here. "
+                "Sentence three is here. Sentence four is here. Sentence five is here.",
+            )
             later = [await post(server.base_url, token, text) for text in ("Second request.", "Third request.")]
             while len(announced) < 2:
                 message = json.loads(await ws.recv())
@@ -91,8 +97,11 @@ async def test_channel_created_by_cli_is_usable_at_once(paths):
         made = json.loads(cli("channel", "create", "late-night", "--json", data_dir=data_dir, config=config).stdout)
         assert made["listen_url"].endswith("/c/late-night")
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{server.base_url}/api/channels/late-night/requests", json={"text": "Hi."},
-                                 headers={"Authorization": f"Bearer {made['producer_token']}"}) as resp:
+            async with http.post(
+                f"{server.base_url}/api/channels/late-night/requests",
+                json={"text": "Hi."},
+                headers={"Authorization": f"Bearer {made['producer_token']}"},
+            ) as resp:
                 assert resp.status == 202
     finally:
         server.stop()
@@ -101,12 +110,16 @@ async def test_channel_created_by_cli_is_usable_at_once(paths):
 async def test_new_token_from_the_cli_replaces_the_old_one_at_once(paths):
     """`broadcaster channel token` issues a new producer token; the running server refuses the old one."""
     data_dir, config = paths
-    old = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+    old = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
+        "producer_token"
+    ]
     server = ServerProcess(data_dir, config)
     await server.start()
     try:
         assert await post_status(server.base_url, old) == 202
-        new = json.loads(cli("channel", "token", "table", "--json", data_dir=data_dir, config=config).stdout)["producer_token"]
+        new = json.loads(cli("channel", "token", "table", "--json", data_dir=data_dir, config=config).stdout)[
+            "producer_token"
+        ]
         assert new != old
         assert await post_status(server.base_url, old) == 401
         assert await post_status(server.base_url, new) == 202
@@ -116,6 +129,9 @@ async def test_new_token_from_the_cli_replaces_the_old_one_at_once(paths):
 
 async def post_status(base_url: str, token: str) -> int:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{base_url}/api/channels/table/requests", json={"text": "Hello."},
-                             headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.post(
+            f"{base_url}/api/channels/table/requests",
+            json={"text": "Hello."},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
             return resp.status

@@ -15,25 +15,34 @@ from dataclasses import dataclass, field
 
 import pytest
 import websockets
-
 from conftest import raw_websocket
 
 from web.fanout import TOO_SLOW
 from web.keys import HUB
 
-pytestmark = pytest.mark.server_config({
-    "limits": {"ws_send_queue": 16, "ws_socket_buffer_bytes": 4096, "ws_heartbeat_s": 300,
-               "max_connections_per_address": 0, "producer_writes_per_minute": 1_000_000,
-               "producer_write_burst": 1_000_000},
-    "tts": {"tone_delay_ms": 1500},  # slow synthesis: few chunks, so the queue (and every queue update) grows
-})
+pytestmark = pytest.mark.server_config(
+    {
+        "limits": {
+            "ws_send_queue": 16,
+            "ws_socket_buffer_bytes": 4096,
+            "ws_heartbeat_s": 300,
+            "max_connections_per_address": 0,
+            "producer_writes_per_minute": 1_000_000,
+            "producer_write_burst": 1_000_000,
+        },
+        "tts": {"tone_delay_ms": 1500},  # slow synthesis: few chunks, so the queue (and every queue update) grows
+    }
+)
 
 FAST_LISTENERS = 3
 STEP_BOUND_S = 15  # one submission seen by every fast listener; only a hang gets near this
 MAX_STALLED_STEPS = 80
 # Each queued request's text rides in every playback_queue_updated, so the messages grow as the queue does.
-TEXT = " ".join(f"Sentence {i} keeps the queue heavy with words that no listener ever needs to read, "
-                "again and again and again, so that every queue update weighs a little more." for i in range(6))
+TEXT = " ".join(
+    f"Sentence {i} keeps the queue heavy with words that no listener ever needs to read, "
+    "again and again and again, so that every queue update weighs a little more."
+    for i in range(6)
+)
 
 
 @dataclass
@@ -102,8 +111,8 @@ class StalledPeer:
                 length = int.from_bytes(self.buffer[2:start], "big")
             if len(self.buffer) < start + length:
                 return
-            self.frames.append((self.buffer[0] & 0x0F, self.buffer[start:start + length]))
-            self.buffer = self.buffer[start + length:]
+            self.frames.append((self.buffer[0] & 0x0F, self.buffer[start : start + length]))
+            self.buffer = self.buffer[start + length :]
 
     def close_code(self) -> int | None:
         codes = [int.from_bytes(payload[:2], "big") for opcode, payload in self.frames if opcode == 0x8]
@@ -123,7 +132,7 @@ async def read_all(listener: Fast, arrived: asyncio.Event) -> None:
         arrived.set()
 
 
-async def lockstep(server, fast: list[Fast], arrived: asyncio.Event, latencies: list[float]) -> str:  # noqa: ANN001
+async def lockstep(server, fast: list[Fast], arrived: asyncio.Event, latencies: list[float]) -> str:
     """Submit one request and wait until every fast listener has seen it announced."""
     sent = time.perf_counter()
     response = await server.say(TEXT)
@@ -142,8 +151,10 @@ async def lockstep(server, fast: list[Fast], arrived: asyncio.Event, latencies: 
 
 
 def report(phase: str, latencies: list[float]) -> None:
-    print(f"{phase:>7}: {len(latencies):3d} deliveries, median {statistics.median(latencies):6.1f} ms, "
-          f"max {max(latencies):6.1f} ms")
+    print(
+        f"{phase:>7}: {len(latencies):3d} deliveries, median {statistics.median(latencies):6.1f} ms, "
+        f"max {max(latencies):6.1f} ms"
+    )
 
 
 async def test_stalled_listener_is_dropped_and_the_rest_get_everything_in_lockstep(server, connect):
@@ -193,9 +204,11 @@ async def test_stalled_listener_is_dropped_and_the_rest_get_everything_in_lockst
     for listener in fast:
         mentions = [listener.first_mention(rid) for rid in submitted]
         assert None not in mentions and mentions == sorted(mentions), "announcements missing or out of order"
-        seen.append([message for _, message in listener.arrivals[mentions[0]:mentions[-1] + 1]])
+        seen.append([message for _, message in listener.arrivals[mentions[0] : mentions[-1] + 1]])
     assert all(messages == seen[0] for messages in seen), "the fast listeners did not get the same broadcasts"
-    print(f"\nstalled listener: close code {stalled.close_code()} after {len(phases['during']) // FAST_LISTENERS} "
-          "stalled submissions")
+    print(
+        f"\nstalled listener: close code {stalled.close_code()} after {len(phases['during']) // FAST_LISTENERS} "
+        "stalled submissions"
+    )
     for phase, latencies in phases.items():
         report(phase, latencies)

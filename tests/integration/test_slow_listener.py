@@ -9,7 +9,9 @@ import websockets
 
 from web.keys import HUB, METRICS
 
-pytestmark = pytest.mark.server_config({"limits": {"ws_send_queue": 16, "ws_socket_buffer_bytes": 4096}, "tts": {"tone_delay_ms": 0}})
+pytestmark = pytest.mark.server_config(
+    {"limits": {"ws_send_queue": 16, "ws_socket_buffer_bytes": 4096}, "tts": {"tone_delay_ms": 0}}
+)
 
 # Long requests make every playback_queue_updated heavy (each carries the queue's texts).
 LONG_TEXT = " ".join(f"Sentence number {i} is here to make the queue long and heavy." for i in range(70))
@@ -26,7 +28,7 @@ async def stalled_socket(url: str) -> websockets.ClientConnection:
     return ws
 
 
-async def read_all(listener) -> None:  # noqa: ANN001
+async def read_all(listener) -> None:
     while True:
         listener.messages.append(json.loads(await listener.ws.recv()))
 

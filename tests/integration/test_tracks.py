@@ -20,33 +20,63 @@ FORMATS = {  # extension: ffmpeg output options
 }
 
 
-def make_fixture(directory: Path, ext: str, volume_db: float = -6, seconds: float = 3, title: str = "Test Tone") -> Path:
+def make_fixture(
+    directory: Path, ext: str, volume_db: float = -6, seconds: float = 3, title: str = "Test Tone"
+) -> Path:
     """A small tagged tone in the given format, made with the bundled ffmpeg (nothing is committed)."""
     path = directory / f"tone-{volume_db:g}.{ext}"
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-v", "error", "-y", "-f", "lavfi",
-                    "-i", f"sine=frequency=440:duration={seconds}:sample_rate=48000",
-                    "-af", f"volume={volume_db}dB", "-ac", "2", *FORMATS[ext],
-                    "-metadata", f"title={title}", "-metadata", "artist=The Oscillators", str(path)],
-                   check=True, timeout=60)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}:sample_rate=48000",
+            "-af",
+            f"volume={volume_db}dB",
+            "-ac",
+            "2",
+            *FORMATS[ext],
+            "-metadata",
+            f"title={title}",
+            "-metadata",
+            "artist=The Oscillators",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
     return path
 
 
 def loudness(path: Path) -> float:
-    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
-                         capture_output=True, text=True, timeout=60).stderr
+    out = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostats", "-i", str(path), "-af", "ebur128", "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stderr
     return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", out)[-1])
 
 
-async def upload(server, data: bytes, content_type: str = "audio/mpeg", token: str | None = None,  # noqa: ANN001
-                 filename: str = "song") -> tuple[int, dict]:
+async def upload(
+    server, data: bytes, content_type: str = "audio/mpeg", token: str | None = None, filename: str = "song"
+) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", data=data,
-                             params={"filename": filename},
-                             headers={"Authorization": f"Bearer {token or server.token}", "Content-Type": content_type}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/tracks",
+            data=data,
+            params={"filename": filename},
+            headers={"Authorization": f"Bearer {token or server.token}", "Content-Type": content_type},
+        ) as resp:
             return resp.status, await resp.json()
 
 
-def leftovers(server) -> list[str]:  # noqa: ANN001
+def leftovers(server) -> list[str]:
     data = server.station.config.data_path
     return sorted(p.name for p in (data / "audio").iterdir()) + sorted(p.name for p in (data / "uploads").glob("*"))
 
@@ -79,7 +109,9 @@ async def test_quiet_and_loud_tracks_end_at_the_same_loudness(server, tmp_path):
     assert abs(levels[0] - levels[1]) <= 1.0
 
 
-@pytest.mark.parametrize("data", [b"this is not audio at all" * 100, b"\x00" * 5000, b"ID3\x04\x00garbage" + bytes(range(256)) * 8])
+@pytest.mark.parametrize(
+    "data", [b"this is not audio at all" * 100, b"\x00" * 5000, b"ID3\x04\x00garbage" + bytes(range(256)) * 8]
+)
 async def test_non_audio_is_refused_and_leaves_nothing(server, data):
     """Text, zeros and a corrupt MP3 are refused with a clear 422 and leave no files or queue entries."""
     status, body = await upload(server, data)
@@ -119,8 +151,11 @@ async def test_multipart_upload_uses_the_file_name_when_untagged(server, tmp_pat
     form = aiohttp.FormData()
     form.add_field("file", source.read_bytes(), filename=source.name, content_type="audio/wav")
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{server.base_url}/api/channels/{server.channel}/tracks", data=form,
-                             headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/tracks",
+            data=form,
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
             body = await resp.json()
             assert resp.status == 202, body
     assert body["title"] == "Morning Theme" and body["artist"] is None
@@ -175,7 +210,9 @@ async def test_a_tail_too_short_to_hear_joins_the_last_chunk(server, connect, tm
     """A 25.02 s track is five chunks, the last 20 ms longer, not a sixth chunk of a few samples."""
     listener = await connect()
     await listener.next("snapshot")
-    status, body = await upload(server, io.BytesIO(make_fixture(tmp_path, "flac", seconds=25.02).read_bytes()), "audio/flac")
+    status, body = await upload(
+        server, io.BytesIO(make_fixture(tmp_path, "flac", seconds=25.02).read_bytes()), "audio/flac"
+    )
     assert status == 202 and body["chunks"] == 5, body
     chunks = [await listener.next("audio_chunk_ready", timeout=30) for _ in range(5)]
     assert [c["duration_ms"] for c in chunks[:4]] == [5000] * 4

@@ -11,7 +11,7 @@ from db.store import Store
 CHUNK = "c" * 16
 
 
-async def store_with_a_chunk(tmp_path) -> Store:  # noqa: ANN001
+async def store_with_a_chunk(tmp_path) -> Store:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'acks.db'}")
     await store.create_schema()
     row = await store.create_channel("table", "0" * 64, 0)

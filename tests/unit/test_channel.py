@@ -28,11 +28,17 @@ def make_request(*sentences: str, at: int = 0) -> Request:
 
 
 def make_chunk(request: Request, duration_ms: int, ready_at: int) -> Chunk:
-    return Chunk(f"{next(_ids):016x}", request.request_id, request.next_seq,
-                 request.sentences[request.next_seq], duration_ms, ready_at)
+    return Chunk(
+        f"{next(_ids):016x}",
+        request.request_id,
+        request.next_seq,
+        request.sentences[request.next_seq],
+        duration_ms,
+        ready_at,
+    )
 
 
-def kinds(events) -> list[type]:  # noqa: ANN001
+def kinds(events) -> list[type]:
     return [type(e) for e in events]
 
 
@@ -252,7 +258,9 @@ def test_shuffle_keeps_the_on_air_request_first(channel):
         channel.submit(request, 0)
     generate(channel, requests[0], [1000], now=0)
     channel.shuffle(Random(7), 0)
-    assert channel.line[0] is requests[0] and sorted(r.request_id for r in channel.line) == sorted(r.request_id for r in requests)
+    assert channel.line[0] is requests[0] and sorted(r.request_id for r in channel.line) == sorted(
+        r.request_id for r in requests
+    )
     assert channel.line[1:] != requests[1:]
 
 

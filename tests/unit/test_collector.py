@@ -127,7 +127,7 @@ async def collect_fully() -> None:
 
 
 @contextlib.contextmanager
-def audience_freezer(check_s: float, collector_runs: bool = True, **options):  # noqa: ANN201
+def audience_freezer(check_s: float, collector_runs: bool = True, **options):
     """A started AudienceFreezer and the fake audience it counts; with `collector_runs` False, the
     collector runs no full collection of its own meanwhile."""
     audience = FakeAudience()
@@ -261,8 +261,10 @@ async def test_the_audience_turning_over_thaws_and_frees_the_cycles_it_left():
 
 async def test_walks_come_further_apart_while_they_find_little_and_close_again_when_one_finds_more():
     counts = []
-    with audience_freezer(check_s=3600, collector_runs=False, walk_every_s=0.05,
-                          on_count=counts.append) as (audience, freezer):
+    with audience_freezer(check_s=3600, collector_runs=False, walk_every_s=0.05, on_count=counts.append) as (
+        audience,
+        freezer,
+    ):
         for expected_s in (0.1, 0.2, 0.4, 0.8):
             freezer._walk_all(0, 0)
             assert freezer.walk_wait_s == expected_s, "little garbage found: the next walk waits twice as long"

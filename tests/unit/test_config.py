@@ -12,12 +12,15 @@ def test_whole_number_settings_refuse_fractions():
 
 
 def test_fractional_settings_take_whole_numbers_too():
-    config = config_from_dict({"server": {"chunk_cache_mb": 4, "fanout_processes": 2}, "cleanup": {"retention_days": 3}})
+    config = config_from_dict(
+        {"server": {"chunk_cache_mb": 4, "fanout_processes": 2}, "cleanup": {"retention_days": 3}}
+    )
     assert (config.server.chunk_cache_mb, config.server.fanout_processes, config.cleanup.retention_days) == (4, 2, 3)
 
 
-@pytest.mark.parametrize("section,key,value", [("server", "port", "80"), ("limits", "max_queue", True),
-                                               ("server", "chunk_cache_mb", "16")])
+@pytest.mark.parametrize(
+    "section,key,value", [("server", "port", "80"), ("limits", "max_queue", True), ("server", "chunk_cache_mb", "16")]
+)
 def test_wrong_types_are_refused(section, key, value):
     with pytest.raises(BadInput, match=key):
         config_from_dict({section: {key: value}})

@@ -12,7 +12,7 @@ from db.store import Store
 A, B, C = "a" * 16, "b" * 16, "c" * 16
 
 
-async def new_store(tmp_path) -> tuple[Store, int]:  # noqa: ANN001
+async def new_store(tmp_path) -> tuple[Store, int]:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'connections.db'}")
     await store.create_schema()
     return store, (await store.create_channel("table", "0" * 64, 0)).id

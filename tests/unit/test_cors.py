@@ -42,8 +42,9 @@ def test_same_origin_is_the_host_reached_or_the_public_url():
 def test_cors_origins_config():
     """[server] cors_origins defaults to ["*"], takes a list of origins, and refuses anything else clearly."""
     assert Config().server.cors_origins == ("*",)
-    assert config_from_dict({"server": {"cors_origins": ["https://vtt.example"]}}).server.cors_origins == \
-        ("https://vtt.example",)
+    assert config_from_dict({"server": {"cors_origins": ["https://vtt.example"]}}).server.cors_origins == (
+        "https://vtt.example",
+    )
     assert config_from_dict({"server": {"cors_origins": []}}).server.cors_origins == ()
     for bad in ("*", ["https://vtt.example/path"], ["vtt.example"], [3]):
         with pytest.raises(BadInput, match="cors_origins"):

@@ -24,8 +24,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("credential", "listen_key_hash", "token_hash", "reason"), CASES)
-def test_a_credential_is_refused_only_once_its_digest_no_longer_admits(credential, listen_key_hash, token_hash,
-                                                                      reason):
+def test_a_credential_is_refused_only_once_its_digest_no_longer_admits(credential, listen_key_hash, token_hash, reason):
     """A listener stays while the channel is public or its key or token still matches; a console needs the token."""
     assert credential.refused_by(listen_key_hash, token_hash) == reason
 
@@ -48,9 +47,11 @@ async def test_the_watch_stops_only_connections_whose_credential_was_revoked():
     digests.now["table"] = (KEY, TOKEN)
     watch = CredentialWatch(digests, period_s=3600)
     stopped: dict[str, str] = {}
-    with watch.watch("table", Credential(Admission.LISTEN_KEY, KEY)) as first, \
-            watch.watch("table", Credential(Admission.LISTEN_KEY, KEY)) as second, \
-            watch.watch("table", Credential(Admission.CONSOLE, TOKEN)) as console:
+    with (
+        watch.watch("table", Credential(Admission.LISTEN_KEY, KEY)) as first,
+        watch.watch("table", Credential(Admission.LISTEN_KEY, KEY)) as second,
+        watch.watch("table", Credential(Admission.CONSOLE, TOKEN)) as console,
+    ):
         for name, watched in (("first", first), ("second", second), ("console", console)):
             watched.on_revoke(lambda reason, name=name: stopped.setdefault(name, reason))
         await watch.check("table")
@@ -78,6 +79,7 @@ async def test_a_connection_revoked_before_it_says_how_to_stop_is_stopped_at_onc
 
 async def test_a_failed_read_cuts_nobody_off():
     """If the digests cannot be read, every connection stays until the next check."""
+
     async def unavailable(channel: str) -> tuple[str | None, str | None]:
         raise OSError("database is locked")
 

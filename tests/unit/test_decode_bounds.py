@@ -13,10 +13,18 @@ from tts.tracks import TRACK_RATE, read_segment, segment_count, segment_samples
 SEGMENT = segment_samples()
 
 
-@pytest.mark.parametrize(("samples", "count"), [
-    (1, 1), (SEGMENT, 1), (5 * SEGMENT, 5), (5 * SEGMENT + 11, 5),  # an 11-sample tail joins the fifth
-    (5 * SEGMENT + TRACK_RATE * 49 // 1000, 5), (5 * SEGMENT + TRACK_RATE * 50 // 1000, 6), (5 * SEGMENT + 1000 * 44, 6),
-])
+@pytest.mark.parametrize(
+    ("samples", "count"),
+    [
+        (1, 1),
+        (SEGMENT, 1),
+        (5 * SEGMENT, 5),
+        (5 * SEGMENT + 11, 5),  # an 11-sample tail joins the fifth
+        (5 * SEGMENT + TRACK_RATE * 49 // 1000, 5),
+        (5 * SEGMENT + TRACK_RATE * 50 // 1000, 6),
+        (5 * SEGMENT + 1000 * 44, 6),
+    ],
+)
 def test_a_tail_too_short_to_hear_joins_the_segment_before(samples, count):
     """Segments are whole 5 s pieces, plus the rest as its own unless it is under 50 ms."""
     assert segment_count(samples) == count

@@ -49,7 +49,7 @@ async def pairs():
 
     async def make(count: int, sndbuf: int = 0) -> list[Pair]:
         loop = asyncio.get_running_loop()
-        for index in range(count):
+        for _ in range(count):
             ours, peer = socket.socketpair()
             peer.setblocking(False)
             if sndbuf:
@@ -104,7 +104,7 @@ async def test_bytes_left_in_a_transport_keep_later_broadcasts_behind_them_until
             await asyncio.sleep(0.001)
     received += slow.received()
     assert received[: len(big)] == big, "the frame in the transport went out whole, nothing cut into it"
-    assert slow.listener.ws.sent == ['{"n": 2}'] or received[len(big):] == b'\x81\x08{"n": 2}'
+    assert slow.listener.ws.sent == ['{"n": 2}'] or received[len(big) :] == b'\x81\x08{"n": 2}'
     hub.broadcast("table", {"n": 3})
     assert direct(hub) == {slow.listener.connection_id, fast.listener.connection_id}, "caught up: direct again"
     assert slow.received() == b'\x81\x08{"n": 3}'

@@ -36,10 +36,14 @@ def test_narration_and_tracks_are_written_in_one_format(tmp_path: Path):
 def test_only_what_was_heard_after_joining_is_written(tmp_path: Path):
     """A listener joining mid-chunk writes from its join offset; a chunk that ended before it joined is left out."""
     out = tmp_path / "heard.wav"
-    heard((0, tone(3000, 0.5, 22050, 1)), (1000, tone(1000, 1.0, 22050, 1)), (2500, tone(2000, 0.5, 22050, 1)),
-          joined_at_ms=1600).to_wav(out)
+    heard(
+        (0, tone(3000, 0.5, 22050, 1)),
+        (1000, tone(1000, 1.0, 22050, 1)),
+        (2500, tone(2000, 0.5, 22050, 1)),
+        joined_at_ms=1600,
+    ).to_wav(out)
     samples, rate = soundfile.read(out, dtype="int16", always_2d=True)
     assert rate == 22050 and samples.shape == (round(1.4 * 22050), 1)
     assert (samples[: round(0.4 * 22050)] == 1000).all()  # the rest of the chunk that was sounding at the join
     assert not (samples == 3000).any()  # the chunk that had ended: not written
-    assert (samples[round(0.9 * 22050):] == 2000).all()
+    assert (samples[round(0.9 * 22050) :] == 2000).all()

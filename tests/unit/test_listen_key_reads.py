@@ -16,7 +16,7 @@ async def test_a_burst_of_listener_checks_reads_the_key_once_and_each_check_stil
     reads = []
     channel = store.channel
 
-    async def counted(name: str):  # noqa: ANN202
+    async def counted(name: str):
         reads.append(name)
         return await channel(name)
 
@@ -37,7 +37,7 @@ async def test_a_failed_read_fails_the_checks_waiting_on_it_and_the_next_check_r
     channel = store.channel
     failures = [OSError("disk I/O error")]
 
-    async def flaky(name: str):  # noqa: ANN202
+    async def flaky(name: str):
         await asyncio.sleep(0)
         if failures:
             raise failures.pop()
@@ -45,8 +45,9 @@ async def test_a_failed_read_fails_the_checks_waiting_on_it_and_the_next_check_r
 
     store.channel = flaky
     gate = Gate(store)
-    results = await asyncio.gather(*(gate.check_listener("table", None, None) for _ in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(gate.check_listener("table", None, None) for _ in range(5)), return_exceptions=True
+    )
     assert all(isinstance(r, OSError) for r in results)
     await gate.check_listener("table", None, None)  # public channel: passes once the read works
     await store.close()

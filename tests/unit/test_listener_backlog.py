@@ -15,7 +15,7 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return 0
 
-    def get_extra_info(self, name: str):  # noqa: ANN201
+    def get_extra_info(self, name: str):
         return None  # no plain socket: direct writes go through the transport
 
     def write(self, data: bytes) -> None:
@@ -59,8 +59,9 @@ async def test_messages_with_the_writer_task_keep_new_ones_behind_them_until_all
         await asyncio.sleep(0)
         assert listener.idle() and listener.backlog == 0
         assert listener.offer_frames(['{"n": 4}'], b"frame 4") and transport.written == [b"frame 4"]
-        assert await listener.reply({"n": 5}) and transport.written[-1] == b'\x81\x08{"n": 5}', \
+        assert await listener.reply({"n": 5}) and transport.written[-1] == b'\x81\x08{"n": 5}', (
             "nothing ahead of it: an answer goes straight out"
+        )
         ws.release.clear()
         assert listener.send({"n": 6})
         await asyncio.sleep(0)

@@ -17,8 +17,10 @@ class NoAudio:
 
 def item(request_id: str, text: str, *spans: tuple[int, int], **source) -> Request:
     request = Request(request_id, "office", text, [text] * len(spans), 0, **source)
-    request.chunks = [Chunk(f"{request_id}{i}", request_id, i, text, end - start, 0, starts_at_ms=start)
-                      for i, (start, end) in enumerate(spans)]
+    request.chunks = [
+        Chunk(f"{request_id}{i}", request_id, i, text, end - start, 0, starts_at_ms=start)
+        for i, (start, end) in enumerate(spans)
+    ]
     return request
 
 
@@ -62,8 +64,16 @@ async def test_idle_title_before_anything_and_after_the_last_item():
 
 async def test_a_track_is_titled_artist_dash_title():
     """A track's StreamTitle is "Artist - Title" with an ASCII hyphen, however its label was stored."""
-    live = stream(item("t", "The Oscillators \u2013 Test Tone", (0, 1000), kind="track", title="Test Tone",
-                       artist="The Oscillators"))
+    live = stream(
+        item(
+            "t",
+            "The Oscillators \u2013 Test Tone",
+            (0, 1000),
+            kind="track",
+            title="Test Tone",
+            artist="The Oscillators",
+        )
+    )
     _, title = await live._placed(0, FRAME_MS)
     assert title == "The Oscillators - Test Tone"
 

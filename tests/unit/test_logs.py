@@ -12,7 +12,7 @@ from broadcaster.errors import BadInput
 
 
 @pytest.fixture
-def capture():  # noqa: ANN201
+def capture():
     """A logger whose records go through a handler of the given format into a string."""
     handlers = []
     logger = logging.getLogger("test.logs")

@@ -117,8 +117,17 @@ def test_clear_forgets_children_taken_at_scrape_time():
 
 
 def _chunk(starts_at_ms: int | None) -> Chunk:
-    return Chunk(chunk_id="0" * 16, request_id="1" * 16, seq=0, text="Hi.", duration_ms=1000, ready_at_ms=0,
-                 starts_at_ms=starts_at_ms, sample_rate=22050, samples=22050)
+    return Chunk(
+        chunk_id="0" * 16,
+        request_id="1" * 16,
+        seq=0,
+        text="Hi.",
+        duration_ms=1000,
+        ready_at_ms=0,
+        starts_at_ms=starts_at_ms,
+        sample_rate=22050,
+        samples=22050,
+    )
 
 
 def test_ack_lag_is_measured_from_the_chunk_end_and_early_acks_count_as_zero():

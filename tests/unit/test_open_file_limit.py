@@ -11,11 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def limits_after_raising(soft: int) -> dict:
     """In a child started with the given soft limit: (before, after) and the limit it then has."""
-    code = ("import json, resource; from broadcaster.process import raise_open_file_limit; "
-            "print(json.dumps([raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)]))")
+    code = (
+        "import json, resource; from broadcaster.process import raise_open_file_limit; "
+        "print(json.dumps([raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)]))"
+    )
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
     (before, after), now = json.loads(out.stdout)
     return {"before": before, "after": after, "now": now, "hard": hard}
 

@@ -7,7 +7,7 @@ from broadcaster.core.playout import Placed, convert, render
 RATE = 1000  # one sample per millisecond keeps the arithmetic readable
 
 
-def mono(values) -> np.ndarray:  # noqa: ANN001
+def mono(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int16).reshape(-1, 1)
 
 

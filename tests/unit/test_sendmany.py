@@ -103,7 +103,7 @@ def test_a_helper_that_answers_is_handed_more_and_every_socket_gets_it_once(spli
     group, fanout, keys = split(40)
     own = []
 
-    def slow_write_each(data, fds, first=0):  # noqa: ANN001, ANN202
+    def slow_write_each(data, fds, first=0):
         own.extend(range(first, first + len(fds)))
         time.sleep(0.02)  # the helper answers meanwhile
         return sendmany_write_each(data, fds, first)

@@ -1,4 +1,3 @@
-
 import pytest
 
 from tts.sentences import split_sentences
@@ -180,9 +179,7 @@ def test_blank_line_with_spaces_and_crlf_is_a_break():
 
 def test_single_newline_does_not_split():
     """A single newline is just whitespace."""
-    assert split_sentences("a line that wraps\nonto the next line.") == [
-        "a line that wraps onto the next line."
-    ]
+    assert split_sentences("a line that wraps\nonto the next line.") == ["a line that wraps onto the next line."]
 
 
 def test_long_sentence_splits_at_clause_punctuation_first():
@@ -315,7 +312,7 @@ def test_joined_output_drops_only_unspeakable_pieces():
 def test_megabyte_of_prose_is_split():
     """A megabyte of prose is split into many sentences (speed is measured in bench/, not asserted here)."""
     paragraph = (
-        'Mr. Smith met Dr. Jones at 5 p.m. on Main St. today, and they talked; it was fine. '
+        "Mr. Smith met Dr. Jones at 5 p.m. on Main St. today, and they talked; it was fine. "
         '"Run!" he said. Well... maybe. Pi is 3.14, v1.2.3 costs $4.50.\n\n'
     )
     text = paragraph * (1_000_000 // len(paragraph))

@@ -1,23 +1,18 @@
-import pytest
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts.sentences import split_sentences  # noqa: E402
+from tts.sentences import split_sentences
 
 # Arbitrary Unicode rarely hits the interesting paths, so also draw from an
 # alphabet dense in terminators, quotes, breaks, abbreviation letters and
 # assorted scripts.
 SENTENCE_ALPHABET = (
-    "aAbBeEgiIjJmMnNoOrRsStTx019 .....!!??…;:,,—-\"'“”‘’()[]\n\n\t\r"
-    "。！？，、「」😀אבجد\x00\x07\x7f\u00a0"
+    "aAbBeEgiIjJmMnNoOrRsStTx019 .....!!??…;:,,—-\"'“”‘’()[]\n\n\t\r。！？，、「」😀אבجد\x00\x07\x7f\u00a0"
 )
 texts = st.one_of(
     st.text(),
     st.text(alphabet=SENTENCE_ALPHABET, max_size=600),
-    st.lists(st.sampled_from(["Mr.", "e.g.", "J.", "3.14", "Hi!", "no.", "x" * 90, "\n\n", "..."]))
-    .map(" ".join),
+    st.lists(st.sampled_from(["Mr.", "e.g.", "J.", "3.14", "Hi!", "no.", "x" * 90, "\n\n", "..."])).map(" ".join),
 )
 limits = st.integers(min_value=20, max_value=400)
 
@@ -59,9 +54,7 @@ def is_subsequence(needles, haystack):
 
 short_words = st.text(alphabet="abcABC019.,;:!?\"'()", min_size=1, max_size=12)
 separators = st.sampled_from([" ", "   ", "\n", "\n\n", "\t", " - ", " — "])
-plain_texts = st.lists(st.tuples(short_words, separators)).map(
-    lambda pairs: "".join(word + gap for word, gap in pairs)
-)
+plain_texts = st.lists(st.tuples(short_words, separators)).map(lambda pairs: "".join(word + gap for word, gap in pairs))
 
 
 @settings(max_examples=300, deadline=None)

@@ -43,7 +43,9 @@ async def test_saved_chunks_and_states_come_back_as_the_line(store):
     loaded = line[0]
     assert (loaded.state, loaded.generation_started_ms) == (RequestState.GENERATING, 1100)
     assert [(c.seq, c.state, c.starts_at_ms, c.duration_ms) for c in loaded.chunks] == [
-        (0, ChunkState.PLAYED, 1700, 800), (1, ChunkState.READY, None, 600)]
+        (0, ChunkState.PLAYED, 1700, 800),
+        (1, ChunkState.READY, None, 600),
+    ]
     assert line[1].chunks == []
 
 

@@ -38,9 +38,12 @@ async def settle() -> None:
 async def test_an_urgent_deadline_jumps_ahead_of_earlier_requests():
     engine, now = GatedEngine(), 10_000
     queue = SynthesisQueue(engine, lambda: now)
-    tasks = [asyncio.create_task(queue.speak("first")), asyncio.create_task(queue.speak("new channel")),
-             asyncio.create_task(queue.speak("relaxed", now + 60_000)),
-             asyncio.create_task(queue.speak("on the air", now + URGENT_MS - 1))]
+    tasks = [
+        asyncio.create_task(queue.speak("first")),
+        asyncio.create_task(queue.speak("new channel")),
+        asyncio.create_task(queue.speak("relaxed", now + 60_000)),
+        asyncio.create_task(queue.speak("on the air", now + URGENT_MS - 1)),
+    ]
     await settle()
     for text in ("first", "on the air", "new channel", "relaxed"):
         assert engine.started[-1] == text

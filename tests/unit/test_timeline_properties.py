@@ -52,7 +52,7 @@ def test_with_nothing_before_a_chunk_starts_one_lead_after_now(gap, now, lead):
 
 
 @SETTINGS
-@given(times, gaps, st.integers(min_value=-10**6, max_value=10**6), leads)
+@given(times, gaps, st.integers(min_value=-(10**6), max_value=10**6), leads)
 def test_placed_chunk_is_never_early_never_in_the_past_and_slips_only_on_underrun(cursor, gap, ahead, lead):
     """start >= due, start >= now + lead//2, slip == start - due, and a slip is always more than half the lead."""
     due = cursor + gap
@@ -76,6 +76,7 @@ def test_later_readiness_never_gives_an_earlier_start(cursor, gap, now_a, now_b,
 
 
 # -- position_at ------------------------------------------------------------------
+
 
 @st.composite
 def timelines(draw) -> tuple[list[Chunk], int]:
@@ -108,7 +109,7 @@ def expected_position(chunks: list[Chunk], now_ms: int) -> tuple[Chunk, int] | N
     return (upcoming[0], now_ms - upcoming[0].starts_at_ms) if upcoming else None
 
 
-def assert_position(found, chunks: list[Chunk], now_ms: int) -> None:  # noqa: ANN001
+def assert_position(found, chunks: list[Chunk], now_ms: int) -> None:
     expected = expected_position(chunks, now_ms)
     if expected is None:
         assert found is None
@@ -128,6 +129,7 @@ def test_position_is_the_sounding_chunk_with_an_offset_inside_it_or_the_next_one
 
 
 # -- the channel under a stepped clock ----------------------------------------------
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -152,7 +154,9 @@ class DeadlineNotAhead(AssertionError):
 
 
 class Sim:
-    def __init__(self, config: TimelineConfig, plans: list[Plan], extra_ticks: list[int], line_is_submission_order: bool):
+    def __init__(
+        self, config: TimelineConfig, plans: list[Plan], extra_ticks: list[int], line_is_submission_order: bool
+    ):
         self.cfg = config
         self.channel = Channel("table", config)
         self.ordered = line_is_submission_order
@@ -185,7 +189,7 @@ class Sim:
             action()
         raise AssertionError("the channel never settled")
 
-    def _candidates(self):  # noqa: ANN202
+    def _candidates(self):
         if self.waiting:
             yield self.waiting[0][1].submit_at_ms, 0, self._submit
         if self.job and self.job.done_at_ms is not None:
@@ -200,8 +204,14 @@ class Sim:
 
     def _submit(self) -> None:
         _, plan = self.waiting.pop(0)
-        request = Request(f"{next(_ids):016x}", "table", "text", [f"s{i}" for i in range(len(plan.durations_ms))],
-                          self.now, auto=plan.auto)
+        request = Request(
+            f"{next(_ids):016x}",
+            "table",
+            "text",
+            [f"s{i}" for i in range(len(plan.durations_ms))],
+            self.now,
+            auto=plan.auto,
+        )
         self.plans[request.request_id], self.index[request.request_id] = plan, len(self.requests)
         self.requests.append(request)
         if plan.fault and plan.fault[0] == "cancel":
@@ -247,8 +257,14 @@ class Sim:
         if plan.fault == ("fail", job.seq):
             self._apply(self.channel.generation_failed, request.request_id, "the engine said no")
             return
-        chunk = Chunk(f"{next(_ids):016x}", request.request_id, job.seq, request.sentences[job.seq],
-                      plan.durations_ms[job.seq], self.now)
+        chunk = Chunk(
+            f"{next(_ids):016x}",
+            request.request_id,
+            job.seq,
+            request.sentences[job.seq],
+            plan.durations_ms[job.seq],
+            self.now,
+        )
         self.chunks[chunk.chunk_id] = chunk
         self._apply(self.channel.chunk_ready, chunk)
         if not request.generated and self.channel.next_job() is request:
@@ -256,7 +272,7 @@ class Sim:
 
     # -- checking every step ------------------------------------------------------
 
-    def _apply(self, step, *args) -> list[Event]:  # noqa: ANN001
+    def _apply(self, step, *args) -> list[Event]:
         before = {c.chunk_id: c.state for c in self.chunks.values()}
         events = step(*args, self.now)
         for i, event in enumerate(events):
@@ -318,8 +334,9 @@ class Sim:
         if was != ChunkState.READY or chunk.state == ChunkState.READY:
             return
         if chunk.state == ChunkState.PLAYED:  # its end passed, or its request failed while it sounded
-            assert chunk.ends_at_ms <= self.now or (request.state == RequestState.FAILED
-                                                    and chunk.starts_at_ms <= self.now)
+            assert chunk.ends_at_ms <= self.now or (
+                request.state == RequestState.FAILED and chunk.starts_at_ms <= self.now
+            )
         else:
             assert request.state in (RequestState.FAILED, RequestState.CANCELLED)
 
@@ -373,26 +390,35 @@ class Sim:
         for request in self.requests:
             placed = [c for c in request.chunks if c.scheduled]
             for previous, chunk in zip(placed, placed[1:]):
-                assert chunk.starts_at_ms == previous.ends_at_ms + self.cfg.sentence_gap_ms + self.shifts.get(chunk.chunk_id, 0)
+                assert chunk.starts_at_ms == previous.ends_at_ms + self.cfg.sentence_gap_ms + self.shifts.get(
+                    chunk.chunk_id, 0
+                )
             if placed:
                 planned = placed[0].starts_at_ms + sum(c.duration_ms + self.cfg.sentence_gap_ms for c in placed[:-1])
                 assert placed[-1].starts_at_ms - planned == sum(self.shifts.get(c.chunk_id, 0) for c in placed)
 
 
-configs = st.builds(TimelineConfig, lead_ms=st.integers(1, 1_000), sentence_gap_ms=st.integers(0, 500),
-                    request_gap_ms=st.integers(0, 1_500), generation_timeout_ms=st.just(TIMEOUT_MS))
+configs = st.builds(
+    TimelineConfig,
+    lead_ms=st.integers(1, 1_000),
+    sentence_gap_ms=st.integers(0, 500),
+    request_gap_ms=st.integers(0, 1_500),
+    generation_timeout_ms=st.just(TIMEOUT_MS),
+)
 
 
 @st.composite
-def plan(draw, faults: bool = False, auto: bool = False) -> Plan:  # noqa: ANN001
+def plan(draw, faults: bool = False, auto: bool = False) -> Plan:
     n = draw(st.integers(1, 4))
     fault = None
     if faults:
-        fault = draw(st.one_of(
-            st.none(),
-            st.tuples(st.sampled_from(["fail", "stall"]), st.integers(0, n - 1)),
-            st.tuples(st.just("cancel"), st.integers(0, 15_000)),
-        ))
+        fault = draw(
+            st.one_of(
+                st.none(),
+                st.tuples(st.sampled_from(["fail", "stall"]), st.integers(0, n - 1)),
+                st.tuples(st.just("cancel"), st.integers(0, 15_000)),
+            )
+        )
     return Plan(
         submit_at_ms=draw(st.integers(0, 15_000)),
         durations_ms=tuple(draw(st.lists(st.integers(1, 3_000), min_size=n, max_size=n))),

@@ -19,24 +19,28 @@ class MovingSumDecoder:
         self.hop, self.radius, self.source, self.scale = hop, radius, source, scale
         self.runs: list[int] = []
 
-    def run(self, names, feeds):  # noqa: ANN001, ANN201
+    def run(self, names, feeds):
         frames = feeds[self.source]
         self.runs.append(frames.shape[-1])
         padded = np.pad(frames, ((0, 0), (0, 0), (self.radius, self.radius)))
         width = frames.shape[-1]
-        summed = sum(padded[..., k:k + width] for k in range(2 * self.radius + 1))
+        summed = sum(padded[..., k : k + width] for k in range(2 * self.radius + 1))
         if self.scale:
             summed = summed * feeds[self.scale]
         return [np.repeat(summed.sum(axis=1, keepdims=True), self.hop, axis=-1)]
 
 
 class PassThroughEncoder:
-    def run(self, names, feeds):  # noqa: ANN001, ANN201
+    def run(self, names, feeds):
         return [feeds["frames"], feeds["speaker"], np.array([7])]
 
 
-LAYOUT = {"decoder_inputs": ["frames", "speaker"], "decoder_output": "audio", "other_outputs": ["durations"],
-          "outputs": ["audio", "durations"]}
+LAYOUT = {
+    "decoder_inputs": ["frames", "speaker"],
+    "decoder_output": "audio",
+    "other_outputs": ["durations"],
+    "outputs": ["audio", "durations"],
+}
 
 
 def session(window: int, overlap: int = 8) -> tuple[WindowedSession, MovingSumDecoder]:
@@ -46,8 +50,10 @@ def session(window: int, overlap: int = 8) -> tuple[WindowedSession, MovingSumDe
 
 @pytest.mark.parametrize("frames", [0, 1, 10, 99, 100, 101, 257, 1000])
 def test_windows_put_together_equal_one_run_and_stay_within_window_and_overlaps(frames):
-    feeds = {"frames": np.random.default_rng(frames).normal(size=(1, 3, frames)).astype(np.float32),
-             "speaker": np.array([[[2.0]]], dtype=np.float32)}
+    feeds = {
+        "frames": np.random.default_rng(frames).normal(size=(1, 3, frames)).astype(np.float32),
+        "speaker": np.array([[[2.0]]], dtype=np.float32),
+    }
     whole = MovingSumDecoder().run(None, feeds)[0]
     windowed, decoder = session(window=100)
     audio, durations = windowed.run(None, feeds)
@@ -68,23 +74,35 @@ def test_a_sentence_within_one_window_is_decoded_in_one_run():
 
 def test_too_little_overlap_shows_at_the_seams():
     """The check above can fail: with less overlap than the decoder's reach, the windows differ."""
-    feeds = {"frames": np.random.default_rng(1).normal(size=(1, 2, 300)).astype(np.float32),
-             "speaker": np.ones((1, 1, 1), dtype=np.float32)}
+    feeds = {
+        "frames": np.random.default_rng(1).normal(size=(1, 2, 300)).astype(np.float32),
+        "speaker": np.ones((1, 1, 1), dtype=np.float32),
+    }
     windowed, _ = session(window=100, overlap=RADIUS - 2)
     assert not np.allclose(windowed.run(None, feeds)[0], MovingSumDecoder().run(None, feeds)[0], atol=1e-3)
 
 
 def random_feeds(frames: int) -> dict:
-    return {"frames": np.random.default_rng(frames).normal(size=(1, 3, frames)).astype(np.float32),
-            "speaker": np.array([[[2.0]]], dtype=np.float32)}
+    return {
+        "frames": np.random.default_rng(frames).normal(size=(1, 3, frames)).astype(np.float32),
+        "speaker": np.array([[[2.0]]], dtype=np.float32),
+    }
 
 
 def two_part_session(back_overlap: float) -> tuple[WindowedSession, MovingSumDecoder]:
     """A front part making 2 steps per frame, and a back part reaching 3 of those steps (1.5 frames)."""
     back = MovingSumDecoder(hop=3, radius=3, source="middle", scale=None)
     layout = {**LAYOUT, "back_input": "middle"}
-    return WindowedSession(PassThroughEncoder(), MovingSumDecoder(hop=2), layout, 100, 8, back=back,
-                           back_window_frames=10, back_overlap_frames=back_overlap), back
+    return WindowedSession(
+        PassThroughEncoder(),
+        MovingSumDecoder(hop=2),
+        layout,
+        100,
+        8,
+        back=back,
+        back_window_frames=10,
+        back_overlap_frames=back_overlap,
+    ), back
 
 
 def in_one_run(feeds: dict) -> np.ndarray:
@@ -110,7 +128,7 @@ def test_too_little_overlap_for_the_back_part_shows_at_its_seams():
 
 def test_a_decoder_with_a_fractional_hop_is_reported():
     class Odd(MovingSumDecoder):
-        def run(self, names, feeds):  # noqa: ANN001, ANN201
+        def run(self, names, feeds):
             return [super().run(names, feeds)[0][..., :-1]]
 
     windowed = WindowedSession(PassThroughEncoder(), Odd(), LAYOUT, 100, 8)
