@@ -1,6 +1,7 @@
 """The metric primitives and their Prometheus text exposition."""
 
 import math
+import re
 
 import pytest
 
@@ -146,3 +147,74 @@ def test_known_label_values_start_at_zero():
     assert 'broadcaster_stream_bytes_total{kind="progressive"} 0' in text
     assert 'broadcaster_slow_consumers_dropped_total{kind="live"} 0' in text
     assert 'broadcaster_http_responses_total{status_class="5xx"} 0' in text
+
+
+# Every family /metrics exports: its type and label names. A dashboard or alert built on one of them
+# breaks if it goes away or changes shape, so a change here must be a decision, not an accident.
+EXPORTED = {
+    "broadcaster_requests": ("gauge", {"channel", "state"}),
+    "broadcaster_requests_failed_total": ("counter", {"channel"}),
+    "broadcaster_chunk_generation_seconds": ("histogram", {"kind"}),
+    "broadcaster_underruns_total": ("counter", {"channel"}),
+    "broadcaster_underrun_seconds_total": ("counter", {"channel"}),
+    "broadcaster_listeners": ("gauge", {"channel", "kind"}),
+    "broadcaster_stream_bytes_total": ("counter", {"kind"}),
+    "broadcaster_ack_lag_seconds": ("histogram", {"via"}),
+    "broadcaster_listener_ready_seconds": ("histogram", set()),
+    "broadcaster_lead_seconds": ("gauge", {"channel"}),
+    "broadcaster_broadcast_seconds": ("histogram", set()),
+    "broadcaster_slow_consumers_dropped_total": ("counter", {"kind"}),
+    "broadcaster_refused_total": ("counter", {"reason"}),
+    "broadcaster_http_responses_total": ("counter", {"status_class"}),
+    "broadcaster_process_resident_memory_bytes": ("gauge", set()),
+    "broadcaster_process_open_fds": ("gauge", set()),
+    "broadcaster_python_heap_blocks": ("gauge", set()),
+    "broadcaster_malloc_in_use_bytes": ("gauge", set()),
+    "broadcaster_malloc_free_bytes": ("gauge", set()),
+    "broadcaster_sqlite_memory_bytes": ("gauge", set()),
+    "broadcaster_chunk_cache_bytes": ("gauge", set()),
+    "broadcaster_fanout_helpers": ("gauge", set()),
+    "broadcaster_fanout_helper_failures_total": ("counter", set()),
+    "broadcaster_gc_pause_seconds": ("histogram", {"generation"}),
+    "broadcaster_gc_frozen_objects": ("gauge", set()),
+    "broadcaster_uptime_seconds": ("gauge", set()),
+    "broadcaster_synthesis_backlog": ("gauge", set()),
+    "broadcaster_synthesis_speed_ratio": ("gauge", set()),
+    "broadcaster_streaming_requests": ("gauge", {"limit"}),
+    "broadcaster_track_decodes": ("gauge", {"state"}),
+}
+
+SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+
+
+def exported_families(text: str) -> dict[str, tuple[str, set[str]]]:
+    """Family name -> (type, label names seen on its samples, le aside); each sample must belong to a family."""
+    families: dict[str, tuple[str, set[str]]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            families[name] = (kind, set())
+        elif line and not line.startswith("#"):
+            name, labels = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+", line).groups()
+            owner = next((f for f in families if name in (f + s for s in SUFFIXES[families[f][0]])), None)
+            assert owner is not None, f"expected every sample under a TYPE line of its own family, got {name}"
+            families[owner][1].update(set(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="', labels or "")) - {"le"})
+    return families
+
+
+def every_series_touched() -> Telemetry:
+    """A Telemetry where every family has at least one series, so each shows its labels."""
+    telemetry = Telemetry()
+    telemetry.set_request_counts({("lobby", "pending"): 2}, ["lobby"])
+    telemetry.set_listeners({("lobby", "websocket"): 3})
+    telemetry.set_leads({"lobby": 1500})
+    telemetry.set_synthesis(backlog=1, speed=2.0, streaming=1, capacity=3)
+    telemetry.set_decodes(running=1, waiting=0)
+    telemetry.know_channels(["lobby"])
+    telemetry.refused.labels(reason="producer_rate").inc()
+    return telemetry
+
+
+def test_exported_families_keep_their_names_types_and_labels():
+    """/metrics exports exactly the pinned families, each with its type and label names."""
+    assert exported_families(every_series_touched().render()) == EXPORTED
