@@ -1,7 +1,9 @@
-"""Configuration: built-in defaults, overlaid by a TOML file and command-line flags."""
+"""Configuration: built-in defaults, overlaid by a TOML file, the environment and command-line flags."""
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,10 @@ class ScheduleEntry:
     track: str = ""
 
 
+# Settable from the environment too (containers): the variable wins over the file.
+ENVIRONMENT = {"BROADCASTER_DATABASE_URL": ("server", "database_url")}
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -207,14 +213,17 @@ class Config:
         return replace(self, server=replace(self.server, **changes))
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Defaults, overlaid by the TOML file at `path` if given."""
-    if path is None:
-        return Config()
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"expected a readable TOML config file at {path}, got: {exc}") from None
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Defaults, overlaid by the TOML file at `path` if given, then by the environment (ENVIRONMENT)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BadInput(f"expected a readable TOML config file at {path}, got: {exc}") from None
+    for variable, (section, key) in ENVIRONMENT.items():
+        if environ.get(variable):
+            data.setdefault(section, {})[key] = environ[variable]
     return config_from_dict(data)
 
 

@@ -86,3 +86,17 @@ class DeliveryRow(Base):
     via: Mapped[str] = mapped_column(String(8))  # "ws" or "http"
     acked_at_ms: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (UniqueConstraint("chunk_id", "connection_id"),)
+
+
+class LeaseRow(Base):
+    """Who runs what: a server (on SQLite, one at a time) or a channel's clock (in a cluster, one owner).
+
+    Acquired and renewed in one statement on the database's own clock; `epoch` grows each time the
+    holder changes, and writes and announcements carry it, so a holder whose lease lapsed is refused."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # "server" or "channel:<name>"
+    holder: Mapped[str] = mapped_column(String(100))  # one process: host, pid and a random part
+    holder_url: Mapped[str] = mapped_column(String(300), default="", server_default="")  # where it takes requests
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)  # by the database's clock

@@ -3,6 +3,8 @@
 import asyncio
 import logging
 import math
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -11,9 +13,11 @@ from broadcaster.config import Config
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.collector import PauseTimer
 from broadcaster.runtime.live import LiveStreams
+from broadcaster.runtime.ownership import ServerLease
 from broadcaster.runtime.station import Station
 from broadcaster.runtime.telemetry import Telemetry
 from db.audio_store import AudioStore
+from db.leases import Leases
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.loudness import level
@@ -102,6 +106,13 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         config.data_path.mkdir(parents=True, exist_ok=True)
         store = Store(config.database_url)
         await store.create_schema()
+        server_lease = ServerLease(Leases(store.engine), on_lost=_stop_serving)
+        try:
+            await server_lease.start()  # or refuse: another server already serves this database
+        except BaseException:
+            await store.close()
+            gc_pauses.stop()
+            raise
         engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
         engine = await level(engine, config.music.target_lufs)
         await engine.idle()  # leveling spoke a passage: give its working memory back
@@ -118,10 +129,16 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         await publish.close()
         await station.stop()
         await engine.close()
+        await server_lease.stop()
         await store.close()
         gc_pauses.stop()
 
     return lifecycle
+
+
+def _stop_serving() -> None:
+    """The server lease was lost (this process was paused past it): stop, as on SIGTERM."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _close_listeners(app: web.Application) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from broadcaster.config import config_from_dict
+from broadcaster.config import config_from_dict, load_config
 from broadcaster.errors import BadInput
 
 
@@ -59,3 +59,13 @@ def test_a_lead_outside_zero_to_its_ceiling_is_refused(timeline):
 def test_the_lead_ceiling_reaches_the_channel():
     config = config_from_dict({"timeline": {"lead_ms": 800, "max_lead_ms": 800}}).timeline_config()
     assert (config.lead_ms, config.max_lead_ms) == (800, 800)
+
+
+def test_the_database_url_may_come_from_the_environment(tmp_path):
+    """BROADCASTER_DATABASE_URL wins over the file (containers set it), and only when set."""
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\ndatabase_url = "sqlite+aiosqlite:///from-file.db"\n')
+    url = "postgresql+asyncpg://radio@db/radio"
+    assert load_config(path, {"BROADCASTER_DATABASE_URL": url}).database_url == url
+    assert load_config(path, {}).database_url == "sqlite+aiosqlite:///from-file.db"
+    assert load_config(None, {"BROADCASTER_DATABASE_URL": url}).database_url == url
