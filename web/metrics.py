@@ -8,8 +8,8 @@ from collections import Counter
 from aiohttp import web
 
 from broadcaster.errors import Unauthorized
-from broadcaster.metrics import CONTENT_TYPE
 from broadcaster.process import malloc_usage
+from broadcaster.runtime.telemetry import CONTENT_TYPE
 from db.stats import request_counts
 
 from .http_util import bearer_token

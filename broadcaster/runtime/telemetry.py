@@ -6,30 +6,52 @@ list with meanings and labels is in docs/observability.md.
 
 Two kinds of values live here. Counters and histograms are pushed as things
 happen (a chunk made, bytes written, a listener dropped). Gauges that describe
-the present (requests by state, listeners, memory) are taken afresh at each
-scrape by web/metrics.py, so they can never drift from the truth.
+the present are taken afresh at each scrape, so they can never drift from the
+truth: the process's own (memory, descriptors, uptime) through functions the
+registry calls as it renders, the rest (requests by state, listeners) set by
+web/metrics.py just before.
 """
 
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import accumulate
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from broadcaster.core.events import Event, RequestFailed, TimelineShifted
 from broadcaster.core.model import Chunk
 from broadcaster.core.states import RequestState
-from broadcaster.metrics import Registry
 from broadcaster.process import sqlite_memory_used
+
+# The classic text format (what Prometheus scrapes by default), as render() writes it.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+# Without this, every counter and histogram series gains a `_created` twin (when it began), a family
+# /metrics never had and dashboards do not use. It is the library's switch, for the whole process.
+disable_created_metrics()
 
 # Synthesizing a sentence takes tens of milliseconds with the tone engine and up to
 # tens of seconds for a long sentence with Piper on a slow machine.
 CHUNK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # One broadcast takes about 10 microseconds per listener: milliseconds for hundreds, 0.1 s for thousands.
 BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
-# A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
 # A young collection takes a millisecond or so; a full one about a microsecond per tracked object,
 # which is most of a second with thousands of listeners.
 GC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
 ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # From a chunk going on the air to a listener having it ready: tenths of a second for a few
 # listeners, seconds for a thousand fetching the same chunk at once; capped by max_lead_ms.
@@ -47,150 +69,193 @@ Publish = Callable[[str, list[Event]], None]
 
 class Telemetry:
     def __init__(self) -> None:
-        self.registry = r = Registry()
-        self._started = time.monotonic()
-        self.requests = r.gauge(
+        self.registry = r = CollectorRegistry()  # one per app: never the library's global default
+        self.requests = Gauge(
             "broadcaster_requests",
             "Playback requests in the database by channel and state (finished ones stay until cleanup purges them).",
             ("channel", "state"),
+            registry=r,
         )
-        self.requests_failed = r.counter(
+        self.requests_failed = Counter(
             "broadcaster_requests_failed_total",
             "Requests that failed (TTS error, storage, generation timeout).",
             ("channel",),
+            registry=r,
         )
-        self.chunk_seconds = r.histogram(
+        self.chunk_seconds = Histogram(
             "broadcaster_chunk_generation_seconds",
             "Time to make one chunk: synthesis or track segment, FLAC stored, MP3 handed off.",
             ("kind",),
-            CHUNK_BUCKETS_S,
+            buckets=CHUNK_BUCKETS_S,
+            registry=r,
         )
-        self.underruns = r.counter(
+        self.underruns = Counter(
             "broadcaster_underruns_total",
             "Chunks placed later than due because they were not ready in time (timeline_shifted).",
             ("channel",),
+            registry=r,
         )
-        self.underrun_seconds = r.counter(
-            "broadcaster_underrun_seconds_total", "Silence added to the timeline by underruns.", ("channel",)
+        self.underrun_seconds = Counter(
+            "broadcaster_underrun_seconds_total",
+            "Silence added to the timeline by underruns.",
+            ("channel",),
+            registry=r,
         )
-        self.listeners = r.gauge(
+        self.listeners = Gauge(
             "broadcaster_listeners",
             "Connected listeners: WebSocket listeners, producer consoles and live.mp3 players.",
             ("channel", "kind"),
+            registry=r,
         )
-        self.stream_bytes = r.counter(
+        self.stream_bytes = Counter(
             "broadcaster_stream_bytes_total",
             "Audio bytes sent: chunk fetches, progressive streams, live.mp3.",
             ("kind",),
+            registry=r,
         )
-        self.ack_lag = r.histogram(
+        self.ack_lag = Histogram(
             "broadcaster_ack_lag_seconds",
             "How long after the end of a chunk on the server timeline its "
             "audio_played acknowledgement arrived (early ones count as 0).",
             ("via",),
-            ACK_BUCKETS_S,
+            buckets=ACK_BUCKETS_S,
+            registry=r,
         )
-        self.listener_ready = r.histogram(
+        self.listener_ready = Histogram(
             "broadcaster_listener_ready_seconds",
             "From a chunk's placement on the timeline (its announcement) to "
             "a listener having its audio ready to play, as listeners report with their acknowledgements: the "
             "lead they needed.",
             (),
-            READY_BUCKETS_S,
+            buckets=READY_BUCKETS_S,
+            registry=r,
         )
-        self.lead = r.gauge(
+        self.lead = Gauge(
             "broadcaster_lead_seconds",
             "How far ahead of now the channel places new audio: [timeline] lead_ms, or "
             "more when its listeners report needing longer (up to max_lead_ms).",
             ("channel",),
+            registry=r,
         )
-        self.broadcast_seconds = r.histogram(
+        self.broadcast_seconds = Histogram(
             "broadcaster_broadcast_seconds",
             "How long one broadcast took to hand its messages to every WebSocket "
             "listener of a channel (written to the socket, or queued behind a backlog).",
             (),
-            BROADCAST_BUCKETS_S,
+            buckets=BROADCAST_BUCKETS_S,
+            registry=r,
         )
-        self.dropped = r.counter(
-            "broadcaster_slow_consumers_dropped_total", "Listeners disconnected for falling behind.", ("kind",)
+        self.dropped = Counter(
+            "broadcaster_slow_consumers_dropped_total",
+            "Listeners disconnected for falling behind.",
+            ("kind",),
+            registry=r,
         )
-        self.refused = r.counter(
-            "broadcaster_refused_total", "Requests and messages refused by a rate limit or cap.", ("reason",)
+        self.refused = Counter(
+            "broadcaster_refused_total",
+            "Requests and messages refused by a rate limit or cap.",
+            ("reason",),
+            registry=r,
         )
-        self.http_responses = r.counter(
+        self.http_responses = Counter(
             "broadcaster_http_responses_total",
             "HTTP responses by status class (a WebSocket counts as 1xx when it closes).",
             ("status_class",),
+            registry=r,
         )
-        self.resident_memory = r.gauge("broadcaster_process_resident_memory_bytes", "Resident memory of the process.")
-        self.open_fds = r.gauge("broadcaster_process_open_fds", "Open file descriptors of the process.")
-        self.heap_blocks = r.gauge(
+        self.resident_memory = Gauge(
+            "broadcaster_process_resident_memory_bytes", "Resident memory of the process.", registry=r
+        )
+        self.open_fds = Gauge("broadcaster_process_open_fds", "Open file descriptors of the process.", registry=r)
+        self.heap_blocks = Gauge(
             "broadcaster_python_heap_blocks",
             "Memory blocks the Python interpreter has allocated: steady when "
             "nothing leaks, whatever the allocator keeps in reserve (counted by pymalloc only: 0 under "
             '[server] allocator = "malloc").',
+            registry=r,
         )
-        self.malloc_in_use = r.gauge(
+        self.malloc_in_use = Gauge(
             "broadcaster_malloc_in_use_bytes",
             "Memory the C library's allocator has handed out and not had back "
             '(Python\'s objects under the default [server] allocator = "malloc", SQLite, buffers): steady when '
             "nothing leaks. 0 where the C library is not glibc 2.33 or later.",
+            registry=r,
         )
-        self.malloc_free = r.gauge(
+        self.malloc_free = Gauge(
             "broadcaster_malloc_free_bytes",
             "Free memory the C library's allocator keeps in its heaps: part of "
             "the resident memory that is reusable, not live (fragmentation when it stays high).",
+            registry=r,
         )
-        self.sqlite_memory = r.gauge(
+        self.sqlite_memory = Gauge(
             "broadcaster_sqlite_memory_bytes",
             "Memory SQLite holds (page caches and statements of all connections), by its own count.",
+            registry=r,
         )
-        self.chunk_cache = r.gauge(
+        self.chunk_cache = Gauge(
             "broadcaster_chunk_cache_bytes",
             "Chunk audio held in memory for listeners' fetches (bounded by [server] chunk_cache_mb).",
+            registry=r,
         )
-        self.fanout_helpers = r.gauge(
+        self.fanout_helpers = Gauge(
             "broadcaster_fanout_helpers",
             "Helper processes writing large broadcasts (they start with the first broadcast to 1024 or more sockets).",
+            registry=r,
         )
-        self.fanout_helper_failures = r.counter(
+        self.fanout_helper_failures = Counter(
             "broadcaster_fanout_helper_failures_total",
             "Fan-out helper processes that failed and were stopped; "
             "the listeners they were writing to at the time were closed with 1011 and reconnect.",
+            registry=r,
         )
-        self.gc_pause_seconds = r.histogram(
+        self.gc_pauses = GcPauses(
             "broadcaster_gc_pause_seconds",
             "How long each run of Python's cycle collector stopped the server, by "
             "generation (2: a full collection, which walks every tracked object).",
-            ("generation",),
             GC_BUCKETS_S,
         )
-        self.gc_frozen = r.gauge(
+        r.register(self.gc_pauses)
+        self.gc_frozen = Gauge(
             "broadcaster_gc_frozen_objects",
             "Objects frozen out of the cycle collector's walks, as last counted: at "
             "start-up and at each walk of them all (counting visits every one, so it is done only then). 0 when "
             '[server] gc_freeze is "off", or outside `broadcaster serve`.',
+            registry=r,
         )
-        self.uptime = r.gauge("broadcaster_uptime_seconds", "Seconds since this server started.")
-        self.synthesis_backlog = r.gauge(
-            "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized."
+        self.uptime = Gauge("broadcaster_uptime_seconds", "Seconds since this server started.", registry=r)
+        self._read_at_scrape()
+        self.synthesis_backlog = Gauge(
+            "broadcaster_synthesis_backlog", "Sentences waiting for the TTS engine or being synthesized.", registry=r
         )
-        self.synthesis_speed = r.gauge(
+        self.synthesis_speed = Gauge(
             "broadcaster_synthesis_speed_ratio",
             "Measured TTS speed per worker: seconds of audio per second of synthesis (0 until measured).",
+            registry=r,
         )
-        self.streaming = r.gauge(
+        self.streaming = Gauge(
             "broadcaster_streaming_requests",
             "Narrations on the air while still being synthesized, and how many "
             "the engine's measured speed allows at once (more wait until fully made).",
             ("limit",),
+            registry=r,
         )
-        self.decodes = r.gauge(
+        self.decodes = Gauge(
             "broadcaster_track_decodes",
             "Music files being decoded into tracks, and uploads waiting for a decoder ([music] max_decodes at once).",
             ("state",),
+            registry=r,
         )
         self._zero_known_labels()
+
+    def _read_at_scrape(self) -> None:
+        """Gauges the library reads through a function each time it renders."""
+        started = time.monotonic()
+        self.uptime.set_function(lambda: time.monotonic() - started)
+        self.resident_memory.set_function(resident_memory_bytes)
+        self.open_fds.set_function(open_fds)
+        self.heap_blocks.set_function(sys.getallocatedblocks)
+        if sqlite_memory_used is not None:
+            self.sqlite_memory.set_function(sqlite_memory_used)
 
     def _zero_known_labels(self) -> None:
         """Series that always exist, so a rate over them starts at the first scrape, not the first event."""
@@ -204,8 +269,6 @@ class Telemetry:
             self.dropped.labels(kind=kind)
         for status_class in STATUS_CLASSES:
             self.http_responses.labels(status_class=status_class)
-        for generation in range(3):
-            self.gc_pause_seconds.labels(generation=str(generation))
 
     # -- pushed as things happen -------------------------------------------------------
 
@@ -243,7 +306,7 @@ class Telemetry:
         self.listener_ready.observe(need_ms / 1000)
 
     def gc_paused(self, generation: int, seconds: float) -> None:
-        self.gc_pause_seconds.labels(generation=str(generation)).observe(seconds)
+        self.gc_pauses.observe(generation, seconds)
 
     def broadcast_took(self, seconds: float) -> None:
         self.broadcast_seconds.observe(seconds)
@@ -305,23 +368,55 @@ class Telemetry:
             self.underrun_seconds.labels(channel=channel)
 
     def render(self) -> str:
-        self.uptime.set(time.monotonic() - self._started)
-        stats = process_stats()
-        if stats is not None:
-            self.resident_memory.set(stats[0])
-            self.open_fds.set(stats[1])
-        self.heap_blocks.set(sys.getallocatedblocks())
-        if sqlite_memory_used is not None:
-            self.sqlite_memory.set(sqlite_memory_used())
-        return self.registry.render()
+        """Every metric in the text format of CONTENT_TYPE."""
+        return generate_latest(self.registry).decode()
 
 
-def process_stats() -> tuple[int, int] | None:
-    """Resident memory in bytes and open file descriptors, from /proc (None where there is no /proc)."""
+class GcPauses:
+    """A histogram of collector pauses by generation, kept in plain lists and read by the registry
+    at each scrape.
+
+    Pauses are observed from inside `gc.callbacks`, which run wherever an allocation sets off a
+    collection, even while this thread holds one of prometheus_client's (non-reentrant) locks for
+    a scrape or a new series. Observing into one of its metrics there could wait on that lock
+    forever (prometheus/client_python#322). These lists take no lock. Collections never overlap, so
+    neither do observations; a scrape that reads during one may be one pause behind in the sum.
+    """
+
+    def __init__(self, name: str, help_text: str, bounds: tuple[float, ...]):
+        self.name, self.help, self.bounds = name, help_text, bounds
+        self._les = [*(floatToGoString(bound) for bound in bounds), "+Inf"]
+        # per generation: how many in each bucket (not cumulative; the last is above every bound), and the sum
+        self._counts = {generation: [0] * (len(bounds) + 1) for generation in range(3)}
+        self._sums = dict.fromkeys(range(3), 0.0)
+
+    def observe(self, generation: int, seconds: float) -> None:
+        self._counts[generation][bisect_left(self.bounds, seconds)] += 1  # inclusive bounds: le
+        self._sums[generation] += seconds
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.help, labels=["generation"])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.help, labels=["generation"])
+        for generation, counts in self._counts.items():
+            cumulative = list(accumulate(counts))
+            family.add_metric([str(generation)], list(zip(self._les, cumulative)), self._sums[generation])
+        yield family
+
+
+def resident_memory_bytes() -> int:
+    """From /proc/self/statm; 0 where there is no /proc."""
     try:
         with open("/proc/self/statm", encoding="ascii") as statm:
-            resident_pages = int(statm.read().split()[1])
-        fds = len(os.listdir("/proc/self/fd"))
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return None
-    return resident_pages * os.sysconf("SC_PAGE_SIZE"), fds
+        return 0
+
+
+def open_fds() -> int:
+    """From /proc/self/fd; 0 where there is no /proc."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0

@@ -1,6 +1,9 @@
 """GET /metrics on a real server: real traffic moves the numbers it reports."""
 
+import asyncio
+import os
 import re
+import shutil
 
 import aiohttp
 import pytest
@@ -42,11 +45,15 @@ class Scrape:
 
 
 async def scrape(server) -> Scrape:
+    return Scrape(await exposition(server))
+
+
+async def exposition(server) -> str:
     async with aiohttp.ClientSession() as http:
         async with http.get(server.base_url + "/metrics") as resp:
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
-            return Scrape(await resp.text())
+            return await resp.text()
 
 
 async def fetch(url: str) -> bytes:
@@ -166,3 +173,27 @@ async def test_metrics_token_when_configured(server):
             assert resp.status == 401
         async with http.get(f"{server.base_url}/metrics", headers={"Authorization": "Bearer scrape-me"}) as resp:
             assert resp.status == 200 and "broadcaster_uptime_seconds" in await resp.text()
+
+
+async def test_exposition_passes_promtool(server, connect):
+    """Prometheus' own linter (`promtool check metrics`) finds nothing wrong with a scrape taken after real traffic."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("BROADCASTER_REQUIRE_BROWSER") == "1":
+            pytest.fail("promtool is required here (BROADCASTER_REQUIRE_BROWSER=1) but was not found")
+        pytest.skip("no promtool on this machine (apt-get install prometheus)")
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("Lint me.")
+    await listener.next("request_played", timeout=20)
+    text = await exposition(server)
+    check = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    findings, _ = await check.communicate(text.encode())
+    assert (check.returncode, findings.decode()) == (0, "")

@@ -1,120 +1,11 @@
-"""The metric primitives and their Prometheus text exposition."""
+"""Telemetry: what /metrics exports, in prometheus_client registries of its own."""
 
-import math
 import re
 
-import pytest
+import prometheus_client
 
 from broadcaster.core.model import Chunk
-from broadcaster.metrics import Registry
 from broadcaster.runtime.telemetry import Telemetry
-
-
-def test_small_registry_renders_exactly():
-    """HELP and TYPE lines, sorted children, escaped labels and cumulative buckets come out exactly."""
-    registry = Registry()
-    sent = registry.counter("demo_bytes_total", "Bytes sent.\nBy kind.", ("kind",))
-    sent.labels(kind="live").inc(1024)
-    sent.labels(kind="chunk").inc(3)
-    sent.labels(kind="chunk").inc(0.5)
-    mood = registry.gauge("demo_mood", "Back\\slash.", ("channel",))
-    mood.labels('say "hi"\\\n').set(-2)
-    up = registry.gauge("demo_up", "Whether it is up.")
-    up.set(1)
-    lag = registry.histogram("demo_lag_seconds", "Lag.", ("via",), buckets=(0.1, 1, 2.5))
-    for value in (0.05, 0.1, 0.7, 3, 12):
-        lag.labels(via="ws").observe(value)
-    assert registry.render() == (
-        "# HELP demo_bytes_total Bytes sent.\\nBy kind.\n"
-        "# TYPE demo_bytes_total counter\n"
-        'demo_bytes_total{kind="chunk"} 3.5\n'
-        'demo_bytes_total{kind="live"} 1024\n'
-        "# HELP demo_mood Back\\\\slash.\n"
-        "# TYPE demo_mood gauge\n"
-        'demo_mood{channel="say \\"hi\\"\\\\\\n"} -2\n'
-        "# HELP demo_up Whether it is up.\n"
-        "# TYPE demo_up gauge\n"
-        "demo_up 1\n"
-        "# HELP demo_lag_seconds Lag.\n"
-        "# TYPE demo_lag_seconds histogram\n"
-        'demo_lag_seconds_bucket{via="ws",le="0.1"} 2\n'
-        'demo_lag_seconds_bucket{via="ws",le="1"} 3\n'
-        'demo_lag_seconds_bucket{via="ws",le="2.5"} 3\n'
-        'demo_lag_seconds_bucket{via="ws",le="+Inf"} 5\n'
-        'demo_lag_seconds_sum{via="ws"} 15.85\n'
-        'demo_lag_seconds_count{via="ws"} 5\n'
-    )
-
-
-def test_family_without_children_renders_only_help_and_type():
-    """A labelled metric nobody touched yet still announces itself, with no samples."""
-    registry = Registry()
-    registry.counter("demo_total", "Nothing yet.", ("channel",))
-    assert registry.render() == "# HELP demo_total Nothing yet.\n# TYPE demo_total counter\n"
-
-
-def test_special_values_use_prometheus_spelling():
-    """NaN and the infinities are written the way Prometheus parses them."""
-    registry = Registry()
-    gauge = registry.gauge("demo", "d.", ("case",))
-    gauge.labels("nan").set(math.nan)
-    gauge.labels("neg").set(-math.inf)
-    gauge.labels("pos").set(math.inf)
-    lines = registry.render().splitlines()[2:]
-    assert lines == ['demo{case="nan"} NaN', 'demo{case="neg"} -Inf', 'demo{case="pos"} +Inf']
-
-
-def test_counter_refuses_to_go_down():
-    """A negative increment is a bug in the caller and says so."""
-    counter = Registry().counter("demo_total", "d.")
-    with pytest.raises(ValueError, match="0 or more, got -1"):
-        counter.inc(-1)
-
-
-@pytest.mark.parametrize("labels", [{}, {"kind": "x", "extra": "y"}, {"other": "x"}])
-def test_wrong_labels_are_named_in_the_error(labels):
-    """Label names that do not match the metric's are refused with what was expected."""
-    counter = Registry().counter("demo_total", "d.", ("kind",))
-    with pytest.raises(ValueError, match=r"expected .*labels? .*\['kind'\] for demo_total, got"):
-        counter.labels(**labels)
-
-
-def test_labelled_metric_needs_a_child_first():
-    """Calling inc on a labelled family (instead of a child) is refused."""
-    counter = Registry().counter("demo_total", "d.", ("kind",))
-    with pytest.raises(ValueError, match="pick a child"):
-        counter.inc()
-
-
-@pytest.mark.parametrize("buckets", [(), (1, 1), (2, 1), (1, math.nan)])
-def test_histogram_buckets_must_increase(buckets):
-    """Empty, repeated, unordered or NaN bucket bounds are refused."""
-    with pytest.raises(ValueError, match="strictly increasing"):
-        Registry().histogram("demo_seconds", "d.", buckets=buckets)
-
-
-def test_names_are_checked_and_unique():
-    """Bad metric or label names, the reserved 'le', and duplicates are refused."""
-    registry = Registry()
-    registry.counter("demo_total", "d.")
-    with pytest.raises(ValueError, match="already registered"):
-        registry.gauge("demo_total", "d.")
-    with pytest.raises(ValueError, match="metric name"):
-        registry.gauge("2bad", "d.")
-    with pytest.raises(ValueError, match="label names"):
-        registry.gauge("demo_two", "d.", ("__reserved",))
-    with pytest.raises(ValueError, match="'le'"):
-        registry.histogram("demo_seconds", "d.", ("le",), buckets=(1,))
-
-
-def test_clear_forgets_children_taken_at_scrape_time():
-    """After clear() a channel that went away no longer appears."""
-    registry = Registry()
-    gauge = registry.gauge("demo", "d.", ("channel",))
-    gauge.labels("gone").set(3)
-    gauge.clear()
-    gauge.labels("here").set(1)
-    assert registry.render().splitlines()[2:] == ['demo{channel="here"} 1']
 
 
 def _chunk(starts_at_ms: int | None) -> Chunk:
@@ -137,16 +28,72 @@ def test_ack_lag_is_measured_from_the_chunk_end_and_early_acks_count_as_zero():
     telemetry.acknowledged(_chunk(10_000), 11_250, "ws")
     telemetry.acknowledged(_chunk(10_000), 10_500, "ws")
     telemetry.acknowledged(_chunk(None), 99_000, "ws")
-    child = telemetry.ack_lag.labels(via="ws")
-    assert (child.count, child.sum) == (2, 0.25)
+    assert sample(telemetry, "broadcaster_ack_lag_seconds_count", via="ws") == 2
+    assert sample(telemetry, "broadcaster_ack_lag_seconds_sum", via="ws") == 0.25
 
 
 def test_known_label_values_start_at_zero():
-    """Byte, drop and status-class counters exist at 0 before anything happens."""
-    text = Telemetry().render()
-    assert 'broadcaster_stream_bytes_total{kind="progressive"} 0' in text
-    assert 'broadcaster_slow_consumers_dropped_total{kind="live"} 0' in text
-    assert 'broadcaster_http_responses_total{status_class="5xx"} 0' in text
+    """Byte, drop, status-class and collector-pause series exist at 0 before anything happens."""
+    telemetry = Telemetry()
+    assert sample(telemetry, "broadcaster_stream_bytes_total", kind="progressive") == 0
+    assert sample(telemetry, "broadcaster_slow_consumers_dropped_total", kind="live") == 0
+    assert sample(telemetry, "broadcaster_http_responses_total", status_class="5xx") == 0
+    assert sample(telemetry, "broadcaster_gc_pause_seconds_count", generation="2") == 0
+
+
+def test_gc_pauses_fill_cumulative_buckets_by_generation():
+    """Pauses land in every bucket whose bound they do not exceed, under their own generation only."""
+    telemetry = Telemetry()
+    for seconds in (0.0005, 0.001, 0.3, 9.0):
+        telemetry.gc_paused(2, seconds)
+    telemetry.gc_paused(0, 0.002)
+
+    def bucket(generation: str, le: str) -> float:
+        return sample(telemetry, "broadcaster_gc_pause_seconds_bucket", generation=generation, le=le)
+
+    assert [bucket("2", le) for le in ("0.001", "0.25", "0.5", "2.5", "+Inf")] == [2, 2, 3, 3, 4]
+    assert sample(telemetry, "broadcaster_gc_pause_seconds_sum", generation="2") == 9.3015
+    assert (bucket("0", "0.001"), bucket("0", "0.0025")) == (0, 1)
+    assert sample(telemetry, "broadcaster_gc_pause_seconds_count", generation="1") == 0
+
+
+def test_gauges_of_the_present_are_read_at_each_scrape(tmp_path):
+    """Uptime, open descriptors and resident memory come from the process when rendered, not from a stored value."""
+    telemetry = Telemetry()
+    uptime, fds = sample(telemetry, "broadcaster_uptime_seconds"), sample(telemetry, "broadcaster_process_open_fds")
+    with open(tmp_path / "held", "w"):
+        assert sample(telemetry, "broadcaster_process_open_fds") == fds + 1
+    assert sample(telemetry, "broadcaster_uptime_seconds") > uptime > 0
+    assert sample(telemetry, "broadcaster_process_resident_memory_bytes") > 10_000_000
+
+
+def test_series_taken_at_scrape_time_forget_what_is_gone():
+    """A channel missing from the next counts no longer appears in the listener and lead gauges."""
+    telemetry = Telemetry()
+    telemetry.set_listeners({("gone", "live"): 2})
+    telemetry.set_leads({"gone": 900})
+    telemetry.set_listeners({("here", "live"): 1})
+    telemetry.set_leads({"here": 1200})
+    text = telemetry.render()
+    assert 'channel="gone"' not in text
+    assert sample(telemetry, "broadcaster_listeners", channel="here", kind="live") == 1
+    assert sample(telemetry, "broadcaster_lead_seconds", channel="here") == 1.2
+
+
+def test_each_telemetry_has_its_own_registry_and_the_global_one_stays_empty():
+    """Two instances count apart, and nothing is registered in prometheus_client's default registry."""
+    first, second = Telemetry(), Telemetry()
+    first.sent("live", 100)
+    assert sample(first, "broadcaster_stream_bytes_total", kind="live") == 100
+    assert sample(second, "broadcaster_stream_bytes_total", kind="live") == 0
+    assert "broadcaster_" not in prometheus_client.generate_latest().decode()
+
+
+def sample(telemetry: Telemetry, name: str, **labels: str) -> float:
+    """One sample's value as it would be rendered now; fails if the series does not exist."""
+    value = telemetry.registry.get_sample_value(name, labels)
+    assert value is not None, f"expected a sample {name}{labels}"
+    return value
 
 
 # Every family /metrics exports: its type and label names. A dashboard or alert built on one of them
