@@ -9,6 +9,7 @@ is recognised at once on the same machine (its process is gone) and otherwise la
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -54,6 +55,7 @@ class ServerLease:
         self.holder = holder_id()
         self.lease: Lease | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Take the server lease, or raise AnotherServer saying who has it."""
@@ -68,7 +70,10 @@ class ServerLease:
 
     async def _renew(self) -> None:
         while self.lease is not None:
-            await asyncio.sleep(self.ttl_ms / 3000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.ttl_ms / 3000)
+            if self._stopping.is_set():
+                return
             try:
                 renewed = await self.leases.renew(self.lease, self.ttl_ms)
             except Exception:  # the database is away for a moment; the next round tries again
@@ -82,11 +87,16 @@ class ServerLease:
             self.lease = renewed
 
     async def stop(self) -> None:
+        """Stop renewing and release. The renewal is never cancelled mid-statement: a statement cut
+        off inside its transaction can leave SQLite's write lock held until the connection goes."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task
         if self.lease is not None:
-            await self.leases.release(self.lease)
+            try:
+                await self.leases.release(self.lease)
+            except Exception:  # it lapses by itself within the lease time
+                log.warning("could not release the server lease", exc_info=True)
             self.lease = None
 
 
