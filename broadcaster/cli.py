@@ -1,4 +1,4 @@
-"""Command line: serve, channel create/list/token, say, listen, cleanup."""
+"""Command line: serve, channel create/list/token/key, say, listen, cleanup, db upgrade."""
 
 import argparse
 import asyncio
@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
 
     cleanup = sub.add_parser("cleanup", parents=[common], help="purge old played and failed audio now")
     cleanup.set_defaults(run=_cleanup)
+
+    database = sub.add_parser("db", help="the database's schema").add_subparsers(required=True, metavar="ACTION")
+    upgrade = database.add_parser(
+        "upgrade", parents=[common], help="migrate the database to this version's tables (stop the servers first)"
+    )
+    upgrade.set_defaults(run=_db_upgrade)
     return parser
 
 
@@ -114,6 +120,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     if after != before:
         logging.getLogger("broadcaster.serve").info("open files: limit raised from %d to %d", before, after)
 
+    asyncio.run(_check_database(config))  # a database at another revision is refused before anything starts
     if args.default_channel:
         asyncio.run(_ensure_channel(config, args.default_channel))
     print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
@@ -167,6 +174,11 @@ async def _ensure_channel(config: Config, name: str) -> None:
         )
     finally:
         await store.close()
+
+
+async def _check_database(config: Config) -> None:
+    store = await _open_store(config)
+    await store.close()
 
 
 async def _open_store(config: Config):  # noqa: ANN202
@@ -294,6 +306,26 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
             await store.close()
 
     print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def _db_upgrade(config: Config, args: argparse.Namespace) -> int:
+    from db.schema import upgrade
+    from db.store import make_engine
+
+    async def run() -> tuple[str | None, str]:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(config.database_url)
+        try:
+            return await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    before, after = asyncio.run(run())
+    if before == after:
+        print(f"the database is already at revision {after}")
+    else:
+        print(f"the database is now at revision {after} (it was at {before or 'none'})")
     return 0
 
 

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -28,9 +29,10 @@ RECENT_CHUNKS = 64  # chunks whose acknowledging connections are kept in memory
 
 
 class AckLog(BatchedLog):
-    def __init__(self, session: async_sessionmaker, before: Callable[[], Awaitable[None]] | None = None):
+    def __init__(self, session: async_sessionmaker, dialect: str, before: Callable[[], Awaitable[None]] | None = None):
         super().__init__("ack")
         self.session = session
+        self._insert_statement = _insert_skipping_repeats(dialect)
         self.before = before  # written first: what the acknowledgements refer to
         self._pending: list[dict] = []
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
@@ -94,4 +96,13 @@ class AckLog(BatchedLog):
 
     async def _insert(self, rows: list[dict]) -> None:
         async with self.session.begin() as s:
-            await s.execute(insert(DeliveryRow).prefix_with("OR IGNORE"), rows)
+            await s.execute(self._insert_statement, rows)
+
+
+def _insert_skipping_repeats(dialect: str):  # noqa: ANN202
+    """An acknowledgement already stored (this connection, this chunk) is skipped, in the database's own words;
+    elsewhere a repeat fails its batch like a purged chunk does."""
+    insert_for = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
+    if insert_for is None:
+        return insert(DeliveryRow)
+    return insert_for(DeliveryRow).on_conflict_do_nothing()

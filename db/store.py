@@ -2,9 +2,9 @@
 
 import json
 
-from sqlalchemy import bindparam, delete, event, func, insert, inspect, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from broadcaster.core.model import Chunk, Request
@@ -13,13 +13,16 @@ from broadcaster.errors import BadInput
 
 from .acks import AckLog
 from .connections import ConnectionLog
-from .models import Base, ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
+from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
 
 
 def make_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url)
+    # A database server (PostgreSQL) may restart under us and drop every pooled connection; each is pinged as it
+    # is taken from the pool, so the first statement after an outage reconnects instead of failing. A SQLite file
+    # has nothing to lose.
+    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         # WAL lets the CLI and cron write while the server reads; busy_timeout makes
         # a writer wait for a lock instead of failing at once.
@@ -41,19 +44,20 @@ class Store:
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._upsert_chunk = _chunk_upsert(self.engine.dialect.name)  # None: no upsert statement known
         self.connection_log = ConnectionLog(self.session)
-        self.ack_log = AckLog(self.session, before=self.connection_log.flush)  # acks refer to connection rows
+        # acknowledgements refer to connection rows: those are written first
+        self.ack_log = AckLog(self.session, self.engine.dialect.name, before=self.connection_log.flush)
 
     async def create_schema(self) -> None:
-        """Create or update the tables. Two processes doing it at once on a new file (two CLI
-        commands, or the CLI and the server) race; the loser finds the tables made and retries."""
+        """Create a new database's tables, or check that this one's revision is the code's (db/schema.py).
+        Two processes doing it at once on a new database (two CLI commands, or the CLI and the server) race;
+        the loser finds the tables made, or the revision stamped, and tries again."""
+        from .schema import prepare  # Alembic loads on the first database opened, not at import
+
         for attempt in range(3):
             try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(Base.metadata.create_all)
-                    await conn.run_sync(_add_missing_columns)
-                return
-            except OperationalError as exc:
-                if "already exists" not in str(exc) and "duplicate column" not in str(exc) or attempt == 2:
+                return await prepare(self.engine)
+            except DBAPIError:
+                if attempt == 2:
                     raise
 
     async def close(self) -> None:
@@ -265,18 +269,6 @@ class Store:
     async def request_ids(self) -> set[str]:
         async with self.session() as s:
             return set((await s.execute(select(RequestRow.id))).scalars())
-
-
-def _add_missing_columns(conn) -> None:  # noqa: ANN001
-    """Bring a database made by an older version up to date: new columns are nullable or defaulted."""
-    inspector = inspect(conn)
-    for table in Base.metadata.sorted_tables:
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in present:
-                kind = column.type.compile(dialect=conn.dialect)
-                default = f" DEFAULT '{column.server_default.arg}'" if column.server_default is not None else ""
-                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import websockets
 from aiohttp import web
+from postgres import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures; see tests/postgres.py)
 
 from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel

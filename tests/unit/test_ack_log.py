@@ -1,4 +1,5 @@
-"""Acknowledgements are deduplicated in memory and written in batches to a real SQLite file."""
+"""Acknowledgements are deduplicated in memory and written in batches to a real database: a SQLite file, or a
+PostgreSQL server."""
 
 import asyncio
 
@@ -11,8 +12,8 @@ from db.store import Store
 CHUNK = "c" * 16
 
 
-async def store_with_a_chunk(tmp_path) -> Store:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'acks.db'}")
+async def store_with_a_chunk(url: str) -> Store:
+    store = Store(url)
     await store.create_schema()
     row = await store.create_channel("table", "0" * 64, 0)
     request = Request("r" * 16, "table", "Hi.", ["Hi."], 0)
@@ -29,8 +30,8 @@ async def count(store: Store) -> int:
         return await s.scalar(select(func.count()).select_from(DeliveryRow))
 
 
-async def test_repeats_are_answered_from_memory_and_rows_arrive_in_one_batch(tmp_path):
-    store = await store_with_a_chunk(tmp_path)
+async def test_repeats_are_answered_from_memory_and_rows_arrive_in_one_batch(database_url):
+    store = await store_with_a_chunk(database_url)
     results = await asyncio.gather(*(store.record_ack(CHUNK, conn, "ws", 1) for conn in ["a" * 16] * 3 + ["b" * 16]))
     assert sorted(results) == [False, False, True, True]
     assert await count(store) == 0  # not yet written
@@ -40,18 +41,18 @@ async def test_repeats_are_answered_from_memory_and_rows_arrive_in_one_batch(tmp
     await store.close()
 
 
-async def test_a_repeat_after_a_restart_is_still_recognized(tmp_path):
-    store = await store_with_a_chunk(tmp_path)
+async def test_a_repeat_after_a_restart_is_still_recognized(database_url):
+    store = await store_with_a_chunk(database_url)
     assert await store.record_ack(CHUNK, "a" * 16, "ws", 1)
     await store.close()  # writes what was queued
-    reopened = Store(f"sqlite+aiosqlite:///{tmp_path / 'acks.db'}")
+    reopened = Store(database_url)
     assert not await reopened.record_ack(CHUNK, "a" * 16, "http", 2)
     assert [c for c, _ in await reopened.acks("a" * 16)] == [CHUNK]
     await reopened.close()
 
 
-async def test_a_burst_of_acknowledgements_of_a_new_chunk_reads_the_database_once(tmp_path):
-    store = await store_with_a_chunk(tmp_path)
+async def test_a_burst_of_acknowledgements_of_a_new_chunk_reads_the_database_once(database_url):
+    store = await store_with_a_chunk(database_url)
     log = store.ack_log
     reads = []
     stored_connections = log._stored_connections

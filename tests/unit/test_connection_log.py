@@ -1,5 +1,5 @@
-"""Listener connection records are queued and written in batches to a real SQLite file, arrivals before
-departures, and before the acknowledgements that refer to them."""
+"""Listener connection records are queued and written in batches to a real database (a SQLite file, or a
+PostgreSQL server), arrivals before departures, and before the acknowledgements that refer to them."""
 
 import asyncio
 
@@ -12,8 +12,8 @@ from db.store import Store
 A, B, C = "a" * 16, "b" * 16, "c" * 16
 
 
-async def new_store(tmp_path) -> tuple[Store, int]:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'connections.db'}")
+async def new_store(url: str) -> tuple[Store, int]:
+    store = Store(url)
     await store.create_schema()
     return store, (await store.create_channel("table", "0" * 64, 0)).id
 
@@ -23,8 +23,8 @@ async def rows(store: Store) -> int:
         return await s.scalar(select(func.count()).select_from(ConnectionRow))
 
 
-async def test_a_burst_of_arrivals_is_one_write_within_moments(tmp_path):
-    store, channel = await new_store(tmp_path)
+async def test_a_burst_of_arrivals_is_one_write_within_moments(database_url):
+    store, channel = await new_store(database_url)
     for conn in (A, B, C):
         store.open_connection(conn, channel, "127.0.0.1", "test", 10)
     assert await rows(store) == 0, "queued, not yet written"
@@ -36,8 +36,8 @@ async def test_a_burst_of_arrivals_is_one_write_within_moments(tmp_path):
     await store.close()
 
 
-async def test_departures_are_written_after_their_arrivals(tmp_path):
-    store, channel = await new_store(tmp_path)
+async def test_departures_are_written_after_their_arrivals(database_url):
+    store, channel = await new_store(database_url)
     store.open_connection(A, channel, "127.0.0.1", "test", 10)
     store.close_connection(A, 20)  # left before its arrival was written: both go in one row
     store.open_connection(B, channel, "127.0.0.1", "test", 30)
@@ -52,11 +52,11 @@ async def test_departures_are_written_after_their_arrivals(tmp_path):
     await store.close()
 
 
-async def test_what_is_queued_is_written_at_close(tmp_path):
-    store, channel = await new_store(tmp_path)
+async def test_what_is_queued_is_written_at_close(database_url):
+    store, channel = await new_store(database_url)
     store.open_connection(A, channel, "127.0.0.1", "test", 10)
     await store.close()
-    reopened = Store(f"sqlite+aiosqlite:///{tmp_path / 'connections.db'}")
+    reopened = Store(database_url)
     assert await reopened.connection_times(A) == (10, None)
     await reopened.close_stale_connections(50)  # the next start closes what was left open
     assert await reopened.connection_times(A) == (10, 50)

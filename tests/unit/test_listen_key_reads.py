@@ -1,4 +1,5 @@
-"""A private channel's listen key is read from the database once per burst of fetches, not once per fetch."""
+"""A private channel's listen key is read from the database (SQLite or PostgreSQL) once per burst of fetches, not
+once per fetch."""
 
 import asyncio
 
@@ -8,8 +9,8 @@ from broadcaster.runtime.accounts import Gate, create_channel, set_listen_key
 from db.store import Store
 
 
-async def test_a_burst_of_listener_checks_reads_the_key_once_and_each_check_still_decides(tmp_path):
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+async def test_a_burst_of_listener_checks_reads_the_key_once_and_each_check_still_decides(database_url):
+    store = Store(database_url)
     await store.create_schema()
     await create_channel(store, "table")
     key = await set_listen_key(store, "table", private=True)
@@ -30,8 +31,8 @@ async def test_a_burst_of_listener_checks_reads_the_key_once_and_each_check_stil
     await store.close()
 
 
-async def test_a_failed_read_fails_the_checks_waiting_on_it_and_the_next_check_reads_again(tmp_path):
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+async def test_a_failed_read_fails_the_checks_waiting_on_it_and_the_next_check_reads_again(database_url):
+    store = Store(database_url)
     await store.create_schema()
     await create_channel(store, "table")
     channel = store.channel

@@ -1,6 +1,6 @@
 """A step's save writes each request's state and every chunk row, new or changed, in one transaction,
 with the database's own upsert statement, or through the ORM where none is known; a new request
-goes to the back of its channel's line."""
+goes to the back of its channel's line. On SQLite and on a real PostgreSQL server."""
 
 import pytest
 from sqlalchemy import text
@@ -13,8 +13,8 @@ from db.store import Store, _chunk_upsert
 
 
 @pytest.fixture(params=["upsert", "orm"])
-async def store(request, tmp_path):
-    made = Store(f"sqlite+aiosqlite:///{tmp_path}/b.db")
+async def store(request, database_url):
+    made = Store(database_url)
     await made.create_schema()
     if request.param == "orm":
         made._upsert_chunk = None  # as for a database without an upsert statement
@@ -52,11 +52,12 @@ async def test_saved_chunks_and_states_come_back_as_the_line(store):
 async def test_a_new_request_takes_the_place_after_the_last_of_its_own_channel(store):
     table = (await store.create_channel("table", "digest", 0)).id
     other = (await store.create_channel("other", "digest", 0)).id
-    for channel_id in (other, other, table):
-        await store.insert_request(narration("Hi."), channel_id)
+    submitted = [(narration("Hi."), channel_id) for channel_id in (other, other, table)]
+    for request, channel_id in submitted:
+        await store.insert_request(request, channel_id)
     async with store.engine.connect() as conn:
-        rows = (await conn.execute(text("SELECT channel_id, line_seq FROM playback_requests ORDER BY rowid"))).all()
-    assert [tuple(row) for row in rows] == [(other, 1), (other, 2), (table, 1)]
+        places = dict((await conn.execute(text("SELECT id, line_seq FROM playback_requests"))).all())
+    assert [(channel_id, places[r.request_id]) for r, channel_id in submitted] == [(other, 1), (other, 2), (table, 1)]
 
 
 def test_postgresql_gets_its_own_upsert_and_an_unknown_database_none():

@@ -1,0 +1,1 @@
+"""One file per revision, oldest first: 0001 is the baseline."""
