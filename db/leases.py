@@ -47,6 +47,10 @@ WHERE name = :name AND holder = :holder AND epoch = :epoch AND expires_at_ms >= 
 # earlier one, since announcements are fenced by comparing epochs alone.
 RELEASE = "UPDATE leases SET expires_at_ms = 0 WHERE name = :name AND holder = :holder AND epoch = :epoch"
 CURRENT = "SELECT holder, holder_url, epoch, expires_at_ms, {now} AS now_ms FROM leases WHERE name = :name"
+LIVE = """
+SELECT name, holder, holder_url, epoch, expires_at_ms - {now} AS remaining_ms FROM leases
+WHERE substr(name, 1, length(:prefix)) = :prefix AND expires_at_ms >= {now}
+"""
 
 
 class LeaseLost(BroadcasterError):
@@ -86,6 +90,7 @@ class Leases:
                 "fence": FENCE,
                 "release": RELEASE,
                 "current": CURRENT,
+                "live": LIVE,
             }.items()
         }
 
@@ -117,6 +122,12 @@ class Leases:
         if row is None or row.expires_at_ms < row.now_ms:
             return None
         return Holding(row.holder, row.holder_url, row.epoch, row.expires_at_ms - row.now_ms)
+
+    async def live(self, prefix: str) -> dict[str, Holding]:
+        """Every live lease whose name starts with `prefix`, in one read."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(self._sql["live"], {"prefix": prefix})).all()
+        return {row.name: Holding(row.holder, row.holder_url, row.epoch, row.remaining_ms) for row in rows}
 
     async def fence(self, conn: AsyncConnection, lease: Lease) -> None:
         """Inside a write's transaction: raise LeaseLost unless `lease` is still held and live."""

@@ -1,4 +1,4 @@
-"""One server per database unless it is a cluster: the server lease.
+"""Who runs what: one server per database, or, in a cluster, one owner per channel.
 
 Outside cluster mode, every channel's clock runs in the one `broadcaster serve` process. A second
 server on the same database would run a second clock for each channel: two requests on the air
@@ -6,6 +6,9 @@ at once, listeners of the two hearing different timelines, both writing the same
 server holds the "server" lease while it runs and a second one refuses to start, saying who holds
 it. The lease is renewed every third of its life; a server killed without a chance to release it
 is recognised at once on the same machine (its process is gone) and otherwise lapses.
+
+In a cluster each process instead keeps its share of the channels with one lease per channel
+(`ChannelOwnership`; the decisions are in broadcaster/core/ownership.py).
 """
 
 import asyncio
@@ -14,8 +17,10 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
+from broadcaster.core.ownership import plan_round
 from broadcaster.errors import BroadcasterError
 from db.leases import Holding, Lease, Leases
 
@@ -107,3 +112,111 @@ def _refusal(holding: Holding | None) -> str:
         "may serve a database unless they form a cluster: a PostgreSQL [server] database_url and "
         "[cluster] redis_url. CLI commands such as 'channel create' work beside a running server."
     )
+
+
+# -- channels in a cluster -------------------------------------------------------------------
+
+CHANNEL = "channel:"
+NODE = "node:"
+
+Gain = Callable[[str, Lease], Awaitable[None]]  # start running the channel under this lease
+Lose = Callable[[str], Awaitable[None]]  # stop at once: another process may run it now
+
+
+class ChannelOwnership:
+    """Keeps this process's share of the channels, one lease each, round after round.
+
+    `channels()` lists every channel; `idle()` the held ones with nothing on the air (the only ones
+    given back to rebalance). `on_gain` and `on_lose` start and stop running a channel. The clock
+    is monotonic milliseconds; tests pass their own."""
+
+    def __init__(
+        self,
+        leases: Leases,
+        channels: Callable[[], Awaitable[list[str]]],
+        idle: Callable[[], set[str]],
+        on_gain: Gain,
+        on_lose: Lose,
+        lease_ms: int,
+        url: str = "",
+        clock: Callable[[], float] = lambda: time.monotonic() * 1000,
+    ):
+        self.leases, self.channels, self.idle = leases, channels, idle
+        self.on_gain, self.on_lose = on_gain, on_lose
+        self.lease_ms, self.url, self.clock = lease_ms, url, clock
+        self.holder = holder_id()
+        self.held: dict[str, Lease] = {}
+        self.renewed_at: dict[str, float] = {}  # when the last successful renewal was sent
+        self._node: Lease | None = None
+
+    async def round(self) -> None:
+        """One round: announce this process, then renew, step down, release and acquire as planned."""
+        now = self.clock()
+        try:
+            await self._announce()
+            names = await self.channels()
+            elsewhere = {
+                n.removeprefix(CHANNEL) for n, h in (await self.leases.live(CHANNEL)).items() if h.holder != self.holder
+            }
+            processes = len(await self.leases.live(NODE))
+        except Exception:  # the database is away: only stepping down can be decided
+            log.warning("ownership round could not read the leases", exc_info=True)
+            names, elsewhere, processes = list(self.held), set(), 1
+        plan = plan_round(
+            self.lease_ms, now, self.renewed_at, names, elsewhere, processes, self.idle() & set(self.held)
+        )
+        for name in plan.step_down:
+            await self._drop(name, "could not renew its lease in time")
+        for name in plan.renew:
+            await self._renew(name, now)
+        for name in plan.release:
+            await self._drop(name, "over this process's share")
+        for name in plan.acquire:
+            await self._acquire(name, now)
+
+    async def _announce(self) -> None:
+        lease = await self.leases.acquire(NODE + self.holder, self.holder, self.lease_ms, self.url)
+        self._node = lease
+
+    async def _renew(self, name: str, sent_at: float) -> None:
+        try:
+            renewed = await self.leases.renew(self.held[name], self.lease_ms)
+        except Exception:
+            log.warning("could not renew the lease of %s", name, exc_info=True)
+            return  # tried again next round; stepped down once too late
+        if renewed is None:
+            await self._drop(name, "its lease was taken or lapsed")
+            return
+        self.held[name], self.renewed_at[name] = renewed, sent_at
+
+    async def _acquire(self, name: str, sent_at: float) -> None:
+        try:
+            lease = await self.leases.acquire(CHANNEL + name, self.holder, self.lease_ms, self.url)
+        except Exception:
+            log.warning("could not take the lease of %s", name, exc_info=True)
+            return
+        if lease is None:
+            return  # another process was quicker
+        self.held[name], self.renewed_at[name] = lease, sent_at
+        log.info("running channel %s (epoch %d)", name, lease.epoch)
+        await self.on_gain(name, lease)
+
+    async def _drop(self, name: str, why: str) -> None:
+        lease = self.held.pop(name)
+        self.renewed_at.pop(name, None)
+        log.warning("no longer running channel %s: %s", name, why)
+        await self.on_lose(name)
+        try:
+            await self.leases.release(lease)  # so the next owner need not wait for it to lapse
+        except Exception:
+            log.info("could not release the lease of %s; it lapses by itself", name)
+
+    async def close(self) -> None:
+        """At a clean stop: hand every channel over at once."""
+        for name in list(self.held):
+            await self._drop(name, "this server is stopping")
+        if self._node is not None:
+            try:
+                await self.leases.release(self._node)
+            except Exception:
+                log.info("could not release this process's node lease; it lapses by itself")

@@ -1,4 +1,4 @@
-"""Leases on the database's own clock: one holder at a time, a new epoch on every change of hands, fenced writes."""
+"""Leases on the database's own clock (SQLite and PostgreSQL): one holder at a time, a new epoch on every change of hands, fenced writes."""
 
 import asyncio
 
@@ -9,8 +9,8 @@ from db.store import Store
 
 
 @pytest.fixture
-async def leases(tmp_path):
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'leases.db'}")
+async def leases(database_url):
+    store = Store(database_url)
     await store.create_schema()
     yield Leases(store.engine)
     await store.close()
