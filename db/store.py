@@ -13,6 +13,7 @@ from broadcaster.errors import BadInput
 
 from .acks import AckLog
 from .connections import ConnectionLog
+from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
@@ -43,6 +44,7 @@ class Store:
         self.engine = make_engine(url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._upsert_chunk = _chunk_upsert(self.engine.dialect.name)  # None: no upsert statement known
+        self.leases = Leases(self.engine) if self.engine.dialect.name in NOW_MS else None
         self.connection_log = ConnectionLog(self.session)
         # acknowledgements refer to connection rows: those are written first
         self.ack_log = AckLog(self.session, self.engine.dialect.name, before=self.connection_log.flush)
@@ -109,21 +111,35 @@ class Store:
     # Submitting a request and saving a step come before the listeners hear of them, so these are
     # plain statements on a connection, each one round trip to SQLite's thread, not ORM sessions.
 
-    async def insert_request(self, request: Request, channel_id: int) -> None:
+    # In a cluster a channel's owner passes its lease: the write proves, in its own transaction, that
+    # the lease is still held, or is refused with LeaseLost (db/leases.py). None: the embedded server.
+
+    async def insert_request(self, request: Request, channel_id: int, lease: Lease | None = None) -> None:
         async with self.engine.begin() as conn:
+            await self._fence(conn, lease)
             await conn.execute(INSERT_REQUEST, {**_request_values(request, channel_id), "line_of": channel_id})
 
-    async def save(self, requests: list[Request]) -> None:
+    async def save(self, requests: list[Request], lease: Lease | None = None) -> None:
         """Write the current state of these requests and all their chunks."""
         if not requests:
             return
         chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
-        if self._upsert_chunk is None:
+        if self._upsert_chunk is None and lease is None:
             return await self._save_with_orm(requests, chunks)
         async with self.engine.begin() as conn:
+            await self._fence(conn, lease)
             await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             if chunks:
                 await conn.execute(self._upsert_chunk, chunks)
+
+    async def _fence(self, conn, lease: Lease | None) -> None:  # noqa: ANN001
+        if lease is None:
+            return
+        if self.leases is None:
+            raise LeaseLost(
+                f"expected SQLite or PostgreSQL for a channel owner's writes, got {self.engine.dialect.name}"
+            )
+        await self.leases.fence(conn, lease)
 
     async def _save_with_orm(self, requests: list[Request], chunks: list[dict]) -> None:
         """For a database without an upsert statement here: a session merges each chunk row."""

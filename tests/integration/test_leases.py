@@ -74,3 +74,28 @@ async def test_two_claimants_at_once_get_one_lease(leases):
     """Ten simultaneous acquisitions of a free lease: exactly one succeeds."""
     results = await asyncio.gather(*(leases.acquire("channel:y", f"P{n}", ttl_ms=5000) for n in range(10)))
     assert sum(r is not None for r in results) == 1
+
+
+async def test_a_channel_owner_writes_only_while_its_lease_holds(database_url):
+    """Store writes carrying a lease pass while it is held and are refused, changing nothing, once it lapsed."""
+    from broadcaster.core.ids import new_id
+    from broadcaster.core.model import Request
+
+    store = Store(database_url)
+    await store.create_schema()
+    try:
+        channel_id = (await store.create_channel("fenced", "0" * 64, 0)).id
+        lease = await store.leases.acquire("channel:fenced", "A", ttl_ms=300)
+        first = Request(new_id(), "fenced", "Kept.", ["Kept."], 1)
+        await store.insert_request(first, channel_id, lease)
+        await asyncio.sleep(0.4)
+        late = Request(new_id(), "fenced", "Refused.", ["Refused."], 2)
+        with pytest.raises(LeaseLost):
+            await store.insert_request(late, channel_id, lease)
+        first.text = "changed"
+        with pytest.raises(LeaseLost):
+            await store.save([first], lease)
+        assert await store.request(first.request_id) is not None
+        assert await store.request(late.request_id) is None
+    finally:
+        await store.close()
