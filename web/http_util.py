@@ -78,6 +78,11 @@ class UnsupportedMedia(BadInput):
     code = "unsupported_media_type"
 
 
+def client_connected(request: web.Request) -> bool:
+    """Whether the client's connection is still open (aiohttp closes it when the client hangs up)."""
+    return request.transport is not None and not request.transport.is_closing()
+
+
 async def while_connected(request: web.Request, work: Awaitable[T]) -> T:
     """Await `work`, cancelling it if the client hangs up first (aiohttp does not cancel handlers
     when a client leaves). For slow work on the client's behalf, such as decoding its upload."""
@@ -87,7 +92,7 @@ async def while_connected(request: web.Request, work: Awaitable[T]) -> T:
             done, _ = await asyncio.wait({task}, timeout=LEFT_POLL_S)
             if done:
                 return task.result()
-            if request.transport is None or request.transport.is_closing():
+            if not client_connected(request):
                 raise ConnectionResetError("the client left before its request was done")
     finally:
         if not task.done():

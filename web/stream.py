@@ -26,7 +26,7 @@ from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .access import remote_of, require_listener
-from .http_util import cap_send_buffer, int_query, path_id
+from .http_util import LEFT_POLL_S, cap_send_buffer, client_connected, int_query, path_id
 from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION, WATCH
 from .revocation import Watched
 
@@ -66,7 +66,7 @@ async def _stream(request: web.Request, playback: Request, offset_ms: int, watch
     copy = asyncio.create_task(_copy(encoder, response, request.app[METRICS], limits.stream_write_timeout_s))
     revoked = asyncio.Event()
     watched.on_revoke(lambda reason: revoked.set())
-    stop = asyncio.create_task(revoked.wait())
+    stop = asyncio.create_task(_revoked_or_gone(revoked, request))
     try:
         await _until_done(feed, copy, stop)
     finally:
@@ -82,6 +82,15 @@ async def _stream(request: web.Request, playback: Request, offset_ms: int, watch
         )
     await _end(request, response, limits.stream_write_timeout_s, stalled)
     return response
+
+
+async def _revoked_or_gone(revoked: asyncio.Event, request: web.Request) -> None:
+    """Returns once the credential is revoked or the listener has hung up. A listener that leaves
+    while nothing is being written (its request waits for audio) is noticed here, so its encoder
+    slot comes back at once instead of when the next write fails."""
+    while not revoked.is_set() and client_connected(request):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(revoked.wait(), LEFT_POLL_S)
 
 
 async def _end(request: web.Request, response: web.StreamResponse, timeout_s: float, stalled: bool) -> None:

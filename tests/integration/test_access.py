@@ -452,7 +452,7 @@ async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect
         finally:
             first.close()
             second.close()
-    async with asyncio.timeout(10):  # the slots come back once those clients leave
+    async with asyncio.timeout(3):  # the slots come back as soon as those clients leave
         while server.app[ACCESS].encoders:
             await asyncio.sleep(0.05)
 
