@@ -309,6 +309,24 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _refuse_while_served(engine) -> None:  # noqa: ANN001
+    """Migrating under a running server would change tables beneath it: it must be stopped first."""
+    from sqlalchemy import inspect
+
+    from broadcaster.runtime.ownership import SERVER, gone
+    from db.leases import Leases
+
+    async with engine.connect() as conn:
+        if not await conn.run_sync(lambda sync: inspect(sync).has_table("leases")):
+            return  # made before servers took leases
+    holding = await Leases(engine).current(SERVER)
+    if holding is not None and not gone(holding.holder):
+        raise BroadcasterError(
+            f"a server ({holding.holder.rsplit(':', 1)[0]}, host:pid) is serving this database; "
+            "stop it (and any others) before 'broadcaster db upgrade'"
+        )
+
+
 def _db_upgrade(config: Config, args: argparse.Namespace) -> int:
     from db.schema import upgrade
     from db.store import make_engine
@@ -317,6 +335,7 @@ def _db_upgrade(config: Config, args: argparse.Namespace) -> int:
         config.data_path.mkdir(parents=True, exist_ok=True)
         engine = make_engine(config.database_url)
         try:
+            await _refuse_while_served(engine)
             return await upgrade(engine)
         finally:
             await engine.dispose()

@@ -96,3 +96,33 @@ async def test_a_held_server_lease_is_refused_and_a_lapsed_one_is_taken(tmp_path
 def test_holder_ids_differ_within_one_process():
     """Two servers in one process (tests) are told apart by the random part."""
     assert holder_id() != holder_id()
+
+
+async def test_db_upgrade_refuses_while_a_server_runs(tmp_path):
+    """Migrating beneath a running server is refused, naming it; once it stops, the upgrade runs."""
+    data_dir, config = write_config(tmp_path)
+    server = ServerProcess(data_dir, config)
+    await server.start()
+    try:
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broadcaster",
+                "db",
+                "upgrade",
+                "--data-dir",
+                str(data_dir),
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode != 0 and "is serving this database" in refused.stderr, refused.stderr[-1000:]
+        assert f":{server.proc.pid}, host:pid" in refused.stderr
+    finally:
+        server.proc.terminate()
+        server.proc.wait(timeout=30)
+    cli("db", "upgrade", data_dir=data_dir, config=config)
