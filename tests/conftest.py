@@ -16,6 +16,7 @@ import pytest
 import websockets
 from aiohttp import web
 from postgres import database_url, postgres_server, postgres_url  # noqa: F401  (fixtures; see tests/postgres.py)
+from redis_server import own_redis, redis_server, redis_url  # noqa: F401  (fixtures; see tests/redis_server.py)
 
 from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel
