@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 import pytest
 import soundfile
+from media import tone
 
 from tests.server_process import ServerProcess, cli
 from tts.encode import ffmpeg_exe
@@ -31,23 +32,7 @@ def secret_media(directory: Path) -> dict[str, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     made = {}
     for ext, options in {"m4a": ["-c:a", "aac"], "ts": ["-c:a", "aac", "-f", "mpegts"], "aac": ["-c:a", "aac"]}.items():
-        made[ext] = directory / f"secret.{ext}"
-        subprocess.run(
-            [
-                ffmpeg_exe(),
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency={SECRET_HZ}:duration=4",
-                *options,
-                str(made[ext]),
-            ],
-            check=True,
-            timeout=60,
-        )
+        made[ext] = tone(directory / f"secret.{ext}", 4, SECRET_HZ, *options)
     return made
 
 

@@ -1,7 +1,6 @@
 """Office radio behaviour: queue controls, repeat at the ends of the queue, the auto-DJ giving way."""
 
 import json
-import subprocess
 from datetime import datetime
 from pathlib import Path
 from random import Random
@@ -9,11 +8,11 @@ from random import Random
 import aiohttp
 import pytest
 import websockets
+from media import tone
 
 from broadcaster.config import config_from_dict
 from broadcaster.errors import BadInput
 from broadcaster.runtime.accounts import create_channel
-from tts.encode import ffmpeg_exe
 
 QUICK = {"tts": {"tone_ms_per_char": 8}, "timeline": {"lead_ms": 300, "sentence_gap_ms": 50, "request_gap_ms": 100}}
 pytestmark = pytest.mark.server_config(QUICK)
@@ -148,23 +147,7 @@ def music(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "music"
     folder.mkdir()
     for i, freq in enumerate((330, 440, 550)):
-        subprocess.run(
-            [
-                ffmpeg_exe(),
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"sine=frequency={freq}:duration=1.2",
-                "-metadata",
-                f"title=Song {i}",
-                str(folder / f"song{i}.flac"),
-            ],
-            check=True,
-            timeout=60,
-        )
+        tone(folder / f"song{i}.flac", 1.2, freq, tags={"title": f"Song {i}"})
     (folder / "notes.txt").write_text("not music")
     monkeypatch.chdir(tmp_path)
     return folder

@@ -9,12 +9,12 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import start_server
+from media import tone
 
 from broadcaster.runtime.accounts import create_channel
 from tts.encode import ffmpeg_exe
@@ -25,35 +25,9 @@ RADIO = {"timeline": {"lead_ms": 300, "sentence_gap_ms": 50, "request_gap_ms": 6
 
 
 def make_track(directory: Path, artist: str, title: str, freq: int, seconds: float = 4) -> Path:
-    """A short tagged tone, made with the bundled ffmpeg."""
-    path = directory / f"{freq}.mp3"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency={freq}:duration={seconds}:sample_rate=44100",
-            "-ac",
-            "2",
-            "-c:a",
-            "libmp3lame",
-            "-b:a",
-            "96k",
-            "-metadata",
-            f"artist={artist}",
-            "-metadata",
-            f"title={title}",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+    """A short tagged stereo MP3 tone."""
+    options = ("-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "96k")
+    return tone(directory / f"{freq}.mp3", seconds, freq, *options, tags={"artist": artist, "title": title})
 
 
 async def queue_track(base_url: str, channel: str, token: str, path: Path) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import soundfile
+from media import tone
 
 from tts.encode import ffmpeg_exe
 
@@ -23,34 +24,10 @@ FORMATS = {  # extension: ffmpeg output options
 def make_fixture(
     directory: Path, ext: str, volume_db: float = -6, seconds: float = 3, title: str = "Test Tone"
 ) -> Path:
-    """A small tagged tone in the given format, made with the bundled ffmpeg (nothing is committed)."""
-    path = directory / f"tone-{volume_db:g}.{ext}"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-hide_banner",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=440:duration={seconds}:sample_rate=48000",
-            "-af",
-            f"volume={volume_db}dB",
-            "-ac",
-            "2",
-            *FORMATS[ext],
-            "-metadata",
-            f"title={title}",
-            "-metadata",
-            "artist=The Oscillators",
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+    """A small tagged tone in the given format."""
+    options = ("-af", f"volume={volume_db}dB", "-ac", "2", *FORMATS[ext])
+    tags = {"title": title, "artist": "The Oscillators"}
+    return tone(directory / f"tone-{volume_db:g}.{ext}", seconds, 440, *options, tags=tags)
 
 
 def loudness(path: Path) -> float:
