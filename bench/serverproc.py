@@ -213,6 +213,7 @@ class ServerProcess:
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="broadcaster-bench-")))
     port: int = field(default_factory=free_port)
     profile_path: Path | None = None  # run the server under cProfile, writing its stats here on exit
+    root: Path = ROOT  # the source tree it runs from: another checkout, to compare two versions in one run
     proc: subprocess.Popen | None = None
 
     @property
@@ -251,7 +252,7 @@ class ServerProcess:
                     name,
                     "--json",
                     *self._common(),
-                    cwd=ROOT,
+                    cwd=self.root,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                 )
@@ -282,7 +283,7 @@ class ServerProcess:
                 str(self.port),
                 *self._common(),
             ],
-            cwd=ROOT,
+            cwd=self.root,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -12,14 +12,12 @@ import contextlib
 
 from aiohttp import web
 
-from broadcaster.runtime.live import LiveListener, LiveStream
+from broadcaster.core.icy import METAINT
 from broadcaster.runtime.runner import ChannelRunner
 
 from .access import remote_of, require_listener
 from .keys import ACCESS, CONFIG, LIVE, STATION, WATCH
 from .revocation import Watched
-
-METAINT = 16000
 
 
 class CloseDelimitedResponse(web.StreamResponse):
@@ -38,38 +36,6 @@ class CloseDelimitedResponse(web.StreamResponse):
         self.force_close()
 
 
-class IcyWriter:
-    """Writes audio, interleaving a metadata block after every `metaint` bytes of it."""
-
-    def __init__(self, response: web.StreamResponse, metaint: int | None):
-        self.response = response
-        self.metaint = metaint
-        self.until_meta = metaint or 0
-        self.sent_title: str | None = None
-
-    async def write(self, data: bytes, title: str) -> None:
-        if not self.metaint:
-            await self.response.write(data)
-            return
-        while data:
-            part, data = data[: self.until_meta], data[self.until_meta :]
-            await self.response.write(part)
-            self.until_meta -= len(part)
-            if self.until_meta == 0:
-                await self.response.write(self.block(title))
-                self.until_meta = self.metaint
-
-    def block(self, title: str) -> bytes:
-        """A metadata block: a length byte (in 16-byte units) and the padded text; empty if unchanged."""
-        if title == self.sent_title:
-            return b"\x00"
-        self.sent_title = title
-        safe = title.replace("'", "\u2019")
-        meta = f"StreamTitle='{safe}';".encode()[: 255 * 16]
-        units = -(-len(meta) // 16)
-        return bytes([units]) + meta.ljust(units * 16, b"\x00")
-
-
 async def live_mp3(request: web.Request) -> web.StreamResponse:
     runner = await request.app[STATION].runner(request.match_info["channel"])
     credential = await require_listener(request, runner.name)
@@ -81,26 +47,24 @@ async def live_mp3(request: web.Request) -> web.StreamResponse:
 
 
 async def _play(request: web.Request, runner: ChannelRunner, watched: Watched) -> web.StreamResponse:
+    """The stream writes the audio to the transport itself, the same bytes to every player
+    (broadcaster/runtime/live.py); this handler only waits for the player's stream to end."""
     live = await request.app[LIVE].stream(runner)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
     response = CloseDelimitedResponse(_headers(request, runner.name, icy))
-    await response.prepare(request)
-    listener = live.subscribe()
-    watched.on_revoke(lambda reason: listener.end())
+    await response.prepare(request)  # a StreamResponse sends its headers here, before any audio
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return response  # the player left already
+    listener = live.subscribe(transport, icy)
+    watched.on_revoke(lambda reason: live.end(listener))
     try:
-        await _pump(listener, live, IcyWriter(response, METAINT if icy else None))
-    except (ConnectionError, RuntimeError):
-        pass  # the player went away
+        await listener.ended
     finally:
         live.unsubscribe(listener)
     with contextlib.suppress(ConnectionError, RuntimeError):
         await response.write_eof()
     return response
-
-
-async def _pump(listener: LiveListener, live: LiveStream, writer: IcyWriter) -> None:
-    while (data := await listener.queue.get()) is not None:
-        await writer.write(data, live.title)
 
 
 def _headers(request: web.Request, channel: str, icy: bool) -> dict[str, str]:

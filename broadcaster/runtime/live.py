@@ -2,10 +2,20 @@
 
 A render loop turns the channel's timeline into PCM a little ahead of the
 clock (silence between items, so players never see the stream end) and feeds
-one ffmpeg encoder. A read loop takes the MP3 bytes and offers them to every
-listener's bounded queue; a listener that falls too far behind is dropped, so
-it cannot hold the others up. The last few seconds are kept so a new listener
-gets a burst and starts playing at once.
+one ffmpeg encoder. A read loop gathers the MP3 bytes into blocks of about
+BLOCK_MS, frames each block once with and once without ICY metadata
+(broadcaster/core/icy.py), and writes those same bytes to every player's
+transport: no per-player task, and one system call per player and block.
+
+A write never waits. What a socket does not take, its transport copies and
+keeps; once that holds more than TRANSPORT_BYTES, the player's next blocks wait
+in its backlog instead, uncopied (the blocks every player shares), and go to
+the transport as it drains. A player more than BEHIND_S of audio behind is
+dropped, so it cannot hold the others up, and a thousand stalled players cost
+a thousand transport buffers, not a thousand copies of the last minute.
+
+The last few seconds are kept so a new listener gets a burst and starts
+playing at once.
 """
 
 import asyncio
@@ -17,6 +27,7 @@ import numpy as np
 
 from broadcaster import logs
 from broadcaster.config import LiveConfig
+from broadcaster.core.icy import IcyFraming
 from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
@@ -32,30 +43,38 @@ log = logging.getLogger(__name__)
 
 FRAME_MS = 100  # rendered at a time
 AHEAD_MS = 400  # how far ahead of the clock audio is rendered
-BURST_BYTES = 24_000  # about three seconds at 64 kbit/s
-LISTENER_QUEUE = 256  # reads of up to 4 KiB: about two minutes of audio before a stalled listener is dropped
+BLOCK_MS = 1000  # audio written to every player at a time: each write is a system call per player
+BEHIND_S = 60  # audio waiting for a player before it is dropped as too slow
+TRANSPORT_BYTES = 65536  # what a player's transport may hold (its own copy) before blocks wait in its backlog
 IDLE_STOP_S = 10  # the encoder stops this long after its last listener left
 CACHE_CHUNKS = 16
 
 
 class LiveListener:
-    def __init__(self, burst: bytes):
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(LISTENER_QUEUE)
-        if burst:
-            self.queue.put_nowait(burst)
+    """One player: the transport its audio is written to, whether it takes ICY metadata, the blocks
+    waiting for it while its transport is full, and `ended`, done once its stream is over (dropped,
+    its key revoked, or the stream stopped)."""
 
-    def offer(self, data: bytes | None) -> bool:
-        try:
-            self.queue.put_nowait(data)
-        except asyncio.QueueFull:
-            return False
-        return True
+    __slots__ = ("backlog", "backlog_bytes", "ended", "icy", "transport")
 
-    def end(self) -> None:
-        """End this player's stream now, dropping what waits for it (its listen key was revoked)."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+    def __init__(self, transport: asyncio.Transport, icy: bool):
+        self.transport, self.icy = transport, icy
+        self.backlog: deque[bytes] = deque()
+        self.backlog_bytes = 0
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def hold(self, block: bytes) -> None:
+        """Queue `block` behind the others waiting, then hand the transport as many as it has room for."""
+        self.backlog.append(block)
+        self.backlog_bytes += len(block)
+        while self.backlog and self.transport.get_write_buffer_size() <= TRANSPORT_BYTES:
+            block = self.backlog.popleft()
+            self.backlog_bytes -= len(block)
+            self.transport.write(block)
+
+    def finish(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 class LiveStream:
@@ -72,10 +91,12 @@ class LiveStream:
         self.rate, self.channels, self.bitrate_kbps = config.sample_rate, config.channels, config.bitrate_kbps
         self.listeners: set[LiveListener] = set()
         self.title = self.idle_title
+        self.framing = IcyFraming()
+        self.block_bytes = self.bitrate_kbps * BLOCK_MS // 8  # kbit/s times ms, in bytes
+        self.behind_bytes = self.bitrate_kbps * 125 * BEHIND_S
         self.bytes_sent = 0
         self.dropped = 0
-        self._burst: deque[bytes] = deque()
-        self._burst_size = 0
+        self.over = False  # the encoder's output ended or the stream was stopped
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._tasks: list[asyncio.Task] = []
         self._encoder: Mp3Encoder | None = None
@@ -113,20 +134,39 @@ class LiveStream:
         if self._encoder:
             with contextlib.suppress(Exception):
                 await self._encoder.abandon()
-        for listener in list(self.listeners):
-            listener.offer(None)
+        self._end_all()
         log.info("live stream of %s stopped", self.runner.name)
 
-    def subscribe(self) -> LiveListener:
-        listener = LiveListener(b"".join(self._burst))
+    def subscribe(self, transport: asyncio.Transport, icy: bool) -> LiveListener:
+        """A new player on `transport` (its response headers already sent): it gets the burst now and
+        every block from here on, in the same call, so nothing can come between."""
+        listener = LiveListener(transport, icy)
+        if self.over:  # its encoder is gone: the player ends at once and reconnects to a fresh stream
+            listener.finish()
+            return listener
+        burst = self.framing.burst(icy)
+        if burst:
+            transport.write(burst)
+            self.bytes_sent += len(burst)
+            self.metrics.sent("live", len(burst))
         self.listeners.add(listener)
         self._idle_since = None
         return listener
 
     def unsubscribe(self, listener: LiveListener) -> None:
-        self.listeners.discard(listener)
+        self.end(listener)
         if not self.listeners:
             self._idle_since = asyncio.get_running_loop().time()
+
+    def end(self, listener: LiveListener) -> None:
+        """No more audio for this player; its handler sees `ended` and closes the response."""
+        self.listeners.discard(listener)
+        listener.finish()
+
+    def _end_all(self) -> None:
+        self.over = True
+        for listener in list(self.listeners):
+            self.end(listener)
 
     def idle_for(self) -> float:
         if self._idle_since is None:
@@ -174,37 +214,51 @@ class LiveStream:
     # -- fan-out ---------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        stdout = self._encoder.proc.stdout
-        while data := await stdout.read(4096):
-            self._remember(data)
-            for listener in list(self.listeners):
-                if listener.offer(data):
-                    self.bytes_sent += len(data)
-                    self.metrics.sent("live", len(data))  # queued for the player, written moments later
-                else:
-                    self.listeners.discard(listener)
-                    self.dropped += 1
-                    self.metrics.dropped_consumer("live")
-                    listener.queue = _closed_queue()
-                    log.warning("live listener on %s dropped: fell too far behind", self.runner.name)
+        stdout, block = self._encoder.proc.stdout, bytearray()
+        try:
+            while data := await stdout.read(65536):
+                block += data
+                if len(block) >= self.block_bytes:
+                    self.broadcast(bytes(block))
+                    block.clear()
+        finally:  # the encoder is gone: its players reconnect to a fresh stream
+            self._end_all()
 
-    def _remember(self, data: bytes) -> None:
-        self._burst.append(data)
-        self._burst_size += len(data)
-        while self._burst_size - len(self._burst[0]) >= BURST_BYTES:
-            self._burst_size -= len(self._burst.popleft())
+    def broadcast(self, audio: bytes) -> None:
+        """The block to every player, framed once each way; a write never waits (see the module's doc)."""
+        plain, framed = self.framing.add(audio, self.title)
+        gone, slow = [], []
+        for listener in self.listeners:
+            transport = listener.transport
+            if transport.is_closing():
+                gone.append(listener)
+            elif listener.backlog or transport.get_write_buffer_size() > TRANSPORT_BYTES:
+                listener.hold(framed if listener.icy else plain)
+                if listener.backlog_bytes > self.behind_bytes:
+                    slow.append(listener)
+            else:
+                transport.write(framed if listener.icy else plain)
+        sent = len(audio) * (len(self.listeners) - len(gone))
+        self.bytes_sent += sent
+        self.metrics.sent("live", sent)  # handed to the players; a slow one's wait in its backlog first
+        for listener in gone:
+            self.end(listener)
+        for listener in slow:
+            self._drop(listener)
+
+    def _drop(self, listener: LiveListener) -> None:
+        listener.transport.abort()  # what its transport held goes too
+        listener.backlog.clear()
+        self.end(listener)
+        self.dropped += 1
+        self.metrics.dropped_consumer("live")
+        log.warning("live listener on %s dropped: fell too far behind", self.runner.name)
 
 
 def _sounds_within(chunk: Chunk, start_ms: int, end_ms: int) -> bool:
     if chunk.starts_at_ms is None or chunk.state == ChunkState.DISCARDED:
         return False
     return chunk.starts_at_ms < end_ms and chunk.starts_at_ms + chunk.duration_ms > start_ms
-
-
-def _closed_queue() -> asyncio.Queue:
-    queue: asyncio.Queue = asyncio.Queue(1)
-    queue.put_nowait(None)
-    return queue
 
 
 class LiveStreams:

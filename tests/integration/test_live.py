@@ -2,13 +2,14 @@
 
 import asyncio
 import re
+import socket
 
 import aiohttp
 import pytest
 
+from broadcaster.runtime import live as runtime_live
 from tts.encode import ffmpeg_exe
 from web.keys import LIVE
-from web.live import IcyWriter
 
 
 @pytest.mark.server_config({"tts": {"tone_ms_per_char": 45}})
@@ -59,19 +60,39 @@ async def test_listeners_share_one_encoder_and_get_a_burst(server):
                 assert list(streams) == [server.channel] and len(streams[server.channel].listeners) == 2
 
 
-async def test_icy_metadata_is_interleaved_at_metaint():
-    """With metaint N, a metadata block follows every N audio bytes; an unchanged title is a single zero byte."""
-    written = bytearray()
+async def test_a_stalled_player_is_dropped_while_one_beside_it_keeps_playing(server, monkeypatch):
+    """A player that stops reading is cut off once more than the bound waits for it (made 2 s of audio
+    here); a player reading beside it gets a block every second all along, never waiting 2.5 s."""
+    monkeypatch.setattr(runtime_live, "TRANSPORT_BYTES", 8000)
+    host, port = server.base_url.removeprefix("http://").split(":")
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, filled at once
+    stalled.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(stalled, (host, int(port)))
+    await loop.sock_sendall(stalled, f"GET /c/{server.channel}/live.mp3 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{server.base_url}/c/{server.channel}/live.mp3") as resp:
+            live = await players_on(server, 2)
+            live.behind_bytes = 32_000
+            for listener in live.listeners:  # the server's side of the stalled one: a small kernel buffer too
+                if listener.transport.get_extra_info("peername") == stalled.getsockname():
+                    listener.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            async with asyncio.timeout(30):
+                while live.dropped == 0:
+                    await asyncio.wait_for(resp.content.readexactly(4000), 2.5)
+            assert len(live.listeners) == 1
+            for _ in range(4):  # and it goes on
+                await asyncio.wait_for(resp.content.readexactly(4000), 2.5)
+    finally:
+        stalled.close()
 
-    class Sink:
-        async def write(self, data: bytes) -> None:
-            written.extend(data)
 
-    writer = IcyWriter(Sink(), metaint=10)
-    await writer.write(b"A" * 25, "Song")
-    await writer.write(b"B" * 5, "Song")
-    block = b"StreamTitle='Song';".ljust(32, b"\x00")
-    assert bytes(written) == b"A" * 10 + b"\x02" + block + b"A" * 10 + b"\x00" + b"A" * 5 + b"B" * 5 + b"\x00"
+async def players_on(server, count: int):
+    async with asyncio.timeout(10):
+        while (live := server.app[LIVE].streams.get(server.channel)) is None or len(live.listeners) < count:
+            await asyncio.sleep(0.05)
+    return live
 
 
 async def test_unknown_channel_live_stream_is_404(server):
