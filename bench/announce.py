@@ -26,15 +26,23 @@ reading until its narration has been announced and played (QUIET_S); the
 probes read on. The default keeps every client reading throughout.
 
 The POSTs start --settle seconds after the last socket connected, once the
-server has dealt with the burst of arrivals (its collector freezes newcomers
-within 5-10 s), so the figures are a connected audience's.
+server has dealt with the burst of arrivals, so the figures are a connected
+audience's.
+
+It also prints the server's CPU time per broadcast and per POST while the
+POSTs went on (the server process and any long-lived processes of its own:
+whatever it starts and keeps counts, the encoders that come and go do not),
+and its resident memory per connected listener (the growth over the 1-socket
+row).
 
 The baseline is the same run with one socket, on the same server. Target
-(docs/performance.md): p99 within 50 ms at 5000 sockets.
+(docs/performance.md): p99 within 50 ms at 5000 sockets. `--root` runs the
+server from another checkout (`git worktree add /tmp/before <commit>`), so
+two versions are measured by the same client code.
 
     .venv/bin/python bench/announce.py [--sockets 1000 5000] [--posts 20] [--interval 1.5] [--workers 4]
-                                       [--fanout-processes N] [--client-priority idle] [--probes 50] [--settle 12]
-                                       [--load-clients quiet] [--per-post]
+                                       [--client-priority idle] [--probes 50] [--settle 12]
+                                       [--load-clients quiet] [--per-post] [--root DIR]
 """
 
 import argparse
@@ -44,14 +52,17 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from lightws import open_socket
 from report import percentile, table
 from serverproc import (
+    ROOT,
     Histogram,
     ServerProcess,
     cpu_seconds,
+    descendants,
     raise_nofile,
     sample_memory,
     scrape_histogram,
@@ -136,6 +147,7 @@ class Stage:
     answered_ms: list[float] = field(default_factory=list)  # POST sent -> its 202 received
     rss_mb: float = 0.0
     cpu_share: float = 0.0
+    cpu_s: float = 0.0  # the server's CPU time (its own processes) while the POSTs went on
     broadcasts: Histogram | None = None  # the server's own time per broadcast, over this stage
     full_gcs: Histogram | None = None  # the server's full garbage collections while the POSTs went on
     per_post: list[tuple[float, float, float]] = field(default_factory=list)  # probes' first, median, last
@@ -180,10 +192,9 @@ async def run_stage(
             stage.failures.update(answer["failures"])
     await wait_listeners(http, server.base_url, CHANNEL, stage.connected)
     stage.connect_s = time.monotonic() - started
-    # The coalesced listeners_changed goes out 0.5 s after the last join, and the server's collector
-    # freezes a burst of newcomers within 10 s of its end (one full collection): the POSTs come after both.
+    # The coalesced listeners_changed goes out 0.5 s after the last join: the POSTs come well after it.
     await asyncio.sleep(max(1.0, settle_s))
-    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+    cpu0, t0 = process_cpu(server.pid), time.monotonic()
     before = await scrape_histogram(http, server.base_url, BROADCAST)
     gcs_before = await scrape_histogram(http, server.base_url, PAUSES, FULL)
     hold = (lambda quiet: pool.call("hold", [(quiet,)] * len(pool))) if quiet_load else None
@@ -191,7 +202,8 @@ async def run_stage(
     await wait_idle(http, server.base_url)
     stage.broadcasts = (await scrape_histogram(http, server.base_url, BROADCAST)).minus(before)
     stage.full_gcs = (await scrape_histogram(http, server.base_url, PAUSES, FULL)).minus(gcs_before)
-    stage.cpu_share = (cpu_seconds(server.pid) - cpu0) / (time.monotonic() - t0)
+    stage.cpu_s = cpu_spent(cpu0, process_cpu(server.pid))
+    stage.cpu_share = stage.cpu_s / (time.monotonic() - t0)
     stage.rss_mb = sample_memory(server.pid, time.monotonic()).rss_mb
     probed = await probe.call("collect", [(list(sent),)])
     absorb(stage, sent, [*await pool.call("collect", [(list(sent),)] * len(pool)), *probed])
@@ -203,6 +215,17 @@ async def run_stage(
     await probe.call("disconnect")
     await wait_listeners(http, server.base_url, CHANNEL, 0)
     return stage
+
+
+def process_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of the server and each process below it."""
+    return {p: cpu_seconds(p) for p in (pid, *descendants(pid))}
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two samples, of the processes present in both: the server and the helpers
+    it keeps, not the short-lived encoders (whose time is partly before or after either sample)."""
+    return sum(after[p] - before[p] for p in before.keys() & after.keys())
 
 
 async def post_narrations(
@@ -348,6 +371,16 @@ def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
             print(f"  {s.sockets:5d} sockets: {g.count:.0f}, mean {g.total / g.count * 1000:.0f} ms")
         elif g is not None:
             print(f"  {s.sockets:5d} sockets: none")
+    print(
+        "\nthe server's CPU time while the POSTs went on (its own process and any it keeps, both cores), "
+        "and its memory per listener (RSS growth over the 1-socket row):"
+    )
+    for s in stages:
+        b = s.broadcasts
+        per_broadcast = f"{s.cpu_s / b.count * 1000:.1f} ms per broadcast" if b is not None and b.count else "-"
+        per_listener = (s.rss_mb - stages[0].rss_mb) * 1024 / (s.sockets - 1) if s.sockets > 1 else None
+        memory = f", {per_listener:.1f} KB per listener" if per_listener is not None else ""
+        print(f"  {s.sockets:5d} sockets: {per_broadcast}, {s.cpu_s / posts * 1000:.1f} ms per POST{memory}")
     print("\nfan-out span: per request, last socket's receive time minus the first's (kernel times)")
     print("POST 202: from sending the POST to its answer (the announcement is queued for every socket before it)")
     print("read p99: the same latency measured when the client process read the frame (includes client lag)")
@@ -372,7 +405,7 @@ def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
-    server = ServerProcess({**SETTINGS, "server": {"fanout_processes": args.fanout_processes}})
+    server = ServerProcess(SETTINGS, root=Path(args.root).resolve() if args.root else ROOT)
     pools: list[WorkerPool] = []
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
@@ -408,8 +441,7 @@ async def main(args: argparse.Namespace) -> None:
             report_per_post(stages[-1])
         print(
             f"client processes: {args.workers} at {args.client_priority} priority, {args.load_clients} during "
-            f"the POSTs; server fan-out processes: "
-            f"{args.fanout_processes or 'one per core'}"
+            f"the POSTs; server from {server.root}"
         )
         print(tcp_summary(tcp_before))
         print(server.problems())
@@ -449,12 +481,7 @@ if __name__ == "__main__":
         help="'quiet': the load clients stop reading from each POST until its announcements are "
         "out, as clients on other machines would take none of these cores (the probes read on)",
     )
-    parser.add_argument(
-        "--fanout-processes",
-        type=int,
-        default=0,
-        help="the server's [server] fanout_processes (0: its default, one per core)",
-    )
+    parser.add_argument("--root", help="run the server from this checkout (default: the one this script is in)")
     parser.add_argument(
         "--settle",
         type=float,

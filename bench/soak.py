@@ -9,7 +9,7 @@ a producer POSTing a paragraph of narration every --submit-every seconds,
 and a few live.mp3 players that reconnect now and then. It samples the
 server's VmRSS, VmHWM, its children's RSS, threads and open files every
 --sample-s seconds, with the memory its C allocator has handed out (live
-objects under the default allocator) and holds free, prints the series,
+memory: Python's arenas, SQLite, buffers) and holds free, prints the series,
 and judges the trend: RSS at minute ~5 against the end, and the
 least-squares slope (MB/hour) over the second half. "Flat" means the second
 half's fitted growth is within the noise (twice the residual spread, at
@@ -53,8 +53,6 @@ EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slo
 CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
 SQLITE = "broadcaster_sqlite_memory_bytes"
 IN_USE, FREE = "broadcaster_malloc_in_use_bytes", "broadcaster_malloc_free_bytes"
-FROZEN = "broadcaster_gc_frozen_objects"
-WALKED = "frozen objects walked once"  # the server's log line for a thaw (runtime/collector.py)
 
 
 @dataclass
@@ -69,10 +67,8 @@ class Point:
     cache_mb: float  # chunk audio cached for fetches: bounded by [server] chunk_cache_mb
     heap_kblocks: float  # Python's allocated blocks, in thousands: grows with any leak of Python objects
     sqlite_mb: float  # SQLite's page caches and statements, by its own count
-    in_use_mb: float  # the C allocator's memory handed out: live objects under allocator = "malloc"
+    in_use_mb: float  # the C allocator's memory handed out: live memory, Python's arenas included
     free_mb: float  # free memory the C allocator holds: resident, reusable
-    frozen_k: float  # objects frozen out of the cycle collector's walks, in thousands, as counted at the last
-    #                  walk of them all (counting visits every one, so the server counts only then)
 
     @property
     def in_use_less_cache_mb(self) -> float:
@@ -150,7 +146,7 @@ async def sample_loop(
     while True:
         sample = await asyncio.to_thread(sampler.sample)
         listening = await listener_count(http, server.base_url, CHANNEL)
-        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE, IN_USE, FREE, FROZEN])
+        gauges = await scrape_gauges(http, server.base_url, [CACHE, HEAP, SQLITE, IN_USE, FREE])
         data_mb = await asyncio.to_thread(server.data_bytes) / 1e6
         now = (cpu_seconds(server.pid), clients_cpu(pool), time.monotonic())
         wall = max(now[2] - last[2], 1e-6)
@@ -166,13 +162,12 @@ async def sample_loop(
             gauges[SQLITE] / 2**20,
             gauges[IN_USE] / 2**20,
             gauges[FREE] / 2**20,
-            gauges[FROZEN] / 1000,
         )
         series.append(point)
         print(
             f"  {sample.at_s / 60:5.1f} min  RSS {sample.rss_mb:6.1f} MB  cache {point.cache_mb:5.1f} MB  "
             f"in use {point.in_use_mb:6.1f} MB  free {point.free_mb:5.1f} MB  "
-            f"heap {point.heap_kblocks:4.0f}k blocks  frozen {point.frozen_k:4.0f}k  sqlite {point.sqlite_mb:4.1f} MB  "
+            f"heap {point.heap_kblocks:4.0f}k blocks  sqlite {point.sqlite_mb:4.1f} MB  "
             f"children {sample.children_rss_mb:5.1f} MB  "
             f"fds {sample.fds:5d}  listeners {listening:4d}  CPU server {cpu:4.0%} clients {client_cpu:4.0%}",
             flush=True,
@@ -263,7 +258,6 @@ def print_series(series: list[Point]) -> None:
             p.in_use_mb,
             p.free_mb,
             f"{p.heap_kblocks:.0f}",
-            f"{p.frozen_k:.0f}",
             f"{p.sqlite_mb:.1f}",
             p.memory.hwm_mb,
             p.memory.children_rss_mb,
@@ -287,7 +281,6 @@ def print_series(series: list[Point]) -> None:
                 "in use MB",
                 "free MB",
                 "heap kblocks",
-                "frozen k (last walk)",
                 "SQLite MB",
                 "HWM MB",
                 "children MB",
@@ -340,10 +333,6 @@ async def main(args: argparse.Namespace) -> None:
         print_series(series)
         print_activity(load, posts, live)
         verdict(series, args.minutes)
-        walks = [line for line in server.log_path.read_text(errors="replace").splitlines() if WALKED in line]
-        print(f"walks of every frozen object (what waits there in cycles is freed): {len(walks)}")
-        for line in walks:
-            print(f"  {line[line.index('garbage collector') :]}")
         print(tcp_summary(tcp_before))
         print(server.problems())
     finally:

@@ -15,7 +15,6 @@ from broadcaster.errors import BroadcasterError
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    args.own_process = argv is None  # run from the command line: the process may be started over
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config).with_server(
@@ -104,18 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(config: Config, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from broadcaster.process import (
-        choose_small_object_allocator,
-        free_closed_transports_at_once,
-        raise_open_file_limit,
-        tune_allocator,
-    )
-
-    choose_small_object_allocator(config.server.allocator, restart=args.own_process)  # may start over
+    from broadcaster.process import raise_open_file_limit, tune_allocator
     from web.app import create_app
 
     tune_allocator()  # before the first thread
-    free_closed_transports_at_once()
     before, after = raise_open_file_limit()
     if after != before:
         logging.getLogger("broadcaster.serve").info("open files: limit raised from %d to %d", before, after)
@@ -127,33 +118,25 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
     # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
     app = create_app(config)
-    if config.server.gc_freeze != "off":
-        _keep_full_collections_short(app, config.server.gc_freeze, config.server.gc_thaw_minutes * 60)
+    app.on_startup.append(_freeze_startup_heap)  # after the app's own start-up: voice and channels loaded
     web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
     return 0
 
 
-def _keep_full_collections_short(app, mode: str, thaw_after_s: float) -> None:  # noqa: ANN001
-    from broadcaster.runtime.collector import AudienceFreezer, HeapFreezer
-    from web.keys import HUB, METRICS
+async def _freeze_startup_heap(app) -> None:  # noqa: ANN001
+    """What start-up made (modules, the voice, the channels: most of the heap) lives until exit: once
+    frozen, no full collection walks it again, so each one stops the server for less time."""
+    import gc
 
-    counted = app[METRICS].gc_frozen.set
-    if mode == "audience":
-        freezer = AudienceFreezer(app[HUB].audience, walk_every_s=thaw_after_s, on_count=counted)
-    else:
-        freezer = HeapFreezer(thaw_after_s if mode == "survivors" else None, on_count=counted)
+    from web.keys import METRICS
 
-    async def start(app) -> None:  # noqa: ANN001  (after the app's own start-up: voice and channels loaded)
-        frozen = freezer.start(asyncio.get_running_loop())
-        logging.getLogger("broadcaster.serve").info(
-            "start-up heap frozen: %d objects the collector no longer walks", frozen
-        )
-
-    async def stop(app) -> None:  # noqa: ANN001
-        freezer.stop()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    app[METRICS].gc_frozen.set(frozen)
+    logging.getLogger("broadcaster.serve").info(
+        "start-up heap frozen: %d objects the collector no longer walks", frozen
+    )
 
 
 async def _ensure_channel(config: Config, name: str) -> None:

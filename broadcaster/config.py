@@ -1,5 +1,6 @@
 """Configuration: built-in defaults, overlaid by a TOML file, the environment and command-line flags."""
 
+import logging
 import os
 import re
 import tomllib
@@ -11,7 +12,7 @@ from typing import Any
 from broadcaster.core.timeline import TimelineConfig
 from broadcaster.errors import BadInput
 
-GC_FREEZE_MODES = ("audience", "startup", "survivors", "off")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,10 @@ class ServerConfig:
     log_format: str = "text"  # "text" for people, "json" for log collectors (one object per line)
     log_audio_fetches: bool = False  # access-log successful chunk fetches too: one line per listener per sentence
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
-    allocator: str = "malloc"  # Python's small objects from glibc ("malloc") or pymalloc; see process.py
-    gc_freeze: str = "audience"  # objects `serve` keeps out of the cycle collector's walks; see runtime/collector.py
-    gc_thaw_minutes: float = 10  # how often all frozen objects are walked once ("audience": at first; see collector.py)
-    fanout_processes: int = 0  # processes writing a large broadcast to listeners' sockets; 0 = one per core, at most 4
     cors_origins: tuple[str, ...] = ("*",)  # pages that may read public channels cross-origin; see web/cors.py
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", _origins(self.cors_origins))
-        if self.gc_freeze not in GC_FREEZE_MODES:
-            raise BadInput(f"expected [server] gc_freeze among {', '.join(GC_FREEZE_MODES)}, got {self.gc_freeze!r}")
-        if not self.gc_thaw_minutes > 0:  # 0 would walk the whole heap on every turn of the event loop
-            raise BadInput(f"expected [server] gc_thaw_minutes above 0, got {self.gc_thaw_minutes!r}")
 
 
 ORIGIN = re.compile(r"\*|https?://[^/\s:]+(:\d+)?/?", re.IGNORECASE)
@@ -241,8 +234,22 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return Config(**sections)
 
 
+# Keys that older versions read and this one does not: a config file that still sets one is served
+# with a warning naming it, not refused.
+RETIRED = {
+    ("server", "fanout_processes"): "the fan-out helper processes are gone (docs/performance.md)",
+    ("server", "gc_freeze"): "the start-up heap is always frozen once, and the collector otherwise left alone",
+    ("server", "gc_thaw_minutes"): "nothing is frozen after start-up, so there is nothing to thaw",
+    ("server", "allocator"): "Python's own allocator is used (set PYTHONMALLOC=malloc in the environment for glibc's)",
+}
+
+
 def _overlay(name: str, section: Any, values: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(section)}
+    values = dict(values)
+    for key in [key for key in values if (name, key) in RETIRED]:
+        log.warning("[%s] %s in the config file is no longer used, and was ignored: %s", name, key, RETIRED[name, key])
+        del values[key]
     for key, value in values.items():
         if key not in known:
             raise BadInput(f"expected one of {sorted(known)} in [{name}], got {key!r}")

@@ -4,7 +4,6 @@ from aiohttp import web
 
 from broadcaster.auth import Admission, Credential
 from broadcaster.errors import BadInput, GenerationError, NotFound
-from broadcaster.runtime.collector import held_off
 from db.audio_store import FORMATS
 
 from .access import producer_channel, require_listener
@@ -18,12 +17,11 @@ CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac"}
 
 async def submit_request(request: web.Request) -> web.Response:
     station = request.app[STATION]
-    with held_off:  # on the way to an announcement every listener waits for (runtime/collector.py)
-        name = await producer_channel(request)
-    body = await json_body(request)  # not held off: a body may arrive slowly
+    name = await producer_channel(request)
+    body = await json_body(request)
     if "text" not in body:
         raise BadInput(f'expected a JSON object with "text", got keys {sorted(body)[:10]}')
-    queued, position = await station.submit(name, body["text"])  # held off again inside, to the announcement
+    queued, position = await station.submit(name, body["text"])
     return web.json_response(
         {
             "request_id": queued.request_id,

@@ -11,11 +11,10 @@ from aiohttp import web
 
 from broadcaster.config import Config
 from broadcaster.runtime.clock import wall_clock_ms
-from broadcaster.runtime.collector import PauseTimer
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.ownership import ServerLease
 from broadcaster.runtime.station import Station
-from broadcaster.runtime.telemetry import Telemetry
+from broadcaster.runtime.telemetry import PauseTimer, Telemetry
 from db.audio_store import AudioStore
 from db.leases import Leases
 from db.store import Store
@@ -30,7 +29,6 @@ from .middleware import json_errors
 from .publish import Publisher
 from .requestlog import AUDIO_FETCH, quiet_malformed_requests, request_log, stamp_request_id
 from .revocation import CredentialWatch
-from .sendmany import SocketWriter
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +65,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
     app[METRICS] = Telemetry()
-    failed = app[METRICS].fanout_helper_failures.inc
-    app[HUB] = Hub(app[METRICS], SocketWriter(config.server.fanout_processes, on_failure=failed))
+    app[HUB] = Hub(app[METRICS])
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app[WATCH] = CredentialWatch(lambda name: app[STATION].gate.current(name), config.limits.credential_recheck_s)
     quiet_malformed_requests()

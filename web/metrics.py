@@ -36,7 +36,6 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.set_leads({name: runner.channel.lead_ms for name, runner in app[STATION].runners.items()})
     telemetry.set_chunk_cache(app[AUDIO].cached_bytes)
     telemetry.set_malloc(await asyncio.to_thread(malloc_usage))
-    telemetry.set_fanout_helpers(len(app[HUB].writer.helper_pids))
     station = app[STATION]
     telemetry.set_synthesis(
         station.synthesis.backlog, station.synthesis.speed, station.streaming_count(), station.synthesis.live_capacity()

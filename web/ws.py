@@ -93,8 +93,6 @@ async def _listen(
         runner.name,
         limits.ws_send_queue,
         counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
-        transport=request.transport,
-        buffer_limit=limits.ws_socket_buffer_bytes or 65536,
     )
     watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:
@@ -164,8 +162,10 @@ async def _refuse(ws: web.WebSocketResponse, code: int, error: dict[str, Any]) -
 def _break_cycles(request: web.Request, ws: web.WebSocketResponse) -> None:
     """aiohttp (3.14) leaves a finished WebSocket in reference cycles: the heartbeat callback stays on
     the connection's handler, and the error that ended an abrupt disconnect keeps its traceback, whose
-    frames hold the response. ~40 objects per departed listener that only a full collection frees, and
-    that wait for a thaw once frozen (runtime/collector.py). Broken here; a no-op where aiohttp does it."""
+    frames hold the response. ~40 objects per departed listener that only a full collection would free;
+    with thousands of listeners coming and going they pile up in the oldest generation, holding memory
+    and lengthening every full collection (each of which stops the server). Broken here, they are freed
+    the moment the handler returns; a no-op where aiohttp does it."""
     protocol = request.protocol
     if getattr(protocol, "_data_received_cb", None) is not None:
         protocol._data_received_cb = None

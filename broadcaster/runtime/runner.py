@@ -19,7 +19,6 @@ from broadcaster.errors import BadInput, GenerationError
 from db.store import Store
 
 from .clock import Clock
-from .collector import held_off
 from .generator import ChunkMaker
 
 log = logging.getLogger(__name__)
@@ -106,22 +105,20 @@ class ChannelRunner:
         async with self._lock:
             if max_line is not None and len(self.channel.line) >= max_line:
                 raise QueueFull(f"channel {self.name!r} already has {max_line} requests waiting; try again later")
-            with held_off:  # a collection would hold up the announcement to every listener
-                await self.store.insert_request(request, self.channel_id)
-                inserted = _saved_state(request)
-                events = self._step(step or partial(self.channel.submit, request))
-                if not request.chunks and _saved_state(request) == inserted:
-                    self.channel.dirty.discard(request.request_id)  # the row just inserted says all of it
-                await self._commit(events)
-                return self.channel.line_position(request.request_id)
+            await self.store.insert_request(request, self.channel_id)
+            inserted = _saved_state(request)
+            events = self._step(step or partial(self.channel.submit, request))
+            if not request.chunks and _saved_state(request) == inserted:
+                self.channel.dirty.discard(request.request_id)  # the row just inserted says all of it
+            await self._commit(events)
+            return self.channel.line_position(request.request_id)
 
     async def apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
         """Run one core step at the current time, persist what changed, announce it."""
         async with self._lock:
-            with held_off:
-                events = self._step(step)
-                await self._commit(events)
-                return events
+            events = self._step(step)
+            await self._commit(events)
+            return events
 
     def _step(self, step: Callable[[int], list[Event]]) -> list[Event]:
         now = self.clock()

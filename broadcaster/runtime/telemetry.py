@@ -12,6 +12,7 @@ registry calls as it renders, the rest (requests by state, listeners) set by
 web/metrics.py just before.
 """
 
+import gc
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ disable_created_metrics()
 # Synthesizing a sentence takes tens of milliseconds with the tone engine and up to
 # tens of seconds for a long sentence with Piper on a slow machine.
 CHUNK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-# One broadcast takes about 10 microseconds per listener: milliseconds for hundreds, 0.1 s for thousands.
+# Queueing one broadcast for every listener takes microseconds per listener: milliseconds for thousands.
 BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 # A young collection takes a millisecond or so; a full one about a microsecond per tracked object,
 # which is most of a second with thousands of listeners.
@@ -139,8 +140,8 @@ class Telemetry:
         )
         self.broadcast_seconds = Histogram(
             "broadcaster_broadcast_seconds",
-            "How long one broadcast took to hand its messages to every WebSocket "
-            "listener of a channel (written to the socket, or queued behind a backlog).",
+            "How long one broadcast took to put its messages on the send queue of every "
+            "WebSocket listener of a channel (each listener's writer task sends them after).",
             (),
             buckets=BROADCAST_BUCKETS_S,
             registry=r,
@@ -170,14 +171,13 @@ class Telemetry:
         self.heap_blocks = Gauge(
             "broadcaster_python_heap_blocks",
             "Memory blocks the Python interpreter has allocated: steady when "
-            "nothing leaks, whatever the allocator keeps in reserve (counted by pymalloc only: 0 under "
-            '[server] allocator = "malloc").',
+            "nothing leaks, whatever the allocator keeps in reserve (0 where PYTHONMALLOC=malloc).",
             registry=r,
         )
         self.malloc_in_use = Gauge(
             "broadcaster_malloc_in_use_bytes",
             "Memory the C library's allocator has handed out and not had back "
-            '(Python\'s objects under the default [server] allocator = "malloc", SQLite, buffers): steady when '
+            "(SQLite, buffers, Python's large objects and its small-object arenas): steady when "
             "nothing leaks. 0 where the C library is not glibc 2.33 or later.",
             registry=r,
         )
@@ -197,17 +197,6 @@ class Telemetry:
             "Chunk audio held in memory for listeners' fetches (bounded by [server] chunk_cache_mb).",
             registry=r,
         )
-        self.fanout_helpers = Gauge(
-            "broadcaster_fanout_helpers",
-            "Helper processes writing large broadcasts (they start with the first broadcast to 1024 or more sockets).",
-            registry=r,
-        )
-        self.fanout_helper_failures = Counter(
-            "broadcaster_fanout_helper_failures_total",
-            "Fan-out helper processes that failed and were stopped; "
-            "the listeners they were writing to at the time were closed with 1011 and reconnect.",
-            registry=r,
-        )
         self.gc_pauses = GcPauses(
             "broadcaster_gc_pause_seconds",
             "How long each run of Python's cycle collector stopped the server, by "
@@ -217,9 +206,8 @@ class Telemetry:
         r.register(self.gc_pauses)
         self.gc_frozen = Gauge(
             "broadcaster_gc_frozen_objects",
-            "Objects frozen out of the cycle collector's walks, as last counted: at "
-            "start-up and at each walk of them all (counting visits every one, so it is done only then). 0 when "
-            '[server] gc_freeze is "off", or outside `broadcaster serve`.',
+            "Objects frozen out of the cycle collector's walks once, after start-up "
+            "(the modules, the voice, the channels). 0 outside `broadcaster serve`.",
             registry=r,
         )
         self.uptime = Gauge("broadcaster_uptime_seconds", "Seconds since this server started.", registry=r)
@@ -351,9 +339,6 @@ class Telemetry:
         self.decodes.labels(state="running").set(running)
         self.decodes.labels(state="waiting").set(waiting)
 
-    def set_fanout_helpers(self, running: int) -> None:
-        self.fanout_helpers.set(running)
-
     def set_listeners(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Counts by (channel, kind), replacing the last scrape's."""
         self.listeners.clear()
@@ -403,6 +388,32 @@ class GcPauses:
             cumulative = list(accumulate(counts))
             family.add_metric([str(generation)], list(zip(self._les, cumulative)), self._sums[generation])
         yield family
+
+
+class PauseTimer:
+    """Times each run of the cycle collector through `gc.callbacks`, which stops the whole server
+    (the collecting thread holds the GIL throughout). Collections never overlap, so one start time
+    is enough."""
+
+    def __init__(self, observe: Callable[[int, float], None]):
+        self.observe = observe  # (generation, seconds) of one finished collection
+        self._started: float | None = None
+
+    def start(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._started = now
+        elif self._started is not None:
+            self.observe(info["generation"], now - self._started)
+            self._started = None
 
 
 def resident_memory_bytes() -> int:

@@ -120,8 +120,6 @@ EXPORTED = {
     "broadcaster_malloc_free_bytes": ("gauge", set()),
     "broadcaster_sqlite_memory_bytes": ("gauge", set()),
     "broadcaster_chunk_cache_bytes": ("gauge", set()),
-    "broadcaster_fanout_helpers": ("gauge", set()),
-    "broadcaster_fanout_helper_failures_total": ("counter", set()),
     "broadcaster_gc_pause_seconds": ("histogram", {"generation"}),
     "broadcaster_gc_frozen_objects": ("gauge", set()),
     "broadcaster_uptime_seconds": ("gauge", set()),
