@@ -275,7 +275,7 @@ def _listen(config: Config, args: argparse.Namespace) -> int:
 
 def _cleanup(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.cleanup import purge
-    from db.audio_store import AudioStore
+    from db.audio_store import open_audio_store
 
     async def run() -> dict[str, int]:
         store = await _open_store(config)
@@ -283,7 +283,8 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
             retention_ms = int(config.cleanup.retention_days * 86_400_000)
             from broadcaster.runtime.clock import wall_clock_ms
 
-            result = await purge(store, AudioStore(config.data_path / "audio"), wall_clock_ms() - retention_ms)
+            audio = open_audio_store(config.data_path, store.engine)
+            result = await purge(store, audio, wall_clock_ms() - retention_ms)
             return result.summary()
         finally:
             await store.close()

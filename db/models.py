@@ -6,6 +6,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -100,3 +101,38 @@ class LeaseRow(Base):
     holder_url: Mapped[str] = mapped_column(String(300), default="", server_default="")  # where it takes requests
     epoch: Mapped[int] = mapped_column(BigInteger)
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)  # by the database's clock
+
+
+# Audio in the database: where every process of a cluster must serve every chunk (db/audio_database.py).
+# No foreign keys to the requests: a track's audio is stored before its request row, and the purge
+# deletes rows before bytes; audio no request claims is found by the orphan sweep instead.
+
+
+class ChunkAudioRow(Base):
+    """The bytes of one chunk in one format (FLAC or MP3), stored once and never changed."""
+
+    __tablename__ = "chunk_audio"
+    chunk_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    fmt: Mapped[str] = mapped_column(String(4), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(32), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    written_at_ms: Mapped[int] = mapped_column(BigInteger)  # by the database's clock
+
+
+class TrackAudioRow(Base):
+    """A track request's audio: the segments of `source_id`, the request that decoded them (itself, or
+    the original of a repeat or retry, which shares them)."""
+
+    __tablename__ = "track_audio"
+    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(32), index=True)
+    written_at_ms: Mapped[int] = mapped_column(BigInteger)  # by the database's clock
+
+
+class TrackSegmentRow(Base):
+    """One segment of a decoded track as FLAC: normalized stereo PCM, cut as the track's chunks are."""
+
+    __tablename__ = "track_segments"
+    source_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -8,8 +8,9 @@ The length cap counts samples as they pass (atrim), since timestamps in a hostil
 advance; every decode also has a wall-clock timeout and an address-space cap (tts/children.py).
 
 A file is decoded once, strictly, with EBU R128 loudness normalization to the configured target
-so music and narration sit at the same level, into a 44.1 kHz stereo FLAC master next to the
-request's chunks. Chunks are then read from the master segment by segment.
+so music and narration sit at the same level, into a 44.1 kHz stereo FLAC master. Chunks are then
+read from the master segment by segment: as the track plays (files, db/audio_files.py), or all at
+once when it is stored (the database, db/audio_database.py).
 """
 
 import asyncio
@@ -22,7 +23,7 @@ import soundfile
 from broadcaster.errors import BadInput
 
 from .children import Tail, spawn, stop
-from .encode import ffmpeg_exe
+from .encode import ffmpeg_exe, flac_bytes
 from .engine import Pcm
 
 TRACK_RATE = 44100
@@ -252,3 +253,8 @@ def read_segment(master: Path, seq: int, count: int) -> Pcm:
     frames = size if seq < count - 1 else -1
     samples, rate = soundfile.read(master, start=seq * size, frames=frames, dtype="int16", always_2d=True)
     return Pcm(samples, rate)
+
+
+def segment_flacs(master: Path, first: int, end: int, count: int) -> list[bytes]:
+    """Segments `first` to `end` (excluded) of `count` as FLAC files, each as `read_segment` reads it."""
+    return [flac_bytes(read_segment(master, seq, count)) for seq in range(first, end)]

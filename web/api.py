@@ -4,7 +4,7 @@ from aiohttp import web
 
 from broadcaster.auth import Admission, Credential
 from broadcaster.errors import BadInput, GenerationError, NotFound
-from db.audio_store import FORMATS
+from db.audio_store import FORMATS, AudioUnavailable
 
 from .access import producer_channel, require_listener
 from .http_util import error_response, json_body, path_id
@@ -111,6 +111,8 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
         data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
+    except AudioUnavailable as exc:
+        return error_response(503, "audio_unavailable", f"the audio of chunk {chunk_id} cannot be read now: {exc}")
     except (GenerationError, OSError) as exc:
         return error_response(503, "encoding_failed", f"the MP3 of chunk {chunk_id} could not be made: {exc}")
     headers = {

@@ -15,7 +15,7 @@ from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.ownership import ServerLease
 from broadcaster.runtime.station import Station
 from broadcaster.runtime.telemetry import PauseTimer, Telemetry
-from db.audio_store import AudioStore
+from db.audio_store import open_audio_store
 from db.leases import Leases
 from db.store import Store
 from tts.engine import TtsEngine
@@ -114,7 +114,9 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         engine = await level(engine, config.music.target_lufs)
         await engine.idle()  # leveling spoke a passage: give its working memory back
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
-        audio = AudioStore(config.data_path / "audio", cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024))
+        audio = open_audio_store(
+            config.data_path, store.engine, shared=False, cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024)
+        )
         publish = Publisher(app[HUB], lambda: app[STATION].runners)
         station = Station(config, store, audio, engine, publish, metrics=app[METRICS], audience=app[HUB].count)
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station

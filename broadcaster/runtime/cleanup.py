@@ -1,8 +1,10 @@
 """Purge old finished audio (played, failed, cancelled): rows first, then bytes, then orphaned bytes.
 
 Rows go first so no row ever points at deleted audio; if the process dies
-between the two steps, the files are orphans and the next sweep removes them.
-Safe while the server runs: only finished requests are touched.
+between the two steps, the bytes (files, or rows of the audio tables when audio
+lives in the database) are orphans and the next sweep removes them. Each
+machine also sweeps its own unfinished writes. Safe while the server runs: only
+finished requests are touched.
 """
 
 import asyncio
@@ -30,16 +32,17 @@ async def purge(store: Store, audio: AudioStore, before_ms: int, orphan_grace_s:
     ids = await store.purge_finished(before_ms)
     result.request_ids = set(ids)
     for request_id in ids:
-        result.bytes_freed += await asyncio.to_thread(audio.delete_request, request_id)
-        audio.forget(request_id)
+        result.bytes_freed += await audio.delete_request(request_id)
     known = await store.request_ids()
-    for orphan in await asyncio.to_thread(audio.orphans, known, orphan_grace_s):
-        result.bytes_freed += await asyncio.to_thread(audio.delete_request, orphan)
-        audio.forget(orphan)
+    for orphan in await audio.orphans(known, orphan_grace_s):
+        result.bytes_freed += await audio.delete_request(orphan)
         result.orphans += 1
-    freed, count = await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", orphan_grace_s)
-    result.bytes_freed += freed
-    result.orphans += count
+    for freed, count in (
+        await audio.sweep_parts(orphan_grace_s),
+        await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", orphan_grace_s),
+    ):
+        result.bytes_freed += freed
+        result.orphans += count
     return result
 
 

@@ -4,7 +4,9 @@ A chunk counts as ready once its lossless FLAC is stored: that is all the
 timeline and the progressive stream need. Its MP3, what browsers fetch, is
 finished a few tens of milliseconds later by an encoder that was started while
 the sentence was being synthesized. A fetch that arrives in between waits for
-it; an MP3 lost to a crash between the two files is rebuilt from the FLAC.
+it; an MP3 lost to a crash between the two files is rebuilt from the FLAC. (With the audio in a
+shared database, a process that is not the chunk's maker may rebuild it too, if asked before the
+maker stored it: the bytes are the same, and the second to store them changes nothing.)
 """
 
 import asyncio
@@ -37,7 +39,7 @@ class Mp3Delivery:
         Raises FileNotFoundError if the chunk's audio is gone, GenerationError if encoding keeps failing.
         """
         for attempt in (1, 2):
-            if chunk_id not in self.jobs and not self.audio.has(request_id, chunk_id, "mp3"):
+            if chunk_id not in self.jobs and not await self.audio.has(request_id, chunk_id, "mp3"):
                 self._track(chunk_id, self._rebuild(request_id, chunk_id))
             job = self.jobs.get(chunk_id)
             if job is None:

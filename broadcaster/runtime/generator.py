@@ -9,7 +9,7 @@ from broadcaster.core.model import Chunk, Request
 from db.audio_store import AudioStore
 from tts.encode import flac_bytes
 from tts.engine import Pcm, TtsEngine
-from tts.tracks import TRACK_CHANNELS, TRACK_RATE, read_segment
+from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .clock import Clock
 from .delivery import Mp3Delivery
@@ -27,16 +27,15 @@ class ChunkMaker:
     synthesis: SynthesisQueue | None = None  # shares the engine fairly between channels
 
     async def make(self, request: Request, seq: int, deadline_ms: int | None = None) -> Chunk:
-        """Raises GenerationError (engine) or OSError (disk). `deadline_ms`: when the chunk must be
-        ready to start on time, if it is already awaited."""
+        """Raises GenerationError (engine) or OSError (disk, or the audio's database away). `deadline_ms`:
+        when the chunk must be ready to start on time, if it is already awaited."""
         started = time.perf_counter()
         text, rid, chunk_id = request.sentences[seq], request.request_id, new_id()
         rate, channels = (TRACK_RATE, TRACK_CHANNELS) if request.kind == "track" else (self.engine.sample_rate, 1)
         encoder = await self.delivery.encoder_for(rid, chunk_id, rate, channels)
         try:
             pcm = await self._produce(request, seq, deadline_ms)
-            await self.audio.write_part(rid, chunk_id, "flac", await asyncio.to_thread(flac_bytes, pcm))
-            await self.audio.commit(rid, chunk_id, "flac")
+            await self.audio.put(rid, chunk_id, "flac", await asyncio.to_thread(flac_bytes, pcm))
         except BaseException:
             await asyncio.shield(encoder.abandon())
             raise
@@ -56,9 +55,7 @@ class ChunkMaker:
 
     async def _produce(self, request: Request, seq: int, deadline_ms: int | None) -> Pcm:
         if request.kind == "track":
-            return await asyncio.to_thread(
-                read_segment, self.audio.track_path(request.request_id), seq, len(request.sentences)
-            )
+            return await self.audio.track_segment(request.request_id, seq, len(request.sentences))
         if self.synthesis is not None:
             return await self.synthesis.speak(request.sentences[seq], deadline_ms)
         return await self.engine.synthesize(request.sentences[seq])

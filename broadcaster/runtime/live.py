@@ -32,7 +32,7 @@ from broadcaster.core.model import Chunk
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
 from broadcaster.core.titles import item_title, stream_title
-from db.audio_store import AudioStore
+from db.audio_store import AudioStore, AudioUnavailable
 from tts.encode import Mp3Encoder, decode_flac
 
 from .clock import Clock
@@ -204,8 +204,8 @@ class LiveStream:
             try:
                 pcm = await decode_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))
                 samples = await asyncio.to_thread(convert, pcm.samples, pcm.sample_rate, self.rate, self.channels)
-            except FileNotFoundError:
-                samples = np.zeros((0, self.channels), dtype=np.int16)  # purged meanwhile: silence, not a broken stream
+            except (FileNotFoundError, AudioUnavailable):  # purged meanwhile, or its database away:
+                samples = np.zeros((0, self.channels), dtype=np.int16)  # silence, not a broken stream
             self._cache[chunk.chunk_id] = samples
             if len(self._cache) > CACHE_CHUNKS:
                 self._cache.popitem(last=False)

@@ -2,8 +2,6 @@
 
 import asyncio
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -45,15 +43,6 @@ def _guarded(step, *args):  # noqa: ANN001, ANN002, ANN202
         return step(*args)
     except (ValueError, KeyError) as exc:
         raise Conflict(str(exc).strip("'\"")) from None
-
-
-def _link(source: Path, target: Path) -> None:
-    """Share a track's master with its repeat copy (hard link; a copy where links are not possible)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> list:
@@ -195,7 +184,7 @@ class Station:
         await runner.submit(copy, partial(runner.channel.insert_repeat, original, copy))
 
     async def _copy(self, name: str, original: Request, repeat_of: str | None = None) -> Request:
-        """A new request with the same audio source (a track shares its master file)."""
+        """A new request with the same audio source (a track shares the original's audio)."""
         copy = Request(
             new_id(),
             name,
@@ -210,9 +199,7 @@ class Station:
             repeat_of=repeat_of,
         )
         if original.kind == "track":
-            await asyncio.to_thread(
-                _link, self.audio.track_path(original.request_id), self.audio.track_path(copy.request_id)
-            )
+            await self.audio.share_track(original.request_id, copy.request_id)
         return copy
 
     def _music_folder(self, name: str) -> Path:
@@ -308,11 +295,13 @@ class Station:
         limits = DecodeLimits(
             music.max_track_minutes * 60, music.decode_timeout_s, music.decode_memory_mb * 1024 * 1024
         )
-        return await prepare_track(source, self.audio.track_path(request_id), music.target_lufs, limits, fallback_title)
+        master = self.audio.decode_path(request_id)
+        info = await prepare_track(source, master, music.target_lufs, limits, fallback_title)
+        await self.audio.keep_track(request_id, info.segments)
+        return info
 
     async def _forget_audio(self, request_id: str) -> None:
-        await asyncio.to_thread(self.audio.delete_request, request_id)
-        self.audio.forget(request_id)
+        await self.audio.delete_request(request_id)
 
     def music_file(self, relative: object) -> Path:
         """A file inside the configured music folder; anything else is refused."""

@@ -15,18 +15,20 @@ from broadcaster.core.model import Request
 from db import schema
 from db.store import Store, make_engine
 
-SECOND_REVISION = '''"""Channels get a motto and longer names (a revision newer than the baseline, for the tests). SQLite cannot
+HEAD = schema._head(schema.MIGRATIONS)  # this release's newest revision
+NEXT = f"{int(HEAD) + 1:04d}"  # the next release's
+NEXT_REVISION = '''"""Channels get a motto and longer names (a revision newer than this release's, for the tests). SQLite cannot
 change a column's type in place: the batch copies the table, drops the old one and renames the copy.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: {next}
+Revises: {head}
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "{next}"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -62,7 +64,7 @@ def newer_release(tmp_path: Path) -> str:
     """This release's migrations plus a second revision, as the next release would ship them."""
     location = tmp_path / "migrations"
     shutil.copytree(schema.MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "0002_motto.py").write_text(SECOND_REVISION)
+    (location / "versions" / f"{NEXT}_motto.py").write_text(NEXT_REVISION.format(next=NEXT, head=HEAD))
     return str(location)
 
 
@@ -79,20 +81,20 @@ def serve(config: Path, migrations: str | None = None) -> subprocess.CompletedPr
 
 
 async def test_serve_refuses_an_older_database_until_db_upgrade_migrates_it(config, database_url, newer_release):
-    """A database at the baseline under a release that has revision 0002: serve exits with the advice to run
+    """A database at this release's revision under the next release: serve exits with the advice to run
     `broadcaster db upgrade`; that command migrates it, keeping its channel and the request that refers to it (on
     SQLite the channels table is rebuilt, and dropping the old one must not cascade)."""
     store = Store(database_url)
-    await store.create_schema()  # at the baseline
+    await store.create_schema()  # at this release's revision
     channel_id = (await store.create_channel("table", "digest", 0)).id
     await store.insert_request(Request("r1", "table", "Hi.", ["Hi."], 0), channel_id)
     await store.close()
     refused = serve(config, newer_release)
     assert refused.returncode == 2, refused.stderr
-    assert "at 0001, an older one" in refused.stderr and "run `broadcaster db upgrade`" in refused.stderr
+    assert f"at {HEAD}, an older one" in refused.stderr and "run `broadcaster db upgrade`" in refused.stderr
     upgraded = broadcaster("db", "upgrade", config=config, migrations=newer_release)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.strip() == "the database is now at revision 0002 (it was at 0001)"
+    assert upgraded.stdout.strip() == f"the database is now at revision {NEXT} (it was at {HEAD})"
     engine = make_engine(database_url)
     await schema.prepare(engine, newer_release)  # ready for the newer release
     async with engine.connect() as conn:
@@ -104,14 +106,14 @@ async def test_serve_refuses_an_older_database_until_db_upgrade_migrates_it(conf
 
 
 async def test_serve_and_db_upgrade_refuse_a_database_a_newer_release_migrated(config, database_url, newer_release):
-    """A database the next release migrated to 0002: this release's serve and db upgrade both refuse it, naming
+    """A database the next release migrated: this release's serve and db upgrade both refuse it, naming
     the revision, and so does the server's own start."""
     engine = make_engine(database_url)
     await schema.upgrade(engine, newer_release)
     await engine.dispose()
     for refused in (serve(config), broadcaster("db", "upgrade", config=config)):
         assert refused.returncode == 2, refused.stderr
-        assert "this database was migrated by a newer Broadcaster (revision 0002)" in refused.stderr
+        assert f"this database was migrated by a newer Broadcaster (revision {NEXT})" in refused.stderr
     store = Store(database_url)
     with pytest.raises(schema.SchemaMismatch, match="newer Broadcaster"):
         await store.create_schema()

@@ -9,7 +9,7 @@ import websockets
 from conftest import start_server
 from sqlalchemy.exc import OperationalError
 
-from db.audio_store import AudioStore
+from db.audio_files import FileAudioStore
 from db.store import Store
 from tts.tone_engine import ToneEngine
 
@@ -54,7 +54,7 @@ async def test_engine_crash_fails_the_request_and_the_next_starts(tmp_path):
 
 async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(tmp_path, monkeypatch):
     """A disk-full error while storing a chunk fails that request; the next request plays normally."""
-    original = AudioStore._commit
+    original = FileAudioStore._commit
 
     def commit(self, request_id, chunk_id, fmt):
         if request_id == doomed[0]:
@@ -62,7 +62,7 @@ async def test_failed_chunk_write_fails_the_request_and_the_channel_carries_on(t
         return original(self, request_id, chunk_id, fmt)
 
     doomed: list[str] = []
-    monkeypatch.setattr(AudioStore, "_commit", commit)
+    monkeypatch.setattr(FileAudioStore, "_commit", commit)
     runner, server = await start_server(tmp_path, {"tts": {"tone_delay_ms": 100}})
     try:
 
