@@ -45,7 +45,7 @@ from .models import ChunkAudioRow, TrackAudioRow, TrackSegmentRow
 CHUNKS = ChunkAudioRow.__table__
 TRACKS = TrackAudioRow.__table__
 SEGMENTS = TrackSegmentRow.__table__
-SEGMENT_BATCH = 8  # segments cut and inserted at a time: about 4 MB of FLAC in memory, whatever the track's length
+SEGMENT_BATCH = 8  # segments cut and inserted at a time: 4-6 MB of FLAC in memory, whatever the track's length
 _INSERT = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
@@ -56,9 +56,8 @@ class DatabaseAudioStore(AudioStore):
         if dialect not in _INSERT:
             raise BroadcasterError(f"expected a PostgreSQL or SQLite database for audio, got {dialect}")
         self.engine = engine
-        now = literal_column(NOW_MS[dialect])
-        self._now = now
-        self._insert_chunk = _INSERT[dialect](CHUNKS).values(written_at_ms=now).on_conflict_do_nothing()
+        self._now = literal_column(NOW_MS[dialect])
+        self._insert_chunk = _INSERT[dialect](CHUNKS).values(written_at_ms=self._now).on_conflict_do_nothing()
         # Spool names carry this store's own tag: processes on one machine may share the directory.
         self._tag = f"{os.getpid()}-{os.urandom(3).hex()}"
 
