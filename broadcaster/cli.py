@@ -6,15 +6,21 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from broadcaster import logs
 from broadcaster.config import Config, load_config
-from broadcaster.errors import BroadcasterError
+from broadcaster.errors import BadInput, BroadcasterError
+
+Command = Callable[[Config, argparse.Namespace], int]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, serve: Command | None = None) -> int:
+    """The command line. `serve` runs the server: the web adapter passes it (web/cli.py, the installed
+    `broadcaster` command), so this package never imports the adapter that wires it."""
+    args = _parser(serve or _no_server).parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # as given: worker processes are started with it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config).with_server(
@@ -29,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _no_server(config: Config, args: argparse.Namespace) -> int:
+    raise BadInput("expected the 'broadcaster' command (web/cli.py) to run the server")
+
+
+def _parser(serve_command: Command) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", help="TOML config file (defaults are built in)")
     common.add_argument("--data-dir", metavar="DIR", help="where the database and audio live")
@@ -40,7 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--default-channel", metavar="NAME", help="create this channel if there is none")
-    serve.set_defaults(run=_serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="server processes sharing the port (cluster mode only; default there: one per core)",
+    )
+    serve.set_defaults(run=serve_command)
 
     channel = sub.add_parser("channel", help="manage channels").add_subparsers(required=True, metavar="ACTION")
     create = channel.add_parser("create", parents=[common], help="create a channel and print its producer token")
@@ -100,46 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(config: Config, args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from broadcaster.process import raise_open_file_limit, tune_allocator
-    from web.app import create_app
-
-    tune_allocator()  # before the first thread
-    before, after = raise_open_file_limit()
-    if after != before:
-        logging.getLogger("broadcaster.serve").info("open files: limit raised from %d to %d", before, after)
-
-    asyncio.run(_check_database(config))  # a database at another revision is refused before anything starts
-    if args.default_channel:
-        asyncio.run(_ensure_channel(config, args.default_channel))
-    print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
-    # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
-    # backlog: a burst of listeners (a class opening the link at once) must not overflow the accept queue
-    app = create_app(config)
-    app.on_startup.append(_freeze_startup_heap)  # after the app's own start-up: voice and channels loaded
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None, backlog=1024, access_log=None)
-    return 0
-
-
-async def _freeze_startup_heap(app) -> None:  # noqa: ANN001
-    """What start-up made (modules, the voice, the channels: most of the heap) lives until exit: once
-    frozen, no full collection walks it again, so each one stops the server for less time."""
-    import gc
-
-    from web.keys import METRICS
-
-    gc.collect()
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    app[METRICS].gc_frozen.set(frozen)
-    logging.getLogger("broadcaster.serve").info(
-        "start-up heap frozen: %d objects the collector no longer walks", frozen
-    )
-
-
-async def _ensure_channel(config: Config, name: str) -> None:
+async def ensure_channel(config: Config, name: str) -> None:
     from broadcaster.runtime.accounts import create_channel
 
     store = await _open_store(config)
@@ -159,7 +136,7 @@ async def _ensure_channel(config: Config, name: str) -> None:
         await store.close()
 
 
-async def _check_database(config: Config) -> None:
+async def check_database(config: Config) -> None:
     store = await _open_store(config)
     await store.close()
 

@@ -161,8 +161,37 @@ class ScheduleEntry:
     track: str = ""
 
 
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several servers on one PostgreSQL database and one Redis (docs/cluster.md). Off while redis_url is empty."""
+
+    redis_url: str = ""  # e.g. "redis://10.0.0.5:6379/0"; with a PostgreSQL database_url, turns cluster mode on
+    internal_host: str = "127.0.0.1"  # where this process takes requests forwarded by the others; another
+    # machine's servers must reach it here, so set this machine's private address when there are several
+    internal_port: int = 0  # 0: any free port (each worker process has its own)
+    lease_s: float = 3  # a channel's owner that died is replaced within this and a third (at once on its own
+    # machine); an owner that could not renew for two thirds of it stops running the channel
+    history: int = 1000  # messages kept per channel on Redis, for listeners and processes that missed some
+    redis_prefix: str = "broadcaster"  # keys on Redis start with this (several deployments on one Redis)
+
+    def __post_init__(self) -> None:
+        if not self.lease_s >= 1:
+            raise BadInput(f"expected [cluster] lease_s of at least 1, got {self.lease_s!r}")
+        if self.history < 10:
+            raise BadInput(f"expected [cluster] history of at least 10 messages, got {self.history!r}")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise BadInput(f"expected [cluster] redis_url like redis://host:6379/0, got {self.redis_url!r}"[:200])
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
 # Settable from the environment too (containers): the variable wins over the file.
-ENVIRONMENT = {"BROADCASTER_DATABASE_URL": ("server", "database_url")}
+ENVIRONMENT = {
+    "BROADCASTER_DATABASE_URL": ("server", "database_url"),
+    "BROADCASTER_REDIS_URL": ("cluster", "redis_url"),
+}
 
 
 @dataclass(frozen=True)
@@ -175,6 +204,7 @@ class Config:
     music: MusicConfig = field(default_factory=MusicConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     radio: RadioConfig = field(default_factory=RadioConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     schedule: tuple[ScheduleEntry, ...] = ()
 
     @property
@@ -186,6 +216,14 @@ class Config:
         if self.server.database_url:
             return self.server.database_url
         return f"sqlite+aiosqlite:///{(self.data_path / 'broadcaster.db').resolve()}"
+
+    def check_cluster(self) -> None:
+        """Cluster mode shares one database between servers: SQLite cannot be shared that way."""
+        if self.cluster.enabled and not self.database_url.startswith("postgresql"):
+            raise BadInput(
+                "expected a PostgreSQL [server] database_url (or BROADCASTER_DATABASE_URL) with [cluster] "
+                "redis_url: several servers cannot share a SQLite file; remove redis_url to run one server"
+            )
 
     @property
     def base_url(self) -> str:

@@ -231,6 +231,11 @@ class RedisBus:
         self._cmd: Redis | None = None
         self._reader: Redis | None = None
 
+    @property
+    def client(self) -> Redis | None:
+        """The connection pool for commands (None before `start`), for other small uses of the same Redis."""
+        return self._cmd
+
     def keys(self, channel: str) -> tuple[str, str]:
         tag = f"{self.prefix}:{{{channel}}}"
         return f"{tag}:meta", f"{tag}:log"
@@ -282,10 +287,15 @@ class RedisBus:
     # -- publishing and reading on request ------------------------------------------
 
     async def publish(
-        self, channel: str, epoch: int, messages: Sequence[Message], snapshot: Message | None = None
+        self,
+        channel: str,
+        epoch: int,
+        messages: Sequence[Message],
+        snapshot: Message | None = None,
+        batch_id: str | None = None,
     ) -> Position:
         check_epoch(epoch)
-        args = [epoch, self.history, os.urandom(8).hex(), "" if snapshot is None else json.dumps(snapshot)]
+        args = [epoch, self.history, batch_id or os.urandom(8).hex(), "" if snapshot is None else json.dumps(snapshot)]
         args.extend(json.dumps(message) for message in messages)
         try:
             reply = await self._publish(keys=self.keys(channel), args=args)
@@ -294,6 +304,15 @@ class RedisBus:
         if reply[0] == "stale":
             raise StaleEpoch(channel, epoch, int(reply[1]))
         return Position(reply[1], int(reply[2]))
+
+    async def shared_secret(self, name: str) -> str:
+        """A random value every process on this Redis agrees on (made by the first to ask)."""
+        key = f"{self.prefix}:secret:{name}"
+        try:
+            await self._cmd.set(key, os.urandom(24).hex(), nx=True)
+            return await self._cmd.get(key)
+        except REDIS_DOWN as exc:
+            raise BusUnavailable(f"could not read the cluster's shared secret: Redis is unreachable ({exc})") from exc
 
     async def snapshot(self, channel: str) -> Snapshot | None:
         meta, _ = self.keys(channel)

@@ -8,12 +8,14 @@ from aiohttp import web
 from broadcaster.auth import Admission, Credential, valid_channel_name
 from broadcaster.errors import Unauthorized
 
+from .forward import PEER_CLIENT
 from .http_util import bearer_token
 from .keys import ACCESS, STATION
 
 
 def remote_of(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address; for a request a peer forwarded (web/forward.py), the one it came from."""
+    return request.get(PEER_CLIENT) or request.remote or "unknown"
 
 
 async def producer_channel(request: web.Request) -> str:

@@ -1,12 +1,17 @@
 """HTTP handlers: producers submit, anyone reads the queue, fetches chunks and acknowledges."""
 
+import os
+
 from aiohttp import web
 
 from broadcaster.auth import Admission, Credential
+from broadcaster.core.ids import is_id
 from broadcaster.errors import BadInput, GenerationError, NotFound
 from db.audio_store import FORMATS, AudioUnavailable
 
 from .access import producer_channel, require_listener
+from .audience import MAX_REPORTS
+from .forward import PEER_CLIENT, BadPeer
 from .http_util import error_response, json_body, path_id
 from .keys import AUDIO, HUB, METRICS, STATION, STORE
 from .messages import queue_state_json
@@ -93,7 +98,7 @@ async def queue_state(request: web.Request) -> web.Response:
     await require_listener(request, runner.name)
     async with runner.saved:
         state = queue_state_json(runner.channel, station.clock())
-    state["listeners"] = request.app[HUB].count(runner.name)
+    state["listeners"] = request.app[HUB].total(runner.name)
     return web.json_response(state)
 
 
@@ -103,12 +108,12 @@ async def chunk_audio(request: web.Request) -> web.StreamResponse:
     if fmt not in FORMATS:
         raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
     station = request.app[STATION]
-    chunk = await station.find_chunk(chunk_id)
-    credential = await require_listener(request, (await station.find_request(chunk.request_id)).channel)
+    request_id, channel = await station.chunk_owner(chunk_id)
+    credential = await require_listener(request, channel)
     try:
         if fmt == "mp3":
-            await station.delivery.ensure(chunk.request_id, chunk_id)
-        data = await request.app[AUDIO].read(chunk.request_id, chunk_id, fmt)
+            await station.delivery.ensure(request_id, chunk_id)
+        data = await request.app[AUDIO].read(request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None
     except AudioUnavailable as exc:
@@ -158,4 +163,23 @@ async def played(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     station = request.app[STATION]
-    return web.json_response({"status": "ok", "channels": len(station.runners), "server_time_ms": station.clock()})
+    return web.json_response(
+        {"status": "ok", "channels": len(station.runners), "server_time_ms": station.clock(), "process": os.getpid()}
+    )
+
+
+async def ready_reports(request: web.Request) -> web.Response:
+    """From another process of the cluster: its listeners' ready reports for a channel run here."""
+    if request.get(PEER_CLIENT) is None:
+        raise BadPeer("expected a request from a server of this cluster")
+    station = request.app[STATION]
+    runner = await station.runner(request.match_info["channel"])
+    reports = (await json_body(request)).get("reports")
+    pairs = reports if isinstance(reports, list) else []
+    if not all(isinstance(p, list) and len(p) == 2 and is_id(p[0]) and type(p[1]) is int for p in pairs[:MAX_REPORTS]):
+        raise BadInput('expected {"reports": [[chunk_id, ready_at_ms], ...]}')
+    for chunk_id, ready_at_ms in pairs[:MAX_REPORTS]:
+        need_ms = runner.listener_ready(chunk_id, ready_at_ms)
+        if need_ms is not None:
+            request.app[METRICS].listener_needed(need_ms)
+    return web.json_response({"status": "ok"})

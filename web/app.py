@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from broadcaster.config import Config
+from broadcaster.runtime.bus import InProcessBus
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.ownership import ServerLease
@@ -22,11 +23,14 @@ from tts.engine import TtsEngine
 from tts.loudness import level
 
 from . import api, cors, live, metrics, pages, stream, tracks, ws
+from .cluster import Cluster
 from .fanout import Hub
-from .keys import ACCESS, AUDIO, CONFIG, ENGINE, HUB, LIVE, METRICS, STATION, STORE, WATCH
+from .feed import Feeds
+from .forward import through_owner
+from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, ENGINE, FEEDS, HUB, LIVE, METRICS, STATION, STORE, WATCH
 from .limits import Access
 from .middleware import json_errors
-from .publish import Publisher
+from .publish import Announce, Publisher
 from .requestlog import AUDIO_FETCH, quiet_malformed_requests, request_log, stamp_request_id
 from .revocation import CredentialWatch
 
@@ -57,8 +61,9 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     # whole second, so each second's arrivals would be pinged together ever after. With thousands of
     # listeners that is a thousand pings (and then pongs) in one turn of the loop, tens of
     # milliseconds during which no announcement goes out (docs/performance.md).
+    config.check_cluster()
     app = web.Application(
-        middlewares=[request_log, json_errors],
+        middlewares=[request_log, json_errors, _forwarding],
         client_max_size=body_limit,
         handler_args={"timeout_ceil_threshold": math.inf},
     )
@@ -81,6 +86,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/move", api.move_request)
     app.router.add_post("/api/channels/{channel}/queue/shuffle", api.shuffle_queue)
     app.router.add_post("/api/channels/{channel}/queue/repeat", api.set_repeat)
+    app.router.add_post("/api/channels/{channel}/ready", api.ready_reports)  # between servers of a cluster
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
     app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)
     app.router.add_post("/api/audio/played/{chunk_id}", api.played)
@@ -103,9 +109,11 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         config.data_path.mkdir(parents=True, exist_ok=True)
         store = Store(config.database_url)
         await store.create_schema()
-        server_lease = ServerLease(Leases(store.engine), on_lost=_stop_serving)
+        cluster = Cluster(config, store, app[HUB], wall_clock_ms) if config.cluster.enabled else None
+        # One server per database, unless they form a cluster (then one owner per channel instead).
+        server_lease = None if cluster else ServerLease(Leases(store.engine), on_lost=_stop_serving)
         try:
-            await server_lease.start()  # or refuse: another server already serves this database
+            await (cluster.start() if cluster else server_lease.start())  # or refuse: see ServerLease
         except BaseException:
             await store.close()
             gc_pauses.stop()
@@ -114,25 +122,64 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         engine = await level(engine, config.music.target_lufs)
         await engine.idle()  # leveling spoke a passage: give its working memory back
         log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
-        audio = open_audio_store(
-            config.data_path, store.engine, shared=False, cache_bytes=int(config.server.chunk_cache_mb * 1024 * 1024)
+        cache_bytes = int(config.server.chunk_cache_mb * 1024 * 1024)
+        # In a cluster the audio lives in the database, so every process serves every chunk (docs/cluster.md).
+        audio = open_audio_store(config.data_path, store.engine, shared=bool(cluster), cache_bytes=cache_bytes)
+        if cluster is None:
+            bus = InProcessBus()
+            app[FEEDS] = Feeds(bus, app[HUB], wall_clock_ms)
+            announce = _in_process(bus, app[FEEDS])
+        else:
+            app[FEEDS], app[CLUSTER], announce = cluster.feeds, cluster, cluster.announce
+        publish = Publisher(announce, lambda: app[STATION].runners)
+        station = Station(
+            config,
+            store,
+            audio,
+            engine,
+            publish,
+            metrics=app[METRICS],
+            audience=app[HUB].total,
+            clustered=bool(cluster),
         )
-        publish = Publisher(app[HUB], lambda: app[STATION].runners)
-        station = Station(config, store, audio, engine, publish, metrics=app[METRICS], audience=app[HUB].count)
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
+        if cluster:
+            cluster.attach(station)
         await station.start()
         log.info("serving %d channel(s) with the %s engine", len(station.runners), engine.name)
         yield
         await app[LIVE].close()
+        if cluster:
+            await cluster.close()  # hands its channels over at once
         await publish.close()
         await station.stop()
         await engine.close()
-        await server_lease.stop()
+        if server_lease:
+            await server_lease.stop()
         await store.close()
         gc_pauses.stop()
 
     return lifecycle
+
+
+def _in_process(bus: InProcessBus, feeds: Feeds) -> Announce:
+    """One process: the bus hands a step's messages to the feed, and so to the listeners, at once."""
+
+    def announce(runner, messages) -> None:  # noqa: ANN001
+        feeds.follow_now(runner.name)
+        bus.publish_now(runner.name, runner.epoch, messages)
+
+    return announce
+
+
+@web.middleware
+async def _forwarding(request: web.Request, handler):  # noqa: ANN001, ANN202
+    """In a cluster, what only a channel's owner can do goes to it (web/forward.py)."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None:
+        return await handler(request)
+    return await through_owner(cluster.forwarder, request.app[STATION], request, handler)
 
 
 def _stop_serving() -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -128,6 +129,7 @@ class Hub:
         self._closing: set[asyncio.Task] = set()
         self._count_pending: set[str] = set()
         self._counted: dict[str, int] = {}  # listeners (not consoles) per channel, kept as they come and go
+        self.others: Callable[[str], int] = lambda channel: 0  # in a cluster: listeners on the other processes
 
     def add(self, listener: Listener) -> None:
         channel = listener.channel
@@ -155,15 +157,23 @@ class Hub:
 
     def _announce_count(self, channel: str) -> None:
         self._count_pending.discard(channel)
-        self.broadcast(channel, {"type": "listeners_changed", "listeners": self.count(channel)})
+        self.broadcast(channel, {"type": "listeners_changed", "listeners": self.total(channel)})
+
+    def others_changed(self, channel: str) -> None:
+        """Listeners came or went on other processes: tell this one's listeners the new total."""
+        self._count_changed(channel)
 
     def audience(self) -> tuple[int, int]:
         """Sockets connected now (listeners and consoles, every channel), and how many have left."""
         return sum(len(group) for group in self.listeners.values()), self.departed
 
     def count(self, channel: str) -> int:
-        """Listeners (not consoles) connected to the channel."""
+        """Listeners (not consoles) connected to the channel here."""
         return self._counted.get(channel, 0)
+
+    def total(self, channel: str) -> int:
+        """Listeners (not consoles) of the channel on every process (here alone outside a cluster)."""
+        return self.count(channel) + self.others(channel)
 
     def broadcast(self, channel: str, *payloads: dict[str, Any]) -> None:
         """Queue messages, in order, for every listener of the channel: each is serialized once, and

@@ -10,7 +10,9 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
+from .cluster import Cluster
 from .fanout import Hub
+from .feed import Feeds
 from .limits import Access
 from .revocation import CredentialWatch
 
@@ -24,3 +26,5 @@ LIVE = web.AppKey("live", LiveStreams)
 METRICS = web.AppKey("metrics", Telemetry)
 ACCESS = web.AppKey("access", Access)
 WATCH = web.AppKey("watch", CredentialWatch)
+FEEDS = web.AppKey("feeds", Feeds)
+CLUSTER = web.AppKey("cluster", Cluster)  # only in cluster mode

@@ -110,6 +110,30 @@ def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
     }
 
 
+def refresh_snapshot(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """A channel's stored state (`queue_state_json` when it was published) as of `now_ms`: the
+    server's time and where the timeline is. Everything else changes only with a step."""
+    fresh = {**state, "server_time_ms": now_ms}
+    playing = state.get("now_playing")
+    if playing is not None:
+        fresh["now_playing"] = {**playing, "position": _position_json(playing["chunks"], now_ms)}
+    return fresh
+
+
+def _position_json(chunks: list[dict[str, Any]], now_ms: int) -> dict[str, Any] | None:
+    """What `position_at` gives for the announced chunks, from their wire form."""
+    upcoming = None
+    for chunk in chunks:
+        start = chunk["starts_at_ms"]
+        if start <= now_ms < start + chunk["duration_ms"]:
+            return {"chunk_id": chunk["chunk_id"], "offset_ms": now_ms - start}
+        if start > now_ms and upcoming is None:
+            upcoming = chunk
+    return (
+        None if upcoming is None else {"chunk_id": upcoming["chunk_id"], "offset_ms": now_ms - upcoming["starts_at_ms"]}
+    )
+
+
 def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
     """The message announcing `event`, or None for events listeners do not need."""
     match event:

@@ -5,10 +5,13 @@ import logging
 from aiohttp import web
 
 from broadcaster.errors import BadInput, PayloadTooLarge
+from db.outage import database_unavailable
 
 from .http_util import error_response
 
 log = logging.getLogger(__name__)
+
+DATABASE_RETRY_S = 5
 
 
 @web.middleware
@@ -23,12 +26,23 @@ async def json_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, *_explain(exc, request), kept)
-    except ConnectionError:  # the client left mid-request (a reset while its body was read): not our error
+    except ConnectionError as exc:  # the client left mid-request (a reset while its body was read)
+        if database_unavailable(exc):
+            return _database_away(request, exc)
         log.info("client left during %s %s", request.method, request.path)
         return error_response(400, "client_disconnected", "the connection was lost while the request was read")
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):
+            return _database_away(request, exc)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "the server hit an unexpected error; it has been logged")
+
+
+def _database_away(request: web.Request, exc: Exception) -> web.Response:
+    """Not a bug and not the client's mistake: the database is down or restarting. Try again soon."""
+    log.warning("%s %s: the database is unreachable (%s)", request.method, request.path, type(exc).__name__)
+    message = "the database cannot be reached just now; try again shortly"
+    return error_response(503, "database_unavailable", message, {"Retry-After": str(DATABASE_RETRY_S)})
 
 
 def _explain(exc: web.HTTPException, request: web.Request) -> tuple[str, str]:

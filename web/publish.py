@@ -1,7 +1,7 @@
 """From a channel's committed steps to listener messages, with progress-only updates paced.
 
-Every step's events become messages, sent to all the channel's listeners in
-one write (web/fanout.py). Most steps are news a listener must act on: a
+Every step's events become messages, published once on the event bus
+(web/feed.py takes them from there to every process's listeners). Most steps are news a listener must act on: a
 request queued, a stream starting, a chunk scheduled. Some only report
 progress: synthesis of a request began, or a sentence was made ahead of its
 time. Those carry nothing but a fresh queue view, and with thousands of
@@ -14,14 +14,16 @@ view goes out alone when the delay is up.
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from broadcaster.core.events import Event, QueueChanged
 from broadcaster.runtime.runner import ChannelRunner
 
-from .fanout import Hub
 from .messages import event_json
 
 PROGRESS_DELAY_S = 0.25
+
+Announce = Callable[[ChannelRunner, list[dict[str, Any]]], None]  # one step's messages, onto the bus
 
 
 def progress_only(events: list[Event]) -> bool:
@@ -29,8 +31,8 @@ def progress_only(events: list[Event]) -> bool:
 
 
 class Publisher:
-    def __init__(self, hub: Hub, runners: Callable[[], dict[str, ChannelRunner]]):
-        self.hub = hub
+    def __init__(self, announce: Announce, runners: Callable[[], dict[str, ChannelRunner]]):
+        self.announce = announce
         self.runners = runners
         self._due: dict[str, object] = {}  # channel -> token of the queue view it still owes its listeners
         self._tasks: set[asyncio.Task] = set()
@@ -60,7 +62,8 @@ class Publisher:
             message = event_json(event, runner.channel)
             if message is not None:
                 messages.append(message)
-        self.hub.broadcast(runner.name, *messages)  # one write per listener for the whole step
+        if messages:
+            self.announce(runner, messages)  # one batch: a listener gets the whole step in one write
 
     def _flush_later(self, runner: ChannelRunner, token: object) -> None:
         if self._closed:

@@ -4,6 +4,8 @@ once the credential that admitted it no longer would (web/revocation.py)."""
 
 import contextlib
 import logging
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -12,13 +14,15 @@ from broadcaster.auth import Admission, Credential
 from broadcaster.core.ids import is_id, new_id
 from broadcaster.core.ratelimit import TokenBucket
 from broadcaster.errors import BadInput, RateLimited
+from broadcaster.runtime.bus import BusUnavailable
 from broadcaster.runtime.runner import ChannelRunner
 
 from .access import producer_credential, remote_of, require_listener
 from .cors import check_socket_origin
 from .fanout import TOO_SLOW, Listener
+from .feed import FeedBroken
 from .http_util import bearer_token, cap_send_buffer, parse_json
-from .keys import ACCESS, CONFIG, HUB, METRICS, STATION, STORE, WATCH
+from .keys import ACCESS, CLUSTER, CONFIG, FEEDS, HUB, METRICS, STATION, STORE, WATCH
 from .messages import error_json, queue_state_json
 from .revocation import Watched
 
@@ -27,17 +31,34 @@ log = logging.getLogger(__name__)
 RATE_LIMITED = 4029  # application close code: the client kept flooding after rate_limited errors
 REFUSED = 4401  # application close code: the credential was refused, or no longer admits the connection
 AUTH_TIMEOUT = 4408  # application close code: a console sent no auth message in time
+TRY_AGAIN = 1013  # "try again later": the event feed could not be joined just now
 READY_AT_RANGE_MS = 86_400_000
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 
 
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
-    runner = await app[STATION].runner(request.match_info["channel"])  # 404 before the upgrade
-    await check_socket_origin(request, runner.name)  # 403 for a page on an origin that may not listen
-    credential = await _admit(request, runner.name)  # and 401 for a private channel without its key
+    channel = await _channel(request)  # 404 before the upgrade
+    await check_socket_origin(request, channel.name)  # 403 for a page on an origin that may not listen
+    credential = await _admit(request, channel.name)  # and 401 for a private channel without its key
     with app[ACCESS].connection(remote_of(request)):  # or 429
-        return await _serve(request, runner, credential)
+        return await _serve(request, channel, credential)
+
+
+@dataclass(frozen=True)
+class _Channel:
+    name: str
+    channel_id: int
+    runner: ChannelRunner | None  # None in a cluster: listeners follow the bus wherever the owner is
+
+
+async def _channel(request: web.Request) -> _Channel:
+    station, name = request.app[STATION], request.match_info["channel"]
+    if station.clustered:
+        row = await station.channel_row(name)
+        return _Channel(row.name, row.id, None)
+    runner = await station.runner(name)  # one process: load the channel if this is its first use
+    return _Channel(runner.name, runner.channel_id, runner)
 
 
 async def _admit(request: web.Request, name: str) -> Credential | None:
@@ -50,7 +71,7 @@ async def _admit(request: web.Request, name: str) -> Credential | None:
     return None if token is None else await producer_credential(request, name, token)
 
 
-async def _serve(request: web.Request, runner: ChannelRunner, credential: Credential | None) -> web.WebSocketResponse:
+async def _serve(request: web.Request, channel: _Channel, credential: Credential | None) -> web.WebSocketResponse:
     limits = request.app[CONFIG].limits
     # max_msg_size + 1: aiohttp refuses a message of exactly max_msg_size; the limit is inclusive.
     # compress=False: browsers always offer permessage-deflate, and a compressor per listener costs
@@ -69,48 +90,66 @@ async def _serve(request: web.Request, runner: ChannelRunner, credential: Creden
     # quickly instead of parking megabytes in socket buffers.
     cap_send_buffer(request, limits.ws_socket_buffer_bytes)
     if credential is None:
-        credential = await _authenticate(ws, request, runner.name)
+        credential = await _authenticate(ws, request, channel.name)
     if credential is None:
         _break_cycles(request, ws)
         return ws
-    with request.app[WATCH].watch(runner.name, credential) as watched:
-        await _listen(ws, request, runner, credential, watched)
+    with request.app[WATCH].watch(channel.name, credential) as watched:
+        await _listen(ws, request, channel, credential, watched)
     return ws
 
 
 async def _listen(
-    ws: web.WebSocketResponse, request: web.Request, runner: ChannelRunner, credential: Credential, watched: Watched
+    ws: web.WebSocketResponse, request: web.Request, channel: _Channel, credential: Credential, watched: Watched
 ) -> None:
     app = request.app
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
     connection_id = new_id()
     store.open_connection(
-        connection_id, runner.channel_id, request.remote or "", request.headers.get("User-Agent", ""), station.clock()
+        connection_id, channel.channel_id, request.remote or "", request.headers.get("User-Agent", ""), station.clock()
     )
     listener = Listener(
         ws,
         connection_id,
-        runner.name,
+        channel.name,
         limits.ws_send_queue,
         counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
     )
     watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:
-        async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
-            snapshot = {
-                "type": "snapshot",
-                "connection_id": connection_id,
-                "listeners": hub.count(runner.name) + listener.counted,
-                **queue_state_json(runner.channel, station.clock()),
-            }
-            listener.send(snapshot)
-            hub.add(listener)  # in the same critical section: no event can fall between the two
-        await _receive(ws, listener, request)
+        if await _join(request, channel, listener):
+            await _receive(ws, listener, request)
     finally:
         hub.remove(listener)
         await listener.close()
         _break_cycles(request, ws)
         store.close_connection(connection_id, station.clock())
+
+
+async def _join(request: web.Request, channel: _Channel, listener: Listener) -> bool:
+    """A snapshot, then every message after it, with no gap and no repeat (web/feed.py)."""
+    app = request.app
+    hub, runner = app[HUB], channel.runner
+    if runner is None:
+        feed = await app[FEEDS].feed(channel.name)
+        try:
+            await feed.join(listener, partial(app[CLUSTER].bus.snapshot, channel.name))
+        except (FeedBroken, BusUnavailable) as exc:
+            await listener.reply(error_json("unavailable", f"{exc}; reconnect in a moment"))
+            await listener.close(TRY_AGAIN, b"event feed unavailable: reconnect")
+            return False
+        return True
+    app[FEEDS].follow_now(channel.name)  # subscribed before anything more is announced
+    async with runner.saved:  # a step's changes are announced once saved; the snapshot shows no more
+        snapshot = {
+            "type": "snapshot",
+            "connection_id": listener.connection_id,
+            "listeners": hub.total(runner.name) + listener.counted,
+            **queue_state_json(runner.channel, app[STATION].clock()),
+        }
+        listener.send(snapshot)
+        hub.add(listener)  # in the same critical section: no event can fall between the two
+    return True
 
 
 async def _authenticate(ws: web.WebSocketResponse, request: web.Request, name: str) -> Credential | None:
@@ -258,6 +297,8 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
             need_ms = runner.listener_ready(chunk_id, ready_at_ms)
             if need_ms is not None:
                 request.app[METRICS].listener_needed(need_ms)
+        elif ready_at_ms is not None and CLUSTER in request.app:  # the owner tunes the lead: pass it on
+            request.app[CLUSTER].reports.add(listener.channel, chunk_id, ready_at_ms)
     return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
 
 

@@ -150,10 +150,16 @@ class Subscription(Protocol):
 
 class EventBus(Protocol):
     async def publish(
-        self, channel: str, epoch: int, messages: Sequence[Message], snapshot: Message | None = None
+        self,
+        channel: str,
+        epoch: int,
+        messages: Sequence[Message],
+        snapshot: Message | None = None,
+        batch_id: str | None = None,
     ) -> Position:
         """Append `messages` as one batch and, if given, store `snapshot` as the state after them.
-        Returns the position of the last message. Raises StaleEpoch, or BusUnavailable."""
+        Returns the position of the last message. Raises StaleEpoch, or BusUnavailable. A retry
+        with the same `batch_id` as a publish that landed is not appended again."""
 
     async def snapshot(self, channel: str) -> Snapshot | None:
         """The latest stored snapshot (it may be older than the latest message)."""
@@ -296,9 +302,14 @@ class InProcessBus:
         return Position(log_.generation, log_.head)
 
     async def publish(
-        self, channel: str, epoch: int, messages: Sequence[Message], snapshot: Message | None = None
+        self,
+        channel: str,
+        epoch: int,
+        messages: Sequence[Message],
+        snapshot: Message | None = None,
+        batch_id: str | None = None,
     ) -> Position:
-        return self.publish_now(channel, epoch, messages, snapshot)
+        return self.publish_now(channel, epoch, messages, snapshot)  # in process: nothing is ever retried
 
     async def snapshot(self, channel: str) -> Snapshot | None:
         found = self._logs.get(channel)
@@ -381,3 +392,87 @@ class Mailbox:
     def close(self) -> None:
         self._cut()
         self._queue.clear()
+
+
+# -- an owner's publishes, in order, through outages ----------------------------------
+
+
+@dataclass
+class _Pending:
+    epoch: int
+    messages: Sequence[Message]
+    snapshot: Message | None
+    batch_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+class Outbox:
+    """A channel owner's publishes, made in order by a task per channel, so that a step never
+    waits on the bus and an outage delays announcements instead of losing them.
+
+    A publish that fails because the bus is away is retried (with the same batch id, so one that
+    landed without its reply is not appended twice) until it succeeds, backing off up to 2 s. One
+    refused as stale means another process owns the channel now: the rest of the channel's
+    pending publishes are dropped and `on_stale(channel)` is called, so the owner steps down.
+    At most `limit` publishes wait per channel; past that the oldest are dropped (logged), and
+    listeners who missed them are reset when they catch up.
+    """
+
+    def __init__(self, bus: EventBus, on_stale: Callable[[str], None], limit: int = 10_000):
+        self.bus = bus
+        self.on_stale = on_stale
+        self.limit = limit
+        self.dropped = 0
+        self._pending: dict[str, deque[_Pending]] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._idle: dict[str, asyncio.Event] = {}
+
+    def put(self, channel: str, epoch: int, messages: Sequence[Message], snapshot: Message | None = None) -> None:
+        queue = self._pending.setdefault(channel, deque())
+        if len(queue) >= self.limit:
+            queue.popleft()
+            self.dropped += 1
+            log.error("channel %s: the event bus has been away too long; an announcement was dropped", channel)
+        queue.append(_Pending(epoch, messages, snapshot))
+        self._idle.setdefault(channel, asyncio.Event()).clear()
+        if channel not in self._tasks:
+            task = asyncio.create_task(self._drain(channel), name=f"outbox:{channel}")
+            self._tasks[channel] = task
+            task.add_done_callback(lambda _: self._tasks.pop(channel, None))
+
+    async def _drain(self, channel: str) -> None:
+        queue, delay_s = self._pending[channel], 0.05
+        while queue:
+            item = queue[0]
+            try:
+                await self.bus.publish(channel, item.epoch, item.messages, item.snapshot, batch_id=item.batch_id)
+            except BusUnavailable:
+                log.warning("channel %s: event bus unreachable; %d announcement(s) waiting", channel, len(queue))
+                await asyncio.sleep(delay_s)
+                delay_s = min(2.0, delay_s * 2)
+                continue
+            except StaleEpoch as exc:
+                log.warning("channel %s: %s", channel, exc)
+                queue.clear()
+                self.on_stale(channel)
+                break
+            delay_s = 0.05
+            if queue and queue[0] is item:
+                queue.popleft()
+        self._idle[channel].set()
+
+    def waiting(self, channel: str) -> int:
+        return len(self._pending.get(channel, ()))
+
+    async def flushed(self, channel: str) -> None:
+        """Wait until everything put for the channel so far has been published (or dropped)."""
+        if self.waiting(channel):
+            await self._idle[channel].wait()
+
+    def forget(self, channel: str) -> None:
+        """Drop what waits for a channel this process no longer owns."""
+        self._pending.pop(channel, None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -140,14 +140,32 @@ class ChannelOwnership:
         lease_ms: int,
         url: str = "",
         clock: Callable[[], float] = lambda: time.monotonic() * 1000,
+        holder: str = "",
     ):
         self.leases, self.channels, self.idle = leases, channels, idle
         self.on_gain, self.on_lose = on_gain, on_lose
         self.lease_ms, self.url, self.clock = lease_ms, url, clock
-        self.holder = holder_id()
+        self.holder = holder or holder_id()
         self.held: dict[str, Lease] = {}
         self.renewed_at: dict[str, float] = {}  # when the last successful renewal was sent
         self._node: Lease | None = None
+        self._dead: dict[str, str] = {}  # channel -> its holder, a process on this machine that is gone
+
+    async def run(self) -> None:
+        """Rounds, every third of the lease, until cancelled."""
+        while True:
+            started = self.clock()
+            try:
+                await self.round()
+            except Exception:  # a round must never end the ownership loop
+                log.exception("ownership round failed")
+            elapsed_s = (self.clock() - started) / 1000
+            await asyncio.sleep(max(0.0, self.lease_ms / 3000 - elapsed_s))
+
+    async def let_go(self, name: str, why: str) -> None:
+        """Hand a held channel over now (a write of it was fenced off, or its announcement refused)."""
+        if name in self.held:
+            await self._drop(name, why)
 
     async def round(self) -> None:
         """One round: announce this process, then renew, step down, release and acquire as planned."""
@@ -155,10 +173,11 @@ class ChannelOwnership:
         try:
             await self._announce()
             names = await self.channels()
-            elsewhere = {
-                n.removeprefix(CHANNEL) for n, h in (await self.leases.live(CHANNEL)).items() if h.holder != self.holder
-            }
-            processes = len(await self.leases.live(NODE))
+            others = {n.removeprefix(CHANNEL): h for n, h in (await self.leases.live(CHANNEL)).items()}
+            # A holder on this machine whose process is gone (killed) is replaced at once, not after its lease.
+            self._dead = {name: h.holder for name, h in others.items() if h.holder != self.holder and gone(h.holder)}
+            elsewhere = {name for name, h in others.items() if h.holder != self.holder and name not in self._dead}
+            processes = sum(1 for h in (await self.leases.live(NODE)).values() if not gone(h.holder))
         except Exception:  # the database is away: only stepping down can be decided
             log.warning("ownership round could not read the leases", exc_info=True)
             names, elsewhere, processes = list(self.held), set(), 1
@@ -179,6 +198,8 @@ class ChannelOwnership:
         self._node = lease
 
     async def _renew(self, name: str, sent_at: float) -> None:
+        if name not in self.held:
+            return  # let go meanwhile
         try:
             renewed = await self.leases.renew(self.held[name], self.lease_ms)
         except Exception:
@@ -187,11 +208,13 @@ class ChannelOwnership:
         if renewed is None:
             await self._drop(name, "its lease was taken or lapsed")
             return
-        self.held[name], self.renewed_at[name] = renewed, sent_at
+        if name in self.held:
+            self.held[name], self.renewed_at[name] = renewed, sent_at
 
     async def _acquire(self, name: str, sent_at: float) -> None:
         try:
-            lease = await self.leases.acquire(CHANNEL + name, self.holder, self.lease_ms, self.url)
+            dead = self._dead.get(name, "")
+            lease = await self.leases.acquire(CHANNEL + name, self.holder, self.lease_ms, self.url, dead=dead)
         except Exception:
             log.warning("could not take the lease of %s", name, exc_info=True)
             return
@@ -199,10 +222,16 @@ class ChannelOwnership:
             return  # another process was quicker
         self.held[name], self.renewed_at[name] = lease, sent_at
         log.info("running channel %s (epoch %d)", name, lease.epoch)
-        await self.on_gain(name, lease)
+        try:
+            await self.on_gain(name, lease)
+        except Exception:  # e.g. the database went away while the channel was restored
+            log.exception("could not start channel %s", name)
+            await self._drop(name, "it could not be started here")
 
     async def _drop(self, name: str, why: str) -> None:
-        lease = self.held.pop(name)
+        lease = self.held.pop(name, None)
+        if lease is None:
+            return  # let go meanwhile
         self.renewed_at.pop(name, None)
         log.warning("no longer running channel %s: %s", name, why)
         await self.on_lose(name)

@@ -16,6 +16,7 @@ from broadcaster.core.events import ChunkScheduled, Event, RequestCancelled, Req
 from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
 from broadcaster.errors import BadInput, GenerationError
+from db.leases import Lease, LeaseLost
 from db.store import Store
 
 from .clock import Clock
@@ -32,6 +33,14 @@ class QueueFull(BadInput):
     status = 429
     code = "queue_full"
     retry_after_s = 5
+
+
+class OwnerChanged(BadInput):
+    """This process lost the channel to another (its lease lapsed or was taken) mid-request."""
+
+    status = 503
+    code = "owner_changed"
+    retry_after_s = 1
 
 
 class ChannelRunner:
@@ -62,6 +71,16 @@ class ChannelRunner:
         self._job_request: str | None = None
         self._tasks: list[asyncio.Task] = []
         self.after_commit: list[Callable[[ChannelRunner, list[Event]], None]] = []  # station hooks: repeat, auto-DJ
+        # In a cluster: the lease this process runs the channel under. Every write proves it is still
+        # held (db/leases.py); the first refused one calls `on_lost` and nothing more is announced.
+        self.lease: Lease | None = None
+        self.on_lost: Callable[[ChannelRunner], None] = lambda runner: None
+        self.lost = False
+
+    @property
+    def epoch(self) -> int:
+        """The fencing epoch announcements carry (0 outside a cluster)."""
+        return 0 if self.lease is None else self.lease.epoch
 
     @property
     def name(self) -> str:
@@ -177,7 +196,9 @@ class ChannelRunner:
         ids = set(self.channel.dirty)
         for delay_s in (*SAVE_RETRY_S, None):
             try:
-                await self.store.save([r for r in map(self.channel.find_request, ids) if r])
+                await self._fenced(self.store.save([r for r in map(self.channel.find_request, ids) if r], self.lease))
+            except OwnerChanged:
+                raise
             except Exception:
                 if delay_s is None:
                     log.exception("channel %s: could not save; will retry with the next change", self.name)
@@ -186,6 +207,19 @@ class ChannelRunner:
             else:
                 self.channel.dirty -= ids
                 return
+
+    async def _fenced(self, write) -> None:  # noqa: ANN001
+        """Run a write; one refused by the fence means another process runs the channel now."""
+        if self.lost:
+            write.close()
+            raise OwnerChanged(f"channel {self.name!r} is being taken over by another server; try again")
+        try:
+            await write
+        except LeaseLost:
+            self.lost = True
+            log.warning("channel %s: a write was refused, another server owns the channel now", self.name)
+            self.on_lost(self)
+            raise OwnerChanged(f"channel {self.name!r} is being taken over by another server; try again") from None
 
     # -- the clock -------------------------------------------------------------
 
@@ -205,6 +239,8 @@ class ChannelRunner:
                 pass
             try:
                 await self.apply(self.channel.tick)
+            except OwnerChanged:
+                return  # the station stops this runner
             except Exception:  # a bad tick must not stop the channel's clock
                 log.exception("channel %s: tick failed", self.name)
                 await asyncio.sleep(0.5)

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,9 +15,10 @@ from broadcaster.core.events import RequestPlaced
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
-from broadcaster.errors import BadInput, Conflict, NotFound
+from broadcaster.errors import BadInput, BroadcasterError, Conflict, NotFound
 from broadcaster.process import release_free_memory
 from db.audio_store import AudioStore
+from db.leases import Lease
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.sentences import split_sentences
@@ -35,6 +37,8 @@ from .synthesis import SynthesisQueue
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+CHUNK_FACTS = 20_000  # chunks whose request and channel are remembered: hours of a busy station
 
 
 def _guarded(step, *args):  # noqa: ANN001, ANN002, ANN202
@@ -58,6 +62,14 @@ def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> 
     return channel.cancel(request_id, now_ms)
 
 
+class NotHere(BroadcasterError):
+    """In a cluster: another process runs this channel (or nobody does, during a takeover)."""
+
+    def __init__(self, channel: str):
+        super().__init__(f"channel {channel!r} is run by another server")
+        self.channel = channel
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -77,6 +89,7 @@ class Station:
         clock: Clock = wall_clock_ms,
         metrics: Telemetry | None = None,
         audience: Callable[[str], int] = lambda channel: 0,
+        clustered: bool = False,
     ):
         self.config = config
         self.store = store
@@ -86,6 +99,10 @@ class Station:
         self.publish = self.metrics.observing(publish)  # failures and underruns are counted from the events
         self.clock = clock
         self.audience = audience  # listeners of a channel connected now
+        # In a cluster this process runs only the channels whose lease it holds (`adopt`, `let_go`,
+        # driven by runtime/ownership.py); the others are run elsewhere and `runner` raises NotHere.
+        self.clustered = clustered
+        self.on_lost: Callable[[str], None] = lambda name: None  # a write was fenced off: let the channel go
         self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
         self.synthesis = SynthesisQueue(engine, clock)
         self.maker = ChunkMaker(engine, audio, clock, self.delivery, self.metrics, self.synthesis)
@@ -98,12 +115,14 @@ class Station:
         self._stopping = False
         self._auto_count: dict[str, int] = {}
         self.rng = Random()
+        self._chunk_facts: OrderedDict[str, tuple[str, str]] = OrderedDict()  # chunk id -> request id, channel
         self.decoders = Decoders(config.music.max_decodes, config.music.decode_wait_s, self.metrics.set_decodes)
 
     async def start(self) -> None:
-        await self.store.close_stale_connections(self.clock())
-        for row in await self.store.channels():
-            await self.runner(row.name)
+        if not self.clustered:  # in a cluster, connections of a process that died are closed by cleanup
+            await self.store.close_stale_connections(self.clock())
+            for row in await self.store.channels():
+                await self.runner(row.name)
         self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="cleanup")
         self.scheduler = Scheduler(self, self.config.schedule, self.clock)
         if self.config.schedule:
@@ -126,26 +145,70 @@ class Station:
         """The channel's runner, loaded from the database on first use (the CLI may have just made it)."""
         if name in self.runners:
             return self.runners[name]
-        if not valid_channel_name(name):
-            raise NotFound(f"expected a channel name like 'campaign-1', got {name[:80]!r}")
+        if self.clustered:
+            await self.channel_row(name)  # 404 for a channel that does not exist at all
+            raise NotHere(name)
         async with self._loading:
             if name not in self.runners:
-                row = await self.store.channel(name)
-                if row is None:
-                    raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
-                channel = Channel(name, self.config.timeline_config())
-                channel.may_stream = self._may_stream
-                runner = ChannelRunner(
-                    channel, row.id, self.store, self.maker, self.clock, self.publish, partial(self.audience, name)
-                )
-                runner.after_commit.append(self._after_commit)
-                if row.style == "radio" and self.config.radio.autodj:
-                    self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
-                await runner.start()
-                self.runners[name] = runner
-                log.info("channel %s on the air%s", name, " with the auto-DJ" if name in self.autodjs else "")
-                self._after_commit(runner, [])
+                await self._load(name)
         return self.runners[name]
+
+    async def channel_row(self, name: str):  # noqa: ANN201
+        """The channel's row (id, style, privacy), or NotFound."""
+        if not valid_channel_name(name):
+            raise NotFound(f"expected a channel name like 'campaign-1', got {name[:80]!r}")
+        row = await self.store.channel(name)
+        if row is None:
+            raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
+        return row
+
+    async def _load(self, name: str, lease: Lease | None = None) -> None:
+        row = await self.channel_row(name)
+        channel = Channel(name, self.config.timeline_config())
+        channel.may_stream = self._may_stream
+        runner = ChannelRunner(
+            channel, row.id, self.store, self.maker, self.clock, self.publish, partial(self.audience, name)
+        )
+        runner.lease = lease
+        runner.on_lost = lambda lost: self.on_lost(lost.name)
+        runner.after_commit.append(self._after_commit)
+        if row.style == "radio" and self.config.radio.autodj:
+            self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
+        try:
+            await runner.start()
+        except BaseException:
+            await runner.stop()
+            if (dj := self.autodjs.pop(name, None)) is not None:
+                await dj.close()
+            raise
+        self.runners[name] = runner
+        epoch = f" (epoch {lease.epoch})" if lease else ""
+        log.info("channel %s on the air%s%s", name, epoch, " with the auto-DJ" if name in self.autodjs else "")
+        self._after_commit(runner, [])
+
+    # -- ownership in a cluster --------------------------------------------------------
+
+    async def adopt(self, name: str, lease: Lease) -> None:
+        """Start running a channel this process now holds the lease of, restored as at a restart."""
+        async with self._loading:
+            if name not in self.runners:
+                await self._load(name, lease)
+
+    async def let_go(self, name: str) -> None:
+        """Stop running a channel at once: another process may run it from now on."""
+        async with self._loading:
+            runner = self.runners.pop(name, None)
+            dj = self.autodjs.pop(name, None)
+            if dj is not None:
+                await dj.close()
+            if runner is not None:
+                runner.lost = True  # nothing more is written or announced under the old lease
+                await runner.stop()
+                log.info("channel %s handed over", name)
+
+    def on_air(self) -> set[str]:
+        """Channels run here that have something on the air or waiting (not handed over to rebalance)."""
+        return {name for name, runner in self.runners.items() if runner.channel.line}
 
     def _may_stream(self, request: Request) -> bool:
         """Whether the engine can make one more request's sentences as fast as they play."""
@@ -349,6 +412,23 @@ class Station:
         if request is None or request.channel != runner.name:
             raise NotFound(f"no playback request {request_id!r} on channel {runner.name!r}")
         return request
+
+    def learn_chunk(self, chunk_id: str, request_id: str, channel: str) -> None:
+        """Remember which request and channel a chunk belongs to (facts that never change), so that
+        fetches of chunks run elsewhere need no database read, and work while it is away."""
+        self._chunk_facts[chunk_id] = (request_id, channel)
+        self._chunk_facts.move_to_end(chunk_id)
+        if len(self._chunk_facts) > CHUNK_FACTS:
+            self._chunk_facts.popitem(last=False)
+
+    async def chunk_owner(self, chunk_id: str) -> tuple[str, str]:
+        """The request id and channel name of a chunk, or NotFound."""
+        if (facts := self._chunk_facts.get(chunk_id)) is not None:
+            return facts
+        chunk = await self.find_chunk(chunk_id)
+        request = await self.find_request(chunk.request_id)
+        self.learn_chunk(chunk_id, request.request_id, request.channel)
+        return request.request_id, request.channel
 
     async def find_request(self, request_id: str) -> Request:
         for runner in self.runners.values():

@@ -48,7 +48,7 @@ def downgrade() -> None:
 # The real command line, with the migrations read from the directory given first (a release with a second revision).
 WITH_MIGRATIONS = (
     "import sys; import db.schema; db.schema.MIGRATIONS = sys.argv.pop(1); "
-    "from broadcaster.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from web.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 

@@ -1,0 +1,349 @@
+"""Cluster mode with real parts: two servers on one PostgreSQL database and one Redis, in this process.
+
+Each member is a full app on its own loopback ports (public and internal). Only one of them runs
+the channel; listeners on both hear one timeline, and a producer may post to either."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+import websockets
+from conftest import FAST_TONES, merge
+
+from broadcaster.config import config_from_dict
+from broadcaster.runtime.accounts import create_channel
+from web.app import create_app
+from web.keys import METRICS, STATION
+from web.serve import start_sites
+
+LEASE_S = 1
+
+
+class Member:
+    def __init__(self, runner, base_url: str):
+        self.runner = runner
+        self.base_url = base_url
+
+    @property
+    def app(self):
+        return self.runner.app
+
+    @property
+    def station(self):
+        return self.app[STATION]
+
+    def runs(self, channel: str) -> bool:
+        return channel in self.station.runners
+
+    def ws_url(self, channel: str) -> str:
+        return "ws" + self.base_url.removeprefix("http") + f"/ws/channels/{channel}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_member(tmp_path: Path, database_url: str, redis_url: str, overrides: dict | None = None) -> Member:
+    from aiohttp import web
+
+    settings = merge(
+        FAST_TONES,
+        {
+            "server": {"database_url": database_url, "data_dir": str(tmp_path / "data"), "port": 0},
+            "cluster": {"redis_url": redis_url, "lease_s": LEASE_S},
+            **(overrides or {}),
+        },
+    )
+    config = config_from_dict(settings)
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    listening = await start_sites(runner, config)
+    return Member(runner, listening.public_url)
+
+
+@pytest.fixture
+async def cluster(tmp_path, postgres_url, redis_url):
+    members: list[Member] = []
+
+    async def start(overrides: dict | None = None) -> Member:
+        member = await start_member(tmp_path, postgres_url, redis_url, overrides)
+        members.append(member)
+        return member
+
+    yield start
+    for member in members:
+        await member.stop()
+
+
+async def owner_of(channel: str, *members: Member, timeout_s: float = 6) -> Member:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            running = [m for m in members if m.runs(channel)]
+            if running:
+                assert len(running) == 1, "two members run the channel at once"
+                return running[0]
+            await asyncio.sleep(0.05)
+
+
+class Socket:
+    def __init__(self, ws):
+        self.ws = ws
+        self.messages: list[dict] = []
+
+    async def next(self, kind: str, timeout: float = 10, where=None) -> dict:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self.ws.recv())
+                self.messages.append(message)
+                if message["type"] == kind and (where is None or where(message)):
+                    return message
+
+
+async def post(member: Member, channel: str, token: str, text: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{member.base_url}/api/channels/{channel}/requests",
+            json={"text": text},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_a_narration_posted_anywhere_is_heard_on_every_member_on_one_timeline(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+
+    sockets = []
+    for member in (a, b):
+        ws = await websockets.connect(member.ws_url("table"))
+        sockets.append(Socket(ws))
+        await sockets[-1].next("snapshot")
+
+    status, body = await post(other, "table", made.token, "One. Two.")  # to the member that does not run it
+    assert status == 202, body
+    timelines = []
+    for socket in sockets:
+        chunks = [
+            await socket.next("audio_chunk_ready", where=lambda m: m["request_id"] == body["request_id"])
+            for _ in range(2)
+        ]
+        await socket.next("request_played", where=lambda m: m["request_id"] == body["request_id"])
+        timelines.append([(c["chunk_id"], c["starts_at_ms"], c["duration_ms"]) for c in chunks])
+    assert timelines[0] == timelines[1]
+    for socket in sockets:
+        await socket.ws.close()
+
+
+async def test_a_late_listener_on_a_member_that_does_not_run_the_channel_joins_mid_request(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    status, body = await post(owner, "table", made.token, "The first sentence is here. " * 3 + "And the last one.")
+    assert status == 202, body
+
+    early = Socket(await websockets.connect(owner.ws_url("table")))
+    await early.next("snapshot")
+    first = await early.next("audio_chunk_ready", where=lambda m: m["request_id"] == body["request_id"])
+
+    late = Socket(await websockets.connect(other.ws_url("table")))
+    snapshot = await late.next("snapshot")
+    playing = snapshot["now_playing"]
+    assert playing["request_id"] == body["request_id"]
+    assert first["chunk_id"] in [c["chunk_id"] for c in playing["chunks"]]
+    seen = {c["chunk_id"] for c in playing["chunks"]}
+    # Every chunk after the snapshot arrives once, and none of those in it arrive again.
+    while True:
+        message = json.loads(await asyncio.wait_for(late.ws.recv(), 10))
+        if message["type"] == "audio_chunk_ready":
+            assert message["chunk_id"] not in seen, "a chunk in the snapshot was announced again"
+            seen.add(message["chunk_id"])
+        if message["type"] == "request_played":
+            break
+    assert len(seen) == 4
+    await early.ws.close()
+    await late.ws.close()
+
+
+async def test_when_the_owner_stops_another_member_takes_the_channel_and_plays_what_was_queued(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    listener = Socket(await websockets.connect(other.ws_url("table")))
+    await listener.next("snapshot")
+    status, first = await post(owner, "table", made.token, "Playing now. " * 4)
+    assert status == 202
+    status, queued = await post(other, "table", made.token, "Queued behind it.")
+    assert status == 202, queued
+
+    await listener.next("audio_chunk_ready", where=lambda m: m["request_id"] == first["request_id"])
+    await owner.stop()
+    assert await owner_of("table", other) is other
+    await listener.next("request_played", timeout=15, where=lambda m: m["request_id"] == queued["request_id"])
+    await listener.ws.close()
+
+
+class Follower:
+    """A listener that reconnects when closed and keeps what it was told, as the page does."""
+
+    def __init__(self, member: Member, channel: str):
+        self.member, self.channel = member, channel
+        self.snapshots = 0
+        self.played: set[str] = set()
+        self.chunks: dict[str, dict] = {}
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with websockets.connect(self.member.ws_url(self.channel)) as ws:
+                    async for text in ws:
+                        self._take(json.loads(text))
+            except (websockets.ConnectionClosed, OSError):
+                pass
+            await asyncio.sleep(0.1)
+
+    def _take(self, message: dict) -> None:
+        if message["type"] == "snapshot":
+            self.snapshots += 1
+            self.played |= {r["request_id"] for r in message["recent"] if r["status"] == "played"}
+            for chunk in (message["now_playing"] or {}).get("chunks", []):
+                self.chunks[chunk["chunk_id"]] = chunk
+        elif message["type"] == "request_played":
+            self.played.add(message["request_id"])
+        elif message["type"] == "audio_chunk_ready":
+            assert message["chunk_id"] not in self.chunks or self.chunks[message["chunk_id"]] == {
+                k: v for k, v in message.items() if k in self.chunks[message["chunk_id"]]
+            }
+            self.chunks[message["chunk_id"]] = message
+
+    async def heard_played(self, request_id: str, timeout_s: float = 20) -> None:
+        async with asyncio.timeout(timeout_s):
+            while request_id not in self.played:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def test_after_redis_restarts_empty_listeners_resync_and_nothing_queued_is_lost(
+    tmp_path, postgres_url, own_redis
+):
+    a = await start_member(tmp_path, postgres_url, own_redis.url)
+    b = await start_member(tmp_path, postgres_url, own_redis.url)
+    followers = []
+    try:
+        made = await create_channel(a.station.store, "table")
+        owner = await owner_of("table", a, b)
+        followers = [Follower(a, "table"), Follower(b, "table")]
+        await asyncio.sleep(0.5)
+        status, first = await post(owner, "table", made.token, "Before the restart. " * 3)
+        assert status == 202
+        own_redis.stop()  # its data gone with it
+        status, during = await post(owner, "table", made.token, "Posted while Redis was away.")
+        assert status == 202, during
+        await asyncio.sleep(1.5)
+        own_redis.start()
+        for follower in followers:
+            await follower.heard_played(during["request_id"])
+            assert follower.snapshots >= 2, "the listener was not resynchronised after the history was lost"
+    finally:
+        for follower in followers:
+            await follower.stop()
+        await a.stop()
+        await b.stop()
+
+
+async def fetch_status(url: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            await resp.read()
+            return resp.status
+
+
+async def test_while_postgresql_is_away_what_was_announced_plays_nobody_takes_over_and_all_resumes(
+    tmp_path, postgres_server, postgres_url, redis_url
+):
+    a = await start_member(tmp_path, postgres_url, redis_url)
+    b = await start_member(tmp_path, postgres_url, redis_url)
+    follower = None
+    try:
+        made = await create_channel(a.station.store, "table")
+        owner = await owner_of("table", a, b)
+        follower = Follower(b, "table")
+        await asyncio.sleep(0.5)
+        status, long = await post(owner, "table", made.token, "A sentence that was said before the outage. " * 6)
+        assert status == 202
+        async with asyncio.timeout(10):
+            while not any(c["request_id"] == long["request_id"] for c in follower.chunks.values()):
+                await asyncio.sleep(0.05)
+        announced = next(c for c in follower.chunks.values() if c["request_id"] == long["request_id"])
+        for member in (a, b):  # listeners fetch a chunk as soon as it is announced, on whichever member
+            assert await fetch_status(member.base_url + announced["url"]) == 200
+
+        postgres_server.stop()
+        try:
+            await asyncio.sleep(LEASE_S * 2)  # past the lease: owners step down, nobody can take over
+            assert not a.runs("table") and not b.runs("table")
+            for member in (a, b):
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(
+                        f"{member.base_url}/api/channels/table/requests",
+                        json={"text": "During the outage."},
+                        headers={"Authorization": f"Bearer {made.token}"},
+                    ) as resp:
+                        assert resp.status == 503, await resp.text()
+                        assert resp.headers["Retry-After"]
+                # audio already made is still served, from every member's memory
+                assert await fetch_status(member.base_url + announced["url"]) == 200
+            assert follower.task.done() is False
+        finally:
+            postgres_server.start()
+
+        owner = await owner_of("table", a, b, timeout_s=10)
+        await follower.heard_played(long["request_id"], timeout_s=30)
+        status, after = await post(owner, "table", made.token, "After the outage.")
+        assert status == 202, after
+        await follower.heard_played(after["request_id"])
+    finally:
+        if follower:
+            await follower.stop()
+        await a.stop()
+        await b.stop()
+
+
+async def test_listener_counts_are_cluster_totals_and_reports_reach_the_owner(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    sockets = [Socket(await websockets.connect(m.ws_url("table"))) for m in (owner, other, other)]
+    for socket in sockets:
+        await socket.next("snapshot")
+    for socket in sockets:  # each process counts its own and reads the others' once a round
+        await socket.next("listeners_changed", timeout=5, where=lambda m: m["listeners"] == 3)
+
+    status, body = await post(other, "table", made.token, "Tell the owner when you are ready.")
+    assert status == 202, body
+    chunk = await sockets[1].next("audio_chunk_ready")
+    await sockets[1].ws.send(
+        json.dumps({"type": "audio_played", "chunk_id": chunk["chunk_id"], "ready_at_ms": chunk["starts_at_ms"] - 250})
+    )
+    await sockets[1].next("ack_recorded")
+    needs = owner.app[METRICS].listener_ready
+    async with asyncio.timeout(3):  # batched to the owner within a tenth of a second
+        while not sum(s.value for m in needs.collect() for s in m.samples if s.name.endswith("_count")):
+            await asyncio.sleep(0.05)
+    await sockets[2].ws.close()
+    await sockets[0].next("listeners_changed", timeout=5, where=lambda m: m["listeners"] == 2)
+    for socket in sockets[:2]:
+        await socket.ws.close()

@@ -1,0 +1,137 @@
+"""In a cluster, any process takes any request: what only a channel's owner can do is passed to it.
+
+A producer's write (a narration, an upload, a queue control) changes a channel, and only the
+process that runs the channel's clock may change it. A process that does not run it sends the
+request on to the owner's internal address (the `holder_url` of the channel's lease), streaming
+the body both ways, and returns the owner's answer unchanged: the same status, the same JSON.
+Reads that need the channel's live state (the queue, live.mp3, a progressive stream) go the
+same way when they find the channel is run elsewhere.
+
+Peers prove themselves with a secret shared through Redis, and say who the client was, so that
+the owner's per-address rate limits and logs see the real client and not the peer. A request
+that claims to be forwarded without the secret is refused. During a takeover (no live owner)
+the request waits up to one lease for the new owner, then is answered 503 with Retry-After.
+"""
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from broadcaster.errors import BadInput
+from broadcaster.runtime.ownership import CHANNEL
+from broadcaster.runtime.station import NotHere, Station
+from db.leases import Leases
+
+log = logging.getLogger(__name__)
+
+PEER = "X-Broadcaster-Peer"  # the cluster's shared secret: this request was forwarded by a peer
+CLIENT = "X-Broadcaster-Client"  # the address the peer took the request from
+HOPS = "X-Broadcaster-Hops"
+PEER_CLIENT = web.RequestKey("peer_client", str)  # the client of a request a peer forwarded
+SENT_ON = ("Authorization", "Content-Type", "Content-Length", "Accept", "Range", "Icy-MetaData", "User-Agent")
+SENT_BACK = ("Content-Type", "Retry-After", "Cache-Control", "Content-Range", "Accept-Ranges", "ETag")
+SENT_BACK_PREFIX = ("icy-", "X-Request-Id")
+
+
+class NoOwner(BadInput):
+    status = 503
+    code = "channel_starting"
+    retry_after_s = 1
+
+
+class BadPeer(BadInput):
+    status = 403
+    code = "forbidden"
+
+
+class Forwarder:
+    def __init__(self, leases: Leases, holder: Callable[[], str], secret: Callable[[], Awaitable[str]], wait_s: float):
+        self.leases = leases
+        self.holder = holder  # this process's lease holder id: an owner that is us is still loading
+        self.secret = secret
+        self.wait_s = wait_s
+        self.session: aiohttp.ClientSession | None = None
+        self.forwarded = 0
+
+    async def start(self) -> None:
+        # No total timeout: live.mp3 and progressive streams run for as long as their listener stays.
+        timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_connect=2)
+        self.session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def owner_url(self, channel: str) -> str:
+        """The internal address of the channel's owner, waiting out a takeover for up to one lease."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            holding = await self.leases.current(CHANNEL + channel)
+            if holding is not None and holding.holder != self.holder() and holding.holder_url:
+                return holding.holder_url
+            if time.monotonic() >= deadline:
+                raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
+            await asyncio.sleep(0.05)
+
+    async def peer_client(self, request: web.Request) -> str | None:
+        """The original client's address if a peer forwarded this request; BadPeer for a false claim."""
+        claimed = request.headers.get(PEER)
+        if claimed is None:
+            return None
+        if not hmac.compare_digest(claimed.encode(), (await self.secret()).encode()):
+            raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
+        return request.headers.get(CLIENT) or request.remote
+
+    async def forward(self, request: web.Request, channel: str) -> web.StreamResponse:
+        if int(request.headers.get(HOPS, "0") or 0) >= 1:
+            raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
+        url = await self.owner_url(channel)
+        headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
+        headers |= {PEER: await self.secret(), CLIENT: request.get(PEER_CLIENT) or request.remote or "", HOPS: "1"}
+        body = request.content if request.can_read_body else None
+        self.forwarded += 1
+        try:
+            async with self.session.request(
+                request.method, url + request.path_qs, headers=headers, data=body, allow_redirects=False
+            ) as answer:
+                return await _relay(request, answer)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            log.warning("could not forward %s %s to %s: %s", request.method, request.path, url, exc)
+            raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment") from None
+
+
+async def _relay(request: web.Request, answer: aiohttp.ClientResponse) -> web.StreamResponse:
+    response = web.StreamResponse(status=answer.status, reason=answer.reason)
+    for name, value in answer.headers.items():
+        if name in SENT_BACK or name.startswith(SENT_BACK_PREFIX):
+            response.headers[name] = value
+    if answer.content_length is not None:
+        response.content_length = answer.content_length
+    await response.prepare(request)
+    async for data in answer.content.iter_any():
+        await response.write(data)
+    await response.write_eof()
+    return response
+
+
+async def through_owner(forwarder: Forwarder, station: Station, request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
+    """Writes to a channel run elsewhere are forwarded before their body is read; a read that finds
+    its channel run elsewhere (NotHere) is forwarded after the fact (it read no body)."""
+    client = await forwarder.peer_client(request)
+    if client is not None:
+        request[PEER_CLIENT] = client
+    channel = request.match_info.get("channel")
+    if channel is not None and request.method == "POST" and channel not in station.runners:
+        await station.channel_row(channel)  # 404 here for a channel that does not exist
+        return await forwarder.forward(request, channel)
+    try:
+        return await handler(request)
+    except NotHere as exc:
+        if request.method != "GET":
+            raise NoOwner(f"channel {exc.channel!r} is changing servers; try again in a moment") from None
+        return await forwarder.forward(request, exc.channel)

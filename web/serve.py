@@ -1,0 +1,73 @@
+"""Running the app on its sockets: the public one, and in a cluster the internal one its peers use."""
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from broadcaster.config import Config
+
+from .keys import CLUSTER
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 1024  # a burst of listeners (a class opening the link at once) must not overflow the accept queue
+
+
+@dataclass(frozen=True)
+class Listening:
+    public_url: str
+    internal_url: str  # "" outside a cluster
+
+
+def _bound(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # worker processes share the port; the kernel spreads connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = False) -> Listening:
+    """Listen on the public address, and in a cluster on an internal one, which is then advertised
+    so that the process starts taking its share of the channels."""
+    public = _bound(config.server.host, config.server.port, reuse_port)
+    await web.SockSite(runner, public, backlog=BACKLOG).start()
+    cluster = runner.app.get(CLUSTER)
+    if cluster is None:
+        return Listening(_url(public), "")
+    internal = _bound(config.cluster.internal_host, config.cluster.internal_port)
+    await web.SockSite(runner, internal, backlog=BACKLOG).start()
+    cluster.advertise(_url(internal))
+    return Listening(_url(public), _url(internal))
+
+
+async def serve(app: web.Application, config: Config, reuse_port: bool = False) -> None:
+    """Run until SIGTERM or SIGINT, then shut down in order (listeners told, channels handed over)."""
+    # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        listening = await start_sites(runner, config, reuse_port)
+        log.info(
+            "listening on %s%s",
+            listening.public_url,
+            f" (peers: {listening.internal_url})" * bool(listening.internal_url),
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
