@@ -109,7 +109,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         config.data_path.mkdir(parents=True, exist_ok=True)
         store = Store(config.database_url)
         await store.create_schema()
-        cluster = Cluster(config, store, app[HUB], wall_clock_ms) if config.cluster.enabled else None
+        cluster = Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS]) if config.cluster.enabled else None
         # One server per database, unless they form a cluster (then one owner per channel instead).
         server_lease = None if cluster else ServerLease(Leases(store.engine), on_lost=_stop_serving)
         try:

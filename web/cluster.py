@@ -15,6 +15,7 @@ from broadcaster.runtime.bus import Outbox
 from broadcaster.runtime.ownership import ChannelOwnership, holder_id
 from broadcaster.runtime.runner import ChannelRunner
 from broadcaster.runtime.station import Station
+from broadcaster.runtime.telemetry import Telemetry
 from db.leases import Leases
 from db.redis_bus import RedisBus
 from db.store import Store
@@ -29,20 +30,22 @@ log = logging.getLogger(__name__)
 
 
 class Cluster:
-    def __init__(self, config: Config, store: Store, hub: Hub, clock: Callable[[], int]):
+    def __init__(self, config: Config, store: Store, hub: Hub, clock: Callable[[], int], metrics: Telemetry):
         c = config.cluster
         self.config = config
         self.clock = clock
         self.lease_ms = int(c.lease_s * 1000)
         self.bus = RedisBus(c.redis_url, prefix=c.redis_prefix, history=c.history)
         self.outbox = Outbox(self.bus, on_stale=self._refused)
-        self.feeds = Feeds(self.bus, hub, clock, self._learn)
+        self.metrics = metrics
+        self.feeds = Feeds(self.bus, hub, clock, self._learn, lambda reason: metrics.feed_resets.labels(reason).inc())
         self.leases = Leases(store.engine)
         self.store = store
         self.station: Station | None = None
         self.ownership: ChannelOwnership | None = None
         self.node = holder_id()  # this process, in leases and listener counts
-        self.forwarder = Forwarder(self.leases, lambda: self.node, self._secret, c.lease_s)
+        self.forwarder = Forwarder(self.leases, lambda: self.node, self._secret, c.lease_s, metrics.forwarded.inc)
+        self._reconnects_counted = 0
         self.hub = hub
         self.audience = Audience(
             lambda: self.bus.client, c.redis_prefix, lambda: self.node, hub.count, self._counted, hub.others_changed
@@ -107,6 +110,7 @@ class Cluster:
 
     async def _adopt(self, name: str, lease) -> None:  # noqa: ANN001
         await self.station.adopt(name, lease)
+        self.metrics.ownership_changes.labels("gained").inc()
         runner = self.station.runners[name]
         async with runner.saved:  # the state new listeners start from, whatever the last owner left
             self.announce(runner, [])
@@ -127,6 +131,7 @@ class Cluster:
 
     async def _handed_over(self, name: str) -> None:
         await self.station.let_go(name)
+        self.metrics.ownership_changes.labels("lost").inc()
         try:  # what the channel announced last goes out before its lease is released
             async with asyncio.timeout(1):
                 await self.outbox.flushed(name)
@@ -148,6 +153,12 @@ class Cluster:
         if self._secret_value is None:
             self._secret_value = await self.bus.shared_secret("peer")
         return self._secret_value
+
+    def observe(self) -> None:
+        """Bring the gauges and counters read from elsewhere up to date (at each scrape of /metrics)."""
+        self.metrics.announcements_waiting.set(sum(self.outbox.waiting(name) for name in self.station.runners))
+        self.metrics.bus_reconnects.inc(self.bus.reconnects - self._reconnects_counted)
+        self._reconnects_counted = self.bus.reconnects
 
     async def close(self) -> None:
         """Hand every channel over (so the others take them at once), then stop."""

@@ -46,9 +46,21 @@ def _ignore(chunk_id: str, request_id: str, channel: str) -> None:
     pass
 
 
+def _uncounted(reason: str) -> None:
+    pass
+
+
 class ChannelFeed:
-    def __init__(self, channel: str, hub: Hub, clock: Callable[[], int], learn: Learn = _ignore):
+    def __init__(
+        self,
+        channel: str,
+        hub: Hub,
+        clock: Callable[[], int],
+        learn: Learn = _ignore,
+        count_reset: Callable[[str], None] = _uncounted,
+    ):
         self.learn = learn
+        self.count_reset = count_reset
         self.channel = channel
         self.hub = hub
         self.clock = clock
@@ -74,6 +86,7 @@ class ChannelFeed:
         self.recent.clear()
         listeners = list(self.hub.listeners.get(self.channel, ()))
         if listeners:
+            self.count_reset(str(reset.reason))
             log.warning(
                 "channel %s: event feed reset (%s); %d listener(s) resynchronised",
                 self.channel,
@@ -148,8 +161,16 @@ class ChannelFeed:
 class Feeds:
     """The feeds of the channels this process's listeners are on, each subscribed once."""
 
-    def __init__(self, bus: EventBus, hub: Hub, clock: Callable[[], int], learn: Learn = _ignore):
+    def __init__(
+        self,
+        bus: EventBus,
+        hub: Hub,
+        clock: Callable[[], int],
+        learn: Learn = _ignore,
+        count_reset: Callable[[str], None] = _uncounted,
+    ):
         self.learn = learn
+        self.count_reset = count_reset
         self.bus = bus
         self.hub = hub
         self.clock = clock
@@ -167,7 +188,7 @@ class Feeds:
         return await asyncio.shield(opening)
 
     async def _open(self, channel: str) -> ChannelFeed:
-        feed = ChannelFeed(channel, self.hub, self.clock, self.learn)
+        feed = ChannelFeed(channel, self.hub, self.clock, self.learn, self.count_reset)
         feed.subscription = await self.bus.subscribe(channel, feed.deliver)
         self.feeds[channel] = feed
         return feed
@@ -176,7 +197,7 @@ class Feeds:
         """The feed of a channel, subscribed at once: only with a bus that subscribes without waiting."""
         found = self.feeds.get(channel)
         if found is None:
-            found = self.feeds[channel] = ChannelFeed(channel, self.hub, self.clock, self.learn)
+            found = self.feeds[channel] = ChannelFeed(channel, self.hub, self.clock, self.learn, self.count_reset)
             found.subscription = self.bus.subscribe_now(channel, found.deliver)
         return found
 

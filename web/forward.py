@@ -50,7 +50,15 @@ class BadPeer(BadInput):
 
 
 class Forwarder:
-    def __init__(self, leases: Leases, holder: Callable[[], str], secret: Callable[[], Awaitable[str]], wait_s: float):
+    def __init__(
+        self,
+        leases: Leases,
+        holder: Callable[[], str],
+        secret: Callable[[], Awaitable[str]],
+        wait_s: float,
+        counted: Callable[[], None] = lambda: None,
+    ):
+        self.counted = counted
         self.leases = leases
         self.holder = holder  # this process's lease holder id: an owner that is us is still loading
         self.secret = secret
@@ -95,6 +103,7 @@ class Forwarder:
         headers |= {PEER: await self.secret(), CLIENT: request.get(PEER_CLIENT) or request.remote or "", HOPS: "1"}
         body = request.content if request.can_read_body else None
         self.forwarded += 1
+        self.counted()
         try:
             async with self.session.request(
                 request.method, url + request.path_qs, headers=headers, data=body, allow_redirects=False

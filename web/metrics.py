@@ -13,7 +13,7 @@ from broadcaster.runtime.telemetry import CONTENT_TYPE
 from db.stats import request_counts
 
 from .http_util import bearer_token
-from .keys import AUDIO, CONFIG, HUB, LIVE, METRICS, STATION, STORE
+from .keys import AUDIO, CLUSTER, CONFIG, HUB, LIVE, METRICS, STATION, STORE
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ async def scrape(request: web.Request) -> web.Response:
     telemetry.know_channels(loaded)
     telemetry.set_leads({name: runner.channel.lead_ms for name, runner in app[STATION].runners.items()})
     telemetry.set_chunk_cache(app[AUDIO].cached_bytes)
+    telemetry.channels_run.set(len(loaded))
+    if CLUSTER in app:
+        app[CLUSTER].observe()
     telemetry.set_malloc(await asyncio.to_thread(malloc_usage))
     station = app[STATION]
     telemetry.set_synthesis(

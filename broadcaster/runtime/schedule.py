@@ -41,6 +41,8 @@ class Scheduler:
         return due
 
     async def _queue(self, entry: ScheduleEntry) -> None:
+        if self.station.clustered and entry.channel not in self.station.runners:
+            return  # in a cluster the channel's owner queues it, once
         try:
             if entry.say:
                 await self.station.submit(entry.channel, entry.say)

@@ -233,7 +233,40 @@ class Telemetry:
             ("state",),
             registry=r,
         )
+        self._cluster_metrics(r)
         self._zero_known_labels()
+
+    def _cluster_metrics(self, r: CollectorRegistry) -> None:
+        self.channels_run = Gauge(
+            "broadcaster_channels_run",
+            "Channels whose clock this process runs: every channel outside a cluster, its share in one.",
+            registry=r,
+        )
+        self.announcements_waiting = Gauge(
+            "broadcaster_cluster_announcements_waiting",
+            "Steps announced by channels run here that Redis has not taken yet (grows while it is away).",
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "broadcaster_cluster_forwarded_requests",
+            "Requests passed on to the process that runs their channel.",
+            registry=r,
+        )
+        self.ownership_changes = Counter(
+            "broadcaster_cluster_ownership_changes",
+            "Channels this process began (gained) or stopped (lost) running.",
+            ("change",),
+            registry=r,
+        )
+        self.feed_resets = Counter(
+            "broadcaster_cluster_feed_resets",
+            "Times a channel's event feed here could not continue and its listeners were resynchronised.",
+            ("reason",),
+            registry=r,
+        )
+        self.bus_reconnects = Counter(
+            "broadcaster_cluster_bus_reconnects", "Times this process reconnected to Redis.", registry=r
+        )
 
     def _read_at_scrape(self) -> None:
         """Gauges the library reads through a function each time it renders."""
@@ -257,6 +290,10 @@ class Telemetry:
             self.dropped.labels(kind=kind)
         for status_class in STATUS_CLASSES:
             self.http_responses.labels(status_class=status_class)
+        for change in ("gained", "lost"):
+            self.ownership_changes.labels(change=change)
+        for reason in ("fresh", "behind", "lost"):
+            self.feed_resets.labels(reason=reason)
 
     # -- pushed as things happen -------------------------------------------------------
 

@@ -136,6 +136,17 @@ async def test_a_narration_posted_anywhere_is_heard_on_every_member_on_one_timel
     assert timelines[0] == timelines[1]
     for socket in sockets:
         await socket.ws.close()
+    assert await metric(owner, "broadcaster_channels_run") == 1
+    assert await metric(other, "broadcaster_channels_run") == 0
+    assert await metric(other, "broadcaster_cluster_forwarded_requests_total") == 1
+    assert await metric(owner, 'broadcaster_cluster_ownership_changes_total{change="gained"}') == 1
+
+
+async def metric(member: Member, name: str) -> float:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(member.base_url + "/metrics") as resp:
+            text = await resp.text()
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 async def test_a_late_listener_on_a_member_that_does_not_run_the_channel_joins_mid_request(cluster):
