@@ -260,7 +260,7 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
             retention_ms = int(config.cleanup.retention_days * 86_400_000)
             from broadcaster.runtime.clock import wall_clock_ms
 
-            audio = open_audio_store(config.data_path, store.engine)
+            audio = open_audio_store(config.data_path, store.engine, shared=config.cluster.enabled)
             result = await purge(store, audio, wall_clock_ms() - retention_ms)
             return result.summary()
         finally:
