@@ -1,0 +1,301 @@
+"""Failover: from the death of a channel's owner to the next chunk its successor announces, and the gap heard.
+
+Starts a real PostgreSQL and Redis (as the tests do) and three `broadcaster serve --workers 1`
+processes in cluster mode on them, keeps one channel narrating (long narrations posted ahead),
+and follows it with a WebSocket listener on a process that is never the one killed. Then, again
+and again, at a random moment it kills the process that runs the channel and starts it again:
+
+- `--how kill` (SIGKILL): a crash. On one machine the successor sees at once that the holder's
+  process is gone and takes the channel in its next round (a third of the lease).
+- `--how stop` (SIGSTOP, then SIGKILL once replaced): a process that stopped answering, as a
+  machine that fell off the network would look. The successor waits for the lease to lapse.
+
+For each kill it reports: how long until the listener got the next `audio_chunk_ready` (the new
+owner's first announcement), how much audio had been announced ahead of the kill, and the gap
+on the timeline where the owners changed beyond the configured gap (what a listener hears as
+an extra silence; 0 = inaudible).
+
+    .venv/bin/python bench/failover.py [--kills 10] [--how kill|stop] [--engine piper|tone] [--lease-s 3]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import websockets
+from report import percentile, table
+from serverproc import free_port, toml_text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from postgres import PostgresServer, binaries  # noqa: E402
+from redis_server import RedisServer, redis_binary  # noqa: E402
+
+TEXT = (
+    "The caravan reached the river at dusk, and the ferryman would not cross until morning. "
+    "Rain drummed on the tarpaulins while the mules complained. Somewhere upstream a bell rang twice. "
+    "Nobody in the camp admitted to having heard it, but nobody slept either. "
+)
+
+
+class Member:
+    def __init__(self, name: str, config: Path, work: Path):
+        self.name, self.config, self.work = name, config, work
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        data = self.work / self.name
+        data.mkdir(exist_ok=True)
+        log = (self.work / f"{self.name}.log").open("ab")
+        command = [sys.executable, "-m", "broadcaster", "serve", "--workers", "1", "--port", str(self.port)]
+        command += ["--config", str(self.config), "--data-dir", str(data)]
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        async with asyncio.timeout(120):
+            while (await self.health()) is None:
+                assert self.proc.poll() is None, f"{self.name} exited at start; see {self.work}/{self.name}.log"
+                await asyncio.sleep(0.1)
+
+    async def health(self) -> dict | None:
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    return await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Timeline:
+    """What a listener was told: every chunk's place, and when each announcement arrived."""
+
+    def __init__(self):
+        self.chunks: dict[str, tuple[int, int]] = {}  # chunk id -> (starts_at_ms, duration_ms)
+        self.arrivals: list[tuple[float, str]] = []  # (received at, wall clock ms; chunk id)
+
+    def take(self, message: dict) -> None:
+        if message["type"] == "audio_chunk_ready":
+            self.chunks[message["chunk_id"]] = (message["starts_at_ms"], message["duration_ms"])
+            self.arrivals.append((time.time() * 1000, message["chunk_id"]))
+        elif message["type"] == "timeline_shifted":
+            _, duration = self.chunks.get(message["chunk_id"], (0, 0))
+            self.chunks[message["chunk_id"]] = (message["starts_at_ms"], duration)
+        elif message["type"] == "snapshot":
+            for chunk in (message.get("now_playing") or {}).get("chunks", []):
+                self.chunks[chunk["chunk_id"]] = (chunk["starts_at_ms"], chunk["duration_ms"])
+
+    def announced_end(self) -> int:
+        return max((start + duration for start, duration in self.chunks.values()), default=0)
+
+    def gap_after(self, moment_ms: float) -> int:
+        """The silence on the timeline at the first boundary whose previous chunk ends after `moment_ms`."""
+        placed = sorted(self.chunks.values())
+        for (start, duration), (next_start, _) in zip(placed, placed[1:]):
+            if start + duration >= moment_ms:
+                return next_start - (start + duration)
+        return 0
+
+
+async def follow(member: Member, timeline: Timeline) -> None:
+    while True:
+        try:
+            async with websockets.connect(member.url.replace("http", "ws") + "/ws/channels/table") as ws:
+                async for text in ws:
+                    timeline.take(json.loads(text))
+        except (OSError, websockets.ConnectionClosed):
+            await asyncio.sleep(0.2)
+
+
+async def keep_narrating(members: list[Member], token: str) -> None:
+    """Post a narration whenever fewer than two wait, to whichever member answers."""
+    while True:
+        for member in members:
+            try:
+                async with aiohttp.ClientSession() as http:
+                    headers = {"Authorization": f"Bearer {token}"}
+                    async with http.get(f"{member.url}/api/channels/table/audio/queue", headers=headers) as resp:
+                        queued = len((await resp.json()).get("queue", [])) if resp.status == 200 else 2
+                    if queued < 2:
+                        await http.post(
+                            f"{member.url}/api/channels/table/requests", json={"text": TEXT}, headers=headers
+                        )
+                break
+            except aiohttp.ClientError:
+                continue
+        await asyncio.sleep(1)
+
+
+async def owner(members: list[Member], timeout_s: float = 30) -> Member:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            for member in members:
+                health = await member.health()
+                if health and health["channels"]:
+                    return member
+            await asyncio.sleep(0.05)
+
+
+async def one_kill(members: list[Member], timelines: dict[str, Timeline], how: str, rng) -> dict:
+    """Kill (or stop) whoever runs the channel; a listener on another member measures."""
+    await asyncio.sleep(rng.uniform(0.5, 4))
+    victim = await owner(members)
+    timeline = timelines[next(m.name for m in members if m is not victim)]
+    if not (await victim.health() or {}).get("channels"):
+        return {}
+    ahead_ms = timeline.announced_end() - time.time() * 1000
+    killed_at = time.time() * 1000
+    os.kill(victim.proc.pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+    if how == "kill":
+        victim.proc.wait()  # reaped, as a supervisor or systemd would (a zombie still looks alive)
+    seen = len(timeline.arrivals)
+    await owner([m for m in members if m is not victim])
+    taken_at = time.time() * 1000
+    async with asyncio.timeout(60):
+        while not any(at >= killed_at + 20 for at, _ in timeline.arrivals[seen:]):
+            await asyncio.sleep(0.01)
+    first = next(at for at, _ in timeline.arrivals[seen:] if at >= killed_at + 20)
+    if how == "stop":
+        os.kill(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait()
+    await asyncio.sleep(1)  # let the timeline settle before reading the gap
+    gap_ms = timeline.gap_after(killed_at)
+    await victim.start()
+    return {
+        "takeover_ms": taken_at - killed_at,
+        "failover_ms": first - killed_at,
+        "ahead_ms": ahead_ms,
+        "gap_ms": gap_ms,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--how", choices=("kill", "stop"), default="kill")
+    parser.add_argument("--engine", choices=("piper", "tone"), default="piper")
+    parser.add_argument("--lease-s", type=float, default=3)
+    parser.add_argument("--seed", type=int, default=19)
+    args = parser.parse_args()
+    if binaries() is None or redis_binary() is None:
+        raise SystemExit("needs PostgreSQL and redis-server (apt-get install postgresql redis-server)")
+    work = Path(tempfile.mkdtemp(prefix="broadcaster-failover-"))
+    postgres, redis_ = PostgresServer(binaries()), RedisServer(redis_binary(), work / "redis")
+    postgres.start()
+    redis_.start()
+    members: list[Member] = []
+    tasks: list[asyncio.Task] = []
+    try:
+        database = await postgres.create_database()
+        settings = {
+            "server": {"database_url": postgres.url(database)},
+            "cluster": {"redis_url": redis_.url, "lease_s": args.lease_s},
+            "tts": {"engine": args.engine, "tone_delay_ms": 150},
+            "limits": {"producer_write_burst": 10_000, "max_connections_per_address": 0},
+        }
+        config = work / "cluster.toml"
+        config.write_text(toml_text(settings))
+        created = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broadcaster",
+                "channel",
+                "create",
+                "table",
+                "--json",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(work / "cli"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = json.loads(created.stdout)["producer_token"]
+        members = [Member(name, config, work) for name in ("a", "b", "c")]
+        for member in members:
+            await member.start()
+        await owner(members)
+        timelines = {member.name: Timeline() for member in members}  # a listener on each member
+        tasks = [asyncio.create_task(follow(m, timelines[m.name])) for m in members]
+        tasks.append(asyncio.create_task(keep_narrating(members, token)))
+        await asyncio.sleep(5)  # narration under way, audio announced ahead
+        rng, results = random.Random(args.seed), []
+        for n in range(args.kills):
+            result = await one_kill(members, timelines, args.how, rng)
+            if result:
+                results.append(result)
+                print(
+                    f"kill {n + 1}: taken over in {result['takeover_ms']:.0f} ms, "
+                    f"{result['failover_ms']:.0f} ms to the next announcement, "
+                    f"{result['ahead_ms']:.0f} ms announced ahead, gap {result['gap_ms']} ms",
+                    flush=True,
+                )
+        report(results, args)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for member in members:
+            member.stop()
+        redis_.stop()
+        postgres.close()
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
+    failover = [r["failover_ms"] for r in results]
+    gaps = [r["gap_ms"] for r in results]
+    print(
+        f"\n{len(results)} owners {'killed' if args.how == 'kill' else 'stopped'}, lease {args.lease_s} s, "
+        f"engine {args.engine}"
+    )
+    print(
+        table(
+            ["", "p50", "max"],
+            [
+                [
+                    "kill to a new owner running it (ms)",
+                    f"{percentile([r['takeover_ms'] for r in results], 50):.0f}",
+                    f"{max(r['takeover_ms'] for r in results):.0f}",
+                ],
+                ["kill to next announcement (ms)", f"{percentile(failover, 50):.0f}", f"{max(failover):.0f}"],
+                [
+                    "audio announced ahead at the kill (ms)",
+                    f"{percentile([r['ahead_ms'] for r in results], 50):.0f}",
+                    f"{max(r['ahead_ms'] for r in results):.0f}",
+                ],
+                ["timeline gap where owners changed (ms)", f"{percentile(gaps, 50):.0f}", f"{max(gaps)}"],
+            ],
+        )
+    )
+    covered = [r for r in results if r["ahead_ms"] >= r["takeover_ms"]]
+    print(f"kills with more audio announced ahead than the takeover took: {len(covered)}/{len(results)}")
+    print("configured gaps: 250 ms between sentences, 600 ms between requests (a gap of one of those is inaudible)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
