@@ -26,6 +26,7 @@ from broadcaster.runtime.bus import Batch, Delivery, Entry, EventBus, Position, 
 
 from .fanout import Hub, Listener
 from .messages import refresh_snapshot
+from .replica import ChannelReplica
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ChannelFeed:
         self.position: Position | None = None
         self.recent: deque[Entry] = deque(maxlen=KEPT)
         self.subscription: Subscription | None = None
+        self.replica = ChannelReplica(channel)  # what live.mp3 and progressive streams play here (web/replica.py)
         self._moved = asyncio.Event()  # set whenever the position changes
 
     def deliver(self, delivery: Delivery) -> None:
@@ -78,9 +80,19 @@ class ChannelFeed:
             self.hub.broadcast(self.channel, *(entry.message for entry in delivery.entries))
         else:
             self._reset(delivery)
+        self._replicate(delivery)
         self.position = delivery.position
         self._moved.set()
         self._moved = asyncio.Event()
+
+    def _replicate(self, delivery: Delivery) -> None:
+        try:
+            if isinstance(delivery, Batch):
+                self.replica.take(entry.message for entry in delivery.entries)
+            else:
+                self.replica.reset(None if delivery.snapshot is None else delivery.snapshot.state)
+        except Exception:  # the replica's bug must not cost the listeners their feed
+            log.exception("channel %s: the replica could not follow a delivery", self.channel)
 
     def _reset(self, reset: Reset) -> None:
         self.recent.clear()

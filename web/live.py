@@ -6,6 +6,9 @@ The body is framed as Icecast frames it, for every client: no length and no chun
 encoding, `Connection: close`, so it ends when the connection does. Rippers such as
 streamripper count `icy-metaint` bytes of the raw body; chunk-size lines would land
 inside the audio and the metadata.
+
+In a cluster every process renders and encodes the stream for its own players: from the
+channel's runner while it runs here, else from its replica (web/replica.py).
 """
 
 import contextlib
@@ -13,10 +16,11 @@ import contextlib
 from aiohttp import web
 
 from broadcaster.core.icy import METAINT
-from broadcaster.runtime.runner import ChannelRunner
+from broadcaster.runtime.live import Playable
 
 from .access import remote_of, require_listener
-from .keys import ACCESS, CONFIG, LIVE, STATION, WATCH
+from .keys import ACCESS, CLUSTER, CONFIG, FEEDS, LIVE, STATION, WATCH
+from .replica import Followed, replica_of
 from .revocation import Watched
 
 
@@ -37,21 +41,25 @@ class CloseDelimitedResponse(web.StreamResponse):
 
 
 async def live_mp3(request: web.Request) -> web.StreamResponse:
-    runner = await request.app[STATION].runner(request.match_info["channel"])
-    credential = await require_listener(request, runner.name)
+    app, name = request.app, request.match_info["channel"]
+    runner = None if CLUSTER in app else await app[STATION].runner(name)
+    if runner is None:
+        await app[STATION].channel_row(name)  # 404 for a channel that does not exist
+    credential = await require_listener(request, name)
     with (
-        request.app[ACCESS].connection(remote_of(request)),
-        request.app[WATCH].watch(runner.name, credential) as watched,
+        app[ACCESS].connection(remote_of(request)),
+        app[WATCH].watch(name, credential) as watched,
     ):  # ends it if the key is replaced
-        return await _play(request, runner, watched)
+        playable = runner if runner is not None else Followed(app[STATION].runners, await replica_of(app[FEEDS], name))
+        return await _play(request, playable, watched)
 
 
-async def _play(request: web.Request, runner: ChannelRunner, watched: Watched) -> web.StreamResponse:
+async def _play(request: web.Request, playable: Playable, watched: Watched) -> web.StreamResponse:
     """The stream writes the audio to the transport itself, the same bytes to every player
     (broadcaster/runtime/live.py); this handler only waits for the player's stream to end."""
-    live = await request.app[LIVE].stream(runner)
+    live = await request.app[LIVE].stream(playable)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
-    response = CloseDelimitedResponse(_headers(request, runner.name, icy))
+    response = CloseDelimitedResponse(_headers(request, playable.name, icy))
     await response.prepare(request)  # a StreamResponse sends its headers here, before any audio
     transport = request.transport
     if transport is None or transport.is_closing():

@@ -10,24 +10,34 @@ N ms into that content, cut at the exact sample.
 An encoder is a process, so they are bounded: at most `[limits]
 max_stream_encoders` at once on the server (then 503), and a listener that
 reads nothing for `stream_write_timeout_s` has its stream cut off.
+
+In a cluster, a process that does not run the request's channel serves the stream
+itself: the stored request, with the chunks the channel's replica hears announced
+(web/replica.py), until the replica hears it end.
 """
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 from aiohttp import web
 
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState
+from broadcaster.errors import NotFound
+from broadcaster.runtime.runner import ChannelRunner
 from broadcaster.runtime.telemetry import Telemetry
+from db.outage import database_unavailable
 from tts.encode import Mp3Encoder, decode_flac
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
 
 from .access import remote_of, require_listener
 from .http_util import LEFT_POLL_S, cap_send_buffer, client_connected, int_query, path_id
-from .keys import ACCESS, AUDIO, CONFIG, ENGINE, METRICS, STATION, WATCH
+from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, ENGINE, FEEDS, METRICS, STATION, WATCH
+from .replica import ChannelReplica, replica_of
 from .revocation import Watched
 
 log = logging.getLogger(__name__)
@@ -55,14 +65,17 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(request: web.Request, playback: Request, offset_ms: int, watched: Watched) -> web.StreamResponse:
-    station, limits = request.app[STATION], request.app[CONFIG].limits
+    limits = request.app[CONFIG].limits
+    following = await _following(request.app, playback)
+    if following is not None:
+        playback = await following.current()
     rate, channels = _format(playback, request.app[ENGINE].sample_rate)
     encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps * channels, "pipe:1", channels)
     response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
     await response.prepare(request)
     cap_send_buffer(request, SOCKET_BUFFER_BYTES)
     feeder = _Feeder(request, encoder, rate, channels, offset_ms)
-    feed = asyncio.create_task(feeder.feed(playback, station.runner_of(playback)))
+    feed = asyncio.create_task(feeder.feed(playback, following))
     copy = asyncio.create_task(_copy(encoder, response, request.app[METRICS], limits.stream_write_timeout_s))
     revoked = asyncio.Event()
     watched.on_revoke(lambda reason: revoked.set())
@@ -120,7 +133,7 @@ async def _until_done(feed: asyncio.Task, copy: asyncio.Task, stop: asyncio.Task
 
 def _format(playback: Request, speech_rate: int) -> tuple[int, int]:
     """Sample rate and channels of the request's audio (known before its first chunk exists)."""
-    if playback.chunks:
+    if playback.chunks and playback.chunks[0].sample_rate:  # a chunk the wire told of has no format
         return playback.chunks[0].sample_rate, playback.chunks[0].channels
     return (TRACK_RATE, TRACK_CHANNELS) if playback.kind == "track" else (speech_rate, 1)
 
@@ -150,15 +163,14 @@ class _Feeder:
         self.rate = rate
         self.skip = skip_ms * rate // 1000  # samples still to drop from the front
 
-    async def feed(self, playback: Request, runner) -> None:  # noqa: ANN001
-        await self.follow(playback, runner)
+    async def feed(self, playback: Request, following: "Following | None") -> None:
+        await self.follow(playback, following)
         self.stdin.close()
 
-    async def follow(self, playback: Request, runner) -> None:  # noqa: ANN001
-        sent = 0
+    async def follow(self, playback: Request, following: "Following | None") -> None:
+        sent = 0  # the seq of the next chunk to write
         while True:
-            while sent < len(playback.chunks):
-                chunk = playback.chunks[sent]
+            while (chunk := _chunk(playback, sent)) is not None:
                 if chunk.state == ChunkState.DISCARDED:
                     return  # the request failed: nothing after this is heard
                 if sent and playback.kind != "track":  # a track's segments join without a pause
@@ -166,11 +178,11 @@ class _Feeder:
                     await self.write(np.zeros((gap, *self.gap_shape[1:]), dtype=np.int16))
                 await self.write(await self.samples(chunk))
                 sent += 1
-            if playback.state in FINAL_REQUEST_STATES or runner is None:
+            if playback.state in FINAL_REQUEST_STATES or following is None:
                 return
             if playback.generated and sent >= len(playback.chunks):
                 return
-            await runner.wait_change(WAIT_SLICE_S)
+            playback = await following.next()
 
     async def samples(self, chunk: Chunk) -> np.ndarray:
         return (await decode_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))).samples
@@ -181,3 +193,86 @@ class _Feeder:
         if dropped < len(samples):
             self.stdin.write(samples[dropped:].astype("<i2").tobytes())
             await self.stdin.drain()
+
+
+def _chunk(playback: Request, seq: int) -> Chunk | None:
+    if seq < len(playback.chunks) and playback.chunks[seq].seq == seq:
+        return playback.chunks[seq]
+    return next((c for c in playback.chunks if c.seq == seq), None)
+
+
+# -- what a stream follows while its request is not over ---------------------------------------------
+
+
+async def _following(app: web.Application, playback: Request) -> "Following | None":
+    """The runner of the request's channel if it runs here; in a cluster, else, the channel's replica."""
+    station = app[STATION]
+    if (runner := station.runner_of(playback)) is not None:
+        return OnRunner(runner, playback)
+    if CLUSTER not in app or playback.state in FINAL_REQUEST_STATES:
+        return None  # nothing more will come of it
+    return OnReplica(await replica_of(app[FEEDS], playback.channel), playback, station.find_request)
+
+
+class OnRunner:
+    """A request of a channel run here: the runner's own object, changed in place."""
+
+    def __init__(self, runner: ChannelRunner, playback: Request):
+        self.runner, self.playback = runner, playback
+
+    async def current(self) -> Request:
+        return self.playback
+
+    async def next(self) -> Request:
+        await self.runner.wait_change(WAIT_SLICE_S)
+        return self.playback
+
+
+class OnReplica:
+    """A request of a channel run elsewhere: its stored row, with the chunks the replica has heard of since.
+
+    The owner stores a change before it announces it, so once the replica hears the request end, the
+    row read again holds all of its chunks. The row is read again, too, every WAIT_SLICE_S while the
+    replica does not know the request (it has not reached the line the replica holds, or it left it
+    unheard by this process: its end is then in the row)."""
+
+    def __init__(self, replica: ChannelReplica, stored: Request, find: Callable[[str], Awaitable[Request]]):
+        self.replica, self.stored, self.find = replica, stored, find
+        self.read_at = asyncio.get_running_loop().time()
+
+    async def current(self) -> Request:
+        heard = self.replica.find_request(self.stored.request_id)
+        if heard is None:
+            if asyncio.get_running_loop().time() - self.read_at >= WAIT_SLICE_S:
+                await self._read()
+        elif heard.state in FINAL_REQUEST_STATES and self.stored.state not in FINAL_REQUEST_STATES:
+            if not _merged(self.stored, heard).generated:
+                await self._read()  # it ended: the row has every chunk, some maybe unheard here
+        return _merged(self.stored, self.replica.find_request(self.stored.request_id))
+
+    async def next(self) -> Request:
+        await self.replica.wait_change(WAIT_SLICE_S)
+        return await self.current()
+
+    async def _read(self) -> None:
+        self.read_at = asyncio.get_running_loop().time()
+        try:
+            self.stored = await self.find(self.stored.request_id)
+        except NotFound:
+            pass  # purged meanwhile: what was heard is all there is
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.info("progressive stream of %s: database away, playing on what was announced", self.stored.request_id)
+
+
+Following = OnRunner | OnReplica
+
+
+def _merged(stored: Request, heard: Request | None) -> Request:
+    """The stored request with the chunks and state the replica has heard since (a copy)."""
+    if heard is None or heard is stored:
+        return stored
+    chunks = {c.seq: c for c in stored.chunks} | {c.seq: c for c in heard.chunks}
+    state = stored.state if stored.state in FINAL_REQUEST_STATES else heard.state
+    return dataclasses.replace(stored, state=state, chunks=[chunks[seq] for seq in sorted(chunks)])

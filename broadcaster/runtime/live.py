@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from broadcaster import logs
 from broadcaster.config import LiveConfig
 from broadcaster.core.icy import IcyFraming
-from broadcaster.core.model import Chunk
+from broadcaster.core.model import Chunk, Request
 from broadcaster.core.playout import Placed, convert, render
 from broadcaster.core.states import ChunkState
 from broadcaster.core.titles import item_title, stream_title
@@ -36,7 +38,6 @@ from db.audio_store import AudioStore, AudioUnavailable
 from tts.encode import Mp3Encoder, decode_flac
 
 from .clock import Clock
-from .runner import ChannelRunner
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,26 @@ BEHIND_S = 60  # audio waiting for a player before it is dropped as too slow
 TRANSPORT_BYTES = 65536  # what a player's transport may hold (its own copy) before blocks wait in its backlog
 IDLE_STOP_S = 10  # the encoder stops this long after its last listener left
 CACHE_CHUNKS = 16
+
+
+class Lineup(Protocol):
+    """What a live stream reads of a channel's requests: the core's Channel has it."""
+
+    @property
+    def line(self) -> Sequence[Request]: ...
+
+    @property
+    def recent(self) -> Iterable[Request]: ...
+
+
+class Playable(Protocol):
+    """A channel a live stream plays: its ChannelRunner, or in a cluster a replica of it (web/replica.py)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def channel(self) -> Lineup: ...
 
 
 class LiveListener:
@@ -80,7 +101,7 @@ class LiveListener:
 class LiveStream:
     def __init__(
         self,
-        runner: ChannelRunner,
+        runner: Playable,
         audio: AudioStore,
         config: LiveConfig,
         clock: Clock,
@@ -271,7 +292,7 @@ class LiveStreams:
         self._lock = asyncio.Lock()
         self._reaper: asyncio.Task | None = None
 
-    async def stream(self, runner: ChannelRunner) -> LiveStream:
+    async def stream(self, runner: Playable) -> LiveStream:
         async with self._lock:
             live = self.streams.get(runner.name)
             if live is None or not live.running:
