@@ -287,6 +287,8 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As scripts/serve runs it (an explicit PYTHONMALLOC wins); the figures in docs/performance.md are of it.
+            env={**os.environ, "PYTHONMALLOC": os.environ.get("PYTHONMALLOC", "malloc")},
         )
         log.close()
         await self._wait_healthy(timeout_s)
