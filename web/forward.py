@@ -4,8 +4,9 @@ A producer's write (a narration, an upload, a queue control) changes a channel, 
 process that runs the channel's clock may change it. A process that does not run it sends the
 request on to the owner's internal address (the `holder_url` of the channel's lease), streaming
 the body both ways, and returns the owner's answer unchanged: the same status, the same JSON.
-Reads that need the channel's live state (the queue, live.mp3, a progressive stream) go the
-same way when they find the channel is run elsewhere.
+A read that needs the owner's live state (the queue view) goes the same way when it finds the
+channel is run elsewhere; live.mp3 and progressive streams are served here, from the channel's
+replica (web/replica.py).
 
 Peers prove themselves with a secret shared through Redis, and say who the client was, so that
 the owner's per-address rate limits and logs see the real client and not the peer. A request

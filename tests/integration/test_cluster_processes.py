@@ -244,6 +244,7 @@ async def test_owners_killed_at_random_moments_never_overlap_lose_or_repeat_anyt
         await member.start()
     rng = random.Random(19)
     posted: list[str] = []
+    listeners = [Roaming(members, first=n) for n in range(len(members))]  # one on each, moving when it dies
     for kill in range(KILLS):
         posted.append(await post_somewhere(members, producer_token, f"Request {kill}. It has two sentences."))
         owner = await owner_among(members)
@@ -261,7 +262,7 @@ async def test_owners_killed_at_random_moments_never_overlap_lose_or_repeat_anyt
                 await asyncio.sleep(0.2)
         states = dict(await conn.fetch("SELECT id, state FROM playback_requests"))
         chunks = await conn.fetch(
-            "SELECT request_id, seq, starts_at_ms, duration_ms FROM audio_chunks "
+            "SELECT id, request_id, seq, starts_at_ms, duration_ms FROM audio_chunks "
             "WHERE starts_at_ms IS NOT NULL AND state <> 'discarded' ORDER BY starts_at_ms"
         )
     finally:
@@ -282,3 +283,51 @@ async def test_owners_killed_at_random_moments_never_overlap_lose_or_repeat_anyt
             ]
     assert len(epochs) == len(set(epochs)), f"one epoch was taken twice: {sorted(epochs)}"
     assert len(epochs) > KILLS
+    placed = {c["id"]: c["starts_at_ms"] for c in chunks}
+    for listener in listeners:
+        await listener.stop()
+        assert listener.joins > 1, "a listener never had to move"
+        assert set(posted) <= listener.played, "a listener did not hear every request end"
+        moved = {cid: (at, placed.get(cid)) for cid, at in listener.starts.items() if placed.get(cid) != at}
+        assert not moved, f"listeners were told other times than the timeline kept: {moved}"
+
+
+class Roaming:
+    """A listener that reconnects to the next live server when its own dies, as behind a load balancer."""
+
+    def __init__(self, members: list[ServerProcess], first: int):
+        self.members, self.index = members, first
+        self.joins = 0
+        self.played: set[str] = set()
+        self.starts: dict[str, int] = {}  # chunk id -> the start it was last told
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            member = self.members[self.index % len(self.members)]
+            try:
+                async with websockets.connect(ws_url(member.base_url)) as ws:
+                    async for text in ws:
+                        self._take(json.loads(text))
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus):
+                pass
+            self.index += 1
+            await asyncio.sleep(0.05)
+
+    def _take(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "snapshot":
+            self.joins += 1
+            self.played |= {r["request_id"] for r in message["recent"] if r["status"] == "played"}
+            for chunk in (message["now_playing"] or {}).get("chunks", []):
+                self.starts[chunk["chunk_id"]] = chunk["starts_at_ms"]
+        elif kind in ("audio_chunk_ready", "timeline_shifted"):
+            self.starts[message["chunk_id"]] = message["starts_at_ms"]
+        elif kind == "request_played":
+            self.played.add(message["request_id"])
+        elif kind == "playback_queue_updated":
+            self.played |= {r["request_id"] for r in message["recent"] if r["status"] == "played"}
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)

@@ -127,6 +127,12 @@ EXPORTED = {
     "broadcaster_synthesis_speed_ratio": ("gauge", set()),
     "broadcaster_streaming_requests": ("gauge", {"limit"}),
     "broadcaster_track_decodes": ("gauge", {"state"}),
+    "broadcaster_channels_run": ("gauge", set()),
+    "broadcaster_cluster_announcements_waiting": ("gauge", set()),
+    "broadcaster_cluster_forwarded_requests_total": ("counter", set()),
+    "broadcaster_cluster_ownership_changes_total": ("counter", {"change"}),
+    "broadcaster_cluster_feed_resets_total": ("counter", {"reason"}),
+    "broadcaster_cluster_bus_reconnects_total": ("counter", set()),
 }
 
 SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
