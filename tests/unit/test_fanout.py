@@ -31,6 +31,13 @@ class StandInSocket:
         self.closed, self.close_code = True, code
 
 
+class BrokenSocket(StandInSocket):
+    """A connection the peer has gone from: every send fails."""
+
+    async def send_str(self, text: str) -> None:
+        raise ConnectionResetError("peer went away")
+
+
 @pytest.fixture
 async def hub():
     hub = Hub(Telemetry())
@@ -92,14 +99,8 @@ async def test_a_listener_too_slow_for_its_queue_is_dropped_with_4008_and_the_ot
 async def test_a_listener_whose_connection_failed_takes_nothing_and_is_not_counted_too_slow(hub):
     """A send that fails (the peer went away) ends the writer; later broadcasts skip the listener until
     its handler removes it, and nobody calls it too slow."""
-    gone = join(hub, "gone", queue_size=1)
-
-    async def broken(text: str) -> None:
-        raise ConnectionResetError("peer went away")
-
-    gone.ws.send_str = broken
-    gone.writer.cancel()
-    gone.writer = asyncio.create_task(gone._write())
+    gone = Listener(BrokenSocket(), "gone", "table", queue_size=1)
+    hub.add(gone)
     assert gone.send({"n": 1})
     await settle()
     for n in range(5):
