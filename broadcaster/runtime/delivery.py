@@ -39,8 +39,11 @@ class Mp3Delivery:
         Raises FileNotFoundError if the chunk's audio is gone, GenerationError if encoding keeps failing.
         """
         for attempt in (1, 2):
+            # Checked again after the await: fetches that arrive together must share one rebuild, since
+            # two would write the same spool file and one could store the other's half-written MP3.
             if chunk_id not in self.jobs and not await self.audio.has(request_id, chunk_id, "mp3"):
-                self._track(chunk_id, self._rebuild(request_id, chunk_id))
+                if chunk_id not in self.jobs:
+                    self._track(chunk_id, self._rebuild(request_id, chunk_id))
             job = self.jobs.get(chunk_id)
             if job is None:
                 return
