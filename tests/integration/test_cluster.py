@@ -5,61 +5,14 @@ the channel; listeners on both hear one timeline, and a producer may post to eit
 
 import asyncio
 import json
-from pathlib import Path
 
 import aiohttp
 import pytest
 import websockets
-from conftest import FAST_TONES, merge
+from cluster_members import LEASE_S, Member, owner_of, post, start_member
 
-from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel
-from web.app import create_app
-from web.keys import METRICS, STATION
-from web.serve import start_sites
-
-LEASE_S = 1
-
-
-class Member:
-    def __init__(self, runner, base_url: str):
-        self.runner = runner
-        self.base_url = base_url
-
-    @property
-    def app(self):
-        return self.runner.app
-
-    @property
-    def station(self):
-        return self.app[STATION]
-
-    def runs(self, channel: str) -> bool:
-        return channel in self.station.runners
-
-    def ws_url(self, channel: str) -> str:
-        return "ws" + self.base_url.removeprefix("http") + f"/ws/channels/{channel}"
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
-async def start_member(tmp_path: Path, database_url: str, redis_url: str, overrides: dict | None = None) -> Member:
-    from aiohttp import web
-
-    settings = merge(
-        FAST_TONES,
-        {
-            "server": {"database_url": database_url, "data_dir": str(tmp_path / "data"), "port": 0},
-            "cluster": {"redis_url": redis_url, "lease_s": LEASE_S},
-            **(overrides or {}),
-        },
-    )
-    config = config_from_dict(settings)
-    runner = web.AppRunner(create_app(config))
-    await runner.setup()
-    listening = await start_sites(runner, config)
-    return Member(runner, listening.public_url)
+from web.keys import METRICS
 
 
 @pytest.fixture
@@ -76,16 +29,6 @@ async def cluster(tmp_path, postgres_url, redis_url):
         await member.stop()
 
 
-async def owner_of(channel: str, *members: Member, timeout_s: float = 6) -> Member:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            running = [m for m in members if m.runs(channel)]
-            if running:
-                assert len(running) == 1, "two members run the channel at once"
-                return running[0]
-            await asyncio.sleep(0.05)
-
-
 class Socket:
     def __init__(self, ws):
         self.ws = ws
@@ -98,16 +41,6 @@ class Socket:
                 self.messages.append(message)
                 if message["type"] == kind and (where is None or where(message)):
                     return message
-
-
-async def post(member: Member, channel: str, token: str, text: str) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{member.base_url}/api/channels/{channel}/requests",
-            json={"text": text},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as resp:
-            return resp.status, await resp.json()
 
 
 async def test_a_narration_posted_anywhere_is_heard_on_every_member_on_one_timeline(cluster):
@@ -266,6 +199,9 @@ async def test_after_redis_restarts_empty_listeners_resync_and_nothing_queued_is
         for follower in followers:
             await follower.heard_played(during["request_id"])
             assert follower.snapshots >= 2, "the listener was not resynchronised after the history was lost"
+        other = b if owner is a else a
+        status, after = await post(other, "table", made.token, "Forwarded after the restart.")
+        assert status == 202, after  # the peers agree on a new secret
     finally:
         for follower in followers:
             await follower.stop()

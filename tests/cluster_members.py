@@ -1,0 +1,75 @@
+"""Cluster members in this process: each a full app on its own loopback ports (public and internal),
+on one PostgreSQL database and one Redis. Shared by the cluster's integration and browser tests."""
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from conftest import FAST_TONES, merge
+
+from broadcaster.config import config_from_dict
+from web.app import create_app
+from web.keys import STATION
+from web.serve import start_sites
+
+LEASE_S = 1
+
+
+class Member:
+    def __init__(self, runner, base_url: str):
+        self.runner = runner
+        self.base_url = base_url
+
+    @property
+    def app(self):
+        return self.runner.app
+
+    @property
+    def station(self):
+        return self.app[STATION]
+
+    def runs(self, channel: str) -> bool:
+        return channel in self.station.runners
+
+    def ws_url(self, channel: str) -> str:
+        return "ws" + self.base_url.removeprefix("http") + f"/ws/channels/{channel}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_member(tmp_path: Path, database_url: str, redis_url: str, overrides: dict | None = None) -> Member:
+    settings = merge(
+        FAST_TONES,
+        {
+            "server": {"database_url": database_url, "data_dir": str(tmp_path / "data"), "port": 0},
+            "cluster": {"redis_url": redis_url, "lease_s": LEASE_S},
+            **(overrides or {}),
+        },
+    )
+    config = config_from_dict(settings)
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    listening = await start_sites(runner, config)
+    return Member(runner, listening.public_url)
+
+
+async def owner_of(channel: str, *members: Member, timeout_s: float = 6) -> Member:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            running = [m for m in members if m.runs(channel)]
+            if running:
+                assert len(running) == 1, "two members run the channel at once"
+                return running[0]
+            await asyncio.sleep(0.05)
+
+
+async def post(member: Member, channel: str, token: str, text: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{member.base_url}/api/channels/{channel}/requests",
+            json={"text": text},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as resp:
+            return resp.status, await resp.json()
