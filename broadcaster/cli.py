@@ -274,17 +274,22 @@ async def _refuse_while_served(engine) -> None:  # noqa: ANN001
     """Migrating under a running server would change tables beneath it: it must be stopped first."""
     from sqlalchemy import inspect
 
-    from broadcaster.runtime.ownership import SERVER, gone
+    from broadcaster.runtime.ownership import NODE, SERVER, gone
     from db.leases import Leases
 
     async with engine.connect() as conn:
         if not await conn.run_sync(lambda sync: inspect(sync).has_table("leases")):
             return  # made before servers took leases
-    holding = await Leases(engine).current(SERVER)
-    if holding is not None and not gone(holding.holder):
+    leases = Leases(engine)
+    holding = await leases.current(SERVER)
+    serving = [holding.holder] if holding is not None else []
+    serving += [h.holder for h in (await leases.live(NODE)).values()]  # the members of a cluster
+    serving = [holder for holder in serving if not gone(holder)]
+    if serving:
+        who = ", ".join(holder.rsplit(":", 1)[0] for holder in serving[:5])
         raise BroadcasterError(
-            f"a server ({holding.holder.rsplit(':', 1)[0]}, host:pid) is serving this database; "
-            "stop it (and any others) before 'broadcaster db upgrade'"
+            f"{len(serving)} server(s) ({who}, host:pid) are serving this database; "
+            "stop them all before 'broadcaster db upgrade'"
         )
 
 

@@ -168,7 +168,7 @@ class ClusterConfig:
     redis_url: str = ""  # e.g. "redis://10.0.0.5:6379/0"; with a PostgreSQL database_url, turns cluster mode on
     internal_host: str = "127.0.0.1"  # where this process takes requests forwarded by the others; another
     # machine's servers must reach it here, so set this machine's private address when there are several
-    internal_port: int = 0  # 0: any free port (each worker process has its own)
+    internal_port: int = 0  # 0: any free port; else worker n of `serve --workers N` takes internal_port + n - 1
     lease_s: float = 3  # a channel's owner that died is replaced within this and a third (at once on its own
     # machine); an owner that could not renew for two thirds of it stops running the channel
     history: int = 1000  # messages kept per channel on Redis, for listeners and processes that missed some

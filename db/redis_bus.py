@@ -309,8 +309,11 @@ class RedisBus:
         """A random value every process on this Redis agrees on (made by the first to ask)."""
         key = f"{self.prefix}:secret:{name}"
         try:
-            await self._cmd.set(key, os.urandom(24).hex(), nx=True)
-            return await self._cmd.get(key)
+            found = await self._cmd.get(key)
+            if found is None:
+                await self._cmd.set(key, os.urandom(24).hex(), nx=True)
+                found = await self._cmd.get(key)
+            return found
         except REDIS_DOWN as exc:
             raise BusUnavailable(f"could not read the cluster's shared secret: Redis is unreachable ({exc})") from exc
 

@@ -188,7 +188,9 @@ def _stop_serving() -> None:
 
 
 async def _close_listeners(app: web.Application) -> None:
-    """Say goodbye (1001) and stop decodes before aiohttp waits for open handlers, so shutdown is prompt."""
+    """Say goodbye (1001), end live.mp3 players and stop decodes before aiohttp waits for open handlers,
+    so shutdown is prompt."""
     app[STATION].decoders.cancel_all()
     await app[WATCH].close()
     await app[HUB].close_all()
+    await app[LIVE].close()  # live.mp3 never ends by itself: its players would hold the stop for a minute

@@ -152,8 +152,10 @@ class Cluster:
         self._lettings.add(task)
         task.add_done_callback(self._lettings.discard)
 
-    async def _secret(self) -> str:
-        if self._secret_value is None:
+    async def _secret(self, fresh: bool = False) -> str:
+        """The secret peers prove themselves with, read again when asked (Redis may have restarted
+        empty and the first process to ask made a new one)."""
+        if self._secret_value is None or fresh:
             self._secret_value = await self.bus.shared_secret("peer")
         return self._secret_value
 

@@ -55,7 +55,7 @@ class Forwarder:
         self,
         leases: Leases,
         holder: Callable[[], str],
-        secret: Callable[[], Awaitable[str]],
+        secret: Callable[..., Awaitable[str]],  # secret(fresh=True) reads it again
         wait_s: float,
         counted: Callable[[], None] = lambda: None,
     ):
@@ -93,7 +93,8 @@ class Forwarder:
         if claimed is None:
             return None
         if not hmac.compare_digest(claimed.encode(), (await self.secret()).encode()):
-            raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
+            if not hmac.compare_digest(claimed.encode(), (await self.secret(fresh=True)).encode()):
+                raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
         return request.headers.get(CLIENT) or request.remote
 
     async def forward(self, request: web.Request, channel: str) -> web.StreamResponse:
@@ -101,7 +102,10 @@ class Forwarder:
             raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
         url = await self.owner_url(channel)
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
-        headers |= {PEER: await self.secret(), CLIENT: request.get(PEER_CLIENT) or request.remote or "", HOPS: "1"}
+        # Read afresh for each forward (one Redis read): a secret cached from before a Redis restart
+        # would be refused by every peer.
+        headers |= {PEER: await self.secret(fresh=True), CLIENT: request.get(PEER_CLIENT) or request.remote or ""}
+        headers[HOPS] = "1"
         body = request.content if request.can_read_body else None
         self.forwarded += 1
         self.counted()

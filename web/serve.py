@@ -11,6 +11,7 @@ from aiohttp import web
 from broadcaster.config import Config
 
 from .keys import CLUSTER
+from .workers import worker_number
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ def _bound(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+def internal_port(base: int) -> int:
+    """Worker n of `serve --workers N` takes port base + n - 1 (0: any free port, for each)."""
+    return base + max(0, worker_number() - 1) if base else 0
+
+
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -46,7 +52,7 @@ async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = 
     cluster = runner.app.get(CLUSTER)
     if cluster is None:
         return Listening(_url(public), "")
-    internal = _bound(config.cluster.internal_host, config.cluster.internal_port)
+    internal = _bound(config.cluster.internal_host, internal_port(config.cluster.internal_port))
     await web.SockSite(runner, internal, backlog=BACKLOG).start()
     cluster.advertise(_url(internal))
     return Listening(_url(public), _url(internal))

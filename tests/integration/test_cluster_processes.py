@@ -6,13 +6,14 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 import websockets
-from server_process import ServerProcess, cli
+from server_process import ServerProcess, cli, free_port
 
 LEASE_S = 1
 
@@ -159,9 +160,11 @@ async def test_workers_share_one_port_and_a_narration_reaches_listeners_of_every
     tmp_path, postgres_url, redis_url
 ):
     config = cluster_config(tmp_path, postgres_url, redis_url)
+    server = ServerProcess(tmp_path / "data", config)
+    internal = free_port_pair(avoid=server.port)
+    config.write_text(config.read_text().replace("[cluster]\n", f"[cluster]\ninternal_port = {internal}\n"))
     out = cli("channel", "create", "table", data_dir=tmp_path / "data", config=config).stdout
     producer_token = next(line.split()[-1] for line in out.splitlines() if "producer token" in line)
-    server = ServerProcess(tmp_path / "data", config)
     server.args += ["--workers", "2"]
     await server.start()
     try:
@@ -182,14 +185,47 @@ async def test_workers_share_one_port_and_a_narration_reaches_listeners_of_every
             timelines.append([(m["chunk_id"], m["starts_at_ms"]) for m in heard if m["type"] == "audio_chunk_ready"])
             await ws.close()
         assert len(timelines[0]) == 2 and all(t == timelines[0] for t in timelines)
+        # a fixed internal port: one per worker, where each can be scraped on its own
+        assert {(await health(f"http://127.0.0.1:{internal + n}"))["process"] for n in range(2)} == pids
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "broadcaster",
+                "db",
+                "upgrade",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and "2 server(s)" in refused.stderr, refused.stderr
     finally:
         server.stop()
     assert server.proc.returncode == 0, server.log_tail()
 
 
-def test_workers_without_cluster_mode_are_refused_with_the_reason(tmp_path):
-    import subprocess
+def free_port_pair(avoid: int) -> int:
+    """A port p such that p and p + 1 are free now and neither is `avoid`."""
+    import socket
 
+    while True:
+        base = free_port()
+        if avoid in (base, base + 1):
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", base + 1))
+        except OSError:
+            continue
+        return base
+
+
+def test_workers_without_cluster_mode_are_refused_with_the_reason(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "broadcaster", "serve", "--data-dir", str(tmp_path), "--workers", "2"],
         capture_output=True,
