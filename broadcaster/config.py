@@ -27,9 +27,13 @@ class ServerConfig:
     log_audio_fetches: bool = False  # access-log successful chunk fetches too: one line per listener per sentence
     chunk_cache_mb: float = 16  # recent chunk files held in memory, one copy shared by every listener
     cors_origins: tuple[str, ...] = ("*",)  # pages that may read public channels cross-origin; see web/cors.py
+    # Load balancers whose X-Forwarded-For names the client (addresses or networks, e.g. ["10.0.0.0/24"]):
+    # per-address limits and logs then count clients, not the balancer. Empty: the connection's address.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", _origins(self.cors_origins))
+        object.__setattr__(self, "trusted_proxies", _proxies(self.trusted_proxies))
 
 
 ORIGIN = re.compile(r"\*|https?://[^/\s:]+(:\d+)?/?", re.IGNORECASE)
@@ -42,6 +46,20 @@ def _origins(value: Any) -> tuple[str, ...]:
     raise BadInput(
         f'expected [server] cors_origins to be a list of "*" or origins like "https://vtt.example" '
         f"(no path), got {value!r}"[:300]
+    )
+
+
+def _proxies(value: Any) -> tuple[str, ...]:
+    """The [server] trusted_proxies list: IP addresses or networks."""
+    import ipaddress
+
+    try:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
+    except ValueError:
+        pass
+    raise BadInput(
+        f'expected [server] trusted_proxies to be a list like ["10.0.0.2", "10.0.1.0/24"], got {value!r}'[:300]
     )
 
 

@@ -8,14 +8,14 @@ from aiohttp import web
 from broadcaster.auth import Admission, Credential, valid_channel_name
 from broadcaster.errors import Unauthorized
 
-from .forward import PEER_CLIENT
+from .clients import client_address
 from .http_util import bearer_token
-from .keys import ACCESS, STATION
+from .keys import ACCESS, STATION, TRUSTED
 
 
 def remote_of(request: web.Request) -> str:
-    """The client's address; for a request a peer forwarded (web/forward.py), the one it came from."""
-    return request.get(PEER_CLIENT) or request.remote or "unknown"
+    """The client's address (web/clients.py): through a trusted balancer, or a peer that forwarded it."""
+    return client_address(request, request.app[TRUSTED])
 
 
 async def producer_channel(request: web.Request) -> str:

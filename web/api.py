@@ -11,7 +11,8 @@ from db.audio_store import FORMATS, AudioUnavailable
 
 from .access import producer_channel, require_listener
 from .audience import MAX_REPORTS
-from .forward import PEER_CLIENT, BadPeer
+from .clients import PEER_CLIENT
+from .forward import BadPeer
 from .http_util import error_response, json_body, path_id
 from .keys import AUDIO, HUB, METRICS, STATION, STORE
 from .messages import queue_state_json

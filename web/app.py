@@ -23,11 +23,12 @@ from tts.engine import TtsEngine
 from tts.loudness import level
 
 from . import api, cors, live, metrics, pages, stream, tracks, ws
+from .clients import networks
 from .cluster import Cluster
 from .fanout import Hub
 from .feed import Feeds
 from .forward import through_owner
-from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, ENGINE, FEEDS, HUB, LIVE, METRICS, STATION, STORE, WATCH
+from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, ENGINE, FEEDS, HUB, LIVE, METRICS, STATION, STORE, TRUSTED, WATCH
 from .limits import Access
 from .middleware import json_errors
 from .publish import Announce, Publisher
@@ -69,6 +70,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     )
     app.on_response_prepare.append(stamp_request_id)
     app[CONFIG] = config
+    app[TRUSTED] = networks(config.server.trusted_proxies)
     app[METRICS] = Telemetry()
     app[HUB] = Hub(app[METRICS])
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())

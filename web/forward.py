@@ -28,12 +28,13 @@ from broadcaster.runtime.ownership import CHANNEL
 from broadcaster.runtime.station import NotHere, Station
 from db.leases import Leases
 
+from .clients import PEER_CLIENT, TRUSTED, client_address
+
 log = logging.getLogger(__name__)
 
 PEER = "X-Broadcaster-Peer"  # the cluster's shared secret: this request was forwarded by a peer
 CLIENT = "X-Broadcaster-Client"  # the address the peer took the request from
 HOPS = "X-Broadcaster-Hops"
-PEER_CLIENT = web.RequestKey("peer_client", str)  # the client of a request a peer forwarded
 SENT_ON = ("Authorization", "Content-Type", "Content-Length", "Accept", "Range", "Icy-MetaData", "User-Agent")
 SENT_BACK = ("Content-Type", "Retry-After", "Cache-Control", "Content-Range", "Accept-Ranges", "ETag")
 SENT_BACK_PREFIX = ("icy-", "X-Request-Id")
@@ -104,7 +105,7 @@ class Forwarder:
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
         # Read afresh for each forward (one Redis read): a secret cached from before a Redis restart
         # would be refused by every peer.
-        headers |= {PEER: await self.secret(fresh=True), CLIENT: request.get(PEER_CLIENT) or request.remote or ""}
+        headers |= {PEER: await self.secret(fresh=True), CLIENT: client_address(request, request.app[TRUSTED])}
         headers[HOPS] = "1"
         body = request.content if request.can_read_body else None
         self.forwarded += 1

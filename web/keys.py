@@ -10,6 +10,7 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
+from .clients import TRUSTED  # noqa: F401  (defined with what reads it; one place for the app's keys)
 from .cluster import Cluster
 from .fanout import Hub
 from .feed import Feeds

@@ -32,6 +32,7 @@ from broadcaster import logs
 from broadcaster.auth import valid_channel_name
 from broadcaster.core.ids import is_id, new_id
 
+from .clients import TRUSTED, client_address
 from .keys import CONFIG, METRICS
 
 access_log = logging.getLogger("broadcaster.access")
@@ -80,7 +81,7 @@ def _finished(request: web.Request, status: int | None, duration_ms: float) -> N
         ):
             return
     path = request.rel_url.raw_path[:MAX_LOGGED_PATH]
-    remote = request.remote or "-"
+    remote = client_address(request, request.app.get(TRUSTED, ())) if request.remote else "-"
     access_log.info(
         "%s %s %s %.1f ms %s",
         request.method,

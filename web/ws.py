@@ -106,7 +106,7 @@ async def _listen(
     station, hub, store, limits = app[STATION], app[HUB], app[STORE], app[CONFIG].limits
     connection_id = new_id()
     store.open_connection(
-        connection_id, channel.channel_id, request.remote or "", request.headers.get("User-Agent", ""), station.clock()
+        connection_id, channel.channel_id, remote_of(request), request.headers.get("User-Agent", ""), station.clock()
     )
     listener = Listener(
         ws,

@@ -94,6 +94,7 @@ def cluster_config(tmp_path: Path, database_url: str, redis_url: str) -> Path:
         f"""
 [server]
 database_url = "{database_url}"
+trusted_proxies = ["127.0.0.1"]  # the balancer: its X-Forwarded-For names the client (docs/deployment.md)
 [cluster]
 redis_url = "{redis_url}"
 lease_s = 1
@@ -106,7 +107,6 @@ sentence_gap_ms = 120
 request_gap_ms = 200
 [limits]
 producer_write_burst = 100000
-max_connections_per_address = 0  # every client comes from the balancer's address (docs/deployment.md)
 """
     )
     return path
@@ -327,3 +327,13 @@ async def _ended(player: aiohttp.ClientResponse) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+async def test_servers_count_the_client_the_balancer_names_not_the_balancer(cluster):
+    """Through the balancer, a producer's write is logged and rate-limited under the address haproxy
+    appended to X-Forwarded-For (here the test's own claim, since the test runs on the balancer's
+    trusted loopback address)."""
+    balancer, servers, token = cluster
+    await post(balancer.base_url, token, "Who am I?", **{"X-Forwarded-For": "203.0.113.5"})
+    logs = "".join(server.log_tail() for server in servers)
+    assert "POST /api/channels/table/requests 202" in logs and "203.0.113.5" in logs
