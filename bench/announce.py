@@ -47,8 +47,12 @@ two versions are measured by the same client code.
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
+import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -204,7 +208,9 @@ async def run_stage(
     stage.full_gcs = (await scrape_histogram(http, server.base_url, PAUSES, FULL)).minus(gcs_before)
     stage.cpu_s = cpu_spent(cpu0, process_cpu(server.pid))
     stage.cpu_share = stage.cpu_s / (time.monotonic() - t0)
-    stage.rss_mb = sample_memory(server.pid, time.monotonic()).rss_mb
+    memory = sample_memory(server.pid, time.monotonic())
+    # Workers: the server is its supervisor's children (the workers and their encoders).
+    stage.rss_mb = memory.total_mb if "--workers" in server.extra_args else memory.rss_mb
     probed = await probe.call("collect", [(list(sent),)])
     absorb(stage, sent, [*await pool.call("collect", [(list(sent),)] * len(pool)), *probed])
     stage.probe_ms = [(t - sent[rid]) / 1e6 for rid, (kernel, _, _) in probed[0]["times"].items() for t in kernel]
@@ -405,7 +411,45 @@ def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
-    server = ServerProcess(SETTINGS, root=Path(args.root).resolve() if args.root else ROOT)
+    root = Path(args.root).resolve() if args.root else ROOT
+    async with cluster_engines(args.cluster_workers) as settings:
+        server = ServerProcess(settings, root=root, extra_args=cluster_args(args.cluster_workers))
+        await measure(server, args, tcp_before)
+
+
+@contextlib.asynccontextmanager
+async def cluster_engines(workers: int):
+    """The settings to run with: as they are for one process, or, for worker processes, cluster mode
+    on a PostgreSQL and a Redis of its own (started here, as the tests start theirs)."""
+    if not workers:
+        yield SETTINGS
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres import PostgresServer, binaries
+    from redis_server import RedisServer, redis_binary
+
+    work = Path(tempfile.mkdtemp(prefix="broadcaster-announce-"))
+    postgres, redis_ = PostgresServer(binaries()), RedisServer(redis_binary(), work / "redis")
+    postgres.start()
+    redis_.start()
+    try:
+        name = await postgres.create_database()
+        yield {
+            **SETTINGS,
+            "server": {"database_url": postgres.url(name)},
+            "cluster": {"redis_url": redis_.url},
+        }
+    finally:
+        redis_.stop()
+        postgres.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cluster_args(workers: int) -> list[str]:
+    return ["--workers", str(workers)] if workers else []
+
+
+async def measure(server: ServerProcess, args: argparse.Namespace, tcp_before: dict[str, int]) -> None:
     pools: list[WorkerPool] = []
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
@@ -490,5 +534,13 @@ if __name__ == "__main__":
         "connected audience's, not a burst of arrivals' (0: 1 s)",
     )
     parser.add_argument("--per-post", action="store_true", help="also list each POST's probe times (largest row)")
+    parser.add_argument(
+        "--cluster-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the server as N worker processes in cluster mode, on a PostgreSQL and a Redis started for the "
+        "run (0: one process, the embedded default). Histograms then come from whichever worker answers a scrape",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))

@@ -214,6 +214,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     profile_path: Path | None = None  # run the server under cProfile, writing its stats here on exit
     root: Path = ROOT  # the source tree it runs from: another checkout, to compare two versions in one run
+    extra_args: list[str] = field(default_factory=list)  # more `serve` options, e.g. ["--workers", "2"]
     proc: subprocess.Popen | None = None
 
     @property
@@ -282,6 +283,7 @@ class ServerProcess:
                 "--port",
                 str(self.port),
                 *self._common(),
+                *self.extra_args,
             ],
             cwd=self.root,
             stdout=log,
