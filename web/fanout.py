@@ -1,15 +1,18 @@
 """Fan-out to WebSocket listeners that never waits on the slowest one.
 
-A broadcast is serialized once: the same text goes on every listener's own
-bounded queue, and each listener's writer task sends what is on its queue, in
-order, with aiohttp's `send_str`, at the pace its socket takes it. Handing a
-message to a thousand listeners is a thousand queue puts; no listener's
-socket is touched while the others wait. A listener whose queue is full is
-too slow to keep up: it is dropped (closed with TOO_SLOW), so it cannot hold
-back the rest, and it reconnects to a fresh snapshot.
+A broadcast is serialized and encoded once, and the same bytes go to every listener with
+aiohttp's own `send_frame`. A send to a socket that keeps up completes without ever yielding:
+the frame is written to the transport at once. So each send is started on the spot and run up
+to its first suspension, as `asyncio.eager_task_factory` does from Python 3.12 on: with
+thousands of listeners a task per listener per broadcast would cost several times the send
+itself, and the collector's walks over the tasks alive at each collection. Only a send that
+must wait (the socket's buffer is full and aiohttp waits for it to drain) becomes a task, and
+that listener's later messages wait in its bounded line behind it, sent in order by that task.
+A listener whose line is full is too slow to keep up: it is dropped (closed with TOO_SLOW), so
+it cannot hold back the rest, and it reconnects to a fresh snapshot.
 
-All the messages of one channel step go on a queue together or not at all,
-so a listener never sees half a step.
+All the messages of one channel step go to a listener together or not at all, so a listener
+never sees half a step.
 """
 
 import asyncio
@@ -17,10 +20,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from broadcaster.runtime.telemetry import Telemetry
 
@@ -28,11 +32,39 @@ log = logging.getLogger(__name__)
 
 TOO_SLOW = 4008  # application close code: the listener fell too far behind
 REPLY_WAIT_S = 10
+SEND_FAILED = (ConnectionError, RuntimeError)  # the connection is closing; its reader will find out
+
+
+def started(coro: Coroutine) -> asyncio.Task | None:
+    """Run `coro` now, up to its first suspension: None if it finished (its error, if any, raised
+    here), else a task that carries it on from there."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_carry_on(coro, waiting))
+
+
+async def _carry_on(coro: Coroutine, waiting: Any) -> None:
+    """What a task does with a coroutine that yielded `waiting`: resume it when that is done."""
+    while True:
+        if waiting is None:  # a bare yield (sleep(0)): give the loop one turn
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait([waiting])
+        try:
+            waiting = coro.send(None)  # it reads the awaited future's result (or error) itself
+        except StopIteration:
+            return
+
+
+def frame(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
 
 
 class Listener:
-    """One WebSocket's share of the fan-out: a bounded queue of serialized messages and the task that
-    sends them."""
+    """One WebSocket's share of the fan-out: messages sent at once while its socket keeps up, else
+    waiting in a bounded line behind the send that had to wait."""
 
     def __init__(
         self,
@@ -46,65 +78,85 @@ class Listener:
         self.connection_id = connection_id
         self.channel = channel
         self.counted = counted
-        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
-        self.backlog = 0  # messages on the queue or being sent by the writer task
+        self.limit = queue_size
+        self.pending: deque[bytes] = deque()  # messages waiting behind a send that had to wait
         self.dropped = False  # by the hub: nothing more is queued
         self.gone = False  # a send failed: the connection is closing, and its reader will find out
-        self.writer: asyncio.Task | None = asyncio.create_task(self._write(), name=f"ws-writer:{connection_id}")
+        self.writer: asyncio.Task | None = None  # while a send waits: finishes it, then sends the line
+        self._room: asyncio.Event | None = None  # a reply waiting for room in a full line
 
-    def offer(self, text: str) -> bool:
-        """Queue one message; False if the queue is full (the listener is too slow)."""
-        return self.offer_all((text,))
+    @property
+    def backlog(self) -> int:
+        """Messages not yet written to the socket (the one being sent included)."""
+        return len(self.pending) + (self.writer is not None)
 
-    def offer_all(self, texts: list[str] | tuple[str, ...]) -> bool:
-        """Queue the messages, all of them or none; False if they do not fit (the listener is too slow).
-        A listener that was dropped or whose connection is going takes nothing, and is not too slow."""
+    def offer(self, data: bytes) -> bool:
+        """Send or queue one encoded message; False if the line is full (the listener is too slow)."""
+        return self.offer_all((data,))
+
+    def offer_all(self, frames: list[bytes] | tuple[bytes, ...]) -> bool:
+        """Send or queue the messages, all of them or none; False if they do not fit (the listener is
+        too slow). A listener that was dropped or whose connection is going takes nothing, and is not
+        too slow."""
         if self.dropped or self.gone:
             return True
-        queue = self.queue
-        if queue.maxsize - queue.qsize() < len(texts):
-            return False
-        for text in texts:
-            queue.put_nowait(text)
-        self.backlog += len(texts)
+        if self.writer is not None:
+            if self.limit - len(self.pending) < len(frames):
+                return False
+            self.pending.extend(frames)
+            return True
+        for index, data in enumerate(frames):
+            try:
+                waiting = started(self.ws.send_frame(data, WSMsgType.TEXT))
+            except SEND_FAILED:
+                self.gone = True
+                return True
+            except Exception:  # one listener's surprise must not cut the broadcast to the others short
+                log.exception("listener %s: a send failed unexpectedly", self.connection_id)
+                self.gone = True
+                return True
+            if waiting is not None:
+                self.pending.extend(frames[index + 1 :])
+                self.writer = asyncio.ensure_future(self._drain(waiting))
+                return True
         return True
 
     def send(self, payload: dict[str, Any]) -> bool:
-        return self.offer(json.dumps(payload))
+        return self.offer(frame(payload))
 
     async def reply(self, payload: dict[str, Any]) -> bool:
-        """Answer this client's own message. With nothing ahead of it, it is sent at once (a time_sync
-        answer that waited its turn behind other writer tasks would skew the client's clock estimate);
-        else it waits its turn in the queue. Waiting for room there slows down only this client's
-        reading, so a client that floods us gets every answer, just later. False if it stopped reading
-        its answers."""
-        text = json.dumps(payload)
-        if self.dropped or self.gone:
-            return True
-        if not self.backlog:
-            # An uncompressed send writes the frame before it first yields: nothing can pass it.
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_str(text)
-            return True
+        """Answer this client's own message: at once with nothing ahead of it (a time_sync answer that
+        waited its turn would skew the client's clock estimate), else in its turn. Waiting for room
+        slows down only this client's reading, so a client that floods us gets every answer, just
+        later. False if it stopped reading its answers."""
+        data = frame(payload)
         try:
             async with asyncio.timeout(REPLY_WAIT_S):
-                await self.queue.put(text)
+                while self.writer is not None and len(self.pending) >= self.limit:
+                    self._room = self._room or asyncio.Event()
+                    await self._room.wait()
         except TimeoutError:
             return False
-        self.backlog += 1  # no await since the put: the writer task cannot have taken it yet
-        return True
+        return self.offer(data)
 
-    async def _write(self) -> None:
-        queue, send = self.queue, self.ws.send_str
-        while True:
-            text = await queue.get()
-            try:
-                await send(text)
-            except (ConnectionError, RuntimeError):
-                self.gone = True
-                return
-            finally:
-                self.backlog -= 1
+    async def _drain(self, waiting: asyncio.Future) -> None:
+        """Finish the send that had to wait, then send the line in order, waiting as the socket asks."""
+        pending = self.pending
+        try:
+            await waiting
+            while pending:
+                await self.ws.send_frame(pending.popleft(), WSMsgType.TEXT)
+                if self._room is not None:
+                    self._room.set()
+                    self._room = None
+        except SEND_FAILED:
+            self.gone = True
+            pending.clear()
+        finally:
+            self.writer = None
+            if self._room is not None:
+                self._room.set()
+                self._room = None
 
     async def close(self, code: int = 1000, message: bytes = b"") -> None:
         writer, self.writer = self.writer, None
@@ -114,7 +166,8 @@ class Listener:
             # would otherwise keep this listener until the next full collection.
             await asyncio.gather(writer, return_exceptions=True)
         if not self.ws.closed:
-            await self.ws.close(code=code, message=message)
+            with contextlib.suppress(*SEND_FAILED):
+                await self.ws.close(code=code, message=message)
 
 
 COUNT_DELAY_S = 0.5  # listener counts are announced at most twice a second per channel
@@ -176,17 +229,17 @@ class Hub:
         return self.count(channel) + self.others(channel)
 
     def broadcast(self, channel: str, *payloads: dict[str, Any]) -> None:
-        """Queue messages, in order, for every listener of the channel: each is serialized once, and
-        a listener whose queue cannot take them all is dropped."""
+        """Send messages, in order, to every listener of the channel: each is serialized and encoded
+        once; a listener whose line cannot take them all is dropped."""
         group = self.listeners.get(channel)
         if not payloads or not group:
             return
-        started = time.perf_counter()
-        texts = [json.dumps(payload) for payload in payloads]
-        too_slow = [listener for listener in group if not listener.offer_all(texts)]
+        began = time.perf_counter()
+        frames = [frame(payload) for payload in payloads]
+        too_slow = [listener for listener in list(group) if not listener.offer_all(frames)]
         for listener in too_slow:
             self.drop(listener, TOO_SLOW, b"too slow: send queue full")
-        self.metrics.broadcast_took(time.perf_counter() - started)
+        self.metrics.broadcast_took(time.perf_counter() - began)
 
     def drop(self, listener: Listener, code: int, reason: bytes, quiet: bool = False) -> None:
         """Stop sending to the listener at once and close it with `code` (quiet: the caller logs it)."""

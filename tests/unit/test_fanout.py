@@ -1,7 +1,7 @@
 """The hub hands each broadcast to every listener's bounded queue, serialized once; a listener whose queue
 cannot take it is dropped with 4008 while the others get everything, in order.
 
-The WebSocket is a stand-in that records what the listener's writer task sends and how it was closed;
+The WebSocket is a stand-in that records what is sent to it and how it was closed;
 a stalled one never finishes a send, like a socket whose reader stopped reading."""
 
 import asyncio
@@ -22,10 +22,13 @@ class StandInSocket:
         self.sent: list[str] = []
         self.release = asyncio.Event()
 
-    async def send_str(self, text: str) -> None:
+    async def send_frame(self, data: bytes, opcode) -> None:
         if self.stalled:
             await self.release.wait()
-        self.sent.append(text)
+        self.sent.append(data.decode())
+
+    async def send_str(self, text: str) -> None:
+        await self.send_frame(text.encode(), None)
 
     async def close(self, code: int, message: bytes) -> None:
         self.closed, self.close_code = True, code
@@ -34,7 +37,7 @@ class StandInSocket:
 class BrokenSocket(StandInSocket):
     """A connection the peer has gone from: every send fails."""
 
-    async def send_str(self, text: str) -> None:
+    async def send_frame(self, data: bytes, opcode) -> None:
         raise ConnectionResetError("peer went away")
 
 
@@ -87,7 +90,7 @@ async def test_a_listener_too_slow_for_its_queue_is_dropped_with_4008_and_the_ot
         await settle()
     assert slow.dropped and hub.count("table") == 2
     assert slow.ws.close_code == TOO_SLOW
-    assert slow.queue.qsize() == 3, "the step that did not fit was not half queued"
+    assert len(slow.pending) == 3, "the step that did not fit was not half queued"
     assert hub.metrics.registry.get_sample_value("broadcaster_slow_consumers_dropped_total", {"kind": "websocket"}) == 1
     expected = [{"step": step, "part": part} for step in range(3) for part in (1, 2)]
     assert all(sent(listener) == expected for listener in fast)
@@ -105,7 +108,7 @@ async def test_a_listener_whose_connection_failed_takes_nothing_and_is_not_count
     await settle()
     for n in range(5):
         hub.broadcast("table", {"n": n})
-    assert gone.gone and hub.dropped_total == 0 and gone.queue.empty()
+    assert gone.gone and hub.dropped_total == 0 and not gone.pending
 
 
 async def test_a_reply_goes_out_at_once_when_nothing_waits_and_else_behind_what_is_queued(hub):
@@ -132,3 +135,28 @@ async def test_counts_of_a_burst_of_joins_go_out_once(hub, monkeypatch):
     await asyncio.sleep(0.05)
     await settle()
     assert all(sent(listener) == [{"type": "listeners_changed", "listeners": 100}] for listener in listeners)
+
+
+async def test_a_send_runs_at_once_until_it_must_wait_and_a_task_finishes_it():
+    """`started` runs a coroutine to its first suspension: one that never waits is done on return; one
+    that waits is carried on by a task, which sees the awaited result; an error before waiting is raised."""
+    done: list[str] = []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def quick():
+        done.append("quick")
+
+    async def waits():
+        done.append(await gate)
+
+    async def fails():
+        raise ConnectionResetError("gone")
+
+    assert fanout.started(quick()) is None and done == ["quick"]
+    task = fanout.started(waits())
+    assert task is not None and not task.done()
+    gate.set_result("after the wait")
+    await task
+    assert done == ["quick", "after the wait"]
+    with pytest.raises(ConnectionResetError):
+        fanout.started(fails())
