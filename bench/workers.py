@@ -41,10 +41,19 @@ def _run(conn: Connection, factory: Callable[..., Any], args: tuple, priority: s
     asyncio.run(_serve(conn, factory(*args)))
 
 
+def _receive(conn: Connection) -> tuple[str | None, tuple]:
+    """The next order; the parent gone (its end of the pipe closed) means stop, not a reader that
+    fires forever: a benchmark killed mid-run left its clients spinning at a third of a core each."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None, ()
+
+
 async def _serve(conn: Connection, target: Any) -> None:
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(conn.recv()))
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(_receive(conn)))
     try:
         while True:
             op, args = await inbox.get()
