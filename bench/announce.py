@@ -418,11 +418,11 @@ async def main(args: argparse.Namespace) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cluster_engines(workers: int):
+async def cluster_engines(workers: int, base: dict = SETTINGS):
     """The settings to run with: as they are for one process, or, for worker processes, cluster mode
     on a PostgreSQL and a Redis of its own (started here, as the tests start theirs)."""
     if not workers:
-        yield SETTINGS
+        yield base
         return
     sys.path.insert(0, str(ROOT / "tests"))
     from postgres import PostgresServer, binaries
@@ -435,7 +435,7 @@ async def cluster_engines(workers: int):
     try:
         name = await postgres.create_database()
         yield {
-            **SETTINGS,
+            **base,
             "server": {"database_url": postgres.url(name)},
             "cluster": {"redis_url": redis_.url},
         }

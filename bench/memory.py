@@ -11,6 +11,11 @@ has played out. The baseline is the idle server with the voice loaded.
 Target (docs/performance.md): RSS within 250 MB with the voice and 1000 listeners.
 
     .venv/bin/python bench/memory.py [--listeners 1000] [--workers 4] [--fetch-fraction 1.0] [--no-deflate]
+                                     [--cluster-workers N]
+
+With --cluster-workers N the server runs as N worker processes in cluster mode (a PostgreSQL
+and a Redis started for the run), and "the server" is its workers together: their RSS summed
+(each with its own voice), their ffmpeg encoders counted as children.
 """
 
 import argparse
@@ -19,17 +24,22 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 
 import aiohttp
+from announce import cluster_args, cluster_engines
 from listeners import Behaviour, ListenerWorker, merge_reports
 from report import percentile, table
 from serverproc import (
     MemorySample,
     MemorySampler,
     ServerProcess,
+    _command_name,
+    descendants,
     narrate,
     raise_nofile,
     sample_memory,
+    status_kb,
     tcp_counters,
     tcp_summary,
     wait_listeners,
@@ -71,7 +81,7 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> None:
     rows = [("bare Piper process, narration spoken", await piper_baseline(text))]
     token = (await server.create_channels([CHANNEL]))[CHANNEL]
     await server.start()
-    sampler = MemorySampler(server.pid, 0.25)
+    sampler = (WorkersSampler if server.extra_args else MemorySampler)(server.pid, 0.25)
     rows.append(("server idle, voice loaded", await settle_sample(sampler, 3)))
     pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
     behaviour = Behaviour(fetch_fraction=args.fetch_fraction, deflate=args.deflate)
@@ -165,13 +175,31 @@ def print_load(story: dict, load: dict) -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
-    server = ServerProcess(with_uncapped_limits({"tts": {"engine": "piper"}}))
-    try:
-        await run(args, server)
-        print(tcp_summary(tcp_before))
-        print(server.problems())
-    finally:
-        server.remove(keep=args.keep)
+    async with cluster_engines(args.cluster_workers, with_uncapped_limits({"tts": {"engine": "piper"}})) as settings:
+        server = ServerProcess(settings, extra_args=cluster_args(args.cluster_workers))
+        try:
+            await run(args, server)
+            print(tcp_summary(tcp_before))
+            print(server.problems())
+        finally:
+            server.remove(keep=args.keep)
+
+
+class WorkersSampler(MemorySampler):
+    """The workers of `serve --workers N` as one server: their RSS summed, their encoders as children."""
+
+    def sample(self) -> MemorySample:
+        whole = sample_memory(self.pid, self.started)
+        workers = [
+            kid
+            for kid in descendants(self.pid)
+            if "python" in _command_name(kid) or "broadcaster" in _command_name(kid)
+        ]
+        rss = sum(status_kb(kid).get("VmRSS", 0) for kid in workers) / 1024
+        hwm = sum(status_kb(kid).get("VmHWM", 0) for kid in workers) / 1024
+        sample = replace(whole, rss_mb=rss, hwm_mb=hwm, children_rss_mb=whole.children_rss_mb - rss)
+        self.samples.append(sample)
+        return sample
 
 
 if __name__ == "__main__":
@@ -186,4 +214,7 @@ if __name__ == "__main__":
         help="offer permessage-deflate like a browser (default) or not",
     )
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
+    parser.add_argument(
+        "--cluster-workers", type=int, default=0, metavar="N", help="run the server as N workers in cluster mode"
+    )
     asyncio.run(main(parser.parse_args()))

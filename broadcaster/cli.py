@@ -287,9 +287,11 @@ async def _refuse_while_served(engine) -> None:  # noqa: ANN001
     serving = [holder for holder in serving if not gone(holder)]
     if serving:
         who = ", ".join(holder.rsplit(":", 1)[0] for holder in serving[:5])
+        count = "a server" if len(serving) == 1 else f"{len(serving)} servers"
+        verb = "is" if len(serving) == 1 else "are"
         raise BroadcasterError(
-            f"{len(serving)} server(s) ({who}, host:pid) are serving this database; "
-            "stop them all before 'broadcaster db upgrade'"
+            f"{count} ({who}, host:pid) {verb} serving this database; "
+            "stop every one before 'broadcaster db upgrade'"
         )
 
 

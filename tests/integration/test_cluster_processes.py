@@ -203,7 +203,7 @@ async def test_workers_share_one_port_and_a_narration_reaches_listeners_of_every
             text=True,
             timeout=60,
         )
-        assert refused.returncode == 2 and "2 server(s)" in refused.stderr, refused.stderr
+        assert refused.returncode == 2 and "2 servers" in refused.stderr, refused.stderr
     finally:
         server.stop()
     assert server.proc.returncode == 0, server.log_tail()
