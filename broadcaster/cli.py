@@ -290,8 +290,7 @@ async def _refuse_while_served(engine) -> None:  # noqa: ANN001
         count = "a server" if len(serving) == 1 else f"{len(serving)} servers"
         verb = "is" if len(serving) == 1 else "are"
         raise BroadcasterError(
-            f"{count} ({who}, host:pid) {verb} serving this database; "
-            "stop every one before 'broadcaster db upgrade'"
+            f"{count} ({who}, host:pid) {verb} serving this database; stop every one before 'broadcaster db upgrade'"
         )
 
 
