@@ -21,12 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broadcaster.errors import BroadcasterError
@@ -34,6 +29,11 @@ from broadcaster.errors import BroadcasterError
 from .models import Base
 
 MIGRATIONS = str(Path(__file__).parent / "migrations")  # the script location
+SHIPPED = MIGRATIONS
+# The newest revision shipped in db/migrations/ (tests/unit/test_schema.py keeps it so). A server
+# whose database is already there checks that with one query and never imports Alembic, which
+# would stay in its memory for good (11 MB).
+SHIPPED_HEAD = "0002"
 BASELINE = "0001"  # the first revision: what a database from before migrations is brought to
 SCHEMA_LOCK = 0x62635F736368656D  # PostgreSQL advisory lock key of schema changes ("bc_schem")
 
@@ -49,7 +49,18 @@ class SchemaMismatch(BroadcasterError):
 
 async def prepare(engine: AsyncEngine, location: str | None = None) -> None:
     """Create a new database's tables, adopt one from before migrations, or refuse any other revision than the newest."""
-    await _in_one_transaction(engine, _prepare, location or MIGRATIONS)
+    location = location or MIGRATIONS
+    if location == SHIPPED and await _current(engine) == SHIPPED_HEAD:
+        return
+    await _in_one_transaction(engine, _prepare, location)
+
+
+async def _current(engine: AsyncEngine) -> str | None:
+    """The database's revision as Alembic records it, or None (no table yet: a new or a pre-migration database)."""
+    async with engine.connect() as conn:
+        if not await conn.run_sync(lambda sync: inspect(sync).has_table("alembic_version")):
+            return None
+        return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
 
 
 async def upgrade(engine: AsyncEngine, location: str | None = None) -> tuple[str | None, str]:
@@ -78,6 +89,8 @@ async def _in_one_transaction(engine: AsyncEngine, work: Callable[[Connection, s
 
 
 def _prepare(conn: Connection, location: str) -> None:
+    from alembic.runtime.migration import MigrationContext
+
     _hold_the_schema(conn)
     scripts, head = _scripts(location), _head(location)
     context = MigrationContext.configure(conn)
@@ -98,6 +111,8 @@ def _prepare(conn: Connection, location: str) -> None:
 
 
 def _upgrade(conn: Connection, location: str) -> tuple[str | None, str]:
+    from alembic.runtime.migration import MigrationContext
+
     _hold_the_schema(conn)
     before = MigrationContext.configure(conn).get_current_revision()
     if before is not None:
@@ -117,6 +132,9 @@ def _hold_the_schema(conn: Connection) -> None:
 
 
 def _run_migrations(conn: Connection, location: str, target: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", location)
     config.attributes["connection"] = conn  # db/migrations/env.py runs on this connection
@@ -124,6 +142,8 @@ def _run_migrations(conn: Connection, location: str, target: str) -> None:
 
 
 def _require_known(location: str, revision: str) -> None:
+    from alembic.util import CommandError
+
     try:
         _scripts(location).get_revision(revision)
     except CommandError:
@@ -138,8 +158,10 @@ def _has_tables(conn: Connection) -> bool:
 
 
 @functools.cache
-def _scripts(location: str) -> ScriptDirectory:
+def _scripts(location: str):  # noqa: ANN202  (an alembic ScriptDirectory: Alembic is imported only when needed)
     """The revisions at `location`, read once per process."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory(location)
 
 

@@ -24,7 +24,6 @@ from tts.loudness import level
 
 from . import api, cors, live, metrics, pages, stream, tracks, ws
 from .clients import networks
-from .cluster import Cluster
 from .fanout import Hub
 from .feed import Feeds
 from .forward import through_owner
@@ -111,7 +110,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         config.data_path.mkdir(parents=True, exist_ok=True)
         store = Store(config.database_url)
         await store.create_schema()
-        cluster = Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS]) if config.cluster.enabled else None
+        cluster = _cluster(config, store, app) if config.cluster.enabled else None
         # One server per database, unless they form a cluster (then one owner per channel instead).
         server_lease = None if cluster else ServerLease(Leases(store.engine), on_lost=_stop_serving)
         try:
@@ -163,6 +162,13 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         gc_pauses.stop()
 
     return lifecycle
+
+
+def _cluster(config: Config, store: Store, app: web.Application):  # noqa: ANN202
+    """Cluster mode's pieces; imported here, so that one server does not load Redis's client."""
+    from .cluster import Cluster
+
+    return Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS])
 
 
 def _in_process(bus: InProcessBus, feeds: Feeds) -> Announce:

@@ -14,10 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from broadcaster.runtime.bus import BusUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ MAX_REPORTS = 500  # per channel per flush: the lead needs a sample, not every l
 class Audience:
     def __init__(
         self,
-        redis: Callable[[], Redis | None],
+        redis: Callable[[], "Redis | None"],
         prefix: str,
         me: Callable[[], str],
         local: Callable[[str], int],

@@ -1,5 +1,7 @@
 """Typed application state."""
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from broadcaster.config import Config
@@ -10,8 +12,10 @@ from db.audio_store import AudioStore
 from db.store import Store
 from tts.engine import TtsEngine
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
 from .clients import TRUSTED  # noqa: F401  (defined with what reads it; one place for the app's keys)
-from .cluster import Cluster
 from .fanout import Hub
 from .feed import Feeds
 from .limits import Access
@@ -28,4 +32,4 @@ METRICS = web.AppKey("metrics", Telemetry)
 ACCESS = web.AppKey("access", Access)
 WATCH = web.AppKey("watch", CredentialWatch)
 FEEDS = web.AppKey("feeds", Feeds)
-CLUSTER = web.AppKey("cluster", Cluster)  # only in cluster mode
+CLUSTER: web.AppKey["Cluster"] = web.AppKey("cluster")  # only in cluster mode (web/cluster.py)

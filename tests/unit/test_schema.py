@@ -159,3 +159,13 @@ async def test_two_processes_opening_a_new_database_at_once_both_succeed(databas
     assert await revision(first) == schema._head(schema.MIGRATIONS)
     await first.close()
     await second.close()
+
+
+def test_the_shipped_head_named_for_the_fast_check_is_the_newest_migration():
+    """A server checks a database that is already current with one query, against SHIPPED_HEAD; it must be
+    the newest revision in db/migrations, or a server would accept a database one revision behind."""
+    from alembic.script import ScriptDirectory
+
+    from db import schema
+
+    assert schema.SHIPPED_HEAD == ScriptDirectory(schema.SHIPPED).get_current_head()
