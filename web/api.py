@@ -7,6 +7,7 @@ from aiohttp import web
 from broadcaster.auth import Admission, Credential
 from broadcaster.core.ids import is_id
 from broadcaster.errors import BadInput, GenerationError, NotFound
+from broadcaster.runtime.station import NotHere
 from db.audio_store import FORMATS, AudioUnavailable
 
 from .access import producer_channel, require_listener
@@ -14,8 +15,8 @@ from .audience import MAX_REPORTS
 from .clients import PEER_CLIENT
 from .forward import BadPeer
 from .http_util import error_response, json_body, path_id
-from .keys import AUDIO, HUB, METRICS, STATION, STORE
-from .messages import queue_state_json
+from .keys import AUDIO, CLUSTER, HUB, METRICS, STATION, STORE
+from .messages import queue_state_json, refresh_snapshot
 from .ranges import RangeNotSatisfiable, parse_range
 
 CONTENT_TYPES = {"mp3": "audio/mpeg", "flac": "audio/flac"}
@@ -94,13 +95,27 @@ async def set_repeat(request: web.Request) -> web.Response:
 
 
 async def queue_state(request: web.Request) -> web.Response:
-    station = request.app[STATION]
-    runner = await station.runner(request.match_info["channel"])
-    await require_listener(request, runner.name)
-    async with runner.saved:
-        state = queue_state_json(runner.channel, station.clock())
-    state["listeners"] = request.app[HUB].total(runner.name)
+    station, name = request.app[STATION], request.match_info["channel"]
+    if CLUSTER in request.app and name not in station.runners:
+        state = await _queue_elsewhere(request, name)  # run by another process: as its owner last published it
+    else:
+        runner = await station.runner(name)
+        await require_listener(request, runner.name)
+        async with runner.saved:
+            state = queue_state_json(runner.channel, station.clock())
+    state["listeners"] = request.app[HUB].total(name)
     return web.json_response(state)
+
+
+async def _queue_elsewhere(request: web.Request, name: str) -> dict:
+    """The state the channel's owner stored with its latest step, brought to now; a channel with none yet
+    (its owner is starting) is asked of the owner itself."""
+    row = await request.app[STATION].channel_row(name)  # 404 first
+    await require_listener(request, row.name)
+    snapshot = await request.app[CLUSTER].bus.snapshot(row.name)
+    if snapshot is None:
+        raise NotHere(row.name)
+    return refresh_snapshot(snapshot.state, request.app[STATION].clock())
 
 
 async def chunk_audio(request: web.Request) -> web.StreamResponse:

@@ -4,9 +4,9 @@ A producer's write (a narration, an upload, a queue control) changes a channel, 
 process that runs the channel's clock may change it. A process that does not run it sends the
 request on to the owner's internal address (the `holder_url` of the channel's lease), streaming
 the body both ways, and returns the owner's answer unchanged: the same status, the same JSON.
-A read that needs the owner's live state (the queue view) goes the same way when it finds the
-channel is run elsewhere; live.mp3 and progressive streams are served here, from the channel's
-replica (web/replica.py).
+A read that finds its channel run elsewhere and cannot be answered here (the queue view of a
+channel whose owner has published nothing yet) goes the same way; the queue view otherwise, and
+live.mp3 and progressive streams, are served here (web/api.py, web/replica.py).
 
 Peers prove themselves with a secret shared through Redis, and say who the client was, so that
 the owner's per-address rate limits and logs see the real client and not the peer. A request

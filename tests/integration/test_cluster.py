@@ -12,7 +12,7 @@ import websockets
 from cluster_members import LEASE_S, Member, owner_of, post, start_member
 
 from broadcaster.runtime.accounts import create_channel
-from web.keys import METRICS
+from web.keys import CLUSTER, METRICS
 
 
 @pytest.fixture
@@ -294,3 +294,33 @@ async def test_listener_counts_are_cluster_totals_and_reports_reach_the_owner(cl
     await sockets[0].next("listeners_changed", timeout=5, where=lambda m: m["listeners"] == 2)
     for socket in sockets[:2]:
         await socket.ws.close()
+
+
+async def test_the_queue_view_is_answered_by_any_member_as_the_owner_last_published_it(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    status, first = await post(owner, "table", made.token, "Playing now, for a little while. " * 3)
+    assert status == 202
+    status, queued = await post(owner, "table", made.token, "Waiting its turn.")
+    assert status == 202
+    views = {}
+    async with asyncio.timeout(10):
+        while True:
+            for member in (owner, other):
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{member.base_url}/api/channels/table/audio/queue") as resp:
+                        assert resp.status == 200
+                        views[member] = await resp.json()
+            playing = [v["now_playing"] and v["now_playing"]["request_id"] for v in views.values()]
+            if playing == [first["request_id"]] * 2:
+                break
+            await asyncio.sleep(0.1)
+    assert [q["request_id"] for q in views[other]["queue"]] == [queued["request_id"]]
+    assert views[other]["now_playing"]["chunks"] == views[owner]["now_playing"]["chunks"]
+    assert other.app[CLUSTER].forwarder.forwarded == 0, "the view was fetched from the owner"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{other.base_url}/api/channels/nowhere/audio/queue") as resp:
+            assert resp.status == 404
