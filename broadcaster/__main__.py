@@ -1,8 +1,11 @@
-"""`python -m broadcaster`: the same command as the installed `broadcaster`. This launcher is the one
-module here that reaches for the web adapter (web/cli.py wires the server); nothing imports it."""
+"""`python -m broadcaster`: runs the installed `broadcaster` command ([project.scripts] in
+pyproject.toml, which the web adapter provides because `serve` wires the server), looked up in
+the package's metadata, so that this package never imports the adapter."""
 
 import sys
+from importlib.metadata import entry_points
 
-from web.cli import main
-
-sys.exit(main())
+commands = entry_points(group="console_scripts", name="broadcaster")
+if not commands:
+    sys.exit("error: the broadcaster command is not installed here; run scripts/serve, or pip install -e .")
+sys.exit(next(iter(commands)).load()())
