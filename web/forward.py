@@ -99,7 +99,7 @@ class Forwarder:
         return request.headers.get(CLIENT) or request.remote
 
     async def forward(self, request: web.Request, channel: str) -> web.StreamResponse:
-        if int(request.headers.get(HOPS, "0") or 0) >= 1:
+        if request.headers.get(HOPS, "0") != "0":  # forwarded once already (any value: a client may send garbage)
             raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
         url = await self.owner_url(channel)
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}

@@ -324,3 +324,20 @@ async def test_the_queue_view_is_answered_by_any_member_as_the_owner_last_publis
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{other.base_url}/api/channels/nowhere/audio/queue") as resp:
             assert resp.status == 404
+
+
+async def test_a_forwarding_header_from_a_client_is_answered_cleanly_and_queues_nothing(cluster):
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{other.base_url}/api/channels/table/requests",
+            json={"text": "Never forwarded."},
+            headers={"Authorization": f"Bearer {made.token}", "X-Broadcaster-Hops": "not a number"},
+        ) as resp:
+            assert resp.status == 503, await resp.text()
+            assert (await resp.json())["error"]["code"] == "channel_starting"
+    assert owner.station.runners["table"].channel.line == []
