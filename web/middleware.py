@@ -5,6 +5,7 @@ import logging
 from aiohttp import web
 
 from broadcaster.errors import BadInput, PayloadTooLarge
+from broadcaster.runtime.bus import BusUnavailable
 from db.outage import database_unavailable
 
 from .http_util import error_response
@@ -12,6 +13,7 @@ from .http_util import error_response
 log = logging.getLogger(__name__)
 
 DATABASE_RETRY_S = 5
+BUS_RETRY_S = 2
 
 
 @web.middleware
@@ -26,6 +28,10 @@ async def json_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, *_explain(exc, request), kept)
+    except BusUnavailable as exc:  # cluster mode: Redis is down or restarting
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        message = "the cluster's event bus cannot be reached just now; try again shortly"
+        return error_response(503, "bus_unavailable", message, {"Retry-After": str(BUS_RETRY_S)})
     except ConnectionError as exc:  # the client left mid-request (a reset while its body was read)
         if database_unavailable(exc):
             return _database_away(request, exc)

@@ -208,22 +208,39 @@ async def _following(app: web.Application, playback: Request) -> "Following | No
     """The runner of the request's channel if it runs here; in a cluster, else, the channel's replica."""
     station = app[STATION]
     if (runner := station.runner_of(playback)) is not None:
-        return OnRunner(runner, playback)
+        elsewhere = None if CLUSTER not in app else lambda known: _on_replica(app, known)
+        return OnRunner(runner, playback, elsewhere)
     if CLUSTER not in app or playback.state in FINAL_REQUEST_STATES:
         return None  # nothing more will come of it
-    return OnReplica(await replica_of(app[FEEDS], playback.channel), playback, station.find_request)
+    return await _on_replica(app, playback)
+
+
+async def _on_replica(app: web.Application, playback: Request) -> "OnReplica":
+    return OnReplica(await replica_of(app[FEEDS], playback.channel), playback, app[STATION].find_request)
 
 
 class OnRunner:
-    """A request of a channel run here: the runner's own object, changed in place."""
+    """A request of a channel run here: the runner's own object, changed in place. In a cluster, once
+    the channel is handed over, the stream goes on from the replica, which the new owner's events reach."""
 
-    def __init__(self, runner: ChannelRunner, playback: Request):
-        self.runner, self.playback = runner, playback
+    def __init__(
+        self,
+        runner: ChannelRunner,
+        playback: Request,
+        elsewhere: "Callable[[Request], Awaitable[OnReplica]] | None" = None,
+    ):
+        self.runner, self.playback, self.elsewhere = runner, playback, elsewhere
+        self.moved: OnReplica | None = None
 
     async def current(self) -> Request:
-        return self.playback
+        return self.playback if self.moved is None else await self.moved.current()
 
     async def next(self) -> Request:
+        if self.moved is None and self.runner.lost and self.elsewhere is not None:
+            log.info("progressive stream of %s goes on from the replica: the channel was handed over", self.playback.request_id)
+            self.moved = await self.elsewhere(dataclasses.replace(self.playback, chunks=list(self.playback.chunks)))
+        if self.moved is not None:
+            return await self.moved.next()
         await self.runner.wait_change(WAIT_SLICE_S)
         return self.playback
 

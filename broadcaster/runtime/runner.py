@@ -111,6 +111,7 @@ class ChannelRunner:
             if task:
                 task.cancel()
         await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
+        self._changed.set()  # whoever waits on this runner looks again (and finds it stopped or lost)
 
     async def submit(
         self, request: Request, step: Callable[[int], list[Event]] | None = None, max_line: int | None = None

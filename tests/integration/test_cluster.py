@@ -194,6 +194,7 @@ async def test_after_redis_restarts_empty_listeners_resync_and_nothing_queued_is
         own_redis.stop()  # its data gone with it
         status, during = await post(owner, "table", made.token, "Posted while Redis was away.")
         assert status == 202, during
+        await refused_while_redis_is_away(owner, b if owner is a else a, made.token)
         await asyncio.sleep(1.5)
         own_redis.start()
         for follower in followers:
@@ -207,6 +208,23 @@ async def test_after_redis_restarts_empty_listeners_resync_and_nothing_queued_is
             await follower.stop()
         await a.stop()
         await b.stop()
+
+
+async def refused_while_redis_is_away(owner: Member, other: Member, token: str) -> None:
+    """What needs the peers' secret is answered 503 while Redis is away, and queues nothing: a forward
+    from the other member, and a peer claim the owner cannot check."""
+    async with aiohttp.ClientSession() as http:
+        for member, headers in ((other, {}), (owner, {"X-Broadcaster-Peer": "a guess"})):
+            async with http.post(
+                f"{member.base_url}/api/channels/table/requests",
+                json={"text": "Refused while Redis was away."},
+                headers={"Authorization": f"Bearer {token}", **headers},
+            ) as resp:
+                assert resp.status == 503, await resp.text()
+                assert (await resp.json())["error"]["code"] == "bus_unavailable"
+                assert resp.headers["Retry-After"] == "2"
+    line = owner.station.runners["table"].channel.line
+    assert not any(r.text.startswith("Refused") for r in line)
 
 
 async def fetch_status(url: str) -> int:

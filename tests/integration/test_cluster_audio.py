@@ -115,3 +115,33 @@ async def test_a_progressive_stream_from_the_member_that_does_not_run_the_channe
     assert abs(await decoded_seconds(mp3) - whole_s) < 0.15
     assert sent_bytes(owner, "progressive") == 0 and sent_bytes(other, "progressive") == len(mp3)
     assert other.app[CLUSTER].forwarder.forwarded == 0
+
+
+async def test_a_progressive_stream_from_the_owner_plays_on_from_the_replica_after_a_handover(members):
+    """The owner hands the channel over while its own progressive stream of the request is half made:
+    the stream goes on with the chunks the new owner makes, heard through the replica, and ends with
+    the request, every chunk and gap in it."""
+    owner, other, token = members
+
+    status, body = await post(owner, "table", token, TEXT)
+    assert status == 202, body
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{owner.base_url}/api/audio/stream/{body['request_id']}") as resp,
+    ):
+        assert resp.status == 200
+        first = await resp.content.readexactly(1000)
+        made_here = len(owner.app[STATION].runners["table"].channel.find_request(body["request_id"]).chunks)
+        owner.app[CLUSTER]._task.cancel()  # its ownership rounds stop: it will not take the channel back
+        await owner.app[CLUSTER].ownership.let_go("table", "handed over by the test")
+        assert await owner_of("table", other) is other
+        async with asyncio.timeout(30):
+            mp3 = first + await resp.read()
+
+    assert made_here < 3, "the request was made before the handover"
+    stored = await other.app[STATION].store.request(body["request_id"])
+    assert len(stored.chunks) == len(stored.sentences) == 3
+    gap_ms = other.app[STATION].config.timeline.sentence_gap_ms
+    whole_s = (sum(c.duration_ms for c in stored.chunks) + gap_ms * (len(stored.chunks) - 1)) / 1000
+    assert abs(await decoded_seconds(mp3) - whole_s) < 0.15
+    assert sent_bytes(owner, "progressive") == len(mp3) and sent_bytes(other, "progressive") == 0
