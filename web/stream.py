@@ -237,7 +237,10 @@ class OnRunner:
 
     async def next(self) -> Request:
         if self.moved is None and self.runner.lost and self.elsewhere is not None:
-            log.info("progressive stream of %s goes on from the replica: the channel was handed over", self.playback.request_id)
+            log.info(
+                "progressive stream of %s goes on from the replica: the channel was handed over",
+                self.playback.request_id,
+            )
             self.moved = await self.elsewhere(dataclasses.replace(self.playback, chunks=list(self.playback.chunks)))
         if self.moved is not None:
             return await self.moved.next()
