@@ -25,9 +25,10 @@ TABLE = ConnectionRow.__table__
 
 
 class ConnectionLog(BatchedLog):
-    def __init__(self, session: async_sessionmaker):
+    def __init__(self, session: async_sessionmaker, holder: str | None = None):
         super().__init__("connection")
         self.session = session
+        self.holder = holder  # this process, as leases name it: written on each record
         self._opened: dict[str, dict] = {}  # by connection id, in arrival order
         self._closed: dict[str, int] = {}  # connection id -> disconnected_at_ms, for rows already written
         self._writing = asyncio.Lock()  # one batch at a time, so a departure is never written before its arrival
@@ -40,6 +41,7 @@ class ConnectionLog(BatchedLog):
             "user_agent": agent[:256],
             "connected_at_ms": now_ms,
             "disconnected_at_ms": None,
+            "holder": self.holder,
         }
         self._flush_soon()
 

@@ -75,6 +75,7 @@ class ConnectionRow(Base):
     user_agent: Mapped[str] = mapped_column(String(256))
     connected_at_ms: Mapped[int] = mapped_column(BigInteger)
     disconnected_at_ms: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    holder: Mapped[str | None] = mapped_column(String(100))  # the server process that has it (a lease holder id)
 
 
 class DeliveryRow(Base):

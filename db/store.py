@@ -40,12 +40,12 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, holder: str | None = None):
         self.engine = make_engine(url)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._upsert_chunk = _chunk_upsert(self.engine.dialect.name)  # None: no upsert statement known
         self.leases = Leases(self.engine) if self.engine.dialect.name in NOW_MS else None
-        self.connection_log = ConnectionLog(self.session)
+        self.connection_log = ConnectionLog(self.session, holder)  # holder: this process (leases' name for it)
         # acknowledgements refer to connection rows: those are written first
         self.ack_log = AckLog(self.session, self.engine.dialect.name, before=self.connection_log.flush)
 
@@ -232,6 +232,22 @@ class Store:
                 .where(ConnectionRow.disconnected_at_ms.is_(None))
                 .values(disconnected_at_ms=now_ms)
             )
+
+    async def close_connections_of_others(self, live: set[str], before_ms: int, now_ms: int) -> int:
+        """In a cluster: close the records still open of processes that are gone (their holder is not in
+        `live`), opened before `before_ms` (a process that just started may not have announced itself yet)."""
+        await self.connection_log.flush()
+        async with self.session.begin() as s:
+            result = await s.execute(
+                update(ConnectionRow)
+                .where(
+                    ConnectionRow.disconnected_at_ms.is_(None),
+                    ConnectionRow.connected_at_ms < before_ms,
+                    ConnectionRow.holder.is_(None) | ConnectionRow.holder.not_in(live),
+                )
+                .values(disconnected_at_ms=now_ms)
+            )
+            return result.rowcount
 
     async def connection_exists(self, conn_id: str) -> bool:
         if self.connection_log.pending(conn_id):

@@ -13,7 +13,7 @@ from broadcaster.config import Config
 from broadcaster.runtime.bus import InProcessBus
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
-from broadcaster.runtime.ownership import ServerLease
+from broadcaster.runtime.ownership import ServerLease, holder_id
 from broadcaster.runtime.station import Station
 from broadcaster.runtime.telemetry import PauseTimer, Telemetry
 from db.audio_store import open_audio_store
@@ -108,9 +108,10 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         gc_pauses = PauseTimer(app[METRICS].gc_paused)
         gc_pauses.start()
         config.data_path.mkdir(parents=True, exist_ok=True)
-        store = Store(config.database_url)
+        node = holder_id()  # this process, in leases and on the listener connections it records
+        store = Store(config.database_url, holder=node)
         await store.create_schema()
-        cluster = _cluster(config, store, app) if config.cluster.enabled else None
+        cluster = _cluster(config, store, app, node) if config.cluster.enabled else None
         # One server per database, unless they form a cluster (then one owner per channel instead).
         server_lease = None if cluster else ServerLease(Leases(store.engine), on_lost=_stop_serving)
         try:
@@ -164,11 +165,11 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
     return lifecycle
 
 
-def _cluster(config: Config, store: Store, app: web.Application):  # noqa: ANN202
+def _cluster(config: Config, store: Store, app: web.Application, node: str):  # noqa: ANN202
     """Cluster mode's pieces; imported here, so that one server does not load Redis's client."""
     from .cluster import Cluster
 
-    return Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS])
+    return Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS], node)
 
 
 def _in_process(bus: InProcessBus, feeds: Feeds) -> Announce:

@@ -13,7 +13,7 @@ from typing import Any
 from broadcaster.config import Config
 from broadcaster.core.events import QueueChanged
 from broadcaster.runtime.bus import Outbox
-from broadcaster.runtime.ownership import ChannelOwnership, holder_id
+from broadcaster.runtime.ownership import NODE, ChannelOwnership
 from broadcaster.runtime.runner import ChannelRunner
 from broadcaster.runtime.station import Station
 from broadcaster.runtime.telemetry import Telemetry
@@ -30,8 +30,11 @@ from .messages import event_json, queue_state_json
 log = logging.getLogger(__name__)
 
 
+CLEANUP = "cleanup"  # the lease of the one process that cleans up (purges, stale records)
+
+
 class Cluster:
-    def __init__(self, config: Config, store: Store, hub: Hub, clock: Callable[[], int], metrics: Telemetry):
+    def __init__(self, config: Config, store: Store, hub: Hub, clock: Callable[[], int], metrics: Telemetry, node: str):
         c = config.cluster
         self.config = config
         self.clock = clock
@@ -44,7 +47,7 @@ class Cluster:
         self.store = store
         self.station: Station | None = None
         self.ownership: ChannelOwnership | None = None
-        self.node = holder_id()  # this process, in leases and listener counts
+        self.node = node  # this process, in leases, listener counts and connection records
         self.forwarder = Forwarder(self.leases, lambda: self.node, self._secret, c.lease_s, metrics.forwarded.inc)
         self._reconnects_counted = 0
         self.hub = hub
@@ -82,6 +85,7 @@ class Cluster:
     def attach(self, station: Station) -> None:
         self.station = station
         station.on_lost = lambda name: self._let_go(name, "a write was refused: another server owns it now")
+        station.cleanup_turn = self._cleanup_turn
 
     def announce(self, runner: ChannelRunner, messages: list[dict[str, Any]]) -> None:
         """A step's messages onto the bus, with the channel's state after them (for new listeners)."""
@@ -131,6 +135,20 @@ class Cluster:
                 if (stored is None or stored.epoch < runner.epoch) and not self.outbox.waiting(name):
                     async with runner.saved:
                         self.announce(runner, [])
+
+    async def _cleanup_turn(self) -> bool:
+        """Whether this process cleans up this round: the holder of the cleanup lease, which it keeps
+        while it lives. It also closes the connection records left open by processes that are gone
+        (one process's restart closes only its own)."""
+        interval_ms = int(self.config.cleanup.interval_s * 1000)
+        if await self.leases.acquire(CLEANUP, self.node, interval_ms * 3 // 2) is None:
+            return False
+        live = {holding.holder for holding in (await self.leases.live(NODE)).values()}
+        now = self.clock()
+        closed = await self.store.close_connections_of_others(live | {self.node}, now - 2 * self.lease_ms, now)
+        if closed:
+            log.info("closed %d connection records of server processes that are gone", closed)
+        return True
 
     async def _handed_over(self, name: str) -> None:
         await self.station.let_go(name)

@@ -37,9 +37,19 @@ async def purge(store: Store, audio: AudioStore, before_ms: int, orphan_grace_s:
     for orphan in await audio.orphans(known, orphan_grace_s):
         result.bytes_freed += await audio.delete_request(orphan)
         result.orphans += 1
+    swept = await sweep_local(audio, orphan_grace_s)
+    result.bytes_freed += swept.bytes_freed
+    result.orphans += swept.orphans
+    return result
+
+
+async def sweep_local(audio: AudioStore, grace_s: float = 600) -> PurgeResult:
+    """This machine's unfinished writes: its spool or half-written files, and half-received uploads.
+    In a cluster every process does this, and one of them the purge (broadcaster/runtime/station.py)."""
+    result = PurgeResult()
     for freed, count in (
-        await audio.sweep_parts(orphan_grace_s),
-        await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", orphan_grace_s),
+        await audio.sweep_parts(grace_s),
+        await asyncio.to_thread(_stale_uploads, audio.root.parent / "uploads", grace_s),
     ):
         result.bytes_freed += freed
         result.orphans += count

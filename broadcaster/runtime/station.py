@@ -3,7 +3,7 @@
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from random import Random
@@ -26,7 +26,7 @@ from tts.tracks import DecodeLimits, TrackInfo, prepare_track
 
 from .accounts import Gate
 from .autodj import AutoDJ
-from .cleanup import purge
+from .cleanup import purge, sweep_local
 from .clock import Clock, wall_clock_ms
 from .decoders import Decoders
 from .delivery import Mp3Delivery
@@ -117,6 +117,8 @@ class Station:
         self.rng = Random()
         self._chunk_facts: OrderedDict[str, tuple[str, str]] = OrderedDict()  # chunk id -> request id, channel
         self.decoders = Decoders(config.music.max_decodes, config.music.decode_wait_s, self.metrics.set_decodes)
+        # Whether this process cleans up this round; in a cluster only one does (web/cluster.py sets it).
+        self.cleanup_turn: Callable[[], Awaitable[bool]] = _always
 
     async def start(self) -> None:
         if not self.clustered:  # in a cluster, connections of a process that died are closed by cleanup
@@ -450,19 +452,36 @@ class Station:
         return self.runners.get(request.channel)
 
     async def cleanup(self) -> dict[str, int]:
-        retention_ms = int(self.config.cleanup.retention_days * 86_400_000)
-        result = await purge(self.store, self.audio, self.clock() - retention_ms)
+        result = await purge(self.store, self.audio, self._retained_from_ms())
         for runner in self.runners.values():
             runner.channel.forget(result.request_ids)
         return result.summary()
+
+    def _retained_from_ms(self) -> int:
+        return self.clock() - int(self.config.cleanup.retention_days * 86_400_000)
+
+    def _forget_expired(self) -> None:
+        """Drop from the history of the channels run here what cleanup purges (another process purged it)."""
+        before_ms = self._retained_from_ms()
+        for runner in self.runners.values():
+            recent = runner.channel.recent
+            runner.channel.forget({r.request_id for r in recent if r.finished_at_ms and r.finished_at_ms < before_ms})
 
     async def _cleanup_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.cleanup.interval_s)
             try:
-                summary = await self.cleanup()
-                await asyncio.to_thread(release_free_memory)  # what bursts of listeners left behind
+                if await self.cleanup_turn():
+                    summary = await self.cleanup()
+                else:  # another process of the cluster purged
+                    self._forget_expired()
+                    summary = (await sweep_local(self.audio)).summary()
                 if summary["requests"] or summary["orphans"]:
                     log.info("cleanup: %s", summary)
+                await asyncio.to_thread(release_free_memory)  # what bursts of listeners left behind
             except Exception:  # cleanup must never take the server down; it retries next round
                 log.exception("cleanup failed")
+
+
+async def _always() -> bool:
+    return True

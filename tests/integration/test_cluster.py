@@ -12,6 +12,7 @@ import websockets
 from cluster_members import LEASE_S, Member, owner_of, post, start_member
 
 from broadcaster.runtime.accounts import create_channel
+from db.store import Store
 from web.keys import CLUSTER, METRICS
 
 
@@ -359,3 +360,48 @@ async def test_a_forwarding_header_from_a_client_is_answered_cleanly_and_queues_
             assert resp.status == 503, await resp.text()
             assert (await resp.json())["error"]["code"] == "channel_starting"
     assert owner.station.runners["table"].channel.line == []
+
+
+async def test_one_member_cleans_up_and_closes_the_records_of_processes_that_are_gone(cluster, postgres_url):
+    """Cleanup runs on one member (the holder of the cleanup lease), which also closes the connection
+    records a process that died left open; the owner, which did not clean, forgets what was purged."""
+    quick = {"cleanup": {"interval_s": 0.3, "retention_days": 1 / 86400}}  # purges what ended a second ago
+    a, b = await cluster(quick), await cluster(quick)
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    assert await other.station.store.leases.acquire("cleanup", other.app[CLUSTER].node, 60_000)
+    cleanups = {owner: 0, other: 0}
+    for member in (owner, other):
+        member.station.cleanup = counted(member.station.cleanup, cleanups, member)
+    gone = Store(postgres_url, holder="elsewhere:4242:0000")
+    row = await gone.channel("table")
+    gone.open_connection("left-open-by-the-dead", row.id, "10.0.0.9", "a process that died", 1_000)
+    await gone.close()  # writes the record
+    assert (await a.station.store.connection_times("left-open-by-the-dead"))[1] is None
+
+    listener = Socket(await websockets.connect(owner.ws_url("table")))
+    hello = await listener.next("snapshot")
+    status, body = await post(owner, "table", made.token, "Short.")
+    assert status == 202
+    await listener.next("request_played", where=lambda m: m["request_id"] == body["request_id"])
+    store, recent = owner.station.store, owner.station.runners["table"].channel.recent
+    async with asyncio.timeout(10):
+        while (
+            any(r.request_id == body["request_id"] for r in recent) or body["request_id"] in await store.request_ids()
+        ):
+            await asyncio.sleep(0.1)
+
+    left = await store.connection_times("left-open-by-the-dead")
+    assert left is None or left[1] is not None, "still open"  # closed (and purged a second later: None)
+    assert (await store.connection_times(hello["connection_id"]))[1] is None, "a live listener's record was closed"
+    assert cleanups[owner] == 0 and cleanups[other] >= 1
+    await listener.ws.close()
+
+
+def counted(cleanup, counts: dict, member):
+    async def counting() -> dict[str, int]:
+        counts[member] += 1
+        return await cleanup()
+
+    return counting
