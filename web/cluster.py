@@ -23,7 +23,7 @@ from db.store import Store
 
 from .audience import Audience, Reports
 from .fanout import Hub
-from .feed import Feeds
+from .feed import FeedHooks, Feeds
 from .forward import HOPS, PEER, Forwarder
 from .messages import event_json, queue_state_json
 
@@ -42,7 +42,8 @@ class Cluster:
         self.bus = RedisBus(c.redis_url, prefix=c.redis_prefix, history=c.history)
         self.outbox = Outbox(self.bus, on_stale=self._refused)
         self.metrics = metrics
-        self.feeds = Feeds(self.bus, hub, clock, self._learn, lambda reason: metrics.feed_resets.labels(reason).inc())
+        hooks = FeedHooks(self._learn, lambda reason: metrics.feed_resets.labels(reason).inc())
+        self.feeds = Feeds(self.bus, hub, clock, hooks)
         self.leases = Leases(store.engine)
         self.store = store
         self.station: Station | None = None

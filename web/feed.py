@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from broadcaster.runtime.bus import Batch, Delivery, Entry, EventBus, Position, Reset, Snapshot, Subscription
@@ -51,17 +52,18 @@ def _uncounted(reason: str) -> None:
     pass
 
 
+@dataclass(frozen=True)
+class FeedHooks:
+    """What feeds tell the rest of their process (in a cluster): the facts of each announced chunk,
+    and each reset, by reason, for the metrics."""
+
+    learn: Learn = _ignore
+    count_reset: Callable[[str], None] = _uncounted
+
+
 class ChannelFeed:
-    def __init__(
-        self,
-        channel: str,
-        hub: Hub,
-        clock: Callable[[], int],
-        learn: Learn = _ignore,
-        count_reset: Callable[[str], None] = _uncounted,
-    ):
-        self.learn = learn
-        self.count_reset = count_reset
+    def __init__(self, channel: str, hub: Hub, clock: Callable[[], int], hooks: FeedHooks = FeedHooks()):
+        self.learn, self.count_reset = hooks.learn, hooks.count_reset
         self.channel = channel
         self.hub = hub
         self.clock = clock
@@ -173,16 +175,8 @@ class ChannelFeed:
 class Feeds:
     """The feeds of the channels this process's listeners are on, each subscribed once."""
 
-    def __init__(
-        self,
-        bus: EventBus,
-        hub: Hub,
-        clock: Callable[[], int],
-        learn: Learn = _ignore,
-        count_reset: Callable[[str], None] = _uncounted,
-    ):
-        self.learn = learn
-        self.count_reset = count_reset
+    def __init__(self, bus: EventBus, hub: Hub, clock: Callable[[], int], hooks: FeedHooks = FeedHooks()):
+        self.hooks = hooks
         self.bus = bus
         self.hub = hub
         self.clock = clock
@@ -200,7 +194,7 @@ class Feeds:
         return await asyncio.shield(opening)
 
     async def _open(self, channel: str) -> ChannelFeed:
-        feed = ChannelFeed(channel, self.hub, self.clock, self.learn, self.count_reset)
+        feed = ChannelFeed(channel, self.hub, self.clock, self.hooks)
         feed.subscription = await self.bus.subscribe(channel, feed.deliver)
         self.feeds[channel] = feed
         return feed
@@ -209,7 +203,7 @@ class Feeds:
         """The feed of a channel, subscribed at once: only with a bus that subscribes without waiting."""
         found = self.feeds.get(channel)
         if found is None:
-            found = self.feeds[channel] = ChannelFeed(channel, self.hub, self.clock, self.learn, self.count_reset)
+            found = self.feeds[channel] = ChannelFeed(channel, self.hub, self.clock, self.hooks)
             found.subscription = self.bus.subscribe_now(channel, found.deliver)
         return found
 
