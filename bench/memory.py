@@ -7,7 +7,9 @@ beside it. Then connects N browser-like listeners from worker processes (they
 offer permessage-deflate, send clock samples, fetch every announced chunk's
 MP3 and acknowledge it when it has played; see bench/listeners.py), lets a
 narration of several sentences play, and samples memory every 0.25 s until it
-has played out. The baseline is the idle server with the voice loaded.
+has played out. The baselines are the idle server with the voice loaded, and the
+same narration played first with nobody listening (its peak, and the server after
+it): what listeners cost is measured against them.
 Target (docs/performance.md): RSS within 250 MB with the voice and 1000 listeners.
 
     .venv/bin/python bench/memory.py [--listeners 1000] [--workers 4] [--fetch-fraction 1.0] [--no-deflate]
@@ -76,6 +78,17 @@ async def piper_baseline(text: str) -> MemorySample:
         return await asyncio.get_running_loop().run_in_executor(executor, bare_piper, text)
 
 
+async def narration_peak(sampler, server: ServerProcess, http, token: str, text: str) -> MemorySample:
+    """The same narration with nobody listening: what synthesis and encoding cost by themselves, the
+    baseline of what listeners add while they fetch it."""
+    start = len(sampler.samples)
+    sampler.start()
+    await narrate(server, http, token, CHANNEL, text)
+    await asyncio.sleep(2)
+    await sampler.stop()
+    return max(sampler.samples[start:], key=lambda s: s.rss_mb)
+
+
 async def run(args: argparse.Namespace, server: ServerProcess) -> None:
     text = " ".join(paragraph(i) for i in range(2))
     rows = [("bare Piper process, narration spoken", await piper_baseline(text))]
@@ -83,6 +96,9 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> None:
     await server.start()
     sampler = (WorkersSampler if server.extra_args else MemorySampler)(server.pid, 0.25)
     rows.append(("server idle, voice loaded", await settle_sample(sampler, 3)))
+    async with aiohttp.ClientSession() as http:
+        rows.append(("narration, no listeners (peak)", await narration_peak(sampler, server, http, token, text)))
+    rows.append(("after it, nobody listening", await settle_sample(sampler, 3)))
     pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
     behaviour = Behaviour(fetch_fraction=args.fetch_fraction, deflate=args.deflate)
     try:
@@ -109,7 +125,7 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> None:
 
 
 def print_memory(args: argparse.Namespace, rows: list, connected: int, counted: int, peak_total: MemorySample) -> None:
-    bare, idle, with_listeners, peak, after = (sample for _, sample in rows)
+    bare, idle, alone, quiet, with_listeners, peak, after = (sample for _, sample in rows)
     print(
         f"\nserver memory (MB), Piper voice loaded; {connected} listeners "
         f"{'offering' if args.deflate else 'not offering'} permessage-deflate, "
@@ -135,8 +151,10 @@ def print_memory(args: argparse.Namespace, rows: list, connected: int, counted: 
     )
     n = max(connected, 1)
     print(
-        f"\nper listener: {(with_listeners.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB connected, "
-        f"{(peak.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB at the narration's peak "
+        f"\nper listener: {(with_listeners.rss_mb - quiet.rss_mb) * 1024 / n:.1f} KB connected "
+        f"({(with_listeners.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB against the idle start), "
+        f"{(peak.rss_mb - alone.rss_mb) * 1024 / n:.1f} KB fetching the narration (its peak against the "
+        f"same narration's with nobody listening; {(peak.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB against idle) "
         f"(the server counted {counted} listeners)"
     )
     print(f"server without Piper's share: idle {idle.rss_mb - bare.rss_mb:.1f} MB over the bare Piper process")
