@@ -9,6 +9,8 @@ from tempfile import TemporaryDirectory
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# the tests' helpers: real Chromium, PulseAudio, PostgreSQL
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel

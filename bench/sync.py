@@ -20,7 +20,10 @@ import shutil
 import statistics
 
 import websockets
-from harness import running_server  # first: it puts the project on sys.path
+from harness import running_server  # first: it puts the project and tests/ on sys.path
+
+# isort: split
+from chromium import FLAGS
 from playwright.async_api import async_playwright
 
 NARRATION = " ".join(
@@ -39,14 +42,6 @@ NARRATION = " ".join(
         "Then everything is still.",
     ]
 )
-FLAGS = [
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SETTINGS = {
     "tts": {"engine": "tone", "tone_ms_per_char": 55},
     "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},

@@ -1,4 +1,4 @@
-"""A fast, deterministic engine for tests and demos: no model, just tones.
+"""A fast, deterministic engine for tests and demos: no model, just tones (each sentence a glide).
 
 The same text always gives the same samples; the length grows with the text,
 so timelines look like speech. Markers let tests trigger failures and stalls.
@@ -39,7 +39,12 @@ class ToneEngine(TtsEngine):
     def render(self, text: str) -> np.ndarray:
         duration_ms = max(200, len(text) * self.ms_per_char)
         count = duration_ms * SAMPLE_RATE // 1000
-        freq = 220 + zlib.crc32(text.encode()) % 440
+        start_hz = 220 + zlib.crc32(text.encode()) % 440
         t = np.arange(count) / SAMPLE_RATE
+        # A glide up an octave over the sentence, with a second, inharmonic one above it: any stretch
+        # says where in the sentence it is, and no stretch looks like itself a period later, so a
+        # test can find in recorded output exactly which moment is playing.
+        phase = 2 * np.pi * start_hz * (t + t * t / (2 * t[-1]))
+        wave = (np.sin(phase) + 0.7 * np.sin(1.41 * phase + 1.0)) / 1.7
         envelope = np.minimum(1.0, np.minimum(t, t[::-1]) * 50)  # 20 ms fades: no clicks
-        return (np.sin(2 * np.pi * freq * t) * envelope * 8000).astype(np.int16)
+        return (wave * envelope * 8000).astype(np.int16)

@@ -4,6 +4,8 @@ once the credential that admitted it no longer would (web/revocation.py)."""
 
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +17,7 @@ from broadcaster.core.ids import is_id, new_id
 from broadcaster.core.ratelimit import TokenBucket
 from broadcaster.errors import BadInput, RateLimited
 from broadcaster.runtime.bus import BusUnavailable
+from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.runner import ChannelRunner
 
 from .access import producer_credential, remote_of, require_listener
@@ -34,6 +37,8 @@ AUTH_TIMEOUT = 4408  # application close code: a console sent no auth message in
 TRY_AGAIN = 1013  # "try again later": the event feed could not be joined just now
 READY_AT_RANGE_MS = 86_400_000
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
+MAX_REPORTED = 1000  # glitches or crossfades in one sync_report (a page reports every 10 s)
+MAX_ERROR_MS = 60_000
 
 
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
@@ -247,9 +252,9 @@ async def _answer(msg, listener: Listener, request: web.Request) -> dict[str, An
         return error_json("bad_request", "expected JSON text frames, got a binary frame")
     if msg.type != WSMsgType.TEXT:
         return None
-    received_ms = request.app[STATION].clock()
+    received_us = _now_us(request.app[STATION].clock)
     try:
-        return await _handle(_parse(msg.data), listener, request, received_ms)
+        return await _handle(_parse(msg.data), listener, request, received_us)
     except BadInput as exc:
         return error_json(exc.code, exc.message)
 
@@ -261,20 +266,34 @@ def _parse(text: str) -> dict[str, Any]:
     return message
 
 
-async def _handle(message: dict[str, Any], listener: Listener, request: web.Request, received_ms: int) -> dict | None:
+async def _handle(message: dict[str, Any], listener: Listener, request: web.Request, received_us: int) -> dict | None:
     kind = message["type"]
     if kind == "time_sync":
-        return _time_sync(message, request, received_ms)
+        return _time_sync(message, request, received_us)
     if kind == "audio_played":
-        return await _audio_played(message, listener, request, received_ms)
-    raise UnknownMessage(f"expected a message type of 'audio_played' or 'time_sync', got {kind[:40]!r}")
+        return await _audio_played(message, listener, request, received_us // 1000)
+    if kind == "sync_report":
+        return _sync_report(message, request)
+    raise UnknownMessage(f"expected a message type of 'audio_played', 'time_sync' or 'sync_report', got {kind[:40]!r}")
 
 
-def _time_sync(message: dict[str, Any], request: web.Request, received_ms: int) -> dict[str, Any]:
+def _time_sync(message: dict[str, Any], request: web.Request, received_us: int) -> dict[str, Any]:
     t0 = message.get("t0")
     if isinstance(t0, bool) or not isinstance(t0, (int, float)) or not abs(t0) < MAX_T0:
         raise BadInput(f'expected time_sync "t0" to be a number (client send time, ms), got {t0!r}'[:200])
-    return {"type": "time_sync", "t0": t0, "t1": received_ms, "t2": request.app[STATION].clock()}
+    sent_us = _now_us(request.app[STATION].clock)
+    # t1/t2 in whole milliseconds, and in microseconds: a page places audio by this clock to a
+    # fraction of a millisecond, which rounded stamps (±0.5 ms each) would not allow.
+    return {
+        "type": "time_sync", "t0": t0, "t1": received_us // 1000, "t2": sent_us // 1000,
+        "t1_us": received_us, "t2_us": sent_us,
+    }  # fmt: skip
+
+
+def _now_us(clock: Callable[[], int]) -> int:
+    """The station's clock in microseconds. The wall clock has them; any other (a test's stepped clock)
+    is read in whole milliseconds."""
+    return time.time_ns() // 1000 if clock is wall_clock_ms else clock() * 1000
 
 
 async def _audio_played(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> dict:
@@ -300,6 +319,27 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
         elif ready_at_ms is not None and CLUSTER in request.app:  # the owner tunes the lead: pass it on
             request.app[CLUSTER].reports.add(listener.channel, chunk_id, ready_at_ms)
     return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
+
+
+def _sync_report(message: dict[str, Any], request: web.Request) -> None:
+    """How well a page keeps in step since its last report: output glitches it noticed, crossfades it
+    made to get back on the timeline, and its error at the moment. Counted in /metrics; no reply."""
+    glitches, crossfades = (_whole(message, key, MAX_REPORTED) for key in ("glitches", "crossfades"))
+    error_ms = message.get("error_ms")
+    if isinstance(error_ms, bool) or not isinstance(error_ms, (int, float)) or not abs(error_ms) <= MAX_ERROR_MS:
+        raise BadInput(
+            f'expected sync_report "error_ms" to be a number of milliseconds within ±{MAX_ERROR_MS}, '
+            f"got {str(error_ms)[:40]!r}"
+        )
+    request.app[METRICS].listener_synced(glitches, crossfades, error_ms)
+    return None
+
+
+def _whole(message: dict[str, Any], key: str, most: int) -> int:
+    value = message.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise BadInput(f'expected sync_report "{key}" to be a whole number from 0 to {most}, got {str(value)[:40]!r}')
+    return value
 
 
 def _ready_at(message: dict[str, Any], now_ms: int) -> int | None:

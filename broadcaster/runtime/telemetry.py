@@ -54,6 +54,7 @@ BROADCAST_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 GC_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 # A browser acknowledges right after a chunk ends; minutes mean a client that lags or queues acks.
 ACK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+SYNC_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # From a chunk going on the air to a listener having it ready: tenths of a second for a few
 # listeners, seconds for a thousand fetching the same chunk at once; capped by max_lead_ms.
 READY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
@@ -129,6 +130,23 @@ class Telemetry:
             "lead they needed.",
             (),
             buckets=READY_BUCKETS_S,
+            registry=r,
+        )
+        self.output_glitches = Counter(
+            "broadcaster_listener_output_glitches",
+            "Output glitches (the audio output stalled or skipped) that listener pages noticed, as they report them.",
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "broadcaster_listener_resyncs",
+            "Crossfades listener pages made to get back on the timeline (after a glitch, or a clock estimate "
+            "that stepped), as they report them.",
+            registry=r,
+        )
+        self.sync_error = Histogram(
+            "broadcaster_listener_sync_error_seconds",
+            "How far from the timeline listener pages play, as they report it every few seconds.",
+            buckets=SYNC_BUCKETS_S,
             registry=r,
         )
         self.lead = Gauge(
@@ -329,6 +347,11 @@ class Telemetry:
 
     def listener_needed(self, need_ms: int) -> None:
         self.listener_ready.observe(need_ms / 1000)
+
+    def listener_synced(self, glitches: int, crossfades: int, error_ms: float) -> None:
+        self.output_glitches.inc(glitches)
+        self.resyncs.inc(crossfades)
+        self.sync_error.observe(abs(error_ms) / 1000)
 
     def gc_paused(self, generation: int, seconds: float) -> None:
         self.gc_pauses.observe(generation, seconds)

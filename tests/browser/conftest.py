@@ -6,23 +6,10 @@ into a failure.
 """
 
 import os
-import shutil
 from collections.abc import AsyncIterator
 
 import pytest
-
-CHROMIUM_FLAGS = [
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def chromium_path() -> str | None:
-    return os.environ.get("BROADCASTER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+from chromium import FLAGS, chromium_path
 
 
 @pytest.fixture
@@ -35,7 +22,7 @@ async def browser() -> AsyncIterator:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+        launched = await pw.chromium.launch(executable_path=path, args=FLAGS, headless=True)
         yield launched
         await launched.close()
 

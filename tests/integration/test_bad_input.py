@@ -448,6 +448,42 @@ BAD_FRAMES = {
     "time_sync t0 NaN": ('{"type":"time_sync","t0":NaN}', "bad_request", "t0"),
     "time_sync t0 Infinity": ('{"type":"time_sync","t0":-Infinity}', "bad_request", "t0"),
     "time_sync t0 overflowing float": ('{"type":"time_sync","t0":1e999}', "bad_request", "t0"),
+    "sync_report without counts": ('{"type": "sync_report", "error_ms": 1}', "bad_request", "glitches"),
+    "sync_report negative count": (
+        '{"type": "sync_report", "glitches": -1, "crossfades": 0, "error_ms": 1}',
+        "bad_request",
+        "glitches",
+    ),
+    "sync_report count too large": (
+        '{"type": "sync_report", "glitches": 0, "crossfades": 1000001, "error_ms": 1}',
+        "bad_request",
+        "crossfades",
+    ),
+    "sync_report count a float": (
+        '{"type": "sync_report", "glitches": 1.5, "crossfades": 0, "error_ms": 1}',
+        "bad_request",
+        "glitches",
+    ),
+    "sync_report count a bool": (
+        '{"type": "sync_report", "glitches": true, "crossfades": 0, "error_ms": 1}',
+        "bad_request",
+        "glitches",
+    ),
+    "sync_report error a string": (
+        '{"type": "sync_report", "glitches": 0, "crossfades": 0, "error_ms": "1"}',
+        "bad_request",
+        "error_ms",
+    ),
+    "sync_report error NaN": (
+        '{"type": "sync_report", "glitches": 0, "crossfades": 0, "error_ms": NaN}',
+        "bad_request",
+        "error_ms",
+    ),
+    "sync_report error huge": (
+        '{"type": "sync_report", "glitches": 0, "crossfades": 0, "error_ms": 1e300}',
+        "bad_request",
+        "error_ms",
+    ),
 }
 CODE_OF_FRAME = {frame: code for frame, code, _ in BAD_FRAMES.values()}
 

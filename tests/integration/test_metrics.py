@@ -197,3 +197,25 @@ async def test_exposition_passes_promtool(server, connect):
     )
     findings, _ = await check.communicate(text.encode())
     assert (check.returncode, findings.decode()) == (0, "")
+
+
+async def test_listener_sync_reports_are_counted_and_answer_nothing(server, connect):
+    """What pages report of keeping in step (glitches, crossfades since the last report, their error) adds
+    up in /metrics; the report gets no reply, and the next time_sync answer is the next message."""
+    listener = await connect()
+    await listener.next("snapshot")
+    for glitches, crossfades, error_ms in ((2, 1, 0.4), (1, 1, -30.0)):
+        await listener.send(
+            {"type": "sync_report", "glitches": glitches, "crossfades": crossfades, "error_ms": error_ms}
+        )
+    await listener.send({"type": "time_sync", "t0": 7})
+    reply = await listener.next("time_sync")
+    assert reply["t0"] == 7 and not [m for m in listener.messages if m["type"] == "error"]
+    assert reply["t1_us"] // 1000 == reply["t1"] and reply["t2_us"] // 1000 == reply["t2"]
+    assert reply["t1_us"] <= reply["t2_us"]
+
+    found = await scrape(server)
+    assert found.value("broadcaster_listener_output_glitches_total") == 3
+    assert found.value("broadcaster_listener_resyncs_total") == 2
+    assert found.value("broadcaster_listener_sync_error_seconds_count") == 2
+    assert dict(found.buckets("broadcaster_listener_sync_error_seconds"))[0.001] == 1  # 0.4 ms; 30 ms is above

@@ -65,10 +65,16 @@ export class ChannelSocket {
 
   receive(message) {
     if (message.type === "time_sync") {
-      this.clock.add(message.t0, message.t1, message.t2, nowMs());
+      if (Number.isFinite(message.t1_us) && Number.isFinite(message.t2_us)) {
+        this.clock.add(message.t0, message.t1_us / 1000, message.t2_us / 1000, nowMs(), true);
+      } else {
+        this.clock.add(message.t0, message.t1, message.t2, nowMs());
+      }
     }
     this.onMessage(message);
   }
+
+  get live() { return Boolean(this.ws && this.ws.readyState === WebSocket.OPEN); }
 
   send(message) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));

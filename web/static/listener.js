@@ -1,19 +1,20 @@
 // Listener page: plays the channel in step with every other listener.
 //
-// Each chunk is fetched, decoded, and started with Web Audio at the AudioContext time that
-// corresponds to its starts_at_ms on the server clock. The mapping goes server time ->
-// local time (ClockSync) -> AudioContext time (getOutputTimestamp, which already accounts
-// for output latency; otherwise currentTime plus outputLatency). Chunks are short, so small
-// drift is absorbed at the next chunk boundary, in the silence between sentences; a larger
-// error (the clock estimate moved, the machine slept) restarts the playing chunk at the right
-// place. <audio>.currentTime is never used for sync.
+// Each chunk is fetched, decoded, and played with Web Audio at the AudioContext time that
+// corresponds to its starts_at_ms on the server clock. The mapping goes server time -> local
+// time (ClockSync, sync.js) -> AudioContext time heard then (OutputClock, output.js, from the
+// output's own timestamps). The Player (player.js) keeps what plays on that timeline: it follows
+// both clocks' rates, takes small errors out smoothly and fixes an output glitch with a short
+// crossfade. <audio>.currentTime is never used for sync.
 
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
+import { OutputClock } from "./output.js";
+import { Player } from "./player.js";
 import { nowMs } from "./sync.js";
 
-const HARD_RESYNC_MS = 25;    // a playing chunk further off than this is restarted in place
-const RETIME_MS = 1;          // a chunk not yet started is quietly re-timed for any change above this
 const MIN_SYNC_SAMPLES = 8;   // the whole connect burst: a late joiner waits ~0.5 s rather than start off by ms
+const TICK_MS = 40;           // how often the output is read and what plays is kept in place
+const REPORT_MS = 10000;      // how often the page tells the server how well it keeps in step
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEY = "broadcaster.volume";
 
@@ -22,7 +23,10 @@ const $ = (id) => document.getElementById(id);
 const state = {
   ctx: null, gain: null, chunks: new Map(), request: null, current: null, listeners: 0,
   latencyMs: Number(localStorage.getItem(LATENCY_KEY) || 0),
-  stats: { scheduled: [] }, // for tests and bench/sync.py: when each chunk will sound, by our clock
+  // for tests and benchmarks: when each chunk will sound, by our clock; and every half second
+  // [local ms, clock offset ms, clock drift ppm, speaker clock ppm, error ms]
+  stats: { scheduled: [], sync: [] },
+  output: null, player: null,
 };
 window.broadcaster = state;
 const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, params: { key: listenKey() } });
@@ -35,7 +39,7 @@ $("latency").value = state.latencyMs;
 $("latency").addEventListener("change", () => {
   state.latencyMs = Number($("latency").value) || 0;
   localStorage.setItem(LATENCY_KEY, String(state.latencyMs));
-  rescheduleAll();
+  keepInStep(); // what plays crossfades to its new place; what waits is re-timed
 });
 $("volume").value = localStorage.getItem(VOLUME_KEY) || "1";
 $("volume").addEventListener("input", applyVolume);
@@ -47,12 +51,16 @@ async function tuneIn() {
   state.gain.connect(state.ctx.destination);
   applyVolume();
   await state.ctx.resume();
+  state.output = new OutputClock(state.ctx);
+  state.player = new Player(state.ctx, state.gain, timeline);
+  state.output.onGlitch = () => { keepInStep(); report(); };
   $("tune").hidden = true;
   $("player").hidden = false;
   socket.start();
-  setInterval(checkDrift, 1000);
-  setInterval(outputDifference, 200); // keep the output-time map fresh
+  setInterval(() => { state.output.read(); keepInStep(); }, TICK_MS);
+  setInterval(forgetOld, 1000);
   setInterval(showSync, 500);
+  setInterval(report, REPORT_MS);
 }
 
 function applyVolume() {
@@ -64,38 +72,14 @@ function applyVolume() {
 
 // ---- time mapping -----------------------------------------------------------------------
 
-// AudioContext time at which audio scheduled now is heard at local time `localMs`.
-// getOutputTimestamp pairs an output position with the moment it is heard; single readings jitter
-// by a few ms with the audio callback, so we use the median of recent (context - local) differences.
-const outputMap = [];
-function ctxTimeAt(localMs) {
-  return (localMs / 1000) + outputDifference();
-}
-
-function outputDifference() {
-  const ctx = state.ctx;
-  const ts = ctx.getOutputTimestamp ? ctx.getOutputTimestamp() : {};
-  let diff;
-  if (ts.performanceTime > 0) {
-    diff = ts.contextTime - (performance.timeOrigin + ts.performanceTime) / 1000;
-  } else {
-    const latency = ctx.outputLatency || ctx.baseLatency || 0;
-    diff = ctx.currentTime - nowMs() / 1000 - latency;
-  }
-  outputMap.push(diff);
-  if (outputMap.length > 31) outputMap.shift();
-  const sorted = [...outputMap].sort((a, b) => a - b);
-  return sorted[sorted.length >> 1];
-}
-
-// Local time at which audio started at AudioContext time `when` will be heard.
-function localTimeOf(when) {
-  return nowMs() + (when - ctxTimeAt(nowMs())) * 1000;
-}
-
-function ctxTimeForServer(serverMs) {
-  return ctxTimeAt(socket.clock.localMs(serverMs) - state.latencyMs);
-}
+// The server's timeline in AudioContext time, through the page's clock. The speaker delay the listener
+// set (a Bluetooth speaker, say) is heard after the output: audio is played that much earlier.
+const timeline = {
+  ctxAt: (serverMs) => state.output.ctxAt(socket.clock.localMs(serverMs) - state.latencyMs),
+  serverAt: (when) => socket.clock.serverMs(state.output.localAt(when) + state.latencyMs),
+  // buffer seconds per context second that keep audio on server time
+  rate: () => (1 + socket.clock.driftPpm / 1e6) / (state.output.line.rate * 1000),
+};
 
 // ---- messages ---------------------------------------------------------------------------
 
@@ -109,7 +93,7 @@ function handle(m) {
     case "audio_chunk_ready": addChunk(m.request_id, m, true); break;
     case "timeline_shifted": {
       const chunk = state.chunks.get(m.chunk_id);
-      if (chunk && chunk.starts_at_ms !== m.starts_at_ms) { chunk.starts_at_ms = m.starts_at_ms; schedule(chunk); }
+      if (chunk && chunk.starts_at_ms !== m.starts_at_ms) retime(chunk, m.starts_at_ms);
       break;
     }
     case "request_failed":
@@ -143,10 +127,10 @@ function onSnapshot(m) {
 async function addChunk(requestId, info, live = false) {
   const known = state.chunks.get(info.chunk_id);
   if (known) { // after a reconnect: keep what is already playing unless its time moved
-    if (known.starts_at_ms !== info.starts_at_ms) { known.starts_at_ms = info.starts_at_ms; schedule(known); }
+    if (known.starts_at_ms !== info.starts_at_ms) retime(known, info.starts_at_ms);
     return;
   }
-  const chunk = { ...info, request_id: requestId, buffer: null, source: null, when: null };
+  const chunk = { ...info, request_id: requestId, buffer: null, voice: null };
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
   try {
@@ -163,50 +147,51 @@ async function addChunk(requestId, info, live = false) {
 
 // ---- scheduling -------------------------------------------------------------------------
 
-// Chunks decoded before the first clock sample arrived wait for it: scheduling by an unsynced clock
-// could start them at the wrong moment.
+// Chunks decoded before the clocks are known wait for them: scheduling by an unsynced clock could
+// start them at the wrong moment.
+function ready() {
+  return state.output && state.output.ready && socket.clock.samples.length >= MIN_SYNC_SAMPLES;
+}
+
 function scheduleWaiting() {
-  for (const chunk of state.chunks.values()) if (chunk.buffer && !chunk.source && !chunk.done) schedule(chunk);
+  for (const chunk of state.chunks.values()) if (chunk.buffer && !chunk.voice && !chunk.done) schedule(chunk);
 }
 
 function schedule(chunk) {
-  if (!chunk.buffer || socket.clock.samples.length < MIN_SYNC_SAMPLES) return;
-  stop(chunk);
-  const ctx = state.ctx;
-  const when = ctxTimeForServer(chunk.starts_at_ms);
-  const late = Math.max(0, ctx.currentTime - when);
-  if (late >= chunk.buffer.duration) { chunk.done = true; return; } // already over: a late joiner skips it
-  const source = ctx.createBufferSource();
-  source.buffer = chunk.buffer;
-  source.connect(state.gain);
-  source.onended = () => {
-    if (chunk.source !== source) return;
-    chunk.source = null;
+  if (!chunk.buffer || !ready()) return;
+  chunk.onEnded = () => {
     chunk.done = true;
     const ack = { type: "audio_played", chunk_id: chunk.chunk_id };
     if (chunk.readyLocalMs !== undefined) ack.ready_at_ms = Math.round(socket.clock.serverMs(chunk.readyLocalMs));
     socket.send(ack);
   };
-  source.start(when + late, late);
-  Object.assign(chunk, { source, when });
+  if (!state.player.play(chunk)) { chunk.done = true; return; } // already over: a late joiner skips it
+  const voice = chunk.voice;
+  const start = voice.segments[0];
   state.stats.scheduled.push({
     chunk_id: chunk.chunk_id, starts_at_ms: chunk.starts_at_ms,
-    sounds_at_local_ms: localTimeOf(when) + state.latencyMs, // when its first sample is heard, by our clock
-    offset_ms: socket.clock.offsetMs, late_ms: late * 1000, at_local_ms: nowMs(),
+    sounds_at_local_ms: state.output.localAt(start.t) + state.latencyMs - start.pos * 1000, // its first sample, by our clock
+    offset_ms: socket.clock.offsetMs, late_ms: start.pos * 1000, at_local_ms: nowMs(),
     decoded_ms: chunk.buffer.duration * 1000, duration_ms: chunk.duration_ms,
   });
-  const highlightIn = Math.max(0, (when - ctx.currentTime) * 1000);
-  setTimeout(() => { if (chunk.source === source) { state.current = chunk.chunk_id; renderCaptions(); } }, highlightIn);
+  const highlightIn = Math.max(0, (start.t - state.ctx.currentTime) * 1000);
+  setTimeout(() => { if (chunk.voice === voice) { state.current = chunk.chunk_id; renderCaptions(); } }, highlightIn);
+}
+
+function retime(chunk, startsAtMs) {
+  chunk.starts_at_ms = startsAtMs;
+  if (chunk.voice) keepInStep(); else if (chunk.buffer && !chunk.done) schedule(chunk);
+}
+
+// Every tick: what plays stays on the timeline, what waits is re-timed (player.js).
+function keepInStep() {
+  if (!ready()) return;
+  scheduleWaiting();
+  state.player.tick(state.chunks.values(), nowMs());
 }
 
 function stop(chunk) {
-  const source = chunk.source;
-  chunk.source = null;
-  if (source) { try { source.stop(); } catch (_) { /* never started */ } }
-}
-
-function rescheduleAll() {
-  for (const chunk of state.chunks.values()) if (chunk.source) schedule(chunk);
+  if (state.player) state.player.stop(chunk);
 }
 
 function dropChunks(ids) {
@@ -220,18 +205,24 @@ function stopRequest(requestId) {
   renderCaptions();
 }
 
-// Follow the clock estimate: chunks not yet sounding are re-timed silently; a playing chunk is
-// restarted in place only when it is audibly off.
-function checkDrift() {
-  const soon = state.ctx.currentTime + 0.1;
-  for (const chunk of state.chunks.values()) {
-    if (!chunk.source) continue;
-    const error = Math.abs(ctxTimeForServer(chunk.starts_at_ms) - chunk.when) * 1000;
-    if (error > (chunk.when > soon ? RETIME_MS : HARD_RESYNC_MS)) schedule(chunk);
-  }
-  const cutoff = socket.clock.serverMs() - 60000; // forget long-finished chunks
+function forgetOld() {
+  const cutoff = socket.clock.serverMs() - 60000; // long-finished chunks
   for (const [id, c] of state.chunks) if (c.starts_at_ms + c.duration_ms < cutoff) state.chunks.delete(id);
   if (state.stats.scheduled.length > 500) state.stats.scheduled.splice(0, 250);
+}
+
+// How well this page keeps in step, for the server's metrics: the output glitches it noticed and the
+// crossfades that put it back (after a glitch, or a clock estimate that stepped) since its last
+// report, and its error now.
+const reported = { glitches: 0, crossfades: 0 };
+function report() {
+  if (!state.output || !state.output.ready || !socket.live) return;
+  const glitches = state.output.glitchCount, crossfades = state.player.crossfades;
+  socket.send({
+    type: "sync_report", glitches: glitches - reported.glitches, crossfades: crossfades - reported.crossfades,
+    error_ms: Math.round(Math.max(-60000, Math.min(60000, state.player.errorMs)) * 100) / 100,
+  });
+  Object.assign(reported, { glitches, crossfades });
 }
 
 // ---- display ----------------------------------------------------------------------------
@@ -249,10 +240,22 @@ function showListeners(count) {
 }
 
 function showSync() {
-  const clock = socket.clock;
-  if (!clock.samples.length) return;
-  $("sync").textContent = `Clock offset ${clock.offsetMs.toFixed(1)} ms · sync error ≤ ${clock.errorBoundMs.toFixed(1)} ms` +
-    (clock.driftPpm ? ` · drift ${clock.driftPpm.toFixed(0)} ppm` : "");
+  const clock = socket.clock, output = state.output;
+  if (!clock.samples.length || !output) return;
+  state.stats.sync.push([nowMs(), clock.offsetMs, clock.driftPpm, output.ratePpm, state.player.errorMs]);
+  if (state.stats.sync.length > 1000) state.stats.sync.splice(0, 500);
+  const parts = [`Clock offset ${clock.offsetMs.toFixed(1)} ms (± ${clock.errorBoundMs.toFixed(1)})`];
+  if (clock.driftPpm) parts.push(`drift ${clock.driftPpm.toFixed(0)} ppm`);
+  if (output.ready) parts.push(`speaker clock ${output.ratePpm >= 0 ? "+" : ""}${output.ratePpm.toFixed(0)} ppm`);
+  parts.push(`in step within ${Math.abs(state.player.errorMs).toFixed(1)} ms`);
+  const glitches = output.glitchCount;
+  if (glitches) {
+    const last = output.glitches[output.glitches.length - 1];
+    const fixes = state.player.crossfades;
+    parts.push(`${glitches} output glitch${glitches > 1 ? "es" : ""} (last ${Math.abs(last.shiftMs).toFixed(0)} ms, ` +
+      `${new Date(last.atLocalMs).toLocaleTimeString()}); ${fixes} crossfade${fixes === 1 ? "" : "s"} back in step`);
+  }
+  $("sync").textContent = parts.join(" · ");
 }
 
 function notice(text) {

@@ -20,11 +20,13 @@ export class ClockSync {
     this.errorBoundMs = Infinity;
   }
 
-  add(t0, t1, t2, t3) {
+  // `precise`: t1 and t2 to the microsecond; else in whole milliseconds, rounded down.
+  add(t0, t1, t2, t3, precise = false) {
     const delay = (t3 - t0) - (t2 - t1);
     if (delay < 0) return;
-    // The server stamps t1 and t2 in whole milliseconds, rounded down: +0.5 removes that bias.
-    this.samples.push({ at: t3, offset: ((t1 - t0) + (t2 - t3)) / 2 + 0.5, delay });
+    const rounding = precise ? 0 : 0.5; // whole milliseconds rounded down: +0.5 removes that bias
+    this.precise = precise;
+    this.samples.push({ at: t3, offset: ((t1 - t0) + (t2 - t3)) / 2 + rounding, delay });
     const cutoff = t3 - MAX_AGE_MS;
     this.samples = this.samples.filter((s) => s.at >= cutoff).slice(-WINDOW);
     this.update();
@@ -34,7 +36,7 @@ export class ClockSync {
     const best = [...this.samples].sort((a, b) => a.delay - b.delay).slice(0, BEST);
     const offsets = best.map((s) => s.offset).sort((a, b) => a - b);
     this.offsetMs = offsets[Math.floor(offsets.length / 2)];
-    this.errorBoundMs = best[0].delay / 2 + 0.5; // half the round trip, plus the server's rounding
+    this.errorBoundMs = best[0].delay / 2 + (this.precise ? 0 : 0.5); // half the round trip, and the server's rounding
     this.driftPpm = slopePpm(best);
     this.anchor = best.reduce((a, s) => a + s.at, 0) / best.length;
   }

@@ -1,0 +1,296 @@
+"""Sync at the speaker: what listener pages actually play, recorded, against the server's timeline.
+
+Runs the real server in this process, a PulseAudio daemon of its own with one sink per listener
+(tests/speakers.py), and one headless Chromium per listener playing the real listener page into its
+sink. Everything the sinks play is recorded in one stream on one clock, with the wall-clock time of
+every sample, and every stretch of every chunk is found in each listener's recording. Three narrations,
+one after another:
+
+1. calm: N listeners, and M more who join mid-narration;
+2. stalls: listener 0's output is stopped for --stall-ms (its sink suspended) at --stalls moments;
+3. load: `stress-ng --cpu 2` runs for --stress-s seconds in the middle of the narration.
+
+Prints the inter-listener skew and the error against the timeline, each stall's recovery, clicks,
+and the skew under load and after it, against the targets in docs/performance.md.
+
+    apt-get install pulseaudio stress-ng chromium
+    .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
+                                          [--stall-ms 150] [--stress-s 30]
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import websockets
+from harness import running_server  # first: it puts the project and tests/ on sys.path
+
+# isort: split
+from chromium import chromium_path
+from playwright.async_api import async_playwright
+from speakers import (
+    Heard,
+    Listeners,
+    PulseServer,
+    Recording,
+    chunk_audio,
+    clicks,
+    follow,
+    percentile,
+    recovery,
+    skews_ms,
+)
+
+from broadcaster.client import submit
+
+SENTENCES = [
+    "The lanterns of the harbour flicker in the fog.",
+    "A bell tolls twice, then falls silent.",
+    "Somewhere below the pier, oars dip into black water.",
+    "The captain raises a hand, and the crew holds its breath.",
+    "Then, from the mist, a voice calls your names.",
+    "Nobody on deck dares to answer.",
+    "The fog thins for a heartbeat, showing a second ship.",
+    "Its sails are black and its deck is empty.",
+    "A rope creaks against the mast.",
+    "The voice calls again, closer now.",
+    "Your lantern gutters, though there is no wind.",
+    "Then everything is still.",
+]
+TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
+PIPER = {"tts": {"engine": "piper"}}
+TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
+
+
+@dataclass
+class Narration:
+    chunks: list[dict] = field(default_factory=list)  # audio_chunk_ready messages
+    events: dict[str, list] = field(default_factory=dict)  # what was done during it, with wall-clock times
+
+
+async def narrate(server, text: str, during) -> Narration:
+    """Post `text`, run `during(first_chunk, narration)` once its first chunk is announced, and return
+    when the request has played."""
+    narration = Narration()
+    async with websockets.connect(server.ws_url) as ws:
+        _, body = await submit(server.base_url, server.channel, text, server.token)
+        task = None
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "audio_chunk_ready" and message["request_id"] == body["request_id"]:
+                narration.chunks.append(message)
+                if task is None:
+                    task = asyncio.create_task(during(message, narration))
+            if message["type"] == "request_played" and message["request_id"] == body["request_id"]:
+                break
+        await task
+    return narration
+
+
+async def until(wall_s: float) -> None:
+    await asyncio.sleep(max(0.0, wall_s - time.time()))
+
+
+def late_joins(listeners: Listeners, late: list[int]):
+    async def during(first: dict, narration: Narration) -> None:
+        for i, listener in enumerate(late):
+            await until(first["starts_at_ms"] / 1000 + 1.2 + 2.5 * i)  # in the middle of a sentence
+            await listeners.open(listener)
+            narration.events.setdefault("joined", []).append((listener, time.time()))
+
+    return during
+
+
+def stalls(pulse: PulseServer, count: int, stall_ms: int):
+    async def during(first: dict, narration: Narration) -> None:
+        at = first["starts_at_ms"] / 1000 + 1.0
+        for _ in range(count):
+            await until(at + random.uniform(0, 0.8))
+            narration.events.setdefault("stalls", []).append(await pulse.stall(0, stall_ms))
+            at = time.time() + 3.5  # room to watch the recovery
+
+    return during
+
+
+def load(seconds: int):
+    async def during(first: dict, narration: Narration) -> None:
+        await until(first["starts_at_ms"] / 1000 + 2.0)
+        began = time.time()
+        proc = await asyncio.create_subprocess_exec(
+            "stress-ng", "--cpu", "2", "--timeout", f"{seconds}s", "--quiet",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        await proc.wait()
+        narration.events["load"] = [(began, time.time())]
+
+    return during
+
+
+async def heard_in(recording: Recording, http, base_url: str, narration: Narration, listeners: list[int]):
+    heard: dict[int, list[Heard]] = {i: [] for i in listeners}
+    for chunk in narration.chunks:
+        audio = await chunk_audio(http, base_url, chunk["chunk_id"])
+        for i in listeners:
+            heard[i] += follow(recording, i, chunk["chunk_id"], audio, chunk["starts_at_ms"])
+    return heard
+
+
+def line(name: str, values: list[float]) -> str:
+    if not values:
+        return f"{name:44s} (nothing measured)"
+    return (
+        f"{name:44s} p50 {percentile(values, 50):7.2f}  p95 {percentile(values, 95):7.2f}  "
+        f"max {max(values):7.2f} ms  ({len(values)} stretches)"
+    )
+
+
+def report_calm(heard: dict[int, list[Heard]], late: list[int]) -> None:
+    print("\n1. calm narration")
+    print(line("inter-listener skew, late joiners included", skews_ms(heard)))
+    errors = [h.error_ms for found in heard.values() for h in found]
+    print(line("|error| against the timeline", [abs(e) for e in errors]))
+    print(f"{'mean error against the timeline':44s} {sum(errors) / max(len(errors), 1):+7.2f} ms")
+    for listener in late:
+        first = heard[listener][:1]
+        print(
+            f"{'late joiner ' + str(listener) + ': first stretch heard':44s} {first[0].error_ms:+7.2f} ms"
+            if first
+            else ""
+        )
+
+
+def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration: Narration, pages: list[dict]) -> None:
+    print("\n2. output stalls on listener 0")
+    others = [i for i in heard if i != 0]
+    print(line("skew between the other listeners meanwhile", skews_ms(heard, others)))
+    found = sorted(heard[0], key=lambda h: h.heard_s)
+    snaps = clicks(recording, 0)
+    for began, resumed in narration.events.get("stalls", []):
+        r = recovery(found, resumed)
+        near = [t for t in snaps if resumed + 0.01 < t <= resumed + 1.0]  # beyond the stall's own two edges
+        back = "never" if r.back_in_ms is None else f"{r.back_in_ms:.0f} ms"
+        print(
+            f"stall of {(resumed - began) * 1000:.0f} ms: error before {r.error_before_ms:+.1f} ms, worst after "
+            f"{r.worst_ms:.1f} ms, back within 5 ms in {back}, overshoot after {r.overshoot_ms:.1f} ms, "
+            f"clicks after it {len(near)}"
+        )
+    print(f"clicks anywhere in listener 0's output: {len(snaps)}")
+    for i, page in enumerate(pages):
+        print(f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+d} ppm")
+
+
+def report_load(heard: dict[int, list[Heard]], narration: Narration) -> None:
+    print("\n3. CPU load (stress-ng --cpu 2)")
+    began, ended = narration.events["load"][0]
+    during = {i: [h for h in found if began <= h.heard_s <= ended] for i, found in heard.items()}
+    print(line("inter-listener skew under load", skews_ms(during)))
+    print(line("|error| under load", [abs(h.error_ms) for found in during.values() for h in found]))
+    print(f"{'back within 2 ms of each other after the load':44s} " + settled_after(heard, ended, 2.0))
+
+
+def settled_after(heard: dict[int, list[Heard]], ended: float, within_ms: float, watch_s: float = 10.0) -> str:
+    """From the end of the load to the first moment after which the listeners stay within `within_ms` of
+    each other (over the next `watch_s`)."""
+    by_stretch: dict[tuple[str, float], list[Heard]] = {}
+    for found in heard.values():
+        for h in found:
+            by_stretch.setdefault((h.chunk_id, h.offset_ms), []).append(h)
+    spreads = sorted(
+        (min(h.heard_s for h in hs), (max(h.heard_s for h in hs) - min(h.heard_s for h in hs)) * 1000)
+        for hs in by_stretch.values()
+        if len(hs) > 1 and min(h.heard_s for h in hs) > ended
+    )
+    spreads = [(at, spread) for at, spread in spreads if at < ended + watch_s]
+    for i, (at, _) in enumerate(spreads):
+        if all(spread <= within_ms for _, spread in spreads[i:]):
+            return f"{(at - ended) * 1000:.0f} ms"
+    return "not within the watch"
+
+
+def dump(path: str, heard: dict, narrations: dict, pages: list[dict]) -> None:
+    """Everything measured, for a closer look: each stretch heard, and what was done when."""
+    out = {
+        "heard": {
+            name: {
+                i: [[h.chunk_id, h.offset_ms, h.due_s, h.heard_s, h.score] for h in found] for i, found in by.items()
+            }
+            for name, by in heard.items()
+        },
+        "events": {name: n.events for name, n in narrations.items() if n is not None},
+        "pages": pages,
+    }
+    Path(path).write_text(json.dumps(out))
+
+
+async def page_report(page) -> dict:
+    return await page.evaluate(
+        "({glitches: window.broadcaster.output.glitchCount, crossfades: window.broadcaster.player.crossfades,"
+        " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
+        " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
+        " sync: window.broadcaster.stats.sync})"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    settings = {**(PIPER if args.engine == "piper" else TONE), **TIMELINE}
+    everyone = list(range(args.listeners + args.late))
+    late = everyone[args.listeners :]
+    with tempfile.TemporaryDirectory() as work:
+        pulse = PulseServer(Path(work), len(everyone))
+        pulse.start()
+        try:
+            async with (
+                running_server(settings) as server,
+                async_playwright() as pw,
+                aiohttp.ClientSession() as http,
+            ):
+                listeners = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", args.chromium)
+                for i in everyone[: args.listeners]:
+                    await listeners.open(i)
+                recorder = pulse.recorder()
+                recorder.start()
+                await asyncio.sleep(1.5)  # the recorder's first second does not count towards its clock
+                text = " ".join(SENTENCES)
+                calm = await narrate(server, text, late_joins(listeners, late))
+                stalled = await narrate(server, text, stalls(pulse, args.stalls, args.stall_ms))
+                stalled_pages = [await page_report(listeners.pages[i]) for i in everyone]
+                loaded = await narrate(server, " ".join(SENTENCES * 2), load(args.stress_s)) if args.stress_s else None
+                pages = [await page_report(listeners.pages[i]) for i in everyone]
+                recording = recorder.stop(pulse.mix_latency_s())
+                await listeners.close()
+                print(f"recorded {len(recording.samples) / 48000:.0f} s of {len(everyone)} listeners; output clock "
+                      f"{(recording.clock.rate_hz / 48000 - 1) * 1e6:+.0f} ppm against the wall clock")  # fmt: skip
+                heard = {
+                    name: await heard_in(recording, http, server.base_url, narration, everyone)
+                    for name, narration in (("calm", calm), ("stalls", stalled), ("load", loaded))
+                    if narration is not None
+                }
+                report_calm(heard["calm"], late)
+                report_stalls(heard["stalls"], recording, stalled, stalled_pages)
+                if loaded:
+                    report_load(heard["load"], loaded)
+                if args.dump:
+                    dump(args.dump, heard, {"stalls": stalled, "load": loaded}, pages)
+        finally:
+            pulse.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listeners", type=int, default=3)
+    parser.add_argument("--late", type=int, default=1, help="more listeners who join mid-narration")
+    parser.add_argument("--engine", choices=["tone", "piper"], default="tone")
+    parser.add_argument("--stalls", type=int, default=4)
+    parser.add_argument("--stall-ms", type=int, default=150)
+    parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")
+    parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
+    parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))
+    asyncio.run(main(parser.parse_args()))

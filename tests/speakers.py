@@ -1,0 +1,459 @@
+"""What listeners' speakers play, recorded, and where in it each moment of each chunk was heard.
+
+A PulseAudio daemon of our own (Debian's `pulseaudio`, its socket in a temporary directory, no
+configuration read): one null sink, "mix", with a channel per listener, and a mono remap sink per
+listener ("listener0", ...) onto its channel. A browser started with PULSE_SINK=listenerN plays
+into channel N. The Recorder reads mix's monitor through libpulse-simple and notes the wall-clock
+time of every read, so every recorded sample gets the wall-clock time it was played at; the server
+places chunks on the same machine's wall clock.
+
+Then `follow` finds, piece by piece, where a chunk's audio is in a listener's channel: for each
+stretch of the chunk, the moment it sounded minus the moment the timeline says it should have.
+The tone engine's sentences are glides, so every stretch is unique; speech works the same way.
+
+Used by tests/browser/test_sync_output.py and bench/sync_output.py.
+"""
+
+import asyncio
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from chromium import FLAGS
+
+from tts.encode import decode_flac
+
+RATE = 48_000
+FRAGMENT_MS = 2  # the recorder asks for reads this small; the mix sink then renders this far ahead
+TIE = 0.002  # correlations this close count as equally good matches (a nearly periodic stretch, a period off)
+
+
+def pulseaudio_binaries() -> tuple[str, str] | None:
+    daemon, control = shutil.which("pulseaudio"), shutil.which("pactl")
+    return None if daemon is None or control is None else (daemon, control)
+
+
+class PulseServer:
+    """A PulseAudio daemon with one sink per listener, all recorded together."""
+
+    def __init__(self, work: Path, listeners: int):
+        self.listeners = listeners
+        self.runtime = work / "pulse"
+        self.socket = self.runtime / "native"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def server(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self) -> None:
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        daemon, _ = pulseaudio_binaries()
+        aux = ",".join(f"aux{i}" for i in range(self.listeners))
+        modules = [
+            f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
+            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE}",
+            *(
+                f"module-remap-sink sink_name=listener{i} master=mix channels=1 "
+                f"master_channel_map=aux{i} channel_map=mono remix=no"
+                for i in range(self.listeners)
+            ),
+        ]
+        args = [daemon, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no", "--disallow-exit"]
+        args += ["--log-target=stderr", "--log-level=error"]
+        for module in modules:
+            args += ["-L", module]
+        with open(self.runtime / "pulseaudio.log", "wb") as log:
+            self.proc = subprocess.Popen(args, env=self._env(), stdout=log, stderr=log)
+        deadline = time.monotonic() + 15
+        while self.pactl("info", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PulseAudio did not start: {(self.runtime / 'pulseaudio.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def _env(self) -> dict[str, str]:
+        return os.environ | {"XDG_RUNTIME_DIR": str(self.runtime), "HOME": str(self.runtime)}
+
+    def client_env(self, listener: int) -> dict[str, str]:
+        """The environment of a program that plays as `listener` (a browser: all of its pages)."""
+        return self._env() | {"PULSE_SERVER": self.server, "PULSE_SINK": f"listener{listener}"}
+
+    def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        _, control = pulseaudio_binaries()
+        env = self._env() | {"PULSE_SERVER": self.server}
+        return subprocess.run([control, *args], env=env, capture_output=True, text=True, check=check, timeout=10)
+
+    async def stall(self, listener: int, ms: int) -> tuple[float, float]:
+        """Stop `listener`'s output for about `ms` (its sink suspended, as when a device stops being
+        read); returns the wall-clock times it was suspended and resumed."""
+        await asyncio.to_thread(self.pactl, "suspend-sink", f"listener{listener}", "1")
+        began = time.time()
+        await asyncio.sleep(ms / 1000)
+        await asyncio.to_thread(self.pactl, "suspend-sink", f"listener{listener}", "0")
+        return began, time.time()
+
+    def mix_latency_s(self) -> float:
+        """How far ahead of the moment it plays the mix sink renders (its configured latency)."""
+        sinks = self.pactl("list", "sinks").stdout
+        block = sinks.split("Name: mix", 1)[1]
+        return int(re.search(r"configured (\d+) usec", block).group(1)) / 1e6
+
+    def recorder(self) -> "Recorder":
+        return Recorder(self.server, self.listeners)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Listeners:
+    """Listener pages as people open them, each in its own Chromium playing into its own sink."""
+
+    def __init__(self, playwright, pulse: PulseServer, page_url: str, chromium: str):
+        self.playwright, self.pulse, self.page_url, self.chromium = playwright, pulse, page_url, chromium
+        self.pages: dict[int, object] = {}
+        self.browsers: list = []
+
+    async def open(self, listener: int):
+        """Open the page as `listener`, tune in, and wait until it knows both clocks."""
+        browser = await self.playwright.chromium.launch(
+            executable_path=self.chromium,
+            args=FLAGS,
+            headless=True,
+            env=self.pulse.client_env(listener),
+            ignore_default_args=["--mute-audio"],  # Playwright's default: the page would play into nothing
+        )
+        self.browsers.append(browser)
+        page = await browser.new_page()
+        await page.goto(self.page_url)
+        await page.click("#tune")
+        await page.wait_for_function(
+            "window.broadcaster.socket.clock.samples.length >= 8 && window.broadcaster.output?.ready", timeout=20_000
+        )
+        self.pages[listener] = page
+        return page
+
+    async def close(self) -> None:
+        for browser in self.browsers:
+            await browser.close()
+
+
+async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
+    """The chunk's audio as the server stored it (its FLAC), at the recording's rate."""
+    async with http.get(f"{base_url}/api/audio/chunks/{chunk_id}", params={"format": "flac"}) as resp:
+        resp.raise_for_status()
+        pcm = await decode_flac(await resp.read())
+    return resample(pcm.samples.reshape(len(pcm.samples), -1)[:, 0], pcm.sample_rate)
+
+
+# -- recording ---------------------------------------------------------------------------------------
+
+
+class _SampleSpec(ctypes.Structure):
+    _fields_ = [("format", ctypes.c_int), ("rate", ctypes.c_uint32), ("channels", ctypes.c_uint8)]
+
+
+class _ChannelMap(ctypes.Structure):
+    _fields_ = [("channels", ctypes.c_uint8), ("map", ctypes.c_int * 32)]
+
+
+class _BufferAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32) for name in ("maxlength", "tlength", "prebuf", "minreq", "fragsize")]
+
+
+_S16LE, _RECORD, _AUX0 = 3, 2, 12  # pa_sample_format, pa_stream_direction, PA_CHANNEL_POSITION_AUX0
+_DEFAULT = 0xFFFFFFFF
+
+
+def _libpulse_simple() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libpulse-simple.so.0")
+    lib.pa_simple_new.restype = ctypes.c_void_p
+    lib.pa_simple_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)]
+    lib.pa_simple_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+class Recorder:
+    """Reads every listener's channel of the mix, each read stamped with the wall-clock time."""
+
+    def __init__(self, server: str, channels: int):
+        self.server, self.channels = server, channels
+        self.blocks: list[bytes] = []
+        self.reads: list[tuple[float, int]] = []  # (wall time of the read, frames recorded by then)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+        if not self._opened.wait(10):
+            raise RuntimeError("the recorder could not open the mix's monitor")
+        if self._error:
+            raise self._error
+
+    def _run(self) -> None:
+        lib = _libpulse_simple()
+        spec = _SampleSpec(_S16LE, RATE, self.channels)
+        layout = _ChannelMap(self.channels)
+        for i in range(self.channels):  # without the map, the monitor of an aux-channel sink records silence
+            layout.map[i] = _AUX0 + i
+        frame = 2 * self.channels
+        fragment = RATE * FRAGMENT_MS // 1000 * frame
+        attr = _BufferAttr(_DEFAULT, _DEFAULT, _DEFAULT, _DEFAULT, fragment)
+        error = ctypes.c_int()
+        stream = lib.pa_simple_new(
+            self.server.encode(), b"recorder", _RECORD, b"mix.monitor", b"what the listeners play",
+            ctypes.byref(spec), ctypes.byref(layout), ctypes.byref(attr), ctypes.byref(error),
+        )  # fmt: skip
+        if not stream:
+            self._error = RuntimeError(f"pa_simple_new failed ({error.value})")
+            self._opened.set()
+            return
+        self._opened.set()
+        buffer = ctypes.create_string_buffer(fragment)
+        frames = 0
+        try:
+            while not self._stop.is_set():
+                if lib.pa_simple_read(stream, buffer, fragment, ctypes.byref(error)) < 0:
+                    raise RuntimeError(f"pa_simple_read failed ({error.value})")
+                now = time.time()
+                self.blocks.append(buffer.raw)
+                frames += fragment // frame
+                self.reads.append((now, frames))
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            lib.pa_simple_free(stream)
+
+    def stop(self, render_ahead_s: float) -> "Recording":
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._error:
+            raise self._error
+        samples = np.frombuffer(b"".join(self.blocks), dtype="<i2").reshape(-1, self.channels)
+        return Recording(samples, sample_clock(self.reads, render_ahead_s))
+
+
+@dataclass(frozen=True)
+class SampleClock:
+    """Wall-clock time of recorded frames: a line through anchors (frame, time), one every ANCHOR_S."""
+
+    frames: np.ndarray
+    times: np.ndarray
+
+    @property
+    def rate_hz(self) -> float:
+        return float((self.frames[-1] - self.frames[0]) / (self.times[-1] - self.times[0]))
+
+    def time_of(self, frame: float) -> float:
+        return float(np.interp(frame, self.frames, self.times, left=np.nan, right=np.nan))
+
+    def frame_at(self, wall_s: float) -> float:
+        return float(np.interp(wall_s, self.times, self.frames, left=np.nan, right=np.nan))
+
+
+ANCHOR_S = 2.0
+
+
+def sample_clock(reads: list[tuple[float, int]], render_ahead_s: float) -> SampleClock:
+    """Frames to wall-clock time. A read that came late only makes its frames look later than they
+    were, so within every ANCHOR_S the least delayed read is taken as the truth, against a line fitted
+    through all of them (an output clock runs hundreds of ppm off the wall clock, and not always at
+    the same rate: anchors follow it). The first second is left out: the monitor first hands over
+    what the sink rendered before it was asked to render only a fragment ahead. A frame is read as
+    soon as the sink renders it, which is `render_ahead_s` before it plays."""
+    times = np.array([t for t, _ in reads])
+    frames = np.array([n for _, n in reads], dtype=float)
+    steady = times >= times[0] + 1.0
+    times, frames = times[steady], frames[steady]
+    slope, intercept = np.polyfit(frames, times, 1)
+    residual = times - (intercept + slope * frames)
+    block = ((times - times[0]) // ANCHOR_S).astype(int)
+    anchor_frames, anchor_times = [], []
+    for k in np.unique(block):
+        members = np.nonzero(block == k)[0]
+        best = members[np.argmin(residual[members])]
+        anchor_frames.append(frames[best])
+        anchor_times.append(intercept + slope * frames[best] + residual[best] + render_ahead_s)
+    # The line carries the first and last anchors to the ends of the recording (and a minute past it).
+    past = RATE * 60.0
+    anchor_times = [anchor_times[0] - anchor_frames[0] * slope, *anchor_times, anchor_times[-1] + past * slope]
+    anchor_frames = [0.0, *anchor_frames, anchor_frames[-1] + past]
+    return SampleClock(np.array(anchor_frames), np.array(anchor_times))
+
+
+@dataclass
+class Recording:
+    samples: np.ndarray  # frames x listeners, int16
+    clock: SampleClock
+
+    def channel(self, listener: int) -> np.ndarray:
+        return self.samples[:, listener].astype(np.float64)
+
+
+# -- finding chunks in the recording -----------------------------------------------------------------
+
+
+def resample(samples: np.ndarray, rate_in: int, rate_out: int = RATE) -> np.ndarray:
+    """Linear interpolation: enough to find audio by correlation, not to listen to."""
+    duration = len(samples) / rate_in
+    positions = np.arange(int(duration * rate_out)) * rate_in / rate_out
+    return np.interp(positions, np.arange(len(samples)), samples.astype(np.float64))
+
+
+def locate(signal: np.ndarray, piece: np.ndarray, lo: int, hi: int, near: float | None = None) -> tuple[float, float]:
+    """Where in `signal` `piece` starts, searching starts lo..hi: (position, normalised correlation).
+
+    A stretch of a tone matches almost as well one period early or late; of the places that match
+    within TIE of the best, the one nearest `near` (where the previous stretch was) is taken."""
+    lo, hi = max(0, lo), min(hi, len(signal) - len(piece))
+    if hi <= lo:
+        return float("nan"), 0.0
+    region = signal[lo : hi + len(piece)]
+    size = 1 << int(np.ceil(np.log2(len(region) + len(piece))))
+    corr = np.fft.irfft(np.fft.rfft(region, size) * np.conj(np.fft.rfft(piece, size)), size)[: hi - lo]
+    power = np.concatenate([[0.0], np.cumsum(region * region)])
+    window = np.sqrt(np.maximum(power[len(piece) :][: hi - lo] - power[: hi - lo], 1e-9))
+    score = corr / (window * np.linalg.norm(piece) + 1e-9)
+    best = int(np.argmax(score))
+    if near is not None:
+        ties = np.nonzero(score >= score[best] - TIE)[0]
+        best = int(ties[np.argmin(np.abs(ties + lo - near))])
+        while 0 < best < len(score) - 1 and score[best + 1] > score[best]:
+            best += 1  # up to the top of that peak
+        while 0 < best < len(score) - 1 and score[best - 1] > score[best]:
+            best -= 1
+    shift = 0.0
+    if 0 < best < len(score) - 1:  # the peak between samples
+        a, b, c = score[best - 1], score[best], score[best + 1]
+        if a - 2 * b + c < 0:
+            shift = 0.5 * (a - c) / (a - 2 * b + c)
+    return lo + best + shift, float(score[best])
+
+
+@dataclass
+class Heard:
+    """One stretch of a chunk as one listener heard it."""
+
+    chunk_id: str
+    offset_ms: float  # where the stretch is in the chunk
+    due_s: float  # when the timeline says it sounds (wall clock)
+    heard_s: float  # when it sounded
+    score: float  # how well it matched (1: exactly)
+
+    @property
+    def error_ms(self) -> float:
+        return (self.heard_s - self.due_s) * 1000
+
+
+@dataclass
+class Follow:
+    """How to follow a chunk through a recording."""
+
+    piece_ms: int = 80  # the stretch looked for: long enough that only its true place matches well
+    hop_ms: int = 20  # one every this often
+    radius_ms: int = 400  # how far from the previous stretch's place to look (covers a stall)
+    min_score: float = 0.9  # below this a stretch counts as not heard
+    skip: list[tuple[float, float]] = field(default_factory=list)  # quiet stretches of the chunk (speech pauses)
+
+
+def follow(
+    recording: Recording, listener: int, chunk_id: str, audio: np.ndarray, starts_at_ms: int, how: Follow | None = None
+) -> list[Heard]:
+    """Every audible stretch of the chunk (`audio` at RATE), found in the listener's channel near where
+    the previous one was: a shift (a stall, a restart) shows up as a change in error from one to the next."""
+    how = how or Follow()
+    signal = recording.channel(listener)
+    piece_n, hop_n, radius_n = (ms * RATE // 1000 for ms in (how.piece_ms, how.hop_ms, how.radius_ms))
+    loud = 0.1 * np.max(np.abs(audio)) if len(audio) else 0
+    expected_shift = None  # frames between where the timeline says and where it was heard, so far
+    found: list[Heard] = []
+    for offset in range(0, len(audio) - piece_n, hop_n):
+        piece = audio[offset : offset + piece_n]
+        if np.max(np.abs(piece)) < loud:
+            continue  # too quiet to place (a pause, a fade)
+        due_s = starts_at_ms / 1000 + offset / RATE
+        due_frame = recording.clock.frame_at(due_s)
+        centre = due_frame + (expected_shift or 0)
+        near = None if expected_shift is None else centre
+        position, score = locate(signal, piece, int(centre - radius_n), int(centre + radius_n), near)
+        if score < how.min_score or np.isnan(position):
+            continue
+        at = int(round(position))
+        if not 0.5 <= np.linalg.norm(signal[at : at + piece_n]) / np.linalg.norm(piece) <= 2.0:
+            continue  # the stretch is only partly there (a fade-in mid-chunk, a cut): it cannot place it
+        expected_shift = position - due_frame
+        found.append(Heard(chunk_id, offset * 1000 / RATE, due_s, recording.clock.time_of(position), score))
+    return found
+
+
+def clicks(recording: Recording, listener: int, threshold: float = 1500.0) -> list[float]:
+    """Wall-clock times where the listener's output jumps between samples as no glide does (a hard
+    cut): a tone-engine glide at full level changes its second difference by at most ~250."""
+    signal = recording.channel(listener)
+    jumps = np.abs(np.diff(signal, 2))
+    frames = np.nonzero(jumps > threshold)[0]
+    times: list[float] = []
+    for frame in frames:
+        at = recording.clock.time_of(frame)
+        if not times or at - times[-1] > 0.05:
+            times.append(at)
+    return times
+
+
+# -- summaries -------------------------------------------------------------------------------------
+
+
+def skews_ms(heard: dict[int, list[Heard]], listeners: list[int] | None = None) -> list[float]:
+    """For each stretch heard by two or more of `listeners`: the spread of the moments they heard it."""
+    by_stretch: dict[tuple[str, float], list[float]] = {}
+    for listener, found in heard.items():
+        if listeners is None or listener in listeners:
+            for h in found:
+                by_stretch.setdefault((h.chunk_id, h.offset_ms), []).append(h.heard_s)
+    return [(max(times) - min(times)) * 1000 for times in by_stretch.values() if len(times) > 1]
+
+
+@dataclass
+class Recovery:
+    """One listener after an output stall that ended at `resumed_s`."""
+
+    resumed_s: float
+    error_before_ms: float  # just before the stall
+    worst_ms: float  # the largest error after it
+    back_in_ms: float | None  # from the resume until within the bound for good (None: never)
+    overshoot_ms: float  # the largest error once back
+
+
+def recovery(found: list[Heard], resumed_s: float, within_ms: float = 5.0, watch_s: float = 3.0) -> Recovery:
+    before = [h for h in found if h.heard_s < resumed_s - 0.2]
+    after = sorted((h for h in found if resumed_s <= h.heard_s <= resumed_s + watch_s), key=lambda h: h.heard_s)
+    error_before = before[-1].error_ms if before else float("nan")
+    worst = max((abs(h.error_ms) for h in after), default=float("nan"))
+    back_at = None
+    for i, h in enumerate(after):
+        if all(abs(later.error_ms) <= within_ms for later in after[i:]):
+            back_at = h.heard_s
+            break
+    overshoot = max((abs(h.error_ms) for h in after if back_at is not None and h.heard_s >= back_at), default=0.0)
+    back_in = None if back_at is None else (back_at - resumed_s) * 1000
+    return Recovery(resumed_s, error_before, worst, back_in, overshoot)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
