@@ -368,7 +368,7 @@ class Follow:
     piece_ms: int = 80  # the stretch looked for: long enough that only its true place matches well
     hop_ms: int = 20  # one every this often
     radius_ms: int = 400  # how far from the previous stretch's place to look (covers a stall)
-    min_score: float = 0.9  # below this a stretch counts as not heard
+    min_score: float = 0.97  # below this a stretch counts as not heard (a stretch only partly there scores ~0.9)
     skip: list[tuple[float, float]] = field(default_factory=list)  # quiet stretches of the chunk (speech pauses)
 
 
