@@ -62,7 +62,9 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
                 await listeners.open(listener)
             recorder = pulse.recorder()
             recorder.start()
-            await asyncio.sleep(1.5)  # the recorder's first second does not count towards its clock
+            # The recorder's first second does not count towards its clock; and a page's own first
+            # seconds are not yet steady (docs/performance.md): this test is about what follows.
+            await asyncio.sleep(5)
             request_id = (await (await server.say(NARRATION)).json())["request_id"]
             first = await observer.next("audio_chunk_ready")
             second = await observer.next("audio_chunk_ready")

@@ -15,9 +15,9 @@
 
 import { nowMs } from "./sync.js";
 
-const RATE_WINDOW_MS = 8000;    // readings kept for the rate
-const OFFSET_WINDOW_MS = 2000;  // readings that place the line
-const MIN_SPAN_MS = 3000;       // a rate is fitted over at least this much; before that the last one stays
+const RATE_WINDOW_MS = 4000;    // readings kept for the rate
+const OFFSET_WINDOW_MS = 1000;  // readings that place the line
+const MIN_SPAN_MS = 1500;       // a rate is fitted over at least this much; before that the last one stays
 const READY_SPAN_MS = 1000; // readings over this long before the map is used at all
 const GLITCH_MS = 3;        // a reading this far off the line is suspect
 const MAX_RATE_PPM = 2000;  // a fitted rate further off than this is noise
