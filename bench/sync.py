@@ -25,23 +25,9 @@ from harness import running_server  # first: it puts the project and tests/ on s
 # isort: split
 from chromium import FLAGS
 from playwright.async_api import async_playwright
+from texts import HARBOUR
 
-NARRATION = " ".join(
-    [
-        "The lanterns of the harbour flicker in the fog.",
-        "A bell tolls twice, then falls silent.",
-        "Somewhere below the pier, oars dip into black water.",
-        "The captain raises a hand, and the crew holds its breath.",
-        "Then, from the mist, a voice calls your names.",
-        "Nobody on deck dares to answer.",
-        "The fog thins for a heartbeat, showing a second ship.",
-        "Its sails are black and its deck is empty.",
-        "A rope creaks against the mast.",
-        "The voice calls again, closer now.",
-        "Your lantern gutters, though there is no wind.",
-        "Then everything is still.",
-    ]
-)
+NARRATION = " ".join(HARBOUR)
 SETTINGS = {
     "tts": {"engine": "tone", "tone_ms_per_char": 55},
     "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},

@@ -48,23 +48,10 @@ from speakers import (
     recovery,
     skews_ms,
 )
+from texts import HARBOUR
 
 from broadcaster.client import submit
 
-SENTENCES = [
-    "The lanterns of the harbour flicker in the fog.",
-    "A bell tolls twice, then falls silent.",
-    "Somewhere below the pier, oars dip into black water.",
-    "The captain raises a hand, and the crew holds its breath.",
-    "Then, from the mist, a voice calls your names.",
-    "Nobody on deck dares to answer.",
-    "The fog thins for a heartbeat, showing a second ship.",
-    "Its sails are black and its deck is empty.",
-    "A rope creaks against the mast.",
-    "The voice calls again, closer now.",
-    "Your lantern gutters, though there is no wind.",
-    "Then everything is still.",
-]
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
@@ -258,11 +245,11 @@ async def main(args: argparse.Namespace) -> None:
                 recorder = pulse.recorder()
                 recorder.start()
                 await asyncio.sleep(1.5)  # the recorder's first second does not count towards its clock
-                text = " ".join(SENTENCES)
+                text = " ".join(HARBOUR)
                 calm = await narrate(server, text, late_joins(listeners, late))
                 stalled = await narrate(server, text, stalls(pulse, args.stalls, args.stall_ms))
                 stalled_pages = [await page_report(listeners.pages[i]) for i in everyone]
-                loaded = await narrate(server, " ".join(SENTENCES * 2), load(args.stress_s)) if args.stress_s else None
+                loaded = await narrate(server, " ".join(HARBOUR * 2), load(args.stress_s)) if args.stress_s else None
                 pages = [await page_report(listeners.pages[i]) for i in everyone]
                 recording = recorder.stop(pulse.mix_latency_s())
                 await listeners.close()

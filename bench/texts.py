@@ -33,3 +33,20 @@ PARAGRAPHS = [
 
 def paragraph(index: int) -> str:
     return PARAGRAPHS[index % len(PARAGRAPHS)]
+
+
+# Twelve short sentences for the sync benchmarks: each a chunk of its own.
+HARBOUR = [
+    "The lanterns of the harbour flicker in the fog.",
+    "A bell tolls twice, then falls silent.",
+    "Somewhere below the pier, oars dip into black water.",
+    "The captain raises a hand, and the crew holds its breath.",
+    "Then, from the mist, a voice calls your names.",
+    "Nobody on deck dares to answer.",
+    "The fog thins for a heartbeat, showing a second ship.",
+    "Its sails are black and its deck is empty.",
+    "A rope creaks against the mast.",
+    "The voice calls again, closer now.",
+    "Your lantern gutters, though there is no wind.",
+    "Then everything is still.",
+]
