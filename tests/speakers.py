@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -369,7 +369,6 @@ class Follow:
     hop_ms: int = 20  # one every this often
     radius_ms: int = 400  # how far from the previous stretch's place to look (covers a stall)
     min_score: float = 0.97  # below this a stretch counts as not heard (a stretch only partly there scores ~0.9)
-    skip: list[tuple[float, float]] = field(default_factory=list)  # quiet stretches of the chunk (speech pauses)
 
 
 def follow(

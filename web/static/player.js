@@ -39,7 +39,6 @@ export class Player {
     this.corrections = []; // { atLocalMs, kind, errorMs } for the display and tests
     this.errorMs = 0; // the playing chunk's error at the last tick (positive: ahead of the timeline)
     this.trace = []; // [local ms, error ms, chunk id] of recent ticks, for a closer look (bench/sync_output.py)
-    this.onCorrection = () => {};
     this.ticks = []; // [local ms] of recent ticks: how late the page's timers run
   }
 
@@ -141,7 +140,6 @@ export class Player {
   note(correction) {
     this.corrections.push(correction);
     if (this.corrections.length > CORRECTIONS_KEPT) this.corrections.shift();
-    this.onCorrection(correction);
   }
 }
 
