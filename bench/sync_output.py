@@ -15,7 +15,7 @@ and the skew under load and after it, against the targets in docs/performance.md
 
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
-                                          [--stall-ms 150] [--stress-s 30]
+                                          [--stall-ms 150] [--stress-s 30] [--settle-s 8]
 """
 
 import argparse
@@ -54,6 +54,7 @@ from broadcaster.client import submit
 
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
+GLITCH_SHADOW_S = 2.0  # after a glitch a page is correcting (a small one by slewing: up to ~2 s)
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
 
 
@@ -139,9 +140,14 @@ def line(name: str, values: list[float]) -> str:
     )
 
 
-def report_calm(heard: dict[int, list[Heard]], late: list[int]) -> None:
+def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict]) -> None:
     print("\n1. calm narration")
     print(line("inter-listener skew, late joiners included", skews_ms(heard)))
+    glitches = [g["atLocalMs"] / 1000 for page in pages for g in page["glitch_log"]]
+    began, ended = min(h.heard_s for f in heard.values() for h in f), max(h.heard_s for f in heard.values() for h in f)
+    glitches = sorted(g for g in glitches if began - 1 <= g <= ended)
+    clear = {i: [h for h in found if not near_glitch(h.heard_s, glitches)] for i, found in heard.items()}
+    print(line(f"the same away from glitches ({len(glitches)} detected)", skews_ms(clear)))
     errors = [h.error_ms for found in heard.values() for h in found]
     print(line("|error| against the timeline", [abs(e) for e in errors]))
     print(f"{'mean error against the timeline':44s} {sum(errors) / max(len(errors), 1):+7.2f} ms")
@@ -152,6 +158,11 @@ def report_calm(heard: dict[int, list[Heard]], late: list[int]) -> None:
             if first
             else ""
         )
+
+
+def near_glitch(at_s: float, glitches: list[float]) -> bool:
+    """Within GLITCH_SHADOW_S of an output discontinuity some page detected (while it corrects it)."""
+    return any(-0.5 <= at_s - g <= GLITCH_SHADOW_S for g in glitches)
 
 
 def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration: Narration, pages: list[dict]) -> None:
@@ -171,7 +182,16 @@ def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration
         )
     print(f"clicks anywhere in listener 0's output: {len(snaps)}")
     for i, page in enumerate(pages):
-        print(f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+d} ppm")
+        print(
+            f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+d} ppm; "
+            f"its line against its own output readings: p95 {percentile(off_line_ms(page), 95):.2f} ms"
+        )
+
+
+def off_line_ms(page: dict) -> list[float]:
+    """How far each output reading was from the line the page had fitted (web/static/output.js): small
+    means the page follows what the browser tells it, and any error heard is in what it is told."""
+    return [abs(ctx - line) * 1000 for _, ctx, line in page["output_log"] if line is not None] or [0.0]
 
 
 def report_load(heard: dict[int, list[Heard]], narration: Narration) -> None:
@@ -222,6 +242,7 @@ async def page_report(page) -> dict:
         "({glitches: window.broadcaster.output.glitchCount, crossfades: window.broadcaster.player.crossfades,"
         " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
         " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
+        " output_log: window.broadcaster.output.log,"
         " sync: window.broadcaster.stats.sync})"
     )
 
@@ -244,7 +265,10 @@ async def main(args: argparse.Namespace) -> None:
                     await listeners.open(i)
                 recorder = pulse.recorder()
                 recorder.start()
-                await asyncio.sleep(1.5)  # the recorder's first second does not count towards its clock
+                # The recorder's first second does not count towards its clock; and a page's first seconds
+                # of output are not yet steady (its timestamps move by milliseconds while the output settles):
+                # the late joiners measure those.
+                await asyncio.sleep(max(1.5, args.settle_s))
                 text = " ".join(HARBOUR)
                 calm = await narrate(server, text, late_joins(listeners, late))
                 stalled = await narrate(server, text, stalls(pulse, args.stalls, args.stall_ms))
@@ -260,7 +284,7 @@ async def main(args: argparse.Namespace) -> None:
                     for name, narration in (("calm", calm), ("stalls", stalled), ("load", loaded))
                     if narration is not None
                 }
-                report_calm(heard["calm"], late)
+                report_calm(heard["calm"], late, pages)
                 report_stalls(heard["stalls"], recording, stalled, stalled_pages)
                 if loaded:
                     report_load(heard["load"], loaded)
@@ -278,6 +302,7 @@ if __name__ == "__main__":
     parser.add_argument("--stalls", type=int, default=4)
     parser.add_argument("--stall-ms", type=int, default=150)
     parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")
+    parser.add_argument("--settle-s", type=float, default=8, help="from the last page opened to the narration")
     parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
     parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))
     asyncio.run(main(parser.parse_args()))

@@ -22,6 +22,7 @@ const READY_SPAN_MS = 1000; // readings over this long before the map is used at
 const GLITCH_MS = 3;        // a reading this far off the line is suspect
 const MAX_RATE_PPM = 2000;  // a fitted rate further off than this is noise
 const GLITCHES_KEPT = 50;
+const LOG_KEPT = 4500;      // readings kept for a closer look (bench/sync_output.py): three minutes
 
 export class OutputClock {
   constructor(ctx) {
@@ -33,6 +34,7 @@ export class OutputClock {
     this.steady = false;
     this.glitches = []; // { atLocalMs, shiftMs } for the page's display and tests
     this.glitchCount = 0;
+    this.log = []; // [local ms, context s, the line's context s at that local time (null before one)]
     this.onGlitch = () => {};
   }
 
@@ -60,6 +62,8 @@ export class OutputClock {
   read() {
     const reading = this.reading();
     if (!reading) return;
+    this.log.push([reading.local, reading.ctx, this.line ? this.ctxAt(reading.local) : null]);
+    if (this.log.length > LOG_KEPT) this.log.shift();
     if (this.line) {
       const offMs = (reading.ctx - this.ctxAt(reading.local)) * 1000;
       if (Math.abs(offMs) > GLITCH_MS) {
