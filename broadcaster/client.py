@@ -39,6 +39,25 @@ class HeardChunk:
     live: bool = False  # announced while connected, not found in a snapshot
     pcm: Pcm | None = None
     ready_at_ms: int | None = None  # when the audio was in hand, by the server's clock (live chunks only)
+    duration_ms: int = 0
+    from_ms: int | None = None  # cut by a pause: heard again from this moment (the resume)
+    before_pauses: list[tuple[int, int, int]] = field(default_factory=list)  # (at ms, offset ms, length ms) heard
+
+    @property
+    def sounds_from_ms(self) -> int:
+        return self.starts_at_ms if self.from_ms is None else max(self.starts_at_ms, self.from_ms)
+
+    def resumed(self, paused_at_ms: int, resumes_at_ms: int) -> None:
+        """As the server moved it (web/messages.py, channel_resumed): what had not ended by the pause moves
+        later; a chunk the pause cut keeps the part heard before it and goes on from the resume."""
+        shift = resumes_at_ms - paused_at_ms
+        if not shift or self.starts_at_ms + self.duration_ms <= paused_at_ms:
+            return
+        heard_from = self.sounds_from_ms
+        if heard_from < paused_at_ms:
+            self.before_pauses.append((heard_from, heard_from - self.starts_at_ms, paused_at_ms - heard_from))
+            self.from_ms = resumes_at_ms
+        self.starts_at_ms += shift
 
 
 @dataclass
@@ -47,6 +66,7 @@ class Heard:
     requests_done: int = 0
     offset_ms: float = 0.0  # server clock minus ours, from time_sync
     joined_at_ms: int | None = None  # the server's clock at the snapshot: nothing before it was heard
+    paused_at_ms: int | None = None  # the channel is paused: nothing is heard from this moment
 
     def timeline(self) -> list[HeardChunk]:
         return sorted(self.chunks.values(), key=lambda c: c.starts_at_ms)
@@ -55,7 +75,7 @@ class Heard:
         """What was heard after joining, each chunk at its place on the timeline, silence between, in one
         format: the highest rate and most channels among the chunks (narration is 22.05 kHz mono, tracks
         44.1 kHz stereo), the others resampled and upmixed to it."""
-        clips = [clip for c in self.timeline() if c.pcm is not None and (clip := self._heard_part(c)) is not None]
+        clips = [clip for c in self.timeline() if c.pcm is not None for clip in self._heard_parts(c)]
         if not clips:
             raise ValueError("nothing was heard, so there is nothing to write")
         rate = max(pcm.sample_rate for _, pcm in clips)
@@ -69,14 +89,20 @@ class Heard:
             out[at : at + len(samples)] = samples
         soundfile.write(path, out, rate, subtype="PCM_16")
 
-    def _heard_part(self, chunk: HeardChunk) -> tuple[int, Pcm] | None:
-        """The part of a chunk after joining, with when it starts; None if it had ended by then."""
-        joined_ms = chunk.starts_at_ms if self.joined_at_ms is None else self.joined_at_ms
-        late_ms = max(0, joined_ms - chunk.starts_at_ms)
-        skip = late_ms * chunk.pcm.sample_rate // 1000
-        if skip >= len(chunk.pcm.samples):
-            return None
-        return chunk.starts_at_ms + late_ms, Pcm(chunk.pcm.samples[skip:], chunk.pcm.sample_rate)
+    def _heard_parts(self, chunk: HeardChunk) -> list[tuple[int, Pcm]]:
+        """The parts of a chunk heard after joining, each with when it starts: before any pause that cut
+        it, and from its last resume (or its start) to its end."""
+        rate, samples = chunk.pcm.sample_rate, chunk.pcm.samples
+        pieces = [*chunk.before_pauses, (chunk.sounds_from_ms, chunk.sounds_from_ms - chunk.starts_at_ms, None)]
+        joined_ms = self.joined_at_ms if self.joined_at_ms is not None else min(at for at, _, _ in pieces)
+        parts = []
+        for at_ms, offset_ms, length_ms in pieces:
+            late_ms = max(0, joined_ms - at_ms)
+            begin = (offset_ms + late_ms) * rate // 1000
+            end = len(samples) if length_ms is None else (offset_ms + length_ms) * rate // 1000
+            if begin < end:
+                parts.append((at_ms + late_ms, Pcm(samples[begin:end], rate)))
+        return parts
 
 
 async def listen(
@@ -118,6 +144,7 @@ class _Follower:
         self.tasks: set[asyncio.Task] = set()
         self.fetches: set[asyncio.Task] = set()
         self.playing: dict[str, asyncio.Task] = {}
+        self.resumed = asyncio.Event()  # set (and replaced) at each resume
 
     async def run(self, max_requests: int) -> None:
         async for raw in self.ws:
@@ -130,6 +157,7 @@ class _Follower:
         kind = message["type"]
         if kind == "snapshot":
             self.heard.joined_at_ms = message["server_time_ms"]
+            self.heard.paused_at_ms = message.get("paused_at_ms")
         if kind == "snapshot" and message["now_playing"]:
             for chunk in message["now_playing"]["chunks"]:
                 self.note(message["now_playing"]["request_id"], chunk)
@@ -137,6 +165,16 @@ class _Follower:
             self.note(message["request_id"], message, live=True)
         elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
             self.heard.chunks[message["chunk_id"]].starts_at_ms = message["starts_at_ms"]
+        elif kind == "channel_paused":
+            self.heard.paused_at_ms = message["paused_at_ms"]
+            self.say("paused by the host")
+        elif kind == "channel_resumed":
+            self.heard.paused_at_ms = None
+            for entry in self.heard.chunks.values():
+                entry.resumed(message["paused_at_ms"], message["resumes_at_ms"])
+            self.resumed.set()
+            self.resumed = asyncio.Event()
+            self.say("resumed")
         elif kind in ("request_failed", "request_cancelled"):
             for chunk_id in message["discarded_chunk_ids"]:
                 self.forget(chunk_id)
@@ -153,10 +191,11 @@ class _Follower:
         if chunk["chunk_id"] in self.heard.chunks:
             return
         entry = HeardChunk(chunk["chunk_id"], request_id, chunk["seq"], chunk["starts_at_ms"], chunk["text"], live)
+        entry.duration_ms, entry.from_ms = chunk["duration_ms"], chunk.get("from_ms")
         self.heard.chunks[entry.chunk_id] = entry
         fetch = asyncio.create_task(self.fetch(entry, chunk["url"]))
         self.fetches.add(fetch)
-        play = asyncio.create_task(self.play(entry, fetch, chunk["duration_ms"]))
+        play = asyncio.create_task(self.play(entry, fetch))
         self.tasks.add(play)
         self.playing[entry.chunk_id] = play
 
@@ -174,15 +213,26 @@ class _Follower:
         if entry.live:
             entry.ready_at_ms = round(_now_ms() + self.heard.offset_ms)
 
-    async def play(self, entry: HeardChunk, fetch: asyncio.Task, duration_ms: int) -> None:
+    async def play(self, entry: HeardChunk, fetch: asyncio.Task) -> None:
         await fetch
-        await self._sleep_until(entry.starts_at_ms)
+        await self._until_heard(lambda: entry.sounds_from_ms)
         self.say(f"\u25b6 {entry.text}")
-        await self._sleep_until(entry.starts_at_ms + duration_ms)
+        await self._until_heard(lambda: entry.starts_at_ms + entry.duration_ms)
         ack: dict[str, Any] = {"type": "audio_played", "chunk_id": entry.chunk_id}
         if entry.ready_at_ms is not None:
             ack["ready_at_ms"] = entry.ready_at_ms  # lets the server give a slow audience more lead
         await self.ws.send(json.dumps(ack))
+
+    async def _until_heard(self, moment) -> None:  # noqa: ANN001
+        """Until the timeline reaches `moment()`, which a pause stops short of and a resume moves on."""
+        while True:
+            target, paused_at, resumed = moment(), self.heard.paused_at_ms, self.resumed
+            if paused_at is not None and target > paused_at:
+                await resumed.wait()
+            elif _now_ms() + self.heard.offset_ms >= target:
+                return
+            else:
+                await self._sleep_until(target)
 
     async def _sleep_until(self, server_ms: int) -> None:
         local_ms = server_ms - self.heard.offset_ms

@@ -26,6 +26,7 @@ class ChannelRow(Base):
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     style: Mapped[str] = mapped_column(String(16), default="campaign", server_default="campaign")  # or "radio"
     listen_key_hash: Mapped[str | None] = mapped_column(String(64))  # set: a private channel
+    paused_at_ms: Mapped[int | None] = mapped_column(BigInteger)  # set: paused, everything stopped at this moment
 
 
 class RequestRow(Base):

@@ -1,6 +1,7 @@
 """The database adapter: turns core objects into rows and back. No decisions here."""
 
 import json
+from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -17,6 +18,18 @@ from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A channel's pause state to write: when it stopped, or None once it plays again."""
+
+    channel_id: int
+    paused_at_ms: int | None
+
+
+def _pause_statement(pause: Pause):  # noqa: ANN202
+    return update(ChannelRow).where(ChannelRow.id == pause.channel_id).values(paused_at_ms=pause.paused_at_ms)
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -119,18 +132,22 @@ class Store:
             await self._fence(conn, lease)
             await conn.execute(INSERT_REQUEST, {**_request_values(request, channel_id), "line_of": channel_id})
 
-    async def save(self, requests: list[Request], lease: Lease | None = None) -> None:
-        """Write the current state of these requests and all their chunks."""
-        if not requests:
+    async def save(self, requests: list[Request], lease: Lease | None = None, pause: Pause | None = None) -> None:
+        """Write the current state of these requests and all their chunks, and the channel's pause if
+        given: in one transaction (a resume moves chunks; both or neither survive a crash)."""
+        if not requests and pause is None:
             return
         chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
         if self._upsert_chunk is None and lease is None:
-            return await self._save_with_orm(requests, chunks)
+            return await self._save_with_orm(requests, chunks, pause)
         async with self.engine.begin() as conn:
             await self._fence(conn, lease)
-            await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
+            if requests:
+                await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             if chunks:
                 await conn.execute(self._upsert_chunk, chunks)
+            if pause is not None:
+                await conn.execute(_pause_statement(pause))
 
     async def _fence(self, conn, lease: Lease | None) -> None:  # noqa: ANN001
         if lease is None:
@@ -141,12 +158,20 @@ class Store:
             )
         await self.leases.fence(conn, lease)
 
-    async def _save_with_orm(self, requests: list[Request], chunks: list[dict]) -> None:
+    async def _save_with_orm(self, requests: list[Request], chunks: list[dict], pause: Pause | None) -> None:
         """For a database without an upsert statement here: a session merges each chunk row."""
         async with self.session.begin() as s:
-            await s.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
+            if requests:
+                await s.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             for values in chunks:
                 await s.merge(ChunkRow(**values))
+            if pause is not None:
+                await s.execute(_pause_statement(pause))
+
+    async def paused_at(self, channel_id: int) -> int | None:
+        """When the channel stopped, if it is paused."""
+        async with self.session() as s:
+            return (await s.execute(select(ChannelRow.paused_at_ms).where(ChannelRow.id == channel_id))).scalar()
 
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""

@@ -162,3 +162,4 @@ async def raw_websocket(url: str, receive_buffer: int = 0) -> tuple[socket.socke
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server_config(overrides): settings merged into the test server's config")
+    config.addinivalue_line("markers", "speakers(n): how many listener sinks the PulseAudio rig has (tests/browser)")

@@ -145,6 +145,17 @@ class Listeners:
         self.pages[listener] = page
         return page
 
+    async def open_recorded(self, listeners: list[int], settle_s: float = 5.0) -> "Recorder":
+        """Open these listeners' pages and start recording them; returns once the recorder's first
+        second (not counted towards its clock) and the pages' first seconds of output (not yet
+        steady: docs/performance.md) are over."""
+        for listener in listeners:
+            await self.open(listener)
+        recorder = self.pulse.recorder()
+        recorder.start()
+        await asyncio.sleep(settle_s)
+        return recorder
+
     async def close(self) -> None:
         for browser in self.browsers:
             await browser.close()
@@ -157,6 +168,13 @@ async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
         pcm = await decode_flac(await resp.read())
     return resample(pcm.samples.reshape(len(pcm.samples), -1)[:, 0], pcm.sample_rate)
 
+
+# The speaker tests' channel: sentences long enough to follow through a recording, the lead long
+# enough for three or four browsers on two cores.
+SPEAKER_CONFIG = {
+    "tts": {"tone_ms_per_char": 55, "tone_delay_ms": 20},
+    "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},
+}
 
 # -- recording ---------------------------------------------------------------------------------------
 

@@ -94,6 +94,27 @@ async def set_repeat(request: web.Request) -> web.Response:
     return web.json_response({"repeat": body["mode"]})
 
 
+async def pause_channel(request: web.Request) -> web.Response:
+    """Stop everything for every listener, a lead from now; 409 if already paused."""
+    name = await producer_channel(request)
+    paused = await request.app[STATION].pause(name)
+    return web.json_response({"paused": True, "paused_at_ms": paused.at_ms})
+
+
+async def resume_channel(request: web.Request) -> web.Response:
+    """Go on from where it stopped, a lead from now; 409 if not paused."""
+    name = await producer_channel(request)
+    resumed = await request.app[STATION].resume(name)
+    return web.json_response(
+        {
+            "paused": False,
+            "paused_at_ms": resumed.paused_at_ms,
+            "resumes_at_ms": resumed.at_ms,
+            "shift_ms": resumed.shift_ms,
+        }
+    )
+
+
 async def queue_state(request: web.Request) -> web.Response:
     station, name = request.app[STATION], request.match_info["channel"]
     if CLUSTER in request.app and name not in station.runners:

@@ -87,6 +87,8 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/move", api.move_request)
     app.router.add_post("/api/channels/{channel}/queue/shuffle", api.shuffle_queue)
     app.router.add_post("/api/channels/{channel}/queue/repeat", api.set_repeat)
+    app.router.add_post("/api/channels/{channel}/pause", api.pause_channel)
+    app.router.add_post("/api/channels/{channel}/resume", api.resume_channel)
     app.router.add_post("/api/channels/{channel}/ready", api.ready_reports)  # between servers of a cluster
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
     app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)

@@ -4,6 +4,8 @@ from typing import Any
 
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import (
+    ChannelPaused,
+    ChannelResumed,
     ChunkScheduled,
     Event,
     QueueChanged,
@@ -25,7 +27,7 @@ def stream_url(request_id: str) -> str:
 
 
 def chunk_json(chunk: Chunk) -> dict[str, Any]:
-    return {
+    wire = {
         "chunk_id": chunk.chunk_id,
         "seq": chunk.seq,
         "starts_at_ms": chunk.starts_at_ms,
@@ -33,6 +35,9 @@ def chunk_json(chunk: Chunk) -> dict[str, Any]:
         "url": chunk_url(chunk.chunk_id),
         "text": chunk.text,
     }
+    if chunk.from_ms is not None:
+        wire["from_ms"] = chunk.from_ms  # cut by a pause: heard again only from then
+    return wire
 
 
 def source_json(request: Request) -> dict[str, Any]:
@@ -107,16 +112,19 @@ def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
         "queue": queue_json(channel),
         "recent": recent_json(channel),
         "repeat": channel.repeat.value,
+        "paused_at_ms": channel.paused_at_ms,
     }
 
 
 def refresh_snapshot(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
     """A channel's stored state (`queue_state_json` when it was published) as of `now_ms`: the
-    server's time and where the timeline is. Everything else changes only with a step."""
+    server's time and where the timeline is (standing still at a pause). Everything else changes
+    only with a step."""
     fresh = {**state, "server_time_ms": now_ms}
-    playing = state.get("now_playing")
+    playing, paused_at = state.get("now_playing"), state.get("paused_at_ms")
     if playing is not None:
-        fresh["now_playing"] = {**playing, "position": _position_json(playing["chunks"], now_ms)}
+        at = now_ms if paused_at is None else min(now_ms, paused_at)
+        fresh["now_playing"] = {**playing, "position": _position_json(playing["chunks"], at)}
     return fresh
 
 
@@ -173,6 +181,15 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
                 "skipped": skipped,
                 "stopped_at_ms": stopped_at_ms,
                 "discarded_chunk_ids": list(discarded),
+            }
+        case ChannelPaused(at_ms):
+            return {"type": "channel_paused", "paused_at_ms": at_ms}
+        case ChannelResumed(paused_at_ms, at_ms) as resumed:
+            return {
+                "type": "channel_resumed",
+                "paused_at_ms": paused_at_ms,
+                "resumes_at_ms": at_ms,
+                "shift_ms": resumed.shift_ms,
             }
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}

@@ -45,6 +45,7 @@ class ReplicaChannel:
         self.name = name
         self.line: list[Request] = []
         self.recent: deque[Request] = deque(maxlen=RECENT_KEPT)
+        self.paused_at_ms: int | None = None
 
     def find_request(self, request_id: str) -> Request | None:
         for request in (*self.line, *self.recent):
@@ -110,6 +111,7 @@ class ChannelReplica:
         self.channel.line = line
         self.channel.recent.clear()
         self.channel.recent.extend(self._described(known, item) for item in reversed(state.get("recent", ())))
+        self.channel.paused_at_ms = state.get("paused_at_ms")
 
     def _described(self, known: dict[str, Request], item: Message) -> Request:
         """The request `item` (a now_playing, queue or recent item) describes, known or new, brought up to date."""
@@ -142,6 +144,22 @@ class ChannelReplica:
         for chunk in request.chunks if request else ():
             if chunk.chunk_id == message["chunk_id"]:
                 chunk.starts_at_ms = message["starts_at_ms"]
+
+    def _paused(self, message: Message) -> None:
+        self.channel.paused_at_ms = message["paused_at_ms"]
+
+    def _resumed(self, message: Message) -> None:
+        """As the owner's Channel.resume moved them: what had not ended by the pause, later by the shift."""
+        self.channel.paused_at_ms = None
+        paused_at, shift = message["paused_at_ms"], message["shift_ms"]
+        for request in (*self.channel.line, *self.channel.recent):
+            for chunk in request.chunks:
+                if shift and chunk.starts_at_ms is not None and chunk.ends_at_ms > paused_at:
+                    if chunk.starts_at_ms < paused_at:
+                        chunk.from_ms = message["resumes_at_ms"]
+                    chunk.starts_at_ms += shift
+            if shift and request.finished_at_ms is not None and request.finished_at_ms > paused_at:
+                request.finished_at_ms += shift
 
     def _played(self, message: Message) -> None:
         self._finish(message["request_id"], RequestState.PLAYED, message["ended_at_ms"], ())
@@ -199,6 +217,8 @@ _APPLY: dict[str, Callable[[ChannelReplica, Message], None]] = {
     "audio_stream_started": ChannelReplica._stream_started,
     "audio_chunk_ready": ChannelReplica._chunk_ready,
     "timeline_shifted": ChannelReplica._shifted,
+    "channel_paused": ChannelReplica._paused,
+    "channel_resumed": ChannelReplica._resumed,
     "request_played": ChannelReplica._played,
     "request_failed": ChannelReplica._failed,
     "request_cancelled": ChannelReplica._cancelled,
@@ -238,6 +258,7 @@ def _chunk(request_id: str, item: Message) -> Chunk:
         item["duration_ms"],
         ready_at_ms=0,
         starts_at_ms=item["starts_at_ms"],
+        from_ms=item.get("from_ms"),
     )
 
 

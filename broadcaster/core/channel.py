@@ -25,6 +25,13 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
   more); otherwise it waits until its last chunk is ready, so a busy engine
   delays starts instead of making audio already on the air run dry.
 
+* `pause(now)` stops everything a lead ahead (`paused_at_ms`), so every listener
+  stops on the same sample. From then on nothing new goes on the air at or
+  after that moment, nothing ending after it is retired, and no generation
+  timeout runs. `resume(now)` moves every chunk that had not ended by the pause
+  later by the time it lasted (a lead ahead of the resume): the chunk cut by
+  the pause goes on from where it stopped, and the gaps stay as they were.
+
 Listener acknowledgements play no part here: the clock alone drives playback.
 """
 
@@ -33,6 +40,8 @@ from collections.abc import Callable, Iterator
 from random import Random
 
 from .events import (
+    ChannelPaused,
+    ChannelResumed,
     ChunkScheduled,
     Event,
     QueueChanged,
@@ -63,6 +72,9 @@ class Channel:
         # How far ahead of now audio goes on the air: the config's, or what the runtime measured its
         # audience needs (core/lead.py), set before each step.
         self.lead_ms = config.lead_ms
+        self.paused_at_ms: int | None = None  # set: everything stops at this moment until a resume
+        self.pause_dirty = False  # the adapter must persist paused_at_ms
+        self._last_pause: tuple[int, int] | None = None  # (paused at, resumed at) of the latest pause
 
     # -- producers and the generation worker ---------------------------------
 
@@ -179,6 +191,7 @@ class Channel:
         return [*events, QueueChanged(), *self._place(now_ms)]
 
     def _cancel(self, request: Request, now_ms: int) -> RequestCancelled:
+        now_ms = self._horizon(now_ms)  # paused: the audio stopped at the pause already
         request.apply(RequestEvent.CANCEL)
         on_air = any(c.scheduled for c in request.live_chunks())
         cut = any(c.scheduled and c.starts_at_ms <= now_ms for c in request.live_chunks())
@@ -194,12 +207,63 @@ class Channel:
         self._leave_line(request)
         return RequestCancelled(request, on_air, now_ms, tuple(discarded))
 
+    # -- pause -----------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at_ms is not None
+
+    def pause(self, now_ms: int) -> list[Event]:
+        """Stop everything a lead from now, for every listener at once."""
+        if self.paused:
+            raise ValueError(f"channel {self.name} is already paused")
+        self.paused_at_ms = now_ms + self.lead_ms
+        self.pause_dirty = True
+        return [ChannelPaused(self.paused_at_ms)]
+
+    def resume(self, now_ms: int) -> list[Event]:
+        """Go on a lead from now (or at the pause's own moment, if it has not come yet: nothing stopped)."""
+        if self.paused_at_ms is None:
+            raise ValueError(f"channel {self.name} is not paused")
+        paused_at, self.paused_at_ms = self.paused_at_ms, None
+        at = max(now_ms + self.lead_ms, paused_at)
+        self.pause_dirty = True
+        self._last_pause = (paused_at, at)
+        if at > paused_at:
+            self._shift_after(paused_at, at - paused_at)
+        return [ChannelResumed(paused_at, at), *self._place(now_ms)]
+
+    def _shift_after(self, paused_at: int, shift_ms: int) -> None:
+        """Everything that had not ended by `paused_at` moves `shift_ms` later; what was cut goes on."""
+        for request in (*self.line, *self.recent):
+            moved = False
+            for chunk in request.chunks:
+                if chunk.scheduled and chunk.ends_at_ms > paused_at:
+                    if chunk.starts_at_ms < paused_at:
+                        chunk.from_ms = paused_at + shift_ms  # cut: it goes on from here, not from its start
+                    chunk.starts_at_ms += shift_ms
+                    moved = True
+            if request.finished_at_ms is not None and request.finished_at_ms > paused_at:
+                request.finished_at_ms += shift_ms
+                moved = True
+            if self._timing_out(request):
+                request.generation_started_ms += shift_ms  # the timeout did not run while paused
+                moved = True
+            if moved:
+                self.dirty.add(request.request_id)
+        if self._played_end_ms is not None and self._played_end_ms > paused_at:
+            self._played_end_ms += shift_ms
+
+    def _horizon(self, now_ms: int) -> int:
+        """How far the timeline has gone by `now_ms`: it stands still at the pause."""
+        return now_ms if self.paused_at_ms is None else min(now_ms, self.paused_at_ms)
+
     # -- the clock -------------------------------------------------------------
 
     def tick(self, now_ms: int) -> list[Event]:
         events: list[Event] = []
         for request in list(self.line):
-            events += self._retire(request, now_ms)
+            events += self._retire(request, self._horizon(now_ms))
             events += self._check_timeout(request, now_ms)
         return events + self._place(now_ms)
 
@@ -207,14 +271,18 @@ class Channel:
         return min(self._deadlines(), default=None)
 
     def _deadlines(self) -> Iterator[int]:
+        horizon = self.paused_at_ms  # paused: only what ends before the pause still happens
         for request in self.line:
             ends = [c.ends_at_ms for c in request.chunks if c.state == ChunkState.READY and c.scheduled]
+            ends = [end for end in ends if horizon is None or end <= horizon]
             if ends:
                 yield min(ends)  # type: ignore[type-var]
             if self._timing_out(request):
                 yield request.generation_started_ms + self.config.generation_timeout_ms  # type: ignore[operator]
+        if self.paused:
+            return
         waiting = self._first_unplaced_request()
-        cursor = self._cursor_ms()
+        cursor = self._cursor_across_pause(self.config.request_gap_ms)
         if waiting is not None and waiting.chunks and cursor is not None and self._placeable(waiting):
             yield cursor + self.config.request_gap_ms - self.lead_ms
 
@@ -228,7 +296,8 @@ class Channel:
         """Only the request the worker is on runs against the generation timeout: one pushed aside
         (a producer's request put before a half-made auto-DJ track) waits without it, and its clock
         restarts when the worker comes back to it (`generation_started`)."""
-        return request.state == RequestState.GENERATING and not request.generated and request is self.next_job()
+        running = request.state == RequestState.GENERATING and not request.generated and request is self.next_job()
+        return running and not self.paused
 
     # -- what listeners see ----------------------------------------------------
 
@@ -244,7 +313,7 @@ class Channel:
 
     def position(self, now_ms: int) -> Position | None:
         head = self.now_playing()
-        return position_at(head.live_chunks(), now_ms) if head else None
+        return position_at(head.live_chunks(), self._horizon(now_ms)) if head else None
 
     def line_position(self, request_id: str) -> int:
         return next(i for i, r in enumerate(self.line) if r.request_id == request_id)
@@ -270,10 +339,14 @@ class Channel:
 
     # -- restart ---------------------------------------------------------------
 
-    def restore(self, requests: list[Request], played_end_ms: int | None, now_ms: int) -> list[Event]:
-        """Reload the line after a restart; generation resumes and its timeout restarts now."""
+    def restore(
+        self, requests: list[Request], played_end_ms: int | None, now_ms: int, paused_at_ms: int | None = None
+    ) -> list[Event]:
+        """Reload the line after a restart (paused, if it was); generation resumes and its timeout
+        restarts now."""
         self.line = list(requests)
         self._played_end_ms = played_end_ms
+        self.paused_at_ms = paused_at_ms
         for request in self.line:
             if request.state == RequestState.GENERATING and not request.generated:
                 request.generation_started_ms = now_ms
@@ -292,6 +365,16 @@ class Channel:
         if self._played_end_ms is not None:
             ends.append(self._played_end_ms)
         return max(ends, default=None)
+
+    def _cursor_across_pause(self, gap_ms: int) -> int | None:
+        """The cursor, moved by the latest pause when the gap after it spanned the pause's moment: a
+        gap the pause cut goes on after it, like the audio (a pause is no underrun)."""
+        cursor = self._cursor_ms()
+        if cursor is not None and self._last_pause is not None:
+            paused_at, resumed_at = self._last_pause
+            if cursor <= paused_at < cursor + gap_ms:
+                return cursor + resumed_at - paused_at
+        return cursor
 
     def _first_unplaced_request(self) -> Request | None:
         for request in self.line:
@@ -320,12 +403,14 @@ class Channel:
         first = chunk.seq == 0
         # A track's segments are one continuous piece of music: no pause between them.
         gap = cfg.request_gap_ms if first else (0 if request.kind == "track" else cfg.sentence_gap_ms)
-        cursor = self._cursor_ms()
+        cursor = self._cursor_across_pause(gap)
         if first and cursor is not None and now_ms + self.lead_ms < cursor + gap:
             return None  # the request before is still playing: not on the air yet
         if first and not request.generated and not self.may_stream(request):
             return None  # the engine is too busy to make the rest in time: wait for all of it
         start, slip = place_chunk(cursor, gap, now_ms, self.lead_ms)
+        if self.paused_at_ms is not None and start >= self.paused_at_ms:
+            return None  # nothing new goes on the air once paused
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)
         events: list[Event] = [StreamStarted(request)] if first else []
@@ -359,6 +444,7 @@ class Channel:
 
     def _fail(self, request: Request, reason: str, now_ms: int) -> list[Event]:
         """Fail a request: a chunk already sounding plays out, later ones are discarded."""
+        now_ms = self._horizon(now_ms)
         request.apply(RequestEvent.FAIL)
         request.error = reason
         discarded = []

@@ -54,6 +54,26 @@ class RequestPlaced:
 
 
 @dataclass(frozen=True)
+class ChannelPaused:
+    """Everything stops at `at_ms` (a lead ahead, so every listener stops on the same sample)."""
+
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class ChannelResumed:
+    """What stopped at `paused_at_ms` goes on at `at_ms`: every chunk that had not ended by the pause
+    moved `at_ms - paused_at_ms` later (0 when the resume came before the pause took effect)."""
+
+    paused_at_ms: int
+    at_ms: int
+
+    @property
+    def shift_ms(self) -> int:
+        return self.at_ms - self.paused_at_ms
+
+
+@dataclass(frozen=True)
 class QueueChanged:
     progress: bool = False  # only progress (synthesis began, a chunk made ahead): announcing it may wait
 
@@ -66,5 +86,7 @@ Event = (
     | RequestCancelled
     | RequestPlayed
     | RequestPlaced
+    | ChannelPaused
+    | ChannelResumed
     | QueueChanged
 )

@@ -38,6 +38,14 @@ class Chunk:
     sample_rate: int = 0  # exact length is samples / sample_rate; duration_ms is its rounding
     samples: int = 0
     channels: int = 1
+    from_ms: int | None = None  # cut by a pause: what comes before this moment was heard before it
+
+    @property
+    def sounds_from_ms(self) -> int | None:
+        """When it is (again) heard from: its start, or the resume after a pause that cut it."""
+        if self.starts_at_ms is None:
+            return None
+        return self.starts_at_ms if self.from_ms is None else max(self.starts_at_ms, self.from_ms)
 
     @property
     def scheduled(self) -> bool:

@@ -31,7 +31,7 @@ from broadcaster import logs
 from broadcaster.config import LiveConfig
 from broadcaster.core.icy import IcyFraming
 from broadcaster.core.model import Chunk, Request
-from broadcaster.core.playout import Placed, convert, render
+from broadcaster.core.playout import Placed, convert, render, sample_index
 from broadcaster.core.states import ChunkState
 from broadcaster.core.titles import item_title, stream_title
 from db.audio_store import AudioStore, AudioUnavailable
@@ -59,6 +59,9 @@ class Lineup(Protocol):
 
     @property
     def recent(self) -> Iterable[Request]: ...
+
+    @property
+    def paused_at_ms(self) -> int | None: ...
 
 
 class Playable(Protocol):
@@ -126,6 +129,10 @@ class LiveStream:
     @property
     def idle_title(self) -> str:
         return f"{self.runner.name} - Broadcaster"
+
+    @property
+    def paused_title(self) -> str:
+        return f"{self.runner.name} - paused"
 
     @property
     def running(self) -> bool:
@@ -213,12 +220,23 @@ class LiveStream:
         """What sounds in the frame, and the stream's title for it (it keeps self.title through gaps)."""
         placed, sounding = [], []
         channel = self.runner.channel
+        if channel.paused_at_ms is not None:
+            end_ms = max(start_ms, min(end_ms, channel.paused_at_ms))  # silence from the pause on
         for request in (*channel.recent, *channel.line):
             for chunk in request.chunks:
                 if _sounds_within(chunk, start_ms, end_ms):
-                    placed.append(Placed(chunk.starts_at_ms, await self._samples(chunk)))
+                    placed.append(await self._placed_chunk(chunk, end_ms))
                     sounding.append(item_title(request))
-        return placed, stream_title(self.title, sounding, bool(channel.line), self.idle_title)
+        title = self.paused_title if channel.paused_at_ms is not None and channel.paused_at_ms <= start_ms else None
+        return placed, title or stream_title(self.title, sounding, bool(channel.line), self.idle_title)
+
+    async def _placed_chunk(self, chunk: Chunk, end_ms: int) -> Placed:
+        """A chunk's audio from where it is heard (after a pause, from the resume) up to `end_ms`."""
+        samples = await self._samples(chunk)
+        begin = chunk.sounds_from_ms
+        skip = sample_index(begin, self.rate) - sample_index(chunk.starts_at_ms, self.rate)
+        keep = max(0, sample_index(end_ms, self.rate) - sample_index(begin, self.rate))
+        return Placed(begin, samples[skip : skip + keep])
 
     async def _samples(self, chunk: Chunk) -> np.ndarray:
         if chunk.chunk_id not in self._cache:
@@ -279,7 +297,7 @@ class LiveStream:
 def _sounds_within(chunk: Chunk, start_ms: int, end_ms: int) -> bool:
     if chunk.starts_at_ms is None or chunk.state == ChunkState.DISCARDED:
         return False
-    return chunk.starts_at_ms < end_ms and chunk.starts_at_ms + chunk.duration_ms > start_ms
+    return chunk.sounds_from_ms < end_ms and chunk.starts_at_ms + chunk.duration_ms > start_ms
 
 
 class LiveStreams:

@@ -17,7 +17,7 @@ from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
 from broadcaster.errors import BadInput, GenerationError
 from db.leases import Lease, LeaseLost
-from db.store import Store
+from db.store import Pause, Store
 
 from .clock import Clock
 from .generator import ChunkMaker
@@ -94,7 +94,8 @@ class ChannelRunner:
 
     async def start(self) -> None:
         requests, played_end = await self.store.load_line(self.channel_id, self.name)
-        await self.apply(lambda now: self.channel.restore(requests, played_end, now))
+        paused_at = await self.store.paused_at(self.channel_id)
+        await self.apply(lambda now: self.channel.restore(requests, played_end, now, paused_at))
         # Fresh log ids: the first use of a channel may come from an HTTP request, whose id
         # must not stick to the channel's loops for good.
         self._tasks = [
@@ -195,9 +196,11 @@ class ChannelRunner:
         marked for the next save: the channel keeps playing rather than stalling on storage.
         """
         ids = set(self.channel.dirty)
+        pause = Pause(self.channel_id, self.channel.paused_at_ms) if self.channel.pause_dirty else None
         for delay_s in (*SAVE_RETRY_S, None):
             try:
-                await self._fenced(self.store.save([r for r in map(self.channel.find_request, ids) if r], self.lease))
+                requests = [r for r in map(self.channel.find_request, ids) if r]
+                await self._fenced(self.store.save(requests, self.lease, pause))
             except OwnerChanged:
                 raise
             except Exception:
@@ -207,6 +210,8 @@ class ChannelRunner:
                 await asyncio.sleep(delay_s)
             else:
                 self.channel.dirty -= ids
+                if pause is not None and pause.paused_at_ms == self.channel.paused_at_ms:
+                    self.channel.pause_dirty = False
                 return
 
     async def _fenced(self, write) -> None:  # noqa: ANN001

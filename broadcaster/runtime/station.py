@@ -11,7 +11,7 @@ from random import Random
 from broadcaster.auth import valid_channel_name
 from broadcaster.config import Config
 from broadcaster.core.channel import Channel
-from broadcaster.core.events import RequestPlaced
+from broadcaster.core.events import ChannelPaused, ChannelResumed, RequestPlaced
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
@@ -308,6 +308,16 @@ class Station:
         if mode not in {m.value for m in RepeatMode}:
             raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
         await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
+
+    async def pause(self, name: str) -> ChannelPaused:
+        runner = await self.runner(name)
+        events = await runner.apply(partial(_guarded, runner.channel.pause))
+        return events[0]
+
+    async def resume(self, name: str) -> ChannelResumed:
+        runner = await self.runner(name)
+        events = await runner.apply(partial(_guarded, runner.channel.resume))
+        return events[0]
 
     async def submit(self, name: str, text: object) -> tuple[Request, int]:
         runner = await self.runner(name)

@@ -6,10 +6,11 @@ into a failure.
 """
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from chromium import FLAGS, chromium_path
+from speakers import PulseServer, pulseaudio_binaries
 
 
 @pytest.fixture
@@ -40,3 +41,18 @@ class PageErrors:
 @pytest.fixture
 def page_errors() -> PageErrors:
     return PageErrors()
+
+
+@pytest.fixture
+def pulse(tmp_path, request: pytest.FixtureRequest) -> Iterator[PulseServer]:
+    """A PulseAudio daemon of the test's own with a sink per listener (tests/speakers.py); how many
+    listeners: the test's `speakers` mark, else 2."""
+    if pulseaudio_binaries() is None or chromium_path() is None:
+        if os.environ.get("BROADCASTER_REQUIRE_BROWSER") == "1":
+            pytest.fail("PulseAudio and Chromium are required here (BROADCASTER_REQUIRE_BROWSER=1)")
+        pytest.skip("no PulseAudio or Chromium on this machine (apt-get install pulseaudio chromium)")
+    marker = request.node.get_closest_marker("speakers")
+    started = PulseServer(tmp_path, listeners=marker.args[0] if marker else 2)
+    started.start()
+    yield started
+    started.stop()

@@ -7,7 +7,6 @@ listener is untouched. bench/sync_output.py measures the same more thoroughly (d
 """
 
 import asyncio
-import os
 import time
 
 import aiohttp
@@ -15,13 +14,12 @@ import pytest
 from chromium import chromium_path
 from playwright.async_api import async_playwright
 from speakers import (
+    SPEAKER_CONFIG,
     Listeners,
-    PulseServer,
     chunk_audio,
     clicks,
     follow,
     percentile,
-    pulseaudio_binaries,
     recovery,
     skews_ms,
 )
@@ -32,24 +30,7 @@ NARRATION = (
     "its breath. Then, from the mist, a voice calls your names."
 )
 
-pytestmark = pytest.mark.server_config(
-    {
-        "tts": {"tone_ms_per_char": 55, "tone_delay_ms": 20},
-        "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},
-    }
-)
-
-
-@pytest.fixture
-def pulse(tmp_path):
-    if pulseaudio_binaries() is None or chromium_path() is None:
-        if os.environ.get("BROADCASTER_REQUIRE_BROWSER") == "1":
-            pytest.fail("PulseAudio and Chromium are required here (BROADCASTER_REQUIRE_BROWSER=1)")
-        pytest.skip("no PulseAudio or Chromium on this machine (apt-get install pulseaudio chromium)")
-    started = PulseServer(tmp_path, listeners=2)
-    started.start()
-    yield started
-    started.stop()
+pytestmark = pytest.mark.server_config(SPEAKER_CONFIG)
 
 
 async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(server, connect, pulse):
@@ -58,13 +39,7 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     async with async_playwright() as pw:
         listeners = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path())
         try:
-            for listener in (0, 1):
-                await listeners.open(listener)
-            recorder = pulse.recorder()
-            recorder.start()
-            # The recorder's first second does not count towards its clock; and a page's own first
-            # seconds are not yet steady (docs/performance.md): this test is about what follows.
-            await asyncio.sleep(5)
+            recorder = await listeners.open_recorded([0, 1])
             request_id = (await (await server.say(NARRATION)).json())["request_id"]
             first = await observer.next("audio_chunk_ready")
             second = await observer.next("audio_chunk_ready")

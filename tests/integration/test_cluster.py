@@ -44,19 +44,22 @@ class Socket:
                     return message
 
 
-async def test_a_narration_posted_anywhere_is_heard_on_every_member_on_one_timeline(cluster):
+async def listening_on_both(cluster):
+    """Two members, the channel "table" (its producer credentials), which of them runs it, the other,
+    and a listener on each, past its snapshot."""
     a = await cluster()
     b = await cluster()
     made = await create_channel(a.station.store, "table")
     owner = await owner_of("table", a, b)
-    other = b if owner is a else a
-
     sockets = []
     for member in (a, b):
-        ws = await websockets.connect(member.ws_url("table"))
-        sockets.append(Socket(ws))
+        sockets.append(Socket(await websockets.connect(member.ws_url("table"))))
         await sockets[-1].next("snapshot")
+    return made, owner, b if owner is a else a, sockets
 
+
+async def test_a_narration_posted_anywhere_is_heard_on_every_member_on_one_timeline(cluster):
+    made, owner, other, sockets = await listening_on_both(cluster)
     status, body = await post(other, "table", made.token, "One. Two.")  # to the member that does not run it
     assert status == 202, body
     timelines = []
@@ -412,3 +415,42 @@ def counted(cleanup, counts: dict, member):
         return await cleanup()
 
     return counting
+
+
+async def control(member: Member, channel: str, token: str, action: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{member.base_url}/api/channels/{channel}/{action}", headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_a_pause_sent_to_any_member_stops_every_member_and_its_replica(cluster):
+    """Pause and resume posted to the member that does not run the channel: the owner's answer comes
+    back, listeners of both members hear both, and the other member's replica (which its live.mp3 and
+    queue view read) stands still at the pause and moves with the resume."""
+    made, owner, other, sockets = await listening_on_both(cluster)
+    status, body = await post(other, "table", made.token, "One sentence here. And another one there.")
+    assert status == 202, body
+    for socket in sockets:
+        await socket.next("audio_chunk_ready")
+
+    status, paused = await control(other, "table", made.token, "pause")
+    assert status == 200 and paused["paused"] is True
+    assert (await control(other, "table", made.token, "pause"))[0] == 409  # the owner's answer, as from the owner
+    for socket in sockets:
+        assert (await socket.next("channel_paused"))["paused_at_ms"] == paused["paused_at_ms"]
+    replica = (await other.app[CLUSTER].feeds.feed("table")).replica
+    assert replica.channel.paused_at_ms == paused["paused_at_ms"]
+
+    status, resumed = await control(other, "table", made.token, "resume")
+    assert status == 200
+    for socket in sockets:
+        message = await socket.next("channel_resumed")
+        assert message["resumes_at_ms"] == resumed["resumes_at_ms"] and message["shift_ms"] == resumed["shift_ms"]
+    assert replica.channel.paused_at_ms is None
+    starts = [c.starts_at_ms for c in owner.station.runners["table"].channel.line[0].chunks]
+    assert [c.starts_at_ms for c in replica.channel.line[0].chunks] == starts
+    for socket in sockets:
+        await socket.next("request_played", where=lambda m: m["request_id"] == body["request_id"])
+        await socket.ws.close()

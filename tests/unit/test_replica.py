@@ -283,3 +283,29 @@ def test_followed_reads_the_runner_while_the_channel_runs_here_and_the_replica_o
     assert followed.channel is replica.channel and followed.name == "table"
     runners["table"] = Runner()
     assert followed.channel is Runner.channel
+
+
+def test_a_pause_and_resume_move_the_replica_as_they_move_the_owner():
+    """Paused mid-chunk and resumed later: the replica stands still with the owner, then has every chunk
+    that had not ended at the owner's new start, and the cut one going on from the resume; a reset
+    from a snapshot taken while paused says so."""
+    owner = Owner()
+    request = owner.submit("One.", "Two.")
+    owner.make(request, 1000, 800)  # 500..1500, 1750..2550
+    owner.at(700)
+    owner.step(owner.channel.pause(owner.now))  # at 1200
+    assert owner.replica.channel.paused_at_ms == 1200
+    fresh = ChannelReplica("table")
+    fresh.reset(queue_state_json(owner.channel, owner.now))
+    assert fresh.channel.paused_at_ms == 1200
+    owner.at(5000)
+    assert_same(owner)
+    owner.now = 6000
+    owner.step(owner.channel.resume(owner.now))  # at 6500: a shift of 5300
+    assert_same(owner)
+    heard = owner.replica.find_request(request.request_id)
+    assert owner.replica.channel.paused_at_ms is None
+    assert [(c.starts_at_ms, c.from_ms) for c in heard.chunks] == [(5800, 6500), (7050, None)]
+    for now in range(6000, 9000, 100):
+        owner.at(now)
+        assert_same(owner)

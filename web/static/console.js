@@ -22,6 +22,7 @@ $("text").addEventListener("keydown", (e) => {
 $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
 $("shuffle").addEventListener("click", () => control("/queue/shuffle", {}, "shuffle"));
 $("repeat").addEventListener("change", () => control("/queue/repeat", { mode: $("repeat").value }, "set repeat"));
+$("pause").addEventListener("click", () => (state.paused ? control("/resume", {}, "resume") : control("/pause", {}, "pause")));
 $("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
 
 const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || localStorage.getItem(TOKEN_KEY);
@@ -109,6 +110,7 @@ async function act(requestId, action) {
 function handle(m) {
   switch (m.type) {
     case "snapshot":
+      showPause(m.paused_at_ms != null);
       state.nowPlaying = m.now_playing;
       Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
       showListeners(m.listeners);
@@ -122,7 +124,17 @@ function handle(m) {
     case "request_failed": notice(`A narration failed: ${m.reason}`); refresh(); break;
     case "request_cancelled": refresh(); break;
     case "listeners_changed": showListeners(m.listeners); break;
+    case "channel_paused": showPause(true); break;
+    case "channel_resumed": showPause(false); break;
   }
+}
+
+// Paused: every listener stopped together (a lead after the click) and resumes together.
+function showPause(paused) {
+  state.paused = paused;
+  $("pause").textContent = paused ? "Resume for everyone" : "Pause for everyone";
+  $("pause").setAttribute("aria-pressed", String(paused));
+  $("pause-status").textContent = paused ? "Paused: nothing plays and no generation timeout runs." : "";
 }
 
 // now_playing is not in every message: fetch it (cheap) rather than reconstructing it.

@@ -9,7 +9,7 @@
 
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
-import { Player } from "./player.js";
+import { Player, soundsFrom } from "./player.js";
 import { nowMs } from "./sync.js";
 
 const MIN_SYNC_SAMPLES = 8;   // the whole connect burst: a late joiner waits ~0.5 s rather than start off by ms
@@ -27,6 +27,7 @@ const state = {
   // [local ms, clock offset ms, clock drift ppm, speaker clock ppm, error ms]
   stats: { scheduled: [], sync: [] },
   output: null, player: null,
+  pausedAtMs: null, // server ms the channel stopped at (or will stop at, a lead from the pause), while paused
 };
 window.broadcaster = state;
 const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, params: { key: listenKey() } });
@@ -104,6 +105,8 @@ function handle(m) {
       stopRequest(m.request_id);
       if (m.skipped) notice("The producer skipped the narration on the air.");
       break;
+    case "channel_paused": pauseAt(m.paused_at_ms); break;
+    case "channel_resumed": resume(m); break;
     case "playback_queue_updated": showQueue(m.queue); break;
     case "listeners_changed": showListeners(m.listeners); break;
     case "time_sync": scheduleWaiting(); break;
@@ -112,6 +115,8 @@ function handle(m) {
 }
 
 function onSnapshot(m) {
+  if (m.paused_at_ms != null) pauseAt(m.paused_at_ms); else showPaused(false);
+  state.pausedAtMs = m.paused_at_ms ?? null;
   showQueue(m.queue);
   showListeners(m.listeners);
   const playing = m.now_playing;
@@ -127,6 +132,7 @@ function onSnapshot(m) {
 async function addChunk(requestId, info, live = false) {
   const known = state.chunks.get(info.chunk_id);
   if (known) { // after a reconnect: keep what is already playing unless its time moved
+    known.from_ms = info.from_ms;
     if (known.starts_at_ms !== info.starts_at_ms) retime(known, info.starts_at_ms);
     return;
   }
@@ -158,7 +164,7 @@ function scheduleWaiting() {
 }
 
 function schedule(chunk) {
-  if (!chunk.buffer || !ready()) return;
+  if (!chunk.buffer || !ready() || heldByPause(chunk)) return;
   chunk.onEnded = () => {
     chunk.done = true;
     const ack = { type: "audio_played", chunk_id: chunk.chunk_id };
@@ -166,7 +172,9 @@ function schedule(chunk) {
     socket.send(ack);
   };
   if (!state.player.play(chunk)) { chunk.done = true; return; } // already over: a late joiner skips it
+  if (state.pausedAtMs !== null) state.player.cut(chunk, timeline.ctxAt(state.pausedAtMs)); // spans the pause
   const voice = chunk.voice;
+  if (!voice) return;
   const start = voice.segments[0];
   state.stats.scheduled.push({
     chunk_id: chunk.chunk_id, starts_at_ms: chunk.starts_at_ms,
@@ -176,6 +184,48 @@ function schedule(chunk) {
   });
   const highlightIn = Math.max(0, (start.t - state.ctx.currentTime) * 1000);
   setTimeout(() => { if (chunk.voice === voice) { state.current = chunk.chunk_id; renderCaptions(); } }, highlightIn);
+}
+
+// ---- pause -------------------------------------------------------------------------------
+
+// Paused: what sounds at the pause's moment stops there, on the same sample for every listener; what
+// would start at or after it waits for the resume.
+function pauseAt(atMs) {
+  state.pausedAtMs = atMs;
+  showPaused(true);
+  if (!ready()) return;
+  const t = timeline.ctxAt(atMs);
+  for (const chunk of state.chunks.values()) if (chunk.voice) state.player.cut(chunk, t);
+}
+
+function heldByPause(chunk) {
+  const at = state.pausedAtMs;
+  if (at === null || chunk.starts_at_ms + chunk.duration_ms <= at) return false;
+  return soundsFrom(chunk) >= at || socket.clock.serverMs() >= at;
+}
+
+// Everything that had not ended by the pause moved later by its length; a chunk it cut goes on from
+// the resume at the sample it stopped at (the server says so with `from_ms` in snapshots).
+function resume(m) {
+  state.pausedAtMs = null;
+  showPaused(false);
+  for (const chunk of state.chunks.values()) {
+    if (m.shift_ms === 0 || chunk.starts_at_ms + chunk.duration_ms <= m.paused_at_ms) continue;
+    if (chunk.starts_at_ms < m.paused_at_ms) chunk.from_ms = m.resumes_at_ms;
+    chunk.starts_at_ms += m.shift_ms;
+  }
+  if (m.shift_ms === 0) { // resumed before the pause took effect: what was cut goes on at its moment
+    for (const chunk of state.chunks.values()) {
+      if (!chunk.voice && !chunk.done && chunk.starts_at_ms < m.paused_at_ms && chunk.starts_at_ms + chunk.duration_ms > m.paused_at_ms) {
+        chunk.from_ms = m.paused_at_ms;
+      }
+    }
+  }
+  scheduleWaiting();
+}
+
+function showPaused(paused) {
+  $("paused").hidden = !paused;
 }
 
 function retime(chunk, startsAtMs) {

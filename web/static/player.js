@@ -10,7 +10,8 @@
 // - a larger one (the output stalled, the clock estimate stepped) is fixed at once by a crossfade of
 //   FADE_S to the right place: no hard cut, no click.
 // A chunk not yet sounding is simply re-timed. The player counts what it corrected; the page shows
-// it and reports it to the server.
+// it and reports it to the server. A pause cuts what plays at its moment with a short fade ending
+// there; after the resume a cut chunk (its `from_ms` set) goes on from the sample it stopped at.
 
 const MARGIN_S = 0.03;      // rate changes are scheduled this far ahead of the audio thread
 // A source started at a time the audio thread has already rendered starts at once, late by the
@@ -19,7 +20,7 @@ const MARGIN_S = 0.03;      // rate changes are scheduled this far ahead of the 
 const START_MARGIN_S = 0.05;
 const MAX_START_MARGIN_S = 0.3;
 const LATENESS_WINDOW_MS = 5000;
-const FADE_S = 0.01;        // crossfades and fade-ins
+const FADE_S = 0.01;        // crossfades, fade-ins, and the fade into a pause
 const CROSSFADE_MS = 8;     // errors above this are fixed by a crossfade, below it by the rate
 const SLEW_S = 0.4;         // time constant of a small correction
 const MAX_SLEW = 0.004;     // at most 0.4% fast or slow (7 cents)
@@ -55,12 +56,28 @@ export class Player {
     this.stop(chunk);
     const ctx = this.ctx, tl = this.timeline;
     const earliest = ctx.currentTime + this.startMargin();
-    const when = tl.ctxAt(chunk.starts_at_ms);
+    const from = soundsFrom(chunk);
+    const when = tl.ctxAt(from);
     const at = Math.max(when, earliest);
-    const pos = at > when ? (tl.serverAt(at) - chunk.starts_at_ms) / 1000 : 0;
+    const pos = ((at > when ? tl.serverAt(at) : from) - chunk.starts_at_ms) / 1000;
     if (pos >= chunk.buffer.duration) return false;
     chunk.voice = this.voice(chunk, at, pos, pos > 0.001);
     return true;
+  }
+
+  // A pause: the chunk's audio fades out to nothing at context time t and stops there. It is no
+  // longer the chunk's voice: nothing keeps it in step, and its end is not the chunk's end.
+  cut(chunk, t) {
+    const voice = chunk.voice;
+    if (!voice) return;
+    chunk.voice = null;
+    voice.source.onended = null;
+    const fadeFrom = Math.max(this.ctx.currentTime, t - FADE_S);
+    if (voice.segments[0].t >= t || fadeFrom >= t) { try { voice.source.stop(); } catch (_) { /* never started */ } return; }
+    voice.gain.gain.cancelScheduledValues(fadeFrom);
+    voice.gain.gain.setValueAtTime(1, fadeFrom);
+    voice.gain.gain.linearRampToValueAtTime(0, t);
+    voice.source.stop(t);
   }
 
   stop(chunk) {
@@ -141,6 +158,11 @@ export class Player {
     this.corrections.push(correction);
     if (this.corrections.length > CORRECTIONS_KEPT) this.corrections.shift();
   }
+}
+
+// When a chunk is heard (again) from, in server ms: its start, or after a pause that cut it, the resume.
+export function soundsFrom(chunk) {
+  return chunk.from_ms == null ? chunk.starts_at_ms : Math.max(chunk.starts_at_ms, chunk.from_ms);
 }
 
 // Where in its buffer (s) a voice is at context time t, from the rate changes made so far.

@@ -1,0 +1,109 @@
+"""Pause and resume at the speaker: two listener pages in Chromium, each on its own PulseAudio sink,
+recorded on one clock (tests/speakers.py), and a third page that tunes in while the channel is
+paused. Every page must go silent at the announced moment, come back at the announced resume
+together, and go on from the sample it stopped at: nothing replayed, nothing skipped."""
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+from chromium import chromium_path
+from playwright.async_api import async_playwright
+from speakers import RATE, SPEAKER_CONFIG, Listeners, chunk_audio, follow
+
+NARRATION = (
+    "The lanterns of the harbour flicker in the fog. A bell tolls twice, then falls silent. "
+    "Somewhere below the pier, oars dip into black water."
+)
+WITHIN_MS = 5
+
+pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(3)]
+
+
+async def control(server, action: str) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{server.base_url}/api/channels/{server.channel}/{action}",
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+
+async def until(wall_s: float) -> None:
+    await asyncio.sleep(max(0.0, wall_s - time.time()))
+
+
+def envelope(signal: np.ndarray) -> np.ndarray:
+    """RMS over every millisecond."""
+    per_ms = RATE // 1000
+    frames = signal[: len(signal) // per_ms * per_ms].reshape(-1, per_ms)
+    return np.sqrt((frames * frames).mean(axis=1))
+
+
+def went_quiet_s(recording, listener: int, around_s: float) -> float:
+    """When the listener's output fell below a tenth of its level, in the second around `around_s`."""
+    level, first_ms = _window(recording, listener, around_s)
+    loud = np.nonzero(level > 0.1 * np.percentile(level, 90))[0]
+    return recording.clock.time_of((first_ms + loud[-1] + 1) * RATE // 1000)
+
+
+def came_back_s(recording, listener: int, around_s: float) -> float:
+    """When the listener's output rose above a tenth of its level, in the second around `around_s`."""
+    level, first_ms = _window(recording, listener, around_s)
+    loud = np.nonzero(level > 0.1 * np.percentile(level, 90))[0]
+    return recording.clock.time_of((first_ms + loud[0]) * RATE // 1000)
+
+
+def _window(recording, listener: int, around_s: float) -> tuple[np.ndarray, int]:
+    centre = int(recording.clock.frame_at(around_s))
+    lo, hi = centre - RATE // 2, centre + RATE // 2
+    first_ms = lo * 1000 // RATE
+    return envelope(recording.channel(listener)[first_ms * RATE // 1000 : hi]), first_ms
+
+
+async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(server, connect, pulse):
+    observer = await connect()
+    await observer.next("snapshot")
+    async with async_playwright() as pw:
+        listeners = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path())
+        try:
+            recorder = await listeners.open_recorded([0, 1])
+            await server.say(NARRATION)
+            first = await observer.next("audio_chunk_ready")
+            await until(first["starts_at_ms"] / 1000 + 0.7)  # well into the first sentence
+            paused_at_ms = (await control(server, "pause"))["paused_at_ms"]
+            await until(paused_at_ms / 1000 + 0.3)
+            late = await listeners.open(2)  # tunes in while paused
+            assert await late.is_visible("#paused"), "a page opened while paused does not say so"
+            assert await listeners.pages[0].is_visible("#paused")
+            resumed = await control(server, "resume")
+            resumes_at_ms, shift_ms = resumed["resumes_at_ms"], resumed["shift_ms"]
+            await until(resumes_at_ms / 1000 + 2.5)
+            recording = recorder.stop(pulse.mix_latency_s())
+            assert not await listeners.pages[0].is_visible("#paused")
+        finally:
+            await listeners.close()
+
+    paused_s, resumes_s = paused_at_ms / 1000, resumes_at_ms / 1000
+    stops = {i: (went_quiet_s(recording, i, paused_s) - paused_s) * 1000 for i in (0, 1)}
+    starts = {i: (came_back_s(recording, i, resumes_s) - resumes_s) * 1000 for i in (0, 1, 2)}
+    assert all(abs(e) <= WITHIN_MS for e in stops.values()), f"stopped off the announced moment: {stops} ms"
+    assert all(abs(e) <= WITHIN_MS for e in starts.values()), f"came back off the announced moment: {starts} ms"
+    assert max(starts.values()) - min(starts.values()) <= WITHIN_MS, f"not back together: {starts} ms"
+
+    # What the pause cut goes on from where it stopped: every stretch found after the resume is at its
+    # moved place, none of it is from before the cut, and the first comes right after the cut.
+    cut_offset_ms = paused_at_ms - first["starts_at_ms"]
+    async with aiohttp.ClientSession() as http:
+        audio = await chunk_audio(http, server.base_url, first["chunk_id"])
+    for listener in (0, 1, 2):
+        after = follow(recording, listener, first["chunk_id"], audio, first["starts_at_ms"] + shift_ms)
+        after = [h for h in after if h.heard_s >= resumes_s]
+        assert after, f"listener {listener}: the cut sentence did not go on after the resume"
+        assert min(h.offset_ms for h in after) >= cut_offset_ms - 40, f"listener {listener} replayed audio"
+        assert min(h.offset_ms for h in after) <= cut_offset_ms + 100, f"listener {listener} skipped audio"
+        errors = [abs(h.error_ms) for h in after if h.offset_ms >= cut_offset_ms]  # wholly after the cut
+        assert max(errors) <= WITHIN_MS, f"listener {listener}: {max(errors):.1f} ms off after the resume"
