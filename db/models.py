@@ -27,6 +27,7 @@ class ChannelRow(Base):
     style: Mapped[str] = mapped_column(String(16), default="campaign", server_default="campaign")  # or "radio"
     listen_key_hash: Mapped[str | None] = mapped_column(String(64))  # set: a private channel
     paused_at_ms: Mapped[int | None] = mapped_column(BigInteger)  # set: paused, everything stopped at this moment
+    beds_json: Mapped[str | None] = mapped_column(Text)  # the beds under the line (db/beds.py)
 
 
 class RequestRow(Base):

@@ -8,11 +8,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from broadcaster.core.bed import Bed
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState, RequestState
 from broadcaster.errors import BadInput
 
 from .acks import AckLog
+from .beds import beds_from_json, beds_json
 from .connections import ConnectionLog
 from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
@@ -21,15 +23,22 @@ FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
 
 
 @dataclass(frozen=True)
-class Pause:
-    """A channel's pause state to write: when it stopped, or None once it plays again."""
+class ChannelState:
+    """What a channel keeps besides its requests: when it was paused (None: playing) and its beds."""
 
     channel_id: int
     paused_at_ms: int | None
+    bed: Bed | None = None
+    fading_beds: tuple[Bed, ...] = ()
 
 
-def _pause_statement(pause: Pause):  # noqa: ANN202
-    return update(ChannelRow).where(ChannelRow.id == pause.channel_id).values(paused_at_ms=pause.paused_at_ms)
+def _state_statement(state: ChannelState):  # noqa: ANN202
+    beds = beds_json(state.bed, state.fading_beds)
+    return (
+        update(ChannelRow)
+        .where(ChannelRow.id == state.channel_id)
+        .values(paused_at_ms=state.paused_at_ms, beds_json=beds)
+    )
 
 
 def make_engine(url: str) -> AsyncEngine:
@@ -132,22 +141,24 @@ class Store:
             await self._fence(conn, lease)
             await conn.execute(INSERT_REQUEST, {**_request_values(request, channel_id), "line_of": channel_id})
 
-    async def save(self, requests: list[Request], lease: Lease | None = None, pause: Pause | None = None) -> None:
-        """Write the current state of these requests and all their chunks, and the channel's pause if
-        given: in one transaction (a resume moves chunks; both or neither survive a crash)."""
-        if not requests and pause is None:
+    async def save(
+        self, requests: list[Request], lease: Lease | None = None, state: ChannelState | None = None
+    ) -> None:
+        """Write the current state of these requests and all their chunks, and the channel's own state if
+        given: in one transaction (a resume moves chunks and beds; all or nothing survives a crash)."""
+        if not requests and state is None:
             return
         chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
         if self._upsert_chunk is None and lease is None:
-            return await self._save_with_orm(requests, chunks, pause)
+            return await self._save_with_orm(requests, chunks, state)
         async with self.engine.begin() as conn:
             await self._fence(conn, lease)
             if requests:
                 await conn.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             if chunks:
                 await conn.execute(self._upsert_chunk, chunks)
-            if pause is not None:
-                await conn.execute(_pause_statement(pause))
+            if state is not None:
+                await conn.execute(_state_statement(state))
 
     async def _fence(self, conn, lease: Lease | None) -> None:  # noqa: ANN001
         if lease is None:
@@ -158,20 +169,26 @@ class Store:
             )
         await self.leases.fence(conn, lease)
 
-    async def _save_with_orm(self, requests: list[Request], chunks: list[dict], pause: Pause | None) -> None:
+    async def _save_with_orm(self, requests: list[Request], chunks: list[dict], state: ChannelState | None) -> None:
         """For a database without an upsert statement here: a session merges each chunk row."""
         async with self.session.begin() as s:
             if requests:
                 await s.execute(UPDATE_REQUEST, [_request_state(request) for request in requests])
             for values in chunks:
                 await s.merge(ChunkRow(**values))
-            if pause is not None:
-                await s.execute(_pause_statement(pause))
+            if state is not None:
+                await s.execute(_state_statement(state))
 
-    async def paused_at(self, channel_id: int) -> int | None:
-        """When the channel stopped, if it is paused."""
+    async def channel_state(self, channel_id: int) -> ChannelState:
+        """When the channel stopped, if it is paused, and its beds."""
         async with self.session() as s:
-            return (await s.execute(select(ChannelRow.paused_at_ms).where(ChannelRow.id == channel_id))).scalar()
+            row = (
+                await s.execute(
+                    select(ChannelRow.paused_at_ms, ChannelRow.beds_json).where(ChannelRow.id == channel_id)
+                )
+            ).one()
+        bed, fading = beds_from_json(row.beds_json)
+        return ChannelState(channel_id, row.paused_at_ms, bed, fading)
 
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""
@@ -324,8 +341,15 @@ class Store:
         return ids
 
     async def request_ids(self) -> set[str]:
+        """Every request whose audio is kept: those stored, and the tracks of every channel's beds."""
         async with self.session() as s:
-            return set((await s.execute(select(RequestRow.id))).scalars())
+            ids = set((await s.execute(select(RequestRow.id))).scalars())
+            for text in (
+                await s.execute(select(ChannelRow.beds_json).where(ChannelRow.beds_json.is_not(None)))
+            ).scalars():
+                bed, fading = beds_from_json(text)
+                ids |= {track.request_id for b in (bed, *fading) if b is not None for track in b.tracks}
+            return ids
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:

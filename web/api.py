@@ -141,15 +141,27 @@ async def _queue_elsewhere(request: web.Request, name: str) -> dict:
 
 async def chunk_audio(request: web.Request) -> web.StreamResponse:
     chunk_id = path_id(request, "chunk_id", "chunk")
-    fmt = request.query.get("format", "mp3")
-    if fmt not in FORMATS:
-        raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
+    fmt = audio_format(request)
     station = request.app[STATION]
     request_id, channel = await station.chunk_owner(chunk_id)
     credential = await require_listener(request, channel)
+    return await audio_response(request, request_id, chunk_id, fmt, credential)
+
+
+def audio_format(request: web.Request) -> str:
+    fmt = request.query.get("format", "mp3")
+    if fmt not in FORMATS:
+        raise BadInput(f"expected format to be one of {list(FORMATS)}, got {fmt[:20]!r}")
+    return fmt
+
+
+async def audio_response(
+    request: web.Request, request_id: str, chunk_id: str, fmt: str, credential: Credential
+) -> web.StreamResponse:
+    """A stored chunk's audio (a sentence, a track segment, a bed segment), whole or a range of it."""
     try:
         if fmt == "mp3":
-            await station.delivery.ensure(request_id, chunk_id)
+            await request.app[STATION].delivery.ensure(request_id, chunk_id)
         data = await request.app[AUDIO].read(request_id, chunk_id, fmt)
     except FileNotFoundError:
         raise NotFound(f"the audio of chunk {chunk_id} is no longer stored") from None

@@ -22,7 +22,7 @@ from db.store import Store
 from tts.engine import TtsEngine
 from tts.loudness import level
 
-from . import api, cors, live, metrics, pages, stream, tracks, ws
+from . import api, beds, cors, live, metrics, pages, stream, tracks, ws
 from .clients import networks
 from .fanout import Hub
 from .feed import Feeds
@@ -89,6 +89,9 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_post("/api/channels/{channel}/queue/repeat", api.set_repeat)
     app.router.add_post("/api/channels/{channel}/pause", api.pause_channel)
     app.router.add_post("/api/channels/{channel}/resume", api.resume_channel)
+    app.router.add_put("/api/channels/{channel}/bed", beds.put_bed)
+    app.router.add_delete("/api/channels/{channel}/bed", beds.delete_bed)
+    app.router.add_get("/api/channels/{channel}/beds/{track_id}/{chunk_id}", beds.bed_segment)
     app.router.add_post("/api/channels/{channel}/ready", api.ready_reports)  # between servers of a cluster
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
     app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)

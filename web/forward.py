@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PEER = "X-Broadcaster-Peer"  # the cluster's shared secret: this request was forwarded by a peer
 CLIENT = "X-Broadcaster-Client"  # the address the peer took the request from
 HOPS = "X-Broadcaster-Hops"
+WRITES = ("POST", "PUT", "DELETE")
 SENT_ON = ("Authorization", "Content-Type", "Content-Length", "Accept", "Range", "Icy-MetaData", "User-Agent")
 SENT_BACK = ("Content-Type", "Retry-After", "Cache-Control", "Content-Range", "Accept-Ranges", "ETag")
 SENT_BACK_PREFIX = ("icy-", "X-Request-Id")
@@ -141,7 +142,7 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
     if client is not None:
         request[PEER_CLIENT] = client
     channel = request.match_info.get("channel")
-    if channel is not None and request.method == "POST" and channel not in station.runners:
+    if channel is not None and request.method in WRITES and channel not in station.runners:
         await station.channel_row(channel)  # 404 here for a channel that does not exist
         return await forwarder.forward(request, channel)
     try:

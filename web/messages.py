@@ -2,8 +2,10 @@
 
 from typing import Any
 
+from broadcaster.core.bed import Bed, scalars
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import (
+    BedChanged,
     ChannelPaused,
     ChannelResumed,
     ChunkScheduled,
@@ -113,7 +115,42 @@ def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
         "recent": recent_json(channel),
         "repeat": channel.repeat.value,
         "paused_at_ms": channel.paused_at_ms,
+        **beds_json(channel.name, channel.bed, channel.fading_beds),
+        "speech_ms": [list(span) for span in channel.speech(now_ms)],
     }
+
+
+def beds_json(channel: str, bed: Bed | None, fading: tuple[Bed, ...]) -> dict[str, Any]:
+    return {
+        "bed": None if bed is None else bed_json(channel, bed),
+        "fading_beds": [bed_json(channel, b) for b in fading],
+    }
+
+
+def bed_json(channel: str, bed: Bed) -> dict[str, Any]:
+    return {
+        **scalars(bed),
+        "loop_ms": bed.loop_ms,
+        "tracks": [
+            {
+                "track_id": track.request_id,
+                "title": track.title,
+                "segments": [
+                    {
+                        "chunk_id": s.chunk_id,
+                        "duration_ms": s.duration_ms,
+                        "url": bed_segment_url(channel, track.request_id, s.chunk_id),
+                    }
+                    for s in track.segments
+                ],
+            }
+            for track in bed.tracks
+        ],
+    }
+
+
+def bed_segment_url(channel: str, track_id: str, chunk_id: str) -> str:
+    return f"/api/channels/{channel}/beds/{track_id}/{chunk_id}"
 
 
 def refresh_snapshot(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
@@ -191,6 +228,8 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
                 "resumes_at_ms": at_ms,
                 "shift_ms": resumed.shift_ms,
             }
+        case BedChanged(bed, fading):
+            return {"type": "bed_changed", **beds_json(channel.name, bed, fading)}
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
         case QueueChanged():

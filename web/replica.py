@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from broadcaster.core.bed import HOLD_MS, RELEASE_MS, Bed, BedTrack, Segment, bed_from, speech_of
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkEvent, ChunkState, RequestState
 from broadcaster.errors import BadInput
@@ -46,6 +47,13 @@ class ReplicaChannel:
         self.line: list[Request] = []
         self.recent: deque[Request] = deque(maxlen=RECENT_KEPT)
         self.paused_at_ms: int | None = None
+        self.bed: Bed | None = None
+        self.fading_beds: tuple[Bed, ...] = ()
+
+    def speech(self, now_ms: int) -> list[tuple[int, int]]:
+        """As the core's Channel.speech: what the bed ducks under."""
+        horizon = now_ms if self.paused_at_ms is None else min(now_ms, self.paused_at_ms)
+        return speech_of((*self.recent, *self.line), horizon - HOLD_MS - RELEASE_MS)
 
     def find_request(self, request_id: str) -> Request | None:
         for request in (*self.line, *self.recent):
@@ -112,6 +120,7 @@ class ChannelReplica:
         self.channel.recent.clear()
         self.channel.recent.extend(self._described(known, item) for item in reversed(state.get("recent", ())))
         self.channel.paused_at_ms = state.get("paused_at_ms")
+        self._beds_changed(state)
 
     def _described(self, known: dict[str, Request], item: Message) -> Request:
         """The request `item` (a now_playing, queue or recent item) describes, known or new, brought up to date."""
@@ -160,6 +169,11 @@ class ChannelReplica:
                     chunk.starts_at_ms += shift
             if shift and request.finished_at_ms is not None and request.finished_at_ms > paused_at:
                 request.finished_at_ms += shift
+
+    def _beds_changed(self, message: Message) -> None:
+        bed = message.get("bed")
+        self.channel.bed = None if bed is None else _bed(bed)
+        self.channel.fading_beds = tuple(_bed(b) for b in message.get("fading_beds", ()))
 
     def _played(self, message: Message) -> None:
         self._finish(message["request_id"], RequestState.PLAYED, message["ended_at_ms"], ())
@@ -219,6 +233,7 @@ _APPLY: dict[str, Callable[[ChannelReplica, Message], None]] = {
     "timeline_shifted": ChannelReplica._shifted,
     "channel_paused": ChannelReplica._paused,
     "channel_resumed": ChannelReplica._resumed,
+    "bed_changed": ChannelReplica._beds_changed,
     "request_played": ChannelReplica._played,
     "request_failed": ChannelReplica._failed,
     "request_cancelled": ChannelReplica._cancelled,
@@ -260,6 +275,15 @@ def _chunk(request_id: str, item: Message) -> Chunk:
         starts_at_ms=item["starts_at_ms"],
         from_ms=item.get("from_ms"),
     )
+
+
+def _bed(item: Message) -> Bed:
+    """A bed from its wire form (`bed_json`)."""
+    tracks = tuple(
+        BedTrack(t["track_id"], t["title"], tuple(Segment(s["chunk_id"], s["duration_ms"]) for s in t["segments"]))
+        for t in item["tracks"]
+    )
+    return bed_from(item, tracks)
 
 
 class ReplicaUnavailable(BadInput):

@@ -25,6 +25,9 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
   more); otherwise it waits until its last chunk is ready, so a busy engine
   delays starts instead of making audio already on the air run dry.
 
+* A bed (core/bed.py) loops under the line: `set_bed` starts one a lead ahead,
+  crossfading with the one before, which fades out and is forgotten once it
+  has; `stop_bed` fades it out. A pause moves beds as it moves chunks.
 * `pause(now)` stops everything a lead ahead (`paused_at_ms`), so every listener
   stops on the same sample. From then on nothing new goes on the air at or
   after that moment, nothing ending after it is retired, and no generation
@@ -37,9 +40,12 @@ Listener acknowledgements play no part here: the clock alone drives playback.
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from random import Random
 
+from .bed import HOLD_MS, RELEASE_MS, Bed, speech_of
 from .events import (
+    BedChanged,
     ChannelPaused,
     ChannelResumed,
     ChunkScheduled,
@@ -75,6 +81,9 @@ class Channel:
         self.paused_at_ms: int | None = None  # set: everything stops at this moment until a resume
         self.pause_dirty = False  # the adapter must persist paused_at_ms
         self._last_pause: tuple[int, int] | None = None  # (paused at, resumed at) of the latest pause
+        self.bed: Bed | None = None  # what loops under the line
+        self.fading_beds: tuple[Bed, ...] = ()  # beds replaced or stopped, until their fade is over
+        self.bed_dirty = False  # the adapter must persist the beds
 
     # -- producers and the generation worker ---------------------------------
 
@@ -207,6 +216,37 @@ class Channel:
         self._leave_line(request)
         return RequestCancelled(request, on_air, now_ms, tuple(discarded))
 
+    # -- the bed ---------------------------------------------------------------
+
+    def set_bed(self, bed: Bed, now_ms: int) -> list[Event]:
+        """Start `bed` (its origin and fade-in are set here) a lead from now, or at the pause's moment
+        while paused; the bed before it fades out over the new one's fade-in: a scene change."""
+        at = self._bed_moment(now_ms)
+        if self.bed is not None:
+            self.fading_beds = (*self._still_fading(now_ms), self.bed.fading_out(at, bed.fade_in_ms))
+        self.bed = replace(bed, origin_ms=at, fades_in_at_ms=at)
+        self.bed_dirty = True
+        return [BedChanged(self.bed, self.fading_beds)]
+
+    def stop_bed(self, fade_ms: int, now_ms: int) -> list[Event]:
+        if self.bed is None:
+            raise ValueError(f"channel {self.name} has no bed to stop")
+        self.fading_beds = (*self._still_fading(now_ms), self.bed.fading_out(self._bed_moment(now_ms), fade_ms))
+        self.bed = None
+        self.bed_dirty = True
+        return [BedChanged(None, self.fading_beds)]
+
+    def speech(self, now_ms: int) -> list[tuple[int, int]]:
+        """The narration the ducking follows from now on (and what it is still coming back up from)."""
+        return speech_of((*self.recent, *self.line), self._horizon(now_ms) - HOLD_MS - RELEASE_MS)
+
+    def _bed_moment(self, now_ms: int) -> int:
+        at = now_ms + self.lead_ms
+        return at if self.paused_at_ms is None else min(at, self.paused_at_ms)
+
+    def _still_fading(self, now_ms: int) -> tuple[Bed, ...]:
+        return tuple(b for b in self.fading_beds if b.ends_at_ms is None or b.ends_at_ms > self._horizon(now_ms))
+
     # -- pause -----------------------------------------------------------------
 
     @property
@@ -229,9 +269,15 @@ class Channel:
         at = max(now_ms + self.lead_ms, paused_at)
         self.pause_dirty = True
         self._last_pause = (paused_at, at)
+        events: list[Event] = [ChannelResumed(paused_at, at)]
         if at > paused_at:
             self._shift_after(paused_at, at - paused_at)
-        return [ChannelResumed(paused_at, at), *self._place(now_ms)]
+            if self.bed is not None or self.fading_beds:
+                self.bed = None if self.bed is None else self.bed.shifted(paused_at, at)
+                self.fading_beds = tuple(b.shifted(paused_at, at) for b in self._still_fading(paused_at))
+                self.bed_dirty = True
+                events.append(BedChanged(self.bed, self.fading_beds))
+        return [*events, *self._place(now_ms)]
 
     def _shift_after(self, paused_at: int, shift_ms: int) -> None:
         """Everything that had not ended by `paused_at` moves `shift_ms` later; what was cut goes on."""
@@ -261,6 +307,8 @@ class Channel:
     # -- the clock -------------------------------------------------------------
 
     def tick(self, now_ms: int) -> list[Event]:
+        if self.fading_beds and (kept := self._still_fading(now_ms)) != self.fading_beds:
+            self.fading_beds, self.bed_dirty = kept, True  # faded out: nothing more to hear of them
         events: list[Event] = []
         for request in list(self.line):
             events += self._retire(request, self._horizon(now_ms))
@@ -279,6 +327,9 @@ class Channel:
                 yield min(ends)  # type: ignore[type-var]
             if self._timing_out(request):
                 yield request.generation_started_ms + self.config.generation_timeout_ms  # type: ignore[operator]
+        for bed in self.fading_beds:  # forgotten once faded out
+            if bed.ends_at_ms is not None and (horizon is None or bed.ends_at_ms <= horizon):
+                yield bed.ends_at_ms
         if self.paused:
             return
         waiting = self._first_unplaced_request()

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from .bed import Bed
 from .model import Chunk, Request
 
 
@@ -74,6 +75,14 @@ class ChannelResumed:
 
 
 @dataclass(frozen=True)
+class BedChanged:
+    """The channel's beds now: the one playing (or none) and those still fading out."""
+
+    bed: Bed | None
+    fading: tuple[Bed, ...] = ()
+
+
+@dataclass(frozen=True)
 class QueueChanged:
     progress: bool = False  # only progress (synthesis began, a chunk made ahead): announcing it may wait
 
@@ -88,5 +97,6 @@ Event = (
     | RequestPlaced
     | ChannelPaused
     | ChannelResumed
+    | BedChanged
     | QueueChanged
 )

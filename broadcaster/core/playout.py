@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .bed import Bed
+
 
 @dataclass(frozen=True)
 class Placed:
@@ -19,6 +21,35 @@ class Placed:
 
 def sample_index(time_ms: int, rate: int) -> int:
     return time_ms * rate // 1000
+
+
+def bed_gains(bed: Bed, duck: list[tuple[int, float]], first_ms: float, count: int, rate: int) -> np.ndarray:
+    """The gain of `bed` at each of `count` samples from `first_ms`: its volume, its fades and the ducking
+    (`duck`, from core/bed.py's duck_envelope), as every listener page applies them."""
+    times = first_ms + np.arange(count) * (1000 / rate)
+    gains = np.full(count, bed.volume)
+    gains *= _ramp(times, bed.fades_in_at_ms, bed.fade_in_ms, 0.0, 1.0)
+    if bed.fades_out_at_ms is not None:
+        gains *= _ramp(times, bed.fades_out_at_ms, bed.fade_out_ms, 1.0, 0.0)
+    if duck:
+        gains *= np.interp(times, [at for at, _ in duck], [g for _, g in duck], left=1.0, right=1.0)
+    return gains
+
+
+def _ramp(times: np.ndarray, at_ms: int, length_ms: int, before: float, after: float) -> np.ndarray:
+    if length_ms <= 0:
+        return np.where(times <= at_ms, before, after)
+    return np.interp(times, [at_ms, at_ms + length_ms], [before, after])
+
+
+def mix(frame: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`frame` (int16) with each (samples, gains) layer added, clipped to int16."""
+    if not layers:
+        return frame
+    out = frame.astype(np.float32)
+    for samples, gains in layers:
+        out += samples.astype(np.float32) * gains[:, None]
+    return np.clip(np.round(out), -32768, 32767).astype(np.int16)
 
 
 def render(placed: list[Placed], start_ms: int, end_ms: int, rate: int, channels: int = 1) -> np.ndarray:

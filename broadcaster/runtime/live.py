@@ -29,9 +29,10 @@ import numpy as np
 
 from broadcaster import logs
 from broadcaster.config import LiveConfig
+from broadcaster.core.bed import Bed, duck_envelope
 from broadcaster.core.icy import IcyFraming
 from broadcaster.core.model import Chunk, Request
-from broadcaster.core.playout import Placed, convert, render, sample_index
+from broadcaster.core.playout import Placed, bed_gains, convert, mix, render, sample_index
 from broadcaster.core.states import ChunkState
 from broadcaster.core.titles import item_title, stream_title
 from db.audio_store import AudioStore, AudioUnavailable
@@ -62,6 +63,14 @@ class Lineup(Protocol):
 
     @property
     def paused_at_ms(self) -> int | None: ...
+
+    @property
+    def bed(self) -> Bed | None: ...
+
+    @property
+    def fading_beds(self) -> tuple[Bed, ...]: ...
+
+    def speech(self, now_ms: int) -> list[tuple[int, int]]: ...
 
 
 class Playable(Protocol):
@@ -211,6 +220,7 @@ class LiveStream:
                 placed, title = await self._placed(cursor, cursor + FRAME_MS)
                 self.title = title
                 frame = render(placed, cursor, cursor + FRAME_MS, self.rate, self.channels)
+                frame = mix(frame, await self._bed_layers(cursor, cursor + FRAME_MS))
                 stdin.write(frame.astype("<i2").tobytes())
                 await stdin.drain()
                 cursor += FRAME_MS
@@ -230,25 +240,55 @@ class LiveStream:
         title = self.paused_title if channel.paused_at_ms is not None and channel.paused_at_ms <= start_ms else None
         return placed, title or stream_title(self.title, sounding, bool(channel.line), self.idle_title)
 
+    async def _bed_layers(self, start_ms: int, end_ms: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each bed's audio in the frame with the gain it has at every sample (core/bed.py): the mix
+        every listener page makes."""
+        channel = self.runner.channel
+        beds = [b for b in (channel.bed, *channel.fading_beds) if b is not None]
+        if not beds:
+            return []
+        stop = end_ms if channel.paused_at_ms is None else max(start_ms, min(end_ms, channel.paused_at_ms))
+        speech = channel.speech(start_ms)
+        first = sample_index(start_ms, self.rate)
+        count = sample_index(end_ms, self.rate) - first
+        layers = []
+        for bed in beds:
+            placed = [
+                await self._placed_audio(s.track_id, s.chunk_id, s.starts_at_ms, bed.sounds_from_ms, stop)
+                for s in bed.sounding(start_ms, stop)
+            ]
+            samples = render(placed, start_ms, end_ms, self.rate, self.channels)
+            gains = bed_gains(bed, duck_envelope(speech, bed.duck_db), first * 1000 / self.rate, count, self.rate)
+            layers.append((samples, gains))
+        return layers
+
     async def _placed_chunk(self, chunk: Chunk, end_ms: int) -> Placed:
         """A chunk's audio from where it is heard (after a pause, from the resume) up to `end_ms`."""
-        samples = await self._samples(chunk)
-        begin = chunk.sounds_from_ms
-        skip = sample_index(begin, self.rate) - sample_index(chunk.starts_at_ms, self.rate)
+        return await self._placed_audio(
+            chunk.request_id, chunk.chunk_id, chunk.starts_at_ms, chunk.sounds_from_ms, end_ms
+        )
+
+    async def _placed_audio(
+        self, request_id: str, chunk_id: str, starts_at_ms: int, from_ms: int, end_ms: int
+    ) -> Placed:
+        """Stored audio placed at starts_at_ms, heard from from_ms (after a pause) up to end_ms."""
+        samples = await self._samples(request_id, chunk_id)
+        begin = max(starts_at_ms, from_ms)
+        skip = sample_index(begin, self.rate) - sample_index(starts_at_ms, self.rate)
         keep = max(0, sample_index(end_ms, self.rate) - sample_index(begin, self.rate))
         return Placed(begin, samples[skip : skip + keep])
 
-    async def _samples(self, chunk: Chunk) -> np.ndarray:
-        if chunk.chunk_id not in self._cache:
+    async def _samples(self, request_id: str, chunk_id: str) -> np.ndarray:
+        if chunk_id not in self._cache:
             try:
-                pcm = await decode_flac(await self.audio.read(chunk.request_id, chunk.chunk_id, "flac"))
+                pcm = await decode_flac(await self.audio.read(request_id, chunk_id, "flac"))
                 samples = await asyncio.to_thread(convert, pcm.samples, pcm.sample_rate, self.rate, self.channels)
             except (FileNotFoundError, AudioUnavailable):  # purged meanwhile, or its database away:
                 samples = np.zeros((0, self.channels), dtype=np.int16)  # silence, not a broken stream
-            self._cache[chunk.chunk_id] = samples
+            self._cache[chunk_id] = samples
             if len(self._cache) > CACHE_CHUNKS:
                 self._cache.popitem(last=False)
-        return self._cache[chunk.chunk_id]
+        return self._cache[chunk_id]
 
     # -- fan-out ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
 from broadcaster.errors import BadInput, GenerationError
 from db.leases import Lease, LeaseLost
-from db.store import Pause, Store
+from db.store import ChannelState, Store
 
 from .clock import Clock
 from .generator import ChunkMaker
@@ -94,8 +94,9 @@ class ChannelRunner:
 
     async def start(self) -> None:
         requests, played_end = await self.store.load_line(self.channel_id, self.name)
-        paused_at = await self.store.paused_at(self.channel_id)
-        await self.apply(lambda now: self.channel.restore(requests, played_end, now, paused_at))
+        state = await self.store.channel_state(self.channel_id)
+        self.channel.bed, self.channel.fading_beds = state.bed, state.fading_beds
+        await self.apply(lambda now: self.channel.restore(requests, played_end, now, state.paused_at_ms))
         # Fresh log ids: the first use of a channel may come from an HTTP request, whose id
         # must not stick to the channel's loops for good.
         self._tasks = [
@@ -196,22 +197,24 @@ class ChannelRunner:
         marked for the next save: the channel keeps playing rather than stalling on storage.
         """
         ids = set(self.channel.dirty)
-        pause = Pause(self.channel_id, self.channel.paused_at_ms) if self.channel.pause_dirty else None
+        channel = self.channel
+        state = ChannelState(self.channel_id, channel.paused_at_ms, channel.bed, channel.fading_beds)
+        state_dirty = channel.pause_dirty or channel.bed_dirty
+        channel.pause_dirty = channel.bed_dirty = False  # a change from here on marks them again
         for delay_s in (*SAVE_RETRY_S, None):
             try:
                 requests = [r for r in map(self.channel.find_request, ids) if r]
-                await self._fenced(self.store.save(requests, self.lease, pause))
+                await self._fenced(self.store.save(requests, self.lease, state if state_dirty else None))
             except OwnerChanged:
                 raise
             except Exception:
                 if delay_s is None:
                     log.exception("channel %s: could not save; will retry with the next change", self.name)
+                    channel.pause_dirty |= state_dirty  # still to be written
                     return
                 await asyncio.sleep(delay_s)
             else:
                 self.channel.dirty -= ids
-                if pause is not None and pause.paused_at_ms == self.channel.paused_at_ms:
-                    self.channel.pause_dirty = False
                 return
 
     async def _fenced(self, write) -> None:  # noqa: ANN001

@@ -10,6 +10,7 @@ from random import Random
 
 from broadcaster.auth import valid_channel_name
 from broadcaster.config import Config
+from broadcaster.core.bed import Bed
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import ChannelPaused, ChannelResumed, RequestPlaced
 from broadcaster.core.ids import new_id
@@ -26,6 +27,7 @@ from tts.tracks import DecodeLimits, TrackInfo, prepare_track
 
 from .accounts import Gate
 from .autodj import AutoDJ
+from .beds import BedMaker, bed_request, fade_ms, tracks_of
 from .cleanup import purge, sweep_local
 from .clock import Clock, wall_clock_ms
 from .decoders import Decoders
@@ -119,6 +121,8 @@ class Station:
         self.decoders = Decoders(config.music.max_decodes, config.music.decode_wait_s, self.metrics.set_decodes)
         # Whether this process cleans up this round; in a cluster only one does (web/cluster.py sets it).
         self.cleanup_turn: Callable[[], Awaitable[bool]] = _always
+        self.beds = BedMaker(self._decode_for_bed, self._forget_audio, self.rng)
+        self._bed_tracks: dict[str, set[str]] = {}  # per channel: the stored tracks its beds play
 
     async def start(self) -> None:
         if not self.clustered:  # in a cluster, connections of a process that died are closed by cleanup
@@ -225,6 +229,7 @@ class Station:
     # -- repeat and the auto-DJ, run after every change of a channel ---------------------
 
     def _after_commit(self, runner: ChannelRunner, events: list) -> None:
+        self._forget_beds_gone(runner)
         if self._stopping:
             return
         if runner.channel.repeat != RepeatMode.OFF:
@@ -308,6 +313,41 @@ class Station:
         if mode not in {m.value for m in RepeatMode}:
             raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
         await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
+
+    # -- the bed ---------------------------------------------------------------------------
+
+    async def set_bed(self, name: str, body: dict) -> Bed:
+        """Make the bed a producer asked for and start it (crossfading with the one before)."""
+        runner = await self.runner(name)
+        wanted = bed_request(body, Path(self.config.music.folder))
+        bed = await self.beds.make(runner.name, wanted, runner.maker, self.clock())
+        try:
+            await runner.apply(partial(runner.channel.set_bed, bed))
+        except BaseException:
+            for track in bed.tracks:
+                await asyncio.shield(self._forget_audio(track.request_id))
+            raise
+        return runner.channel.bed
+
+    async def stop_bed(self, name: str, body: dict) -> Bed:
+        """Fade the bed out (over `fade_ms`, else its own fade-in's length); returns it, fading."""
+        runner = await self.runner(name)
+        playing = runner.channel.bed
+        fade = fade_ms(body, playing.fade_in_ms if playing else 0)
+        events = await runner.apply(partial(_guarded, runner.channel.stop_bed, fade))
+        return events[0].fading[-1]
+
+    async def _decode_for_bed(self, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
+        async with self.decoders.turn(patient=False):
+            return await self._decode(request_id, source, fallback_title)
+
+    def _forget_beds_gone(self, runner: ChannelRunner) -> None:
+        """The audio of beds that are over (faded out, or replaced before they began) is deleted."""
+        now = tracks_of(runner.channel.bed, runner.channel.fading_beds)
+        gone = self._bed_tracks.get(runner.name, set()) - now
+        self._bed_tracks[runner.name] = now
+        for request_id in gone:
+            self._spawn(self._forget_audio(request_id))
 
     async def pause(self, name: str) -> ChannelPaused:
         runner = await self.runner(name)

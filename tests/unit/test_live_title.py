@@ -25,7 +25,7 @@ def item(request_id: str, text: str, *spans: tuple[int, int], **source) -> Reque
 
 
 def stream(*line: Request) -> LiveStream:
-    channel = SimpleNamespace(recent=[], line=list(line), paused_at_ms=None)
+    channel = SimpleNamespace(recent=[], line=list(line), paused_at_ms=None, bed=None, fading_beds=())
     return LiveStream(SimpleNamespace(name="office", channel=channel), NoAudio(), LiveConfig(), clock=lambda: 0)
 
 

@@ -4,6 +4,7 @@ stepped clock, its events turned into messages as the publisher turns them; noth
 import asyncio
 from itertools import count
 
+from broadcaster.core.bed import Bed, BedTrack, Segment
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import QueueChanged
 from broadcaster.core.model import Chunk, Request
@@ -309,3 +310,15 @@ def test_a_pause_and_resume_move_the_replica_as_they_move_the_owner():
     for now in range(6000, 9000, 100):
         owner.at(now)
         assert_same(owner)
+
+
+def test_the_replica_keeps_the_beds_from_snapshots_and_bed_changed():
+    owner = Owner()
+    bed = Bed("b1", "ambience", (BedTrack("t1", "Rain", (Segment("s0", 5000),)),), 0, 0.7, -9.0, fade_in_ms=500)
+    owner.step(owner.channel.set_bed(bed, owner.now))
+    assert owner.replica.channel.bed == owner.channel.bed
+    owner.step(owner.channel.stop_bed(800, 3000))
+    assert owner.replica.channel.bed is None and owner.replica.channel.fading_beds == owner.channel.fading_beds
+    fresh = ChannelReplica("table")
+    fresh.reset(queue_state_json(owner.channel, 3000))
+    assert fresh.channel.fading_beds == owner.channel.fading_beds

@@ -6,10 +6,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
 
+from broadcaster.core.bed import Bed, BedTrack, Segment
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, Request
 from broadcaster.core.states import ChunkState, RequestState
-from db.store import Store, _chunk_upsert
+from db.store import ChannelState, Store, _chunk_upsert
 
 
 @pytest.fixture(params=["upsert", "orm"])
@@ -64,3 +65,15 @@ def test_postgresql_gets_its_own_upsert_and_an_unknown_database_none():
     sql = str(_chunk_upsert("postgresql").compile(dialect=postgresql.dialect()))
     assert "ON CONFLICT (id) DO UPDATE SET" in sql
     assert _chunk_upsert("mysql") is None
+
+
+async def test_a_channels_pause_and_beds_are_saved_with_its_requests_and_read_back(store):
+    channel_id = (await store.create_channel("table", "digest", 0)).id
+    playing = Bed("b2", "ambience/tavern", (BedTrack("t2", "Rain", (Segment("s1", 5000), Segment("s2", 900))),), 7000)
+    fading = Bed("b1", "ambience/hum.wav", (BedTrack("t1", "Hum", (Segment("s0", 5000),)),), 0, 0.4, -9.5)
+    fading = fading.fading_out(7000, 2000)
+    await store.save([], state=ChannelState(channel_id, 6500, playing, (fading,)))
+    assert await store.channel_state(channel_id) == ChannelState(channel_id, 6500, playing, (fading,))
+    assert {"t1", "t2"} <= await store.request_ids()  # their audio is kept by cleanup
+    await store.save([], state=ChannelState(channel_id, None))
+    assert await store.channel_state(channel_id) == ChannelState(channel_id, None)

@@ -1,0 +1,148 @@
+"""Making a bed from the music folder: what a producer asks for, checked, and its tracks made ready.
+
+A bed is a file or a folder of files under the music folder. Each file is decoded and leveled
+as a queued track is (tts/tracks.py), cut into segments, and every segment stored as a chunk
+(FLAC, and MP3 made off the critical path), so that listeners fetch a bed's audio exactly as
+they fetch the line's. Only then does the bed go on the air: its loop's layout (how long each
+track is) must be known before anyone can be told where in it the channel is.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from typing import Any
+
+from broadcaster.core.bed import Bed, BedTrack, Segment
+from broadcaster.core.ids import new_id
+from broadcaster.core.model import Request
+from broadcaster.errors import BadInput, NotFound
+from tts.tracks import TrackInfo
+
+from .generator import ChunkMaker
+
+MAX_TRACKS = 20  # files in one bed folder
+KEYS = {"path", "folder", "shuffle", "volume", "duck_db", "fade_ms"}
+DEFAULT_VOLUME = 0.5  # a bed sits under the voice, even between sentences
+DEFAULT_DUCK_DB = -12.0
+DEFAULT_FADE_MS = 2000
+MAX_FADE_MS = 30_000
+
+Decode = Callable[[str, Path, str], Awaitable[TrackInfo]]  # (request id, file, fallback title)
+
+
+@dataclass(frozen=True)
+class BedRequest:
+    """What a producer asked for, checked: the files in play order (before any shuffle) and the settings."""
+
+    source: str
+    files: tuple[Path, ...]
+    shuffle: bool
+    volume: float
+    duck_db: float
+    fade_ms: int
+
+
+def bed_request(body: dict[str, Any], music_root: Path) -> BedRequest:
+    """Checks a PUT /bed body; BadInput (400) or NotFound (404) names what is wrong."""
+    unknown = sorted(set(body) - KEYS)
+    if unknown:
+        raise BadInput(f"expected only {sorted(KEYS)} in a bed, got {unknown[:5]}")
+    if ("path" in body) == ("folder" in body):
+        raise BadInput('expected exactly one of "path" (a file) or "folder" under the music folder')
+    shuffle = body.get("shuffle", False)
+    if not isinstance(shuffle, bool) or (shuffle and "folder" not in body):
+        raise BadInput('expected "shuffle" to be true or false, and only with a "folder"')
+    source = body.get("path", body.get("folder"))
+    files = (_file(music_root, source),) if "path" in body else _folder(music_root, source)
+    return BedRequest(
+        source,
+        files,
+        shuffle,
+        _number(body, "volume", DEFAULT_VOLUME, 0.0, 1.0),
+        _number(body, "duck_db", DEFAULT_DUCK_DB, -60.0, 0.0),
+        fade_ms(body, DEFAULT_FADE_MS),
+    )
+
+
+def fade_ms(body: dict[str, Any], default: int) -> int:
+    value = body.get("fade_ms", default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FADE_MS:
+        raise BadInput(f'expected "fade_ms" to be a whole number from 0 to {MAX_FADE_MS}, got {value!r}'[:200])
+    return value
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise BadInput(f'expected "{key}" to be a number from {low:g} to {high:g}, got {value!r}'[:200])
+    return float(value)
+
+
+def _inside(root: Path, relative: object, what: str) -> Path:
+    if not isinstance(relative, str) or not relative or "\x00" in relative or len(relative) > 1000:
+        raise BadInput(f'expected "{what}": a name inside the music folder')
+    root = root.resolve()
+    candidate = (root / relative).resolve()
+    if root != candidate and root not in candidate.parents:
+        raise NotFound(f"no {what} {relative[:100]!r} in the music folder")
+    return candidate
+
+
+def _file(root: Path, relative: object) -> Path:
+    path = _inside(root, relative, "path")
+    if not path.is_file():
+        raise NotFound(f"no file {str(relative)[:100]!r} in the music folder")
+    return path
+
+
+def _folder(root: Path, relative: object) -> tuple[Path, ...]:
+    folder = _inside(root, relative, "folder")
+    if not folder.is_dir():
+        raise NotFound(f"no folder {str(relative)[:100]!r} in the music folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise BadInput(f"expected audio files in {str(relative)[:100]!r}, found none")
+    if len(files) > MAX_TRACKS:
+        raise BadInput(f"expected at most {MAX_TRACKS} files in a bed folder, found {len(files)}")
+    return tuple(files)
+
+
+class BedMaker:
+    """Turns a checked BedRequest into a Bed whose every segment is stored."""
+
+    def __init__(self, decode: Decode, forget: Callable[[str], Awaitable[None]], rng: Random):
+        self.decode, self.forget, self.rng = decode, forget, rng
+
+    async def make(self, channel: str, wanted: BedRequest, maker: ChunkMaker, now_ms: int) -> Bed:
+        tracks: list[BedTrack] = []
+        try:
+            for path in wanted.files:
+                tracks.append(await self._track(channel, path, maker, now_ms))
+        except BaseException:
+            for track in tracks:
+                await asyncio.shield(self.forget(track.request_id))
+            raise
+        if wanted.shuffle:
+            self.rng.shuffle(tracks)
+        return Bed(new_id(), wanted.source, tuple(tracks), 0, wanted.volume, wanted.duck_db, fade_in_ms=wanted.fade_ms)
+
+    async def _track(self, channel: str, path: Path, maker: ChunkMaker, now_ms: int) -> BedTrack:
+        request_id = new_id()
+        try:
+            info = await self.decode(request_id, path, path.stem or "Untitled")
+            request = Request(request_id, channel, info.title, [info.title] * info.segments, now_ms, kind="track")
+            segments = []
+            for seq in range(info.segments):
+                chunk = await maker.make(request, seq)
+                segments.append(Segment(chunk.chunk_id, chunk.duration_ms))
+        except BaseException:
+            await asyncio.shield(self.forget(request_id))
+            raise
+        return BedTrack(request_id, info.title, tuple(segments))
+
+
+def tracks_of(bed: Bed | None, fading: tuple[Bed, ...]) -> set[str]:
+    """The stored tracks these beds play: their audio must be kept."""
+    return {track.request_id for b in (bed, *fading) if b is not None for track in b.tracks}

@@ -1,0 +1,155 @@
+"""The bed under the line, through the real server: set from the music folder, announced, served, and
+heard in live.mp3 dipping under narration by duck_db (decoded by the bundled ffmpeg)."""
+
+import asyncio
+
+import aiohttp
+import numpy as np
+import pytest
+from media import tone
+
+from tts.encode import ffmpeg_exe
+
+BED_HZ = 100  # below the tone engine's narration (220 Hz and up), so the two can be told apart
+RATE = 22050
+
+
+@pytest.fixture
+def music(tmp_path, monkeypatch):
+    """A music folder (the default ./music) with ambience/hum.wav and a folder of two files."""
+    folder = tmp_path / "music" / "ambience"
+    (folder / "tavern").mkdir(parents=True)
+    tone(folder / "hum.wav", 12, BED_HZ)
+    tone(folder / "tavern" / "a.wav", 6, 150)
+    tone(folder / "tavern" / "b.wav", 7, 180)
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+async def send(server, method: str, path: str, body=None, token: str | None = "producer") -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {server.token if token == 'producer' else token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, f"{server.base_url}{path}", json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+async def test_a_bed_is_announced_and_its_segments_are_served(server, connect, music):
+    listener = await connect()
+    await listener.next("snapshot")
+    status, body = await send(server, "PUT", "/api/channels/table/bed", {"folder": "ambience/tavern", "fade_ms": 500})
+    assert status == 200, body
+    bed = body["bed"]
+    assert [t["title"] for t in bed["tracks"]] == ["a", "b"] and bed["loop_ms"] == 13_000
+    assert (bed["volume"], bed["duck_db"], bed["fade_in_ms"]) == (0.5, -12.0, 500)
+    changed = await listener.next("bed_changed")
+    assert changed["bed"]["bed_id"] == bed["bed_id"] and changed["bed"]["origin_ms"] == bed["origin_ms"]
+    segment = bed["tracks"][0]["segments"][0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.base_url + segment["url"]) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "audio/mpeg" and len(await resp.read()) > 1000
+        other = segment["url"].replace(segment["chunk_id"], "0123456789abcdef")
+        async with http.get(server.base_url + other) as resp:
+            assert resp.status == 404  # only the segments of the channel's beds are served this way
+    late = await connect()
+    assert (await late.next("snapshot"))["bed"]["bed_id"] == bed["bed_id"]
+    kept = await server.station.store.request_ids()  # what cleanup keeps: the bed's tracks too
+    assert {t["track_id"] for t in bed["tracks"]} <= kept
+
+    status, body = await send(server, "DELETE", "/api/channels/table/bed")
+    assert status == 200 and body["ends_at_ms"] - body["fades_out_at_ms"] == 500  # its own fade by default
+    changed = await listener.next("bed_changed")
+    assert changed["bed"] is None and changed["fading_beds"][0]["bed_id"] == bed["bed_id"]
+    assert (await send(server, "DELETE", "/api/channels/table/bed"))[0] == 409  # nothing to stop
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        ({}, 400),
+        ({"path": "ambience/hum.wav", "folder": "ambience/tavern"}, 400),
+        ({"path": "ambience/hum.wav", "shuffle": True}, 400),
+        ({"folder": "ambience/tavern", "shuffle": "yes"}, 400),
+        ({"path": "ambience/hum.wav", "volume": 2}, 400),
+        ({"path": "ambience/hum.wav", "volume": True}, 400),
+        ({"path": "ambience/hum.wav", "duck_db": 6}, 400),
+        ({"path": "ambience/hum.wav", "fade_ms": -1}, 400),
+        ({"path": "ambience/hum.wav", "fade_ms": 1.5}, 400),
+        ({"path": "ambience/hum.wav", "colour": "blue"}, 400),
+        ({"path": 7}, 400),
+        ({"path": "ambience/missing.wav"}, 404),
+        ({"path": "../../etc/passwd"}, 404),
+        ({"folder": "/etc"}, 404),
+        ({"folder": "ambience/hum.wav"}, 404),
+        ({"path": "ambience"}, 404),
+    ],
+)
+async def test_bad_beds_are_refused_and_change_nothing(server, music, body, status):
+    assert (await send(server, "PUT", "/api/channels/table/bed", body))[0] == status
+    _, state = await server.get_json("/api/channels/table/audio/queue")
+    assert state["bed"] is None and state["fading_beds"] == []
+
+
+async def test_a_bed_needs_the_producer_token_a_known_channel_and_json(server, music):
+    good = {"path": "ambience/hum.wav"}
+    assert (await send(server, "PUT", "/api/channels/table/bed", good, token=None))[0] == 401
+    assert (await send(server, "PUT", "/api/channels/nowhere/bed", good))[0] == 404
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "text/plain"}
+        async with http.put(f"{server.base_url}/api/channels/table/bed", data="path", headers=headers) as resp:
+            assert resp.status == 415
+
+
+async def test_not_audio_is_refused_and_nothing_is_left_behind(server, music):
+    (music / "notes.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage, not audio at all" * 10)
+    status, body = await send(server, "PUT", "/api/channels/table/bed", {"path": "ambience/notes.wav"})
+    assert status == 422 and body["error"]["code"] == "not_audio", body
+    _, state = await server.get_json("/api/channels/table/audio/queue")
+    assert state["bed"] is None
+    assert await server.station.audio.orphans(set(), grace_s=0) == []  # no audio of it kept
+
+
+@pytest.mark.server_config({"tts": {"tone_ms_per_char": 45}})
+async def test_live_mp3_dips_the_bed_by_duck_db_while_narration_sounds(server, connect, music):
+    listener = await connect()
+    await listener.next("snapshot")
+    status, body = await send(
+        server, "PUT", "/api/channels/table/bed", {"path": "ambience/hum.wav", "volume": 1.0, "fade_ms": 0}
+    )
+    assert status == 200, body
+    player = await asyncio.create_subprocess_exec(
+        ffmpeg_exe(), "-hide_banner", "-v", "error", "-t", "11", "-i", f"{server.base_url}/c/table/live.mp3",
+        "-f", "s16le", "-ac", "1", "-ar", str(RATE), "-",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await asyncio.sleep(3.5)
+    await server.say("The stranger at the bar raises a glass to the whole room.")  # about 2.5 s of voice
+    out, _ = await asyncio.wait_for(player.communicate(), 60)
+    pcm = np.frombuffer(out, dtype="<i2").astype(np.float64)
+    bed_level, voice_level = band_levels(pcm)
+    voiced = voice_level > 0.3 * voice_level.max()
+    assert voiced.sum() >= 15, "the narration was not heard in live.mp3"
+    ducked = bed_level[inside(voiced, margin=4)]  # well inside the narration: down by then
+    quiet = bed_level[inside(~voiced, margin=12)]  # well away from it: back up by then
+    assert len(ducked) >= 5 and len(quiet) >= 10 and np.median(quiet) > 0
+    dip_db = 20 * np.log10(np.median(ducked) / np.median(quiet))
+    assert -13.5 <= dip_db <= -10.5, f"the bed dipped by {dip_db:.1f} dB under the voice, not -12"
+
+
+def band_levels(pcm: np.ndarray, window: int = RATE // 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per 100 ms: the bed's level (its tone's bin) and the narration's (everything from 200 Hz up)."""
+    frames = pcm[: len(pcm) // window * window].reshape(-1, window) * np.hanning(window)
+    spectrum = np.abs(np.fft.rfft(frames, axis=1))
+    freqs = np.fft.rfftfreq(window, 1 / RATE)
+    bed = spectrum[:, np.argmin(np.abs(freqs - BED_HZ))]
+    voice = spectrum[:, freqs >= 200].max(axis=1)
+    return bed, voice
+
+
+def inside(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The windows of `mask` at least `margin` windows from its edges."""
+    kept = mask.copy()
+    for shift in range(1, margin + 1):
+        kept[shift:] &= mask[:-shift]
+        kept[:-shift] &= mask[shift:]
+    kept[:margin] = kept[-margin:] = False
+    return kept
