@@ -140,6 +140,7 @@ class MusicConfig:
     max_decodes: int = 2  # decodes at once, server-wide; others wait their turn
     decode_wait_s: float = 30  # an upload waits this long for a turn, then is answered 503
     decode_memory_mb: int = 1024  # address space each decoder may use
+    ambience_folder: str = "ambience"  # the console's scenes: <folder>/<channel>/<this>, else <folder>/<this>
 
     def __post_init__(self) -> None:
         for name in ("max_track_minutes", "decode_timeout_s", "max_decodes", "decode_memory_mb"):

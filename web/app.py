@@ -92,6 +92,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_put("/api/channels/{channel}/bed", beds.put_bed)
     app.router.add_delete("/api/channels/{channel}/bed", beds.delete_bed)
     app.router.add_get("/api/channels/{channel}/beds/{track_id}/{chunk_id}", beds.bed_segment)
+    app.router.add_get("/api/channels/{channel}/scenes", beds.list_scenes)
     app.router.add_post("/api/channels/{channel}/ready", api.ready_reports)  # between servers of a cluster
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
     app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)

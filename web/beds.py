@@ -1,15 +1,18 @@
 """The bed under a channel's line: PUT and DELETE /api/channels/{channel}/bed (producers), and its
 segments' audio, GET /api/channels/{channel}/beds/{track_id}/{chunk_id} (listeners)."""
 
+from pathlib import Path
+
 from aiohttp import web
 
 from broadcaster.core.bed import Bed
 from broadcaster.errors import NotFound
+from broadcaster.runtime.beds import scenes
 
 from .access import producer_channel, require_listener
 from .api import audio_format, audio_response
 from .http_util import json_body, path_id
-from .keys import CLUSTER, STATION
+from .keys import CLUSTER, CONFIG, STATION
 from .messages import bed_json
 from .replica import replica_of
 
@@ -26,6 +29,14 @@ async def delete_bed(request: web.Request) -> web.Response:
     body = await json_body(request) if request.can_read_body else {}
     fading = await request.app[STATION].stop_bed(name, body)
     return web.json_response({"bed": None, "fades_out_at_ms": fading.fades_out_at_ms, "ends_at_ms": fading.ends_at_ms})
+
+
+async def list_scenes(request: web.Request) -> web.Response:
+    """The console's scene buttons: what the channel's ambience folder holds."""
+    name = await producer_channel(request)
+    music = request.app[CONFIG].music
+    folder, found = scenes(Path(music.folder), name, music.ambience_folder)
+    return web.json_response({"folder": folder, "scenes": [{"name": s.name, s.kind: s.relative} for s in found]})
 
 
 async def bed_segment(request: web.Request) -> web.StreamResponse:

@@ -143,6 +143,35 @@ class BedMaker:
         return BedTrack(request_id, info.title, tuple(segments))
 
 
+@dataclass(frozen=True)
+class Scene:
+    """A bed the console offers: a folder or a file, named as PUT /bed takes it."""
+
+    name: str
+    kind: str  # "folder" or "path"
+    relative: str  # under the music folder
+
+
+def scenes(music_root: Path, channel: str, ambience: str) -> tuple[str | None, list[Scene]]:
+    """The folders and files of the channel's ambience folder (music/<channel>/<ambience>, else
+    music/<ambience>): where they are (under the music folder) and what they are, sorted by name."""
+    root = music_root.resolve()
+    for candidate in (root / channel / ambience, root / ambience):
+        folder = candidate.resolve()
+        if folder.is_dir() and (folder == root or root in folder.parents):
+            break
+    else:
+        return None, []
+    found = []
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name.lower()):
+        if entry.name.startswith("."):
+            continue
+        kind = "folder" if entry.is_dir() else "path" if entry.is_file() else None
+        if kind is not None:
+            found.append(Scene(entry.stem if kind == "path" else entry.name, kind, str(entry.relative_to(root))))
+    return str(folder.relative_to(root)), found
+
+
 def tracks_of(bed: Bed | None, fading: tuple[Bed, ...]) -> set[str]:
     """The stored tracks these beds play: their audio must be kept."""
     return {track.request_id for b in (bed, *fading) if b is not None for track in b.tracks}

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from chromium import FLAGS, chromium_path
-from speakers import PulseServer, pulseaudio_binaries
+from speakers import Listeners, PulseServer, pulseaudio_binaries
 
 
 @pytest.fixture
@@ -56,3 +56,17 @@ def pulse(tmp_path, request: pytest.FixtureRequest) -> Iterator[PulseServer]:
     started.start()
     yield started
     started.stop()
+
+
+@pytest.fixture
+async def listeners(server, pulse: PulseServer) -> AsyncIterator[Listeners]:
+    """Listener pages on the test server's channel, each in its own Chromium playing into its own sink
+    of `pulse`; closed after the test."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        opened = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path())
+        try:
+            yield opened
+        finally:
+            await opened.close()

@@ -292,3 +292,39 @@ async def test_private_channel_plays_from_the_shared_link_and_explains_without_i
     chunk_ids = [m["chunk_id"] for m in observer.messages if m["type"] == "audio_chunk_ready"]
     assert len(chunk_ids) == 4 and set(chunk_ids) <= set(await scheduled(page))
     assert page_errors.errors == []
+
+
+async def test_console_scene_buttons_set_the_bed_and_pause_stops_every_page(
+    browser, server, connect, page_errors, tmp_path, monkeypatch
+):
+    """The console lists the channel's ambience folder as buttons; one click puts a folder under the
+    line for everyone, the stop button fades it out; pause and resume are one button."""
+    from media import tone
+
+    scenes = tmp_path / "music" / server.channel / "ambience"
+    (scenes / "Tavern").mkdir(parents=True)
+    tone(scenes / "Tavern" / "rain.wav", 3, 150)
+    tone(scenes / "wind.wav", 2, 120)
+    monkeypatch.chdir(tmp_path)
+    observer = await connect()
+    await observer.next("snapshot")
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#scenes button")
+    assert [await b.text_content() for b in await console.query_selector_all("#scenes button")] == [
+        "\U0001f4c1 Tavern",
+        "wind",
+    ]
+    await console.click("#scenes button[aria-label='Play Tavern under the line']")
+    changed = await observer.next("bed_changed")
+    assert changed["bed"]["source"] == f"{server.channel}/ambience/Tavern"
+    await console.wait_for_function("document.getElementById('bed-now').textContent.includes('rain')")
+    await console.click("#stop-bed")
+    assert (await observer.next("bed_changed"))["bed"] is None
+    await console.click("#pause")
+    await observer.next("channel_paused")
+    await console.wait_for_function("document.getElementById('pause').textContent === 'Resume for everyone'")
+    await console.click("#pause")
+    await observer.next("channel_resumed")
+    assert page_errors.errors == []

@@ -11,11 +11,8 @@ import time
 
 import aiohttp
 import pytest
-from chromium import chromium_path
-from playwright.async_api import async_playwright
 from speakers import (
     SPEAKER_CONFIG,
-    Listeners,
     chunk_audio,
     clicks,
     follow,
@@ -33,25 +30,20 @@ NARRATION = (
 pytestmark = pytest.mark.server_config(SPEAKER_CONFIG)
 
 
-async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(server, connect, pulse):
+async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(server, connect, pulse, listeners):
     observer = await connect()
     await observer.next("snapshot")
-    async with async_playwright() as pw:
-        listeners = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path())
-        try:
-            recorder = await listeners.open_recorded([0, 1])
-            request_id = (await (await server.say(NARRATION)).json())["request_id"]
-            first = await observer.next("audio_chunk_ready")
-            second = await observer.next("audio_chunk_ready")
-            await asyncio.sleep(max(0.0, second["starts_at_ms"] / 1000 + 1.0 - time.time()))
-            began, resumed = await pulse.stall(0, 150)
-            await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
-            recording = recorder.stop(pulse.mix_latency_s())
-            page = listeners.pages[0]
-            glitches = await page.evaluate("window.broadcaster.output.glitchCount")
-            crossfades = await page.evaluate("window.broadcaster.player.crossfades")
-        finally:
-            await listeners.close()
+    recorder = await listeners.open_recorded([0, 1])
+    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    first = await observer.next("audio_chunk_ready")
+    second = await observer.next("audio_chunk_ready")
+    await asyncio.sleep(max(0.0, second["starts_at_ms"] / 1000 + 1.0 - time.time()))
+    began, resumed = await pulse.stall(0, 150)
+    await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
+    recording = recorder.stop(pulse.mix_latency_s())
+    page = listeners.pages[0]
+    glitches = await page.evaluate("window.broadcaster.output.glitchCount")
+    crossfades = await page.evaluate("window.broadcaster.player.crossfades")
 
     chunks = [first, second] + [m for m in observer.messages if m["type"] == "audio_chunk_ready"][2:]
     heard = {0: [], 1: []}

@@ -153,3 +153,22 @@ def inside(mask: np.ndarray, margin: int) -> np.ndarray:
         kept[:-shift] &= mask[shift:]
     kept[:margin] = kept[-margin:] = False
     return kept
+
+
+async def test_the_console_lists_the_channels_ambience_folder(server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    status, body = await send(server, "GET", "/api/channels/table/scenes")
+    assert status == 200 and body == {"folder": None, "scenes": []}  # no music folder at all
+    shared = tmp_path / "music" / "ambience"
+    (shared / "Storm").mkdir(parents=True)
+    (shared / "bells.ogg").write_bytes(b"")
+    (shared / ".hidden").write_bytes(b"")
+    status, body = await send(server, "GET", "/api/channels/table/scenes")
+    assert body == {
+        "folder": "ambience",
+        "scenes": [{"name": "bells", "path": "ambience/bells.ogg"}, {"name": "Storm", "folder": "ambience/Storm"}],
+    }
+    (tmp_path / "music" / "table" / "ambience" / "Tavern").mkdir(parents=True)  # the channel's own comes first
+    status, body = await send(server, "GET", "/api/channels/table/scenes")
+    assert body == {"folder": "table/ambience", "scenes": [{"name": "Tavern", "folder": "table/ambience/Tavern"}]}
+    assert (await send(server, "GET", "/api/channels/table/scenes", token=None))[0] == 401

@@ -22,6 +22,8 @@ $("text").addEventListener("keydown", (e) => {
 $("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
 $("shuffle").addEventListener("click", () => control("/queue/shuffle", {}, "shuffle"));
 $("repeat").addEventListener("change", () => control("/queue/repeat", { mode: $("repeat").value }, "set repeat"));
+$("stop-bed").addEventListener("click", stopBed);
+$("reload-scenes").addEventListener("click", loadScenes);
 $("pause").addEventListener("click", () => (state.paused ? control("/resume", {}, "resume") : control("/pause", {}, "pause")));
 $("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
 
@@ -56,6 +58,49 @@ async function login(token) {
   $("desk").hidden = false;
   $("text").focus();
   socket.start();
+  loadScenes();
+}
+
+// ---- scenes: a bed under the line, one click per folder or file of the ambience folder ----------
+
+async function loadScenes() {
+  try {
+    const data = await api("GET", "/scenes");
+    $("scenes").replaceChildren(...data.scenes.map((scene) =>
+      button(scene.folder ? `\u{1F4C1} ${scene.name}` : scene.name, () => setBed(scene), `Play ${scene.name} under the line`)));
+    $("scenes-empty").hidden = data.scenes.length > 0;
+    $("scenes-empty").textContent = data.folder
+      ? `Nothing in ${data.folder} yet: put folders or files of music there.`
+      : `No ambience folder: make music/${channel}/ambience (or music/ambience) with folders or files in it.`;
+  } catch (err) {
+    notice(`Could not list the scenes: ${err.message}`);
+  }
+}
+
+async function setBed(scene) {
+  $("scene-status").textContent = `Preparing ${scene.name}…`;
+  try {
+    await api("PUT", "/bed", scene.folder ? { folder: scene.folder, shuffle: true } : { path: scene.path });
+    $("scene-status").textContent = "";
+  } catch (err) {
+    $("scene-status").textContent = "";
+    notice(`Could not play ${scene.name}: ${err.message}`);
+  }
+}
+
+async function stopBed() {
+  try {
+    await api("DELETE", "/bed");
+  } catch (err) {
+    notice(`Could not stop the bed: ${err.message}`);
+  }
+}
+
+function showBed(bed) {
+  $("bed-now").textContent = bed
+    ? `Under the line: ${bed.source} (${bed.tracks.map((t) => t.title).join(", ")}), volume ${Math.round(bed.volume * 100)}%, ${bed.duck_db} dB under the voice`
+    : "No bed under the line.";
+  $("stop-bed").disabled = !bed;
 }
 
 async function say() {
@@ -111,6 +156,7 @@ function handle(m) {
   switch (m.type) {
     case "snapshot":
       showPause(m.paused_at_ms != null);
+      showBed(m.bed);
       state.nowPlaying = m.now_playing;
       Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
       showListeners(m.listeners);
@@ -126,6 +172,7 @@ function handle(m) {
     case "listeners_changed": showListeners(m.listeners); break;
     case "channel_paused": showPause(true); break;
     case "channel_resumed": showPause(false); break;
+    case "bed_changed": showBed(m.bed); break;
   }
 }
 

@@ -7,6 +7,7 @@
 // both clocks' rates, takes small errors out smoothly and fixes an output glitch with a short
 // crossfade. <audio>.currentTime is never used for sync.
 
+import { BedLayer, duckEnvelope, gainAt, levelAt } from "./bed.js";
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
 import { Player, soundsFrom } from "./player.js";
@@ -16,7 +17,7 @@ const MIN_SYNC_SAMPLES = 8;   // the whole connect burst: a late joiner waits ~0
 const TICK_MS = 40;           // how often the output is read and what plays is kept in place
 const REPORT_MS = 10000;      // how often the page tells the server how well it keeps in step
 const LATENCY_KEY = "broadcaster.latencyMs";
-const VOLUME_KEY = "broadcaster.volume";
+const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
 const channel = channelFromPath();
 const $ = (id) => document.getElementById(id);
@@ -28,6 +29,11 @@ const state = {
   stats: { scheduled: [], sync: [] },
   output: null, player: null,
   pausedAtMs: null, // server ms the channel stopped at (or will stop at, a lead from the pause), while paused
+  beds: new Map(), // bed_id -> BedLayer: the bed playing and those fading out
+  bedBuffers: new Map(), // chunk_id -> Promise<AudioBuffer> of bed segments
+  speech: new Map(), // chunk_id -> [start, end] of narration: what the bed ducks under
+  kinds: new Map(), // request_id -> "speech" or "track"
+  voiceGain: null, musicGain: null,
 };
 window.broadcaster = state;
 const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, params: { key: listenKey() } });
@@ -42,19 +48,26 @@ $("latency").addEventListener("change", () => {
   localStorage.setItem(LATENCY_KEY, String(state.latencyMs));
   keepInStep(); // what plays crossfades to its new place; what waits is re-timed
 });
-$("volume").value = localStorage.getItem(VOLUME_KEY) || "1";
-$("volume").addEventListener("input", applyVolume);
+for (const layer of ["voice", "music"]) {
+  $(`${layer}-volume`).value = localStorage.getItem(VOLUME_KEYS[layer]) || "1";
+  $(`${layer}-volume`).addEventListener("input", applyVolume);
+}
 $("mute").addEventListener("click", () => { $("mute").setAttribute("aria-pressed", String($("mute").getAttribute("aria-pressed") !== "true")); applyVolume(); });
 
 async function tuneIn() {
   state.ctx = new AudioContext({ latencyHint: "playback" });
-  state.gain = state.ctx.createGain();
+  state.gain = state.ctx.createGain(); // mute
   state.gain.connect(state.ctx.destination);
+  state.voiceGain = state.ctx.createGain();
+  state.voiceGain.connect(state.gain);
+  state.musicGain = state.ctx.createGain();
+  state.musicGain.connect(state.gain);
   applyVolume();
   await state.ctx.resume();
   state.output = new OutputClock(state.ctx);
-  state.player = new Player(state.ctx, state.gain, timeline);
+  state.player = new Player(state.ctx, state.voiceGain, timeline);
   state.output.onGlitch = () => { keepInStep(); report(); };
+  if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
   $("tune").hidden = true;
   $("player").hidden = false;
   socket.start();
@@ -65,10 +78,13 @@ async function tuneIn() {
 }
 
 function applyVolume() {
-  localStorage.setItem(VOLUME_KEY, $("volume").value);
+  for (const layer of ["voice", "music"]) localStorage.setItem(VOLUME_KEYS[layer], $(`${layer}-volume`).value);
   const muted = $("mute").getAttribute("aria-pressed") === "true";
   $("mute").textContent = muted ? "Unmute" : "Mute";
-  if (state.gain) state.gain.gain.value = muted ? 0 : Number($("volume").value);
+  if (!state.gain) return;
+  state.gain.gain.value = muted ? 0 : 1;
+  state.voiceGain.gain.value = Number($("voice-volume").value);
+  state.musicGain.gain.value = Number($("music-volume").value);
 }
 
 // ---- time mapping -----------------------------------------------------------------------
@@ -80,6 +96,7 @@ const timeline = {
   serverAt: (when) => socket.clock.serverMs(state.output.localAt(when) + state.latencyMs),
   // buffer seconds per context second that keep audio on server time
   rate: () => (1 + socket.clock.driftPpm / 1e6) / (state.output.line.rate * 1000),
+  serverNow: () => socket.clock.serverMs(),
 };
 
 // ---- messages ---------------------------------------------------------------------------
@@ -89,14 +106,18 @@ function handle(m) {
     case "snapshot": onSnapshot(m); break;
     case "audio_stream_started":
       state.request = describe(m);
+      state.kinds.set(m.request_id, m.kind);
       renderCaptions();
       break;
-    case "audio_chunk_ready": addChunk(m.request_id, m, true); break;
+    case "audio_chunk_ready": noteSpeech(m.request_id, m); addChunk(m.request_id, m, true); break;
     case "timeline_shifted": {
       const chunk = state.chunks.get(m.chunk_id);
       if (chunk && chunk.starts_at_ms !== m.starts_at_ms) retime(chunk, m.starts_at_ms);
+      const span = state.speech.get(m.chunk_id);
+      if (span) noteSpeech(m.request_id, { chunk_id: m.chunk_id, starts_at_ms: m.starts_at_ms, duration_ms: span[1] - span[0] });
       break;
     }
+    case "bed_changed": setBeds(m.bed, m.fading_beds); break;
     case "request_failed":
       dropChunks(m.discarded_chunk_ids);
       notice(`A narration failed: ${m.reason}`);
@@ -117,6 +138,9 @@ function handle(m) {
 function onSnapshot(m) {
   if (m.paused_at_ms != null) pauseAt(m.paused_at_ms); else showPaused(false);
   state.pausedAtMs = m.paused_at_ms ?? null;
+  state.speech = new Map((m.speech_ms || []).map(([start, end], i) => [`snapshot${i}`, [start, end]]));
+  if (m.now_playing) state.kinds.set(m.now_playing.request_id, m.now_playing.kind);
+  setBeds(m.bed ?? null, m.fading_beds || []);
   showQueue(m.queue);
   showListeners(m.listeners);
   const playing = m.now_playing;
@@ -196,6 +220,7 @@ function pauseAt(atMs) {
   if (!ready()) return;
   const t = timeline.ctxAt(atMs);
   for (const chunk of state.chunks.values()) if (chunk.voice) state.player.cut(chunk, t);
+  for (const layer of state.beds.values()) layer.cut(atMs);
 }
 
 function heldByPause(chunk) {
@@ -214,6 +239,11 @@ function resume(m) {
     if (chunk.starts_at_ms < m.paused_at_ms) chunk.from_ms = m.resumes_at_ms;
     chunk.starts_at_ms += m.shift_ms;
   }
+  for (const span of state.speech.values()) {
+    if (span[1] > m.paused_at_ms) { span[0] += m.shift_ms; span[1] += m.shift_ms; }
+  }
+  // Beds the pause moved come in a bed_changed; a resume that moved nothing goes on from the pause.
+  if (m.shift_ms === 0) for (const layer of state.beds.values()) layer.reset(m.paused_at_ms);
   if (m.shift_ms === 0) { // resumed before the pause took effect: what was cut goes on at its moment
     for (const chunk of state.chunks.values()) {
       if (!chunk.voice && !chunk.done && chunk.starts_at_ms < m.paused_at_ms && chunk.starts_at_ms + chunk.duration_ms > m.paused_at_ms) {
@@ -233,11 +263,56 @@ function retime(chunk, startsAtMs) {
   if (chunk.voice) keepInStep(); else if (chunk.buffer && !chunk.done) schedule(chunk);
 }
 
-// Every tick: what plays stays on the timeline, what waits is re-timed (player.js).
+// Every tick: what plays stays on the timeline, what waits is re-timed (player.js); the beds likewise.
 function keepInStep() {
   if (!ready()) return;
   scheduleWaiting();
-  state.player.tick(state.chunks.values(), nowMs());
+  const local = nowMs();
+  state.player.tick(state.chunks.values(), local);
+  const now = socket.clock.serverMs(local), speech = [...state.speech.values()];
+  for (const [id, layer] of state.beds) {
+    if (layer.over) { layer.close(); state.beds.delete(id); continue; }
+    layer.tick(now, state.pausedAtMs, speech, local);
+  }
+  showBed(now);
+}
+
+// ---- the bed ------------------------------------------------------------------------------
+
+// The beds as the server says they are now: a layer per bed, kept (and told of changes) if it plays
+// already, made if it is new, closed if the server no longer lists it.
+function setBeds(playing, fading) {
+  state.bedInfo = { playing, fading };
+  if (!state.ctx) return; // not tuned in yet: made at the first tick after
+  const listed = [playing, ...fading].filter(Boolean);
+  for (const [id, layer] of state.beds) if (!listed.some((b) => b.bed_id === id)) { layer.close(); state.beds.delete(id); }
+  for (const bed of listed) {
+    const layer = state.beds.get(bed.bed_id);
+    if (layer) layer.update(bed);
+    else state.beds.set(bed.bed_id, new BedLayer(state.ctx, state.musicGain, timeline, bed, state.bedBuffers));
+  }
+}
+
+// Narration the bed ducks under: every placed chunk of a speech request.
+function noteSpeech(requestId, chunk) {
+  if ((state.kinds.get(requestId) || "speech") !== "speech") return;
+  state.speech.set(chunk.chunk_id, [chunk.starts_at_ms, chunk.starts_at_ms + chunk.duration_ms]);
+  for (const layer of state.beds.values()) layer.relayOut();
+}
+
+// The gain the page gives the playing bed at server time t (volume, fades, ducking): for tests.
+function bedGainAt(t) {
+  const bed = state.bedInfo && state.bedInfo.playing;
+  return bed ? levelAt(bed, t) * gainAt(duckEnvelope([...state.speech.values()], bed.duck_db), t) : 0;
+}
+state.bedGainAt = bedGainAt;
+
+function showBed(now) {
+  const bed = state.bedInfo && state.bedInfo.playing;
+  const layer = bed && state.beds.get(bed.bed_id);
+  const title = layer && layer.titleAt(now);
+  $("bed").hidden = !bed;
+  if (bed) $("bed").textContent = `Music: ${title || bed.source} (${bed.source})`;
 }
 
 function stop(chunk) {
@@ -258,6 +333,8 @@ function stopRequest(requestId) {
 function forgetOld() {
   const cutoff = socket.clock.serverMs() - 60000; // long-finished chunks
   for (const [id, c] of state.chunks) if (c.starts_at_ms + c.duration_ms < cutoff) state.chunks.delete(id);
+  const ducked = socket.clock.serverMs() - 5000; // narration the ducking no longer follows
+  for (const [id, span] of state.speech) if (span[1] < ducked) state.speech.delete(id);
   if (state.stats.scheduled.length > 500) state.stats.scheduled.splice(0, 250);
 }
 

@@ -1,0 +1,108 @@
+"""The bed at the speaker: listener pages in Chromium, each on its own PulseAudio sink, recorded on one
+clock (tests/speakers.py), one of them tuning in after the bed began. The bed (a 100 Hz hum, below
+the tone engine's narration) dips under a narration and comes back: every page must make those
+ramps at the same moments, on the timeline, with the gain the server computes; and a page keeps
+its Music volume."""
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+from media import tone
+from speakers import RATE, SPEAKER_CONFIG
+
+from broadcaster.core.bed import ATTACK_MS, HOLD_MS, RELEASE_MS, duck_envelope, gain_at
+
+BED_HZ = 100
+WITHIN_MS = 5
+NARRATION = "The stranger at the bar raises a glass. Nobody answers him."
+
+pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(3)]
+
+
+@pytest.fixture
+def music(tmp_path, monkeypatch):
+    (tmp_path / "music" / "ambience").mkdir(parents=True)
+    tone(tmp_path / "music" / "ambience" / "hum.wav", 30, BED_HZ)
+    monkeypatch.chdir(tmp_path)  # the default music folder is ./music
+
+
+async def put_bed(server, body: dict) -> dict:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {server.token}"}
+        async with http.put(f"{server.base_url}/api/channels/{server.channel}/bed", json=body, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return (await resp.json())["bed"]
+
+
+def bed_level(recording, listener: int, hop_ms: int = 2, window_ms: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """The hum's amplitude in the listener's channel every hop_ms: (wall-clock times, levels). A Hann
+    window centred on each moment, so a ramp's middle is where the filtered one's middle is."""
+    signal = recording.channel(listener)
+    phase = np.exp(-2j * np.pi * BED_HZ * np.arange(len(signal)) / RATE)
+    window = np.hanning(window_ms * RATE // 1000)
+    level = np.abs(np.convolve(signal * phase, window / window.sum(), mode="same")) * 2
+    frames = np.arange(0, len(signal), hop_ms * RATE // 1000)
+    return np.array([recording.clock.time_of(f) for f in frames]), level[frames]
+
+
+def crossing_s(times: np.ndarray, level: np.ndarray, threshold: float, after_s: float, falling: bool) -> float:
+    """The first moment after `after_s` the level crosses `threshold` (down if `falling`), interpolated."""
+    above = level > threshold
+    for i in np.nonzero(times > after_s)[0][:-1]:
+        if above[i] == falling and above[i + 1] != falling:
+            a, b = level[i] - threshold, level[i + 1] - threshold
+            return float(times[i] + (times[i + 1] - times[i]) * a / (a - b))
+    raise AssertionError(f"the level never crossed {threshold:.0f} after {after_s:.3f}")
+
+
+async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(server, connect, pulse, listeners, music):
+    observer = await connect()
+    await observer.next("snapshot")
+    recorder = await listeners.open_recorded([0, 1])
+    bed = await put_bed(server, {"path": "ambience/hum.wav", "volume": 1.0, "fade_ms": 0})
+    await until(bed["origin_ms"] / 1000 + 0.5)
+    await listeners.open(2)  # tunes in while the bed plays
+    await asyncio.sleep(2.0)
+    await server.say(NARRATION)
+    chunks = [await observer.next("audio_chunk_ready") for _ in range(2)]
+    end_ms = chunks[-1]["starts_at_ms"] + chunks[-1]["duration_ms"]
+    await until(end_ms / 1000 + 2.5)
+    recording = recorder.stop(pulse.mix_latency_s())
+    page = listeners.pages[2]
+    assert "hum" in await page.text_content("#bed")
+    speech = [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
+    points = duck_envelope(speech, bed["duck_db"])
+    moments = [points[0][0] + 50, speech[0][0] + 500, speech[-1][1] + HOLD_MS + RELEASE_MS // 3]
+    for listener, shown in listeners.pages.items():
+        gains = await shown.evaluate("(ts) => ts.map((t) => window.broadcaster.bedGainAt(t))", moments)
+        assert gains == pytest.approx([gain_at(points, t) for t in moments], abs=1e-9), listener
+    await page.fill("#music-volume", "0.35")
+    await page.dispatch_event("#music-volume", "input")
+    await page.reload()
+    assert await page.input_value("#music-volume") == "0.35"  # remembered by this browser
+
+    start_s, end_s = speech[0][0] / 1000, speech[-1][1] / 1000
+    down, up = {}, {}
+    for listener in (0, 1, 2):
+        times, level = bed_level(recording, listener)
+        full = np.median(level[(times > start_s - 1.5) & (times < start_s - 0.5)])
+        low = np.median(level[(times > start_s + 0.3) & (times < end_s)])
+        assert 20 * np.log10(low / full) == pytest.approx(bed["duck_db"], abs=1.5), f"listener {listener}"
+        middle = (full + low) / 2
+        down[listener] = (crossing_s(times, level, middle, start_s - 1.0, falling=True) - start_s) * 1000
+        up[listener] = (crossing_s(times, level, middle, end_s, falling=False) - end_s) * 1000
+    for name, moments_ms, due_ms in (
+        ("dip", down, -ATTACK_MS / 2),
+        ("return", up, HOLD_MS + RELEASE_MS / 2),
+    ):
+        spread = max(moments_ms.values()) - min(moments_ms.values())
+        assert spread <= WITHIN_MS, f"the pages' {name}s are {spread:.1f} ms apart: {moments_ms}"
+        off = {i: round(m - due_ms, 1) for i, m in moments_ms.items()}
+        assert all(abs(v) <= WITHIN_MS for v in off.values()), f"{name} off the timeline by {off} ms"
+
+
+async def until(wall_s: float) -> None:
+    await asyncio.sleep(max(0.0, wall_s - time.time()))
