@@ -178,6 +178,7 @@ class ScheduleEntry:
     cron: str
     say: str = ""
     track: str = ""
+    over: bool = False  # `say` over the track on the air (talk-over), not after it
 
 
 @dataclass(frozen=True)
@@ -333,11 +334,15 @@ def _schedule(entries: Any) -> tuple[ScheduleEntry, ...]:
         known = {f.name for f in fields(ScheduleEntry)}
         if not isinstance(entry, dict) or set(entry) - known or not {"channel", "cron"} <= set(entry):
             raise BadInput(f"expected a [[schedule]] with channel, cron and say or track, got {entry!r}"[:300])
-        if not all(isinstance(value, str) for value in entry.values()):
-            raise BadInput(f"expected text values in the [[schedule]] entry, got {entry!r}"[:300])
+        if not all(isinstance(value, bool if key == "over" else str) for key, value in entry.items()):
+            raise BadInput(
+                f"expected text values (and over = true or false) in the [[schedule]] entry, got {entry!r}"[:300]
+            )
         item = ScheduleEntry(**entry)
         if bool(item.say) == bool(item.track):
             raise BadInput(f"expected exactly one of say or track in the schedule entry for {item.cron!r}")
+        if item.over and not item.say:
+            raise BadInput(f"expected over only with say, in the schedule entry for {item.cron!r}")
         parse_cron(item.cron)
         parsed.append(item)
     return tuple(parsed)

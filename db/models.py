@@ -47,6 +47,7 @@ class RequestRow(Base):
     artist: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
     auto: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    talk_over: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")  # narration over the track
     __table_args__ = (
         Index("ix_requests_channel_state", "channel_id", "state"),
         Index("ix_requests_finished", "state", "finished_at_ms"),

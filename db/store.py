@@ -247,6 +247,7 @@ class Store:
             artist=row.artist,
             duration_ms=row.duration_ms,
             auto=bool(row.auto),
+            over=bool(row.talk_over),
         )
 
     # -- listeners and acknowledgements ----------------------------------------
@@ -372,6 +373,7 @@ UPDATE_REQUEST = (
         generation_started_ms=bindparam("new_generation_started_ms"),
         finished_at_ms=bindparam("new_finished_at_ms"),
         error=bindparam("new_error"),
+        talk_over=bindparam("new_over"),
     )
 )
 
@@ -404,6 +406,7 @@ def _request_values(request: Request, channel_id: int) -> dict:
         artist=request.artist,
         duration_ms=request.duration_ms,
         auto=request.auto,
+        talk_over=request.over,
     )
 
 
@@ -414,6 +417,7 @@ def _request_state(request: Request) -> dict:
         new_generation_started_ms=request.generation_started_ms,
         new_finished_at_ms=request.finished_at_ms,
         new_error=request.error,
+        new_over=request.over,
     )
 
 

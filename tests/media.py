@@ -3,6 +3,8 @@
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from tts.encode import ffmpeg_exe
 
 
@@ -30,3 +32,25 @@ def tone(path: Path, seconds: float, freq: int = 440, *options: str, tags: dict[
         timeout=60,
     )
     return path
+
+
+def band_levels(pcm: np.ndarray, tone_hz: int, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per 100 ms of `pcm`: the level of a tone (its bin) and of the tone engine's narration (everything
+    from 200 Hz up)."""
+    window = rate // 10
+    frames = pcm[: len(pcm) // window * window].reshape(-1, window) * np.hanning(window)
+    spectrum = np.abs(np.fft.rfft(frames, axis=1))
+    freqs = np.fft.rfftfreq(window, 1 / rate)
+    level = spectrum[:, np.argmin(np.abs(freqs - tone_hz))]
+    voice = spectrum[:, freqs >= 200].max(axis=1)
+    return level, voice
+
+
+def inside(mask: np.ndarray, margin: int) -> np.ndarray:
+    """The windows of `mask` at least `margin` windows from its edges."""
+    kept = mask.copy()
+    for shift in range(1, margin + 1):
+        kept[shift:] &= mask[:-shift]
+        kept[:-shift] &= mask[shift:]
+    kept[:margin] = kept[-margin:] = False
+    return kept

@@ -28,7 +28,7 @@ async def submit_request(request: web.Request) -> web.Response:
     body = await json_body(request)
     if "text" not in body:
         raise BadInput(f'expected a JSON object with "text", got keys {sorted(body)[:10]}')
-    queued, position = await station.submit(name, body["text"])
+    queued, position = await station.submit(name, body["text"], body.get("over", False))
     return web.json_response(
         {
             "request_id": queued.request_id,
@@ -42,7 +42,9 @@ async def submit_request(request: web.Request) -> web.Response:
 
 async def producer_check(request: web.Request) -> web.Response:
     """Lets the console check a token before showing its controls."""
-    return web.json_response({"channel": await producer_channel(request), "producer": True})
+    name = await producer_channel(request)
+    row = await request.app[STATION].channel_row(name)
+    return web.json_response({"channel": name, "producer": True, "style": row.style})
 
 
 async def skip_request(request: web.Request) -> web.Response:

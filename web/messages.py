@@ -45,7 +45,7 @@ def chunk_json(chunk: Chunk) -> dict[str, Any]:
 def source_json(request: Request) -> dict[str, Any]:
     """What the request is: narration, or a track with its tags."""
     if request.kind != "track":
-        return {"kind": "speech"}
+        return {"kind": "speech", "over": True} if request.over else {"kind": "speech"}
     return {
         "kind": "track",
         "title": request.title,
@@ -74,17 +74,24 @@ def now_playing_json(channel: Channel, now_ms: int) -> dict[str, Any] | None:
         return None
     position = channel.position(now_ms)
     return {
-        "request_id": head.request_id,
-        "status": head.state.value,
-        "starts_at_ms": head.starts_at_ms,
-        "text": head.text,
-        **source_json(head),
-        "chunks_total": len(head.sentences),
-        "stream_url": stream_url(head.request_id),
-        "chunks": [chunk_json(c) for c in head.live_chunks() if c.scheduled],
+        **on_air_json(head),
         "position": None
         if position is None
         else {"chunk_id": position.chunk.chunk_id, "offset_ms": position.offset_ms},
+    }
+
+
+def on_air_json(request: Request) -> dict[str, Any]:
+    """A request on the air (or about to be) with its placed chunks."""
+    return {
+        "request_id": request.request_id,
+        "status": request.state.value,
+        "starts_at_ms": request.starts_at_ms,
+        "text": request.text,
+        **source_json(request),
+        "chunks_total": len(request.sentences),
+        "stream_url": stream_url(request.request_id),
+        "chunks": [chunk_json(c) for c in request.live_chunks() if c.scheduled],
     }
 
 
@@ -115,6 +122,7 @@ def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
         "recent": recent_json(channel),
         "repeat": channel.repeat.value,
         "paused_at_ms": channel.paused_at_ms,
+        "over": [on_air_json(r) for r in channel.overlay],
         **beds_json(channel.name, channel.bed, channel.fading_beds),
         "speech_ms": [list(span) for span in channel.speech(now_ms)],
     }

@@ -45,6 +45,7 @@ class ReplicaChannel:
     def __init__(self, name: str):
         self.name = name
         self.line: list[Request] = []
+        self.overlay: list[Request] = []  # talk-over narration on the air over the track
         self.recent: deque[Request] = deque(maxlen=RECENT_KEPT)
         self.paused_at_ms: int | None = None
         self.bed: Bed | None = None
@@ -53,16 +54,20 @@ class ReplicaChannel:
     def speech(self, now_ms: int) -> list[tuple[int, int]]:
         """As the core's Channel.speech: what the bed ducks under."""
         horizon = now_ms if self.paused_at_ms is None else min(now_ms, self.paused_at_ms)
-        return speech_of((*self.recent, *self.line), horizon - HOLD_MS - RELEASE_MS)
+        return speech_of((*self.recent, *self.line, *self.overlay), horizon - HOLD_MS - RELEASE_MS)
+
+    def talk_over(self, now_ms: int) -> list[tuple[int, int]]:
+        horizon = now_ms if self.paused_at_ms is None else min(now_ms, self.paused_at_ms)
+        return speech_of((r for r in (*self.recent, *self.overlay) if r.over), horizon - HOLD_MS - RELEASE_MS)
 
     def find_request(self, request_id: str) -> Request | None:
-        for request in (*self.line, *self.recent):
+        for request in (*self.line, *self.overlay, *self.recent):
             if request.request_id == request_id:
                 return request
         return None
 
     def known(self) -> dict[str, Request]:
-        return {request.request_id: request for request in (*self.recent, *self.line)}
+        return {request.request_id: request for request in (*self.recent, *self.line, *self.overlay)}
 
 
 class ChannelReplica:
@@ -117,6 +122,11 @@ class ChannelReplica:
             line.append(head)
         line += [self._described(known, item) for item in state.get("queue", ())]
         self.channel.line = line
+        self.channel.overlay = []
+        for item in state.get("over", ()):
+            request = self._described(known, item)
+            request.chunks = [_chunk(request.request_id, c) for c in item.get("chunks", ())]
+            self.channel.overlay.append(request)
         self.channel.recent.clear()
         self.channel.recent.extend(self._described(known, item) for item in reversed(state.get("recent", ())))
         self.channel.paused_at_ms = state.get("paused_at_ms")
@@ -132,7 +142,10 @@ class ChannelReplica:
 
     def _stream_started(self, message: Message) -> None:
         request = self.find_request(message["request_id"])
-        if request is None:
+        if request is None and message.get("over"):
+            request = Request(message["request_id"], self.name, "", [], 0)
+            self.channel.overlay.append(request)  # talk-over: not in line
+        elif request is None:
             request = Request(message["request_id"], self.name, "", [], 0)
             line = self.channel.line
             on_air = next((i for i, r in enumerate(line) if not r.chunks), len(line))
@@ -161,7 +174,7 @@ class ChannelReplica:
         """As the owner's Channel.resume moved them: what had not ended by the pause, later by the shift."""
         self.channel.paused_at_ms = None
         paused_at, shift = message["paused_at_ms"], message["shift_ms"]
-        for request in (*self.channel.line, *self.channel.recent):
+        for request in (*self.channel.line, *self.channel.overlay, *self.channel.recent):
             for chunk in request.chunks:
                 if shift and chunk.starts_at_ms is not None and chunk.ends_at_ms > paused_at:
                     if chunk.starts_at_ms < paused_at:
@@ -204,8 +217,9 @@ class ChannelReplica:
         return request
 
     def _retire(self, request: Request) -> None:
-        if request in self.channel.line:
-            self.channel.line.remove(request)
+        for running in (self.channel.line, self.channel.overlay):
+            if request in running:
+                running.remove(request)
         if request not in self.channel.recent:
             self.channel.recent.append(request)
 
@@ -254,7 +268,7 @@ def _describe(request: Request, item: Message) -> None:
     if "chunks_total" in item and len(request.sentences) != item["chunks_total"]:
         request.sentences = [""] * item["chunks_total"]
     if "kind" in item:
-        request.kind = item["kind"]
+        request.kind, request.over = item["kind"], item.get("over", False)
         request.title, request.artist = item.get("title"), item.get("artist")
         request.duration_ms, request.auto = item.get("duration_ms"), item.get("auto", False)
     if "error" in item:

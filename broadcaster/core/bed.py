@@ -28,6 +28,7 @@ from .states import ChunkState
 ATTACK_MS = 150  # the bed is fully down this long after it starts dipping: when the voice begins
 HOLD_MS = 400  # it stays down this long after the voice ends (and so through a sentence gap)
 RELEASE_MS = 600  # then comes back up over this long
+TALK_OVER_DUCK_DB = -12.0  # how far a track dips under talk-over narration
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
 * A bed (core/bed.py) loops under the line: `set_bed` starts one a lead ahead,
   crossfading with the one before, which fades out and is forgotten once it
   has; `stop_bed` fades it out. A pause moves beds as it moves chunks.
+* Talk-over: narration submitted with `over` while a track is on the air goes
+  to the *overlay*, not the line: its chunks are placed on a cursor of their
+  own from a lead ahead, over the track, which ducks under them (core/bed.py's
+  envelope, TALK_OVER_DUCK_DB). Overlay requests are made before anything in
+  line and play one after another. With no track on the air, `over` means
+  nothing: the narration queues as any other.
 * `pause(now)` stops everything a lead ahead (`paused_at_ms`), so every listener
   stops on the same sample. From then on nothing new goes on the air at or
   after that moment, nothing ending after it is retired, and no generation
@@ -70,6 +76,7 @@ class Channel:
         self.name = name
         self.config = config
         self.line: list[Request] = []
+        self.overlay: list[Request] = []  # talk-over narration, placed over the track on the air
         self.recent: deque[Request] = deque(maxlen=RECENT_LIMIT)
         self._played_end_ms: int | None = None
         self.dirty: set[str] = set()  # request ids whose state the adapter must persist
@@ -88,7 +95,13 @@ class Channel:
     # -- producers and the generation worker ---------------------------------
 
     def submit(self, request: Request, now_ms: int) -> list[Event]:
-        """Queue a request; a producer's request goes before any auto-DJ track not yet on the air."""
+        """Queue a request; a producer's request goes before any auto-DJ track not yet on the air.
+        Talk-over narration goes over the track on the air if there is one, else in line as any other."""
+        if request.over and request.kind == "speech" and self._track_on_air(now_ms):
+            self.overlay.append(request)
+            self.dirty.add(request.request_id)
+            return [QueueChanged(), *self._place(now_ms)]
+        request.over = False
         at = len(self.line)
         if not request.auto:
             at = next((i for i in range(self.movable_from(), len(self.line)) if self.line[i].auto), at)
@@ -152,8 +165,15 @@ class Channel:
         return self.movable_from() == len(self.line)
 
     def next_job(self) -> Request | None:
-        """The first request in line that still needs audio."""
-        return next((r for r in self.line if not r.generated), None)
+        """The request that needs audio first: talk-over narration, else the first in line."""
+        return next((r for r in (*self.overlay, *self.line) if not r.generated), None)
+
+    def _track_on_air(self, now_ms: int) -> bool:
+        """A track is sounding, or goes on the air within the lead."""
+        head = self.now_playing()
+        if head is None or head.kind != "track" or not head.chunks or not head.chunks[0].scheduled:
+            return False
+        return head.chunks[0].starts_at_ms <= now_ms + self.lead_ms and head.scheduled_end_ms() > now_ms
 
     def next_chunk_due_ms(self, request: Request) -> int | None:
         """When the request's next chunk must be ready to start on time, if it is on the air
@@ -211,7 +231,7 @@ class Channel:
                 discarded.append(chunk.chunk_id)
         request.error = "skipped by the producer" if on_air else "cancelled by the producer"
         request.finished_at_ms = now_ms
-        if cut:
+        if cut and request not in self.overlay:
             self._played_end_ms = max(self._played_end_ms or 0, now_ms)
         self._leave_line(request)
         return RequestCancelled(request, on_air, now_ms, tuple(discarded))
@@ -238,7 +258,12 @@ class Channel:
 
     def speech(self, now_ms: int) -> list[tuple[int, int]]:
         """The narration the ducking follows from now on (and what it is still coming back up from)."""
-        return speech_of((*self.recent, *self.line), self._horizon(now_ms) - HOLD_MS - RELEASE_MS)
+        return speech_of((*self.recent, *self.line, *self.overlay), self._horizon(now_ms) - HOLD_MS - RELEASE_MS)
+
+    def talk_over(self, now_ms: int) -> list[tuple[int, int]]:
+        """The talk-over narration the track on the air ducks under."""
+        since = self._horizon(now_ms) - HOLD_MS - RELEASE_MS
+        return speech_of((r for r in (*self.recent, *self.overlay) if r.over), since)
 
     def _bed_moment(self, now_ms: int) -> int:
         at = now_ms + self.lead_ms
@@ -281,7 +306,7 @@ class Channel:
 
     def _shift_after(self, paused_at: int, shift_ms: int) -> None:
         """Everything that had not ended by `paused_at` moves `shift_ms` later; what was cut goes on."""
-        for request in (*self.line, *self.recent):
+        for request in (*self.line, *self.overlay, *self.recent):
             moved = False
             for chunk in request.chunks:
                 if chunk.scheduled and chunk.ends_at_ms > paused_at:
@@ -310,7 +335,7 @@ class Channel:
         if self.fading_beds and (kept := self._still_fading(now_ms)) != self.fading_beds:
             self.fading_beds, self.bed_dirty = kept, True  # faded out: nothing more to hear of them
         events: list[Event] = []
-        for request in list(self.line):
+        for request in [*self.overlay, *self.line]:
             events += self._retire(request, self._horizon(now_ms))
             events += self._check_timeout(request, now_ms)
         return events + self._place(now_ms)
@@ -320,7 +345,7 @@ class Channel:
 
     def _deadlines(self) -> Iterator[int]:
         horizon = self.paused_at_ms  # paused: only what ends before the pause still happens
-        for request in self.line:
+        for request in (*self.overlay, *self.line):
             ends = [c.ends_at_ms for c in request.chunks if c.state == ChunkState.READY and c.scheduled]
             ends = [end for end in ends if horizon is None or end <= horizon]
             if ends:
@@ -367,16 +392,17 @@ class Channel:
         return position_at(head.live_chunks(), self._horizon(now_ms)) if head else None
 
     def line_position(self, request_id: str) -> int:
-        return next(i for i, r in enumerate(self.line) if r.request_id == request_id)
+        """Its place in line (0: on the air next or now); talk-over is always on the air: 0."""
+        return next((i for i, r in enumerate(self.line) if r.request_id == request_id), 0)
 
     def find_request(self, request_id: str) -> Request | None:
-        for request in (*self.line, *self.recent):
+        for request in (*self.line, *self.overlay, *self.recent):
             if request.request_id == request_id:
                 return request
         return None
 
     def find_chunk(self, chunk_id: str) -> Chunk | None:
-        for request in (*self.line, *self.recent):
+        for request in (*self.line, *self.overlay, *self.recent):
             for chunk in request.chunks:
                 if chunk.chunk_id == chunk_id:
                     return chunk
@@ -395,10 +421,11 @@ class Channel:
     ) -> list[Event]:
         """Reload the line after a restart (paused, if it was); generation resumes and its timeout
         restarts now."""
-        self.line = list(requests)
+        self.line = [r for r in requests if not r.over]
+        self.overlay = [r for r in requests if r.over]
         self._played_end_ms = played_end_ms
         self.paused_at_ms = paused_at_ms
-        for request in self.line:
+        for request in (*self.overlay, *self.line):
             if request.state == RequestState.GENERATING and not request.generated:
                 request.generation_started_ms = now_ms
         return self.tick(now_ms)
@@ -406,7 +433,7 @@ class Channel:
     # -- internals -------------------------------------------------------------
 
     def _in_line(self, request_id: str) -> Request:
-        for request in self.line:
+        for request in (*self.line, *self.overlay):
             if request.request_id == request_id:
                 return request
         raise KeyError(f"request {request_id} is not in the line of channel {self.name}")
@@ -434,6 +461,36 @@ class Channel:
         return None
 
     def _place(self, now_ms: int) -> list[Event]:
+        return self._place_line(now_ms) + self._place_overlay(now_ms)
+
+    def _place_overlay(self, now_ms: int) -> list[Event]:
+        """Talk-over chunks, each as soon as it is ready: on a cursor of their own, a lead from now at first."""
+        events: list[Event] = []
+        for request in self.overlay:
+            for chunk in request.chunks:
+                if chunk.scheduled or chunk.state != ChunkState.READY:
+                    continue
+                first = chunk.seq == 0
+                if first and not request.generated and not self.may_stream(request):
+                    return events
+                ends = [e for r in self.overlay if (e := r.scheduled_end_ms()) is not None]
+                gap = self.config.request_gap_ms if first else self.config.sentence_gap_ms
+                start, slip = place_chunk(max(ends) if ends else None, gap, now_ms, self.lead_ms)
+                if self.paused_at_ms is not None and start >= self.paused_at_ms:
+                    return events
+                chunk.starts_at_ms = start
+                self.dirty.add(request.request_id)
+                events += [StreamStarted(request)] if first else []
+                events.append(ChunkScheduled(request, chunk))
+                if slip and not first:
+                    events.append(TimelineShifted(request, chunk, slip))
+                if request.generated and chunk is request.chunks[-1]:
+                    events.append(RequestPlaced(request))
+            if not request.generated:
+                break
+        return events
+
+    def _place_line(self, now_ms: int) -> list[Event]:
         events: list[Event] = []
         for request in self.line:
             for chunk in request.chunks:
@@ -480,7 +537,8 @@ class Channel:
             return []
         request.apply(RequestEvent.FINISH)
         request.finished_at_ms = request.scheduled_end_ms()
-        self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms or 0)
+        if request not in self.overlay:  # talk-over leaves the line's timeline as it was
+            self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms or 0)
         self._leave_line(request)
         return [RequestPlayed(request), QueueChanged()]
 
@@ -508,11 +566,12 @@ class Channel:
                 discarded.append(chunk)
         # The request is over once what was already heard has finished: later audio goes after that.
         request.finished_at_ms = max(now_ms, request.scheduled_end_ms() or now_ms)
-        self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms)
+        if request not in self.overlay:
+            self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms)
         self._leave_line(request)
         return [RequestFailed(request, reason, now_ms, tuple(c.chunk_id for c in discarded)), QueueChanged()]
 
     def _leave_line(self, request: Request) -> None:
-        self.line.remove(request)
+        (self.overlay if request in self.overlay else self.line).remove(request)
         self.recent.append(request)
         self.dirty.add(request.request_id)

@@ -79,6 +79,7 @@ class Request:
     duration_ms: int | None = None  # tracks: known before the first chunk exists
     auto: bool = False  # queued by the auto-DJ: anything a producer queues goes before it
     repeat_of: str | None = None  # a repeat copy: the request it copies (not persisted)
+    over: bool = False  # talk-over: narration on the air at once, over the track playing (Channel.overlay)
 
     @property
     def generated(self) -> bool:

@@ -54,13 +54,22 @@ def mix(frame: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.nd
 
 def render(placed: list[Placed], start_ms: int, end_ms: int, rate: int, channels: int = 1) -> np.ndarray:
     first, last = sample_index(start_ms, rate), sample_index(end_ms, rate)
-    out = np.zeros((last - first, channels), dtype=np.int16)
-    for item in placed:
+    out = np.zeros((last - first, channels), dtype=np.int32)
+    for item in placed:  # talk-over sounds over a track: what overlaps is added
         begin = sample_index(item.starts_at_ms, rate)
         lo, hi = max(begin, first), min(begin + len(item.samples), last)
         if lo < hi:
-            out[lo - first : hi - first] = item.samples[lo - begin : hi - begin]
-    return out
+            out[lo - first : hi - first] += item.samples[lo - begin : hi - begin]
+    return np.clip(out, -32768, 32767).astype(np.int16)
+
+
+def ducked(samples: np.ndarray, duck: list[tuple[int, float]], first_ms: float, rate: int) -> np.ndarray:
+    """`samples` (int16, from first_ms) under the ducking envelope `duck` (core/bed.py)."""
+    if not duck or not len(samples):
+        return samples
+    times = first_ms + np.arange(len(samples)) * (1000 / rate)
+    gains = np.interp(times, [at for at, _ in duck], [g for _, g in duck], left=1.0, right=1.0)
+    return np.round(samples.astype(np.float32) * gains[:, None].astype(np.float32)).astype(np.int16)
 
 
 def convert(samples: np.ndarray, from_rate: int, to_rate: int, channels: int) -> np.ndarray:

@@ -29,10 +29,10 @@ import numpy as np
 
 from broadcaster import logs
 from broadcaster.config import LiveConfig
-from broadcaster.core.bed import Bed, duck_envelope
+from broadcaster.core.bed import TALK_OVER_DUCK_DB, Bed, duck_envelope
 from broadcaster.core.icy import IcyFraming
 from broadcaster.core.model import Chunk, Request
-from broadcaster.core.playout import Placed, bed_gains, convert, mix, render, sample_index
+from broadcaster.core.playout import Placed, bed_gains, convert, ducked, mix, render, sample_index
 from broadcaster.core.states import ChunkState
 from broadcaster.core.titles import item_title, stream_title
 from db.audio_store import AudioStore, AudioUnavailable
@@ -70,7 +70,12 @@ class Lineup(Protocol):
     @property
     def fading_beds(self) -> tuple[Bed, ...]: ...
 
+    @property
+    def overlay(self) -> Sequence[Request]: ...
+
     def speech(self, now_ms: int) -> list[tuple[int, int]]: ...
+
+    def talk_over(self, now_ms: int) -> list[tuple[int, int]]: ...
 
 
 class Playable(Protocol):
@@ -232,10 +237,15 @@ class LiveStream:
         channel = self.runner.channel
         if channel.paused_at_ms is not None:
             end_ms = max(start_ms, min(end_ms, channel.paused_at_ms))  # silence from the pause on
-        for request in (*channel.recent, *channel.line):
+        duck = duck_envelope(channel.talk_over(start_ms), TALK_OVER_DUCK_DB)
+        for request in (*channel.recent, *channel.line, *channel.overlay):
             for chunk in request.chunks:
                 if _sounds_within(chunk, start_ms, end_ms):
-                    placed.append(await self._placed_chunk(chunk, end_ms))
+                    item = await self._placed_chunk(chunk, end_ms)
+                    if request.kind == "track" and duck:  # under talk-over
+                        first_ms = sample_index(item.starts_at_ms, self.rate) * 1000 / self.rate
+                        item = Placed(item.starts_at_ms, ducked(item.samples, duck, first_ms, self.rate))
+                    placed.append(item)
                     sounding.append(item_title(request))
         title = self.paused_title if channel.paused_at_ms is not None and channel.paused_at_ms <= start_ms else None
         return placed, title or stream_title(self.title, sounding, bool(channel.line), self.idle_title)

@@ -302,4 +302,4 @@ class ChannelRunner:
 
 def _saved_state(request: Request) -> tuple:
     """What Store.save writes of a request besides its chunks."""
-    return request.state, request.generation_started_ms, request.finished_at_ms, request.error
+    return request.state, request.generation_started_ms, request.finished_at_ms, request.error, request.over

@@ -45,7 +45,7 @@ class Scheduler:
             return  # in a cluster the channel's owner queues it, once
         try:
             if entry.say:
-                await self.station.submit(entry.channel, entry.say)
+                await self.station.submit(entry.channel, entry.say, over=entry.over)
             else:
                 path = self.station.music_file(entry.track)
                 await self.station.add_track(entry.channel, path, path.name)

@@ -56,7 +56,7 @@ def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> 
     if request is None or request.state in FINAL_REQUEST_STATES:
         state = request.state if request else "finished"
         raise Conflict(f"request {request_id} is already {state}; there is nothing to stop")
-    head = request is channel.now_playing()
+    head = request is channel.now_playing() or (request in channel.overlay and request.starts_at_ms is not None)
     if skip and not head:
         raise Conflict(f"request {request_id} is not on the air; cancel it instead of skipping")
     if not skip and head:
@@ -359,9 +359,12 @@ class Station:
         events = await runner.apply(partial(_guarded, runner.channel.resume))
         return events[0]
 
-    async def submit(self, name: str, text: object) -> tuple[Request, int]:
+    async def submit(self, name: str, text: object, over: object = False) -> tuple[Request, int]:
+        """Queue narration; `over`: on the air at once over the track playing, if one is (talk-over)."""
         runner = await self.runner(name)
         limits = self.config.limits
+        if not isinstance(over, bool):
+            raise BadInput(f'expected "over" to be true or false, got {over!r}'[:200])
         if not isinstance(text, str):
             raise BadInput(f'expected "text" to be a string, got {type(text).__name__}')
         if not text.isascii() and not _encodable(text):
@@ -372,7 +375,7 @@ class Station:
         if not sentences:
             raise BadInput("expected text with something to speak (letters or digits), got none")
         self._check_room(runner)
-        request = Request(new_id(), name, text, sentences, self.clock())
+        request = Request(new_id(), name, text, sentences, self.clock(), over=over)
         return request, await runner.submit(request)
 
     async def add_track(self, name: str, source: Path, filename: str, auto: bool = False) -> tuple[Request, int]:

@@ -6,7 +6,7 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
-from media import tone
+from media import band_levels, inside, tone
 
 from tts.encode import ffmpeg_exe
 
@@ -125,7 +125,7 @@ async def test_live_mp3_dips_the_bed_by_duck_db_while_narration_sounds(server, c
     await server.say("The stranger at the bar raises a glass to the whole room.")  # about 2.5 s of voice
     out, _ = await asyncio.wait_for(player.communicate(), 60)
     pcm = np.frombuffer(out, dtype="<i2").astype(np.float64)
-    bed_level, voice_level = band_levels(pcm)
+    bed_level, voice_level = band_levels(pcm, BED_HZ, RATE)
     voiced = voice_level > 0.3 * voice_level.max()
     assert voiced.sum() >= 15, "the narration was not heard in live.mp3"
     ducked = bed_level[inside(voiced, margin=4)]  # well inside the narration: down by then
@@ -133,26 +133,6 @@ async def test_live_mp3_dips_the_bed_by_duck_db_while_narration_sounds(server, c
     assert len(ducked) >= 5 and len(quiet) >= 10 and np.median(quiet) > 0
     dip_db = 20 * np.log10(np.median(ducked) / np.median(quiet))
     assert -13.5 <= dip_db <= -10.5, f"the bed dipped by {dip_db:.1f} dB under the voice, not -12"
-
-
-def band_levels(pcm: np.ndarray, window: int = RATE // 10) -> tuple[np.ndarray, np.ndarray]:
-    """Per 100 ms: the bed's level (its tone's bin) and the narration's (everything from 200 Hz up)."""
-    frames = pcm[: len(pcm) // window * window].reshape(-1, window) * np.hanning(window)
-    spectrum = np.abs(np.fft.rfft(frames, axis=1))
-    freqs = np.fft.rfftfreq(window, 1 / RATE)
-    bed = spectrum[:, np.argmin(np.abs(freqs - BED_HZ))]
-    voice = spectrum[:, freqs >= 200].max(axis=1)
-    return bed, voice
-
-
-def inside(mask: np.ndarray, margin: int) -> np.ndarray:
-    """The windows of `mask` at least `margin` windows from its edges."""
-    kept = mask.copy()
-    for shift in range(1, margin + 1):
-        kept[shift:] &= mask[:-shift]
-        kept[:-shift] &= mask[shift:]
-    kept[:margin] = kept[-margin:] = False
-    return kept
 
 
 async def test_the_console_lists_the_channels_ambience_folder(server, tmp_path, monkeypatch):

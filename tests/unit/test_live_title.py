@@ -25,7 +25,9 @@ def item(request_id: str, text: str, *spans: tuple[int, int], **source) -> Reque
 
 
 def stream(*line: Request) -> LiveStream:
-    channel = SimpleNamespace(recent=[], line=list(line), paused_at_ms=None, bed=None, fading_beds=())
+    channel = SimpleNamespace(
+        recent=[], line=list(line), paused_at_ms=None, bed=None, fading_beds=(), overlay=[], talk_over=lambda now: []
+    )
     return LiveStream(SimpleNamespace(name="office", channel=channel), NoAudio(), LiveConfig(), clock=lambda: 0)
 
 

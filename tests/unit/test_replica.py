@@ -322,3 +322,23 @@ def test_the_replica_keeps_the_beds_from_snapshots_and_bed_changed():
     fresh = ChannelReplica("table")
     fresh.reset(queue_state_json(owner.channel, 3000))
     assert fresh.channel.fading_beds == owner.channel.fading_beds
+
+
+def test_talk_over_is_kept_over_the_track_and_not_in_line():
+    owner = Owner()
+    song = owner.submit("Song", "Song", kind="track")
+    owner.make(song, 5000, 5000)  # 500..10500
+    talk = Request("t" * 16, "table", "Stand-up now.", ["Stand-up now."], 1000, over=True)
+    owner.now = 1000
+    owner.step(owner.channel.submit(talk, owner.now))
+    owner.make(talk, 1200)
+    assert [r.request_id for r in owner.replica.channel.overlay] == [talk.request_id]
+    assert placed(owner.replica.channel.overlay) == placed(owner.channel.overlay)
+    assert placed(owner.replica.channel.line) == placed(owner.channel.line)
+    fresh = ChannelReplica("table")
+    fresh.reset(queue_state_json(owner.channel, owner.now))
+    assert placed(fresh.channel.overlay) == placed(owner.channel.overlay)
+    owner.at(3000)
+    assert (
+        owner.replica.channel.overlay == [] and owner.replica.find_request(talk.request_id).state == RequestState.PLAYED
+    )

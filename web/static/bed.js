@@ -192,7 +192,7 @@ export class BedLayer {
 
 // Lays a piecewise-linear function of server time onto an AudioParam from context time t0 (server
 // time `from`): its value there, then a linear ramp to each breakpoint up to `until`.
-function automate(param, t0, from, until, breakpoints, valueAt, timeline) {
+export function automate(param, t0, from, until, breakpoints, valueAt, timeline) {
   param.cancelScheduledValues(t0);
   param.setValueAtTime(valueAt(from), t0);
   const ahead = [...new Set(breakpoints)].filter((t) => t > from && t <= until).sort((a, b) => a - b);

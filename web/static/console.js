@@ -45,7 +45,8 @@ async function login(token) {
   state.token = token;
   $("login-error").textContent = "";
   try {
-    await api("GET", "/producer");
+    const me = await api("GET", "/producer");
+    $("over-switch").hidden = me.style !== "radio"; // talk-over: a voice over the music
   } catch (err) {
     state.token = null;
     localStorage.removeItem(TOKEN_KEY);
@@ -108,7 +109,8 @@ async function say() {
   if (!text.trim()) return;
   $("say-status").textContent = "Sending…";
   try {
-    const queued = await api("POST", "/requests", { text });
+    const over = !$("over-switch").hidden && $("over").checked;
+    const queued = await api("POST", "/requests", over ? { text, over } : { text });
     $("text").value = "";
     $("say-status").textContent = `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`;
   } catch (err) {

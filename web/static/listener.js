@@ -7,7 +7,7 @@
 // both clocks' rates, takes small errors out smoothly and fixes an output glitch with a short
 // crossfade. <audio>.currentTime is never used for sync.
 
-import { BedLayer, duckEnvelope, gainAt, levelAt } from "./bed.js";
+import { BedLayer, automate, duckEnvelope, gainAt, levelAt } from "./bed.js";
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
 import { Player, soundsFrom } from "./player.js";
@@ -34,7 +34,12 @@ const state = {
   speech: new Map(), // chunk_id -> [start, end] of narration: what the bed ducks under
   kinds: new Map(), // request_id -> "speech" or "track"
   voiceGain: null, musicGain: null,
+  trackDuck: null, // tracks on the line: into the music layer, dipping under talk-over
+  overSpeech: new Map(), // chunk_id -> [start, end] of talk-over narration: what tracks duck under
+  overRequest: null, // the talk-over narration on the air, for the captions
+  trackDuckLaidOut: -Infinity,
 };
+const TALK_OVER_DUCK_DB = -12; // as TALK_OVER_DUCK_DB in broadcaster/core/bed.py
 window.broadcaster = state;
 const socket = new ChannelSocket(channel, { onMessage: handle, onState: showConnection, params: { key: listenKey() } });
 state.socket = socket;
@@ -62,6 +67,8 @@ async function tuneIn() {
   state.voiceGain.connect(state.gain);
   state.musicGain = state.ctx.createGain();
   state.musicGain.connect(state.gain);
+  state.trackDuck = state.ctx.createGain();
+  state.trackDuck.connect(state.musicGain);
   applyVolume();
   await state.ctx.resume();
   state.output = new OutputClock(state.ctx);
@@ -105,9 +112,12 @@ function handle(m) {
   switch (m.type) {
     case "snapshot": onSnapshot(m); break;
     case "audio_stream_started":
-      state.request = describe(m);
-      state.kinds.set(m.request_id, m.kind);
+      if (m.over) state.overRequest = describe(m); else state.request = describe(m);
+      state.kinds.set(m.request_id, m.over ? "over" : m.kind);
       renderCaptions();
+      break;
+    case "request_played":
+      if (state.overRequest && state.overRequest.id === m.request_id) { state.overRequest = null; renderCaptions(); }
       break;
     case "audio_chunk_ready": noteSpeech(m.request_id, m); addChunk(m.request_id, m, true); break;
     case "timeline_shifted": {
@@ -140,14 +150,17 @@ function onSnapshot(m) {
   state.pausedAtMs = m.paused_at_ms ?? null;
   state.speech = new Map((m.speech_ms || []).map(([start, end], i) => [`snapshot${i}`, [start, end]]));
   if (m.now_playing) state.kinds.set(m.now_playing.request_id, m.now_playing.kind);
+  for (const over of m.over || []) state.kinds.set(over.request_id, "over");
   setBeds(m.bed ?? null, m.fading_beds || []);
   showQueue(m.queue);
   showListeners(m.listeners);
-  const playing = m.now_playing;
-  const keep = new Set(playing ? playing.chunks.map((c) => c.chunk_id) : []);
+  const playing = m.now_playing, overs = m.over || [];
+  const keep = new Set([playing, ...overs].filter(Boolean).flatMap((r) => r.chunks.map((c) => c.chunk_id)));
   for (const [id, chunk] of state.chunks) if (!keep.has(id)) { stop(chunk); state.chunks.delete(id); }
   state.request = playing ? describe(playing) : null;
+  state.overRequest = overs.length ? describe(overs[overs.length - 1]) : null;
   if (playing) playing.chunks.forEach((c) => addChunk(playing.request_id, c));
+  for (const over of overs) over.chunks.forEach((c) => { noteSpeech(over.request_id, c); addChunk(over.request_id, c); });
   renderCaptions();
 }
 
@@ -161,6 +174,7 @@ async function addChunk(requestId, info, live = false) {
     return;
   }
   const chunk = { ...info, request_id: requestId, buffer: null, voice: null };
+  if (state.kinds.get(requestId) === "track") chunk.destination = state.trackDuck;
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
   try {
@@ -274,6 +288,7 @@ function keepInStep() {
     if (layer.over) { layer.close(); state.beds.delete(id); continue; }
     layer.tick(now, state.pausedAtMs, speech, local);
   }
+  layOutTrackDuck(now, local);
   showBed(now);
 }
 
@@ -295,9 +310,21 @@ function setBeds(playing, fading) {
 
 // Narration the bed ducks under: every placed chunk of a speech request.
 function noteSpeech(requestId, chunk) {
-  if ((state.kinds.get(requestId) || "speech") !== "speech") return;
-  state.speech.set(chunk.chunk_id, [chunk.starts_at_ms, chunk.starts_at_ms + chunk.duration_ms]);
+  const kind = state.kinds.get(requestId) || "speech";
+  if (kind === "track") return;
+  const span = [chunk.starts_at_ms, chunk.starts_at_ms + chunk.duration_ms];
+  state.speech.set(chunk.chunk_id, span);
+  if (kind === "over") { state.overSpeech.set(chunk.chunk_id, [...span]); state.trackDuckLaidOut = -Infinity; }
   for (const layer of state.beds.values()) layer.relayOut();
+}
+
+// Tracks on the line dip under talk-over narration as beds dip under any narration.
+function layOutTrackDuck(now, local) {
+  if (local - state.trackDuckLaidOut < 1000) return;
+  state.trackDuckLaidOut = local;
+  const points = duckEnvelope([...state.overSpeech.values()], TALK_OVER_DUCK_DB);
+  const t0 = state.ctx.currentTime + 0.05;
+  automate(state.trackDuck.gain, t0, timeline.serverAt(t0), now + 8000, points.map(([t]) => t), (t) => gainAt(points, t), timeline);
 }
 
 // The gain the page gives the playing bed at server time t (volume, fades, ducking): for tests.
@@ -335,6 +362,7 @@ function forgetOld() {
   for (const [id, c] of state.chunks) if (c.starts_at_ms + c.duration_ms < cutoff) state.chunks.delete(id);
   const ducked = socket.clock.serverMs() - 5000; // narration the ducking no longer follows
   for (const [id, span] of state.speech) if (span[1] < ducked) state.speech.delete(id);
+  for (const [id, span] of state.overSpeech) if (span[1] < ducked) state.overSpeech.delete(id);
   if (state.stats.scheduled.length > 500) state.stats.scheduled.splice(0, 250);
 }
 
@@ -401,15 +429,16 @@ function clockTime(ms) {
 
 function renderCaptions() {
   const box = $("captions");
-  if (!state.request) { box.replaceChildren(el("em", {}, "Nothing on the air")); return; }
-  if (state.request.kind === "track") {
+  const request = state.overRequest || state.request;
+  if (!request) { box.replaceChildren(el("em", {}, "Nothing on the air")); return; }
+  if (request.kind === "track") {
     box.replaceChildren(el("span", { className: "current" }, `\u266a ${state.request.title}`),
       state.request.artist ? el("span", { className: "meta" }, ` \u2014 ${state.request.artist}`) : "",
       state.request.durationMs ? el("span", { className: "meta" }, ` (${clockTime(state.request.durationMs)})`) : "");
     return;
   }
-  const parts = [...state.chunks.values()].filter((c) => c.request_id === state.request.id).sort((a, b) => a.seq - b.seq);
-  if (!parts.length) { box.textContent = state.request.text; return; }
+  const parts = [...state.chunks.values()].filter((c) => c.request_id === request.id).sort((a, b) => a.seq - b.seq);
+  if (!parts.length) { box.textContent = request.text; return; }
   box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")));
 }
 

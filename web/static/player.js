@@ -144,7 +144,7 @@ export class Player {
     const rate = this.timeline.rate();
     source.playbackRate.value = rate;
     source.connect(gain);
-    gain.connect(this.destination);
+    gain.connect(chunk.destination || this.destination); // a track goes to the music layer
     if (fadeIn) {
       gain.gain.setValueAtTime(0, at);
       gain.gain.linearRampToValueAtTime(1, at + FADE_S);

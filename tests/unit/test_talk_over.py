@@ -1,0 +1,103 @@
+"""Talk-over: narration on the air at once over the track playing, on a stepped clock."""
+
+from broadcaster.core.bed import TALK_OVER_DUCK_DB, duck_envelope
+from broadcaster.core.channel import Channel
+from broadcaster.core.events import RequestPlayed, StreamStarted
+from broadcaster.core.model import Request
+from broadcaster.core.states import RequestState
+from broadcaster.core.timeline import TimelineConfig
+
+from .test_channel import generate, kinds, make_chunk, make_request
+
+CFG = TimelineConfig(lead_ms=500, sentence_gap_ms=250, request_gap_ms=600, generation_timeout_ms=10_000)
+
+
+def track(channel: Channel, seconds: int, now: int = 0) -> Request:
+    """A track of 5 s segments on the air from now + lead."""
+    request = Request(f"track{seconds}", "radio", "A - Song", ["Song"] * (seconds // 5), now, kind="track")
+    channel.submit(request, now)
+    generate(channel, request, [5000] * (seconds // 5), now)
+    return request
+
+
+def over(text: str = "Stand-up in five minutes.") -> Request:
+    request = make_request(text)
+    request.over = True
+    return request
+
+
+def test_talk_over_goes_on_the_air_at_once_over_the_track():
+    channel = Channel("radio", CFG)
+    song = track(channel, 20)  # 500..20500
+    talk = over()
+    channel.submit(talk, 3000)
+    assert channel.overlay == [talk] and talk.over
+    events = generate(channel, talk, [1500], now=3100)
+    assert StreamStarted in kinds(events)
+    assert talk.chunks[0].starts_at_ms == 3600  # a lead from when it was ready, in the middle of the song
+    assert [c.starts_at_ms for c in song.chunks] == [500, 5500, 10500, 15500]  # the song does not move
+    assert channel.now_playing() is song and channel.line_position(talk.request_id) == 0
+    assert channel.talk_over(3100) == [(3600, 5100)]
+
+
+def test_without_over_narration_waits_for_the_track_and_without_a_track_over_means_nothing():
+    channel = Channel("radio", CFG)
+    track(channel, 10)  # 500..10500
+    plain = make_request("After the song.")
+    channel.submit(plain, 3000)
+    generate(channel, plain, [1000], now=3000)
+    assert plain.chunks[0].starts_at_ms is None  # waits for the track boundary
+    idle = Channel("radio", CFG)
+    talk = over()
+    idle.submit(talk, 0)
+    assert idle.overlay == [] and idle.line == [talk] and not talk.over
+
+
+def test_talk_over_is_made_first_and_leaves_the_line_as_it_was():
+    channel = Channel("radio", CFG)
+    song = track(channel, 10)  # 500..10500
+    queued = make_request("Next up.")
+    channel.submit(queued, 1000)
+    talk = over()
+    channel.submit(talk, 2000)
+    assert channel.next_job() is talk
+    generate(channel, talk, [1000], now=2000)  # 2500..3500
+    generate(channel, queued, [800], now=2100)
+    events = channel.tick(3500)
+    assert RequestPlayed in kinds(events) and talk.state == RequestState.PLAYED and channel.overlay == []
+    channel.tick(channel.next_deadline_ms())  # the song's end, and the queued one goes on the air
+    while queued.chunks[0].starts_at_ms is None:
+        channel.tick(channel.next_deadline_ms())
+    assert queued.chunks[0].starts_at_ms == song.scheduled_end_ms() + CFG.request_gap_ms  # as if no talk-over
+
+
+def test_talk_over_can_be_skipped_and_moves_with_a_pause():
+    channel = Channel("radio", CFG)
+    song = track(channel, 10)
+    first, second = over("One."), over("Two.")
+    channel.submit(first, 1000)
+    channel.submit(second, 1000)
+    generate(channel, first, [1000], now=1000)  # 1500..2500
+    generate(channel, second, [1000], now=1000)  # after it: 3100..4100
+    assert second.chunks[0].starts_at_ms == 2500 + CFG.request_gap_ms
+    channel.pause(1600)  # at 2100
+    channel.resume(5000)  # at 5500: a shift of 3400
+    assert first.chunks[0].starts_at_ms == 1500 + 3400 and song.chunks[1].starts_at_ms == 5500 + 3400
+    events = channel.cancel(second.request_id, 5000)
+    assert events[0].request is second and channel.overlay == [first]
+
+
+def test_a_restart_puts_talk_over_back_over_the_track():
+    channel = Channel("radio", CFG)
+    song = track(channel, 10)
+    talk = over()
+    channel.submit(talk, 1000)
+    talk.chunks.append(make_chunk(talk, 1000, 1000))
+    restarted = Channel("radio", CFG)
+    restarted.restore([song, talk], None, 1200)
+    assert restarted.line == [song] and restarted.overlay == [talk]
+
+
+def test_the_track_dips_by_the_talk_over_depth():
+    points = duck_envelope([(3600, 5100)], TALK_OVER_DUCK_DB)
+    assert points[1] == (3600, 10 ** (TALK_OVER_DUCK_DB / 20))
