@@ -1,5 +1,6 @@
 """Test audio made at test time with the bundled ffmpeg: nothing binary is committed."""
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -54,3 +55,14 @@ def inside(mask: np.ndarray, margin: int) -> np.ndarray:
         kept[:-shift] &= mask[shift:]
     kept[:margin] = kept[-margin:] = False
     return kept
+
+
+async def live_pcm(url: str, seconds: float, rate: int) -> np.ndarray:
+    """`seconds` of a live MP3 stream as a player decodes it (the bundled ffmpeg): mono samples at `rate`."""
+    player = await asyncio.create_subprocess_exec(
+        ffmpeg_exe(), "-hide_banner", "-v", "error", "-t", str(seconds), "-i", url,
+        "-f", "s16le", "-ac", "1", "-ar", str(rate), "-",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(player.communicate(), seconds + 60)
+    return np.frombuffer(out, dtype="<i2").astype(np.float64)

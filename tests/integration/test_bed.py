@@ -6,9 +6,7 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
-from media import band_levels, inside, tone
-
-from tts.encode import ffmpeg_exe
+from media import band_levels, inside, live_pcm, tone
 
 BED_HZ = 100  # below the tone engine's narration (220 Hz and up), so the two can be told apart
 RATE = 22050
@@ -116,15 +114,10 @@ async def test_live_mp3_dips_the_bed_by_duck_db_while_narration_sounds(server, c
         server, "PUT", "/api/channels/table/bed", {"path": "ambience/hum.wav", "volume": 1.0, "fade_ms": 0}
     )
     assert status == 200, body
-    player = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(), "-hide_banner", "-v", "error", "-t", "11", "-i", f"{server.base_url}/c/table/live.mp3",
-        "-f", "s16le", "-ac", "1", "-ar", str(RATE), "-",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    player = asyncio.create_task(live_pcm(f"{server.base_url}/c/table/live.mp3", 11, RATE))
     await asyncio.sleep(3.5)
     await server.say("The stranger at the bar raises a glass to the whole room.")  # about 2.5 s of voice
-    out, _ = await asyncio.wait_for(player.communicate(), 60)
-    pcm = np.frombuffer(out, dtype="<i2").astype(np.float64)
+    pcm = await player
     bed_level, voice_level = band_levels(pcm, BED_HZ, RATE)
     voiced = voice_level > 0.3 * voice_level.max()
     assert voiced.sum() >= 15, "the narration was not heard in live.mp3"

@@ -7,9 +7,7 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
-from media import band_levels, inside, tone
-
-from tts.encode import ffmpeg_exe
+from media import band_levels, inside, live_pcm, tone
 
 RATE = 22050
 
@@ -34,19 +32,14 @@ async def test_talk_over_plays_over_the_track_which_dips_under_it(server, connec
     await listener.next("snapshot")
     assert (await post(server, "/tracks", {"path": "hum.wav"}))[0] == 202
     started = await listener.next("audio_stream_started", where=lambda m: m["kind"] == "track")
-    player = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(), "-hide_banner", "-v", "error", "-t", "11", "-i", f"{server.base_url}/c/table/live.mp3",
-        "-f", "s16le", "-ac", "1", "-ar", str(RATE), "-",
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    player = asyncio.create_task(live_pcm(f"{server.base_url}/c/table/live.mp3", 11, RATE))
     await asyncio.sleep(3.5)
     status, body = await post(server, "/requests", {"text": "Stand-up in five minutes, in the big room.", "over": True})
     assert status == 202 and body["position"] == 0
     talk = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == body["request_id"])
     end_ms = started["starts_at_ms"] + started["duration_ms"]
     assert talk["over"] is True and talk["starts_at_ms"] < end_ms - 5000  # over the track, not after it
-    out, _ = await asyncio.wait_for(player.communicate(), 60)
-    level, voice = band_levels(np.frombuffer(out, dtype="<i2").astype(np.float64), 100, RATE)
+    level, voice = band_levels(await player, 100, RATE)
     voiced = voice > 0.3 * voice.max()
     ducked, full = level[inside(voiced, margin=4)], level[inside(~voiced, margin=12)]
     assert len(ducked) >= 5 and len(full) >= 10
