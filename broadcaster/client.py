@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -14,9 +14,12 @@ import numpy as np
 import soundfile
 import websockets
 
-from broadcaster.core.playout import convert
+from broadcaster.core.bed import TALK_OVER_DUCK_DB, Bed, BedTrack, Segment, bed_from, duck_envelope
+from broadcaster.core.playout import Placed, bed_gains, convert, ducked, render, sample_index
 from tts.encode import read_flac
 from tts.engine import Pcm
+
+MAX_BED_SEGMENTS = 400  # bed segments a listener fetches for its recording (over half an hour of music)
 
 
 async def submit(base_url: str, channel: str, text: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -60,6 +63,15 @@ class HeardChunk:
         self.starts_at_ms += shift
 
 
+@dataclass(frozen=True)
+class HeardBed:
+    """A bed as the server last described it from `from_ms` (when that word came) until `until_ms`."""
+
+    bed: Bed
+    from_ms: int
+    until_ms: int | None = None
+
+
 @dataclass
 class Heard:
     chunks: dict[str, HeardChunk] = field(default_factory=dict)
@@ -67,27 +79,72 @@ class Heard:
     offset_ms: float = 0.0  # server clock minus ours, from time_sync
     joined_at_ms: int | None = None  # the server's clock at the snapshot: nothing before it was heard
     paused_at_ms: int | None = None  # the channel is paused: nothing is heard from this moment
+    left_at_ms: int | None = None  # the server's clock when listening stopped
+    kinds: dict[str, str] = field(default_factory=dict)  # request id -> "speech", "track" or "over"
+    speech_before: list[tuple[int, int]] = field(default_factory=list)  # narration the snapshot named
+    beds: list[HeardBed] = field(default_factory=list)
+    bed_audio: dict[str, Pcm] = field(default_factory=dict)  # bed segments by chunk id
+    pauses: list[tuple[int, int]] = field(default_factory=list)  # (paused at, resumed at) of pauses that moved
 
     def timeline(self) -> list[HeardChunk]:
         return sorted(self.chunks.values(), key=lambda c: c.starts_at_ms)
 
     def to_wav(self, path: Path) -> None:
-        """What was heard after joining, each chunk at its place on the timeline, silence between, in one
-        format: the highest rate and most channels among the chunks (narration is 22.05 kHz mono, tracks
-        44.1 kHz stereo), the others resampled and upmixed to it."""
-        clips = [clip for c in self.timeline() if c.pcm is not None for clip in self._heard_parts(c)]
-        if not clips:
+        """The mix that was heard after joining: each chunk at its place on the timeline (talk-over over
+        the track, which dips under it), and the beds under them with their gains, as live.mp3 mixes
+        them; in one format: the highest rate and most channels among them (narration is 22.05 kHz mono,
+        music 44.1 kHz stereo), the others resampled and upmixed to it."""
+        clips = [(c, clip) for c in self.timeline() if c.pcm is not None for clip in self._heard_parts(c)]
+        if not clips and not self.bed_audio:
             raise ValueError("nothing was heard, so there is nothing to write")
-        rate = max(pcm.sample_rate for _, pcm in clips)
-        channels = max(pcm.channels for _, pcm in clips)
-        parts = [(start_ms, convert(pcm.samples, pcm.sample_rate, rate, channels)) for start_ms, pcm in clips]
-        origin = parts[0][0]
-        end = max((start_ms - origin) * rate // 1000 + len(samples) for start_ms, samples in parts)
-        out = np.zeros((end, channels), dtype=np.int16)
-        for start_ms, samples in parts:
-            at = (start_ms - origin) * rate // 1000
-            out[at : at + len(samples)] = samples
-        soundfile.write(path, out, rate, subtype="PCM_16")
+        formats = [pcm for _, (_, pcm) in clips] + list(self.bed_audio.values())
+        rate, channels = max(p.sample_rate for p in formats), max(p.channels for p in formats)
+        joined = self.joined_at_ms if self.joined_at_ms is not None else -(2**62)
+        beds = [max(joined, b.from_ms, b.bed.sounds_from_ms) for b in self.beds if b.bed.tracks]
+        start = min([at for _, (at, _) in clips] + beds)  # from the first sound heard to the last
+        end = max([at + pcm.duration_ms for _, (at, pcm) in clips] + ([self.left_at_ms or start] if beds else []))
+        out = np.zeros((sample_index(end, rate) - sample_index(start, rate), channels), dtype=np.float32)
+        talk = duck_envelope(self._spans("over"), TALK_OVER_DUCK_DB)
+        placed = []
+        for chunk, (at, pcm) in clips:
+            samples = convert(pcm.samples, pcm.sample_rate, rate, channels)
+            if self.kinds.get(chunk.request_id) == "track":
+                samples = ducked(samples, talk, sample_index(at, rate) * 1000 / rate, rate)
+            placed.append(Placed(at, samples))
+        out += render(placed, start, end, rate, channels)
+        for samples, gains in self._bed_layers(start, end, rate, channels):
+            out += samples.astype(np.float32) * gains[:, None]
+        soundfile.write(path, np.clip(np.round(out), -32768, 32767).astype(np.int16), rate, subtype="PCM_16")
+
+    def _spans(self, *kinds: str) -> list[tuple[int, int]]:
+        """When narration of these kinds sounded: every heard part of its chunks."""
+        spans = []
+        for chunk in self.chunks.values():
+            if self.kinds.get(chunk.request_id, "speech") in kinds:
+                spans += [(at, at + length) for at, _, length in chunk.before_pauses]
+                spans.append((chunk.sounds_from_ms, chunk.starts_at_ms + chunk.duration_ms))
+        return spans
+
+    def _bed_layers(self, start: int, end: int, rate: int, channels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each bed over the part of [start, end) its description held for, with its gain at every sample
+        (silent through pauses)."""
+        speech = self.speech_before + self._spans("speech", "over")
+        first = sample_index(start, rate)
+        times = start + (np.arange(sample_index(end, rate) - first)) * 1000 / rate
+        layers = []
+        for heard in self.beds:
+            bed, until = heard.bed, end if heard.until_ms is None else min(end, heard.until_ms)
+            placed = [
+                Placed(s.starts_at_ms, _converted(self.bed_audio[s.chunk_id], rate, channels))
+                for s in bed.sounding(max(start, heard.from_ms), until)
+                if s.chunk_id in self.bed_audio
+            ]
+            gains = bed_gains(bed, duck_envelope(speech, bed.duck_db), first * 1000 / rate, len(times), rate)
+            held = (times >= max(start, heard.from_ms, bed.sounds_from_ms)) & (times < until)
+            for paused_at, resumed_at in self.pauses:
+                held &= (times < paused_at) | (times >= resumed_at)
+            layers.append((render(placed, start, end, rate, channels), gains * held))
+        return layers
 
     def _heard_parts(self, chunk: HeardChunk) -> list[tuple[int, Pcm]]:
         """The parts of a chunk heard after joining, each with when it starts: before any pause that cut
@@ -103,6 +160,19 @@ class Heard:
             if begin < end:
                 parts.append((at_ms + late_ms, Pcm(samples[begin:end], rate)))
         return parts
+
+
+def _converted(pcm: Pcm, rate: int, channels: int) -> np.ndarray:
+    return convert(pcm.samples, pcm.sample_rate, rate, channels)
+
+
+def bed_of(item: dict[str, Any]) -> Bed:
+    """A bed from its wire form (docs/protocol.md, the bed object)."""
+    tracks = tuple(
+        BedTrack(t["track_id"], t["title"], tuple(Segment(s["chunk_id"], s["duration_ms"]) for s in t["segments"]))
+        for t in item["tracks"]
+    )
+    return bed_from(item, tracks)
 
 
 async def listen(
@@ -145,6 +215,7 @@ class _Follower:
         self.fetches: set[asyncio.Task] = set()
         self.playing: dict[str, asyncio.Task] = {}
         self.resumed = asyncio.Event()  # set (and replaced) at each resume
+        self.bed_fetches: set[str] = set()
 
     async def run(self, max_requests: int) -> None:
         async for raw in self.ws:
@@ -156,11 +227,11 @@ class _Follower:
     def handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "snapshot":
-            self.heard.joined_at_ms = message["server_time_ms"]
-            self.heard.paused_at_ms = message.get("paused_at_ms")
-        if kind == "snapshot" and message["now_playing"]:
-            for chunk in message["now_playing"]["chunks"]:
-                self.note(message["now_playing"]["request_id"], chunk)
+            self.snapshot(message)
+        elif kind == "audio_stream_started":
+            self.heard.kinds[message["request_id"]] = "over" if message.get("over") else message.get("kind", "speech")
+        elif kind == "bed_changed":
+            self.beds(message, self.server_now())
         elif kind == "audio_chunk_ready":
             self.note(message["request_id"], message, live=True)
         elif kind == "timeline_shifted" and message["chunk_id"] in self.heard.chunks:
@@ -170,6 +241,8 @@ class _Follower:
             self.say("paused by the host")
         elif kind == "channel_resumed":
             self.heard.paused_at_ms = None
+            if message["shift_ms"]:
+                self.heard.pauses.append((message["paused_at_ms"], message["resumes_at_ms"]))
             for entry in self.heard.chunks.values():
                 entry.resumed(message["paused_at_ms"], message["resumes_at_ms"])
             self.resumed.set()
@@ -186,6 +259,39 @@ class _Follower:
         elif kind == "time_sync":
             t3 = _now_ms()
             self.heard.offset_ms = ((message["t1"] - message["t0"]) + (message["t2"] - t3)) / 2
+
+    def snapshot(self, message: dict[str, Any]) -> None:
+        heard = self.heard
+        heard.joined_at_ms = message["server_time_ms"]
+        heard.paused_at_ms = message.get("paused_at_ms")
+        heard.speech_before = [tuple(span) for span in message.get("speech_ms", ())]
+        playing = [p for p in [message.get("now_playing")] if p] + message.get("over", [])
+        for item in playing:
+            heard.kinds[item["request_id"]] = "over" if item.get("over") else item.get("kind", "speech")
+            for chunk in item["chunks"]:
+                self.note(item["request_id"], chunk)
+        self.beds(message, heard.joined_at_ms)
+
+    def beds(self, message: dict[str, Any], now_ms: int) -> None:
+        """The beds as a snapshot or bed_changed describes them from now on; their segments are fetched."""
+        heard = self.heard
+        heard.beds = [replace(b, until_ms=now_ms) if b.until_ms is None else b for b in heard.beds]
+        for item in [b for b in [message.get("bed")] if b] + message.get("fading_beds", []):
+            bed = bed_of(item)
+            heard.beds.append(HeardBed(bed, now_ms))
+            for track in item["tracks"]:
+                for segment in track["segments"]:
+                    if segment["chunk_id"] not in self.bed_fetches and len(self.bed_fetches) < MAX_BED_SEGMENTS:
+                        self.bed_fetches.add(segment["chunk_id"])
+                        self.fetches.add(asyncio.create_task(self.fetch_bed(segment)))
+
+    async def fetch_bed(self, segment: dict[str, Any]) -> None:
+        async with self.http.get(f"{self.base_url}{segment['url']}?format=flac") as resp:
+            resp.raise_for_status()
+            self.heard.bed_audio[segment["chunk_id"]] = read_flac(await resp.read())
+
+    def server_now(self) -> int:
+        return round(_now_ms() + self.heard.offset_ms)
 
     def note(self, request_id: str, chunk: dict[str, Any], live: bool = False) -> None:
         if chunk["chunk_id"] in self.heard.chunks:
@@ -240,6 +346,7 @@ class _Follower:
 
     async def finish(self) -> None:
         """Let fetches in flight land (bounded); playback still in the future is not waited for."""
+        self.heard.left_at_ms = self.server_now()
         if self.fetches:
             await asyncio.wait(self.fetches, timeout=10)
         for task in (*self.tasks, *self.fetches):

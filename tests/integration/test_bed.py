@@ -6,6 +6,7 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
+import soundfile
 from media import band_levels, inside, live_pcm, tone
 
 BED_HZ = 100  # below the tone engine's narration (220 Hz and up), so the two can be told apart
@@ -145,3 +146,26 @@ async def test_the_console_lists_the_channels_ambience_folder(server, tmp_path, 
     status, body = await send(server, "GET", "/api/channels/table/scenes")
     assert body == {"folder": "table/ambience", "scenes": [{"name": "Tavern", "folder": "table/ambience/Tavern"}]}
     assert (await send(server, "GET", "/api/channels/table/scenes", token=None))[0] == 401
+
+
+@pytest.mark.server_config({"tts": {"tone_ms_per_char": 45}})
+async def test_listen_out_writes_the_mix_with_the_bed_dipping_under_narration(server, music, tmp_path):
+    from broadcaster.client import listen
+
+    status, body = await send(
+        server, "PUT", "/api/channels/table/bed", {"path": "ambience/hum.wav", "volume": 1.0, "fade_ms": 0}
+    )
+    assert status == 200, body
+    out = tmp_path / "heard.wav"
+    listening = asyncio.create_task(listen(server.base_url, "table", out=out, seconds=10, quiet=True))
+    await asyncio.sleep(3.0)
+    await server.say("The stranger at the bar raises a glass to the whole room.")
+    await listening
+    samples, rate = soundfile.read(out, dtype="int16", always_2d=True)
+    assert rate == 44100 and len(samples) >= 6 * rate  # the bed from the start, not only the narration
+    bed, voice = band_levels(samples.mean(axis=1), BED_HZ, rate)
+    voiced = voice > 0.3 * voice.max()
+    ducked, quiet = bed[inside(voiced, margin=4)], bed[inside(~voiced, margin=12)]
+    assert len(ducked) >= 5 and len(quiet) >= 5
+    dip_db = 20 * np.log10(np.median(ducked) / np.median(quiet))
+    assert -13.5 <= dip_db <= -10.5, f"the bed dipped by {dip_db:.1f} dB in the recording, not -12"
