@@ -1,5 +1,5 @@
 """The bed at the speaker: listener pages in Chromium, each on its own PulseAudio sink, recorded on one
-clock (tests/speakers.py), one of them tuning in after the bed began. The bed (a 100 Hz hum, below
+clock (tests/speakers.py): three, and a fourth tuning in after the bed began. The bed (a 100 Hz hum, below
 the tone engine's narration) dips under a narration and comes back: every page must make those
 ramps at the same moments, on the timeline, with the gain the server computes; and a page keeps
 its Music volume."""
@@ -19,7 +19,7 @@ BED_HZ = 100
 WITHIN_MS = 5
 NARRATION = "The stranger at the bar raises a glass. Nobody answers him."
 
-pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(3)]
+pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(4)]
 
 
 @pytest.fixture
@@ -61,17 +61,17 @@ def crossing_s(times: np.ndarray, level: np.ndarray, threshold: float, after_s: 
 async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(server, connect, pulse, listeners, music):
     observer = await connect()
     await observer.next("snapshot")
-    recorder = await listeners.open_recorded([0, 1])
+    recorder = await listeners.open_recorded([0, 1, 2])
     bed = await put_bed(server, {"path": "ambience/hum.wav", "volume": 1.0, "fade_ms": 0})
     await until(bed["origin_ms"] / 1000 + 0.5)
-    await listeners.open(2)  # tunes in while the bed plays
+    await listeners.open(3)  # tunes in while the bed plays
     await asyncio.sleep(2.0)
     await server.say(NARRATION)
     chunks = [await observer.next("audio_chunk_ready") for _ in range(2)]
     end_ms = chunks[-1]["starts_at_ms"] + chunks[-1]["duration_ms"]
     await until(end_ms / 1000 + 2.5)
     recording = recorder.stop(pulse.mix_latency_s())
-    page = listeners.pages[2]
+    page = listeners.pages[3]
     assert "hum" in await page.text_content("#bed")
     speech = [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
     points = duck_envelope(speech, bed["duck_db"])
@@ -86,7 +86,7 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
 
     start_s, end_s = speech[0][0] / 1000, speech[-1][1] / 1000
     down, up = {}, {}
-    for listener in (0, 1, 2):
+    for listener in (0, 1, 2, 3):
         times, level = bed_level(recording, listener)
         full = np.median(level[(times > start_s - 1.5) & (times < start_s - 0.5)])
         low = np.median(level[(times > start_s + 0.3) & (times < end_s)])

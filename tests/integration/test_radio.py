@@ -208,9 +208,13 @@ def test_schedule_entries_are_validated():
         {"channel": "a", "cron": "61 * * * *", "say": "x"},
         {"channel": "a", "cron": "* * * * *", "say": "x", "track": "y.mp3"},
         {"channel": "a", "cron": "* * * * *"},
+        {"channel": "a", "cron": "* * * * *", "say": "x", "over": "yes"},
+        {"channel": "a", "cron": "* * * * *", "track": "y.mp3", "over": True},
     ):
         with pytest.raises(BadInput):
             config_from_dict({"schedule": [entry]})
+    talk = {"channel": "a", "cron": "* * * * *", "say": "Lunch is served.", "over": True}
+    assert config_from_dict({"schedule": [talk]}).schedule[0].over is True
 
 
 async def radio_starts(server, count: int) -> list[dict]:
