@@ -474,3 +474,62 @@ def recovery(found: list[Heard], resumed_s: float, within_ms: float = 5.0, watch
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
+
+
+# -- a tone's level, for a bed or a track dipping under a voice ----------------------------------------
+
+
+def tone_level(
+    recording: Recording, listener: int, hz: float, hop_ms: int = 2, window_ms: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
+    """A steady tone's amplitude in the listener's channel every hop_ms: (wall-clock times, levels). A
+    Hann window centred on each moment, so a ramp's middle is where the filtered ramp's middle is."""
+    signal = recording.channel(listener)
+    phase = np.exp(-2j * np.pi * hz * np.arange(len(signal)) / RATE)
+    window = np.hanning(window_ms * RATE // 1000)
+    level = np.abs(np.convolve(signal * phase, window / window.sum(), mode="same")) * 2
+    frames = np.arange(0, len(signal), hop_ms * RATE // 1000)
+    return np.array([recording.clock.time_of(f) for f in frames]), level[frames]
+
+
+def crossing_s(times: np.ndarray, level: np.ndarray, threshold: float, after_s: float, falling: bool) -> float:
+    """The first moment after `after_s` the level crosses `threshold` (down if `falling`), interpolated."""
+    above = level > threshold
+    for i in np.nonzero(times > after_s)[0][:-1]:
+        if above[i] == falling and above[i + 1] != falling:
+            a, b = level[i] - threshold, level[i + 1] - threshold
+            return float(times[i] + (times[i + 1] - times[i]) * a / (a - b))
+    raise AssertionError(f"the level never crossed {threshold:.0f} after {after_s:.3f}")
+
+
+def assert_dips_together(
+    recording: Recording,
+    listeners: list[int],
+    hz: float,
+    speech: list[tuple[int, int]],
+    duck_db: float,
+    within_ms: float,
+) -> dict[str, dict[int, float]]:
+    """Every listener's tone dips by `duck_db` under the voice (`speech`, server ms) and comes back, with
+    the middle of each ramp at the same moment for all of them and where the ducking envelope
+    (broadcaster/core/bed.py) puts it, within `within_ms`. Returns those moments (ms from the voice)."""
+    from broadcaster.core.bed import ATTACK_MS, HOLD_MS, RELEASE_MS
+
+    start_s, end_s = speech[0][0] / 1000, speech[-1][1] / 1000
+    moments: dict[str, dict[int, float]] = {"dip": {}, "return": {}}
+    for listener in listeners:
+        times, level = tone_level(recording, listener, hz)
+        full = np.median(level[(times > start_s - 1.5) & (times < start_s - 0.5)])
+        low = np.median(level[(times > start_s + 0.3) & (times < end_s)])
+        depth = 20 * np.log10(low / full)
+        assert abs(depth - duck_db) <= 1.5, f"listener {listener} dipped by {depth:.1f} dB, not {duck_db}"
+        middle = (full + low) / 2
+        moments["dip"][listener] = (crossing_s(times, level, middle, start_s - 1.0, falling=True) - start_s) * 1000
+        moments["return"][listener] = (crossing_s(times, level, middle, end_s, falling=False) - end_s) * 1000
+    for name, due_ms in (("dip", -ATTACK_MS / 2), ("return", HOLD_MS + RELEASE_MS / 2)):
+        found = moments[name]
+        spread = max(found.values()) - min(found.values())
+        assert spread <= within_ms, f"the pages' {name}s are {spread:.1f} ms apart: {found}"
+        off = {i: round(m - due_ms, 1) for i, m in found.items()}
+        assert all(abs(v) <= within_ms for v in off.values()), f"{name} off the timeline by {off} ms"
+    return moments

@@ -173,7 +173,7 @@ class Channel:
         head = self.now_playing()
         if head is None or head.kind != "track" or not head.chunks or not head.chunks[0].scheduled:
             return False
-        return head.chunks[0].starts_at_ms <= now_ms + self.lead_ms and head.scheduled_end_ms() > now_ms
+        return head.chunks[0].starts_at_ms <= now_ms + self.lead_ms and head.scheduled_end_ms() > self._horizon(now_ms)
 
     def next_chunk_due_ms(self, request: Request) -> int | None:
         """When the request's next chunk must be ready to start on time, if it is on the air

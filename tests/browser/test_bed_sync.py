@@ -8,12 +8,11 @@ import asyncio
 import time
 
 import aiohttp
-import numpy as np
 import pytest
 from media import tone
-from speakers import RATE, SPEAKER_CONFIG
+from speakers import SPEAKER_CONFIG, assert_dips_together
 
-from broadcaster.core.bed import ATTACK_MS, HOLD_MS, RELEASE_MS, duck_envelope, gain_at
+from broadcaster.core.bed import HOLD_MS, RELEASE_MS, duck_envelope, gain_at
 
 BED_HZ = 100
 WITHIN_MS = 5
@@ -35,27 +34,6 @@ async def put_bed(server, body: dict) -> dict:
         async with http.put(f"{server.base_url}/api/channels/{server.channel}/bed", json=body, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
             return (await resp.json())["bed"]
-
-
-def bed_level(recording, listener: int, hop_ms: int = 2, window_ms: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """The hum's amplitude in the listener's channel every hop_ms: (wall-clock times, levels). A Hann
-    window centred on each moment, so a ramp's middle is where the filtered one's middle is."""
-    signal = recording.channel(listener)
-    phase = np.exp(-2j * np.pi * BED_HZ * np.arange(len(signal)) / RATE)
-    window = np.hanning(window_ms * RATE // 1000)
-    level = np.abs(np.convolve(signal * phase, window / window.sum(), mode="same")) * 2
-    frames = np.arange(0, len(signal), hop_ms * RATE // 1000)
-    return np.array([recording.clock.time_of(f) for f in frames]), level[frames]
-
-
-def crossing_s(times: np.ndarray, level: np.ndarray, threshold: float, after_s: float, falling: bool) -> float:
-    """The first moment after `after_s` the level crosses `threshold` (down if `falling`), interpolated."""
-    above = level > threshold
-    for i in np.nonzero(times > after_s)[0][:-1]:
-        if above[i] == falling and above[i + 1] != falling:
-            a, b = level[i] - threshold, level[i + 1] - threshold
-            return float(times[i] + (times[i + 1] - times[i]) * a / (a - b))
-    raise AssertionError(f"the level never crossed {threshold:.0f} after {after_s:.3f}")
 
 
 async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(server, connect, pulse, listeners, music):
@@ -84,24 +62,7 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
     await page.reload()
     assert await page.input_value("#music-volume") == "0.35"  # remembered by this browser
 
-    start_s, end_s = speech[0][0] / 1000, speech[-1][1] / 1000
-    down, up = {}, {}
-    for listener in (0, 1, 2, 3):
-        times, level = bed_level(recording, listener)
-        full = np.median(level[(times > start_s - 1.5) & (times < start_s - 0.5)])
-        low = np.median(level[(times > start_s + 0.3) & (times < end_s)])
-        assert 20 * np.log10(low / full) == pytest.approx(bed["duck_db"], abs=1.5), f"listener {listener}"
-        middle = (full + low) / 2
-        down[listener] = (crossing_s(times, level, middle, start_s - 1.0, falling=True) - start_s) * 1000
-        up[listener] = (crossing_s(times, level, middle, end_s, falling=False) - end_s) * 1000
-    for name, moments_ms, due_ms in (
-        ("dip", down, -ATTACK_MS / 2),
-        ("return", up, HOLD_MS + RELEASE_MS / 2),
-    ):
-        spread = max(moments_ms.values()) - min(moments_ms.values())
-        assert spread <= WITHIN_MS, f"the pages' {name}s are {spread:.1f} ms apart: {moments_ms}"
-        off = {i: round(m - due_ms, 1) for i, m in moments_ms.items()}
-        assert all(abs(v) <= WITHIN_MS for v in off.values()), f"{name} off the timeline by {off} ms"
+    assert_dips_together(recording, [0, 1, 2, 3], BED_HZ, speech, bed["duck_db"], WITHIN_MS)
 
 
 async def until(wall_s: float) -> None:

@@ -101,3 +101,16 @@ def test_a_restart_puts_talk_over_back_over_the_track():
 def test_the_track_dips_by_the_talk_over_depth():
     points = duck_envelope([(3600, 5100)], TALK_OVER_DUCK_DB)
     assert points[1] == (3600, 10 ** (TALK_OVER_DUCK_DB / 20))
+
+
+def test_talk_over_sent_while_paused_goes_over_the_track_after_the_resume():
+    channel = Channel("radio", CFG)
+    song = track(channel, 10)  # 500..10500
+    channel.pause(2000)  # at 2500
+    talk = over()
+    channel.submit(talk, 20_000)  # long past the song's announced end: but it stands still at the pause
+    assert channel.overlay == [talk]
+    generate(channel, talk, [1000], now=20_000)
+    assert talk.chunks[0].starts_at_ms is None  # nothing new on the air while paused
+    channel.resume(21_000)  # at 21_500: a shift of 19_000
+    assert talk.chunks[0].starts_at_ms == 21_500 and song.chunks[0].starts_at_ms == 19_500
