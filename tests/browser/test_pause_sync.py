@@ -74,6 +74,9 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     late = await listeners.open(2)  # tunes in while paused
     assert await late.is_visible("#paused"), "a page opened while paused does not say so"
     assert await listeners.pages[0].is_visible("#paused")
+    # A page's first seconds of output are not steady (docs/performance.md): the late joiner's too, so
+    # the pause lasts past them; its sync is what is under test here, not its output's start-up.
+    await asyncio.sleep(4)
     resumed = await control(server, "resume")
     resumes_at_ms, shift_ms = resumed["resumes_at_ms"], resumed["shift_ms"]
     await until(resumes_at_ms / 1000 + 2.5)
