@@ -169,3 +169,17 @@ async def test_listen_out_writes_the_mix_with_the_bed_dipping_under_narration(se
     assert len(ducked) >= 5 and len(quiet) >= 5
     dip_db = 20 * np.log10(np.median(ducked) / np.median(quiet))
     assert -13.5 <= dip_db <= -10.5, f"the bed dipped by {dip_db:.1f} dB in the recording, not -12"
+
+
+@pytest.mark.server_config({"tts": {"tone_ms_per_char": 45}})
+async def test_a_listener_joining_mid_narration_is_told_what_the_ducking_follows(server, connect):
+    """The snapshot's speech_ms names the narration still ducking the bed, so a page arriving mid-dip
+    computes the same gain as everyone else."""
+    first = await connect()
+    await first.next("snapshot")
+    await server.say("The stranger at the bar raises a glass. Nobody answers him.")
+    chunks = [await first.next("audio_chunk_ready") for _ in range(2)]
+    late = await connect()
+    snapshot = await late.next("snapshot")
+    spans = [[c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]] for c in chunks]
+    assert snapshot["speech_ms"] == spans
