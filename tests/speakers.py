@@ -492,11 +492,15 @@ def tone_level(
     return np.array([recording.clock.time_of(f) for f in frames]), level[frames]
 
 
-def crossing_s(times: np.ndarray, level: np.ndarray, threshold: float, after_s: float, falling: bool) -> float:
-    """The first moment after `after_s` the level crosses `threshold` (down if `falling`), interpolated."""
+def crossing_s(
+    times: np.ndarray, level: np.ndarray, threshold: float, after_s: float, falling: bool, stays: int = 30
+) -> float:
+    """The first moment after `after_s` the level crosses `threshold` (down if `falling`) and stays across
+    for `stays` readings (a ramp does; the brief dip of a page's crossfade after an output glitch does
+    not), interpolated."""
     above = level > threshold
-    for i in np.nonzero(times > after_s)[0][:-1]:
-        if above[i] == falling and above[i + 1] != falling:
+    for i in np.nonzero(times > after_s)[0][: -stays - 1]:
+        if above[i] == falling and (above[i + 1 : i + 1 + stays] != falling).all():
             a, b = level[i] - threshold, level[i + 1] - threshold
             return float(times[i] + (times[i + 1] - times[i]) * a / (a - b))
     raise AssertionError(f"the level never crossed {threshold:.0f} after {after_s:.3f}")

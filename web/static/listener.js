@@ -73,7 +73,12 @@ async function tuneIn() {
   await state.ctx.resume();
   state.output = new OutputClock(state.ctx);
   state.player = new Player(state.ctx, state.voiceGain, timeline);
-  state.output.onGlitch = () => { keepInStep(); report(); };
+  state.output.onGlitch = () => { // the output moved: gains laid out by the old mapping are laid out again
+    for (const layer of state.beds.values()) layer.relayOut();
+    state.trackDuckLaidOut = -Infinity;
+    keepInStep();
+    report();
+  };
   if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
   $("tune").hidden = true;
   $("player").hidden = false;
