@@ -6,7 +6,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broadcaster.core.bed import Bed
-from broadcaster.errors import NotFound
+from broadcaster.errors import BadInput, NotFound
 from broadcaster.runtime.beds import scenes
 
 from .access import producer_channel, require_listener
@@ -27,6 +27,8 @@ async def delete_bed(request: web.Request) -> web.Response:
     """Fades the bed out; a body may say over how long ({"fade_ms": 500})."""
     name = await producer_channel(request)
     body = await json_body(request) if request.can_read_body else {}
+    if set(body) - {"fade_ms"}:
+        raise BadInput(f'expected only "fade_ms" when stopping a bed, got {sorted(body)[:5]}')
     fading = await request.app[STATION].stop_bed(name, body)
     return web.json_response({"bed": None, "fades_out_at_ms": fading.fades_out_at_ms, "ends_at_ms": fading.ends_at_ms})
 

@@ -54,6 +54,8 @@ async def test_a_bed_is_announced_and_its_segments_are_served(server, connect, m
     kept = await server.station.store.request_ids()  # what cleanup keeps: the bed's tracks too
     assert {t["track_id"] for t in bed["tracks"]} <= kept
 
+    for bad in ({"fade_ms": -5}, {"fade_ms": "slow"}, {"colour": 1}):
+        assert (await send(server, "DELETE", "/api/channels/table/bed", bad))[0] == 400
     status, body = await send(server, "DELETE", "/api/channels/table/bed")
     assert status == 200 and body["ends_at_ms"] - body["fades_out_at_ms"] == 500  # its own fade by default
     changed = await listener.next("bed_changed")
