@@ -87,7 +87,12 @@ def _parser(serve_command: Command) -> argparse.ArgumentParser:
 
     say = sub.add_parser("say", parents=[common], help="put narration on the air")
     say.add_argument("channel")
-    say.add_argument("text")
+    say.add_argument("text", nargs="?", help="what to say (with --stream: none, standard input is read)")
+    say.add_argument(
+        "--stream",
+        action="store_true",
+        help="speak standard input as it arrives, sentence by sentence (some-llm-command | broadcaster say CH --stream)",
+    )
     say.add_argument("--token", default=os.environ.get("BROADCASTER_TOKEN"), help="producer token ($BROADCASTER_TOKEN)")
     say.add_argument("--server", help="server URL (default from config)")
     say.set_defaults(run=_say)
@@ -237,9 +242,35 @@ def _say(config: Config, args: argparse.Namespace) -> int:
     if not args.token:
         print("error: expected a producer token via --token or $BROADCASTER_TOKEN", file=sys.stderr)
         return 2
-    status, body = asyncio.run(submit(args.server or config.base_url, args.channel, args.text, args.token))
+    server = args.server or config.base_url
+    if args.stream == (args.text is not None):
+        print("error: expected the text to say, or --stream to read it from standard input", file=sys.stderr)
+        return 2
+    if args.stream:
+        return asyncio.run(_say_stream(server, args.channel, args.token))
+    status, body = asyncio.run(submit(server, args.channel, args.text, args.token))
     print(json.dumps(body))
     return 0 if status == 202 else 1
+
+
+async def _say_stream(server: str, channel: str, token: str) -> int:
+    """Standard input into an open narration, as it arrives (not line by line: a word is enough)."""
+    import codecs
+
+    from broadcaster.client import OpenNarration, ProducerError
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    read = os.read
+    try:
+        async with OpenNarration(server, channel, token) as story:
+            while data := await asyncio.to_thread(read, sys.stdin.fileno(), 65536):
+                await story.write(decoder.decode(data))
+            await story.write(decoder.decode(b"", final=True))
+    except ProducerError as exc:
+        print(json.dumps(exc.body))
+        return 1
+    print(json.dumps(story.answer))
+    return 0
 
 
 def _listen(config: Config, args: argparse.Namespace) -> int:

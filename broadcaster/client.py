@@ -32,6 +32,100 @@ async def submit(base_url: str, channel: str, text: str, token: str) -> tuple[in
             return resp.status, await resp.json()
 
 
+class ProducerError(Exception):
+    """The server refused a producer's request; `status` and `body` are its answer."""
+
+    def __init__(self, status: int, body: dict[str, Any]):
+        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else None
+        super().__init__(f"HTTP {status}: {message or body}")
+        self.status = status
+        self.body = body
+
+
+class OpenNarration:
+    """Narration spoken while it is being written, for text that arrives a few words at a time (a
+    language model's reply): each complete sentence goes on the air as soon as it is complete.
+
+        async with OpenNarration(base_url, "table", token) as story:
+            async for words in model_reply():
+                await story.write(words)
+
+    `write` only buffers; one append is in flight at a time, and appends are at least `interval_s`
+    apart (under the server's append rate), so a fast stream is sent in larger pieces. Leaving the
+    block closes the narration: what is left unfinished is spoken as it is.
+    """
+
+    def __init__(self, base_url: str, channel: str, token: str, over: bool = False, interval_s: float = 0.15):
+        self.url = f"{base_url.rstrip('/')}/api/channels/{channel}/requests"
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.over = over
+        self.interval_s = interval_s
+        self.request_id: str | None = None
+        self.answer: dict[str, Any] = {}  # the server's latest answer (status, sentences, open)
+        self._http: aiohttp.ClientSession | None = None
+        self._buffer: list[str] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._sender: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "OpenNarration":
+        self._http = aiohttp.ClientSession()
+        try:
+            self.answer = await self._post(self.url, {"text": "", "open": True, "over": self.over})
+        except BaseException:
+            await self._http.close()
+            raise
+        self.request_id = self.answer["request_id"]
+        self._sender = asyncio.create_task(self._send_loop())
+        return self
+
+    async def write(self, text: str) -> None:
+        """Queue more text (raises what the server refused of earlier text)."""
+        if self._sender is not None and self._sender.done():
+            self._sender.result()  # re-raises the server's refusal
+        self._buffer.append(text)
+        self._wake.set()
+
+    async def close(self) -> dict[str, Any]:
+        """Send what is buffered with the close; returns the server's last answer."""
+        self._closing = True
+        self._wake.set()
+        try:
+            if self._sender is not None:
+                await self._sender
+        finally:
+            if self._http is not None:
+                await self._http.close()
+        return self.answer
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            final = self._closing
+            text, self._buffer = "".join(self._buffer), []
+            if text or final:
+                self.answer = await self._post(f"{self.url}/{self.request_id}/text", {"text": text, "final": final})
+            if final:
+                return
+            await asyncio.sleep(self.interval_s)  # what arrives meanwhile goes in the next append
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self._http is not None
+        while True:
+            async with self._http.post(url, json=body, headers=self.headers) as resp:
+                answer = await resp.json()
+                if resp.status == 429:  # over the append rate: wait as told, and send it then
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+                    continue
+                if resp.status != 202:
+                    raise ProducerError(resp.status, answer)
+                return answer
+
+
 @dataclass
 class HeardChunk:
     chunk_id: str

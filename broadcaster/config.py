@@ -67,15 +67,23 @@ def _proxies(value: Any) -> tuple[str, ...]:
 class TimelineSection:
     lead_ms: int = 500
     max_lead_ms: int = 3000
+    min_lead_ms: int = 200
     sentence_gap_ms: int = 250
     request_gap_ms: int = 600
     generation_timeout_s: float = 180
+    open_idle_flush_ms: int = 1500
+    open_idle_timeout_s: float = 120
 
     def __post_init__(self) -> None:
-        if not 0 <= self.lead_ms <= self.max_lead_ms:
+        if not (self.open_idle_flush_ms > 0 and self.open_idle_timeout_s > 0):
             raise BadInput(
-                f"expected [timeline] 0 <= lead_ms <= max_lead_ms, got lead_ms {self.lead_ms!r} and "
-                f"max_lead_ms {self.max_lead_ms!r}"
+                f"expected [timeline] open_idle_flush_ms and open_idle_timeout_s above 0, got "
+                f"{self.open_idle_flush_ms!r} and {self.open_idle_timeout_s!r}"
+            )
+        if not (0 <= self.min_lead_ms and 0 <= self.lead_ms <= self.max_lead_ms):
+            raise BadInput(
+                f"expected [timeline] 0 <= min_lead_ms and 0 <= lead_ms <= max_lead_ms, got min_lead_ms "
+                f"{self.min_lead_ms!r}, lead_ms {self.lead_ms!r} and max_lead_ms {self.max_lead_ms!r}"
             )
 
 
@@ -92,6 +100,8 @@ class LimitsConfig:
     ws_message_burst: int = 60  # per connection, at once (a page sends 8 time_syncs on connect)
     producer_writes_per_minute: float = 120  # per client address and channel, including refused tokens
     producer_write_burst: int = 30
+    text_appends_per_second: float = 10  # to open narrations, per client address and channel (their own bucket)
+    text_append_burst: int = 60
     max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
     credential_recheck_s: float = 2  # open sockets and streams whose listen key or token was replaced close this soon
     ws_auth_timeout_s: float = 10  # a console's socket must send its auth message within this
@@ -109,6 +119,36 @@ class LimitsConfig:
 MIN_PIPER_WINDOW_MS = 500  # below it the overlaps decoded twice (2 x 16 frames, 0.37 s) outweigh the window
 
 
+VOICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """A named voice a request may ask for: a Piper voice (empty `model`: the default one) with its speaker
+    and speed."""
+
+    name: str
+    model: str = ""  # a Piper .onnx file, its .onnx.json beside it
+    speaker: int | None = None  # for a voice with several speakers: which one
+    speed: float = 1.0  # above 1 faster, below slower
+
+    @classmethod
+    def parse(cls, name: object, table: object) -> "VoiceConfig":
+        if not isinstance(name, str) or not VOICE_NAME.fullmatch(name):
+            raise BadInput(f"expected [tts.voices] names like 'innkeeper' (a-z, 0-9, - and _), got {name!r}")
+        where = f"[tts.voices.{name}]"
+        if not isinstance(table, dict) or set(table) - {"model", "speaker", "speed"}:
+            raise BadInput(f'expected {where} to be a table of "model", "speaker" and "speed", got {table!r}'[:300])
+        model, speaker, speed = table.get("model", ""), table.get("speaker"), table.get("speed", 1.0)
+        if not isinstance(model, str):
+            raise BadInput(f"expected {where} model to be a path to a Piper .onnx voice, got {model!r}")
+        if speaker is not None and (type(speaker) is not int or speaker < 0):
+            raise BadInput(f"expected {where} speaker to be a speaker number (0 or more), got {speaker!r}")
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4:
+            raise BadInput(f"expected {where} speed from 0.25 to 4 (1 is the voice's own), got {speed!r}")
+        return cls(name, model, speaker, float(speed))
+
+
 @dataclass(frozen=True)
 class TtsConfig:
     engine: str = "piper"
@@ -121,8 +161,14 @@ class TtsConfig:
     tone_fail_marker: str = ""
     tone_stall_marker: str = ""
     mp3_bitrate_kbps: int = 64
+    # Named voices ([tts.voices.<name>] tables in the file), as VoiceConfigs once parsed.
+    voices: tuple[VoiceConfig, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.voices, dict):
+            object.__setattr__(self, "voices", tuple(VoiceConfig.parse(k, v) for k, v in self.voices.items()))
+        if not isinstance(self.voices, tuple) or not all(isinstance(v, VoiceConfig) for v in self.voices):
+            raise BadInput(f"expected [tts.voices.<name>] tables, got {self.voices!r}"[:300])
         if self.piper_window_ms != 0 and self.piper_window_ms < MIN_PIPER_WINDOW_MS:
             raise BadInput(
                 f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "
@@ -254,9 +300,12 @@ class Config:
         return TimelineConfig(
             lead_ms=t.lead_ms,
             max_lead_ms=t.max_lead_ms,
+            min_lead_ms=t.min_lead_ms,
             sentence_gap_ms=t.sentence_gap_ms,
             request_gap_ms=t.request_gap_ms,
             generation_timeout_ms=int(t.generation_timeout_s * 1000),
+            open_idle_flush_ms=t.open_idle_flush_ms,
+            open_idle_timeout_ms=int(t.open_idle_timeout_s * 1000),
         )
 
     def with_server(self, **changes: Any) -> "Config":

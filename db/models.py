@@ -48,6 +48,8 @@ class RequestRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(BigInteger)
     auto: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     talk_over: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")  # narration over the track
+    open_json: Mapped[str | None] = mapped_column(Text)  # set while the narration is open: its unfinished tail
+    voice: Mapped[str | None] = mapped_column(String(64))  # narration in a named voice ([tts.voices])
     __table_args__ = (
         Index("ix_requests_channel_state", "channel_id", "state"),
         Index("ix_requests_finished", "state", "finished_at_ms"),

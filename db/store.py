@@ -9,7 +9,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from broadcaster.core.bed import Bed
-from broadcaster.core.model import Chunk, Request
+from broadcaster.core.model import Chunk, Request, Writing
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkState, RequestState
 from broadcaster.errors import BadInput
 
@@ -248,6 +248,8 @@ class Store:
             duration_ms=row.duration_ms,
             auto=bool(row.auto),
             over=bool(row.talk_over),
+            writing=_writing(row.open_json),
+            voice=row.voice,
         )
 
     # -- listeners and acknowledgements ----------------------------------------
@@ -374,6 +376,9 @@ UPDATE_REQUEST = (
         finished_at_ms=bindparam("new_finished_at_ms"),
         error=bindparam("new_error"),
         talk_over=bindparam("new_over"),
+        text=bindparam("new_text"),
+        sentences_json=bindparam("new_sentences_json"),
+        open_json=bindparam("new_open_json"),
     )
 )
 
@@ -407,6 +412,8 @@ def _request_values(request: Request, channel_id: int) -> dict:
         duration_ms=request.duration_ms,
         auto=request.auto,
         talk_over=request.over,
+        open_json=_open_json(request),
+        voice=request.voice,
     )
 
 
@@ -418,6 +425,9 @@ def _request_state(request: Request) -> dict:
         new_finished_at_ms=request.finished_at_ms,
         new_error=request.error,
         new_over=request.over,
+        new_text=request.text,  # an open narration's grow
+        new_sentences_json=json.dumps(request.sentences),
+        new_open_json=_open_json(request),
     )
 
 
@@ -451,3 +461,18 @@ def _chunk(row: ChunkRow) -> Chunk:
         samples=row.samples,
         channels=row.channels or 1,
     )
+
+
+def _open_json(request: Request) -> str | None:
+    writing = request.writing
+    if writing is None:
+        return None
+    return json.dumps({"tail": writing.tail, "tail_sentences": list(writing.tail_sentences)})
+
+
+def _writing(text: str | None) -> Writing | None:
+    """An open narration's tail; its idle times start again when the channel is restored."""
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Writing(data["tail"], tuple(data["tail_sentences"]))

@@ -173,7 +173,7 @@ async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
 # enough for three or four browsers on two cores.
 SPEAKER_CONFIG = {
     "tts": {"tone_ms_per_char": 55, "tone_delay_ms": 20},
-    "timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},
+    "timeline": {"lead_ms": 800, "min_lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600},
 }
 
 # -- recording ---------------------------------------------------------------------------------------

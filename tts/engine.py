@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from broadcaster.errors import GenerationError
+
 
 @dataclass(frozen=True)
 class Pcm:
@@ -36,6 +38,10 @@ class TtsEngine(ABC):
     @abstractmethod
     async def synthesize(self, text: str) -> Pcm:
         """Speak one sentence; raise GenerationError if it cannot be done."""
+
+    def variant(self, speaker: int | None, speed: float) -> "TtsEngine":
+        """The same voice with another speaker and speed, sharing what is loaded ([tts.voices])."""
+        raise GenerationError(f"the {self.name} engine has no speakers or speeds to choose from")
 
     async def idle(self) -> None:  # noqa: B027 (optional hook; doing nothing is right for most engines)
         """Called when no sentence is waiting: a chance to give memory back. Default: nothing."""

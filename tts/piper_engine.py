@@ -6,6 +6,7 @@ not by the sentence's length. A voice that cannot be split is decoded whole.
 """
 
 import asyncio
+import copy
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +51,7 @@ class PiperEngine(TtsEngine):
         self.voice = _load_voice(path, memory_arena, window_ms, cache_dir)
         self.sample_rate = self.voice.config.sample_rate
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        self.settings = None  # Piper's SynthesisConfig: None is the voice's own speaker and speed
         self.parallelism = workers
         self._release = not memory_arena
         windowed = isinstance(self.voice.session, WindowedSession)
@@ -72,8 +74,20 @@ class PiperEngine(TtsEngine):
             raise GenerationError(f"piper could not speak {text[:60]!r}: {exc}") from exc
         return Pcm(samples, self.sample_rate)
 
+    def variant(self, speaker: int | None, speed: float) -> "PiperEngine":
+        """This voice with another speaker and speed: the same network, threads and windows."""
+        from piper.config import SynthesisConfig
+
+        speakers = self.voice.config.num_speakers
+        if speaker is not None and not 0 <= speaker < speakers:
+            raise GenerationError(f"expected a speaker from 0 to {speakers - 1} for this voice, got {speaker}")
+        twin = copy.copy(self)
+        length_scale = self.voice.config.length_scale / speed
+        twin.settings = SynthesisConfig(speaker_id=speaker if speakers > 1 else None, length_scale=length_scale)
+        return twin
+
     def _synthesize(self, text: str) -> np.ndarray:
-        parts = [chunk.audio_int16_array for chunk in self.voice.synthesize(text)]
+        parts = [chunk.audio_int16_array for chunk in self.voice.synthesize(text, self.settings)]
         if not parts:
             raise GenerationError(f"piper produced no audio for {text[:60]!r}")
         return np.concatenate(parts)

@@ -169,3 +169,31 @@ def _best_cut(window: str, max_chars: int) -> int:
 def _is_speakable(piece: str) -> bool:
     """Whether a piece has anything a TTS engine can pronounce."""
     return _ALNUM.search(piece) is not None
+
+
+def split_complete(text: str, max_chars: int = 300) -> tuple[list[str], str]:
+    """The sentences of a text still being written that more text cannot change, and the rest.
+
+    A sentence is complete once what follows it proves the boundary (a space and a capital, a
+    paragraph break, a CJK terminator); the rest is returned as written, to be continued. The rest
+    starts at the latest word start where the text splits exactly as it does whole.
+    """
+    pieces = split_sentences(text, max_chars)
+    for start in _word_starts(text):
+        rest = split_sentences(text[start:], max_chars)
+        if pieces[len(pieces) - len(rest) :] != rest or len(rest) > len(pieces):
+            continue
+        done = split_sentences(text[:start], max_chars)
+        if done + rest == pieces:
+            return done, text[start:]
+    return [], text
+
+
+def _word_starts(text: str) -> list[int]:
+    """Where a sentence could begin, latest first: after whitespace or a CJK terminator, and 0."""
+    starts = [i for i in range(len(text) - 1, 0, -1) if _begins_word(text, i)]
+    return [*starts, 0]
+
+
+def _begins_word(text: str, i: int) -> bool:
+    return not text[i].isspace() and (text[i - 1].isspace() or text[i - 1] in _CJK_TERMINATORS)

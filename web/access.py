@@ -18,12 +18,14 @@ def remote_of(request: web.Request) -> str:
     return client_address(request, request.app[TRUSTED])
 
 
-async def producer_channel(request: web.Request) -> str:
-    """The channel name, once the write rate and the producer token are checked (404 before 401)."""
+async def producer_channel(request: web.Request, append: bool = False) -> str:
+    """The channel name, once the write rate (`append`: the rate of appends to open narrations) and the
+    producer token are checked (404 before 401)."""
     name = request.match_info["channel"]
     station = request.app[STATION]
     if valid_channel_name(name):  # a malformed one is a 404 below; only real names get a bucket
-        request.app[ACCESS].check_write_rate(remote_of(request), name)
+        access = request.app[ACCESS]
+        (access.check_append_rate if append else access.check_write_rate)(remote_of(request), name)
     await station.runner(name)
     await station.gate.check_token(name, bearer_token(request))
     return name

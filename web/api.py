@@ -28,13 +28,38 @@ async def submit_request(request: web.Request) -> web.Response:
     body = await json_body(request)
     if "text" not in body:
         raise BadInput(f'expected a JSON object with "text", got keys {sorted(body)[:10]}')
-    queued, position = await station.submit(name, body["text"], body.get("over", False))
+    queued, position = await station.submit(
+        name, body["text"], body.get("over", False), body.get("open", False), body.get("voice")
+    )
     return web.json_response(
         {
             "request_id": queued.request_id,
             "status": queued.state.value,
             "position": position,
             "sentences": len(queued.sentences),
+            "open": queued.writing is not None,
+        },
+        status=202,
+    )
+
+
+async def append_text(request: web.Request) -> web.Response:
+    """More text for an open narration; `"final": true` closes it."""
+    name = await producer_channel(request, append=True)
+    request_id = path_id(request, "request_id", "request")
+    body = await json_body(request)
+    if "text" not in body:
+        raise BadInput(f'expected a JSON object with "text", got keys {sorted(body)[:10]}')
+    unknown = sorted(set(body) - {"text", "final"})
+    if unknown:
+        raise BadInput(f'expected only "text" and "final", got {unknown[:10]}')
+    appended = await request.app[STATION].append(name, request_id, body["text"], body.get("final", False))
+    return web.json_response(
+        {
+            "request_id": request_id,
+            "status": appended.state.value,
+            "sentences": len(appended.sentences),
+            "open": appended.writing is not None,
         },
         status=202,
     )
@@ -44,7 +69,8 @@ async def producer_check(request: web.Request) -> web.Response:
     """Lets the console check a token before showing its controls."""
     name = await producer_channel(request)
     row = await request.app[STATION].channel_row(name)
-    return web.json_response({"channel": name, "producer": True, "style": row.style})
+    voices = request.app[STATION].voices.names
+    return web.json_response({"channel": name, "producer": True, "style": row.style, "voices": voices})
 
 
 async def skip_request(request: web.Request) -> web.Response:

@@ -6,10 +6,12 @@ import math
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
 from broadcaster.config import Config
+from broadcaster.errors import BadInput, GenerationError
 from broadcaster.runtime.bus import InProcessBus
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
@@ -21,6 +23,7 @@ from db.leases import Leases
 from db.store import Store
 from tts.engine import TtsEngine
 from tts.loudness import level
+from tts.voices import Voices, load_voices
 
 from . import api, beds, cors, live, metrics, pages, stream, tracks, ws
 from .clients import networks
@@ -81,6 +84,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_get("/api/channels/{channel}/audio/queue", api.queue_state)
     app.router.add_get("/api/channels/{channel}/producer", api.producer_check)
     app.router.add_post("/api/channels/{channel}/tracks", tracks.add_track)
+    app.router.add_post("/api/channels/{channel}/requests/{request_id}/text", api.append_text)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/skip", api.skip_request)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/cancel", api.cancel_request)
     app.router.add_post("/api/channels/{channel}/requests/{request_id}/retry", api.retry_request)
@@ -126,10 +130,13 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
             await store.close()
             gc_pauses.stop()
             raise
-        engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
-        engine = await level(engine, config.music.target_lufs)
-        await engine.idle()  # leveling spoke a passage: give its working memory back
-        log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
+        try:
+            engine, voices = await _engines(config, engine_factory)
+        except BaseException:
+            await (cluster.close() if cluster else server_lease.stop())
+            await store.close()
+            gc_pauses.stop()
+            raise
         cache_bytes = int(config.server.chunk_cache_mb * 1024 * 1024)
         # In a cluster the audio lives in the database, so every process serves every chunk (docs/cluster.md).
         audio = open_audio_store(config.data_path, store.engine, shared=bool(cluster), cache_bytes=cache_bytes)
@@ -149,6 +156,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
             metrics=app[METRICS],
             audience=app[HUB].total,
             clustered=bool(cluster),
+            voices=voices,
         )
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
@@ -162,6 +170,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
             await cluster.close()  # hands its channels over at once
         await publish.close()
         await station.stop()
+        await voices.close()
         await engine.close()
         if server_lease:
             await server_lease.stop()
@@ -169,6 +178,35 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         gc_pauses.stop()
 
     return lifecycle
+
+
+async def _engines(config: Config, engine_factory: EngineFactory) -> tuple[TtsEngine, Voices]:
+    """The default voice and the named ones, loaded and leveled."""
+    engine = await asyncio.to_thread(engine_factory, config)  # loading a voice takes a moment
+    engine = await level(engine, config.music.target_lufs)
+    await engine.idle()  # leveling spoke a passage: give its working memory back
+    log.info("%s voice leveled by %+.1f dB to %g LUFS", engine.name, engine.gain_db, config.music.target_lufs)
+    try:
+        return engine, await _voices(config, engine, engine_factory)
+    except BaseException:
+        await engine.close()
+        raise
+
+
+async def _voices(config: Config, engine: TtsEngine, engine_factory: EngineFactory) -> Voices:
+    """The named voices, each made and leveled now: a voice that cannot be made stops the start with why."""
+    tts = config.tts
+
+    def open_model(model: str) -> TtsEngine:
+        return engine_factory(replace(config, tts=replace(tts, piper_model=model)))
+
+    try:
+        voices = await load_voices(engine, tts.voices, tts.piper_model, open_model, config.music.target_lufs)
+    except GenerationError as exc:
+        raise BadInput(f"[tts.voices]: {exc}") from None
+    for name in voices.names:
+        log.info("voice %s ready, leveled by %+.1f dB", name, voices.named[name].gain_db)
+    return voices
 
 
 def _cluster(config: Config, store: Store, app: web.Application, node: str):  # noqa: ANN202

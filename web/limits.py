@@ -32,6 +32,8 @@ class Access:
         self.refused = count_refusal  # by reason, for /metrics
         self.writes = KeyedLimiter(limits.producer_writes_per_minute / 60, limits.producer_write_burst)
         self.writes_per_minute = limits.producer_writes_per_minute
+        self.appends = KeyedLimiter(limits.text_appends_per_second, limits.text_append_burst)
+        self.appends_per_second = limits.text_appends_per_second
         self.max_connections = limits.max_connections_per_address
         self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
         self.max_encoders = limits.max_stream_encoders
@@ -44,6 +46,18 @@ class Access:
             raise RateLimited(
                 f"expected at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} "
                 f"from one address, got more; try again in {math.ceil(wait_ms / 1000)} s",
+                math.ceil(wait_ms / 1000),
+            )
+
+    def check_append_rate(self, remote: str, channel: str) -> None:
+        """Appends to open narrations (a text stream arriving a few words at a time) have their own bucket."""
+        wait_ms = self.appends.take((remote, channel), self.clock())
+        if wait_ms:
+            self.refused("append_rate")
+            raise RateLimited(
+                f"expected at most {self.appends_per_second:g} appends a second to open narrations of channel "
+                f"{channel!r} from one address, got more; send text in larger pieces, or try again in "
+                f"{math.ceil(wait_ms / 1000)} s",
                 math.ceil(wait_ms / 1000),
             )
 

@@ -45,7 +45,14 @@ def chunk_json(chunk: Chunk) -> dict[str, Any]:
 def source_json(request: Request) -> dict[str, Any]:
     """What the request is: narration, or a track with its tags."""
     if request.kind != "track":
-        return {"kind": "speech", "over": True} if request.over else {"kind": "speech"}
+        wire: dict[str, Any] = {"kind": "speech"}
+        if request.over:
+            wire["over"] = True
+        if request.writing is not None:
+            wire["open"] = True  # more sentences may come: chunks_total may grow
+        if request.voice is not None:
+            wire["voice"] = request.voice
+        return wire
     return {
         "kind": "track",
         "title": request.title,

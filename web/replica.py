@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broadcaster.core.bed import HOLD_MS, RELEASE_MS, Bed, BedTrack, Segment, bed_from, speech_of
-from broadcaster.core.model import Chunk, Request
+from broadcaster.core.model import Chunk, Request, Writing
 from broadcaster.core.states import FINAL_REQUEST_STATES, ChunkEvent, ChunkState, RequestState
 from broadcaster.errors import BadInput
 from broadcaster.runtime.bus import BusUnavailable
@@ -269,6 +269,7 @@ def _describe(request: Request, item: Message) -> None:
         request.sentences = [""] * item["chunks_total"]
     if "kind" in item:
         request.kind, request.over = item["kind"], item.get("over", False)
+        request.writing = Writing() if item.get("open") else None  # open: its stream is not over yet
         request.title, request.artist = item.get("title"), item.get("artist")
         request.duration_ms, request.auto = item.get("duration_ms"), item.get("auto", False)
     if "error" in item:

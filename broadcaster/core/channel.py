@@ -40,6 +40,11 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
   timeout runs. `resume(now)` moves every chunk that had not ended by the pause
   later by the time it lasted (a lead ahead of the resume): the chunk cut by
   the pause goes on from where it stopped, and the gaps stay as they were.
+* An open narration (core/writing.py) takes more sentences while it is on the
+  air (`append`); it is over only once closed and played, so the queue waits for
+  it. Run dry, it waits in silence and its next sentence slips the timeline as
+  any late chunk does. Idle, its unfinished sentence is spoken and later it is
+  closed, on the clock like the generation timeout.
 
 Listener acknowledgements play no part here: the clock alone drives playback.
 """
@@ -67,6 +72,7 @@ from .events import (
 from .model import Chunk, RepeatMode, Request
 from .states import ChunkEvent, ChunkState, RequestEvent, RequestState
 from .timeline import Position, TimelineConfig, place_chunk, position_at
+from .writing import appended, close, close_due_ms, flush, flush_due_ms
 
 RECENT_LIMIT = 32
 
@@ -166,7 +172,7 @@ class Channel:
 
     def next_job(self) -> Request | None:
         """The request that needs audio first: talk-over narration, else the first in line."""
-        return next((r for r in (*self.overlay, *self.line) if not r.generated), None)
+        return next((r for r in (*self.overlay, *self.line) if r.has_work), None)
 
     def _track_on_air(self, now_ms: int) -> bool:
         """A track is sounding, or goes on the air within the lead."""
@@ -202,6 +208,55 @@ class Channel:
         request.chunks.append(chunk)
         self.dirty.add(request.request_id)
         return self._place(now_ms) or [QueueChanged(progress=True)]  # generated ahead
+
+    def append(
+        self,
+        request_id: str,
+        text: str,
+        sentences: list[str],
+        tail: tuple[str, list[str]],
+        final: bool,
+        now_ms: int,
+    ) -> list[Event]:
+        """More text for an open narration: its complete `sentences` and its unfinished `tail` (the text
+        and what it says if spoken as it is); `final` closes it."""
+        request = self._in_line(request_id)
+        if request.writing is None:
+            raise ValueError(f"request {request_id} is closed; it takes no more text")
+        appended(request, text, sentences, *tail, now_ms)
+        if request.state == RequestState.GENERATING:
+            request.generation_started_ms = now_ms  # open: the timeout counts from the latest append
+        self.dirty.add(request_id)
+        if final:
+            return self._close(request, now_ms)
+        return [QueueChanged(), *self._place(now_ms)]
+
+    def _close(self, request: Request, now_ms: int) -> list[Event]:
+        close(request)
+        self.dirty.add(request.request_id)
+        if not request.sentences:
+            return self._end_empty(request, now_ms)
+        events: list[Event] = [QueueChanged()]
+        last = request.chunks[-1] if request.chunks else None
+        if request.generated and last is not None and last.scheduled:
+            events.append(RequestPlaced(request))  # its last chunk went on the air while it was open
+        return [*events, *self._retire(request, self._horizon(now_ms)), *self._place(now_ms)]
+
+    def _end_empty(self, request: Request, now_ms: int) -> list[Event]:
+        request.apply(RequestEvent.CANCEL)
+        request.error = "closed with nothing to speak"
+        request.finished_at_ms = self._horizon(now_ms)
+        self._leave_line(request)
+        return [RequestCancelled(request, False, request.finished_at_ms, ()), QueueChanged(), *self._place(now_ms)]
+
+    def _idle(self, request: Request, now_ms: int) -> list[Event]:
+        """An open narration left without text: close it, or speak its unfinished sentence."""
+        if (due := close_due_ms(request, self.config)) is not None and now_ms >= due:
+            return self._close(request, now_ms)
+        if (due := flush_due_ms(request, self.config)) is not None and now_ms >= due and flush(request):
+            self.dirty.add(request.request_id)
+            return [QueueChanged()]
+        return []
 
     def generation_failed(self, request_id: str, reason: str, now_ms: int) -> list[Event]:
         request = self.find_request(request_id)
@@ -336,6 +391,7 @@ class Channel:
             self.fading_beds, self.bed_dirty = kept, True  # faded out: nothing more to hear of them
         events: list[Event] = []
         for request in [*self.overlay, *self.line]:
+            events += self._idle(request, now_ms)
             events += self._retire(request, self._horizon(now_ms))
             events += self._check_timeout(request, now_ms)
         return events + self._place(now_ms)
@@ -352,6 +408,9 @@ class Channel:
                 yield min(ends)  # type: ignore[type-var]
             if self._timing_out(request):
                 yield request.generation_started_ms + self.config.generation_timeout_ms  # type: ignore[operator]
+            for due in (flush_due_ms(request, self.config), close_due_ms(request, self.config)):
+                if due is not None:
+                    yield due
         for bed in self.fading_beds:  # forgotten once faded out
             if bed.ends_at_ms is not None and (horizon is None or bed.ends_at_ms <= horizon):
                 yield bed.ends_at_ms
@@ -428,6 +487,8 @@ class Channel:
         for request in (*self.overlay, *self.line):
             if request.state == RequestState.GENERATING and not request.generated:
                 request.generation_started_ms = now_ms
+            if request.writing is not None:
+                request.writing.appended_at_ms = now_ms  # its producer gets the idle times again
         return self.tick(now_ms)
 
     # -- internals -------------------------------------------------------------

@@ -13,7 +13,9 @@ audio ready to play (`ready_at_ms`, by the server's clock as they estimate it).
 For a chunk placed within the lead, that minus the moment it was placed is
 how much lead that listener needed. The lead is the recent needs' high
 quantile plus a margin, never below the configured floor nor above the
-ceiling: it grows with a large or slow audience and falls back as the needs do.
+ceiling: it grows with a large or slow audience and falls as the needs do,
+down to the floor for a few listeners close by, so a narration is heard sooner.
+An audience nothing is known of yet gets the configured starting lead.
 
 How long a burst of fetches takes depends on how many fetch at once, so each
 need is kept with the size of the audience its chunk was placed for, and the
@@ -40,11 +42,16 @@ def band(audience: int) -> int:
 
 
 class LeadTuner:
-    def __init__(self, floor_ms: int, ceiling_ms: int):
-        if not 0 <= floor_ms <= ceiling_ms:
-            raise ValueError(f"expected 0 <= floor <= ceiling for the lead, got {floor_ms} and {ceiling_ms} ms")
+    def __init__(self, floor_ms: int, ceiling_ms: int, start_ms: int | None = None):
+        """`start_ms`: the lead while no listener of about the audience's size has reported (the floor if None)."""
+        start_ms = floor_ms if start_ms is None else start_ms
+        if not 0 <= floor_ms <= start_ms <= ceiling_ms:
+            raise ValueError(
+                f"expected 0 <= floor <= start <= ceiling for the lead, got {floor_ms}, {start_ms} and {ceiling_ms} ms"
+            )
         self.floor_ms = floor_ms
         self.ceiling_ms = ceiling_ms
+        self.start_ms = start_ms
         self._placed: OrderedDict[str, tuple[int, int]] = OrderedDict()  # chunk id -> (placed at, its band)
         # The needs in arrival order, to forget the oldest, and sorted by band, for the quantile.
         self._needs: deque[tuple[int, int, int]] = deque()  # (reported at, band, need) in ms
@@ -91,7 +98,7 @@ class LeadTuner:
     def _from(self, wanted: int) -> int:
         ranked = sorted(chain.from_iterable(self._bands.get(b, ()) for b in (wanted - 1, wanted, wanted + 1)))
         if not ranked:
-            return self.floor_ms
+            return self.start_ms
         quantile = ranked[math.ceil(QUANTILE * len(ranked)) - 1]
         return min(max(quantile + MARGIN_MS, self.floor_ms), self.ceiling_ms)
 

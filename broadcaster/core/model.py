@@ -62,6 +62,15 @@ class Chunk:
 
 
 @dataclass
+class Writing:
+    """An open narration: its text is still being written (appended to) by its producer."""
+
+    tail: str = ""  # the text after its last complete sentence, as written
+    tail_sentences: tuple[str, ...] = ()  # what the tail says if spoken as it is (idle flush, close)
+    appended_at_ms: int = 0  # the latest append (or open, or restart): idle flush and idle close count from it
+
+
+@dataclass
 class Request:
     request_id: str
     channel: str
@@ -80,10 +89,18 @@ class Request:
     auto: bool = False  # queued by the auto-DJ: anything a producer queues goes before it
     repeat_of: str | None = None  # a repeat copy: the request it copies (not persisted)
     over: bool = False  # talk-over: narration on the air at once, over the track playing (Channel.overlay)
+    writing: Writing | None = None  # set while the narration is open: more sentences may come
+    voice: str | None = None  # narration: a configured voice ([tts.voices]); None is the default one
 
     @property
     def generated(self) -> bool:
-        return len(self.chunks) == len(self.sentences)
+        """All its audio is made: every sentence, and no more can come."""
+        return self.writing is None and len(self.chunks) == len(self.sentences)
+
+    @property
+    def has_work(self) -> bool:
+        """A sentence is waiting for its audio."""
+        return len(self.chunks) < len(self.sentences)
 
     @property
     def starts_at_ms(self) -> int | None:

@@ -9,9 +9,12 @@ from .model import Chunk
 class TimelineConfig:
     lead_ms: int = 500  # how far ahead of "now" new audio is placed, so listeners can fetch it
     max_lead_ms: int = 500  # up to this far when listeners report needing longer (lead.py)
+    min_lead_ms: int | None = None  # down to this when they report needing less (None: lead_ms)
     sentence_gap_ms: int = 250  # silence between chunks of one request
     request_gap_ms: int = 600  # silence between two requests
-    generation_timeout_ms: int = 180_000
+    generation_timeout_ms: int = 180_000  # for an open narration: from its latest append
+    open_idle_flush_ms: int = 1500  # an open narration's unfinished sentence is spoken after this long without text
+    open_idle_timeout_ms: int = 120_000  # an open narration idle this long is closed with what it has
 
 
 @dataclass(frozen=True)

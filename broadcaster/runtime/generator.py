@@ -10,6 +10,7 @@ from db.audio_store import AudioStore
 from tts.encode import flac_bytes
 from tts.engine import Pcm, TtsEngine
 from tts.tracks import TRACK_CHANNELS, TRACK_RATE
+from tts.voices import Voices
 
 from .clock import Clock
 from .delivery import Mp3Delivery
@@ -25,6 +26,7 @@ class ChunkMaker:
     delivery: Mp3Delivery
     metrics: Telemetry = field(default_factory=Telemetry)
     synthesis: SynthesisQueue | None = None  # shares the engine fairly between channels
+    voices: Voices | None = None  # the named voices besides the default (the engine)
 
     async def make(self, request: Request, seq: int, deadline_ms: int | None = None) -> Chunk:
         """Raises GenerationError (engine) or OSError (disk, or the audio's database away). `deadline_ms`:
@@ -56,6 +58,7 @@ class ChunkMaker:
     async def _produce(self, request: Request, seq: int, deadline_ms: int | None) -> Pcm:
         if request.kind == "track":
             return await self.audio.track_segment(request.request_id, seq, len(request.sentences))
+        engine = self.engine if self.voices is None else self.voices.engine(request.voice)
         if self.synthesis is not None:
-            return await self.synthesis.speak(request.sentences[seq], deadline_ms)
-        return await self.engine.synthesize(request.sentences[seq])
+            return await self.synthesis.speak(request.sentences[seq], deadline_ms, engine)
+        return await engine.synthesize(request.sentences[seq])

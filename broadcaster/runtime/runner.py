@@ -60,7 +60,9 @@ class ChannelRunner:
         self.maker = maker
         self.clock = clock
         self.publish = publish
-        self.lead = LeadTuner(channel.config.lead_ms, max(channel.config.lead_ms, channel.config.max_lead_ms))
+        cfg = channel.config
+        floor = cfg.lead_ms if cfg.min_lead_ms is None else min(cfg.min_lead_ms, cfg.lead_ms)
+        self.lead = LeadTuner(floor, max(cfg.lead_ms, cfg.max_lead_ms), cfg.lead_ms)
         self.audience = audience  # listeners connected now, for the lead
         self._woken_for_lead_ms = 0
         self._lock = asyncio.Lock()
@@ -287,7 +289,7 @@ class ChannelRunner:
         rid = request.request_id
         await self.apply(partial(self.channel.generation_started, rid))
         log.info("channel %s: generating request %s (%d sentences)", self.name, rid, len(request.sentences))
-        while not request.generated and self.channel.next_job() is request:
+        while request.has_work and self.channel.next_job() is request:
             try:
                 chunk = await self.maker.make(request, request.next_seq, self.channel.next_chunk_due_ms(request))
             except Exception as exc:  # engine, encoder or disk: any failure fails this request only

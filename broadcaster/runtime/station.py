@@ -14,7 +14,7 @@ from broadcaster.core.bed import Bed
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import ChannelPaused, ChannelResumed, RequestPlaced
 from broadcaster.core.ids import new_id
-from broadcaster.core.model import Chunk, RepeatMode, Request
+from broadcaster.core.model import Chunk, RepeatMode, Request, Writing
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
 from broadcaster.errors import BadInput, BroadcasterError, Conflict, NotFound
 from broadcaster.process import release_free_memory
@@ -22,8 +22,9 @@ from db.audio_store import AudioStore
 from db.leases import Lease
 from db.store import Store
 from tts.engine import TtsEngine
-from tts.sentences import split_sentences
+from tts.sentences import split_complete, split_sentences
 from tts.tracks import DecodeLimits, TrackInfo, prepare_track
+from tts.voices import Voices
 
 from .accounts import Gate
 from .autodj import AutoDJ
@@ -92,8 +93,10 @@ class Station:
         metrics: Telemetry | None = None,
         audience: Callable[[str], int] = lambda channel: 0,
         clustered: bool = False,
+        voices: Voices | None = None,
     ):
         self.config = config
+        self.voices = voices or Voices(engine)
         self.store = store
         self.audio = audio
         self.engine = engine
@@ -107,7 +110,7 @@ class Station:
         self.on_lost: Callable[[str], None] = lambda name: None  # a write was fenced off: let the channel go
         self.delivery = Mp3Delivery(audio, config.tts.mp3_bitrate_kbps)
         self.synthesis = SynthesisQueue(engine, clock)
-        self.maker = ChunkMaker(engine, audio, clock, self.delivery, self.metrics, self.synthesis)
+        self.maker = ChunkMaker(engine, audio, clock, self.delivery, self.metrics, self.synthesis, self.voices)
         self.runners: dict[str, ChannelRunner] = {}
         self.gate = Gate(store)
         self._loading = asyncio.Lock()
@@ -267,6 +270,7 @@ class Station:
             duration_ms=original.duration_ms,
             auto=original.auto,
             repeat_of=repeat_of,
+            voice=original.voice,
         )
         if original.kind == "track":
             await self.audio.share_track(original.request_id, copy.request_id)
@@ -359,24 +363,67 @@ class Station:
         events = await runner.apply(partial(_guarded, runner.channel.resume))
         return events[0]
 
-    async def submit(self, name: str, text: object, over: object = False) -> tuple[Request, int]:
-        """Queue narration; `over`: on the air at once over the track playing, if one is (talk-over)."""
+    async def submit(
+        self, name: str, text: object, over: object = False, open_: object = False, voice: object = None
+    ) -> tuple[Request, int]:
+        """Queue narration; `over`: on the air at once over the track playing, if one is (talk-over);
+        `open_`: more text will be appended (`append`), and the text so far may be empty; `voice`: a
+        configured voice, else the default one."""
         runner = await self.runner(name)
-        limits = self.config.limits
-        if not isinstance(over, bool):
-            raise BadInput(f'expected "over" to be true or false, got {over!r}'[:200])
+        voice = self.voices.check(voice)
+        for key, value in (("over", over), ("open", open_)):
+            if not isinstance(value, bool):
+                raise BadInput(f'expected "{key}" to be true or false, got {value!r}'[:200])
+        self._check_text(text, 0)
+        if open_:
+            sentences, tail = split_complete(text, self.config.limits.max_sentence_chars)
+            writing = Writing(tail, tuple(self._split(tail)), self.clock())
+        else:
+            sentences, writing = self._split(text), None
+            if not sentences:
+                raise BadInput("expected text with something to speak (letters or digits), got none")
+        self._check_room(runner)
+        request = Request(new_id(), name, text, sentences, self.clock(), over=over, writing=writing, voice=voice)
+        return request, await runner.submit(request)
+
+    async def append(self, name: str, request_id: str, text: object, final: object = False) -> Request:
+        """More text for an open narration; `final` closes it (what is left unfinished is spoken as it is)."""
+        runner = await self.runner(name)
+        request = await self._request_in(runner, request_id)  # 404 for ids this channel never had
+        if not isinstance(final, bool):
+            raise BadInput(f'expected "final" to be true or false, got {final!r}'[:200])
+        await runner.apply(partial(self._append_step, runner.channel, request_id, text, final))
+        return request
+
+    def _append_step(self, channel: Channel, request_id: str, text: object, final: bool, now_ms: int) -> list:
+        """Checked inside the channel's step: the request cannot close or end between check and append."""
+        request = channel.find_request(request_id)
+        if request is None or request.state in FINAL_REQUEST_STATES:
+            state = request.state if request else "finished"
+            raise Conflict(f"request {request_id} is {state}; it takes no more text")
+        if request.writing is None:
+            raise Conflict(f"request {request_id} is closed (or was never open); it takes no more text")
+        self._check_text(text, len(request.text))
+        pending = request.writing.tail + text
+        if final:
+            sentences, tail = self._split(pending), ""
+        else:
+            sentences, tail = split_complete(pending, self.config.limits.max_sentence_chars)
+        return channel.append(request_id, text, sentences, (tail, self._split(tail)), final, now_ms)
+
+    def _check_text(self, text: object, before: int) -> None:
+        """Text a producer sends: a string, valid Unicode, and not past the length limit with what came before."""
+        limit = self.config.limits.max_text_chars
         if not isinstance(text, str):
             raise BadInput(f'expected "text" to be a string, got {type(text).__name__}')
         if not text.isascii() and not _encodable(text):
             raise BadInput('expected "text" to be valid Unicode, got an unpaired surrogate escape (\\ud800-\\udfff)')
-        if len(text) > limits.max_text_chars:
-            raise BadInput(f"expected at most {limits.max_text_chars} characters of text, got {len(text)}")
-        sentences = split_sentences(text, limits.max_sentence_chars)
-        if not sentences:
-            raise BadInput("expected text with something to speak (letters or digits), got none")
-        self._check_room(runner)
-        request = Request(new_id(), name, text, sentences, self.clock(), over=over)
-        return request, await runner.submit(request)
+        if before + len(text) > limit:
+            had = f" (with the {before} it has)" if before else ""
+            raise BadInput(f"expected at most {limit} characters of text, got {before + len(text)}{had}")
+
+    def _split(self, text: str) -> list[str]:
+        return split_sentences(text, self.config.limits.max_sentence_chars)
 
     async def add_track(self, name: str, source: Path, filename: str, auto: bool = False) -> tuple[Request, int]:
         """Decode a music file into a track request and queue it; nothing is left behind if it is refused."""
@@ -454,7 +501,9 @@ class Station:
         if request.state not in (RequestState.FAILED, RequestState.CANCELLED):
             raise Conflict(f"expected a failed or cancelled request to retry, but {request_id} is {request.state}")
         if request.kind != "track":
-            return await self.submit(name, request.text)
+            return await self.submit(
+                name, request.text, voice=request.voice if request.voice in self.voices.named else None
+            )
         self._check_room(runner)
         try:
             copy = await self._copy(name, request)

@@ -30,6 +30,7 @@ SAFETY = 0.6  # plan live playback for this share of the measured speed: synthes
 class _Job:
     order: tuple = field(compare=True)
     text: str = field(compare=False)
+    engine: TtsEngine = field(compare=False)
     deadline_ms: int | None = field(compare=False)
     done: asyncio.Future = field(compare=False)
 
@@ -45,8 +46,10 @@ class SynthesisQueue:
         self._busy = 0
         self._running: set[asyncio.Task] = set()
 
-    async def speak(self, text: str, deadline_ms: int | None = None) -> Pcm:
-        job = _Job((next(self._seq),), text, deadline_ms, asyncio.get_running_loop().create_future())
+    async def speak(self, text: str, deadline_ms: int | None = None, engine: TtsEngine | None = None) -> Pcm:
+        """`engine`: another voice than the default (tts/voices.py); voices share the workers."""
+        done = asyncio.get_running_loop().create_future()
+        job = _Job((next(self._seq),), text, engine or self.engine, deadline_ms, done)
         heapq.heappush(self._waiting, job)
         self._dispatch()
         try:
@@ -92,7 +95,7 @@ class SynthesisQueue:
     async def _run(self, job: _Job) -> None:
         try:
             started = time.perf_counter()
-            pcm = await self.engine.synthesize(job.text)
+            pcm = await job.engine.synthesize(job.text)
             self._measure(pcm, time.perf_counter() - started)
             if not job.done.done():
                 job.done.set_result(pcm)

@@ -31,7 +31,7 @@ CHANNEL = "table"
 # The listener page tests' pace: chunks long enough that a page opened mid-narration joins mid-chunk.
 PACE = {
     "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
-    "timeline": {"lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
+    "timeline": {"lead_ms": 800, "min_lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
 }
 QUEUED = "After the storm, silence. Then birds."
 

@@ -25,7 +25,7 @@ LONG_FIRST = "The caravan gathers in the grey hour, camels groaning while the dr
 pytestmark = pytest.mark.server_config(
     {
         "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
-        "timeline": {"lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
+        "timeline": {"lead_ms": 800, "min_lead_ms": 800, "sentence_gap_ms": 150, "request_gap_ms": 300},
     }
 )
 

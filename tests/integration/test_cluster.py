@@ -15,6 +15,8 @@ from broadcaster.runtime.accounts import create_channel
 from db.store import Store
 from web.keys import CLUSTER, METRICS
 
+from .test_shared_audio import decoded_seconds
+
 
 @pytest.fixture
 async def cluster(tmp_path, postgres_url, redis_url):
@@ -454,3 +456,38 @@ async def test_a_pause_sent_to_any_member_stops_every_member_and_its_replica(clu
     for socket in sockets:
         await socket.next("request_played", where=lambda m: m["request_id"] == body["request_id"])
         await socket.ws.close()
+
+
+async def test_an_open_narration_fed_through_a_member_that_does_not_run_it_plays_on_both(cluster):
+    """Opened and appended to through the member that does not run the channel: every append reaches the
+    owner, both members announce the same chunks, and that member's progressive stream of the request
+    stays open until the narration is closed and carries all of it."""
+    made, owner, other, sockets = await listening_on_both(cluster)
+    headers = {"Authorization": f"Bearer {made.token}"}
+    url = f"{other.base_url}/api/channels/table/requests"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"text": "The first part is here. The sec", "open": True}, headers=headers) as r:
+            assert r.status == 202
+            rid = (await r.json())["request_id"]
+        first = [await s.next("audio_chunk_ready", where=lambda m: m["request_id"] == rid) for s in sockets]
+        stream = asyncio.create_task(_read(http, f"{other.base_url}/api/audio/stream/{rid}"))
+        await asyncio.sleep(1.0)  # the first part has played (under the 1.5 s idle flush): the stream waits
+        assert not stream.done()
+        async with http.post(
+            f"{url}/{rid}/text", json={"text": "ond part follows.", "final": True}, headers=headers
+        ) as r:
+            assert r.status == 202 and (await r.json())["sentences"] == 2
+        second = [await s.next("audio_chunk_ready", where=lambda m: m["request_id"] == rid) for s in sockets]
+        mp3 = await asyncio.wait_for(stream, 15)
+    assert first[0] == first[1] and second[0] == second[1]
+    assert second[0]["text"] == "The second part follows."
+    heard_s = (first[0]["duration_ms"] + second[0]["duration_ms"]) / 1000
+    assert await decoded_seconds(mp3) >= heard_s - 0.1
+    for socket in sockets:
+        await socket.ws.close()
+
+
+async def _read(http: aiohttp.ClientSession, url: str) -> bytes:
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        return await resp.read()

@@ -43,7 +43,7 @@ def test_an_unknown_key_is_still_refused_with_the_choices():
 
 @pytest.mark.parametrize("timeline", [{"lead_ms": 4000}, {"lead_ms": 500, "max_lead_ms": 400}, {"lead_ms": -1}])
 def test_a_lead_outside_zero_to_its_ceiling_is_refused(timeline):
-    with pytest.raises(BadInput, match=r"\[timeline\] 0 <= lead_ms <= max_lead_ms"):
+    with pytest.raises(BadInput, match=r"\[timeline\] 0 <= min_lead_ms and 0 <= lead_ms <= max_lead_ms"):
         config_from_dict({"timeline": timeline})
 
 
@@ -60,3 +60,31 @@ def test_the_database_url_may_come_from_the_environment(tmp_path):
     assert load_config(path, {"BROADCASTER_DATABASE_URL": url}).database_url == url
     assert load_config(path, {}).database_url == "sqlite+aiosqlite:///from-file.db"
     assert load_config(None, {"BROADCASTER_DATABASE_URL": url}).database_url == url
+
+
+def test_voices_are_read_from_their_tables():
+    config = config_from_dict({"tts": {"voices": {"innkeeper": {"speed": 1.2, "speaker": 0}, "bard": {}}}})
+    assert [(v.name, v.model, v.speaker, v.speed) for v in config.tts.voices] == [
+        ("innkeeper", "", 0, 1.2),
+        ("bard", "", None, 1.0),
+    ]
+    assert config_from_dict({}).tts.voices == ()
+
+
+@pytest.mark.parametrize(
+    ("voices", "words"),
+    [
+        ({"Inn Keeper": {}}, "names like"),
+        ({"bard": {"pitch": 2}}, "a table of"),
+        ({"bard": "fast"}, "a table of"),
+        ({"bard": {"speed": 0}}, "speed from 0.25 to 4"),
+        ({"bard": {"speed": True}}, "speed from 0.25 to 4"),
+        ({"bard": {"speaker": -1}}, "speaker number"),
+        ({"bard": {"speaker": 1.5}}, "speaker number"),
+        ({"bard": {"model": 5}}, "path to a Piper"),
+        (["bard"], "tables"),
+    ],
+)
+def test_a_bad_voice_is_refused_with_what_was_expected(voices, words):
+    with pytest.raises(BadInput, match=words):
+        config_from_dict({"tts": {"voices": voices}})

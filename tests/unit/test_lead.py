@@ -88,7 +88,7 @@ def test_old_needs_are_forgotten() -> None:
 
 
 def test_floor_above_ceiling_is_refused() -> None:
-    with pytest.raises(ValueError, match="floor <= ceiling"):
+    with pytest.raises(ValueError, match="floor <= start <= ceiling"):
         LeadTuner(1000, 500)
 
 
@@ -108,3 +108,24 @@ def test_the_channel_places_a_new_stream_at_its_current_lead() -> None:
     assert channel.next_deadline_ms() == 1700
     channel.tick(1700)
     assert second.chunks[0].starts_at_ms == 3700
+
+
+def test_a_few_listeners_close_by_bring_the_lead_down_from_its_start_to_their_need() -> None:
+    """Unmeasured, an audience gets the starting lead; once its listeners report needing little, the lead
+    comes down to their need and the margin, never under the floor."""
+    tuner = LeadTuner(200, 3000, start_ms=500)
+    assert tuner.lead_ms(0, 8) == 500
+    tuner.placed("c1", 1000, 1500, 8)
+    for need in (60, 75, 70, 65, 90, 70, 68, 73):
+        tuner.ready("c1", 1000 + need, 1100)
+    assert tuner.lead_ms(1100, 8) == 90 + MARGIN_MS
+    fast = LeadTuner(200, 3000, start_ms=500)
+    fast.placed("c1", 1000, 1500, 8)
+    fast.ready("c1", 1001, 1100)
+    assert fast.lead_ms(1100, 8) == 200  # the floor
+    assert fast.lead_ms(1100, 1000) == 500  # a crowd nothing is known of starts at the starting lead
+
+
+def test_a_start_outside_floor_and_ceiling_is_refused() -> None:
+    with pytest.raises(ValueError, match="floor <= start <= ceiling"):
+        LeadTuner(200, 3000, start_ms=100)

@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts.sentences import split_sentences
+from tts.sentences import split_complete, split_sentences
 
 # Arbitrary Unicode rarely hits the interesting paths, so also draw from an
 # alphabet dense in terminators, quotes, breaks, abbreviation letters and
@@ -66,3 +66,17 @@ def test_joined_output_is_collapsed_input_minus_unspeakable_words(text, max_char
     assert is_subsequence(joined_words, input_words)
     spoken = [word for word in joined_words if alnum_chars(word)]
     assert spoken == [word for word in input_words if alnum_chars(word)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts, limits, st.lists(st.integers(min_value=0, max_value=600), max_size=8))
+def test_text_streamed_in_pieces_is_spoken_as_the_whole_text(text, max_chars, cuts):
+    """Appending a text piece by piece, taking the complete sentences each time and closing at the
+    end, speaks exactly the sentences of the whole text: nothing taken early changes afterwards."""
+    spoken, tail, last = [], "", 0
+    for cut in sorted(c for c in cuts if c <= len(text)):
+        done, tail = split_complete(tail + text[last:cut], max_chars)
+        spoken += done
+        last = cut
+    spoken += split_sentences(tail + text[last:], max_chars)
+    assert spoken == split_sentences(text, max_chars)

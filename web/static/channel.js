@@ -112,6 +112,7 @@ export function el(tag, props = {}, ...children) {
 
 // What a queued request is doing, in words a listener understands.
 export function queueLabel(item) {
+  if (item.open) return item.status === "pending" ? "waiting, still being written" : "still being written";
   if (item.status === "pending") return "waiting";
   if (item.status === "generating" && item.chunks_ready < item.chunks_total) {
     return `preparing ${item.chunks_ready}/${item.chunks_total}`;

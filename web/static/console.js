@@ -47,6 +47,7 @@ async function login(token) {
   try {
     const me = await api("GET", "/producer");
     $("over-switch").hidden = me.style !== "radio"; // talk-over: a voice over the music
+    showVoices(me.voices || []);
   } catch (err) {
     state.token = null;
     localStorage.removeItem(TOKEN_KEY);
@@ -104,13 +105,23 @@ function showBed(bed) {
   $("stop-bed").disabled = !bed;
 }
 
+// The voices configured on the server ([tts.voices]), offered beside the default one.
+function showVoices(names) {
+  const select = $("voice");
+  select.replaceChildren(el("option", { value: "", textContent: "default" }),
+    ...names.map((name) => el("option", { value: name, textContent: name })));
+  $("voice-choice").hidden = names.length === 0;
+}
+
 async function say() {
   const text = $("text").value;
   if (!text.trim()) return;
   $("say-status").textContent = "Sending…";
   try {
-    const over = !$("over-switch").hidden && $("over").checked;
-    const queued = await api("POST", "/requests", over ? { text, over } : { text });
+    const body = { text };
+    if (!$("over-switch").hidden && $("over").checked) body.over = true;
+    if ($("voice").value) body.voice = $("voice").value;
+    const queued = await api("POST", "/requests", body);
     $("text").value = "";
     $("say-status").textContent = `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`;
   } catch (err) {
@@ -205,7 +216,7 @@ function render() {
   const now = state.nowPlaying;
   $("now").replaceChildren(now
     ? el("div", { className: "item" },
-        el("span", {}, now.text, el("span", { className: "meta" }, ` ${progress(now.chunks.length, now.chunks_total)}`)),
+        el("span", {}, now.text, el("span", { className: "meta" }, ` ${now.open ? "(still being written)" : progress(now.chunks.length, now.chunks_total)}`)),
         button("Skip", () => act(now.request_id, "skip"), `Skip: ${now.text.slice(0, 40)}`))
     : el("em", {}, "Nothing on the air"));
   $("repeat").value = state.repeat || "off";

@@ -1,0 +1,93 @@
+"""Named voices through the real server: the bundled Piper voice under two names at two speeds, leveled to
+one loudness; unknown voices refused with the list of known ones; the console is offered them."""
+
+import aiohttp
+import numpy as np
+import pytest
+from conftest import start_server
+
+from broadcaster.errors import BadInput
+from tts.encode import read_flac
+from tts.engine import Pcm
+from tts.loudness import measure_lufs
+
+VOICES = {"slow": {"speed": 0.8}, "quick": {"speed": 1.25}}
+LINE = "The innkeeper leans over the bar and lowers his voice to a whisper."
+
+
+async def post(server, body: object) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {server.token}"}
+        async with http.post(f"{server.base_url}/api/channels/table/requests", json=body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+async def spoken(server, listener, voice: str | None) -> tuple[dict, Pcm]:
+    status, body = await post(server, {"text": LINE, **({"voice": voice} if voice else {})})
+    assert status == 202, body
+    chunk = await listener.next("audio_chunk_ready", where=lambda m: m["request_id"] == body["request_id"], timeout=60)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.base_url + chunk["url"], params={"format": "flac"}) as resp:
+            return chunk, read_flac(await resp.read())
+
+
+@pytest.mark.piper
+@pytest.mark.server_config({"tts": {"engine": "piper", "voices": VOICES}})
+async def test_the_bundled_voice_under_two_names_speaks_at_their_speeds_and_one_loudness(server, connect):
+    listener = await connect()
+    await listener.next("snapshot")
+    heard = {voice: await spoken(server, listener, voice) for voice in (None, "slow", "quick")}
+    length = {voice: chunk["duration_ms"] for voice, (chunk, _) in heard.items()}
+    # Speed 0.8: a quarter longer; 1.25: a fifth shorter. Piper draws each phoneme's length with some
+    # noise, and the silence at the ends does not scale, so one sentence lands near those, not on them.
+    assert 1.08 < length["slow"] / length[None] < 1.45, length
+    assert 0.65 < length["quick"] / length[None] < 0.94, length
+    assert length["slow"] / length["quick"] > 1.3, length
+    loudness = {voice: measure_lufs(pcm) for voice, (_, pcm) in heard.items()}
+    # Each voice is leveled on a calibration passage; one sentence measures within a dB or so of another.
+    assert max(loudness.values()) - min(loudness.values()) < 1.5, loudness
+    assert all(np.sqrt(np.mean(pcm.samples.astype(float) ** 2)) > 300 for _, pcm in heard.values())
+    status, body = await post(server, {"text": LINE, "voice": "bard"})
+    assert status == 400 and body["error"]["message"] == "expected \"voice\" to be one of ['quick', 'slow'], got 'bard'"
+
+
+@pytest.mark.server_config({"tts": {"voices": {"quick": {"speed": 2}}}})
+async def test_a_voice_is_kept_with_its_request_and_offered_to_the_console(server, connect):
+    listener = await connect()
+    await listener.next("snapshot")
+    status, plain = await post(server, {"text": "Sixty characters of narration, give or take a few of them!!"})
+    assert status == 202
+    status, quick = await post(
+        server, {"text": "Sixty characters of narration, give or take a few of them!!", "voice": "quick"}
+    )
+    assert status == 202
+    durations = {}
+    for request_id in (plain["request_id"], quick["request_id"]):
+        chunk = await listener.next("audio_chunk_ready", where=lambda m, r=request_id: m["request_id"] == r)
+        durations[request_id] = chunk["duration_ms"]
+    assert durations[quick["request_id"]] * 2 == durations[plain["request_id"]]
+    _, state = await server.get_json("/api/channels/table/audio/queue")
+    items = [state["now_playing"], *state["queue"], *state["recent"]]
+    assert {i["request_id"]: i.get("voice") for i in items if i}[quick["request_id"]] == "quick"
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {server.token}"}
+        async with http.get(f"{server.base_url}/api/channels/table/producer", headers=headers) as resp:
+            assert (await resp.json())["voices"] == ["quick"]
+
+
+@pytest.mark.parametrize("voice", ["nobody", 5, "", ["quick"]])
+async def test_without_voices_configured_any_voice_is_refused_and_nothing_queued(server, voice):
+    status, body = await post(server, {"text": "Hello.", "voice": voice})
+    assert status == 400 and "no voices are configured" in body["error"]["message"]
+    _, state = await server.get_json("/api/channels/table/audio/queue")
+    assert state["queue"] == [] and state["now_playing"] is None
+
+
+@pytest.mark.piper
+async def test_a_voice_whose_model_is_missing_stops_the_start_with_why(tmp_path):
+    missing = tmp_path / "elf.onnx"
+    voices = {"elf": {"model": str(missing)}}
+    with pytest.raises(BadInput, match=f"expected a Piper .onnx voice at {missing}"):
+        await start_server(tmp_path, {"tts": {"engine": "piper", "voices": voices}})
+    runner, _ = await start_server(tmp_path, {"tts": {"engine": "piper"}})  # nothing was left holding the data
+    await runner.cleanup()
