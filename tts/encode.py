@@ -54,6 +54,7 @@ class Mp3Encoder:
     ) -> "Mp3Encoder":
         proc = await spawn(
             *mp3_command(sample_rate, bitrate_kbps, target, channels),
+            fed=True,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

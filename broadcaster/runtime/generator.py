@@ -34,12 +34,14 @@ class ChunkMaker:
         started = time.perf_counter()
         text, rid, chunk_id = request.sentences[seq], request.request_id, new_id()
         rate, channels = (TRACK_RATE, TRACK_CHANNELS) if request.kind == "track" else (self.engine.sample_rate, 1)
-        encoder = await self.delivery.encoder_for(rid, chunk_id, rate, channels)
+        # The MP3 encoder's process starts while the audio is made: its start is off the way to first audio.
+        starting = asyncio.create_task(self.delivery.encoder_for(rid, chunk_id, rate, channels))
         try:
             pcm = await self._produce(request, seq, deadline_ms)
             await self.audio.put(rid, chunk_id, "flac", await asyncio.to_thread(flac_bytes, pcm))
+            encoder = await starting
         except BaseException:
-            await asyncio.shield(encoder.abandon())
+            await asyncio.shield(_abandon(starting))
             raise
         self.delivery.finish(rid, chunk_id, encoder, pcm)
         self.metrics.chunk_made(request.kind, time.perf_counter() - started)
@@ -62,3 +64,12 @@ class ChunkMaker:
         if self.synthesis is not None:
             return await self.synthesis.speak(request.sentences[seq], deadline_ms, engine)
         return await engine.synthesize(request.sentences[seq])
+
+
+async def _abandon(starting: asyncio.Task) -> None:
+    """Stop an encoder whose chunk will not be made, once it has started (if it started at all)."""
+    try:
+        encoder = await starting
+    except Exception:  # it failed to start: nothing to stop
+        return
+    await encoder.abandon()

@@ -287,7 +287,15 @@ class ChannelRunner:
 
     async def _generate(self, request: Request) -> None:
         rid = request.request_id
-        await self.apply(partial(self.channel.generation_started, rid))
+        # Saved and announced while the first sentence is made: not on the way to first audio.
+        started = asyncio.create_task(self.apply(partial(self.channel.generation_started, rid)))
+        try:
+            await self._make_all(request)
+        finally:
+            await started
+
+    async def _make_all(self, request: Request) -> None:
+        rid = request.request_id
         log.info("channel %s: generating request %s (%d sentences)", self.name, rid, len(request.sentences))
         while request.has_work and self.channel.next_job() is request:
             try:

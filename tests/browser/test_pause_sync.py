@@ -66,6 +66,7 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     observer = await connect()
     await observer.next("snapshot")
     recorder = await listeners.open_recorded([0, 1])
+    await asyncio.sleep(5)  # past the pages' unsteady first seconds of output, as for the late joiner below
     await server.say(NARRATION)
     first = await observer.next("audio_chunk_ready")
     await until(first["starts_at_ms"] / 1000 + 0.7)  # well into the first sentence
