@@ -9,12 +9,21 @@ model is loaded once, whatever number of voices use it.
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
-from broadcaster.config import VoiceConfig
 from broadcaster.errors import BadInput
 
 from .engine import TtsEngine
 from .loudness import level
+
+
+class VoiceSettings(Protocol):
+    """One configured voice (broadcaster.config.VoiceConfig)."""
+
+    name: str
+    model: str  # empty: the default voice's
+    speaker: int | None
+    speed: float
 
 
 class Voices:
@@ -47,7 +56,7 @@ class Voices:
 
 async def load_voices(
     default: TtsEngine,
-    configs: Iterable[VoiceConfig],
+    configs: Iterable[VoiceSettings],
     default_model: str,
     open_model: Callable[[str], TtsEngine],
     target_lufs: float,
