@@ -95,6 +95,7 @@ def _parser(serve_command: Command) -> argparse.ArgumentParser:
     )
     say.add_argument("--token", default=os.environ.get("BROADCASTER_TOKEN"), help="producer token ($BROADCASTER_TOKEN)")
     say.add_argument("--server", help="server URL (default from config)")
+    say.add_argument("--voice", help="one of the server's named voices ([tts.voices]); default: its default voice")
     say.set_defaults(run=_say)
 
     listen = sub.add_parser("listen", parents=[common], help="follow a channel headless, optionally saving a WAV")
@@ -247,13 +248,13 @@ def _say(config: Config, args: argparse.Namespace) -> int:
         print("error: expected the text to say, or --stream to read it from standard input", file=sys.stderr)
         return 2
     if args.stream:
-        return asyncio.run(_say_stream(server, args.channel, args.token))
-    status, body = asyncio.run(submit(server, args.channel, args.text, args.token))
+        return asyncio.run(_say_stream(server, args.channel, args.token, args.voice))
+    status, body = asyncio.run(submit(server, args.channel, args.text, args.token, args.voice))
     print(json.dumps(body))
     return 0 if status == 202 else 1
 
 
-async def _say_stream(server: str, channel: str, token: str) -> int:
+async def _say_stream(server: str, channel: str, token: str, voice: str | None) -> int:
     """Standard input into an open narration, as it arrives (not line by line: a word is enough)."""
     import codecs
 
@@ -262,7 +263,7 @@ async def _say_stream(server: str, channel: str, token: str) -> int:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     read = os.read
     try:
-        async with OpenNarration(server, channel, token) as story:
+        async with OpenNarration(server, channel, token, voice=voice) as story:
             while data := await asyncio.to_thread(read, sys.stdin.fileno(), 65536):
                 await story.write(decoder.decode(data))
             await story.write(decoder.decode(b"", final=True))

@@ -22,11 +22,13 @@ from tts.engine import Pcm
 MAX_BED_SEGMENTS = 400  # bed segments a listener fetches for its recording (over half an hour of music)
 
 
-async def submit(base_url: str, channel: str, text: str, token: str) -> tuple[int, dict[str, Any]]:
+async def submit(
+    base_url: str, channel: str, text: str, token: str, voice: str | None = None
+) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{base_url}/api/channels/{channel}/requests",
-            json={"text": text},
+            json={"text": text, **({"voice": voice} if voice else {})},
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             return resp.status, await resp.json()
@@ -55,10 +57,19 @@ class OpenNarration:
     block closes the narration: what is left unfinished is spoken as it is.
     """
 
-    def __init__(self, base_url: str, channel: str, token: str, over: bool = False, interval_s: float = 0.15):
+    def __init__(
+        self,
+        base_url: str,
+        channel: str,
+        token: str,
+        over: bool = False,
+        voice: str | None = None,
+        interval_s: float = 0.15,
+    ):
         self.url = f"{base_url.rstrip('/')}/api/channels/{channel}/requests"
         self.headers = {"Authorization": f"Bearer {token}"}
         self.over = over
+        self.voice = voice  # one of the server's [tts.voices], else its default voice
         self.interval_s = interval_s
         self.request_id: str | None = None
         self.answer: dict[str, Any] = {}  # the server's latest answer (status, sentences, open)
@@ -71,7 +82,8 @@ class OpenNarration:
     async def __aenter__(self) -> "OpenNarration":
         self._http = aiohttp.ClientSession()
         try:
-            self.answer = await self._post(self.url, {"text": "", "open": True, "over": self.over})
+            opening = {"text": "", "open": True, "over": self.over, **({"voice": self.voice} if self.voice else {})}
+            self.answer = await self._post(self.url, opening)
         except BaseException:
             await self._http.close()
             raise

@@ -1,11 +1,16 @@
 """Named voices through the real server: the bundled Piper voice under two names at two speeds, leveled to
 one loudness; unknown voices refused with the list of known ones; the console is offered them."""
 
+import asyncio
+import json
+import sys
+
 import aiohttp
 import numpy as np
 import pytest
 from conftest import start_server
 
+from broadcaster.client import OpenNarration, ProducerError
 from broadcaster.errors import BadInput
 from tts.encode import read_flac
 from tts.engine import Pcm
@@ -91,3 +96,21 @@ async def test_a_voice_whose_model_is_missing_stops_the_start_with_why(tmp_path)
         await start_server(tmp_path, {"tts": {"engine": "piper", "voices": voices}})
     runner, _ = await start_server(tmp_path, {"tts": {"engine": "piper"}})  # nothing was left holding the data
     await runner.cleanup()
+
+
+@pytest.mark.server_config({"tts": {"voices": {"quick": {"speed": 2}}}})
+async def test_the_cli_and_the_python_client_ask_for_a_voice(server):
+    say = [sys.executable, "-m", "broadcaster", "say", "table", "Hello there.", "--voice", "quick"]
+    proc = await asyncio.create_subprocess_exec(
+        *say, "--server", server.base_url, "--token", server.token, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    said = json.loads(out)["request_id"]
+    async with OpenNarration(server.base_url, "table", server.token, voice="quick") as story:
+        await story.write("Streamed in a voice.")
+    for request_id in (said, story.request_id):
+        assert (await server.station.find_request(request_id)).voice == "quick"
+    with pytest.raises(ProducerError, match="one of \\['quick'\\]"):
+        async with OpenNarration(server.base_url, "table", server.token, voice="bard"):
+            pass
