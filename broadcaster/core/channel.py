@@ -536,15 +536,10 @@ class Channel:
                     return events
                 ends = [e for r in self.overlay if (e := r.scheduled_end_ms()) is not None]
                 gap = self.config.request_gap_ms if first else self.config.sentence_gap_ms
-                start, slip = place_chunk(max(ends) if ends else None, gap, now_ms, self.lead_ms)
-                if self.paused_at_ms is not None and start >= self.paused_at_ms:
+                placed = self._put_on_air(request, chunk, max(ends) if ends else None, gap, now_ms)
+                if placed is None:
                     return events
-                chunk.starts_at_ms = start
-                self.dirty.add(request.request_id)
-                events += [StreamStarted(request)] if first else []
-                events.append(ChunkScheduled(request, chunk))
-                if slip and not first:
-                    events.append(TimelineShifted(request, chunk, slip))
+                events += placed
                 if request.generated and chunk is request.chunks[-1]:
                     events.append(RequestPlaced(request))
             if not request.generated:
@@ -577,11 +572,18 @@ class Channel:
             return None  # the request before is still playing: not on the air yet
         if first and not request.generated and not self.may_stream(request):
             return None  # the engine is too busy to make the rest in time: wait for all of it
+        return self._put_on_air(request, chunk, cursor, gap, now_ms)
+
+    def _put_on_air(
+        self, request: Request, chunk: Chunk, cursor: int | None, gap: int, now_ms: int
+    ) -> list[Event] | None:
+        """Place the chunk after `cursor` and the gap, or a lead from now if it is late; None while paused."""
         start, slip = place_chunk(cursor, gap, now_ms, self.lead_ms)
         if self.paused_at_ms is not None and start >= self.paused_at_ms:
             return None  # nothing new goes on the air once paused
         chunk.starts_at_ms = start
         self.dirty.add(request.request_id)
+        first = chunk.seq == 0
         events: list[Event] = [StreamStarted(request)] if first else []
         events.append(ChunkScheduled(request, chunk))
         if slip and not first:  # a late first chunk moves nothing already announced

@@ -328,3 +328,20 @@ async def test_console_scene_buttons_set_the_bed_and_pause_stops_every_page(
     await console.click("#pause")
     await observer.next("channel_resumed")
     assert page_errors.errors == []
+
+
+@pytest.mark.server_config({"tts": {"voices": {"innkeeper": {"speed": 0.9}, "bard": {"speed": 1.2}}}})
+async def test_console_offers_the_named_voices_and_narrates_in_the_one_chosen(browser, server, page_errors):
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#voice-choice:not([hidden])")
+    options = await console.eval_on_selector_all("#voice option", "(os) => os.map((o) => o.textContent)")
+    assert options == ["default", "bard", "innkeeper"]
+    await console.select_option("#voice", "innkeeper")
+    await console.fill("#text", "Welcome to the Drowned Lantern.")
+    await console.press("#text", "Enter")
+    await console.wait_for_function("document.getElementById('say-status').textContent.startsWith('Queued')")
+    _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    items = [i for i in (state["now_playing"], *state["queue"], *state["recent"]) if i]
+    assert [i.get("voice") for i in items] == ["innkeeper"]
