@@ -130,7 +130,7 @@ class VoiceConfig:
     name: str
     model: str = ""  # a Piper .onnx file, its .onnx.json beside it
     speaker: int | None = None  # for a voice with several speakers: which one
-    speed: float = 1.0  # above 1 faster, below slower
+    speed: float = 1.0  # above 1 faster, below slower: Piper's length_scale is the voice's own divided by it
 
     @classmethod
     def parse(cls, name: object, table: object) -> "VoiceConfig":

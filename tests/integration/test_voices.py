@@ -43,11 +43,12 @@ async def test_the_bundled_voice_under_two_names_speaks_at_their_speeds_and_one_
     await listener.next("snapshot")
     heard = {voice: await spoken(server, listener, voice) for voice in (None, "slow", "quick")}
     length = {voice: chunk["duration_ms"] for voice, (chunk, _) in heard.items()}
-    # Speed 0.8: a quarter longer; 1.25: a fifth shorter. Piper draws each phoneme's length with some
-    # noise, and the silence at the ends does not scale, so one sentence lands near those, not on them.
-    assert 1.08 < length["slow"] / length[None] < 1.45, length
-    assert 0.65 < length["quick"] / length[None] < 0.94, length
-    assert length["slow"] / length["quick"] > 1.3, length
+    # Speed is Piper's length scale inverted, and the voice answers it less than in proportion: raw
+    # Piper makes this voice's speech 1.18x as long at length scale 1.25 (speed 0.8) and 0.87x at 0.8
+    # (speed 1.25), with each phoneme's length drawn with some noise besides.
+    assert 1.06 < length["slow"] / length[None] < 1.35, length
+    assert 0.78 < length["quick"] / length[None] < 0.96, length
+    assert length["slow"] / length["quick"] > 1.15, length
     loudness = {voice: measure_lufs(pcm) for voice, (_, pcm) in heard.items()}
     # Each voice is leveled on a calibration passage; one sentence measures within a dB or so of another.
     assert max(loudness.values()) - min(loudness.values()) < 1.5, loudness
