@@ -12,6 +12,7 @@ from broadcaster.core.events import (
     Event,
     QueueChanged,
     RequestCancelled,
+    RequestClosed,
     RequestFailed,
     RequestPlayed,
     StreamStarted,
@@ -247,6 +248,8 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
             return {"type": "bed_changed", **beds_json(channel.name, bed, fading)}
         case RequestPlayed(request):
             return {"type": "request_played", "request_id": request.request_id, "ended_at_ms": request.finished_at_ms}
+        case RequestClosed(request):
+            return {"type": "request_closed", "request_id": request.request_id, "chunks_total": len(request.sentences)}
         case QueueChanged():
             return {
                 "type": "playback_queue_updated",

@@ -188,6 +188,12 @@ class ChannelReplica:
         self.channel.bed = None if bed is None else _bed(bed)
         self.channel.fading_beds = tuple(_bed(b) for b in message.get("fading_beds", ()))
 
+    def _closed(self, message: Message) -> None:
+        request = self.find_request(message["request_id"])
+        if request is not None:
+            request.writing = None
+            _describe(request, message)  # its chunks_total is final
+
     def _played(self, message: Message) -> None:
         self._finish(message["request_id"], RequestState.PLAYED, message["ended_at_ms"], ())
 
@@ -248,6 +254,7 @@ _APPLY: dict[str, Callable[[ChannelReplica, Message], None]] = {
     "channel_paused": ChannelReplica._paused,
     "channel_resumed": ChannelReplica._resumed,
     "bed_changed": ChannelReplica._beds_changed,
+    "request_closed": ChannelReplica._closed,
     "request_played": ChannelReplica._played,
     "request_failed": ChannelReplica._failed,
     "request_cancelled": ChannelReplica._cancelled,

@@ -63,6 +63,7 @@ from .events import (
     Event,
     QueueChanged,
     RequestCancelled,
+    RequestClosed,
     RequestFailed,
     RequestPlaced,
     RequestPlayed,
@@ -236,7 +237,7 @@ class Channel:
         self.dirty.add(request.request_id)
         if not request.sentences:
             return self._end_empty(request, now_ms)
-        events: list[Event] = [QueueChanged()]
+        events: list[Event] = [RequestClosed(request), QueueChanged()]
         last = request.chunks[-1] if request.chunks else None
         if request.generated and last is not None and last.scheduled:
             events.append(RequestPlaced(request))  # its last chunk went on the air while it was open

@@ -55,6 +55,13 @@ class RequestPlaced:
 
 
 @dataclass(frozen=True)
+class RequestClosed:
+    """An open narration takes no more text: `request.sentences` is all it will say."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
 class ChannelPaused:
     """Everything stops at `at_ms` (a lead ahead, so every listener stops on the same sample)."""
 

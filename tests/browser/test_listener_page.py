@@ -345,3 +345,17 @@ async def test_console_offers_the_named_voices_and_narrates_in_the_one_chosen(br
     _, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
     items = [i for i in (state["now_playing"], *state["queue"], *state["recent"]) if i]
     assert [i.get("voice") for i in items] == ["innkeeper"]
+
+
+async def test_an_open_narration_shows_that_more_is_being_written_until_it_is_closed(browser, server, page_errors):
+    page = await open_listener(browser, server, page_errors)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.base_url}/api/channels/{server.channel}/requests"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"text": "The fog lifts. Then", "open": True}, headers=headers) as resp:
+            request_id = (await resp.json())["request_id"]
+        await page.wait_for_selector("#captions #writing")
+        assert "The fog lifts." in await page.text_content("#captions")
+        async with http.post(f"{url}/{request_id}/text", json={"text": " the bells.", "final": True}, headers=headers):
+            pass
+    await page.wait_for_selector("#captions #writing", state="detached")

@@ -62,6 +62,8 @@ async def test_sentences_appended_with_pauses_play_in_order_with_only_the_senten
         await append(server, rid, piece)
     await asyncio.sleep(0.25)
     await append(server, rid, " Then silence.", final=True)
+    closed = await listener.next("request_closed", where=lambda m: m["request_id"] == rid)
+    assert closed["chunks_total"] == 4
     await listener.next("request_played", where=lambda m: m["request_id"] == rid, timeout=20)
     chunks = chunks_of(listener, rid)
     assert [c["text"] for c in chunks] == [

@@ -3,7 +3,7 @@
 import pytest
 
 from broadcaster.core.channel import Channel
-from broadcaster.core.events import RequestCancelled, RequestPlaced, RequestPlayed, TimelineShifted
+from broadcaster.core.events import RequestCancelled, RequestClosed, RequestPlaced, RequestPlayed, TimelineShifted
 from broadcaster.core.model import Request, Writing
 from broadcaster.core.states import RequestState
 from broadcaster.core.timeline import TimelineConfig
@@ -59,7 +59,8 @@ def test_an_open_narration_plays_what_it_has_and_waits_for_more_in_silence():
     assert TimelineShifted in kinds(events)  # announced as an underrun is
     assert queued.starts_at_ms is None
     events = append(channel, story, now=3300, final=True)
-    assert RequestPlaced in kinds(events) and story.writing is None and story.generated
+    assert RequestClosed in kinds(events) and RequestPlaced in kinds(events)
+    assert story.writing is None and story.generated
     events = channel.tick(4700)
     assert RequestPlayed in kinds(events)
     assert channel.next_deadline_ms() == 4800

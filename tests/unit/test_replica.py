@@ -7,7 +7,7 @@ from itertools import count
 from broadcaster.core.bed import Bed, BedTrack, Segment
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import QueueChanged
-from broadcaster.core.model import Chunk, Request
+from broadcaster.core.model import Chunk, Request, Writing
 from broadcaster.core.states import ChunkState, RequestState
 from broadcaster.core.timeline import TimelineConfig
 from broadcaster.runtime.bus import InProcessBus
@@ -342,3 +342,19 @@ def test_talk_over_is_kept_over_the_track_and_not_in_line():
     assert (
         owner.replica.channel.overlay == [] and owner.replica.find_request(talk.request_id).state == RequestState.PLAYED
     )
+
+
+def test_an_open_narration_is_open_in_the_replica_until_its_close_is_announced():
+    """A stream read from the replica must not end while the owner's narration is still being written."""
+    owner = Owner()
+    story = Request(f"{next(_ids):016x}", "table", "One.", ["One."], 0, writing=Writing())
+    owner.step(owner.channel.submit(story, 0))
+    owner.make(story, 1000)
+    owner.at(2000)  # its only sentence has played: it waits for more
+    copy = owner.replica.find_request(story.request_id)
+    assert copy.writing is not None and not copy.generated
+    owner.step(owner.channel.append(story.request_id, " Two.", ["Two."], ("", []), True, 2100))
+    assert copy.writing is None and len(copy.sentences) == 2
+    owner.make(story, 500)
+    assert copy.generated
+    assert_same(owner)

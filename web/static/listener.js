@@ -121,6 +121,10 @@ function handle(m) {
       state.kinds.set(m.request_id, m.over ? "over" : m.kind);
       renderCaptions();
       break;
+    case "request_closed":
+      for (const request of [state.request, state.overRequest]) if (request && request.id === m.request_id) request.open = false;
+      renderCaptions();
+      break;
     case "request_played":
       if (state.overRequest && state.overRequest.id === m.request_id) { state.overRequest = null; renderCaptions(); }
       break;
@@ -424,7 +428,10 @@ function notice(text) {
 }
 
 function describe(m) {
-  return { id: m.request_id, text: m.text, kind: m.kind, title: m.title, artist: m.artist, durationMs: m.duration_ms };
+  return {
+    id: m.request_id, text: m.text, kind: m.kind, title: m.title, artist: m.artist, durationMs: m.duration_ms,
+    open: Boolean(m.open), // still being written: more sentences will come
+  };
 }
 
 function clockTime(ms) {
@@ -443,8 +450,9 @@ function renderCaptions() {
     return;
   }
   const parts = [...state.chunks.values()].filter((c) => c.request_id === request.id).sort((a, b) => a.seq - b.seq);
-  if (!parts.length) { box.textContent = request.text; return; }
-  box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")));
+  const writing = request.open ? [el("span", { id: "writing", className: "meta", title: "The narrator is still writing" }, "\u2026")] : [];
+  if (!parts.length) { box.replaceChildren(request.text, ...writing); return; }
+  box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")), ...writing);
 }
 
 function showQueue(queue) {
