@@ -523,37 +523,21 @@ class Channel:
         return None
 
     def _place(self, now_ms: int) -> list[Event]:
-        return self._place_line(now_ms) + self._place_overlay(now_ms)
+        return self._place_in(self.line, self._place_chunk, now_ms) + self._place_in(
+            self.overlay, self._place_over, now_ms
+        )
 
-    def _place_overlay(self, now_ms: int) -> list[Event]:
-        """Talk-over chunks, each as soon as it is ready: on a cursor of their own, a lead from now at first."""
+    def _place_in(
+        self, requests: list[Request], place: Callable[[Request, Chunk, int], list[Event] | None], now_ms: int
+    ) -> list[Event]:
+        """Every ready chunk of these requests, in order, until one cannot go on the air yet; a request
+        whose audio is still being made holds back the ones after it."""
         events: list[Event] = []
-        for request in self.overlay:
+        for request in requests:
             for chunk in request.chunks:
                 if chunk.scheduled or chunk.state != ChunkState.READY:
                     continue
-                first = chunk.seq == 0
-                if first and not request.generated and not self.may_stream(request):
-                    return events
-                ends = [e for r in self.overlay if (e := r.scheduled_end_ms()) is not None]
-                gap = self.config.request_gap_ms if first else self.config.sentence_gap_ms
-                placed = self._put_on_air(request, chunk, max(ends) if ends else None, gap, now_ms)
-                if placed is None:
-                    return events
-                events += placed
-                if request.generated and chunk is request.chunks[-1]:
-                    events.append(RequestPlaced(request))
-            if not request.generated:
-                break
-        return events
-
-    def _place_line(self, now_ms: int) -> list[Event]:
-        events: list[Event] = []
-        for request in self.line:
-            for chunk in request.chunks:
-                if chunk.scheduled or chunk.state != ChunkState.READY:
-                    continue
-                placed = self._place_chunk(request, chunk, now_ms)
+                placed = place(request, chunk, now_ms)
                 if placed is None:
                     return events
                 events += placed
@@ -562,6 +546,15 @@ class Channel:
             if not request.generated:
                 break  # later requests wait for this one's audio
         return events
+
+    def _place_over(self, request: Request, chunk: Chunk, now_ms: int) -> list[Event] | None:
+        """A talk-over chunk, as soon as it is ready: on the overlay's own cursor, a lead from now at first."""
+        first = chunk.seq == 0
+        if first and not request.generated and not self.may_stream(request):
+            return None
+        ends = [e for r in self.overlay if (e := r.scheduled_end_ms()) is not None]
+        gap = self.config.request_gap_ms if first else self.config.sentence_gap_ms
+        return self._put_on_air(request, chunk, max(ends) if ends else None, gap, now_ms)
 
     def _place_chunk(self, request: Request, chunk: Chunk, now_ms: int) -> list[Event] | None:
         cfg = self.config
