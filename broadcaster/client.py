@@ -129,13 +129,25 @@ class OpenNarration:
         assert self._http is not None
         while True:
             async with self._http.post(url, json=body, headers=self.headers) as resp:
-                answer = await resp.json()
+                answer = await _answer(resp)
                 if resp.status == 429:  # over the append rate: wait as told, and send it then
                     await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
                     continue
                 if resp.status != 202:
                     raise ProducerError(resp.status, answer)
                 return answer
+
+
+async def _answer(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The server's JSON answer; a proxy's page in between becomes an error like the server's own."""
+    try:
+        answer = await resp.json(content_type=None)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        return answer
+    text = (await resp.text(errors="replace"))[:200]
+    return {"error": {"code": "not_json", "message": f"expected a JSON answer, got {text!r}"}}
 
 
 @dataclass

@@ -40,26 +40,23 @@ class Access:
         self.encoders = 0  # progressive streams open now, each with its own ffmpeg
 
     def check_write_rate(self, remote: str, channel: str) -> None:
-        wait_ms = self.writes.take((remote, channel), self.clock())
-        if wait_ms:
-            self.refused("producer_rate")
-            raise RateLimited(
-                f"expected at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} "
-                f"from one address, got more; try again in {math.ceil(wait_ms / 1000)} s",
-                math.ceil(wait_ms / 1000),
-            )
+        wanted = f"at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} from one address"
+        self._take(self.writes, (remote, channel), "producer_rate", wanted, "")
 
     def check_append_rate(self, remote: str, channel: str) -> None:
         """Appends to open narrations (a text stream arriving a few words at a time) have their own bucket."""
-        wait_ms = self.appends.take((remote, channel), self.clock())
+        wanted = (
+            f"at most {self.appends_per_second:g} appends a second to open narrations of channel {channel!r} "
+            "from one address"
+        )
+        self._take(self.appends, (remote, channel), "append_rate", wanted, "send text in larger pieces, or ")
+
+    def _take(self, limiter: KeyedLimiter, key: tuple[str, str], reason: str, wanted: str, advice: str) -> None:
+        wait_ms = limiter.take(key, self.clock())
         if wait_ms:
-            self.refused("append_rate")
-            raise RateLimited(
-                f"expected at most {self.appends_per_second:g} appends a second to open narrations of channel "
-                f"{channel!r} from one address, got more; send text in larger pieces, or try again in "
-                f"{math.ceil(wait_ms / 1000)} s",
-                math.ceil(wait_ms / 1000),
-            )
+            self.refused(reason)
+            wait_s = math.ceil(wait_ms / 1000)
+            raise RateLimited(f"expected {wanted}, got more; {advice}try again in {wait_s} s", wait_s)
 
     @contextmanager
     def connection(self, remote: str) -> Iterator[None]:

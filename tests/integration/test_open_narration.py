@@ -292,3 +292,17 @@ async def test_an_open_narration_survives_a_crash_and_takes_more_text_after_the_
         assert recent["text"] == "Before the crash. Half a sentence after it."
     finally:
         server.stop()
+
+
+@pytest.mark.server_config({"limits": {"text_appends_per_second": 0.1, "text_append_burst": 2}})
+async def test_appends_over_their_rate_are_refused_and_producer_writes_are_not_used_up(server):
+    rid = await open_request(server, "One")
+    await append(server, rid, " two")
+    await append(server, rid, " three")
+    status, body = await post(server, f"/requests/{rid}/text", {"text": " four"})
+    assert status == 429 and "appends a second to open narrations" in body["error"]["message"]
+    assert "send text in larger pieces" in body["error"]["message"]
+    _, state = await server.get_json("/api/channels/table/audio/queue")
+    story = next(r for r in [state["now_playing"], *state["queue"]] if r and r["request_id"] == rid)
+    assert story["text"] == "One two three"  # the refused append changed nothing
+    assert (await server.say("Producer writes still go through.")).status == 202
