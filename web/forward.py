@@ -78,16 +78,21 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
+    async def holder_url(self, channel: str) -> str | None:
+        """The internal address of the channel's live owner if another process holds it now (one read)."""
+        holding = await self.leases.current(CHANNEL + channel)
+        if holding is not None and holding.holder != self.holder() and holding.holder_url:
+            return holding.holder_url
+        return None
+
     async def owner_url(self, channel: str) -> str:
         """The internal address of the channel's owner, waiting out a takeover for up to one lease."""
         deadline = time.monotonic() + self.wait_s
-        while True:
-            holding = await self.leases.current(CHANNEL + channel)
-            if holding is not None and holding.holder != self.holder() and holding.holder_url:
-                return holding.holder_url
+        while (url := await self.holder_url(channel)) is None:
             if time.monotonic() >= deadline:
                 raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
             await asyncio.sleep(0.05)
+        return url
 
     async def peer_client(self, request: web.Request) -> str | None:
         """The original client's address if a peer forwarded this request; BadPeer for a false claim."""
@@ -99,10 +104,11 @@ class Forwarder:
                 raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
         return request.headers.get(CLIENT) or request.remote
 
-    async def forward(self, request: web.Request, channel: str) -> web.StreamResponse:
+    async def forward(self, request: web.Request, channel: str, url: str | None = None) -> web.StreamResponse:
+        """Send the request on to the channel's owner (at `url` if already looked up) and relay its answer."""
         if request.headers.get(HOPS, "0") != "0":  # forwarded once already (any value: a client may send garbage)
             raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
-        url = await self.owner_url(channel)
+        url = url or await self.owner_url(channel)
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
         # Read afresh for each forward (one Redis read): a secret cached from before a Redis restart
         # would be refused by every peer.
@@ -143,8 +149,12 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
         request[PEER_CLIENT] = client
     channel = request.match_info.get("channel")
     if channel is not None and request.method in WRITES and channel not in station.runners:
-        await station.channel_row(channel)  # 404 here for a channel that does not exist
-        return await forwarder.forward(request, channel)
+        # A channel with a live owner exists: one read on the way. Without one, 404 here for a
+        # channel that does not exist, else wait for its owner (a takeover, or it is being loaded).
+        url = await forwarder.holder_url(channel)
+        if url is None:
+            await station.channel_row(channel)
+        return await forwarder.forward(request, channel, url)
     try:
         return await handler(request)
     except NotHere as exc:

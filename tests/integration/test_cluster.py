@@ -491,3 +491,32 @@ async def _read(http: aiohttp.ClientSession, url: str) -> bytes:
     async with http.get(url) as resp:
         assert resp.status == 200
         return await resp.read()
+
+
+async def test_a_write_to_a_member_not_running_the_channel_is_answered_as_the_owner_would(cluster):
+    """Forwarded at once when the channel has an owner; a channel nobody owns because it does not
+    exist is a 404 from the member itself, not a wait for an owner that will never come."""
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    headers = {"Authorization": f"Bearer {made.token}"}
+    async with aiohttp.ClientSession() as http:
+        for name in ("nowhere", "Not A Name!"):
+            async with http.post(
+                f"{other.base_url}/api/channels/{name}/requests", json={"text": "Lost."}, headers=headers
+            ) as resp:
+                assert resp.status == 404, await resp.text()
+                assert (await resp.json())["error"]["code"] == "not_found"
+        async with http.post(
+            f"{other.base_url}/api/channels/table/requests", json={"text": "Passed on."}, headers=headers
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            queued = await resp.json()
+        async with http.post(f"{other.base_url}/api/channels/table/requests", json={"text": "No token."}) as resp:
+            assert resp.status == 401, await resp.text()
+    assert other.app[CLUSTER].forwarder.forwarded == 2
+    channel = owner.station.runners["table"].channel
+    assert channel.find_request(queued["request_id"]) is not None
+    assert len(channel.line) == 1, "the 401 queued nothing"
