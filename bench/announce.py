@@ -51,6 +51,7 @@ import contextlib
 import random
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -67,6 +68,7 @@ from serverproc import (
     ServerProcess,
     cpu_seconds,
     descendants,
+    free_port,
     raise_nofile,
     sample_memory,
     scrape_histogram,
@@ -83,6 +85,7 @@ SETTINGS = with_uncapped_limits({"tts": {"engine": "tone", "tone_ms_per_char": 3
 TARGET_P99_MS = 50
 BROADCAST = "broadcaster_broadcast_seconds"
 PAUSES, FULL = "broadcaster_gc_pause_seconds", 'generation="2"'
+FORWARDED = "broadcaster_cluster_forwarded_requests_total"
 
 
 class AnnounceWorker:
@@ -155,6 +158,7 @@ class Stage:
     broadcasts: Histogram | None = None  # the server's own time per broadcast, over this stage
     full_gcs: Histogram | None = None  # the server's full garbage collections while the POSTs went on
     per_post: list[tuple[float, float, float]] = field(default_factory=list)  # probes' first, median, last
+    forwarded: float = 0  # POSTs that reached a worker not running the channel, passed on to its owner
 
 
 # With --load-clients quiet, the load clients read all that has arrived and then stop reading, before
@@ -179,9 +183,12 @@ async def run_stage(
     concurrency: int,
     settle_s: float,
     quiet_load: bool,
+    metrics_urls: list[str],
+    post_http: aiohttp.ClientSession,
 ) -> Stage:
     """`pools`: the load clients and the probe process; `probes` of the `sockets` are the probe's.
-    `quiet_load`: the load clients stop reading around each POST (see QUIET_S)."""
+    `quiet_load`: the load clients stop reading around each POST (see QUIET_S). `metrics_urls`: where
+    each of the server's processes answers /metrics; `post_http`: the session the POSTs go through."""
     pool, probe = pools
     stage = Stage(sockets)
     started = time.monotonic()
@@ -199,13 +206,15 @@ async def run_stage(
     # The coalesced listeners_changed goes out 0.5 s after the last join: the POSTs come well after it.
     await asyncio.sleep(max(1.0, settle_s))
     cpu0, t0 = process_cpu(server.pid), time.monotonic()
-    before = await scrape_histogram(http, server.base_url, BROADCAST)
-    gcs_before = await scrape_histogram(http, server.base_url, PAUSES, FULL)
+    before = await scrape_every(http, metrics_urls, BROADCAST)
+    gcs_before = await scrape_every(http, metrics_urls, PAUSES, FULL)
+    forwarded_before = await scrape_counter(http, metrics_urls, FORWARDED)
     hold = (lambda quiet: pool.call("hold", [(quiet,)] * len(pool))) if quiet_load else None
-    sent = await post_narrations(http, server.base_url, token, posts, interval_s, stage.answered_ms, hold)
+    sent = await post_narrations(post_http, server.base_url, token, posts, interval_s, stage.answered_ms, hold)
     await wait_idle(http, server.base_url)
-    stage.broadcasts = (await scrape_histogram(http, server.base_url, BROADCAST)).minus(before)
-    stage.full_gcs = (await scrape_histogram(http, server.base_url, PAUSES, FULL)).minus(gcs_before)
+    stage.broadcasts = (await scrape_every(http, metrics_urls, BROADCAST)).minus(before)
+    stage.full_gcs = (await scrape_every(http, metrics_urls, PAUSES, FULL)).minus(gcs_before)
+    stage.forwarded = await scrape_counter(http, metrics_urls, FORWARDED) - forwarded_before
     stage.cpu_s = cpu_spent(cpu0, process_cpu(server.pid))
     stage.cpu_share = stage.cpu_s / (time.monotonic() - t0)
     memory = sample_memory(server.pid, time.monotonic())
@@ -377,6 +386,10 @@ def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:
             print(f"  {s.sockets:5d} sockets: {g.count:.0f}, mean {g.total / g.count * 1000:.0f} ms")
         elif g is not None:
             print(f"  {s.sockets:5d} sockets: none")
+    if any(s.forwarded for s in stages):
+        print("\nPOSTs that reached a worker not running the channel and were passed on to its owner:")
+        for s in stages:
+            print(f"  {s.sockets:5d} sockets: {s.forwarded:.0f} of {posts}")
     print(
         "\nthe server's CPU time while the POSTs went on (its own process and any it keeps, both cores), "
         "and its memory per listener (RSS growth over the 1-socket row):"
@@ -437,7 +450,8 @@ async def cluster_engines(workers: int, base: dict = SETTINGS):
         yield {
             **base,
             "server": {"database_url": postgres.url(name)},
-            "cluster": {"redis_url": redis_.url},
+            # worker n on internal_port + n - 1: each is scraped there on its own
+            "cluster": {"redis_url": redis_.url, "internal_port": free_ports(workers)},
         }
     finally:
         redis_.stop()
@@ -449,6 +463,48 @@ def cluster_args(workers: int) -> list[str]:
     return ["--workers", str(workers)] if workers else []
 
 
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive loopback ports free now."""
+    for _ in range(100):
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    held.enter_context(socket.create_server(("127.0.0.1", port)))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"found no {count} consecutive free ports")
+
+
+def metrics_urls(server: ServerProcess, workers: int) -> list[str]:
+    """Each process's own /metrics: the public port reaches whichever worker the kernel picks, so the
+    workers are scraped on their internal ports (one process: its one port)."""
+    if not workers:
+        return [server.base_url]
+    first = server.settings["cluster"]["internal_port"]
+    return [f"http://127.0.0.1:{port}" for port in range(first, first + workers)]
+
+
+async def scrape_counter(http: aiohttp.ClientSession, urls: list[str], name: str) -> float:
+    """An unlabelled counter summed over every process (0 where a process has none)."""
+    total = 0.0
+    for url in urls:
+        async with http.get(f"{url}/metrics") as resp:
+            text = await resp.text()
+        total += sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return total
+
+
+async def scrape_every(http: aiohttp.ClientSession, urls: list[str], name: str, labels: str = "") -> Histogram:
+    """A histogram summed over every process."""
+    parts = [await scrape_histogram(http, url, name, labels) for url in urls]
+    return Histogram(
+        [(le, sum(part.buckets[i][1] for part in parts)) for i, (le, _) in enumerate(parts[0].buckets)],
+        sum(part.total for part in parts),
+    )
+
+
 async def measure(server: ServerProcess, args: argparse.Namespace, tcp_before: dict[str, int]) -> None:
     pools: list[WorkerPool] = []
     try:
@@ -458,7 +514,10 @@ async def measure(server: ServerProcess, args: argparse.Namespace, tcp_before: d
         pools.append(WorkerPool(args.workers, AnnounceWorker, *client, priority=args.client_priority))
         pools.append(WorkerPool(1, AnnounceWorker, *client))  # the probes: few sockets, read at once
         stages = []
-        async with aiohttp.ClientSession() as http:
+        # In a cluster each POST comes on a connection of its own, as through a load balancer: the kernel
+        # gives it to any worker, and those that do not run the channel pass it on to the one that does.
+        spread = aiohttp.TCPConnector(force_close=True) if args.cluster_workers else None
+        async with aiohttp.ClientSession() as http, aiohttp.ClientSession(connector=spread) as post_http:
             for sockets in [1, *args.sockets]:
                 stage = await run_stage(
                     server,
@@ -472,6 +531,8 @@ async def measure(server: ServerProcess, args: argparse.Namespace, tcp_before: d
                     args.concurrency,
                     args.settle,
                     args.load_clients == "quiet",
+                    metrics_urls(server, args.cluster_workers),
+                    post_http,
                 )
                 print(
                     f"{sockets} sockets: probes p50 {percentile(stage.probe_ms, 50):.1f} ms, "
@@ -540,7 +601,8 @@ if __name__ == "__main__":
         default=0,
         metavar="N",
         help="run the server as N worker processes in cluster mode, on a PostgreSQL and a Redis started for the "
-        "run (0: one process, the embedded default). Histograms then come from whichever worker answers a scrape",
+        "run (0: one process, the embedded default). Histograms are summed over the workers, each scraped on its "
+        "internal port, and each POST comes on a new connection, so any worker may take it",
     )
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
     asyncio.run(main(parser.parse_args()))
