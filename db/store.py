@@ -108,6 +108,12 @@ class Store:
         async with self.session() as s:
             return (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
 
+    async def channel_id(self, name: str) -> int | None:
+        """The channel's id alone, read for every listener that connects to a channel run by another
+        process: a plain statement, like token_hash."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(CHANNEL_ID, {"name": name})).scalar()
+
     async def token_hash(self, name: str) -> str | None:
         """The producer token's digest alone, read on every producer write: a plain statement on a
         connection costs half of a session's ORM query (docs/performance.md)."""
@@ -360,6 +366,7 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
 
 
 TOKEN_HASH = select(ChannelRow.token_hash).where(ChannelRow.name == bindparam("name"))
+CHANNEL_ID = select(ChannelRow.id).where(ChannelRow.name == bindparam("name"))
 _requests, _chunks = RequestRow.__table__, ChunkRow.__table__
 # A request goes to the back of its channel's line: one past the highest place taken.
 INSERT_REQUEST = insert(_requests).values(

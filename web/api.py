@@ -147,23 +147,24 @@ async def queue_state(request: web.Request) -> web.Response:
     station, name = request.app[STATION], request.match_info["channel"]
     if CLUSTER in request.app and name not in station.runners:
         state = await _queue_elsewhere(request, name)  # run by another process: as its owner last published it
+        state["listeners"] = await request.app[CLUSTER].audience.total_now(name)
     else:
         runner = await station.runner(name)
         await require_listener(request, runner.name)
         async with runner.saved:
             state = queue_state_json(runner.channel, station.clock())
-    state["listeners"] = request.app[HUB].total(name)
+        state["listeners"] = request.app[HUB].total(name)
     return web.json_response(state)
 
 
 async def _queue_elsewhere(request: web.Request, name: str) -> dict:
     """The state the channel's owner stored with its latest step, brought to now; a channel with none yet
     (its owner is starting) is asked of the owner itself."""
-    row = await request.app[STATION].channel_row(name)  # 404 first
-    await require_listener(request, row.name)
-    snapshot = await request.app[CLUSTER].bus.snapshot(row.name)
+    await request.app[STATION].channel_id(name)  # 404 first
+    await require_listener(request, name)
+    snapshot = await request.app[CLUSTER].bus.snapshot(name)
     if snapshot is None:
-        raise NotHere(row.name)
+        raise NotHere(name)
     return refresh_snapshot(snapshot.state, request.app[STATION].clock())
 
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from redis.exceptions import RedisError
+
 from broadcaster.runtime.bus import BusUnavailable
 
 if TYPE_CHECKING:
@@ -54,6 +56,34 @@ class Audience:
     def total(self, channel: str) -> int:
         return self.local(channel) + self.others.get(channel, 0)
 
+    async def total_now(self, channel: str) -> int:
+        """The cluster total for one who asks here: a channel this process neither runs nor has
+        listeners of is not counted in its rounds, so its hash is read now (the last round's
+        figure if Redis is away)."""
+        redis = self.redis()
+        if redis is None or channel in self.channels():
+            return self.total(channel)
+        try:
+            fields = await redis.hgetall(self.key(channel))
+        except (OSError, ConnectionError, RedisError) as exc:
+            log.debug("listener count of %s not read: %s", channel, exc)
+            return self.total(channel)
+        others, _ = self._others_in(fields, int(time.time() * 1000))
+        return self.local(channel) + others
+
+    def _others_in(self, fields: dict[str, str], now_ms: int) -> tuple[int, list[str]]:
+        """The live count of the other processes in a channel's hash, and the fields that expired."""
+        others, stale = 0, []
+        for member, value in fields.items():
+            count, _, expires = value.partition(" ")
+            if member == self.me():
+                continue
+            if int(expires or 0) < now_ms:
+                stale.append(member)
+            else:
+                others += int(count or 0)
+        return others, stale
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audience")
 
@@ -81,15 +111,7 @@ class Audience:
                 pipe.hgetall(self.key(name))
             replies = await pipe.execute()
         for name, fields in zip(names, replies[2::3]):
-            others, stale = 0, []
-            for member, value in fields.items():
-                count, _, expires = value.partition(" ")
-                if member == self.me():
-                    continue
-                if int(expires or 0) < now_ms:
-                    stale.append(member)
-                else:
-                    others += int(count or 0)
+            others, stale = self._others_in(fields, now_ms)
             if stale:
                 await redis.hdel(self.key(name), *stale)
             if others != self.others.get(name, 0):

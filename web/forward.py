@@ -153,7 +153,7 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
         # channel that does not exist, else wait for its owner (a takeover, or it is being loaded).
         url = await forwarder.holder_url(channel)
         if url is None:
-            await station.channel_row(channel)
+            await station.channel_id(channel)
         return await forwarder.forward(request, channel, url)
     try:
         return await handler(request)

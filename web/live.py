@@ -44,7 +44,7 @@ async def live_mp3(request: web.Request) -> web.StreamResponse:
     app, name = request.app, request.match_info["channel"]
     runner = None if CLUSTER in app else await app[STATION].runner(name)
     if runner is None:
-        await app[STATION].channel_row(name)  # 404 for a channel that does not exist
+        await app[STATION].channel_id(name)  # 404 for a channel that does not exist
     credential = await require_listener(request, name)
     with (
         app[ACCESS].connection(remote_of(request)),

@@ -60,8 +60,7 @@ class _Channel:
 async def _channel(request: web.Request) -> _Channel:
     station, name = request.app[STATION], request.match_info["channel"]
     if station.clustered:
-        row = await station.channel_row(name)
-        return _Channel(row.name, row.id, None)
+        return _Channel(name, await station.channel_id(name), None)
     runner = await station.runner(name)  # one process: load the channel if this is its first use
     return _Channel(runner.name, runner.channel_id, runner)
 

@@ -155,7 +155,7 @@ class Station:
         if name in self.runners:
             return self.runners[name]
         if self.clustered:
-            await self.channel_row(name)  # 404 for a channel that does not exist at all
+            await self.channel_id(name)  # 404 for a channel that does not exist at all
             raise NotHere(name)
         async with self._loading:
             if name not in self.runners:
@@ -164,12 +164,19 @@ class Station:
 
     async def channel_row(self, name: str):  # noqa: ANN201
         """The channel's row (id, style, privacy), or NotFound."""
-        if not valid_channel_name(name):
-            raise NotFound(f"expected a channel name like 'campaign-1', got {name[:80]!r}")
+        _check_name(name)
         row = await self.store.channel(name)
         if row is None:
-            raise NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")
+            raise _no_channel(name)
         return row
+
+    async def channel_id(self, name: str) -> int:
+        """The channel's id, or NotFound: cheaper than its row, for what only needs to know it exists."""
+        _check_name(name)
+        channel_id = await self.store.channel_id(name)
+        if channel_id is None:
+            raise _no_channel(name)
+        return channel_id
 
     async def _load(self, name: str, lease: Lease | None = None) -> None:
         row = await self.channel_row(name)
@@ -587,3 +594,12 @@ class Station:
 
 async def _always() -> bool:
     return True
+
+
+def _check_name(name: str) -> None:
+    if not valid_channel_name(name):
+        raise NotFound(f"expected a channel name like 'campaign-1', got {name[:80]!r}")
+
+
+def _no_channel(name: str) -> NotFound:
+    return NotFound(f"no channel named {name!r}; create it with 'broadcaster channel create {name}'")

@@ -320,6 +320,27 @@ async def test_listener_counts_are_cluster_totals_and_reports_reach_the_owner(cl
         await socket.ws.close()
 
 
+async def test_the_queue_view_counts_every_listener_on_a_member_with_none_of_its_own(cluster):
+    """A member that neither runs the channel nor has listeners of it does not follow its count in
+    its rounds: asked for the queue view, it reads the count then."""
+    a = await cluster()
+    b = await cluster()
+    await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    socket = Socket(await websockets.connect(owner.ws_url("table")))
+    await socket.next("snapshot")
+    counts = []
+    async with asyncio.timeout(5), aiohttp.ClientSession() as http:  # the owner writes its count once a round
+        while not counts or counts[-1] != 1:
+            async with http.get(f"{other.base_url}/api/channels/table/audio/queue") as resp:
+                assert resp.status == 200
+                counts.append((await resp.json())["listeners"])
+            await asyncio.sleep(0.1)
+    assert "table" not in other.app[CLUSTER].audience.others, "answered without following the channel"
+    await socket.ws.close()
+
+
 async def test_the_queue_view_is_answered_by_any_member_as_the_owner_last_published_it(cluster):
     a = await cluster()
     b = await cluster()
