@@ -2,8 +2,10 @@
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -65,6 +67,7 @@ async def serve(app: web.Application, config: Config, reuse_port: bool = False) 
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    _wait_for_children_on(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -77,3 +80,19 @@ async def serve(app: web.Application, config: Config, reuse_port: bool = False) 
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def _wait_for_children_on(loop: asyncio.AbstractEventLoop) -> None:
+    """Have the event loop learn of its children's exits from pid descriptors, as Python 3.12's asyncio
+    does by default. Python 3.11's starts a thread per child (an encoder per chunk) to wait for it, and
+    the loop waits for that thread to get going, behind the synthesis threads' hold on the GIL: up to
+    7 ms in a worker, while listeners wait for the step it started (docs/performance.md)."""
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # the call exists, but the kernel may be older than 5.3
+    except OSError:
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
