@@ -12,6 +12,10 @@ from broadcaster.core.ids import is_id
 from broadcaster.errors import BadInput, NotFound
 
 T = TypeVar("T")
+# Ours nest three deep. The parser recurses once per level, and a collection that starts near
+# Python's recursion limit fails in its callbacks (the collector's pause timer), so absurd nesting
+# is refused before parsing.
+MAX_NESTING = 64
 LEFT_POLL_S = 0.25
 
 
@@ -54,6 +58,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 def parse_json(raw: bytes | str) -> Any:
     """json.loads, with every way it can fail on hostile input turned into BadInput."""
+    if _nesting(raw) > MAX_NESTING:
+        raise BadInput(f"expected a JSON object nested at most {MAX_NESTING} deep, got one nested deeper")
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -62,6 +68,27 @@ def parse_json(raw: bytes | str) -> Any:
         raise BadInput(
             f"expected a reasonable JSON object, got one Python refuses to parse ({type(exc).__name__})"
         ) from None
+
+
+def _nesting(raw: bytes | str) -> int:
+    """How deep arrays and objects nest, brackets inside strings not counted (a loop, no recursion);
+    0 for a text with too few brackets to nest deeper than MAX_NESTING, which is not scanned."""
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw  # byte for byte: the brackets stay
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def int_query(request: web.Request, name: str, default: int, maximum: int) -> int:

@@ -28,6 +28,7 @@ HAPROXY_CFG = Path(__file__).resolve().parents[2] / "docs" / "deploy" / "haproxy
 # front of the file above: here the log goes to the test's directory instead of the system's.
 TEST_GLOBAL = "global\n    log stdout format raw local0\n"
 LISTENERS = 6
+LIVE_PLAYERS = 'channel="table",kind="live"'
 ENDS = ("request_played", "request_failed", "request_cancelled")
 START_TIMEOUT_S = 10
 
@@ -303,10 +304,15 @@ async def test_a_stopping_server_is_not_held_up_by_a_live_mp3_player_the_balance
     stopping = next(server for server in servers if server is not owner)
     async with aiohttp.ClientSession() as http:
         url = balancer.base_url + "/c/table/live.mp3"
-        players = await asyncio.gather(*(http.get(url) for _ in servers))  # one to each server
+        # One after the other, so that the first is counted before the second is placed: requests that
+        # reach haproxy together may be placed by two of its threads at once, both on the same server.
+        players = []
         try:
-            for player in players:
-                assert player.status == 200 and len(await player.content.readexactly(4000)) == 4000
+            for _ in servers:
+                players.append(await http.get(url))
+                assert players[-1].status == 200 and len(await players[-1].content.readexactly(4000)) == 4000
+            placed = [await metric(server, "broadcaster_listeners", LIVE_PLAYERS) for server in servers]
+            assert placed == [1, 1], f"expected the balancer to send one player to each server, got {placed}"
             stopping.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(stopping.proc.wait, 20)
             ended = await asyncio.gather(*(_ended(player) for player in players))
