@@ -38,3 +38,11 @@ def test_unbalanced_and_invalid_text_is_still_invalid_json():
     for raw in ("]" * 500 + "[" * 10, "[" * 10, b"\xff\xfe["):
         with pytest.raises(BadInput):
             parse_json(raw)
+
+
+def test_escapes_are_read_as_the_parser_reads_them():
+    hidden = '["\\"' + "[" * 200 + '"]'  # an escaped quote: the brackets are still inside the string
+    assert parse_json(hidden) == ['"' + "[" * 200]
+    outside = '["\\\\",' + nested(200) + "]"  # an escaped backslash: the string ends, the brackets are outside
+    with pytest.raises(BadInput, match="nested at most"):
+        parse_json(outside)
