@@ -99,9 +99,11 @@ export class Player {
         if (start.pos === 0 && Math.abs(this.timeline.ctxAt(chunk.starts_at_ms) - start.t) * 1000 > RETIME_MS) this.play(chunk);
         continue;
       }
-      const due = (this.timeline.serverAt(t) - chunk.starts_at_ms) / 1000;
-      if (due >= chunk.buffer.duration) continue; // ending
-      const error = positionAt(voice, t) - due;
+      const position = positionAt(voice, t);
+      if (position >= chunk.buffer.duration) continue; // its end is rendered already
+      // Also when the timeline says it has ended: the rest, heard late, would run into the silence
+      // between sentences or the next one, so a large error fades it out (crossfade, below).
+      const error = position - (this.timeline.serverAt(t) - chunk.starts_at_ms) / 1000;
       this.errorMs = error * 1000;
       this.trace.push([nowLocalMs, this.errorMs, chunk.chunk_id]);
       if (this.trace.length > TRACE_KEPT) this.trace.shift();

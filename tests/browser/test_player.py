@@ -1,0 +1,103 @@
+"""The listener page's player (web/static/player.js) rendered offline by Chromium's own Web Audio.
+
+An OfflineAudioContext renders faster than real time and stops at given context times, so the
+player's ticks run at exact moments and the output can be checked sample by sample. Each chunk's
+samples are a ramp (a sample's value says where in the chunk it is), so the rendered value says which
+moment of the chunk plays at each context time. A timeline whose output suddenly runs late stands
+for an output stall: the audio heard at a server moment was rendered that much earlier.
+"""
+
+import numpy as np
+import pytest
+
+RATE = 8000  # Hz: 128-frame render quanta of 16 ms, so every tick falls on a quantum boundary
+TICK_S = 0.032
+TOTAL_S = 2.5
+
+RENDER = """
+async ({ startS, durationS, lateAtS, lateMs, rate, tickS, totalS }) => {
+  const { Player } = await import("/static/player.js");
+  const ctx = new OfflineAudioContext(1, Math.round(rate * totalS), rate);
+  const buffer = ctx.createBuffer(1, Math.round(rate * durationS), rate);
+  const ramp = buffer.getChannelData(0);
+  for (let i = 0; i < ramp.length; i++) ramp[i] = i / ramp.length;
+  let lateS = 0;
+  const timeline = {
+    ctxAt: (serverMs) => serverMs / 1000 - lateS,
+    serverAt: (when) => (when + lateS) * 1000,
+    rate: () => 1,
+  };
+  const player = new Player(ctx, ctx.destination, timeline);
+  const chunk = { chunk_id: "c", buffer, starts_at_ms: startS * 1000, ended: 0 };
+  chunk.onEnded = () => { chunk.ended += 1; };
+  player.play(chunk);
+  for (let k = 1; (k + 1) * tickS < totalS; k++) {
+    const t = k * tickS;
+    ctx.suspend(t).then(() => {
+      if (Math.abs(t - lateAtS) < tickS / 2) lateS = lateMs / 1000;
+      player.tick([chunk], t * 1000);
+      ctx.resume();
+    });
+  }
+  const out = await ctx.startRendering();
+  return { samples: Array.from(out.getChannelData(0)), ended: chunk.ended, crossfades: player.crossfades };
+}
+"""
+
+
+@pytest.fixture
+async def render(browser, server):
+    page = await browser.new_page()
+    await page.goto(f"{server.base_url}/c/{server.channel}")
+
+    async def run(start_s: float, duration_s: float, late_at_s: float, late_ms: float) -> dict:
+        args = {"startS": start_s, "durationS": duration_s, "lateAtS": late_at_s, "lateMs": late_ms}
+        result = await page.evaluate(RENDER, args | {"rate": RATE, "tickS": TICK_S, "totalS": TOTAL_S})
+        return result | {"samples": np.array(result["samples"])}
+
+    yield run
+    await page.close()
+
+
+def between(samples: np.ndarray, from_s: float, to_s: float) -> np.ndarray:
+    return samples[round(from_s * RATE) : round(to_s * RATE)]
+
+
+def expected(from_s: float, to_s: float, start_s: float, duration_s: float, late_s: float) -> np.ndarray:
+    """The ramp's value where the chunk should be at each context time, once `late_s` late."""
+    times = np.arange(round(from_s * RATE), round(to_s * RATE)) / RATE
+    return (times + late_s - start_s) / duration_s
+
+
+async def test_a_chunk_plays_where_the_timeline_says(render):
+    out = await render(start_s=0.2, duration_s=1.5, late_at_s=99, late_ms=0)
+    placed = between(out["samples"], 0.21, 1.69) - expected(0.21, 1.69, 0.2, 1.5, 0)
+    assert np.abs(placed).max() * 1.5 * 1000 < 0.2, "the chunk is not where the timeline puts it (ms)"
+    assert not between(out["samples"], 1.71, 2.4).any(), "the chunk sounds past its end"
+    assert out["ended"] == 1 and out["crossfades"] == 0
+
+
+async def test_a_large_error_mid_chunk_is_fixed_by_one_crossfade_to_the_right_place(render):
+    out = await render(start_s=0.2, duration_s=1.5, late_at_s=0.8, late_ms=300)
+    # the stall is noticed at the tick at 0.8 s; the crossfade starts a start margin (50 ms) later
+    placed = between(out["samples"], 0.9, 1.39) - expected(0.9, 1.39, 0.2, 1.5, 0.3)
+    assert np.abs(placed).max() * 1.5 * 1000 < 0.2, "after the crossfade the chunk is not where it belongs (ms)"
+    assert not between(out["samples"], 1.41, 2.4).any(), "the chunk sounds past the end the timeline gives it"
+    assert out["crossfades"] == 1 and out["ended"] == 1
+
+
+async def test_a_chunk_whose_end_is_already_due_is_faded_out_not_played_late(render):
+    # 300 ms late when 200 ms of it are left: by the timeline it ended 100 ms ago, and the rest heard
+    # now would run into the silence between sentences (or the next sentence)
+    out = await render(start_s=0.2, duration_s=1.0, late_at_s=1.0, late_ms=300)
+    assert not between(out["samples"], 1.07, 2.4).any(), "the late tail of the chunk was played"
+    assert out["crossfades"] == 1 and out["ended"] == 1, "the chunk was not faded out and acknowledged"
+
+
+async def test_a_small_error_is_taken_out_smoothly_without_overshoot(render):
+    out = await render(start_s=0.2, duration_s=2.2, late_at_s=0.5, late_ms=5)
+    error_ms = (between(out["samples"], 0.5, 2.35) - expected(0.5, 2.35, 0.2, 2.2, 0.005)) * 2.2 * 1000
+    assert out["crossfades"] == 0, "a 5 ms error was fixed by a crossfade, not by the rate"
+    assert np.abs(np.diff(error_ms)).max() < 0.01, "the correction jumped instead of gliding"
+    assert error_ms[-1] > -1.5, "still behind after 1.8 s of correction"
+    assert error_ms.max() < 0.5, "the correction overshot"
