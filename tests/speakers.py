@@ -3,7 +3,10 @@
 A PulseAudio daemon of our own (Debian's `pulseaudio`, its socket in a temporary directory, no
 configuration read): one null sink, "mix", with a channel per listener, and a mono remap sink per
 listener ("listener0", ...) onto its channel. A browser started with PULSE_SINK=listenerN plays
-into channel N. The Recorder reads mix's monitor through libpulse-simple and notes the wall-clock
+into channel N. The mix never rewinds (`norewinds`): by default a sink re-renders what it has
+already mixed whenever one of its inputs stops or starts, so suspending one listener's sink moved
+the others' audio and their browsers' output timestamps by up to 17-34 ms, a coupling separate
+speakers do not have. The Recorder reads mix's monitor through libpulse-simple and notes the wall-clock
 time of every read, so every recorded sample gets the wall-clock time it was played at; the server
 places chunks on the same machine's wall clock.
 
@@ -59,7 +62,7 @@ class PulseServer:
         aux = ",".join(f"aux{i}" for i in range(self.listeners))
         modules = [
             f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE}",
+            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE} norewinds=1",
             *(
                 f"module-remap-sink sink_name=listener{i} master=mix channels=1 "
                 f"master_channel_map=aux{i} channel_map=mono remix=no"
