@@ -15,7 +15,7 @@ and the skew under load and after it, against the targets in docs/performance.md
 
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
-                                          [--stall-ms 150] [--stress-s 30] [--settle-s 8]
+                                          [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
 """
 
 import argparse
@@ -249,6 +249,8 @@ async def page_report(page) -> dict:
 
 async def main(args: argparse.Namespace) -> None:
     settings = {**(PIPER if args.engine == "piper" else TONE), **TIMELINE}
+    if args.piper_nice is not None:
+        settings["tts"] = settings["tts"] | {"piper_nice": args.piper_nice}
     everyone = list(range(args.listeners + args.late))
     late = everyone[args.listeners :]
     with tempfile.TemporaryDirectory() as work:
@@ -299,6 +301,7 @@ if __name__ == "__main__":
     parser.add_argument("--listeners", type=int, default=3)
     parser.add_argument("--late", type=int, default=1, help="more listeners who join mid-narration")
     parser.add_argument("--engine", choices=["tone", "piper"], default="tone")
+    parser.add_argument("--piper-nice", type=int, help="[tts] piper_nice (default: the server's)")
     parser.add_argument("--stalls", type=int, default=4)
     parser.add_argument("--stall-ms", type=int, default=150)
     parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")

@@ -10,7 +10,7 @@ to the first byte of the progressive stream, and to the first chunk's
 channel that fetch every chunk and report when they had it, as the listener
 page does, so that the lead follows them (a warm-up narration teaches it).
 
-    .venv/bin/python bench/ttfa.py [--trials 7] [--window-ms 3000] [--listeners 8]
+    .venv/bin/python bench/ttfa.py [--trials 7] [--window-ms 3000] [--listeners 8] [--piper-nice N]
 """
 
 import argparse
@@ -115,10 +115,11 @@ async def streamed_trial(base: str, token: str, ws, text: str) -> float:
                 return announced_ms
 
 
-async def main(trials: int, window_ms: int, listeners: int) -> None:
+async def main(trials: int, window_ms: int, listeners: int, nice: int | None) -> None:
     raw, announced, ttfb, starts, streamed = [], [], [], [], []
+    tts = {"engine": "piper", "piper_window_ms": window_ms} | ({} if nice is None else {"piper_nice": nice})
     async with (
-        running_server({"tts": {"engine": "piper", "piper_window_ms": window_ms}}) as server,
+        running_server({"tts": tts}) as server,
         websockets.connect(server.ws_url) as ws,
     ):
         timeline = server.app[CONFIG].timeline
@@ -144,7 +145,7 @@ async def main(trials: int, window_ms: int, listeners: int) -> None:
             page.task.cancel()
     raw_ms, starts_ms = statistics.median(raw), statistics.median(starts)
     announced_ms, ttfb_ms = statistics.median(announced), statistics.median(ttfb)
-    print(f"trials: {trials}, piper_window_ms = {window_ms}")
+    print(f"trials: {trials}, piper_window_ms = {window_ms}, piper_nice = {server.app[CONFIG].tts.piper_nice}")
     print(f"raw piper (PiperVoice.load), first sentence  median {raw_ms:7.1f} ms")
     print(
         f"POST -> first chunk announced   median {announced_ms:7.1f} ms   {announced_ms / raw_ms:.2f}x raw  (target <= 1.50x)"
@@ -166,5 +167,6 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--window-ms", type=int, default=3000, help="[tts] piper_window_ms (0: decode whole)")
     parser.add_argument("--listeners", type=int, default=8, help="page-like listeners on the channel")
+    parser.add_argument("--piper-nice", type=int, help="[tts] piper_nice (default: the server's)")
     args = parser.parse_args()
-    asyncio.run(main(args.trials, args.window_ms, args.listeners))
+    asyncio.run(main(args.trials, args.window_ms, args.listeners, args.piper_nice))

@@ -156,6 +156,7 @@ class TtsConfig:
     piper_workers: int = 1  # sentences synthesized at once (each already uses every core)
     piper_memory_arena: bool = False  # faster synthesis, but the peak working memory is never returned
     piper_window_ms: int = 3000  # speech decoded at a time; bounds synthesis memory (0: each sentence whole)
+    piper_nice: int = 10  # synthesis runs this much below the server's priority (0: at the same)
     tone_ms_per_char: int = 55
     tone_delay_ms: int = 0
     tone_fail_marker: str = ""
@@ -169,6 +170,10 @@ class TtsConfig:
             object.__setattr__(self, "voices", tuple(VoiceConfig.parse(k, v) for k, v in self.voices.items()))
         if not isinstance(self.voices, tuple) or not all(isinstance(v, VoiceConfig) for v in self.voices):
             raise BadInput(f"expected [tts.voices.<name>] tables, got {self.voices!r}"[:300])
+        if type(self.piper_nice) is not int or not 0 <= self.piper_nice <= 19:
+            raise BadInput(
+                f"expected [tts] piper_nice from 0 to 19 (how much lower synthesis runs), got {self.piper_nice!r}"
+            )
         if self.piper_window_ms != 0 and self.piper_window_ms < MIN_PIPER_WINDOW_MS:
             raise BadInput(
                 f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "

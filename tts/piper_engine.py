@@ -3,12 +3,26 @@
 By default the voice's decoder runs over windows of `window_ms` of speech
 (tts/windowed.py), so a sentence's working memory is bounded by the window,
 not by the sentence's length. A voice that cannot be split is decoded whole.
+
+Synthesis runs at a lower scheduling priority than the rest of the machine
+(`SYNTHESIS_NICE`): it takes every core while it works, and a browser playing
+the channel on the same computer (a game master's laptop) must not lose its
+audio thread to it. Audio is made ahead of when it is heard, so synthesis can
+wait a moment; an underrun cannot. On an otherwise idle machine it changes
+nothing. Linux gives each thread its own nice value and new threads inherit
+it, so the voice is loaded in a thread that has lowered its own: onnxruntime
+starts its worker threads then.
 """
 
 import asyncio
+import contextlib
 import copy
 import logging
+import os
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +34,19 @@ from .engine import Pcm, TtsEngine
 from .windowed import WindowedSession, windowed_session
 
 log = logging.getLogger(__name__)
+
+SYNTHESIS_NICE = 10  # docs/performance.md: a listener page beside Piper on the same two cores
+
+
+def lower_priority(by: int) -> None:
+    """Lower the calling thread's scheduling priority (and that of the threads it starts) by `by`
+    nice steps; where the system does not allow it, nothing changes. Linux only: elsewhere a
+    thread's id is not something setpriority takes."""
+    if sys.platform != "linux" or not by:
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
 
 
 def default_model_path() -> Path:
@@ -38,28 +65,33 @@ class PiperEngine(TtsEngine):
         memory_arena: bool = False,
         window_ms: int = 0,
         cache_dir: Path | None = None,
+        nice: int = SYNTHESIS_NICE,
     ):
         """`workers`: sentences synthesized at once. Measured on 2 cores, one worker (onnxruntime
         already uses every core within a sentence) is faster than two and needs half the memory.
         `memory_arena`: onnxruntime keeps its peak working memory for reuse; about 25% faster, but
         the server's memory never comes back down.
         `window_ms`: decode this much speech at a time (0: each sentence whole); the voice is split
-        once into `cache_dir` for it."""
+        once into `cache_dir` for it.
+        `nice`: how much lower than the server's own threads synthesis runs (module docstring)."""
         path = Path(model) if model else default_model_path()
         if not path.is_file():
             raise GenerationError(f"expected a Piper .onnx voice at {path}, found nothing")
-        self.voice = _load_voice(path, memory_arena, window_ms, cache_dir)
+        lower = partial(lower_priority, nice)
+        with ThreadPoolExecutor(1, thread_name_prefix="piper-load", initializer=lower) as loader:
+            self.voice = loader.submit(_load_voice, path, memory_arena, window_ms, cache_dir).result()
         self.sample_rate = self.voice.config.sample_rate
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper", initializer=lower)
         self.settings = None  # Piper's SynthesisConfig: None is the voice's own speaker and speed
         self.parallelism = workers
         self._release = not memory_arena
         windowed = isinstance(self.voice.session, WindowedSession)
         log.info(
-            "piper voice %s loaded (%d Hz, %d worker(s), memory arena %s, %s)",
+            "piper voice %s loaded (%d Hz, %d worker(s) at nice +%d, memory arena %s, %s)",
             path.name,
             self.sample_rate,
             workers,
+            nice,
             "on" if memory_arena else "off",
             f"decoded {window_ms} ms at a time" if windowed else "each sentence decoded whole",
         )

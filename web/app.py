@@ -53,7 +53,12 @@ def make_engine(config: Config) -> TtsEngine:
 
         t = config.tts
         return PiperEngine(
-            t.piper_model or None, t.piper_workers, t.piper_memory_arena, t.piper_window_ms, config.data_path / "voices"
+            t.piper_model or None,
+            t.piper_workers,
+            t.piper_memory_arena,
+            t.piper_window_ms,
+            config.data_path / "voices",
+            t.piper_nice,
         )
     raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
 

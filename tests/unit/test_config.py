@@ -88,3 +88,11 @@ def test_voices_are_read_from_their_tables():
 def test_a_bad_voice_is_refused_with_what_was_expected(voices, words):
     with pytest.raises(BadInput, match=words):
         config_from_dict({"tts": {"voices": voices}})
+
+
+@pytest.mark.parametrize("nice", [-1, 20, True, 2.5])
+def test_a_synthesis_priority_outside_the_nice_range_is_refused(nice):
+    with pytest.raises(BadInput, match=r"piper_nice"):
+        config_from_dict({"tts": {"piper_nice": nice}})
+    assert config_from_dict({"tts": {"piper_nice": 0}}).tts.piper_nice == 0
+    assert config_from_dict({}).tts.piper_nice == 10
