@@ -37,6 +37,7 @@ from harness import running_server  # first: it puts the project and tests/ on s
 from chromium import chromium_path
 from playwright.async_api import async_playwright
 from speakers import (
+    GLITCH_SHADOW_S,
     Heard,
     Listeners,
     PulseServer,
@@ -54,7 +55,6 @@ from broadcaster.client import submit
 
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
-GLITCH_SHADOW_S = 2.0  # after a glitch a page is correcting (a small one by slewing: up to ~2 s)
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
 
 

@@ -1,7 +1,8 @@
 """Talk-over at the speaker: listener pages in Chromium, each on its own PulseAudio sink, recorded on one
 clock (tests/speakers.py). A track (a 100 Hz hum, below the tone engine's voice) plays; narration
 posted with "over" goes on the air over it, and every page dips the track under the voice and
-brings it back at the same moments, where the ducking envelope puts them."""
+brings it back at the same moments, where the ducking envelope puts them (within 5 ms; a page that
+detected an output glitch of its own meanwhile, at most one, within 25 ms)."""
 
 import asyncio
 import time
@@ -9,7 +10,7 @@ import time
 import aiohttp
 import pytest
 from media import tone
-from speakers import SPEAKER_CONFIG, assert_dips_together
+from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, steady_pages
 
 from broadcaster.core.bed import TALK_OVER_DUCK_DB
 
@@ -55,7 +56,8 @@ async def test_every_page_dips_the_track_under_talk_over_at_the_same_moments(ser
     await until(end_ms / 1000 + 2.5)
     recording = recorder.stop(pulse.mix_latency_s())
     speech = [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
-    assert_dips_together(recording, [0, 1, 2], TRACK_HZ, speech, TALK_OVER_DUCK_DB, WITHIN_MS)
+    steady = await steady_pages(listeners.pages, speech)
+    assert_steady_pages_dip_together(recording, [0, 1, 2], steady, TRACK_HZ, speech, TALK_OVER_DUCK_DB, WITHIN_MS)
 
 
 async def until(wall_s: float) -> None:
