@@ -37,7 +37,6 @@ from harness import running_server  # first: it puts the project and tests/ on s
 from chromium import chromium_path
 from playwright.async_api import async_playwright
 from speakers import (
-    GLITCH_SHADOW_S,
     Heard,
     Listeners,
     PulseServer,
@@ -45,6 +44,7 @@ from speakers import (
     chunk_audio,
     clicks,
     follow,
+    near_glitch,
     percentile,
     recovery,
     skews_ms,
@@ -158,11 +158,6 @@ def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict
             if first
             else ""
         )
-
-
-def near_glitch(at_s: float, glitches: list[float]) -> bool:
-    """Within GLITCH_SHADOW_S of an output discontinuity some page detected (while it corrects it)."""
-    return any(-0.5 <= at_s - g <= GLITCH_SHADOW_S for g in glitches)
 
 
 def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration: Narration, pages: list[dict]) -> None:

@@ -3,10 +3,7 @@
 A PulseAudio daemon of our own (Debian's `pulseaudio`, its socket in a temporary directory, no
 configuration read): one null sink, "mix", with a channel per listener, and a mono remap sink per
 listener ("listener0", ...) onto its channel. A browser started with PULSE_SINK=listenerN plays
-into channel N. The mix never rewinds (`norewinds`): by default a sink re-renders what it has
-already mixed whenever one of its inputs stops or starts, so suspending one listener's sink moved
-the others' audio and their browsers' output timestamps by up to 17-34 ms, a coupling separate
-speakers do not have. The Recorder reads mix's monitor through libpulse-simple and notes the wall-clock
+into channel N. The Recorder reads mix's monitor through libpulse-simple and notes the wall-clock
 time of every read, so every recorded sample gets the wall-clock time it was played at; the server
 places chunks on the same machine's wall clock.
 
@@ -62,7 +59,7 @@ class PulseServer:
         aux = ",".join(f"aux{i}" for i in range(self.listeners))
         modules = [
             f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE} norewinds=1",
+            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE}",
             *(
                 f"module-remap-sink sink_name=listener{i} master=mix channels=1 "
                 f"master_channel_map=aux{i} channel_map=mono remix=no"
@@ -513,6 +510,16 @@ GLITCH_SHADOW_S = 2.0  # after a glitch a page is correcting (a small one by sle
 GLITCHED_WITHIN_MS = 25.0  # a page that glitched meanwhile: short of what two people at a table hear as an echo
 
 
+def near_glitch(at_s: float, glitches_s: list[float]) -> bool:
+    """Within GLITCH_SHADOW_S after (or half a second before) an output glitch some page detected."""
+    return any(-0.5 <= at_s - g <= GLITCH_SHADOW_S for g in glitches_s)
+
+
+async def glitches_s(page) -> list[float]:
+    """When the page detected output glitches of its own (wall clock, s)."""
+    return await page.evaluate("window.broadcaster.output.glitches.map((g) => g.atLocalMs / 1000)")
+
+
 async def steady_pages(pages: dict[int, object], speech: list[tuple[int, int]]) -> list[int]:
     """The pages that detected no output glitch of their own (an underrun, or output timestamps that
     moved, as in a page's first seconds: docs/performance.md) from GLITCH_SHADOW_S before the voice
@@ -520,8 +527,7 @@ async def steady_pages(pages: dict[int, object], speech: list[tuple[int, int]]) 
     begin_s, end_s = speech[0][0] / 1000 - GLITCH_SHADOW_S, speech[-1][1] / 1000 + 1.0
     steady = []
     for listener, page in sorted(pages.items()):
-        glitches_s = await page.evaluate("window.broadcaster.output.glitches.map((g) => g.atLocalMs / 1000)")
-        if not any(begin_s <= at_s <= end_s for at_s in glitches_s):
+        if not any(begin_s <= at_s <= end_s for at_s in await glitches_s(page)):
             steady.append(listener)
     return steady
 

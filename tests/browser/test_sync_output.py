@@ -3,7 +3,9 @@ together on one clock; every stretch of every chunk found in what each played (t
 
 One listener's output is stopped for 150 ms mid-sentence (its sink suspended): the page must notice
 and be back on the timeline within a second, with a crossfade rather than a hard cut, while the other
-listener is untouched. bench/sync_output.py measures the same more thoroughly (docs/performance.md).
+listener is untouched. Away from the stall (and from any glitch a page detected by itself, as the
+benchmark's "away from glitches" figure), the two stay within 5 ms (p95) of each other and of the
+timeline. bench/sync_output.py measures the same more thoroughly (docs/performance.md).
 """
 
 import asyncio
@@ -16,6 +18,8 @@ from speakers import (
     chunk_audio,
     clicks,
     follow,
+    glitches_s,
+    near_glitch,
     percentile,
     recovery,
     skews_ms,
@@ -45,6 +49,8 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     page = listeners.pages[0]
     glitches = await page.evaluate("window.broadcaster.output.glitchCount")
     crossfades = await page.evaluate("window.broadcaster.player.crossfades")
+    # besides the stall: glitches a page detected by itself (the rig's, or a busy machine's underruns)
+    detected = [at_s for shown in listeners.pages.values() for at_s in await glitches_s(shown)]
 
     chunks = [first, second] + [m for m in observer.messages if m["type"] == "audio_chunk_ready"][2:]
     heard = {0: [], 1: []}
@@ -54,7 +60,10 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
             for listener in heard:
                 heard[listener] += follow(recording, listener, chunk["chunk_id"], audio, chunk["starts_at_ms"])
 
-    calm = {i: [h for h in found if not began - 0.2 <= h.heard_s <= resumed + 1.0] for i, found in heard.items()}
+    calm = {
+        i: [h for h in found if not began - 0.2 <= h.heard_s <= resumed + 1.0 and not near_glitch(h.heard_s, detected)]
+        for i, found in heard.items()
+    }
     skews = skews_ms(calm)
     assert len(skews) > 200, "too little of the narration was found in the recording"
     assert percentile(skews, 95) < 5, f"listeners apart by {percentile(skews, 95):.1f} ms (p95) without glitches"
