@@ -111,7 +111,7 @@ def _parser(serve_command: Command) -> argparse.ArgumentParser:
     listen.add_argument("--seconds", type=float, default=0, help="stop after this long (0 = never)")
     listen.set_defaults(run=_listen)
 
-    cleanup = sub.add_parser("cleanup", parents=[common], help="purge old played and failed audio now")
+    cleanup = sub.add_parser("cleanup", parents=[common], help="purge old played, failed and cancelled audio now")
     cleanup.set_defaults(run=_cleanup)
 
     database = sub.add_parser("db", help="the database's schema").add_subparsers(required=True, metavar="ACTION")

@@ -23,6 +23,7 @@ PUBLIC_ROUTES = {  # path: the methods a page on another origin may use on a pub
     "/api/channels/{channel}/audio/queue": READ_METHODS,
     "/api/audio/chunks/{chunk_id}": READ_METHODS,
     "/api/audio/stream/{request_id}": READ_METHODS,
+    "/api/channels/{channel}/beds/{track_id}/{chunk_id}": READ_METHODS,  # the ambience under the voice
     "/c/{channel}/live.mp3": READ_METHODS,
     "/api/audio/played/{chunk_id}": "POST",  # a simple request (no body, no headers): the page may read the reply
 }

@@ -46,6 +46,12 @@ async def test_a_bed_is_announced_and_its_segments_are_served(server, connect, m
     async with aiohttp.ClientSession() as http:
         async with http.get(server.base_url + segment["url"]) as resp:
             assert resp.status == 200 and resp.headers["Content-Type"] == "audio/mpeg" and len(await resp.read()) > 1000
+        foreign = {"Origin": "https://vtt.example"}  # a page embedding this public channel plays its bed too
+        async with http.get(server.base_url + segment["url"], headers=foreign) as resp:
+            assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+        preflight = foreign | {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"}
+        async with http.options(server.base_url + segment["url"], headers=preflight) as resp:
+            assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == "*"
         other = segment["url"].replace(segment["chunk_id"], "0123456789abcdef")
         async with http.get(server.base_url + other) as resp:
             assert resp.status == 404  # only the segments of the channel's beds are served this way
