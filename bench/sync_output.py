@@ -39,6 +39,7 @@ from playwright.async_api import async_playwright
 from speakers import (
     Heard,
     Listeners,
+    PipeWireServer,
     PulseServer,
     Recording,
     chunk_audio,
@@ -249,7 +250,7 @@ async def main(args: argparse.Namespace) -> None:
     everyone = list(range(args.listeners + args.late))
     late = everyone[args.listeners :]
     with tempfile.TemporaryDirectory() as work:
-        pulse = PulseServer(Path(work), len(everyone))
+        pulse = (PipeWireServer if args.rig == "pipewire" else PulseServer)(Path(work), len(everyone))
         pulse.start()
         try:
             async with (
@@ -301,6 +302,7 @@ if __name__ == "__main__":
     parser.add_argument("--stall-ms", type=int, default=150)
     parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")
     parser.add_argument("--settle-s", type=float, default=8, help="from the last page opened to the narration")
+    parser.add_argument("--rig", choices=["pulseaudio", "pipewire"], default="pulseaudio")
     parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
     parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))
     asyncio.run(main(parser.parse_args()))

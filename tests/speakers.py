@@ -118,6 +118,62 @@ class PulseServer:
                 self.proc.wait()
 
 
+class PipeWireServer(PulseServer):
+    """The same sinks on PipeWire (Debian's `pipewire`, `wireplumber` and `pipewire-pulse`, with a
+    D-Bus session bus of their own), as most Linux desktops now play: browsers and the recorder
+    speak the PulseAudio protocol to `pipewire-pulse`."""
+
+    def __init__(self, work: Path, listeners: int):
+        super().__init__(work, listeners)
+        self.socket = self.runtime / "pulse" / "native"
+        self.procs: list[subprocess.Popen] = []
+
+    def _env(self) -> dict[str, str]:
+        bus = f"unix:path={self.runtime / 'bus'}"
+        return super()._env() | {"DBUS_SESSION_BUS_ADDRESS": bus, "PIPEWIRE_RUNTIME_DIR": str(self.runtime)}
+
+    def start(self) -> None:
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        bus = f"unix:path={self.runtime / 'bus'}"
+        commands = [
+            ["dbus-daemon", "--session", "--nofork", f"--address={bus}"],
+            ["pipewire"],
+            ["wireplumber"],
+            ["pipewire-pulse"],
+        ]
+        missing = [command[0] for command in commands if shutil.which(command[0]) is None]
+        if missing:
+            raise RuntimeError(f"not installed: {', '.join(missing)} (apt-get install pipewire-pulse wireplumber)")
+        for command in commands:
+            with open(self.runtime / f"{command[0]}.log", "wb") as log:
+                self.procs.append(subprocess.Popen(command, env=self._env(), stdout=log, stderr=log))
+            time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while self.pactl("info", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("pipewire-pulse did not start")
+            time.sleep(0.05)
+        aux = ",".join(f"aux{i}" for i in range(self.listeners))
+        self.pactl("load-module", "module-null-sink", "sink_name=mix", f"channels={self.listeners}",
+                   f"channel_map={aux}", f"rate={RATE}")  # fmt: skip
+        for i in range(self.listeners):
+            self.pactl("load-module", "module-remap-sink", f"sink_name=listener{i}", "master=mix", "channels=1",
+                       f"master_channel_map=aux{i}", "channel_map=mono", "remix=no")  # fmt: skip
+
+    def mix_latency_s(self) -> float:
+        return 0.0  # a PipeWire null sink is its own driver: what the monitor reads, it plays then
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 class Listeners:
     """Listener pages as people open them, each in its own Chromium playing into its own sink."""
 
