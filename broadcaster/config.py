@@ -91,6 +91,7 @@ class TimelineSection:
 class LimitsConfig:
     max_text_chars: int = 5000
     max_sentence_chars: int = 300
+    max_sentences: int = 200  # per request: each is a chunk to synthesize, encode and announce
     max_queue: int = 200
     ws_send_queue: int = 256
     ws_max_message_bytes: int = 4096
@@ -102,6 +103,8 @@ class LimitsConfig:
     producer_write_burst: int = 30
     text_appends_per_second: float = 10  # to open narrations, per client address and channel (their own bucket)
     text_append_burst: int = 60
+    http_acks_per_second: float = 10  # POST /api/audio/played per client address (each one is a row)
+    http_ack_burst: int = 100
     max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
     credential_recheck_s: float = 2  # open sockets and streams whose listen key or token was replaced close this soon
     ws_auth_timeout_s: float = 10  # a console's socket must send its auth message within this

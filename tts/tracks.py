@@ -15,6 +15,7 @@ once when it is stored (the database, db/audio_database.py).
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,16 +154,24 @@ async def _decode_into(source: Path, target: Path, target_lufs: float, limits: D
             f"expected an audio file in one of the accepted formats ({ACCEPTED}), got another kind of file"
         )
     if not frames:
-        lines = reason.strip().splitlines()
         raise TrackRejected(
             f"expected an audio file in one of the accepted formats ({ACCEPTED}), got one that "
-            f"does not decode: {' '.join(lines[-2:])[:300] or 'no audio'}"
+            f"does not decode: {_for_client(reason, target)[:300] or 'no audio'}"
         )
     if frames > limits.max_seconds * TRACK_RATE:
         raise TrackRejected(f"expected a track of at most {limits.max_seconds:g} s, got a longer one")
     if frames < TRACK_RATE // 10:
         raise TrackRejected("expected at least 0.1 s of audio, got less")
     return frames
+
+
+_FFMPEG_CONTEXT = re.compile(r"\[[^\]]*@ 0x[0-9a-f]+\] ?")  # "[af#0:0 @ 0x55...] ": a heap address
+
+
+def _for_client(reason: str, target: Path) -> str:
+    """The last lines of ffmpeg's log, without what is the server's business: where it writes, addresses."""
+    lines = reason.strip().replace(str(target), "the output").splitlines()
+    return _FFMPEG_CONTEXT.sub("", " ".join(lines[-2:]))
 
 
 async def _run(args: list[str], source: Path, limits: DecodeLimits) -> tuple[int, str]:
@@ -218,11 +227,38 @@ async def read_tags(source: Path, memory_bytes: int | None = None) -> dict[str, 
             "ffmetadata",
             "pipe:1",
         ]
-        for line in (await _metadata(args, source, memory_bytes)).splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key.lower() in ("title", "artist") and value.strip():
+        for key, value in ffmetadata_fields(await _metadata(args, source, memory_bytes)):
+            if key.lower() in ("title", "artist") and value.strip():
                 tags.setdefault(key.lower(), value.strip())
     return tags
+
+
+def ffmetadata_fields(text: str) -> list[tuple[str, str]]:
+    """The key=value entries of ffmpeg's ffmetadata output, its escapes undone: a backslash keeps the
+    character after it (`=`, `;`, `#`, a backslash, or a line break inside a value)."""
+    entries, current = [], ""
+    for line in text.split("\n"):
+        current += line
+        if (len(current) - len(current.rstrip("\\"))) % 2:  # an escaped line break: the value goes on
+            current = current[:-1] + "\n"
+            continue
+        entries.append(current)
+        current = ""
+    return [pair for entry in entries if not entry.startswith((";", "#")) and (pair := _entry(entry))]
+
+
+def _entry(entry: str) -> tuple[str, str] | None:
+    key: str | None = None
+    current: list[str] = []
+    chars = iter(entry)
+    for c in chars:
+        if c == "\\":
+            current.append(next(chars, ""))
+        elif c == "=" and key is None:
+            key, current = "".join(current), []
+        else:
+            current.append(c)
+    return None if key is None else (key, "".join(current))
 
 
 async def _metadata(args: list[str], source: Path, memory_bytes: int | None) -> str:

@@ -10,12 +10,12 @@ from broadcaster.errors import BadInput, GenerationError, NotFound
 from broadcaster.runtime.station import NotHere
 from db.audio_store import FORMATS, AudioUnavailable
 
-from .access import producer_channel, require_listener
+from .access import producer_channel, remote_of, require_listener
 from .audience import MAX_REPORTS
 from .clients import PEER_CLIENT
 from .forward import BadPeer
 from .http_util import error_response, json_body, path_id
-from .keys import AUDIO, CLUSTER, HUB, METRICS, STATION, STORE
+from .keys import ACCESS, AUDIO, CLUSTER, HUB, METRICS, STATION, STORE
 from .messages import queue_state_json, refresh_snapshot
 from .ranges import RangeNotSatisfiable, parse_range
 
@@ -227,6 +227,7 @@ async def played(request: web.Request) -> web.Response:
     """Acknowledgement for clients without a socket; ?connection_id= ties it to a WebSocket listener."""
     chunk_id = path_id(request, "chunk_id", "chunk")
     station, store = request.app[STATION], request.app[STORE]
+    request.app[ACCESS].check_ack_rate(remote_of(request))
     chunk = await station.find_chunk(chunk_id)
     await require_listener(request, (await station.find_request(chunk.request_id)).channel)
     connection_id = request.query.get("connection_id")

@@ -11,7 +11,7 @@ from broadcaster.runtime.beds import scenes
 
 from .access import producer_channel, require_listener
 from .api import audio_format, audio_response
-from .http_util import json_body, path_id
+from .http_util import json_body, path_id, while_connected
 from .keys import CLUSTER, CONFIG, STATION
 from .messages import bed_json
 from .replica import replica_of
@@ -19,7 +19,8 @@ from .replica import replica_of
 
 async def put_bed(request: web.Request) -> web.Response:
     name = await producer_channel(request)
-    bed = await request.app[STATION].set_bed(name, await json_body(request))
+    body = await json_body(request)
+    bed = await while_connected(request, request.app[STATION].set_bed(name, body))  # minutes of decoding, maybe
     return web.json_response({"bed": bed_json(name, bed)})
 
 

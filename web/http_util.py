@@ -64,7 +64,8 @@ def parse_json(raw: bytes | str) -> Any:
     if _nesting(raw) > MAX_NESTING:
         raise BadInput(f"expected a JSON object nested at most {MAX_NESTING} deep, got one nested deeper")
     try:
-        return json.loads(raw)
+        # UTF-8 only, as on the WebSocket: json.loads would guess UTF-16 or UTF-32 from bytes.
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"expected a JSON object, got invalid JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:  # 4300+ digit numbers, absurd nesting
@@ -92,7 +93,7 @@ def int_query(request: web.Request, name: str, default: int, maximum: int) -> in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isascii() or not raw.isdigit() or int(raw) > maximum:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(maximum)) or int(raw) > maximum:
         raise BadInput(f"expected {name} to be a whole number from 0 to {maximum}, got {raw[:40]!r}")
     return int(raw)
 

@@ -34,6 +34,8 @@ class Access:
         self.writes_per_minute = limits.producer_writes_per_minute
         self.appends = KeyedLimiter(limits.text_appends_per_second, limits.text_append_burst)
         self.appends_per_second = limits.text_appends_per_second
+        self.acks = KeyedLimiter(limits.http_acks_per_second, limits.http_ack_burst)
+        self.acks_per_second = limits.http_acks_per_second
         self.max_connections = limits.max_connections_per_address
         self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
         self.max_encoders = limits.max_stream_encoders
@@ -50,6 +52,11 @@ class Access:
             "from one address"
         )
         self._take(self.appends, (remote, channel), "append_rate", wanted, "send text in larger pieces, or ")
+
+    def check_ack_rate(self, remote: str) -> None:
+        """Acknowledgements over HTTP (clients without a socket): each is a row, so each address has a bucket."""
+        wanted = f"at most {self.acks_per_second:g} acknowledgements a second from one address"
+        self._take(self.acks, (remote, ""), "ack_rate", wanted, "")
 
     def _take(self, limiter: KeyedLimiter, key: tuple[str, str], reason: str, wanted: str, advice: str) -> None:
         wait_ms = limiter.take(key, self.clock())

@@ -57,9 +57,12 @@ async def live_mp3(request: web.Request) -> web.StreamResponse:
 async def _play(request: web.Request, playable: Playable, watched: Watched) -> web.StreamResponse:
     """The stream writes the audio to the transport itself, the same bytes to every player
     (broadcaster/runtime/live.py); this handler only waits for the player's stream to end."""
-    live = await request.app[LIVE].stream(playable)
     icy = request.headers.get("Icy-MetaData", "").strip() == "1"
     response = CloseDelimitedResponse(_headers(request, playable.name, icy))
+    if request.method == "HEAD":  # what a player would be told, and no audio
+        await response.prepare(request)
+        return response
+    live = await request.app[LIVE].stream(playable)
     await response.prepare(request)  # a StreamResponse sends its headers here, before any audio
     transport = request.transport
     if transport is None or transport.is_closing():

@@ -63,12 +63,19 @@ def source_json(request: Request) -> dict[str, Any]:
     }
 
 
+PREVIEW_CHARS = 200  # of a waiting or finished request's text: every queue update carries the whole line
+
+
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
 def queue_item_json(request: Request, position: int) -> dict[str, Any]:
     return {
         "request_id": request.request_id,
         "status": request.state.value,
         "position": position,
-        "text": request.text,
+        "text": preview(request.text),
         **source_json(request),
         "chunks_ready": len(request.chunks),
         "chunks_total": len(request.sentences),
@@ -114,7 +121,7 @@ def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
         {
             "request_id": r.request_id,
             "status": r.state.value,
-            "text": r.text,
+            "text": preview(r.text),
             "error": r.error,
             "finished_at_ms": r.finished_at_ms,
         }

@@ -3,6 +3,8 @@
 import logging
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from broadcaster.errors import BadInput, PayloadTooLarge
 from broadcaster.runtime.bus import BusUnavailable
@@ -28,6 +30,9 @@ async def json_errors(request: web.Request, handler):  # noqa: ANN001, ANN201
             raise
         kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return error_response(exc.status, *_explain(exc, request), kept)
+    except (RequestPayloadError, HttpProcessingError) as exc:  # a body that does not decode (bad gzip, a long line)
+        log.info("unreadable body on %s %s: %s", request.method, request.path, exc)
+        return error_response(400, "unreadable_body", f"the request body could not be read: {exc}"[:300])
     except BusUnavailable as exc:  # cluster mode: Redis is down or restarting
         log.warning("%s %s: %s", request.method, request.path, exc)
         message = "the cluster's event bus cannot be reached just now; try again shortly"

@@ -48,6 +48,7 @@ COPY_BYTES = 16 * 1024
 # The kernel's share of what a listener has not read yet. Left to itself it grows to megabytes, which a
 # stalled listener fills without a write ever waiting, so its encoder would outlive the write timeout.
 SOCKET_BUFFER_BYTES = 64 * 1024
+STREAM_HEADERS = {"Content-Type": "audio/mpeg", "Cache-Control": "no-store"}
 
 
 async def request_stream(request: web.Request) -> web.StreamResponse:
@@ -56,6 +57,10 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
     station, access = request.app[STATION], request.app[ACCESS]
     playback = await station.find_request(request_id)
     credential = await require_listener(request, playback.channel)
+    if request.method == "HEAD":  # the headers a GET would get; no encoder, no audio
+        response = web.StreamResponse(headers=STREAM_HEADERS)
+        await response.prepare(request)
+        return response
     with (
         access.connection(remote_of(request)),
         access.stream_encoder(),
@@ -71,7 +76,7 @@ async def _stream(request: web.Request, playback: Request, offset_ms: int, watch
         playback = await following.current()
     rate, channels = _format(playback, request.app[ENGINE].sample_rate)
     encoder = await Mp3Encoder.start(rate, request.app[CONFIG].tts.mp3_bitrate_kbps * channels, "pipe:1", channels)
-    response = web.StreamResponse(headers={"Content-Type": "audio/mpeg", "Cache-Control": "no-store"})
+    response = web.StreamResponse(headers=STREAM_HEADERS)
     await response.prepare(request)
     cap_send_buffer(request, SOCKET_BUFFER_BYTES)
     feeder = _Feeder(request, encoder, rate, channels, offset_ms)

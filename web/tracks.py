@@ -21,6 +21,7 @@ from .http_util import UnsupportedMedia, json_body, while_connected
 from .keys import CONFIG, STATION
 
 READ_BYTES = 256 * 1024
+OTHER_FIELD_BYTES = 64 * 1024
 
 
 async def add_track(request: web.Request) -> web.Response:
@@ -65,8 +66,13 @@ async def _receive(request: web.Request, path: Path) -> str:
     """Stream the upload to `path`; returns the client's file name."""
     limit = int(request.app[CONFIG].music.max_upload_mb * 1024 * 1024)
     if request.content_type == "multipart/form-data":
-        part = await _file_part(request)
-        await _copy(part.read_chunk, path, limit)
+        try:
+            part = await _file_part(request)
+            await _copy(part.read_chunk, path, limit)
+        except ValueError as exc:  # aiohttp's multipart reader on a form that is not one (no or wrong boundary)
+            raise BadInput(
+                f"expected a multipart form with a file field, got one that does not parse: {exc}"[:200]
+            ) from None
         return unquote(part.filename or "upload")[:200]  # some clients percent-encode the name
     if not (request.content_type.startswith("audio/") or request.content_type == "application/octet-stream"):
         raise UnsupportedMedia(f"expected an audio/* body, a multipart form or JSON, got {request.content_type!r}")
@@ -79,7 +85,19 @@ async def _file_part(request: web.Request) -> BodyPartReader:
     async for part in reader:
         if isinstance(part, BodyPartReader) and part.name == "file":
             return part
+        await _skip(part)
     raise BadInput('expected a multipart form with a "file" field')
+
+
+async def _skip(part) -> None:  # noqa: ANN001
+    """Read past a field that is not the file, up to OTHER_FIELD_BYTES: the form's other fields are small."""
+    if not isinstance(part, BodyPartReader):
+        raise BadInput('expected a multipart form with a "file" field, got a nested form')
+    size = 0
+    while data := await part.read_chunk(READ_BYTES):
+        size += len(data)
+        if size > OTHER_FIELD_BYTES:
+            raise PayloadTooLarge(f"expected form fields other than the file of at most {OTHER_FIELD_BYTES} bytes")
 
 
 async def _copy(read, path: Path, limit: int) -> None:  # noqa: ANN001

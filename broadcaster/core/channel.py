@@ -132,7 +132,7 @@ class Channel:
         if self.line.index(request) < first:
             raise ValueError(f"request {request_id} is already on the air; it cannot be moved")
         if not first <= position < len(self.line):
-            raise ValueError(f"expected a position from {first} to {len(self.line) - 1}, got {position}")
+            raise ValueError(f"expected a position from {first} to {len(self.line) - 1}, got {str(position)[:40]}")
         self.line.remove(request)
         self.line.insert(position, request)
         return [QueueChanged(), *self._place(now_ms)]

@@ -17,6 +17,7 @@ from typing import Any
 from broadcaster.core.bed import Bed, BedTrack, Segment
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Request
+from broadcaster.core.titles import one_line
 from broadcaster.errors import BadInput, NotFound
 from tts.tracks import TrackInfo
 
@@ -55,7 +56,7 @@ def bed_request(body: dict[str, Any], music_root: Path) -> BedRequest:
     if not isinstance(shuffle, bool) or (shuffle and "folder" not in body):
         raise BadInput('expected "shuffle" to be true or false, and only with a "folder"')
     source = body.get("path", body.get("folder"))
-    files = (_file(music_root, source),) if "path" in body else _folder(music_root, source)
+    files = (music_file(music_root, source),) if "path" in body else _folder(music_root, source)
     return BedRequest(
         source,
         files,
@@ -80,26 +81,41 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return float(value)
 
 
+MAX_PATH_CHARS = 1000
+
+
 def _inside(root: Path, relative: object, what: str) -> Path:
-    if not isinstance(relative, str) or not relative or "\x00" in relative or len(relative) > 1000:
-        raise BadInput(f'expected "{what}": a name inside the music folder')
+    if not isinstance(relative, str) or not relative or "\x00" in relative or len(relative) > MAX_PATH_CHARS:
+        raise BadInput(f'expected "{what}": a name inside the music folder, at most {MAX_PATH_CHARS} characters')
     root = root.resolve()
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except (OSError, RuntimeError):  # a name too long for the file system, a symlink loop
+        raise NotFound(f"no {what} {relative[:100]!r} in the music folder") from None
     if root != candidate and root not in candidate.parents:
         raise NotFound(f"no {what} {relative[:100]!r} in the music folder")
     return candidate
 
 
-def _file(root: Path, relative: object) -> Path:
+def _is(path: Path, kind: str) -> bool:
+    """Path.is_file/is_dir, but a name the file system cannot even look up (too long) is simply not there."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except OSError:
+        return False
+
+
+def music_file(root: Path, relative: object) -> Path:
+    """A file inside the music folder `root`; anything else is refused."""
     path = _inside(root, relative, "path")
-    if not path.is_file():
+    if not _is(path, "file"):
         raise NotFound(f"no file {str(relative)[:100]!r} in the music folder")
     return path
 
 
 def _folder(root: Path, relative: object) -> tuple[Path, ...]:
     folder = _inside(root, relative, "folder")
-    if not folder.is_dir():
+    if not _is(folder, "dir"):
         raise NotFound(f"no folder {str(relative)[:100]!r} in the music folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -132,7 +148,8 @@ class BedMaker:
         request_id = new_id()
         try:
             info = await self.decode(request_id, path, path.stem or "Untitled")
-            request = Request(request_id, channel, info.title, [info.title] * info.segments, now_ms, kind="track")
+            title = one_line(info.title) or "Untitled"
+            request = Request(request_id, channel, title, [title] * info.segments, now_ms, kind="track")
             segments = []
             for seq in range(info.segments):
                 chunk = await maker.make(request, seq)
@@ -140,7 +157,7 @@ class BedMaker:
         except BaseException:
             await asyncio.shield(self.forget(request_id))
             raise
-        return BedTrack(request_id, info.title, tuple(segments))
+        return BedTrack(request_id, title, tuple(segments))
 
 
 @dataclass(frozen=True)

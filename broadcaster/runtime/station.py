@@ -16,6 +16,7 @@ from broadcaster.core.events import ChannelPaused, ChannelResumed, RequestPlaced
 from broadcaster.core.ids import new_id
 from broadcaster.core.model import Chunk, RepeatMode, Request, Writing
 from broadcaster.core.states import FINAL_REQUEST_STATES, RequestState
+from broadcaster.core.titles import one_line
 from broadcaster.errors import BadInput, BroadcasterError, Conflict, NotFound
 from broadcaster.process import release_free_memory
 from db.audio_store import AudioStore
@@ -28,7 +29,7 @@ from tts.voices import Voices
 
 from .accounts import Gate
 from .autodj import AutoDJ
-from .beds import BedMaker, bed_request, fade_ms, tracks_of
+from .beds import BedMaker, bed_request, fade_ms, music_file, tracks_of
 from .cleanup import purge, sweep_local
 from .clock import Clock, wall_clock_ms
 from .decoders import Decoders
@@ -321,17 +322,21 @@ class Station:
 
     async def set_repeat(self, name: str, mode: object) -> None:
         runner = await self.runner(name)
-        if mode not in {m.value for m in RepeatMode}:
+        if not isinstance(mode, str) or mode not in {m.value for m in RepeatMode}:
             raise BadInput(f"expected repeat mode 'off', 'one' or 'all', got {mode!r}"[:200])
         await runner.apply(lambda now: runner.channel.set_repeat(RepeatMode(mode)))
 
     # -- the bed ---------------------------------------------------------------------------
 
     async def set_bed(self, name: str, body: dict) -> Bed:
-        """Make the bed a producer asked for and start it (crossfading with the one before)."""
+        """Make the bed a producer asked for and start it (crossfading with the one before). Cancelled
+        while its files decode, it leaves nothing; once made, it goes on the air."""
         runner = await self.runner(name)
         wanted = bed_request(body, Path(self.config.music.folder))
         bed = await self.beds.make(runner.name, wanted, runner.maker, self.clock())
+        return await asyncio.shield(self._start_bed(runner, bed))
+
+    async def _start_bed(self, runner: ChannelRunner, bed: Bed) -> Bed:
         try:
             await runner.apply(partial(runner.channel.set_bed, bed))
         except BaseException:
@@ -389,6 +394,7 @@ class Station:
             sentences, writing = self._split(text), None
             if not sentences:
                 raise BadInput("expected text with something to speak (letters or digits), got none")
+        self._check_sentences(len(sentences) + len(writing.tail_sentences if writing else ()), 0)
         self._check_room(runner)
         request = Request(new_id(), name, text, sentences, self.clock(), over=over, writing=writing, voice=voice)
         return request, await runner.submit(request)
@@ -416,7 +422,9 @@ class Station:
             sentences, tail = self._split(pending), ""
         else:
             sentences, tail = split_complete(pending, self.config.limits.max_sentence_chars)
-        return channel.append(request_id, text, sentences, (tail, self._split(tail)), final, now_ms)
+        tail_sentences = self._split(tail)
+        self._check_sentences(len(sentences) + len(tail_sentences), len(request.sentences))
+        return channel.append(request_id, text, sentences, (tail, tail_sentences), final, now_ms)
 
     def _check_text(self, text: object, before: int) -> None:
         """Text a producer sends: a string, valid Unicode, and not past the length limit with what came before."""
@@ -425,9 +433,19 @@ class Station:
             raise BadInput(f'expected "text" to be a string, got {type(text).__name__}')
         if not text.isascii() and not _encodable(text):
             raise BadInput('expected "text" to be valid Unicode, got an unpaired surrogate escape (\\ud800-\\udfff)')
+        if "\x00" in text:  # PostgreSQL cannot store it, and nothing speaks it
+            raise BadInput('expected "text" without NUL characters (\\u0000)')
         if before + len(text) > limit:
             had = f" (with the {before} it has)" if before else ""
             raise BadInput(f"expected at most {limit} characters of text, got {before + len(text)}{had}")
+
+    def _check_sentences(self, count: int, before: int) -> None:
+        """Each sentence is a chunk to make, encode and announce: a text of thousands of one-word
+        sentences would cost far more than its length says."""
+        limit = self.config.limits.max_sentences
+        if before + count > limit:
+            by = " with this append" if before else ""
+            raise BadInput(f"expected at most {limit} sentences in one request, got {before + count}{by}")
 
     def _split(self, text: str) -> list[str]:
         return split_sentences(text, self.config.limits.max_sentence_chars)
@@ -443,16 +461,16 @@ class Station:
         except BaseException:
             await asyncio.shield(self._forget_audio(request_id))
             raise
-        label = f"{info.artist} - {info.title}" if info.artist else info.title
+        title, artist = one_line(info.title) or "Untitled", one_line(info.artist or "") or None
         request = Request(
             request_id,
             name,
-            label,
-            [info.title] * info.segments,
+            f"{artist} - {title}" if artist else title,
+            [title] * info.segments,
             self.clock(),
             kind="track",
-            title=info.title,
-            artist=info.artist,
+            title=title,
+            artist=artist,
             duration_ms=info.duration_ms,
             auto=auto,
         )
@@ -477,17 +495,11 @@ class Station:
 
     def music_file(self, relative: object) -> Path:
         """A file inside the configured music folder; anything else is refused."""
-        root = Path(self.config.music.folder).resolve()
-        if not isinstance(relative, str) or not relative or "\x00" in relative:
-            raise BadInput('expected "path": a file name inside the music folder')
-        candidate = (root / relative).resolve()
-        if root not in candidate.parents or not candidate.is_file():
-            raise NotFound(f"no file {relative[:100]!r} in the music folder")
-        return candidate
+        return music_file(Path(self.config.music.folder), relative)
 
     def _check_room(self, runner: ChannelRunner) -> None:
         limit = self.config.limits.max_queue
-        if len(runner.channel.line) >= limit:
+        if len(runner.channel.line) + len(runner.channel.overlay) >= limit:  # talk-over waits too
             raise QueueFull(f"channel {runner.name!r} already has {limit} requests waiting; try again later")
 
     async def cancel(self, name: str, request_id: str, skip: bool) -> bool:

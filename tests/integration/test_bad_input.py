@@ -160,11 +160,15 @@ BAD_POSTS = {
     "whitespace text": BadPost(400, data=text(" \n\t \u00a0 \r\n "), mentions="speak"),
     "punctuation text": BadPost(400, data=text("... !?! -- ;:,"), mentions="speak"),
     "emoji text": BadPost(400, data=text("\U0001f600 \U0001f389 \U0001f4fb"), mentions="speak"),
-    "control characters": BadPost(400, data=text("\x00\x01\x02\x7f"), mentions="speak"),
+    "control characters": BadPost(400, data=text("\x01\x02\x7f"), mentions="speak"),
     "text over limit": BadPost(400, data=text("Hello there. " * 384 + "x" * 9), mentions="5000"),
     "binary garbage": BadPost(400, data=b"\x89PNG\r\n\x1a\n\x00\x00\xff\xd8\xff"),
     "invalid utf-8": BadPost(400, data=b'{"text": "caf\xe9 au lait"}'),
     "utf-16 garbage": BadPost(400, data=b"\xff\xfe\x00\xd8\x00\xd8"),
+    "utf-16 json": BadPost(400, data='{"text": "Hello there."}'.encode("utf-16"), mentions="json"),
+    "utf-8 with a byte order mark": BadPost(400, data=b'\xef\xbb\xbf{"text": "Hello there."}', mentions="json"),
+    "nul inside text": BadPost(400, data=text("Hello\x00 there."), mentions="nul"),
+    "thousands of tiny sentences": BadPost(400, data=text("Ab. " * 1250), mentions="sentences"),
 }
 assert len(json.loads(BAD_POSTS["text over limit"].data)["text"]) == 5001
 

@@ -251,6 +251,30 @@ async def test_a_decode_stops_when_its_client_leaves(server):
     assert await queue_length(server) == 0
 
 
+async def test_a_bed_stops_decoding_when_its_client_leaves(server, tmp_path):
+    """A bed's files can take minutes to decode: when the producer who asked hangs up, the decode
+    stops, nothing is left behind, and no bed goes on the air for nobody."""
+    folder = tmp_path / "music" / "slow"
+    folder.mkdir(parents=True)
+    (folder / "endless.flac").write_bytes(frozen_flac(4000, 8))
+    async with aiohttp.ClientSession() as http:
+        put = asyncio.create_task(
+            http.put(
+                f"{server.base_url}/api/channels/{server.channel}/bed",
+                json={"folder": "slow"},
+                headers={"Authorization": f"Bearer {server.token}"},
+            )
+        )
+        assert await wait_until(lambda: decoders() != []), "the decode never started"
+        put.cancel()
+        await asyncio.gather(put, return_exceptions=True)
+    assert await wait_until(lambda: decoders() == [], timeout=5), "ffmpeg kept decoding for nobody"
+    assert await wait_until(lambda: leftovers(server) == [], timeout=5), leftovers(server)
+    await asyncio.sleep(1)
+    status, state = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert status == 200 and state["bed"] is None
+
+
 @pytest.mark.server_config({"limits": {"max_queue": 3}})
 async def test_the_queue_limit_holds_for_uploads_decoded_at_once(server, tmp_path):
     """Ten uploads at once against max_queue = 3: three are queued, the others get 429 and leave no audio."""

@@ -87,7 +87,7 @@ HOSTILE_BUT_SPEAKABLE = {
     "right-to-left": "שלום עולם. مرحبا بالعالم.",
     "markup": '<speak><prosody rate="x-fast">Run</prosody></speak> <script>alert(1)</script> & done.',
     "bidi override": "\u202eThe innkeeper smiles.\u202c",
-    "control characters inside": "The bell\x00 rings\x1b[31m twice.",
+    "control characters inside": "The bell\x07 rings\x1b[31m twice.",  # NUL is refused (400): no database takes it
     "emoji inside": "The dragon \U0001f409 lands.",
     "one long word": "Ah" + "h" * 280 + ".",
 }

@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 from broadcaster.config import LiveConfig
 from broadcaster.core.model import Chunk, Request
-from broadcaster.core.titles import item_title, stream_title
+from broadcaster.core.titles import item_title, one_line, stream_title
 from broadcaster.runtime.live import FRAME_MS, LiveStream
+from tts.tracks import ffmetadata_fields
 
 
 class NoAudio:
@@ -99,3 +100,21 @@ def test_item_titles():
     assert item_title(speech) == "Two lines here."
     long = item_title(Request("l", "office", "word " * 100, ["x"], 0))
     assert len(long) == 120 and long.endswith("…")
+
+
+def test_titles_are_one_line_of_plain_text():
+    """What a producer or a file's tags wrote reaches players' displays as one line: NUL would cut the
+    title short in players, a direction override would reverse what follows it."""
+    said = item("r", "Hello\x00 there\r\nfriend\u202e reversed\x1b[31m red", (0, 1000))
+    assert item_title(said) == "Hello there friend reversed [31m red"
+    assert one_line("\u2066a\tb\u2069  c\x7f", 3) == "a b"
+
+
+def test_ffmetadata_escapes_are_undone():
+    """ffmpeg's ffmetadata output escapes =, ;, #, backslash and line breaks inside values."""
+    text = ";FFMETADATA1\ntitle=Line one\\\nLine two\\\\\nartist=AC\\=DC\\; live \\#1\n#comment=x\nencoder=Lavf"
+    assert ffmetadata_fields(text) == [
+        ("title", "Line one\nLine two\\"),
+        ("artist", "AC=DC; live #1"),
+        ("encoder", "Lavf"),
+    ]
