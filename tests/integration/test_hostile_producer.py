@@ -58,6 +58,7 @@ async def test_nul_in_appended_text_is_refused_and_changes_nothing(server):
 
 @pytest.mark.server_config({"limits": {"max_sentences": 5}})
 async def test_sentences_beyond_the_limit_are_refused_also_when_appended(server):
+    """Each sentence is a chunk to make: past max_sentences a narration, or an append to one, is a 400."""
     status, _, body = await send(server, "POST", "/api/channels/table/requests", json={"text": "A b. " * 6})
     assert status == 400 and "at most 5 sentences" in error_of(body)["message"]
     status, _, body = await send(
@@ -72,6 +73,7 @@ async def test_sentences_beyond_the_limit_are_refused_also_when_appended(server)
 
 @pytest.mark.parametrize("mode", [["all"], {"all": 1}, 1, None, True])
 async def test_a_repeat_mode_of_the_wrong_type_is_400(server, mode):
+    """A repeat mode that is not a string (a list cannot even be looked up in a set) is a 400, not a 500."""
     status, _, body = await send(server, "POST", "/api/channels/table/queue/repeat", json={"mode": mode})
     assert status == 400 and "repeat mode" in error_of(body)["message"]
     assert (await server.get_json(QUEUE))[1]["repeat"] == "off"
@@ -105,6 +107,7 @@ MULTIPART = "multipart/form-data"
     ids=["no boundary", "no parts", "empty", "header line too long"],
 )
 async def test_a_multipart_body_that_does_not_parse_is_400(server, content_type, data):
+    """A form that is not one (no boundary, no parts, nothing, a header line past aiohttp's limit) is a 400."""
     status, _, body = await send(
         server, "POST", "/api/channels/table/tracks", data=data, headers={"Content-Type": content_type}
     )
@@ -124,6 +127,7 @@ async def test_form_fields_besides_the_file_are_small(server):
 
 @pytest.mark.parametrize("path", ["/api/channels/table/requests", "/api/channels/table/tracks"])
 async def test_a_body_that_does_not_decompress_is_a_json_400(server, path):
+    """A body whose Content-Encoding lies is a JSON 400, and nothing is queued."""
     broken = b"\x1f\x8b\x08\x00 this was never compressed"
     for encoding in ("gzip", "deflate"):
         status, _, body = await send(
@@ -140,6 +144,7 @@ async def test_a_body_that_does_not_decompress_is_a_json_400(server, path):
 
 @pytest.mark.server_config({"limits": {"http_acks_per_second": 0.01, "http_ack_burst": 5}})
 async def test_acknowledgements_over_http_are_rate_limited_per_address(server, connect):
+    """Anonymous acknowledgements are rows: past the address's bucket they are a 429 and nothing is stored."""
     listener = await connect()
     await listener.next("snapshot")
     assert (await server.say("A sentence to acknowledge.")).status == 202
@@ -155,6 +160,7 @@ async def test_acknowledgements_over_http_are_rate_limited_per_address(server, c
 
 @pytest.mark.server_config({"limits": {"max_queue": 3}})
 async def test_talk_over_counts_against_the_queue_limit(server, connect, music):
+    """Talk-over narrations wait beside the line, and count against max_queue with it."""
     listener = await connect()
     await listener.next("snapshot")
     assert (await send(server, "POST", "/api/channels/table/tracks", json={"path": "hum.wav"}))[0] == 202
@@ -185,6 +191,7 @@ async def test_queue_updates_carry_a_preview_of_long_texts(server, connect):
 
 
 async def test_head_on_audio_streams_sends_headers_and_no_audio(server, connect):
+    """HEAD gets a GET's headers and no body, which a keep-alive connection would otherwise misread."""
     listener = await connect()
     await listener.next("snapshot")
     assert (await server.say("A sentence with a stream.")).status == 202
@@ -215,6 +222,7 @@ async def raw_head(server, path: str, listen_s: float = 1.5) -> tuple[bytes, byt
 
 
 async def test_a_huge_offset_is_400(server, connect):
+    """An offset too long for Python to read as a number is a 400, not a 500."""
     listener = await connect()
     await listener.next("snapshot")
     assert (await server.say("A sentence with a stream.")).status == 202
@@ -225,6 +233,7 @@ async def test_a_huge_offset_is_400(server, connect):
 
 
 async def test_a_refused_move_does_not_echo_a_huge_number(server):
+    """The 409 for a position out of range quotes at most the start of it."""
     for text in ("First one.", "Second one."):
         assert (await server.say(text)).status == 202
     _, state = await server.get_json(QUEUE)
