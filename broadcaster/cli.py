@@ -33,6 +33,20 @@ def main(argv: list[str] | None = None, serve: Command | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _outside(exc):
+            raise  # our bug: the traceback is what we need
+        print(f"error: {type(exc).__name__}: {str(exc) or 'no details'}"[:500], file=sys.stderr)
+        return 1
+
+
+# What goes wrong around us rather than in us: the network, the file system, the database or a server
+# refusing. One line says it; a traceback would only hide it.
+OUTSIDE_MODULES = ("aiohttp.", "websockets.", "sqlalchemy.", "asyncpg.", "redis.")
+
+
+def _outside(exc: Exception) -> bool:
+    return isinstance(exc, OSError | UnicodeDecodeError) or type(exc).__module__.startswith(OUTSIDE_MODULES)
 
 
 def _no_server(config: Config, args: argparse.Namespace) -> int:

@@ -1,11 +1,12 @@
 """Configuration: built-in defaults, overlaid by a TOML file, the environment and command-line flags."""
 
 import logging
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,16 @@ class LimitsConfig:
     ws_auth_timeout_s: float = 10  # a console's socket must send its auth message within this
     stream_write_timeout_s: float = 30  # a progressive stream whose client reads nothing this long is ended
     max_stream_encoders: int = 32  # progressive streams (one ffmpeg each) open at once, server-wide
+    max_stream_encoders_per_address: int = 8  # of those, from one client address
 
     def __post_init__(self) -> None:
         for name in ("credential_recheck_s", "ws_auth_timeout_s", "stream_write_timeout_s"):
             if not getattr(self, name) > 0:
                 raise BadInput(f"expected [limits] {name} above 0, got {getattr(self, name)!r}")
+        if self.max_stream_encoders_per_address < 1:
+            raise BadInput(
+                f"expected [limits] max_stream_encoders_per_address of at least 1, got {self.max_stream_encoders_per_address!r}"
+            )
         if self.max_stream_encoders < 1:
             raise BadInput(f"expected [limits] max_stream_encoders of at least 1, got {self.max_stream_encoders!r}")
 
@@ -318,7 +324,9 @@ class Config:
 
     def with_server(self, **changes: Any) -> "Config":
         changes = {k: v for k, v in changes.items() if v is not None}
-        return replace(self, server=replace(self.server, **changes))
+        config = replace(self, server=replace(self.server, **changes))
+        check_numbers(config)
+        return config
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Config:
@@ -346,7 +354,40 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     unknown = set(data) - set(sections)
     if unknown:
         raise BadInput(f"expected config sections {sorted(sections)}, got unknown {sorted(unknown)}")
-    return Config(**sections)
+    config = Config(**sections)
+    check_numbers(config)
+    return config
+
+
+# Numbers that may be 0 (an "off", "none" or "any"); every other number must be above 0, and
+# finite. A zero or negative interval would spin a loop, a negative retention purge everything.
+ZERO_ALLOWED = {
+    ("server", "port"), ("server", "chunk_cache_mb"), ("cluster", "internal_port"),
+    ("timeline", "lead_ms"), ("timeline", "min_lead_ms"), ("timeline", "sentence_gap_ms"),
+    ("timeline", "request_gap_ms"), ("limits", "ws_socket_buffer_bytes"), ("limits", "max_connections_per_address"),
+    ("tts", "piper_window_ms"), ("tts", "piper_nice"), ("tts", "tone_ms_per_char"), ("tts", "tone_delay_ms"),
+    ("music", "decode_wait_s"), ("radio", "station_id_every"), ("cleanup", "retention_days"),
+}  # fmt: skip
+NEGATIVE_ALLOWED = {("music", "target_lufs")}
+UPPER = {("server", "port"): 65535, ("cluster", "internal_port"): 65535, ("tts", "mp3_bitrate_kbps"): 320,
+         ("live", "bitrate_kbps"): 320, ("live", "channels"): 2, ("live", "sample_rate"): 48000}  # fmt: skip
+
+
+def check_numbers(config: Config) -> None:
+    """Every number of every section: finite, and in its range (ZERO_ALLOWED, NEGATIVE_ALLOWED, UPPER)."""
+    for section in fields(Config):
+        values = getattr(config, section.name)
+        if not is_dataclass(values):
+            continue
+        for f in fields(values):
+            value, key = getattr(values, f.name), (section.name, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or key in NEGATIVE_ALLOWED:
+                continue
+            low = 0 if key in ZERO_ALLOWED else None
+            if not math.isfinite(value) or (value < 0 if low == 0 else value <= 0) or value > UPPER.get(key, math.inf):
+                bound = "0 or more" if low == 0 else "above 0"
+                top = f" and at most {UPPER[key]}" if key in UPPER else ""
+                raise BadInput(f"expected [{section.name}] {f.name} {bound}{top}, got {value!r}")
 
 
 # Keys that older versions read and this one does not: a config file that still sets one is served

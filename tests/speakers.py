@@ -192,7 +192,7 @@ class Listeners:
             ignore_default_args=["--mute-audio"],  # Playwright's default: the page would play into nothing
         )
         self.browsers.append(browser)
-        page = await browser.new_page()
+        page = await browser.new_page(bypass_csp=True)
         await page.goto(self.page_url)
         await page.click("#tune")
         await page.wait_for_function(

@@ -84,6 +84,7 @@ class Listener:
         self.gone = False  # a send failed: the connection is closing, and its reader will find out
         self.writer: asyncio.Task | None = None  # while a send waits: finishes it, then sends the line
         self._room: asyncio.Event | None = None  # a reply waiting for room in a full line
+        self.sync_reported_ms = -(10**12)  # when its page last reported how well it keeps in step
 
     @property
     def backlog(self) -> int:

@@ -40,6 +40,8 @@ class Access:
         self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
         self.max_encoders = limits.max_stream_encoders
         self.encoders = 0  # progressive streams open now, each with its own ffmpeg
+        self.max_encoders_per_address = limits.max_stream_encoders_per_address
+        self.encoders_of: Counter[str] = Counter()  # the same, per client address
 
     def check_write_rate(self, remote: str, channel: str) -> None:
         wanted = f"at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} from one address"
@@ -84,8 +86,16 @@ class Access:
                 del self.open[remote]
 
     @contextmanager
-    def stream_encoder(self) -> Iterator[None]:
-        """Hold one of the server's progressive-stream encoders for the duration of a stream."""
+    def stream_encoder(self, remote: str) -> Iterator[None]:
+        """Hold one of the server's progressive-stream encoders for the duration of a stream; one
+        address gets at most its share, so that it cannot take them all."""
+        if self.encoders_of[remote] >= self.max_encoders_per_address:
+            self.refused("stream_encoders")
+            raise TooManyConnections(
+                f"expected at most {self.max_encoders_per_address} progressive streams open at once from one "
+                f"address, got another from {remote}; close some and retry",
+                STREAM_RETRY_S,
+            )
         if self.encoders >= self.max_encoders:
             self.refused("stream_encoders")
             raise TooManyStreams(
@@ -94,7 +104,11 @@ class Access:
                 STREAM_RETRY_S,
             )
         self.encoders += 1
+        self.encoders_of[remote] += 1
         try:
             yield
         finally:
             self.encoders -= 1
+            self.encoders_of[remote] -= 1
+            if not self.encoders_of[remote]:
+                del self.encoders_of[remote]

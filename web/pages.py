@@ -11,6 +11,20 @@ from .access import require_listener
 from .keys import STATION
 
 STATIC_DIR = Path(__file__).parent / "static"
+# The pages load only their own files and talk only to this server (audio, the socket); nothing
+# inline runs. The listener page may be framed (a tabletop tool embedding it); the console, which
+# holds a producer token, may not be, so that no other page can click its buttons through a frame.
+PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'"
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": PAGE_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+CONSOLE_HEADERS = PAGE_HEADERS | {
+    "Content-Security-Policy": f"{PAGE_POLICY}; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 
 
 async def listener_page(request: web.Request) -> web.StreamResponse:
@@ -19,13 +33,13 @@ async def listener_page(request: web.Request) -> web.StreamResponse:
         await require_listener(request, name)
     except Unauthorized as exc:
         return _private_page(name, exc)
-    return web.FileResponse(STATIC_DIR / "listener.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "listener.html", headers=PAGE_HEADERS)
 
 
 async def console_page(request: web.Request) -> web.FileResponse:
     """The producer console; it asks for the token itself and every action checks it."""
     await request.app[STATION].runner(request.match_info["channel"])
-    return web.FileResponse(STATIC_DIR / "console.html", headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(STATIC_DIR / "console.html", headers=CONSOLE_HEADERS)
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
@@ -34,7 +48,7 @@ async def static_file(request: web.Request) -> web.FileResponse:
     path = STATIC_DIR / name
     if "/" in name or name.startswith(".") or not path.is_file():
         raise NotFound(f"no static file {name[:80]!r}")
-    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
 
 def _private_page(name: str, exc: Unauthorized) -> web.Response:
@@ -46,4 +60,5 @@ def _private_page(name: str, exc: Unauthorized) -> web.Response:
         f"<main class=notice><h1>{escape(name)} is a private channel</h1><p>{text}</p>"
         f"<p>Open the full link the producer shared; it ends in <code>?key=…</code>.</p></main>"
     )
-    return web.Response(status=401, text=body, content_type="text/html", headers={"Cache-Control": "no-store"})
+    headers = PAGE_HEADERS | {"Cache-Control": "no-store"}
+    return web.Response(status=401, text=body, content_type="text/html", headers=headers)

@@ -27,6 +27,7 @@ import time
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from broadcaster import logs
 from broadcaster.auth import valid_channel_name
@@ -117,6 +118,8 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RequestPayloadError):  # a body left unread whose Content-Encoding lied
+            error = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else None
         if not isinstance(error, HttpProcessingError):
             return record.levelno >= logging.getLogger("aiohttp").getEffectiveLevel()
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown"

@@ -63,7 +63,7 @@ async def request_stream(request: web.Request) -> web.StreamResponse:
         return response
     with (
         access.connection(remote_of(request)),
-        access.stream_encoder(),
+        access.stream_encoder(remote_of(request)),
         request.app[WATCH].watch(playback.channel, credential) as watched,
     ):  # or 429, 503
         return await _stream(request, playback, offset_ms, watched)

@@ -14,8 +14,9 @@ from aiohttp import WSMsgType, web
 
 from broadcaster.auth import Admission, Credential
 from broadcaster.core.ids import is_id, new_id
+from broadcaster.core.model import Chunk
 from broadcaster.core.ratelimit import TokenBucket
-from broadcaster.errors import BadInput, RateLimited
+from broadcaster.errors import BadInput, NotFound, RateLimited
 from broadcaster.runtime.bus import BusUnavailable
 from broadcaster.runtime.clock import wall_clock_ms
 from broadcaster.runtime.runner import ChannelRunner
@@ -39,6 +40,7 @@ READY_AT_RANGE_MS = 86_400_000
 MAX_T0 = 2**53  # the largest integer a JavaScript number holds exactly; also rejects NaN and inf
 MAX_REPORTED = 1000  # glitches or crossfades in one sync_report (a page reports every 10 s)
 MAX_ERROR_MS = 60_000
+SYNC_REPORT_MIN_MS = 5_000
 
 
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
@@ -272,7 +274,7 @@ async def _handle(message: dict[str, Any], listener: Listener, request: web.Requ
     if kind == "audio_played":
         return await _audio_played(message, listener, request, received_us // 1000)
     if kind == "sync_report":
-        return _sync_report(message, request)
+        return _sync_report(message, listener, request, received_us // 1000)
     raise UnknownMessage(f"expected a message type of 'audio_played', 'time_sync' or 'sync_report', got {kind[:40]!r}")
 
 
@@ -301,12 +303,7 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
         raise BadInput(f'expected audio_played "chunk_id" of 16 hex digits, got {str(chunk_id)[:40]!r}')
     ready_at_ms = _ready_at(message, now_ms)
     station = request.app[STATION]
-    chunk = await station.find_chunk(chunk_id)
-    if (await station.find_request(chunk.request_id)).channel != listener.channel:
-        raise WrongChannel(
-            f"expected a chunk of channel {listener.channel!r} on its socket, got {chunk_id}, which is "
-            "another channel's; nothing was recorded"
-        )
+    chunk = await _acknowledged_chunk(station, listener.channel, chunk_id)
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
     if recorded:
         request.app[METRICS].acknowledged(chunk, now_ms, "ws")
@@ -320,9 +317,32 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
     return {"type": "ack_recorded", "chunk_id": chunk_id, "duplicate": not recorded}
 
 
-def _sync_report(message: dict[str, Any], request: web.Request) -> None:
+async def _acknowledged_chunk(station, channel: str, chunk_id: str) -> Chunk:  # noqa: ANN001
+    """The chunk a listener says it played. Where this process runs the channel, only chunks on its
+    timeline now or lately count, found in memory: a flood of made-up ids costs no database reads."""
+    runner = station.runners.get(channel)
+    if runner is None:  # run by another process of the cluster: the database knows
+        chunk = await station.find_chunk(chunk_id)
+        owner = (await station.find_request(chunk.request_id)).channel
+    else:
+        chunk, owner = runner.channel.placed_chunk(chunk_id), channel
+        for other in station.runners.values():
+            if chunk is None and (chunk := other.channel.placed_chunk(chunk_id)) is not None:
+                owner = other.name
+        if chunk is None:
+            raise NotFound(f"no chunk {chunk_id} on channel {channel!r}'s timeline now or lately; nothing was recorded")
+    if owner != channel:
+        raise WrongChannel(
+            f"expected a chunk of channel {channel!r} on its socket, got {chunk_id}, which is "
+            "another channel's; nothing was recorded"
+        )
+    return chunk
+
+
+def _sync_report(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> None:
     """How well a page keeps in step since its last report: output glitches it noticed, crossfades it
-    made to get back on the timeline, and its error at the moment. Counted in /metrics; no reply."""
+    made to get back on the timeline, and its error at the moment. Counted in /metrics; no reply.
+    One every SYNC_REPORT_MIN_MS at most, so that no socket can make the figures say what it likes."""
     glitches, crossfades = (_whole(message, key, MAX_REPORTED) for key in ("glitches", "crossfades"))
     error_ms = message.get("error_ms")
     if isinstance(error_ms, bool) or not isinstance(error_ms, (int, float)) or not abs(error_ms) <= MAX_ERROR_MS:
@@ -330,6 +350,12 @@ def _sync_report(message: dict[str, Any], request: web.Request) -> None:
             f'expected sync_report "error_ms" to be a number of milliseconds within ±{MAX_ERROR_MS}, '
             f"got {str(error_ms)[:40]!r}"
         )
+    if now_ms - listener.sync_reported_ms < SYNC_REPORT_MIN_MS:
+        raise RateLimited(
+            f"expected at most one sync_report every {SYNC_REPORT_MIN_MS // 1000} s (a page sends one every 10 s)",
+            SYNC_REPORT_MIN_MS // 1000,
+        )
+    listener.sync_reported_ms = now_ms
     request.app[METRICS].listener_synced(glitches, crossfades, error_ms)
     return None
 

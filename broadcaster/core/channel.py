@@ -49,6 +49,7 @@ the sequence of chunk start times; it only ever grows at its end (the cursor).
 Listener acknowledgements play no part here: the clock alone drives playback.
 """
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -463,6 +464,16 @@ class Channel:
 
     def find_chunk(self, chunk_id: str) -> Chunk | None:
         for request in (*self.line, *self.overlay, *self.recent):
+            for chunk in request.chunks:
+                if chunk.chunk_id == chunk_id:
+                    return chunk
+        return None
+
+    def placed_chunk(self, chunk_id: str) -> Chunk | None:
+        """A chunk on the timeline now or lately: of the requests just finished, over the track, or in
+        line up to the first not yet placed. What listeners acknowledge; cheap however long the line."""
+        placed = itertools.takewhile(lambda r: r.starts_at_ms is not None, self.line)
+        for request in (*self.recent, *self.overlay, *placed):
             for chunk in request.chunks:
                 if chunk.chunk_id == chunk_id:
                     return chunk

@@ -29,13 +29,19 @@ async def browser() -> AsyncIterator:
 
 
 class PageErrors:
-    """Collects uncaught errors from pages so a test can assert there were none."""
+    """Collects uncaught errors from pages, and anything their Content-Security-Policy refused, so a
+    test can assert there were none."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
 
     def watch(self, page) -> None:
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        page.on("console", self._refused)
+
+    def _refused(self, message) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.errors.append(message.text)
 
 
 @pytest.fixture

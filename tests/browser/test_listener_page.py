@@ -31,7 +31,7 @@ pytestmark = pytest.mark.server_config(
 
 
 async def open_listener(browser, server, page_errors):
-    page = await browser.new_page()
+    page = await browser.new_page(bypass_csp=True)
     page_errors.watch(page)
     await page.goto(f"{server.base_url}/c/{server.channel}")
     await page.click("#tune")
@@ -142,7 +142,7 @@ async def test_console_narration_is_played_by_every_listener(browser, server, co
     observer = await connect()
     await observer.next("snapshot")
     listeners = [await open_listener(browser, server, page_errors) for _ in range(2)]
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     page_errors.watch(console)
     await console.goto(f"{server.base_url}/c/{server.channel}/console")
     await console.fill("#token", server.token)
@@ -167,7 +167,7 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
     observer = await connect()
     await observer.next("snapshot")
     listener = await open_listener(browser, server, page_errors)
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
     await console.wait_for_selector("#desk:not([hidden])")
     await server.say(LONG_FIRST + NARRATION)  # ~14 s: still on the air when a loaded machine gets to the skip
@@ -186,7 +186,7 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
 
 async def test_console_refuses_a_wrong_token(browser, server, page_errors):
     """A wrong token is refused with a plain message and no controls are shown."""
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     page_errors.watch(console)
     await console.goto(f"{server.base_url}/c/{server.channel}/console")
     await console.fill("#token", "bc_not-the-token")
@@ -256,7 +256,7 @@ async def test_console_uploads_a_track_and_sets_repeat(browser, server, connect,
     )
     observer = await connect()
     await observer.next("snapshot")
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     page_errors.watch(console)
     await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
     await console.wait_for_selector("#desk:not([hidden])")
@@ -274,11 +274,11 @@ async def test_console_uploads_a_track_and_sets_repeat(browser, server, connect,
 async def test_private_channel_plays_from_the_shared_link_and_explains_without_it(browser, server, page_errors):
     """The link with ?key= plays every chunk (socket and fetches carry the key); without it, a plain page says why."""
     key = await set_listen_key(server.station.store, server.channel, private=True)
-    stranger = await browser.new_page()
+    stranger = await browser.new_page(bypass_csp=True)
     response = await stranger.goto(f"{server.base_url}/c/{server.channel}")
     assert response.status == 401
     assert "private channel" in await stranger.inner_text("h1")
-    page = await browser.new_page()
+    page = await browser.new_page(bypass_csp=True)
     page_errors.watch(page)
     await page.goto(f"{server.base_url}/c/{server.channel}?key={key}")
     await page.click("#tune")
@@ -308,7 +308,7 @@ async def test_console_scene_buttons_set_the_bed_and_pause_stops_every_page(
     monkeypatch.chdir(tmp_path)
     observer = await connect()
     await observer.next("snapshot")
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     page_errors.watch(console)
     await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
     await console.wait_for_selector("#scenes button")
@@ -332,7 +332,7 @@ async def test_console_scene_buttons_set_the_bed_and_pause_stops_every_page(
 
 @pytest.mark.server_config({"tts": {"voices": {"innkeeper": {"speed": 0.9}, "bard": {"speed": 1.2}}}})
 async def test_console_offers_the_named_voices_and_narrates_in_the_one_chosen(browser, server, page_errors):
-    console = await browser.new_page()
+    console = await browser.new_page(bypass_csp=True)
     page_errors.watch(console)
     await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
     await console.wait_for_selector("#voice-choice:not([hidden])")
@@ -359,3 +359,22 @@ async def test_an_open_narration_shows_that_more_is_being_written_until_it_is_cl
         async with http.post(f"{url}/{request_id}/text", json={"text": " the bells.", "final": True}, headers=headers):
             pass
     await page.wait_for_selector("#captions #writing", state="detached")
+
+
+async def test_both_pages_work_within_their_content_security_policy(browser, server, page_errors):
+    """With the policy enforced (other tests let Playwright evaluate scripts past it), the listener page
+    tunes in, connects and shows the narration's captions, and the console signs in: nothing refused."""
+    page = await browser.new_page()
+    page_errors.watch(page)
+    await page.goto(f"{server.base_url}/c/{server.channel}")
+    await page.click("#tune")
+    await page.wait_for_selector("#connection[data-state=live]")
+    assert (await server.say("Within the policy, the captions still show.")).status == 202
+    await page.wait_for_selector("#captions span.current", timeout=15_000)
+    console = await browser.new_page()
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console")
+    await console.fill("#token", server.token)
+    await console.click("#login button[type=submit]")
+    await console.wait_for_selector("#desk:not([hidden])")
+    assert page_errors.errors == []

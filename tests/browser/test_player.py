@@ -47,7 +47,7 @@ async ({ startS, durationS, lateAtS, lateMs, rate, tickS, totalS }) => {
 
 @pytest.fixture
 async def render(browser, server):
-    page = await browser.new_page()
+    page = await browser.new_page(bypass_csp=True)
     await page.goto(f"{server.base_url}/c/{server.channel}")
 
     async def run(start_s: float, duration_s: float, late_at_s: float, late_ms: float) -> dict:

@@ -457,6 +457,45 @@ async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.server_config({"limits": {"max_stream_encoders": 4, "max_stream_encoders_per_address": 2}, **STALLING})
+async def test_one_address_gets_only_its_share_of_the_stream_encoders(server, connect):
+    """Slow readers from one address cannot hold every encoder: past its share it gets 429, and the
+    server's encoders stay free for others."""
+    listener = await connect()
+    chunk = await played_request(server, listener, "Heard first. STALL never comes.")
+    url = f"{server.base_url}/api/audio/stream/{chunk['request_id']}"
+    async with aiohttp.ClientSession() as http:
+        first, second = await http.get(url), await http.get(url)
+        try:
+            assert first.status == 200 and second.status == 200
+            async with http.get(url) as third:
+                assert third.status == 429 and int(third.headers["Retry-After"]) > 0
+                error = (await third.json())["error"]
+                assert error["code"] == "too_many_connections" and "2 progressive streams" in error["message"]
+            assert server.app[ACCESS].encoders == 2
+        finally:
+            first.close()
+            second.close()
+
+
+async def test_a_body_left_unread_that_does_not_decompress_is_one_warning_line(server, caplog):
+    """A request answered before its body is read (here a 405) whose Content-Encoding lies: aiohttp
+    drains the body afterwards and fails; that is one warning, not an error with three tracebacks."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = b"garbage, not gzip"
+    writer.write(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n")
+    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    async with asyncio.timeout(5):
+        assert (await reader.readline()).startswith(b"HTTP/1.1 405")
+        await reader.read()  # the server closes the connection
+    writer.close()
+    await asyncio.sleep(0.2)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert [r.levelno for r in records] == [logging.WARNING], [r.getMessage()[:200] for r in records]
+    assert records[0].exc_info is None and "\n" not in records[0].getMessage()
+
+
 async def test_malformed_requests_are_logged_as_one_warning_line(server, caplog):
     """Garbage, a bad request line or a bad header: one warning naming the client, no error, no traceback."""
     host, port = server.base_url.removeprefix("http://").split(":")

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import soundfile
 
 from broadcaster.client import listen
@@ -69,3 +70,26 @@ async def test_say_command_with_a_wrong_token_fails_clearly(server):
     stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert json.loads(stdout)["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["say", "table", "Hello.", "--token", "t", "--server", "http://127.0.0.1:1"], "Cannot connect to host"),
+        (["say", "table", "Hello.", "--token", "t", "--server", "ftp://example"], "ftp://example"),
+        (["listen", "table", "--server", "http://127.0.0.1:1"], "Connect call failed"),
+        (["serve", "--port", "-1"], "[server] port 0 or more and at most 65535, got -1"),
+    ],
+    ids=["say, nothing listening", "say, not http", "listen, nothing listening", "serve, port out of range"],
+)
+def test_what_goes_wrong_around_the_cli_is_one_line(tmp_path, args, words):
+    """A server that is not there, a URL that is not HTTP, a port out of range: one line on stderr, no
+    traceback, a non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "broadcaster", *args, "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert words in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")

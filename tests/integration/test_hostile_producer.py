@@ -282,3 +282,22 @@ async def test_a_refused_decode_does_not_name_server_paths(server):
     message = error_of(body)["message"]
     assert "does not decode" in message and "track.flac" not in message
     assert not re.search(r"0x[0-9a-f]{6,}", message) and str(server.app[CONFIG].data_path) not in message
+
+
+async def test_acknowledging_made_up_chunks_costs_no_database_reads(server, connect, monkeypatch):
+    """A socket may send 20 messages a second: acknowledgements of chunks that are not on the channel's
+    timeline are refused from memory, so a flood of made-up ids reads nothing from the database."""
+    reads = []
+    store = server.station.store
+    original = store.chunk
+    monkeypatch.setattr(store, "chunk", lambda chunk_id: reads.append(chunk_id) or original(chunk_id))
+    listener = await connect()
+    await listener.next("snapshot")
+    assert (await server.say("A sentence to acknowledge.")).status == 202
+    chunk_id = (await listener.next("audio_chunk_ready"))["chunk_id"]
+    for made_up in ("0123456789abcdef", "fedcba9876543210"):
+        await listener.send({"type": "audio_played", "chunk_id": made_up})
+        assert (await listener.next("error"))["code"] == "not_found"
+    await listener.send({"type": "audio_played", "chunk_id": chunk_id})
+    assert (await listener.next("ack_recorded"))["duplicate"] is False
+    assert reads == []

@@ -202,17 +202,19 @@ async def test_exposition_passes_promtool(server, connect):
 async def test_listener_sync_reports_are_counted_and_answer_nothing(server, connect):
     """What pages report of keeping in step (glitches, crossfades since the last report, their error) adds
     up in /metrics; the report gets no reply, and the next time_sync answer is the next message."""
-    listener = await connect()
-    await listener.next("snapshot")
-    for glitches, crossfades, error_ms in ((2, 1, 0.4), (1, 1, -30.0)):
+    for glitches, crossfades, error_ms in ((2, 1, 0.4), (1, 1, -30.0)):  # two pages
+        listener = await connect()
+        await listener.next("snapshot")
         await listener.send(
             {"type": "sync_report", "glitches": glitches, "crossfades": crossfades, "error_ms": error_ms}
         )
-    await listener.send({"type": "time_sync", "t0": 7})
-    reply = await listener.next("time_sync")
-    assert reply["t0"] == 7 and not [m for m in listener.messages if m["type"] == "error"]
-    assert reply["t1_us"] // 1000 == reply["t1"] and reply["t2_us"] // 1000 == reply["t2"]
-    assert reply["t1_us"] <= reply["t2_us"]
+        await listener.send({"type": "time_sync", "t0": 7})
+        reply = await listener.next("time_sync")
+        assert reply["t0"] == 7 and not [m for m in listener.messages if m["type"] == "error"]
+        assert reply["t1_us"] // 1000 == reply["t1"] and reply["t2_us"] // 1000 == reply["t2"]
+        assert reply["t1_us"] <= reply["t2_us"]
+    await listener.send({"type": "sync_report", "glitches": 1000, "crossfades": 1000, "error_ms": 60_000})
+    assert (await listener.next("error"))["code"] == "rate_limited"  # a page reports every 10 s; not twice in 5
 
     found = await scrape(server)
     assert found.value("broadcaster_listener_output_glitches_total") == 3

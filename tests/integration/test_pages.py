@@ -19,3 +19,15 @@ async def test_listener_page_for_unknown_channel_is_404(server):
         async with http.get(f"{server.base_url}/c/nowhere") as resp:
             assert resp.status == 404
             assert "nowhere" in (await resp.json())["error"]["message"]
+
+
+async def test_pages_say_what_they_may_load_and_the_console_may_not_be_framed(server):
+    """Both pages load only their own files (a Content-Security-Policy); the console, which holds a
+    producer token, refuses to be framed, so no other page can click its buttons through a frame."""
+    async with aiohttp.ClientSession() as http:
+        for path, framed in ((f"/c/{server.channel}", True), (f"/c/{server.channel}/console", False)):
+            async with http.get(server.base_url + path) as resp:
+                policy = resp.headers["Content-Security-Policy"]
+                assert "default-src 'self'" in policy and resp.headers["X-Content-Type-Options"] == "nosniff"
+                assert ("frame-ancestors 'none'" in policy) is not framed
+                assert (resp.headers.get("X-Frame-Options") == "DENY") is not framed

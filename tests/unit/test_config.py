@@ -96,3 +96,32 @@ def test_a_synthesis_priority_outside_the_nice_range_is_refused(nice):
         config_from_dict({"tts": {"piper_nice": nice}})
     assert config_from_dict({"tts": {"piper_nice": 0}}).tts.piper_nice == 0
     assert config_from_dict({}).tts.piper_nice == 10
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "words"),
+    [
+        ("cleanup", "interval_s", 0, "above 0"),  # would spin the cleanup loop
+        ("cleanup", "retention_days", -1, "0 or more"),  # would purge everything finished
+        ("cleanup", "retention_days", float("nan"), "0 or more"),
+        ("limits", "max_queue", -5, "above 0"),
+        ("limits", "ws_heartbeat_s", float("inf"), "above 0"),
+        ("limits", "max_connections_per_address", -3, "0 or more"),
+        ("server", "port", 99_999_999, "0 or more and at most 65535"),
+        ("live", "sample_rate", 0, "above 0"),
+        ("tts", "mp3_bitrate_kbps", 100_000, "above 0 and at most 320"),
+        ("radio", "station_id_every", -1, "0 or more"),
+    ],
+)
+def test_numbers_out_of_their_range_are_refused(section, key, value, words):
+    """A number that makes no sense for its setting is refused at start, naming the setting."""
+    with pytest.raises(BadInput, match=rf"\[{section}\] {key} {words}"):
+        config_from_dict({section: {key: value}})
+
+
+def test_zero_where_it_means_off_and_negative_loudness_are_accepted():
+    """0 turns the per-address cap off and keeps nothing finished; loudness targets are negative."""
+    config = config_from_dict(
+        {"limits": {"max_connections_per_address": 0}, "cleanup": {"retention_days": 0}, "music": {"target_lufs": -23}}
+    )
+    assert config.limits.max_connections_per_address == 0 and config.music.target_lufs == -23
