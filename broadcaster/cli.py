@@ -292,7 +292,9 @@ def _listen(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.client import listen
 
     out = Path(args.out) if args.out else None
-    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds, args.key))
+    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds, key=args.key))
+    if out is not None:
+        print(f"wrote what was heard to {out}")
     return 0
 
 

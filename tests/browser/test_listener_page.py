@@ -106,7 +106,8 @@ async def ready_reports(server, at_least: int, timeout_s: float = 10) -> tuple[f
 
 
 async def test_captions_follow_the_narration(browser, server, connect, page_errors):
-    """The page shows the narration as captions and highlights the sentence being spoken."""
+    """The page shows the narration as captions and highlights the sentence being spoken; once it has
+    played, nothing is shown on the air."""
     observer = await connect()
     await observer.next("snapshot")
     page = await open_listener(browser, server, page_errors)
@@ -115,6 +116,7 @@ async def test_captions_follow_the_narration(browser, server, connect, page_erro
     assert "The caravan leaves at dawn." in await page.inner_text("#captions")
     await wait_played(observer, request_id)
     assert await page.inner_text("#listeners") == "2 listening"
+    await page.wait_for_function("document.getElementById('captions').textContent === 'Nothing on the air'")
 
 
 async def test_dropped_connection_reconnects_and_stays_in_sync(browser, server, connect, page_errors):

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from broadcaster.client import listen
+from broadcaster.runtime.accounts import create_channel
 from web.keys import METRICS
 
 
@@ -30,6 +31,24 @@ async def test_listen_writes_what_it_heard_in_timeline_order(server, tmp_path):
     assert all(c.live and c.ready_at_ms is not None and c.ready_at_ms < c.starts_at_ms for c in timeline)
     ready = server.app[METRICS].registry.get_sample_value("broadcaster_listener_ready_seconds_count")
     assert ready >= 1  # the first sentence went on the air at the lead
+
+
+async def test_listen_follows_a_private_channel_with_its_key(server, tmp_path):
+    """`listen --key` hears a private channel (the key once went nowhere, and the server said 401)."""
+    made = await create_channel(server.station.store, "secret", private=True)
+    out = tmp_path / "heard.wav"
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "broadcaster", "listen", "secret", "--key", made.listen_key, "--requests", "1"),
+        *("--server", server.base_url, "--out", str(out), "--data-dir", str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    await asyncio.sleep(1.5)  # connected and listening
+    assert (await server.say("For the initiated only.", made.token, "secret")).status == 202
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert "For the initiated only." in stdout.decode() and f"wrote what was heard to {out}" in stdout.decode()
+    assert soundfile.info(out).frames > 0
 
 
 async def test_say_command_puts_text_on_the_air(server):

@@ -125,9 +125,7 @@ function handle(m) {
       for (const request of [state.request, state.overRequest]) if (request && request.id === m.request_id) request.open = false;
       renderCaptions();
       break;
-    case "request_played":
-      if (state.overRequest && state.overRequest.id === m.request_id) { state.overRequest = null; renderCaptions(); }
-      break;
+    case "request_played": endRequest(m.request_id); break;
     case "audio_chunk_ready": noteSpeech(m.request_id, m); addChunk(m.request_id, m, true); break;
     case "timeline_shifted": {
       const chunk = state.chunks.get(m.chunk_id);
@@ -140,6 +138,7 @@ function handle(m) {
     case "request_failed":
       dropChunks(m.discarded_chunk_ids);
       notice(`A narration failed: ${m.reason}`);
+      endRequest(m.request_id);
       break;
     case "request_cancelled":
       stopRequest(m.request_id);
@@ -152,6 +151,13 @@ function handle(m) {
     case "time_sync": scheduleWaiting(); break;
     case "error": console.warn("server:", m.message); break;
   }
+}
+
+// Its last audio has sounded (the server's clock says so): it is no longer on the air.
+function endRequest(requestId) {
+  if (state.overRequest && state.overRequest.id === requestId) state.overRequest = null;
+  if (state.request && state.request.id === requestId) state.request = null;
+  renderCaptions();
 }
 
 function onSnapshot(m) {
