@@ -302,6 +302,10 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.cleanup import purge
     from db.audio_store import open_audio_store
 
+    database = config.data_path / "broadcaster.db"
+    if not config.server.database_url and not database.exists():  # a typo in a cron line would purge nothing, ever
+        raise BadInput(f"expected a Broadcaster database at {database}, found none; is --data-dir right?")
+
     async def run() -> dict[str, int]:
         store = await _open_store(config)
         try:
@@ -314,7 +318,13 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    print(json.dumps(asyncio.run(run())))
+    summary = asyncio.run(run())
+    print(json.dumps(summary))
+    print(
+        f"purged {summary['requests']} finished requests older than {config.cleanup.retention_days:g} days "
+        f"([cleanup] retention_days) and {summary['orphans']} orphaned files: {summary['bytes'] / 1e6:.1f} MB freed",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -271,6 +271,7 @@ class ClusterConfig:
 ENVIRONMENT = {
     "BROADCASTER_DATABASE_URL": ("server", "database_url"),
     "BROADCASTER_REDIS_URL": ("cluster", "redis_url"),
+    "BROADCASTER_PUBLIC_URL": ("server", "public_url"),
 }
 
 

@@ -380,3 +380,32 @@ async def test_both_pages_work_within_their_content_security_policy(browser, ser
     await console.click("#login button[type=submit]")
     await console.wait_for_selector("#desk:not([hidden])")
     assert page_errors.errors == []
+
+
+async def test_console_shows_a_track_and_the_talk_over_on_top_of_it(browser, server, connect, tmp_path, monkeypatch):
+    """On the air, the console shows a track as a track (no sentence count) and a talk-over narration
+    beside it, with its own Skip."""
+    from media import tone
+
+    (tmp_path / "music").mkdir()
+    tone(tmp_path / "music" / "hum.wav", 20, 100, tags={"title": "Hum", "artist": "The Testers"})
+    monkeypatch.chdir(tmp_path)
+    observer = await connect()
+    await observer.next("snapshot")
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{server.base_url}/api/channels/table/tracks", json={"path": "hum.wav"}, headers=headers
+        ) as resp:
+            assert resp.status == 202
+        await observer.next("audio_stream_started", where=lambda m: m["kind"] == "track")
+        console = await browser.new_page(bypass_csp=True)
+        await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+        await console.wait_for_selector("#desk:not([hidden])")
+        await console.wait_for_function("document.getElementById('now').textContent.includes('The Testers - Hum')")
+        assert "sentences" not in await console.inner_text("#now")
+        body = {"text": "Stand-up in five minutes, in the big room.", "over": True}
+        async with http.post(f"{server.base_url}/api/channels/table/requests", json=body, headers=headers) as resp:
+            assert resp.status == 202
+    await console.wait_for_function("document.getElementById('now').textContent.includes('(over the music)')")
+    assert await console.locator("#now button[aria-label^='Skip: Stand-up']").count() == 1

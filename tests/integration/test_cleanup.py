@@ -81,6 +81,7 @@ async def test_cleanup_command_is_safe_while_the_server_runs(server, connect, tm
         timeout=60,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1])["requests"] == 1
+    assert "purged 1 finished requests older than 0 days" in out.stderr
     assert not (server.station.audio.root / request_id).exists()
     again, _ = await play_one(server, connect, "The server carries on.")
     assert (server.station.audio.root / again).is_dir()
@@ -98,3 +99,16 @@ async def test_cleanup_removes_uploads_left_by_a_crash(server):
     fresh.write_bytes(b"y")
     summary = await server.station.cleanup()
     assert not stale.exists() and fresh.exists() and summary["orphans"] == 1
+
+
+def test_cleanup_of_a_data_dir_without_a_database_says_so(tmp_path):
+    """A typo in the cron line's --data-dir is an error, not an empty database purged forever."""
+    missing = tmp_path / "no-such-dir"
+    done = subprocess.run(
+        [sys.executable, "-m", "broadcaster", "cleanup", "--data-dir", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "expected a Broadcaster database at" in done.stderr
+    assert not missing.exists()

@@ -62,6 +62,12 @@ def test_the_database_url_may_come_from_the_environment(tmp_path):
     assert load_config(None, {"BROADCASTER_DATABASE_URL": url}).database_url == url
 
 
+def test_the_public_url_may_come_from_the_environment():
+    """BROADCASTER_PUBLIC_URL is the address printed links use, for other devices on the network."""
+    config = load_config(None, {"BROADCASTER_PUBLIC_URL": "http://192.168.1.20:8765/"})
+    assert config.base_url == "http://192.168.1.20:8765"
+
+
 def test_voices_are_read_from_their_tables():
     config = config_from_dict({"tts": {"voices": {"innkeeper": {"speed": 1.2, "speaker": 0}, "bard": {}}}})
     assert [(v.name, v.model, v.speaker, v.speed) for v in config.tts.voices] == [

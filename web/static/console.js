@@ -207,18 +207,22 @@ function refresh() {
       { headers: { Authorization: `Bearer ${state.token}` } });
     if (!response.ok) return;
     const data = await response.json();
-    Object.assign(state, { nowPlaying: data.now_playing, queue: data.queue, recent: data.recent, repeat: data.repeat });
+    Object.assign(state, { nowPlaying: data.now_playing, over: data.over || [], queue: data.queue, recent: data.recent, repeat: data.repeat });
     render();
   }, 50);
 }
 
 function render() {
   const now = state.nowPlaying;
+  const over = (state.over || []).map((talk) => el("div", { className: "item" },
+    el("span", {}, talk.text, el("span", { className: "meta" }, " (over the music)")),
+    button("Skip", () => act(talk.request_id, "skip"), `Skip: ${talk.text.slice(0, 40)}`)));
   $("now").replaceChildren(now
     ? el("div", { className: "item" },
-        el("span", {}, now.text, el("span", { className: "meta" }, ` ${now.open ? "(still being written)" : progress(now.chunks.length, now.chunks_total)}`)),
+        el("span", {}, now.kind === "track" ? "\u266a " : "", now.text,
+          el("span", { className: "meta" }, ` ${now.open ? "(still being written)" : progress(now)}`)),
         button("Skip", () => act(now.request_id, "skip"), `Skip: ${now.text.slice(0, 40)}`))
-    : el("em", {}, "Nothing on the air"));
+    : el("em", {}, "Nothing on the air"), ...over);
   $("repeat").value = state.repeat || "off";
   $("queue").replaceChildren(...state.queue.map((item, index) => el("li", {},
     el("div", { className: "item" },
@@ -239,7 +243,11 @@ function move(item, position) {
   control(`/requests/${item.request_id}/move`, { position }, "move it");
 }
 
-function progress(ready, total) { return total > 1 ? `(${ready}/${total} sentences ready)` : ""; }
+// A narration made sentence by sentence shows how far synthesis has got; a track is made before it plays.
+function progress(now) {
+  const ready = now.chunks.length, total = now.chunks_total;
+  return now.kind !== "track" && total > 1 && ready < total ? `(${ready}/${total} sentences ready)` : "";
+}
 
 function button(label, onClick, ariaLabel) {
   const b = el("button", { type: "button", textContent: label });
