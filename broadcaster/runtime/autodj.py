@@ -24,9 +24,25 @@ RETRY_S = 30  # an empty folder or undecodable files: look again this much later
 AddTrack = Callable[[Path], Awaitable[object]]
 
 
+def radio_files(root: Path, channel: str, ambience: str, others: set[str]) -> list[Path]:
+    """What a radio channel plays: music/<channel>/ if it exists, else the music folder, in both cases
+    without ambience folders (the console's scenes: beds, not songs); from the music folder also
+    without other channels' folders. Read again for every deck, so a folder made later counts."""
+    own = root / channel
+    folder = own if own.is_dir() else root
+    found = []
+    for path in folder.rglob("*"):
+        parts = path.relative_to(folder).parts[:-1]
+        if ambience in parts or (folder == root and parts and parts[0] in others):
+            continue
+        if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
 class AutoDJ:
-    def __init__(self, folder: Path, add_track: AddTrack, rng: Random | None = None):
-        self.folder = folder
+    def __init__(self, files: Callable[[], list[Path]], add_track: AddTrack, rng: Random | None = None):
+        self.files = files
         self.add_track = add_track
         self.rng = rng or Random()
         self.deck: list[Path] = []
@@ -36,7 +52,7 @@ class AutoDJ:
     def poke(self, needs_filler: Callable[[], bool]) -> None:
         """Add a track if the channel needs one and none is being prepared."""
         if (self._task is None or self._task.done()) and needs_filler():
-            self._task = asyncio.create_task(self._fill(needs_filler), name=f"autodj:{self.folder}")
+            self._task = asyncio.create_task(self._fill(needs_filler), name="autodj")
 
     async def close(self) -> None:
         if self._task:
@@ -65,7 +81,7 @@ class AutoDJ:
         return self.last
 
     def _shuffled(self) -> list[Path]:
-        files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        files = self.files()
         self.rng.shuffle(files)
         if len(files) > 1 and files[-1] == self.last:  # the deck is dealt from the end
             files[0], files[-1] = files[-1], files[0]

@@ -28,7 +28,7 @@ from tts.tracks import DecodeLimits, TrackInfo, prepare_track
 from tts.voices import Voices
 
 from .accounts import Gate
-from .autodj import AutoDJ
+from .autodj import AutoDJ, radio_files
 from .beds import BedMaker, bed_request, fade_ms, music_file, tracks_of
 from .cleanup import purge, sweep_local
 from .clock import Clock, wall_clock_ms
@@ -190,7 +190,7 @@ class Station:
         runner.on_lost = lambda lost: self.on_lost(lost.name)
         runner.after_commit.append(self._after_commit)
         if row.style == "radio" and self.config.radio.autodj:
-            self.autodjs[name] = AutoDJ(self._music_folder(name), partial(self._auto_track, name))
+            self.autodjs[name] = AutoDJ(partial(self._radio_files, name), partial(self._auto_track, name))
         try:
             await runner.start()
         except BaseException:
@@ -284,9 +284,9 @@ class Station:
             await self.audio.share_track(original.request_id, copy.request_id)
         return copy
 
-    def _music_folder(self, name: str) -> Path:
-        root = Path(self.config.music.folder)
-        return root / name if (root / name).is_dir() else root
+    def _radio_files(self, name: str) -> list[Path]:
+        music = self.config.music
+        return radio_files(Path(music.folder), name, music.ambience_folder, set(self.runners) - {name})
 
     async def _auto_track(self, name: str, path: Path) -> None:
         track, _ = await self.add_track(name, path, path.name, auto=True)
