@@ -109,6 +109,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_get("/ws/channels/{channel}", ws.channel_socket)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/metrics", metrics.scrape)
+    app.router.add_get("/", pages.index)
     app.router.add_get("/c/{channel}", pages.listener_page)
     app.router.add_get("/c/{channel}/console", pages.console_page)
     app.router.add_get("/c/{channel}/live.mp3", live.live_mp3)

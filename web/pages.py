@@ -28,7 +28,10 @@ CONSOLE_HEADERS = PAGE_HEADERS | {
 
 
 async def listener_page(request: web.Request) -> web.StreamResponse:
-    name = (await request.app[STATION].runner(request.match_info["channel"])).name  # unknown channel: a clear 404
+    try:
+        name = (await request.app[STATION].runner(request.match_info["channel"])).name
+    except NotFound as exc:
+        return _no_channel(request, exc)
     try:
         await require_listener(request, name)
     except Unauthorized as exc:
@@ -36,9 +39,12 @@ async def listener_page(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(STATIC_DIR / "listener.html", headers=PAGE_HEADERS)
 
 
-async def console_page(request: web.Request) -> web.FileResponse:
+async def console_page(request: web.Request) -> web.StreamResponse:
     """The producer console; it asks for the token itself and every action checks it."""
-    await request.app[STATION].runner(request.match_info["channel"])
+    try:
+        await request.app[STATION].runner(request.match_info["channel"])
+    except NotFound as exc:
+        return _no_channel(request, exc)
     return web.FileResponse(STATIC_DIR / "console.html", headers=CONSOLE_HEADERS)
 
 
@@ -49,6 +55,43 @@ async def static_file(request: web.Request) -> web.FileResponse:
     if "/" in name or name.startswith(".") or not path.is_file():
         raise NotFound(f"no static file {name[:80]!r}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+async def index(request: web.Request) -> web.Response:
+    """The server's own address, opened in a browser: say what it is and where the pages are. (No list
+    of channels: a private channel's name is its producer's business.)"""
+    if not _browser(request):
+        raise NotFound("nothing at '/'; see docs/protocol.md for the routes")
+    return _notice(
+        200,
+        "Broadcaster",
+        "This Broadcaster server is running.",
+        "Listeners open their channel's link, <code>/c/&lt;channel&gt;</code>; producers its console, "
+        "<code>/c/&lt;channel&gt;/console</code>.",
+    )
+
+
+def _no_channel(request: web.Request, exc: NotFound) -> web.StreamResponse:
+    """A mistyped link in a browser: a page in words; an API client gets the JSON error."""
+    if not _browser(request):
+        raise exc
+    name = escape(request.match_info["channel"][:64])
+    return _notice(
+        404, "No such channel", f"There is no channel called <b>{name}</b> here.", "Check the link you were given."
+    )
+
+
+def _browser(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _notice(status: int, title: str, text: str, hint: str) -> web.Response:
+    body = (
+        f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+        f"<title>{escape(title)}</title><link rel=stylesheet href=/static/style.css>"
+        f"<main class=notice><h1>{escape(title)}</h1><p>{text}</p><p>{hint}</p></main>"
+    )
+    return web.Response(status=status, text=body, content_type="text/html", headers=PAGE_HEADERS)
 
 
 def _private_page(name: str, exc: Unauthorized) -> web.Response:

@@ -21,6 +21,23 @@ async def test_listener_page_for_unknown_channel_is_404(server):
             assert "nowhere" in (await resp.json())["error"]["message"]
 
 
+async def test_browsers_get_pages_in_words_for_the_root_and_unknown_channels(server):
+    """A browser (it asks for HTML) opening the server's address or a mistyped link gets a page that
+    says what happened, not JSON; API clients still get the JSON error."""
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.base_url}/", headers=browser) as resp:
+            assert resp.status == 200 and "text/html" in resp.headers["Content-Type"]
+            assert "/c/&lt;channel&gt;" in await resp.text()
+        for path in ("/c/no<such>", "/c/nosuch/console"):
+            async with http.get(f"{server.base_url}{path}", headers=browser) as resp:
+                text = await resp.text()
+                assert resp.status == 404 and "text/html" in resp.headers["Content-Type"]
+                assert "No such channel" in text and "<such>" not in text
+        async with http.get(f"{server.base_url}/") as resp:
+            assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
 async def test_pages_say_what_they_may_load_and_the_console_may_not_be_framed(server):
     """Both pages load only their own files (a Content-Security-Policy); the console, which holds a
     producer token, refuses to be framed, so no other page can click its buttons through a frame."""
