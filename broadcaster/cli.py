@@ -144,13 +144,14 @@ async def ensure_channel(config: Config, name: str) -> None:
         existing = await store.channels()
         if existing:
             for row in existing:
-                print(f"channel {row.name}: listen at {config.base_url}/c/{row.name}")
+                key = "?key=<its listen key>" if row.listen_key_hash else ""
+                print(f"channel {row.name}: listen at {config.base_url}/c/{row.name}{key}, console at .../console")
             print("(a producer token is shown once; 'broadcaster channel token NAME' issues a new one)")
             return
         made = await create_channel(store, name)
         print(
             f"created channel {made.name}\n  listen at:      {config.base_url}/c/{made.name}\n"
-            f"  producer token: {made.token}"
+            f"  console at:     {config.base_url}/c/{made.name}/console\n  producer token: {made.token}"
         )
     finally:
         await store.close()

@@ -29,7 +29,7 @@ def serve(config: Config, args: argparse.Namespace) -> int:
         asyncio.run(cli.check_database(config))  # a database at another revision is refused before anything starts
         if args.default_channel:
             asyncio.run(cli.ensure_channel(config, args.default_channel))
-        print(f"broadcaster listening on {config.base_url} (data in {config.data_path.resolve()})", flush=True)
+        print(f"broadcaster starting at {config.base_url} (data in {config.data_path.resolve()})", flush=True)
     if workers > 1 and not worker:
         log.info("starting %d worker processes on port %d", workers, config.server.port)
         return Supervisor(["-m", "broadcaster", *args.argv], workers).run()  # each worker: this same command
