@@ -2,7 +2,7 @@
 many progressive-stream encoders the whole server runs at once."""
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -12,6 +12,7 @@ from broadcaster.errors import RateLimited
 from broadcaster.runtime.clock import Clock
 
 CONNECTION_RETRY_S = 10
+READY_CHUNKS_KEPT = 256  # chunks whose ready reports are remembered by address (the lead's own window)
 STREAM_RETRY_S = 10
 
 
@@ -42,6 +43,7 @@ class Access:
         self.encoders = 0  # progressive streams open now, each with its own ffmpeg
         self.max_encoders_per_address = limits.max_stream_encoders_per_address
         self.encoders_of: Counter[str] = Counter()  # the same, per client address
+        self.ready_reports: OrderedDict[str, Counter[str]] = OrderedDict()  # chunk id -> reports by address
 
     def check_write_rate(self, remote: str, channel: str) -> None:
         wanted = f"at most {self.writes_per_minute:g} producer writes a minute to channel {channel!r} from one address"
@@ -54,6 +56,19 @@ class Access:
             "from one address"
         )
         self._take(self.appends, (remote, channel), "append_rate", wanted, "send text in larger pieces, or ")
+
+    def counts_ready_report(self, chunk_id: str, remote: str) -> bool:
+        """Whether a report of when a listener had the chunk ready counts towards the lead: an address
+        reports a chunk at most as many times as it has connections open (an office behind one address
+        has many listeners; one client reconnecting to report again is still one)."""
+        reported = self.ready_reports.setdefault(chunk_id, Counter())
+        self.ready_reports.move_to_end(chunk_id)
+        while len(self.ready_reports) > READY_CHUNKS_KEPT:
+            self.ready_reports.popitem(last=False)
+        if reported[remote] >= max(1, self.open[remote]):
+            return False
+        reported[remote] += 1
+        return True
 
     def check_ack_rate(self, remote: str) -> None:
         """Acknowledgements over HTTP (clients without a socket): each is a row, so each address has a bucket."""

@@ -305,6 +305,8 @@ async def _audio_played(message: dict[str, Any], listener: Listener, request: we
     station = request.app[STATION]
     chunk = await _acknowledged_chunk(station, listener.channel, chunk_id)
     recorded = await request.app[STORE].record_ack(chunk_id, listener.connection_id, "ws", now_ms)
+    if ready_at_ms is not None and not request.app[ACCESS].counts_ready_report(chunk_id, remote_of(request)):
+        ready_at_ms = None  # recorded as delivered; the lead has heard this address on this chunk enough
     if recorded:
         request.app[METRICS].acknowledged(chunk, now_ms, "ws")
         runner = station.runners.get(listener.channel)

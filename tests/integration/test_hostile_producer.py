@@ -9,11 +9,12 @@ import struct
 
 import aiohttp
 import pytest
+import websockets
 from media import tone
 from sqlalchemy import func, select
 
 from db.models import DeliveryRow
-from web.keys import CONFIG
+from web.keys import CONFIG, METRICS
 
 QUEUE = "/api/channels/table/audio/queue"
 
@@ -301,3 +302,31 @@ async def test_acknowledging_made_up_chunks_costs_no_database_reads(server, conn
     await listener.send({"type": "audio_played", "chunk_id": chunk_id})
     assert (await listener.next("ack_recorded"))["duplicate"] is False
     assert reads == []
+
+
+async def test_one_client_reconnecting_cannot_report_a_chunk_to_the_lead_again(server, connect):
+    """The lead follows the slowest listeners' reports of when they had a chunk ready: a client that
+    reconnects to report the same chunk again is heard once, as an address with one connection open."""
+    observer = await connect()
+    await observer.next("snapshot")
+    assert (await server.say("One sentence for the lead.")).status == 202
+    chunk = await observer.next("audio_chunk_ready")
+    await observer.ws.close()
+    metrics = server.app[METRICS].registry
+
+    def reports() -> float:
+        return metrics.get_sample_value("broadcaster_listener_ready_seconds_count") or 0
+
+    before = reports()
+    for _ in range(3):
+        async with websockets.connect(server.ws_url()) as ws:
+            await ws.recv()  # the snapshot
+            await ws.send(
+                json.dumps(
+                    {"type": "audio_played", "chunk_id": chunk["chunk_id"], "ready_at_ms": chunk["starts_at_ms"] + 2500}
+                )
+            )
+            while (reply := json.loads(await ws.recv()))["type"] != "ack_recorded":
+                pass
+            assert reply["duplicate"] is False  # each connection's acknowledgement is still recorded
+    assert reports() - before == 1
