@@ -30,7 +30,7 @@ DEFAULT_DUCK_DB = -12.0
 DEFAULT_FADE_MS = 2000
 MAX_FADE_MS = 30_000
 
-Decode = Callable[[str, Path, str], Awaitable[TrackInfo]]  # (request id, file, fallback title)
+Decode = Callable[[str, str, Path, str], Awaitable[TrackInfo]]  # (channel, request id, file, fallback title)
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class BedMaker:
     async def _track(self, channel: str, path: Path, maker: ChunkMaker, now_ms: int) -> BedTrack:
         request_id = new_id()
         try:
-            info = await self.decode(request_id, path, path.stem or "Untitled")
+            info = await self.decode(channel, request_id, path, path.stem or "Untitled")
             title = one_line(info.title) or "Untitled"
             request = Request(request_id, channel, title, [title] * info.segments, now_ms, kind="track")
             segments = []

@@ -353,8 +353,8 @@ class Station:
         events = await runner.apply(partial(_guarded, runner.channel.stop_bed, fade))
         return events[0].fading[-1]
 
-    async def _decode_for_bed(self, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
-        async with self.decoders.turn(patient=False):
+    async def _decode_for_bed(self, channel: str, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
+        async with self.decoders.turn(channel, patient=False):
             return await self._decode(request_id, source, fallback_title)
 
     def _forget_beds_gone(self, runner: ChannelRunner) -> None:
@@ -456,7 +456,7 @@ class Station:
         self._check_room(runner)  # before the decode too: a full line need not cost one
         request_id = new_id()
         try:
-            async with self.decoders.turn(patient=auto):
+            async with self.decoders.turn(name, patient=auto):
                 info = await self._decode(request_id, source, Path(filename).stem or "Untitled")
         except BaseException:
             await asyncio.shield(self._forget_audio(request_id))

@@ -201,9 +201,10 @@ async def test_a_decoder_gets_no_more_memory_than_allowed(server, tmp_path):
     assert leftovers(server) == []
 
 
-@pytest.mark.server_config({"music": {"max_decodes": 2, "decode_wait_s": 2}})
+@pytest.mark.server_config({"music": {"max_decodes": 4, "decode_wait_s": 2}})
 async def test_decodes_at_once_are_capped_and_the_rest_told_to_retry(server):
-    """Six slow uploads at once: never more than two decoders; the ones that found none free get 503 and Retry-After."""
+    """Six slow uploads at once to one channel: never more than its share of the decoders (two of four);
+    the ones that found none free get 503 and Retry-After."""
     most = 0
 
     async def watch() -> None:

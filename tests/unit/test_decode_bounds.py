@@ -64,6 +64,17 @@ async def test_a_turn_waits_for_a_free_decoder_then_gives_up():
         assert decoders.running == 1
 
 
+async def test_one_channel_holds_at_most_half_the_decoders():
+    """A producer uploading a pile of long files leaves a decoder to the other channels (their auto-DJ)."""
+    decoders = Decoders(2, wait_s=0.05)
+    async with decoders.turn("lobby"):
+        with pytest.raises(DecodersBusy, match="a channel may use 1 at once"):
+            async with decoders.turn("lobby"):
+                pass
+        async with decoders.turn("office", patient=True):
+            assert decoders.running == 2
+
+
 async def test_a_patient_turn_waits_as_long_as_it_takes():
     """The auto-DJ's turn is not refused, however long the others take."""
     decoders = Decoders(1, wait_s=0.01)
