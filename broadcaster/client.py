@@ -332,6 +332,7 @@ class _Follower:
         self.tasks: set[asyncio.Task] = set()
         self.fetches: set[asyncio.Task] = set()
         self.playing: dict[str, asyncio.Task] = {}
+        self.announced: set[str] = set()  # tracks whose title was printed
         self.resumed = asyncio.Event()  # set (and replaced) at each resume
         self.bed_fetches: set[str] = set()
 
@@ -440,7 +441,9 @@ class _Follower:
     async def play(self, entry: HeardChunk, fetch: asyncio.Task) -> None:
         await fetch
         await self._until_heard(lambda: entry.sounds_from_ms)
-        self.say(f"\u25b6 {entry.text}")
+        if self.heard.kinds.get(entry.request_id) != "track" or entry.request_id not in self.announced:
+            self.announced.add(entry.request_id)  # a track is named once, not at each 5 s segment
+            self.say(f"\u25b6 {entry.text}")
         await self._until_heard(lambda: entry.starts_at_ms + entry.duration_ms)
         ack: dict[str, Any] = {"type": "audio_played", "chunk_id": entry.chunk_id}
         if entry.ready_at_ms is not None:

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import aiohttp
 import pytest
 import soundfile
 
@@ -112,3 +113,22 @@ def test_what_goes_wrong_around_the_cli_is_one_line(tmp_path, args, words):
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert words in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+async def test_listen_names_a_track_once_not_at_every_segment(server, tmp_path, monkeypatch, capsys):
+    """A 12 s track is three 5 s segments: the headless listener prints its title once."""
+    from media import tone
+
+    (tmp_path / "music").mkdir()
+    tone(tmp_path / "music" / "song.wav", 12, 300, tags={"title": "Song", "artist": "The Testers"})
+    monkeypatch.chdir(tmp_path)
+    listening = asyncio.create_task(listen(server.base_url, server.channel, max_requests=1))
+    await asyncio.sleep(0.3)
+    headers = {"Authorization": f"Bearer {server.token}"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/api/channels/{server.channel}/tracks"
+        async with http.post(url, json={"path": "song.wav"}, headers=headers) as resp:
+            assert resp.status == 202 and (await resp.json())["chunks"] == 3
+    await asyncio.wait_for(listening, 40)
+    printed = capsys.readouterr().out
+    assert printed.count("\u25b6 Song") == 1, printed
