@@ -17,7 +17,7 @@ from playwright.async_api import async_playwright  # noqa: E402
 from broadcaster.client import submit  # noqa: E402
 
 FLAGS = ["--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-background-networking"]
-SETTINGS = {"tts": {"engine": "tone", "tone_ms_per_char": 70, "tone_fail_marker": "[fizzle]"}}
+SETTINGS = {"tts": {"engine": "tone", "tone_ms_per_char": 70}}
 STORY = [
     "The tavern door creaks open. A cold wind follows the stranger inside. Every head turns.",
     "The bard stops mid-song.",
@@ -33,8 +33,6 @@ async def main() -> None:
         await listener.click("#tune")
         console = await browser.new_page(viewport={"width": 900, "height": 760})
         await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
-        await submit(server.base_url, server.channel, "The spell [fizzle]s.", server.token)
-        await asyncio.sleep(1)
         for text in STORY:
             await submit(server.base_url, server.channel, text, server.token)
         await listener.wait_for_selector("#captions span.current")
