@@ -2,8 +2,9 @@
 clock (tests/speakers.py): three, and a fourth tuning in after the bed began. The bed (a 100 Hz hum, below
 the tone engine's narration) dips under a narration and comes back: every page must make those
 ramps at the same moments, on the timeline (within 5 ms; a page that detected an output glitch of
-its own meanwhile, at most one, within 25 ms), with the gain the server computes; and a page keeps
-its Music volume."""
+its own meanwhile, at most one, within 25 ms; a narration during which any page detected one is
+narrated once more and that one judged), with the gain the server computes; and a page keeps its
+Music volume."""
 
 import asyncio
 import time
@@ -11,7 +12,7 @@ import time
 import aiohttp
 import pytest
 from media import tone
-from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, steady_pages
+from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, narrate_until_steady
 
 from broadcaster.core.bed import HOLD_MS, RELEASE_MS, duck_envelope, gain_at
 
@@ -45,15 +46,18 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
     await until(bed["origin_ms"] / 1000 + 0.5)
     await listeners.open(3)  # tunes in while the bed plays
     await asyncio.sleep(5.0)  # past the late page's unsteady first seconds of output (docs/performance.md)
-    await server.say(NARRATION)
-    chunks = [await observer.next("audio_chunk_ready") for _ in range(2)]
-    end_ms = chunks[-1]["starts_at_ms"] + chunks[-1]["duration_ms"]
-    await until(end_ms / 1000 + 2.5)
+
+    async def narrate() -> list[tuple[int, int]]:
+        await server.say(NARRATION)
+        chunks = [await observer.next("audio_chunk_ready") for _ in range(2)]
+        end_ms = chunks[-1]["starts_at_ms"] + chunks[-1]["duration_ms"]
+        await until(end_ms / 1000 + 2.5)
+        return [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
+
+    speech, steady = await narrate_until_steady(listeners.pages, narrate)  # before page 3 reloads, below
     recording = recorder.stop(pulse.mix_latency_s())
     page = listeners.pages[3]
     assert "hum" in await page.text_content("#bed")
-    speech = [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
-    steady = await steady_pages(listeners.pages, speech)  # before page 3 reloads, below
     points = duck_envelope(speech, bed["duck_db"])
     moments = [points[0][0] + 50, speech[0][0] + 500, speech[-1][1] + HOLD_MS + RELEASE_MS // 3]
     for listener, shown in listeners.pages.items():
