@@ -98,6 +98,12 @@ def _parser(serve_command: Command) -> argparse.ArgumentParser:
     key.add_argument("--off", action="store_true", help="make the channel public again")
     key.add_argument("--json", action="store_true")
     key.set_defaults(run=_channel_key)
+    remove = channel.add_parser(
+        "delete", parents=[common], help="delete a channel with its requests and their audio (servers stopped)"
+    )
+    remove.add_argument("name")
+    remove.add_argument("--yes", action="store_true", help="delete for good (without it, nothing is deleted)")
+    remove.set_defaults(run=_channel_delete)
 
     say = sub.add_parser("say", parents=[common], help="put narration on the air")
     say.add_argument("channel")
@@ -235,6 +241,30 @@ def _channel_key(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel_delete(config: Config, args: argparse.Namespace) -> int:
+    from broadcaster.runtime.accounts import delete_channel
+    from db.audio_store import open_audio_store
+
+    if not args.yes:
+        raise BadInput(
+            f"deleting {args.name!r} removes the channel, every request on it and all their audio, for good "
+            "(the music folder is left alone); add --yes to go ahead"
+        )
+
+    async def run() -> tuple[int, int]:
+        store = await _open_store(config)
+        try:
+            await _refuse_while_served(store.engine, "broadcaster channel delete")
+            audio = open_audio_store(config.data_path, store.engine, shared=config.cluster.enabled)
+            return await delete_channel(store, audio, args.name)
+        finally:
+            await store.close()
+
+    requests, freed = asyncio.run(run())
+    print(f"deleted channel {args.name}: {requests} requests and tracks, {freed / 1e6:.1f} MB of audio")
+    return 0
+
+
 def _listen_url(config: Config, name: str, key: str | None) -> str:
     return f"{config.base_url}/c/{name}" + (f"?key={key}" if key else "")
 
@@ -329,8 +359,9 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _refuse_while_served(engine) -> None:  # noqa: ANN001
-    """Migrating under a running server would change tables beneath it: it must be stopped first."""
+async def _refuse_while_served(engine, command: str = "broadcaster db upgrade") -> None:  # noqa: ANN001
+    """Migrating or deleting a channel under a running server would change rows beneath it (it would
+    write them back, or run a channel that is gone): every server must be stopped first."""
     from sqlalchemy import inspect
 
     from broadcaster.runtime.ownership import NODE, SERVER, gone
@@ -349,7 +380,7 @@ async def _refuse_while_served(engine) -> None:  # noqa: ANN001
         count = "a server" if len(serving) == 1 else f"{len(serving)} servers"
         verb = "is" if len(serving) == 1 else "are"
         raise BroadcasterError(
-            f"{count} ({who}, host:pid) {verb} serving this database; stop every one before 'broadcaster db upgrade'"
+            f"{count} ({who}, host:pid) {verb} serving this database; stop every one before '{command}'"
         )
 
 

@@ -349,6 +349,27 @@ class Store:
             )
         return ids
 
+    async def delete_channel(self, name: str) -> list[str] | None:
+        """Delete a channel with its requests, chunks, acknowledgements and connections (None: no such
+        channel). Returns the ids whose audio to delete: its requests' and its beds' tracks'."""
+        async with self.session.begin() as s:
+            channel = (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
+            if channel is None:
+                return None
+            ids = list((await s.execute(select(RequestRow.id).where(RequestRow.channel_id == channel.id))).scalars())
+            for batch in _batches(ids, 500):
+                chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
+                await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
+                await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
+                await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
+            connections = select(ConnectionRow.id).where(ConnectionRow.channel_id == channel.id)
+            await s.execute(delete(DeliveryRow).where(DeliveryRow.connection_id.in_(connections)))
+            await s.execute(delete(ConnectionRow).where(ConnectionRow.channel_id == channel.id))
+            bed, fading = beds_from_json(channel.beds_json)
+            tracks = [track.request_id for b in (bed, *fading) if b is not None for track in b.tracks]
+            await s.delete(channel)
+        return [*ids, *tracks]
+
     async def request_ids(self) -> set[str]:
         """Every request whose audio is kept: those stored, and the tracks of every channel's beds."""
         async with self.session() as s:

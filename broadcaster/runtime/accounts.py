@@ -1,4 +1,4 @@
-"""Channel credentials: the producer token that lets one write, the optional listen key that
+"""Channels made and deleted, and their credentials: the producer token that lets one write, the optional listen key that
 makes a channel private. Both are random, shown once, stored as SHA-256 digests and compared
 in constant time; the server re-reads them so a key the CLI replaced stops working promptly."""
 
@@ -17,6 +17,7 @@ from broadcaster.auth import (
     valid_channel_name,
 )
 from broadcaster.errors import BadInput, NotFound, Unauthorized
+from db.audio_store import AudioStore
 from db.store import Store
 
 from .clock import Clock, wall_clock_ms
@@ -51,6 +52,19 @@ async def new_producer_token(store: Store, name: str) -> str:
     if not await store.set_token_hash(name, hash_token(token)):
         raise NotFound(f"no channel named {name!r}")
     return token
+
+
+async def delete_channel(store: Store, audio: AudioStore, name: str) -> tuple[int, int]:
+    """Delete a channel, its rows, then its audio (rows first, as the cleanup does: a crash between
+    leaves orphaned bytes for the next sweep, never a row without its audio). Returns how many
+    requests and bed tracks went, and the bytes freed. Only with every server stopped (the CLI checks)."""
+    ids = await store.delete_channel(name)
+    if ids is None:
+        raise NotFound(f"no channel named {name!r}")
+    freed = 0
+    for request_id in ids:
+        freed += await audio.delete_request(request_id)
+    return len(ids), freed
 
 
 async def set_listen_key(store: Store, name: str, private: bool) -> str | None:
