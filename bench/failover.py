@@ -213,7 +213,7 @@ async def main() -> None:
             "server": {"database_url": postgres.url(database)},
             "cluster": {"redis_url": redis_.url, "lease_s": args.lease_s},
             "tts": {"engine": args.engine, "tone_delay_ms": 150},
-            "limits": {"producer_write_burst": 10_000, "max_connections_per_address": 0},
+            "limits": {"producer_write_burst": 10_000, "max_connections_per_address": 0, "connects_per_second": 0},
         }
         config = work / "cluster.toml"
         config.write_text(toml_text(settings))

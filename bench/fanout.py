@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = '[tts]\nengine = "tone"\n[limits]\nmax_queue = 1000\nmax_connections_per_address = 0  # every player comes from 127.0.0.1\n'
+CONFIG = '[tts]\nengine = "tone"\n[limits]\nmax_queue = 1000\nmax_connections_per_address = 0  # every player comes from 127.0.0.1\nconnects_per_second = 0\n'
 STALL_S = 2.0
 
 

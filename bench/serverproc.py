@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The server's own defaults would cap what a benchmark measures: one address opens every socket here.
 UNCAPPED_LIMITS = {
     "max_connections_per_address": 0,
+    "connects_per_second": 0,
     "ws_messages_per_second": 10_000,
     "ws_message_burst": 10_000,
     "producer_writes_per_minute": 1_000_000,

@@ -107,6 +107,10 @@ class LimitsConfig:
     http_acks_per_second: float = 10  # POST /api/audio/played per client address (each one is a row)
     http_ack_burst: int = 100
     max_connections_per_address: int = 64  # open WebSockets and streams per client address (0: no cap)
+    connects_per_second: float = (
+        2  # new WebSockets and streams per client address, sustained (each is a row; 0: no cap)
+    )
+    connect_burst: int = 100  # of those, at once (an office's pages after a restart)
     credential_recheck_s: float = 2  # open sockets and streams whose listen key or token was replaced close this soon
     ws_auth_timeout_s: float = 10  # a console's socket must send its auth message within this
     stream_write_timeout_s: float = 30  # a progressive stream whose client reads nothing this long is ended
@@ -366,6 +370,7 @@ ZERO_ALLOWED = {
     ("server", "port"), ("server", "chunk_cache_mb"), ("cluster", "internal_port"),
     ("timeline", "lead_ms"), ("timeline", "min_lead_ms"), ("timeline", "sentence_gap_ms"),
     ("timeline", "request_gap_ms"), ("limits", "ws_socket_buffer_bytes"), ("limits", "max_connections_per_address"),
+    ("limits", "connects_per_second"),
     ("tts", "piper_window_ms"), ("tts", "piper_nice"), ("tts", "tone_ms_per_char"), ("tts", "tone_delay_ms"),
     ("music", "decode_wait_s"), ("radio", "station_id_every"), ("cleanup", "retention_days"),
 }  # fmt: skip

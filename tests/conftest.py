@@ -29,7 +29,12 @@ FAST_TONES = {
     "timeline": {"lead_ms": 300, "min_lead_ms": 300, "sentence_gap_ms": 120, "request_gap_ms": 200},
     "cleanup": {"interval_s": 3600},
     # Tests that are not about the limits must not trip them; tests of the limits set their own.
-    "limits": {"producer_write_burst": 100_000, "ws_message_burst": 100_000, "max_connections_per_address": 0},
+    "limits": {
+        "producer_write_burst": 100_000,
+        "ws_message_burst": 100_000,
+        "max_connections_per_address": 0,
+        "connects_per_second": 0,
+    },
 }
 
 

@@ -1,5 +1,5 @@
-"""How much one client may do: producer writes per minute and open connections per address; and how
-many progressive-stream encoders the whole server runs at once."""
+"""How much one client may do: producer writes per minute, open connections and new ones per address;
+and how many progressive-stream encoders the whole server runs at once."""
 
 import math
 from collections import Counter, OrderedDict
@@ -38,6 +38,8 @@ class Access:
         self.acks = KeyedLimiter(limits.http_acks_per_second, limits.http_ack_burst)
         self.acks_per_second = limits.http_acks_per_second
         self.max_connections = limits.max_connections_per_address
+        self.connects = KeyedLimiter(limits.connects_per_second, limits.connect_burst)
+        self.connects_per_second = limits.connects_per_second
         self.open: Counter[str] = Counter()  # open WebSockets and streams per client address
         self.max_encoders = limits.max_stream_encoders
         self.encoders = 0  # progressive streams open now, each with its own ffmpeg
@@ -92,6 +94,9 @@ class Access:
                 f"got another one from {remote}; close some and retry",
                 CONNECTION_RETRY_S,
             )
+        if self.connects_per_second:  # each connection is a row for as long as the cleanup keeps them
+            wanted = f"at most {self.connects_per_second:g} new connections a second from one address"
+            self._take(self.connects, (remote, ""), "connect_rate", wanted, "")
         self.open[remote] += 1
         try:
             yield

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import websockets
 from conftest import Listener, start_server
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from broadcaster.runtime.accounts import create_channel, new_producer_token, set_listen_key
 from db.models import DeliveryRow
@@ -223,6 +223,30 @@ async def test_connections_beyond_the_per_address_cap_get_429(server, connect):
                     await asyncio.sleep(0.1)
         assert json.loads(await third.recv())["type"] == "snapshot"
         await third.close()
+
+
+@pytest.mark.server_config({"limits": {"connects_per_second": 1, "connect_burst": 3}})
+async def test_connecting_again_and_again_from_one_address_gets_429_and_writes_no_row(server):
+    """Each connection is a row kept as long as the cleanup keeps them: one client connecting and
+    leaving in a loop wrote 460 a second. Past the burst, new sockets and streams wait their turn."""
+    store = server.station.store
+    for _ in range(3):
+        async with websockets.connect(server.ws_url()) as ws:
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(server.ws_url())
+    assert refused.value.response.status_code == 429
+    assert int(refused.value.response.headers["Retry-After"]) >= 1
+    assert b"new connections a second from one address" in refused.value.response.body
+    async with aiohttp.ClientSession() as http:
+        status, body = await status_of(http, "GET", f"{server.base_url}/c/{server.channel}/live.mp3")
+        assert status == 429 and "rate_limited" in body
+    await store.connection_log.flush()
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM listener_connections"))).scalar() == 3
+    await asyncio.sleep(1.1)  # a token back
+    async with websockets.connect(server.ws_url()) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
 
 
 # -- open connections and the credentials that admitted them --------------------------------------

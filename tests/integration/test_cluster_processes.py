@@ -37,6 +37,7 @@ request_gap_ms = 200
 [limits]
 producer_write_burst = 100000
 max_connections_per_address = 0
+connects_per_second = 0
 """
     )
     return path

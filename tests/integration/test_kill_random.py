@@ -37,6 +37,7 @@ request_gap_ms = {REQUEST_GAP_MS}
 
 [limits]
 max_connections_per_address = 0
+connects_per_second = 0
 producer_writes_per_minute = 1000000
 producer_write_burst = 1000000
 
