@@ -459,9 +459,9 @@ def open_connections(server) -> int:
     return sum(server.app[ACCESS].open.values())
 
 
-@pytest.mark.server_config({"limits": {"max_stream_encoders": 2}, **STALLING})
-async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect):
-    """With the cap reached, one more stream is refused with 503, Retry-After and a JSON error that says so."""
+async def third_stream_refused(server, connect, status: int, code: str) -> None:
+    """Two progressive streams of a request that never finishes, held open; a third from the same
+    address gets `status`, Retry-After and the error `code`, whose message names the cap of 2."""
     listener = await connect()
     chunk = await played_request(server, listener, "Heard first. STALL never comes.")
     url = f"{server.base_url}/api/audio/stream/{chunk['request_id']}"
@@ -470,12 +470,19 @@ async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect
         try:
             assert first.status == 200 and second.status == 200
             async with http.get(url) as third:
-                assert third.status == 503 and int(third.headers["Retry-After"]) > 0
+                assert third.status == status and int(third.headers["Retry-After"]) > 0
                 error = (await third.json())["error"]
-                assert error["code"] == "too_many_streams" and "2 progressive streams" in error["message"]
+                assert error["code"] == code and "2 progressive streams" in error["message"]
+            assert server.app[ACCESS].encoders == 2
         finally:
             first.close()
             second.close()
+
+
+@pytest.mark.server_config({"limits": {"max_stream_encoders": 2}, **STALLING})
+async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect):
+    """With the cap reached, one more stream is refused with 503, Retry-After and a JSON error that says so."""
+    await third_stream_refused(server, connect, 503, "too_many_streams")
     async with asyncio.timeout(3):  # the slots come back as soon as those clients leave
         while server.app[ACCESS].encoders:
             await asyncio.sleep(0.05)
@@ -485,21 +492,7 @@ async def test_progressive_streams_beyond_the_server_cap_get_503(server, connect
 async def test_one_address_gets_only_its_share_of_the_stream_encoders(server, connect):
     """Slow readers from one address cannot hold every encoder: past its share it gets 429, and the
     server's encoders stay free for others."""
-    listener = await connect()
-    chunk = await played_request(server, listener, "Heard first. STALL never comes.")
-    url = f"{server.base_url}/api/audio/stream/{chunk['request_id']}"
-    async with aiohttp.ClientSession() as http:
-        first, second = await http.get(url), await http.get(url)
-        try:
-            assert first.status == 200 and second.status == 200
-            async with http.get(url) as third:
-                assert third.status == 429 and int(third.headers["Retry-After"]) > 0
-                error = (await third.json())["error"]
-                assert error["code"] == "too_many_connections" and "2 progressive streams" in error["message"]
-            assert server.app[ACCESS].encoders == 2
-        finally:
-            first.close()
-            second.close()
+    await third_stream_refused(server, connect, 429, "too_many_connections")
 
 
 async def test_a_body_left_unread_that_does_not_decompress_is_one_warning_line(server, caplog):
