@@ -77,3 +77,23 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     cuts = [t for t in clicks(recording, 0) if resumed + 0.01 < t <= resumed + 1.5]
     assert not cuts, "the correction cut the audio instead of crossfading"
     assert not clicks(recording, 1), "the other listener's output was disturbed"
+
+
+RECENT_GLITCHES = "window.broadcaster.output.glitches.filter((g) => g.atLocalMs >= Date.now() - 10000).length"
+
+
+async def test_a_page_whose_output_keeps_stalling_says_so_in_words_until_it_is_steady(server, pulse, listeners):
+    """Four stalls in a few seconds: that page says its audio keeps falling behind and may be off the
+    others (its timestamps can hide tens of ms then), and stops saying it once its output is steady."""
+    for listener in (0, 1):
+        await listeners.open(listener)
+    await asyncio.sleep(2)
+    for _ in range(4):
+        await pulse.stall(0, 150)
+        await asyncio.sleep(0.6)
+    stalled, other = listeners.pages[0], listeners.pages[1]
+    await stalled.wait_for_selector("#output-warning:not([hidden])", timeout=5000)
+    assert "keeps falling behind" in await stalled.text_content("#output-warning")
+    if await other.evaluate(RECENT_GLITCHES) < 3:  # the other page's own output was steady meanwhile
+        assert await other.is_hidden("#output-warning")
+    await stalled.wait_for_selector("#output-warning", state="hidden", timeout=30_000)

@@ -16,6 +16,12 @@ import { nowMs } from "./sync.js";
 const MIN_SYNC_SAMPLES = 8;   // the whole connect burst: a late joiner waits ~0.5 s rather than start off by ms
 const TICK_MS = 40;           // how often the output is read and what plays is kept in place
 const REPORT_MS = 10000;      // how often the page tells the server how well it keeps in step
+// This many output glitches within STRUGGLING_MS and the page says, in words, that this device's
+// audio keeps falling behind: on a busy machine an output can underrun again and again for seconds,
+// and then what is heard can be tens of ms off while the output's own timestamps hardly show it
+// (docs/performance.md, "Sync at the speaker").
+const STRUGGLING_GLITCHES = 4;
+const STRUGGLING_MS = 10000;
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
@@ -426,6 +432,19 @@ function showSync() {
       `${new Date(last.atLocalMs).toLocaleTimeString()}); ${fixes} crossfade${fixes === 1 ? "" : "s"} back in step`);
   }
   $("sync").textContent = parts.join(" · ");
+  showStruggling(output);
+}
+
+function showStruggling(output) {
+  const since = nowMs() - STRUGGLING_MS;
+  const recent = output.glitches.filter((g) => g.atLocalMs >= since).length;
+  const warning = $("output-warning");
+  warning.hidden = recent < STRUGGLING_GLITCHES;
+  if (!warning.hidden) {
+    warning.textContent = `This device's audio keeps falling behind (${recent} glitches in the last ` +
+      `${STRUGGLING_MS / 1000} s), so what you hear may be tens of milliseconds off the others. A busy computer ` +
+      "is the usual cause: close other programs or tabs, or turn off battery saving.";
+  }
 }
 
 function notice(text) {
