@@ -8,6 +8,7 @@ damaged file can make ffmpeg print a line per frame for as long as it runs.
 """
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import resource
@@ -90,11 +91,18 @@ class Tail:
             self.add(data)
 
 
+def kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the child if it still runs.
+
+    With os.kill, not proc.kill: Popen's kill first polls, and a child that has just exited is then
+    reaped there, behind the event loop's child watcher, which logs a warning and reports 255. Until
+    the watcher has reaped it, the pid is still this child's (a zombie at worst)."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+
+
 async def stop(proc: asyncio.subprocess.Process) -> None:
     """Kill the child if it still runs, and reap it."""
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+    kill(proc)
     await proc.wait()

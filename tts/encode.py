@@ -15,7 +15,7 @@ import soundfile
 
 from broadcaster.errors import GenerationError
 
-from .children import spawn
+from .children import kill, spawn
 from .engine import Pcm
 
 
@@ -71,8 +71,7 @@ class Mp3Encoder:
         return out
 
     async def abandon(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
+        kill(self.proc)
         await self.proc.communicate()
 
 

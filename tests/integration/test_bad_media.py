@@ -278,8 +278,9 @@ async def test_a_bed_stops_decoding_when_its_client_leaves(server, tmp_path):
 
 @pytest.mark.server_config({"limits": {"max_queue": 3}})
 async def test_the_queue_limit_holds_for_uploads_decoded_at_once(server, tmp_path):
-    """Ten uploads at once against max_queue = 3: three are queued, the others get 429 and leave no audio."""
-    data = make_fixture(tmp_path, "flac", seconds=1).read_bytes()
+    """Ten uploads at once against max_queue = 3: three are queued, the others get 429 and leave no audio.
+    (Tracks long enough that the first cannot play out and free a place while the others decode.)"""
+    data = make_fixture(tmp_path, "flac", seconds=10).read_bytes()
     results = await asyncio.gather(*(upload(server, data, "audio/flac") for _ in range(10)))
     statuses = sorted(status for status, _ in results)
     assert statuses == [202] * 3 + [429] * 7, results

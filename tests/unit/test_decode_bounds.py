@@ -1,13 +1,16 @@
 """Pieces that bound a decode: track segments, the kept tail of ffmpeg's log, turns at decoding."""
 
 import asyncio
+import os
+import time
+import warnings
 
 import numpy as np
 import pytest
 import soundfile
 
 from broadcaster.runtime.decoders import Decoders, DecodersBusy, ServerStopping
-from tts.children import Tail
+from tts.children import Tail, spawn, stop
 from tts.tracks import TRACK_RATE, read_segment, segment_count, segment_samples
 
 SEGMENT = segment_samples()
@@ -111,3 +114,27 @@ async def test_shutting_down_stops_decodes_and_waits_with_an_answer():
         with pytest.raises(ServerStopping):
             await task
     assert (decoders.running, decoders.waiting) == (0, 0)
+
+
+async def test_stopping_a_child_that_has_just_exited_keeps_its_exit_status(caplog):
+    """With the server's child watcher (pid descriptors, web/serve.py), a child that exits while the
+    loop is busy and is then stopped: its status is the real one, and asyncio logs no 'exit status
+    already read' warning (Popen's own kill reaped it first, and the watcher reported 255)."""
+    if not hasattr(os, "pidfd_open"):
+        pytest.skip("no pid descriptors on this system")
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # child watchers are deprecated from 3.12
+        previous = asyncio.get_child_watcher()
+        asyncio.set_child_watcher(watcher)
+    try:
+        proc = await spawn("true")
+        time.sleep(0.3)  # the child exits while the loop is held: nothing has read its status yet
+        await stop(proc)
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_child_watcher(previous)
+    assert proc.returncode == 0
+    assert "already read" not in caplog.text and "returncode 255" not in caplog.text
