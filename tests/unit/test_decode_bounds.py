@@ -2,8 +2,8 @@
 
 import asyncio
 import os
+import sys
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -122,19 +122,23 @@ async def test_stopping_a_child_that_has_just_exited_keeps_its_exit_status(caplo
     already read' warning (Popen's own kill reaped it first, and the watcher reported 255)."""
     if not hasattr(os, "pidfd_open"):
         pytest.skip("no pid descriptors on this system")
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(asyncio.get_running_loop())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # child watchers are deprecated from 3.12
+    if sys.version_info >= (3, 12):  # asyncio's own default there
+        proc = await _spawn_exit_and_stop()
+    else:
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
         previous = asyncio.get_child_watcher()
         asyncio.set_child_watcher(watcher)
-    try:
-        proc = await spawn("true")
-        time.sleep(0.3)  # the child exits while the loop is held: nothing has read its status yet
-        await stop(proc)
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            proc = await _spawn_exit_and_stop()
+        finally:
             asyncio.set_child_watcher(previous)
     assert proc.returncode == 0
     assert "already read" not in caplog.text and "returncode 255" not in caplog.text
+
+
+async def _spawn_exit_and_stop() -> asyncio.subprocess.Process:
+    proc = await spawn("true")
+    time.sleep(0.3)  # the child exits while the loop is held: nothing has read its status yet
+    await stop(proc)
+    return proc
