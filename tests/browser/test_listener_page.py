@@ -186,6 +186,44 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
     assert page_errors.errors == []
 
 
+async def test_console_says_what_became_of_a_send_or_an_upload_beside_it_then_clears_it(
+    browser, server, tmp_path, page_errors
+):
+    """A refused upload is explained next to the upload form, not at the foot of the page; a refused
+    narration next to the text; and each line clears once it is old news (timers run fast here)."""
+    console = await browser.new_page(bypass_csp=True)
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#desk:not([hidden])")
+    await console.clock.install()  # from here the page's timers run only as the test moves its clock
+    fake = tmp_path / "song.mp3"
+    fake.write_bytes(b"this is not audio at all " * 100)
+    await console.set_input_files("#track-file", str(fake))
+    await console.click("#upload button[type=submit]")
+    await text_becomes(console, "#upload-status", lambda text: "refused" in text)
+    assert "error" in await console.get_attribute("#upload-status", "class")
+    assert await console.text_content("#notice") == ""
+    await console.fill("#text", "Go. " * 201)  # over [limits] max_sentences
+    await console.press("#text", "Enter")
+    await text_becomes(console, "#say-status", lambda text: text.startswith("Not sent"))
+    await console.fill("#text", "Roll for initiative.")
+    await console.press("#text", "Enter")
+    await text_becomes(console, "#say-status", lambda text: text.startswith("Queued"))
+    await console.clock.run_for(9000)
+    assert await console.text_content("#say-status") == ""  # done: cleared after 8 s
+    assert "refused" in await console.text_content("#upload-status")  # a refusal stays longer
+    await console.clock.run_for(30000)
+    assert await console.text_content("#upload-status") == ""
+    assert page_errors.errors == []
+
+
+async def text_becomes(page, selector: str, wanted, timeout_s: float = 15) -> None:
+    """Polled from here: with the page's clock installed, waits that run on its timers would not."""
+    async with asyncio.timeout(timeout_s):
+        while not wanted(await page.text_content(selector) or ""):
+            await asyncio.sleep(0.05)
+
+
 async def test_console_refuses_a_wrong_token(browser, server, page_errors):
     """A wrong token is refused with a plain message and no controls are shown."""
     console = await browser.new_page(bypass_csp=True)

@@ -80,13 +80,12 @@ async function loadScenes() {
 }
 
 async function setBed(scene) {
-  $("scene-status").textContent = `Preparing ${scene.name}…`;
+  show("scene-status", `Preparing ${scene.name}…`, "busy");
   try {
     await api("PUT", "/bed", scene.folder ? { folder: scene.folder, shuffle: true } : { path: scene.path });
-    $("scene-status").textContent = "";
+    show("scene-status", "");
   } catch (err) {
-    $("scene-status").textContent = "";
-    notice(`Could not play ${scene.name}: ${err.message}`);
+    show("scene-status", `Could not play ${scene.name}: ${err.message}`, "error");
   }
 }
 
@@ -94,7 +93,7 @@ async function stopBed() {
   try {
     await api("DELETE", "/bed");
   } catch (err) {
-    notice(`Could not stop the bed: ${err.message}`);
+    show("scene-status", `Could not stop the bed: ${err.message}`, "error");
   }
 }
 
@@ -116,17 +115,16 @@ function showVoices(names) {
 async function say() {
   const text = $("text").value;
   if (!text.trim()) return;
-  $("say-status").textContent = "Sending…";
+  show("say-status", "Sending…", "busy");
   try {
     const body = { text };
     if (!$("over-switch").hidden && $("over").checked) body.over = true;
     if ($("voice").value) body.voice = $("voice").value;
     const queued = await api("POST", "/requests", body);
     $("text").value = "";
-    $("say-status").textContent = `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`;
+    show("say-status", `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`, "done");
   } catch (err) {
-    $("say-status").textContent = "";
-    notice(`Not sent: ${err.message}`);
+    show("say-status", `Not sent: ${err.message}`, "error");
   }
 }
 
@@ -141,19 +139,24 @@ async function control(path, body, what) {
 async function upload() {
   const file = $("track-file").files[0];
   if (!file) return;
-  $("upload-status").textContent = `Decoding ${file.name}…`;
+  show("upload-status", `Decoding ${file.name}…`, "busy");
   const form = new FormData();
   form.append("file", file, file.name);
-  const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/tracks`, {
-    method: "POST", headers: { Authorization: `Bearer ${state.token}` }, body: form,
-  });
+  let response;
+  try {
+    response = await fetch(`/api/channels/${encodeURIComponent(channel)}/tracks`, {
+      method: "POST", headers: { Authorization: `Bearer ${state.token}` }, body: form,
+    });
+  } catch (err) {
+    show("upload-status", `${file.name} was not sent: ${err.message}`, "error");
+    return;
+  }
   const data = await response.json().catch(() => ({}));
   if (response.ok) {
-    $("upload-status").textContent = `Queued ${data.title}${data.artist ? ` by ${data.artist}` : ""}.`;
+    show("upload-status", `Queued ${data.title}${data.artist ? ` by ${data.artist}` : ""}.`, "done");
     $("track-file").value = "";
   } else {
-    $("upload-status").textContent = "";
-    notice(`Upload refused: ${data.error ? data.error.message : `HTTP ${response.status}`}`);
+    show("upload-status", `${file.name} refused: ${data.error ? data.error.message : `HTTP ${response.status}`}`, "error");
   }
 }
 
@@ -274,4 +277,21 @@ function signOut(message) {
 
 function showListeners(count) { $("listeners").textContent = `${count} listening`; }
 
-function notice(text) { $("notice").textContent = text; }
+// A status line beside its control: what is under way stays; what is done, or refused, clears after a
+// while, so the line never describes something long past.
+const DONE_SHOWN_MS = 8000;
+const ERROR_SHOWN_MS = 30000;
+function show(id, text, kind = "done") {
+  const line = $(id);
+  line.textContent = text;
+  line.classList.toggle("error", kind === "error");
+  line.classList.toggle("meta", kind !== "error");
+  if (!text || kind === "busy") return;
+  setTimeout(() => { if (line.textContent === text) show(id, ""); }, kind === "error" ? ERROR_SHOWN_MS : DONE_SHOWN_MS);
+}
+
+// What went wrong away from any one control (queue buttons, a failed narration), at the foot of the page.
+function notice(text) {
+  $("notice").textContent = text;
+  setTimeout(() => { if ($("notice").textContent === text) $("notice").textContent = ""; }, ERROR_SHOWN_MS);
+}
