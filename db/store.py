@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from broadcaster.core.bed import Bed
 from broadcaster.core.model import Chunk, Request, Writing
@@ -334,11 +334,7 @@ class Store:
                     )
                 ).scalars()
             )
-            for batch in _batches(ids, 500):
-                chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
-                await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
-                await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
-                await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
+            await _delete_requests(s, ids)
             await s.execute(
                 delete(ConnectionRow).where(
                     ConnectionRow.disconnected_at_ms < before_ms,
@@ -357,11 +353,7 @@ class Store:
             if channel is None:
                 return None
             ids = list((await s.execute(select(RequestRow.id).where(RequestRow.channel_id == channel.id))).scalars())
-            for batch in _batches(ids, 500):
-                chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
-                await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
-                await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
-                await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
+            await _delete_requests(s, ids)
             connections = select(ConnectionRow.id).where(ConnectionRow.channel_id == channel.id)
             await s.execute(delete(DeliveryRow).where(DeliveryRow.connection_id.in_(connections)))
             await s.execute(delete(ConnectionRow).where(ConnectionRow.channel_id == channel.id))
@@ -380,6 +372,15 @@ class Store:
                 bed, fading = beds_from_json(text)
                 ids |= {track.request_id for b in (bed, *fading) if b is not None for track in b.tracks}
             return ids
+
+
+async def _delete_requests(s: AsyncSession, ids: list[str]) -> None:
+    """Requests with their chunks and the acknowledgements of those chunks, in batches."""
+    for batch in _batches(ids, 500):
+        chunk_ids = select(ChunkRow.id).where(ChunkRow.request_id.in_(batch))
+        await s.execute(delete(DeliveryRow).where(DeliveryRow.chunk_id.in_(chunk_ids)))
+        await s.execute(delete(ChunkRow).where(ChunkRow.request_id.in_(batch)))
+        await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
