@@ -16,6 +16,11 @@ and the skew under load and after it, against the targets in docs/performance.md
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
                                           [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
+                                          [--buffer auto|large]
+
+A page moves to a larger output buffer when its output keeps glitching (web/static/buffer.js), as
+listener 0 does in the stalls; each page's buffer is printed. `--buffer large` opens every page as a
+browser that moved before would: on the larger buffer from the start.
 """
 
 import argparse
@@ -57,6 +62,8 @@ from broadcaster.client import submit
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
+# What a browser that moved to the larger buffer remembers (web/static/buffer.js); ~90 ms on this rig.
+MOVED_BEFORE = 'localStorage.setItem("broadcaster.outputBuffer", JSON.stringify({extraMs: 90, atMs: Date.now()}));'
 
 
 @dataclass
@@ -139,6 +146,20 @@ def line(name: str, values: list[float]) -> str:
         f"{name:44s} p50 {percentile(values, 50):7.2f}  p95 {percentile(values, 95):7.2f}  "
         f"max {max(values):7.2f} ms  ({len(values)} stretches)"
     )
+
+
+def report_buffers(pages: list[dict], narrations: dict[str, Narration]) -> None:
+    """Each page's output buffer at the end, and in which narration it moved to the larger one."""
+    starts = [(n.chunks[0]["starts_at_ms"], name) for name, n in narrations.items()]
+    for i, page in enumerate(pages):
+        buffer = page["buffer"]
+        if buffer["hint"] == "playback":
+            print(f"page {i}: the browser's 'playback' output buffer throughout")
+            continue
+        moved = buffer.get("movedAtMs") or 0
+        during = [name for first, name in starts if first - 3000 <= moved]  # narrations follow one another
+        when = f"moved during the {during[-1]} narration" if during else "from the start, or before the narrations"
+        print(f"page {i}: the larger output buffer (+{buffer['extraMs']} ms), {when}")
 
 
 def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict]) -> None:
@@ -238,7 +259,7 @@ async def page_report(page) -> dict:
         "({glitches: window.broadcaster.output.glitchCount, crossfades: window.broadcaster.player.crossfades,"
         " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
         " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
-        " output_log: window.broadcaster.output.log,"
+        " output_log: window.broadcaster.output.log, buffer: window.broadcaster.outputBuffer,"
         " sync: window.broadcaster.stats.sync})"
     )
 
@@ -258,7 +279,13 @@ async def main(args: argparse.Namespace) -> None:
                 async_playwright() as pw,
                 aiohttp.ClientSession() as http,
             ):
-                listeners = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", args.chromium)
+                listeners = Listeners(
+                    pw,
+                    pulse,
+                    f"{server.base_url}/c/{server.channel}",
+                    args.chromium,
+                    init_script=MOVED_BEFORE if args.buffer == "large" else "",
+                )
                 for i in everyone[: args.listeners]:
                     await listeners.open(i)
                 recorder = pulse.recorder()
@@ -282,6 +309,9 @@ async def main(args: argparse.Namespace) -> None:
                     for name, narration in (("calm", calm), ("stalls", stalled), ("load", loaded))
                     if narration is not None
                 }
+                report_buffers(
+                    pages, {name: n for name, n in (("calm", calm), ("stalls", stalled), ("load", loaded)) if n}
+                )
                 report_calm(heard["calm"], late, pages)
                 report_stalls(heard["stalls"], recording, stalled, stalled_pages)
                 if loaded:
@@ -303,6 +333,9 @@ if __name__ == "__main__":
     parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")
     parser.add_argument("--settle-s", type=float, default=8, help="from the last page opened to the narration")
     parser.add_argument("--rig", choices=["pulseaudio", "pipewire"], default="pulseaudio")
+    parser.add_argument(
+        "--buffer", choices=["auto", "large"], default="auto", help="large: as browsers that moved before"
+    )
     parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
     parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))
     asyncio.run(main(parser.parse_args()))

@@ -178,8 +178,10 @@ class PipeWireServer(PulseServer):
 class Listeners:
     """Listener pages as people open them, each in its own Chromium playing into its own sink."""
 
-    def __init__(self, playwright, pulse: PulseServer, page_url: str, chromium: str):
+    def __init__(self, playwright, pulse: PulseServer, page_url: str, chromium: str, init_script: str = ""):
+        """`init_script`: run in each page before its own scripts (to set what a browser remembers)."""
         self.playwright, self.pulse, self.page_url, self.chromium = playwright, pulse, page_url, chromium
+        self.init_script = init_script
         self.pages: dict[int, object] = {}
         self.browsers: list = []
 
@@ -194,6 +196,8 @@ class Listeners:
         )
         self.browsers.append(browser)
         page = await browser.new_page(bypass_csp=True)
+        if self.init_script:
+            await page.add_init_script(self.init_script)
         await page.goto(self.page_url)
         await page.click("#tune")
         await page.wait_for_function(

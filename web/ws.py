@@ -343,9 +343,11 @@ async def _acknowledged_chunk(station, channel: str, chunk_id: str) -> Chunk:  #
 
 def _sync_report(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> None:
     """How well a page keeps in step since its last report: output glitches it noticed, crossfades it
-    made to get back on the timeline, and its error at the moment. Counted in /metrics; no reply.
-    One every SYNC_REPORT_MIN_MS at most, so that no socket can make the figures say what it likes."""
+    made to get back on the timeline, moves to a larger output buffer (optional: pages before it
+    did not send it), and its error at the moment. Counted in /metrics; no reply. One every
+    SYNC_REPORT_MIN_MS at most, so that no socket can make the figures say what it likes."""
     glitches, crossfades = (_whole(message, key, MAX_REPORTED) for key in ("glitches", "crossfades"))
+    buffer_moves = _whole({"buffer_moves": 0, **message}, "buffer_moves", 1)
     error_ms = message.get("error_ms")
     if isinstance(error_ms, bool) or not isinstance(error_ms, (int, float)) or not abs(error_ms) <= MAX_ERROR_MS:
         raise BadInput(
@@ -358,7 +360,7 @@ def _sync_report(message: dict[str, Any], listener: Listener, request: web.Reque
             SYNC_REPORT_MIN_MS // 1000,
         )
     listener.sync_reported_ms = now_ms
-    request.app[METRICS].listener_synced(glitches, crossfades, error_ms)
+    request.app[METRICS].listener_synced(glitches, crossfades, buffer_moves, error_ms)
     return None
 
 

@@ -143,6 +143,12 @@ class Telemetry:
             "that stepped), as they report them.",
             registry=r,
         )
+        self.buffer_moves = Counter(
+            "broadcaster_listener_buffer_moves",
+            "Listener pages that moved to a larger audio output buffer because their output kept glitching "
+            "(more output latency, fewer underruns), as they report them.",
+            registry=r,
+        )
         self.sync_error = Histogram(
             "broadcaster_listener_sync_error_seconds",
             "How far from the timeline listener pages play, as they report it every few seconds.",
@@ -348,9 +354,10 @@ class Telemetry:
     def listener_needed(self, need_ms: int) -> None:
         self.listener_ready.observe(need_ms / 1000)
 
-    def listener_synced(self, glitches: int, crossfades: int, error_ms: float) -> None:
+    def listener_synced(self, glitches: int, crossfades: int, buffer_moves: int, error_ms: float) -> None:
         self.output_glitches.inc(glitches)
         self.resyncs.inc(crossfades)
+        self.buffer_moves.inc(buffer_moves)
         self.sync_error.observe(abs(error_ms) / 1000)
 
     def gc_paused(self, generation: int, seconds: float) -> None:

@@ -53,12 +53,7 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     detected = [at_s for shown in listeners.pages.values() for at_s in await glitches_s(shown)]
 
     chunks = [first, second] + [m for m in observer.messages if m["type"] == "audio_chunk_ready"][2:]
-    heard = {0: [], 1: []}
-    async with aiohttp.ClientSession() as http:
-        for chunk in chunks:
-            audio = await chunk_audio(http, server.base_url, chunk["chunk_id"])
-            for listener in heard:
-                heard[listener] += follow(recording, listener, chunk["chunk_id"], audio, chunk["starts_at_ms"])
+    heard = await heard_in(recording, server, chunks)
 
     calm = {
         i: [h for h in found if not began - 0.2 <= h.heard_s <= resumed + 1.0 and not near_glitch(h.heard_s, detected)]
@@ -79,6 +74,17 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     assert not clicks(recording, 1), "the other listener's output was disturbed"
 
 
+async def heard_in(recording, server, chunks: list[dict]) -> dict[int, list]:
+    """Every stretch of these chunks found in the two listeners' recorded output."""
+    heard = {0: [], 1: []}
+    async with aiohttp.ClientSession() as http:
+        for chunk in chunks:
+            audio = await chunk_audio(http, server.base_url, chunk["chunk_id"])
+            for listener in heard:
+                heard[listener] += follow(recording, listener, chunk["chunk_id"], audio, chunk["starts_at_ms"])
+    return heard
+
+
 RECENT_GLITCHES = "window.broadcaster.output.glitches.filter((g) => g.atLocalMs >= Date.now() - 10000).length"
 
 
@@ -97,3 +103,77 @@ async def test_a_page_whose_output_keeps_stalling_says_so_in_words_until_it_is_s
     if await other.evaluate(RECENT_GLITCHES) < 3:  # the other page's own output was steady meanwhile
         assert await other.is_hidden("#output-warning")
     await stalled.wait_for_selector("#output-warning", state="hidden", timeout=30_000)
+
+
+# Every audio_played the page sends, with the lateness it reports, kept for the test to read.
+COUNT_ACKS = """() => {
+  const page = window.broadcaster, send = page.socket.send.bind(page.socket);
+  page.acks = [];
+  page.socket.send = (m) => {
+    if (m.type === "audio_played") {
+      const chunk = page.chunks.get(m.chunk_id);
+      const heard = chunk && chunk.readyLocalMs !== undefined ? Math.round(page.socket.clock.serverMs(chunk.readyLocalMs)) : null;
+      page.acks.push({ chunk_id: m.chunk_id, extra_ms: m.ready_at_ms === undefined || heard === null ? null : m.ready_at_ms - heard });
+    }
+    return send(m);
+  };
+}"""
+
+
+async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_sentence_in_step(
+    server, connect, pulse, listeners
+):
+    """Three stalls within a few seconds while a narration plays: that page moves to a larger output
+    buffer on a new AudioContext, handing what sounds over with a crossfade at one moment (no cut, no
+    sentence skipped or acknowledged twice), then plays in step with the other listener; it reports
+    the extra output latency in its acknowledgements, and the browser starts there next time."""
+    observer = await connect()
+    await observer.next("snapshot")
+    recorder = await listeners.open_recorded([0, 1])
+    for page in listeners.pages.values():
+        await page.evaluate(COUNT_ACKS)
+    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    first = await observer.next("audio_chunk_ready")
+    await asyncio.sleep(max(0.0, first["starts_at_ms"] / 1000 + 1.0 - time.time()))
+    # the page to stall: one still on the small buffer (on a busy machine a page may have moved by itself)
+    hints = {i: await page.evaluate("window.broadcaster.outputBuffer.hint") for i, page in listeners.pages.items()}
+    stalling = next(i for i, hint in hints.items() if hint == "playback")
+    moving = listeners.pages[stalling]
+    stalled = []
+    for _ in range(3):
+        stalled.append(await pulse.stall(stalling, 150))
+        await asyncio.sleep(0.6)
+    await moving.wait_for_function("window.broadcaster.outputBuffer.hint === 0.05", timeout=10_000)
+    moved = await moving.evaluate("window.broadcaster.outputBuffer")
+    await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
+    recording = recorder.stop(pulse.mix_latency_s())
+    handover_s = moved["movedAtMs"] / 1000
+    assert stalled[0][0] < handover_s < stalled[2][1] + 4, "the move did not follow the stalls"
+
+    chunks = [m for m in observer.messages if m["type"] == "audio_chunk_ready"]
+    assert chunks[-1]["starts_at_ms"] / 1000 > handover_s + 5, "the narration ended too soon after the move"
+    heard = await heard_in(recording, server, chunks)
+    detected = [at_s for shown in listeners.pages.values() for at_s in await glitches_s(shown)]
+    after = {
+        i: [h for h in found if h.heard_s > handover_s + 0.5 and not near_glitch(h.heard_s, detected)]
+        for i, found in heard.items()
+    }
+    skews = skews_ms(after)
+    assert len(skews) > 100, "too little of the narration after the move was found in the recording"
+    assert percentile(skews, 95) < 5, f"apart by {percentile(skews, 95):.1f} ms (p95) on the larger buffer"
+    cuts = [t for t in clicks(recording, stalling) if handover_s < t <= handover_s + 1.0]
+    assert not cuts, "the handover cut the audio instead of crossfading"
+
+    acks = await moving.evaluate("window.broadcaster.acks")
+    acked = [a["chunk_id"] for a in acks]
+    assert sorted(acked) == sorted({c["chunk_id"] for c in chunks}), "a sentence was skipped or acknowledged twice"
+    assert 20 <= moved["extraMs"] <= 300, f"an extra output latency of {moved['extraMs']} ms is not a larger buffer"
+    late = [a["extra_ms"] for a in acks[-2:]]  # sentences announced live, acknowledged after the move
+    assert late == [moved["extraMs"]] * 2, f"ready_at_ms not later by the extra latency: {late}"
+
+    await moving.reload()
+    await moving.click("#tune")
+    await moving.wait_for_function("window.broadcaster.output?.ready", timeout=20_000)
+    again = await moving.evaluate("window.broadcaster.outputBuffer")
+    assert again["hint"] == 0.05 and again["extraMs"] == moved["extraMs"], "the browser forgot the larger buffer"
+    assert "larger audio buffer" in await moving.text_content("#sync")

@@ -473,6 +473,11 @@ BAD_FRAMES = {
         "bad_request",
         "glitches",
     ),
+    "sync_report buffer moves past one": (
+        '{"type": "sync_report", "glitches": 0, "crossfades": 0, "buffer_moves": 2, "error_ms": 1}',
+        "bad_request",
+        "buffer_moves",
+    ),
     "sync_report error a string": (
         '{"type": "sync_report", "glitches": 0, "crossfades": 0, "error_ms": "1"}',
         "bad_request",

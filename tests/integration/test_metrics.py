@@ -202,11 +202,12 @@ async def test_exposition_passes_promtool(server, connect):
 async def test_listener_sync_reports_are_counted_and_answer_nothing(server, connect):
     """What pages report of keeping in step (glitches, crossfades since the last report, their error) adds
     up in /metrics; the report gets no reply, and the next time_sync answer is the next message."""
-    for glitches, crossfades, error_ms in ((2, 1, 0.4), (1, 1, -30.0)):  # two pages
+    pages = ((2, 1, {"buffer_moves": 1}, 0.4), (1, 1, {}, -30.0))  # the second page's is one from before buffer_moves
+    for glitches, crossfades, moved, error_ms in pages:
         listener = await connect()
         await listener.next("snapshot")
         await listener.send(
-            {"type": "sync_report", "glitches": glitches, "crossfades": crossfades, "error_ms": error_ms}
+            {"type": "sync_report", "glitches": glitches, "crossfades": crossfades, **moved, "error_ms": error_ms}
         )
         await listener.send({"type": "time_sync", "t0": 7})
         reply = await listener.next("time_sync")
@@ -219,5 +220,6 @@ async def test_listener_sync_reports_are_counted_and_answer_nothing(server, conn
     found = await scrape(server)
     assert found.value("broadcaster_listener_output_glitches_total") == 3
     assert found.value("broadcaster_listener_resyncs_total") == 2
+    assert found.value("broadcaster_listener_buffer_moves_total") == 1
     assert found.value("broadcaster_listener_sync_error_seconds_count") == 2
     assert dict(found.buckets("broadcaster_listener_sync_error_seconds"))[0.001] == 1  # 0.4 ms; 30 ms is above

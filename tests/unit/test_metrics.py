@@ -110,6 +110,7 @@ EXPORTED = {
     "broadcaster_listener_ready_seconds": ("histogram", set()),
     "broadcaster_listener_output_glitches_total": ("counter", set()),
     "broadcaster_listener_resyncs_total": ("counter", set()),
+    "broadcaster_listener_buffer_moves_total": ("counter", set()),
     "broadcaster_listener_sync_error_seconds": ("histogram", set()),
     "broadcaster_lead_seconds": ("gauge", {"channel"}),
     "broadcaster_broadcast_seconds": ("histogram", set()),

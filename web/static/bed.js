@@ -180,13 +180,12 @@ export class BedLayer {
     for (const chunk of this.playing.values()) this.player.cut(chunk, t);
   }
 
-  close() {
-    for (const chunk of this.playing.values()) this.player.stop(chunk);
+  // Over, or handed over to a layer on another AudioContext that takes it up at context time `at`:
+  // what plays fades out from then.
+  close(at = this.ctx.currentTime) {
+    for (const chunk of this.playing.values()) this.player.release(chunk, at);
     this.playing.clear();
-    const t = this.ctx.currentTime + 0.02;
-    this.level.gain.cancelScheduledValues(0);
-    this.level.gain.setTargetAtTime(0, this.ctx.currentTime, 0.005);
-    setTimeout(() => { this.duck.disconnect(); }, Math.max(0, (t - this.ctx.currentTime) * 1000) + 100);
+    setTimeout(() => { this.duck.disconnect(); }, Math.max(0, (at - this.ctx.currentTime) * 1000) + 200);
   }
 }
 

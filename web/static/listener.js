@@ -8,6 +8,7 @@
 // crossfade. <audio>.currentTime is never used for sync.
 
 import { BedLayer, automate, duckEnvelope, gainAt, levelAt } from "./bed.js";
+import { LARGE_S, SMALL, rememberLarge, rememberedLarge, storming } from "./buffer.js";
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
 import { Player, soundsFrom } from "./player.js";
@@ -22,6 +23,10 @@ const REPORT_MS = 10000;      // how often the page tells the server how well it
 // (docs/performance.md, "Sync at the speaker").
 const STRUGGLING_GLITCHES = 4;
 const STRUGGLING_MS = 10000;
+// A page moving to a larger output buffer (buffer.js) plays on until the new AudioContext's output
+// has been read this long (its first moments are unsteady), then hands over HANDOVER_AHEAD_S ahead.
+const HANDOVER_AFTER_MS = 2000;
+const HANDOVER_AHEAD_S = 0.1;
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
@@ -34,6 +39,9 @@ const state = {
   // [local ms, clock offset ms, clock drift ppm, speaker clock ppm, error ms]
   stats: { scheduled: [], sync: [] },
   output: null, player: null,
+  outputBuffer: null, // { hint, extraMs, movedAtMs }: the AudioContext's latencyHint and what it costs
+  next: null, // the AudioContext being opened to move to the larger buffer
+  bufferMoves: 0,
   pausedAtMs: null, // server ms the channel stopped at (or will stop at, a lead from the pause), while paused
   beds: new Map(), // bed_id -> BedLayer: the bed playing and those fading out
   bedBuffers: new Map(), // chunk_id -> Promise<AudioBuffer> of bed segments
@@ -66,33 +74,97 @@ for (const layer of ["voice", "music"]) {
 $("mute").addEventListener("click", () => { $("mute").setAttribute("aria-pressed", String($("mute").getAttribute("aria-pressed") !== "true")); applyVolume(); });
 
 async function tuneIn() {
-  state.ctx = new AudioContext({ latencyHint: "playback" });
-  state.gain = state.ctx.createGain(); // mute
-  state.gain.connect(state.ctx.destination);
-  state.voiceGain = state.ctx.createGain();
-  state.voiceGain.connect(state.gain);
-  state.musicGain = state.ctx.createGain();
-  state.musicGain.connect(state.gain);
-  state.trackDuck = state.ctx.createGain();
-  state.trackDuck.connect(state.musicGain);
-  applyVolume();
+  const remembered = rememberedLarge();
+  const audio = openAudio(remembered ? LARGE_S : SMALL);
+  useAudio(audio);
+  state.outputBuffer = { hint: audio.hint, extraMs: remembered ? remembered.extraMs : 0, movedAtMs: remembered?.atMs };
   await state.ctx.resume();
-  state.output = new OutputClock(state.ctx);
-  state.player = new Player(state.ctx, state.voiceGain, timeline);
-  state.output.onGlitch = () => { // the output moved: gains laid out by the old mapping are laid out again
-    for (const layer of state.beds.values()) layer.relayOut();
-    state.trackDuckLaidOut = -Infinity;
-    keepInStep();
-    report();
-  };
   if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
   $("tune").hidden = true;
   $("player").hidden = false;
   socket.start();
-  setInterval(() => { state.output.read(); keepInStep(); }, TICK_MS);
+  setInterval(() => { state.output.read(); settleNext(); keepInStep(); }, TICK_MS);
   setInterval(forgetOld, 1000);
   setInterval(showSync, 500);
   setInterval(report, REPORT_MS);
+}
+
+// An AudioContext and the gains every layer plays through, with the clock of its output.
+function openAudio(hint) {
+  const ctx = new AudioContext({ latencyHint: hint });
+  const gain = ctx.createGain(); // mute
+  gain.connect(ctx.destination);
+  const voiceGain = ctx.createGain(), musicGain = ctx.createGain(), trackDuck = ctx.createGain();
+  voiceGain.connect(gain);
+  musicGain.connect(gain);
+  trackDuck.connect(musicGain);
+  return { hint, ctx, gain, voiceGain, musicGain, trackDuck, output: new OutputClock(ctx) };
+}
+
+function useAudio(audio) {
+  const { ctx, gain, voiceGain, musicGain, trackDuck, output } = audio;
+  Object.assign(state, { ctx, gain, voiceGain, musicGain, trackDuck, output });
+  state.player = new Player(ctx, voiceGain, timeline);
+  output.onGlitch = onGlitch;
+  applyVolume();
+}
+
+// The output moved: gains laid out by the old mapping are laid out again, and an output that keeps
+// glitching gets a larger buffer.
+function onGlitch() {
+  for (const layer of state.beds.values()) layer.relayOut();
+  state.trackDuckLaidOut = -Infinity;
+  keepInStep();
+  report();
+  if (state.outputBuffer.hint === SMALL && !state.next && storming(state.output.glitches)) {
+    state.next = openAudio(LARGE_S);
+    state.next.ctx.resume();
+  }
+}
+
+// ---- moving to a larger output buffer -----------------------------------------------------
+
+// Every tick while a new AudioContext opens: read its output, and once that is steady hand over.
+function settleNext() {
+  const next = state.next;
+  if (!next) return;
+  next.output.read();
+  if (next.output.ready && next.output.span() >= HANDOVER_AFTER_MS && ready()) handOver(next);
+}
+
+// Everything plays on from the new context: what sounds now fades out on the old one as it fades in
+// on the new, at the same moment heard (HANDOVER_AHEAD_S ahead, by the new output's clock); then
+// the old context closes. Decoded buffers carry over; nothing is acknowledged twice or skipped.
+function handOver(next) {
+  const old = { ctx: state.ctx, output: state.output, player: state.player };
+  const local = nowMs();
+  const extraMs = Math.max(0, Math.round(renderAheadMs(next, local) - renderAheadMs(old, local)));
+  const startNew = next.ctx.currentTime + HANDOVER_AHEAD_S;
+  const stopOld = old.output.ctxAt(next.output.localAt(startNew));
+  for (const chunk of state.chunks.values()) { if (chunk.voice) { old.player.release(chunk, stopOld); chunk.handedOver = true; } }
+  for (const layer of state.beds.values()) layer.close(stopOld);
+  state.beds.clear();
+  next.output.glitches = [...old.output.glitches, ...next.output.glitches];
+  next.output.glitchCount += old.output.glitchCount;
+  useAudio(next);
+  state.next = null;
+  state.player.crossfades = old.player.crossfades;
+  state.player.notBefore = startNew;
+  state.outputBuffer = { hint: next.hint, extraMs, movedAtMs: local };
+  state.bufferMoves += 1;
+  rememberLarge(extraMs, local);
+  for (const chunk of state.chunks.values()) if (chunk.destination) chunk.destination = state.trackDuck;
+  state.trackDuckLaidOut = -Infinity;
+  if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
+  for (const layer of state.beds.values()) layer.player.notBefore = startNew;
+  keepInStep();
+  report();
+  setTimeout(() => old.ctx.close(), 1000);
+}
+
+// How far ahead of what is heard an AudioContext renders (ms): its output latency, by its own clock.
+function renderAheadMs(audio, local) {
+  return (audio.ctx.currentTime - audio.output.ctxAt(local)) * 1000;
 }
 
 function applyVolume() {
@@ -227,10 +299,14 @@ function schedule(chunk) {
   chunk.onEnded = () => {
     chunk.done = true;
     const ack = { type: "audio_played", chunk_id: chunk.chunk_id };
-    if (chunk.readyLocalMs !== undefined) ack.ready_at_ms = Math.round(socket.clock.serverMs(chunk.readyLocalMs));
+    // ready to be heard: a larger output buffer (buffer.js) delays what is heard by its extra latency
+    if (chunk.readyLocalMs !== undefined) ack.ready_at_ms = Math.round(socket.clock.serverMs(chunk.readyLocalMs) + state.outputBuffer.extraMs);
     socket.send(ack);
   };
-  if (!state.player.play(chunk)) { chunk.done = true; return; } // already over: a late joiner skips it
+  if (!state.player.play(chunk)) { // already over: a late joiner skips it; a handover played it out
+    if (chunk.handedOver) chunk.onEnded(); else chunk.done = true;
+    return;
+  }
   if (state.pausedAtMs !== null) state.player.cut(chunk, timeline.ctxAt(state.pausedAtMs)); // spans the pause
   const voice = chunk.voice;
   if (!voice) return;
@@ -387,18 +463,27 @@ function forgetOld() {
   if (state.stats.scheduled.length > 500) state.stats.scheduled.splice(0, 250);
 }
 
-// How well this page keeps in step, for the server's metrics: the output glitches it noticed and the
-// crossfades that put it back (after a glitch, or a clock estimate that stepped) since its last
-// report, and its error now.
-const reported = { glitches: 0, crossfades: 0 };
+// How well this page keeps in step, for the server's metrics: the output glitches it noticed, the
+// crossfades that put it back (after a glitch, or a clock estimate that stepped) and its moves to a
+// larger output buffer since its last report, and its error now. Sent every REPORT_MS and after a
+// glitch, but never sooner than REPORT_MIN_MS after the last one: the server refuses those, and
+// what they counted would be lost.
+const REPORT_MIN_MS = 5500; // the server takes one every 5 s (web/ws.py)
+const reported = { glitches: 0, crossfades: 0, bufferMoves: 0, atMs: -Infinity, timer: null };
 function report() {
   if (!state.output || !state.output.ready || !socket.live) return;
-  const glitches = state.output.glitchCount, crossfades = state.player.crossfades;
+  const wait = reported.atMs + REPORT_MIN_MS - nowMs();
+  if (wait > 0) {
+    if (!reported.timer) reported.timer = setTimeout(() => { reported.timer = null; report(); }, wait);
+    return;
+  }
+  const glitches = state.output.glitchCount, crossfades = state.player.crossfades, bufferMoves = state.bufferMoves;
   socket.send({
     type: "sync_report", glitches: glitches - reported.glitches, crossfades: crossfades - reported.crossfades,
+    buffer_moves: bufferMoves - reported.bufferMoves,
     error_ms: Math.round(Math.max(-60000, Math.min(60000, state.player.errorMs)) * 100) / 100,
   });
-  Object.assign(reported, { glitches, crossfades });
+  Object.assign(reported, { glitches, crossfades, bufferMoves, atMs: nowMs() });
 }
 
 // ---- display ----------------------------------------------------------------------------
@@ -431,6 +516,8 @@ function showSync() {
     parts.push(`${glitches} output glitch${glitches > 1 ? "es" : ""} (last ${Math.abs(last.shiftMs).toFixed(0)} ms, ` +
       `${new Date(last.atLocalMs).toLocaleTimeString()}); ${fixes} crossfade${fixes === 1 ? "" : "s"} back in step`);
   }
+  if (state.next) parts.push("moving to a larger audio buffer…");
+  else if (state.outputBuffer.hint !== SMALL) parts.push(`larger audio buffer (+${state.outputBuffer.extraMs} ms)`);
   $("sync").textContent = parts.join(" · ");
   showStruggling(output);
 }
@@ -443,7 +530,8 @@ function showStruggling(output) {
   if (!warning.hidden) {
     warning.textContent = `This device's audio keeps falling behind (${recent} glitches in the last ` +
       `${STRUGGLING_MS / 1000} s), so what you hear may be tens of milliseconds off the others. A busy computer ` +
-      "is the usual cause: close other programs or tabs, or turn off battery saving.";
+      "is the usual cause: close other programs or tabs, or turn off battery saving." +
+      (state.outputBuffer.hint === SMALL ? "" : " This page already plays with a larger audio buffer.");
   }
 }
 

@@ -41,6 +41,7 @@ export class Player {
     this.errorMs = 0; // the playing chunk's error at the last tick (positive: ahead of the timeline)
     this.trace = []; // [local ms, error ms, chunk id] of recent ticks, for a closer look (bench/sync_output.py)
     this.ticks = []; // [local ms] of recent ticks: how late the page's timers run
+    this.notBefore = 0; // context time no start is scheduled before (a handover from another context)
   }
 
   // How far ahead to schedule a start now.
@@ -55,7 +56,7 @@ export class Player {
   play(chunk) {
     this.stop(chunk);
     const ctx = this.ctx, tl = this.timeline;
-    const earliest = ctx.currentTime + this.startMargin();
+    const earliest = Math.max(ctx.currentTime + this.startMargin(), this.notBefore);
     const from = soundsFrom(chunk);
     const when = tl.ctxAt(from);
     const at = Math.max(when, earliest);
@@ -74,10 +75,19 @@ export class Player {
     voice.source.onended = null;
     const fadeFrom = Math.max(this.ctx.currentTime, t - FADE_S);
     if (voice.segments[0].t >= t || fadeFrom >= t) { try { voice.source.stop(); } catch (_) { /* never started */ } return; }
-    voice.gain.gain.cancelScheduledValues(fadeFrom);
-    voice.gain.gain.setValueAtTime(1, fadeFrom);
-    voice.gain.gain.linearRampToValueAtTime(0, t);
-    voice.source.stop(t);
+    fadeOut(voice, fadeFrom, t);
+  }
+
+  // Handed over to a player on another AudioContext: the chunk's audio fades out over FADE_S from
+  // context time t (when the other starts it) and stops. Its end is not acknowledged here.
+  release(chunk, t) {
+    const voice = chunk.voice;
+    if (!voice) return;
+    chunk.voice = null;
+    voice.source.onended = null;
+    t = Math.max(t, this.ctx.currentTime + MARGIN_S);
+    if (voice.segments[0].t >= t) { try { voice.source.stop(); } catch (_) { /* never started */ } return; }
+    fadeOut(voice, t, t + FADE_S);
   }
 
   stop(chunk) {
@@ -116,9 +126,7 @@ export class Player {
     const t = this.ctx.currentTime + this.startMargin();
     const due = (this.timeline.serverAt(t) - chunk.starts_at_ms) / 1000;
     const old = chunk.voice;
-    old.gain.gain.setValueAtTime(1, t);
-    old.gain.gain.linearRampToValueAtTime(0, t + FADE_S);
-    old.source.stop(t + FADE_S);
+    fadeOut(old, t, t + FADE_S);
     old.fading = true;
     if (due < chunk.buffer.duration) { // else it fades out and ends (and is acknowledged) there
       old.source.onended = null;
@@ -160,6 +168,13 @@ export class Player {
     this.corrections.push(correction);
     if (this.corrections.length > CORRECTIONS_KEPT) this.corrections.shift();
   }
+}
+
+function fadeOut(voice, from, to) {
+  voice.gain.gain.cancelScheduledValues(from);
+  voice.gain.gain.setValueAtTime(1, from);
+  voice.gain.gain.linearRampToValueAtTime(0, to);
+  voice.source.stop(to);
 }
 
 // When a chunk is heard (again) from, in server ms: its start, or after a pause that cut it, the resume.
