@@ -576,9 +576,19 @@ def near_glitch(at_s: float, glitches_s: list[float]) -> bool:
     return any(-0.5 <= at_s - g <= GLITCH_SHADOW_S for g in glitches_s)
 
 
+# A page that moved to a larger output buffer (web/static/buffer.js) plays on a new output, whose first
+# seconds are unsteady as a page's first seconds are (docs/performance.md): this long after the move.
+MOVED_UNSTEADY_S = 6.0
+
+
 async def glitches_s(page) -> list[float]:
-    """When the page detected output glitches of its own (wall clock, s)."""
-    return await page.evaluate("window.broadcaster.output.glitches.map((g) => g.atLocalMs / 1000)")
+    """When the page detected output glitches of its own (wall clock, s); for a page that moved to a
+    larger output buffer, also marks that put its new output's first MOVED_UNSTEADY_S in their shadow."""
+    found = await page.evaluate("window.broadcaster.output.glitches.map((g) => g.atLocalMs / 1000)")
+    moved_ms = await page.evaluate("window.broadcaster.bufferMoves ? window.broadcaster.outputBuffer.movedAtMs : null")
+    if moved_ms is not None:
+        found += [moved_ms / 1000, moved_ms / 1000 + MOVED_UNSTEADY_S - GLITCH_SHADOW_S]
+    return found
 
 
 async def steady_pages(pages: dict[int, object], speech: list[tuple[int, int]]) -> list[int]:

@@ -101,3 +101,49 @@ async def test_a_small_error_is_taken_out_smoothly_without_overshoot(render):
     assert np.abs(np.diff(error_ms)).max() < 0.01, "the correction jumped instead of gliding"
     assert error_ms[-1] > -1.5, "still behind after 1.8 s of correction"
     assert error_ms.max() < 0.5, "the correction overshot"
+
+
+HANDOVER = """
+async ({ rate, totalS, handoverS }) => {
+  const { Player } = await import("/static/player.js");
+  const ctx = new OfflineAudioContext(2, Math.round(rate * totalS), rate);
+  const merger = ctx.createChannelMerger(2);
+  merger.connect(ctx.destination);
+  const [left, right] = [ctx.createGain(), ctx.createGain()];
+  left.connect(merger, 0, 0);
+  right.connect(merger, 0, 1);
+  const buffer = ctx.createBuffer(1, Math.round(rate * 1.5), rate);
+  const ramp = buffer.getChannelData(0);
+  for (let i = 0; i < ramp.length; i++) ramp[i] = i / ramp.length;
+  const timeline = { ctxAt: (serverMs) => serverMs / 1000, serverAt: (when) => when * 1000, rate: () => 1 };
+  const [old, next] = [new Player(ctx, left, timeline), new Player(ctx, right, timeline)];
+  const chunk = { chunk_id: "c", buffer, starts_at_ms: 200, ended: 0 };
+  chunk.onEnded = () => { chunk.ended += 1; };
+  old.play(chunk);
+  ctx.suspend(0.8).then(() => {  // as the page hands over to another context: the same moment on both
+    old.release(chunk, handoverS);
+    next.notBefore = handoverS;
+    next.play(chunk);
+    ctx.resume();
+  });
+  const out = await ctx.startRendering();
+  return { old: Array.from(out.getChannelData(0)), next: Array.from(out.getChannelData(1)), ended: chunk.ended };
+}
+"""
+
+
+async def test_a_chunk_handed_over_to_another_player_crossfades_at_one_moment_and_ends_once(browser, server):
+    """What the page does when it moves to a larger output buffer (web/static/listener.js, handOver): the
+    old player releases the chunk at a moment, the new one starts it there at the same place, and the
+    two fade across in 10 ms, so the sum is the chunk where the timeline puts it throughout."""
+    page = await browser.new_page(bypass_csp=True)
+    await page.goto(f"{server.base_url}/c/{server.channel}")
+    out = await page.evaluate(HANDOVER, {"rate": RATE, "totalS": TOTAL_S, "handoverS": 0.9})
+    await page.close()
+    old, new = np.array(out["old"]), np.array(out["next"])
+    assert not between(old, 0.912, 2.4).any(), "the old player still sounds after the handover"
+    assert not between(new, 0.0, 0.9).any(), "the new player sounded before the handover"
+    assert between(new, 0.912, 1.69).all(), "the new player does not play the rest of the chunk"
+    both = {"samples": old + new}
+    assert np.abs(off_ms(both, 0.21, 1.69, 0.2, 1.5, 0)).max() < 0.2, "the handover moved the chunk off the timeline"
+    assert out["ended"] == 1, "the chunk's end was reported other than once"

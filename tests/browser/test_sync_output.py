@@ -13,6 +13,7 @@ import time
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from speakers import (
     SPEAKER_CONFIG,
     chunk_audio,
@@ -74,6 +75,19 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     assert not clicks(recording, 1), "the other listener's output was disturbed"
 
 
+async def output_glitches_s(page) -> list[float]:
+    """Only the output glitches the page detected (wall clock, s), not its move (glitches_s)."""
+    return await page.evaluate("window.broadcaster.output.glitches.map((g) => g.atLocalMs / 1000)")
+
+
+async def listener_counter(server, name: str) -> float:
+    """broadcaster_listener_{name}_total in the server's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(server.base_url + "/metrics") as resp:
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return families[f"broadcaster_listener_{name}"].samples[0].value
+
+
 async def heard_in(recording, server, chunks: list[dict]) -> dict[int, list]:
     """Every stretch of these chunks found in the two listeners' recorded output."""
     heard = {0: [], 1: []}
@@ -105,6 +119,11 @@ async def test_a_page_whose_output_keeps_stalling_says_so_in_words_until_it_is_s
     await stalled.wait_for_selector("#output-warning", state="hidden", timeout=30_000)
 
 
+AND_THEN = (
+    " The fog parts, and a ship with black sails glides into the harbour. Its lanterns are red, and nobody"
+    " stands at its helm."
+)
+
 # Every audio_played the page sends, with the lateness it reports, kept for the test to read.
 COUNT_ACKS = """() => {
   const page = window.broadcaster, send = page.socket.send.bind(page.socket);
@@ -125,14 +144,14 @@ async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_
 ):
     """Three stalls within a few seconds while a narration plays: that page moves to a larger output
     buffer on a new AudioContext, handing what sounds over with a crossfade at one moment (no cut, no
-    sentence skipped or acknowledged twice), then plays in step with the other listener; it reports
-    the extra output latency in its acknowledgements, and the browser starts there next time."""
+    sentence skipped or acknowledged twice), then plays on the timeline; it reports the extra output
+    latency in its acknowledgements and the move in /metrics, and the browser starts there next time."""
     observer = await connect()
     await observer.next("snapshot")
     recorder = await listeners.open_recorded([0, 1])
     for page in listeners.pages.values():
         await page.evaluate(COUNT_ACKS)
-    request_id = (await (await server.say(NARRATION)).json())["request_id"]
+    request_id = (await (await server.say(NARRATION + AND_THEN)).json())["request_id"]
     first = await observer.next("audio_chunk_ready")
     await asyncio.sleep(max(0.0, first["starts_at_ms"] / 1000 + 1.0 - time.time()))
     # the page to stall: one still on the small buffer (on a busy machine a page may have moved by itself)
@@ -148,19 +167,18 @@ async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_
     await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
     recording = recorder.stop(pulse.mix_latency_s())
     handover_s = moved["movedAtMs"] / 1000
-    assert stalled[0][0] < handover_s < stalled[2][1] + 4, "the move did not follow the stalls"
+    assert stalled[0][0] < handover_s < stalled[2][1] + 7, "the move did not follow the stalls"
 
     chunks = [m for m in observer.messages if m["type"] == "audio_chunk_ready"]
     assert chunks[-1]["starts_at_ms"] / 1000 > handover_s + 5, "the narration ended too soon after the move"
     heard = await heard_in(recording, server, chunks)
-    detected = [at_s for shown in listeners.pages.values() for at_s in await glitches_s(shown)]
-    after = {
-        i: [h for h in found if h.heard_s > handover_s + 0.5 and not near_glitch(h.heard_s, detected)]
-        for i, found in heard.items()
-    }
-    skews = skews_ms(after)
-    assert len(skews) > 100, "too little of the narration after the move was found in the recording"
-    assert percentile(skews, 95) < 5, f"apart by {percentile(skews, 95):.1f} ms (p95) on the larger buffer"
+    # Judged against the timeline, not against the other page: that one, on the small buffer, may be
+    # in an underrun storm of its own on a busy machine, tens of ms off without knowing it.
+    detected = await output_glitches_s(moving)
+    after = [h for h in heard[stalling] if h.heard_s > handover_s + 0.5 and not near_glitch(h.heard_s, detected)]
+    errors = [abs(h.error_ms) for h in after]
+    assert len(errors) > 100, "too little of the narration after the move was found in the recording"
+    assert percentile(errors, 95) < 5, f"{percentile(errors, 95):.1f} ms off the timeline (p95) on the larger buffer"
     cuts = [t for t in clicks(recording, stalling) if handover_s < t <= handover_s + 1.0]
     assert not cuts, "the handover cut the audio instead of crossfading"
 
@@ -170,6 +188,15 @@ async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_
     assert 20 <= moved["extraMs"] <= 300, f"an extra output latency of {moved['extraMs']} ms is not a larger buffer"
     late = [a["extra_ms"] for a in acks[-2:]]  # sentences announced live, acknowledged after the move
     assert late == [moved["extraMs"]] * 2, f"ready_at_ms not later by the extra latency: {late}"
+
+    # what the page counted reached the server, none of it lost to the server's one-report-per-5-s rule
+    wanted = {"output_glitches": 3, "buffer_moves": 1}
+    for _ in range(30):
+        if all([await listener_counter(server, name) >= least for name, least in wanted.items()]):
+            break
+        await asyncio.sleep(0.5)
+    assert await listener_counter(server, "output_glitches") >= 3, "glitches the page counted did not reach /metrics"
+    assert await listener_counter(server, "buffer_moves") >= 1  # the other page may have moved by itself
 
     await moving.reload()
     await moving.click("#tune")

@@ -24,9 +24,15 @@ const REPORT_MS = 10000;      // how often the page tells the server how well it
 const STRUGGLING_GLITCHES = 4;
 const STRUGGLING_MS = 10000;
 // A page moving to a larger output buffer (buffer.js) plays on until the new AudioContext's output
-// has been read this long (its first moments are unsteady), then hands over HANDOVER_AHEAD_S ahead.
-const HANDOVER_AFTER_MS = 2000;
+// has been read this long, then hands over HANDOVER_AHEAD_S ahead. A new output's first seconds are
+// unsteady: heard, it jumps by ~10 ms for most of a second at a time, and its timestamps do not show
+// it (recorded at the speaker; docs/performance.md).
+const HANDOVER_AFTER_MS = 5000;
 const HANDOVER_AHEAD_S = 0.1;
+// A new output that does not keep steady this long is given up (the old one plays on), and the page
+// tries again no sooner than RETRY_MOVE_MS later.
+const GIVE_UP_MOVE_MS = 20000;
+const RETRY_MOVE_MS = 60000;
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
@@ -42,6 +48,7 @@ const state = {
   outputBuffer: null, // { hint, extraMs, movedAtMs }: the AudioContext's latencyHint and what it costs
   next: null, // the AudioContext being opened to move to the larger buffer
   bufferMoves: 0,
+  moveGivenUpAtMs: null, // a new output that never kept steady was given up then
   pausedAtMs: null, // server ms the channel stopped at (or will stop at, a lead from the pause), while paused
   beds: new Map(), // bed_id -> BedLayer: the bed playing and those fading out
   bedBuffers: new Map(), // chunk_id -> Promise<AudioBuffer> of bed segments
@@ -116,8 +123,9 @@ function onGlitch() {
   state.trackDuckLaidOut = -Infinity;
   keepInStep();
   report();
-  if (state.outputBuffer.hint === SMALL && !state.next && storming(state.output.glitches)) {
-    state.next = openAudio(LARGE_S);
+  const retry = nowMs() - (state.moveGivenUpAtMs ?? -Infinity) >= RETRY_MOVE_MS;
+  if (state.outputBuffer.hint === SMALL && !state.next && retry && storming(state.output.glitches)) {
+    state.next = { ...openAudio(LARGE_S), openedAtMs: nowMs() };
     state.next.ctx.resume();
   }
 }
@@ -129,7 +137,12 @@ function settleNext() {
   const next = state.next;
   if (!next) return;
   next.output.read();
-  if (next.output.ready && next.output.span() >= HANDOVER_AFTER_MS && ready()) handOver(next);
+  if (next.output.ready && next.output.steadyForMs() >= HANDOVER_AFTER_MS && ready()) handOver(next);
+  else if (nowMs() - next.openedAtMs > GIVE_UP_MOVE_MS) {
+    state.next = null;
+    state.moveGivenUpAtMs = nowMs();
+    next.ctx.close();
+  }
 }
 
 // Everything plays on from the new context: what sounds now fades out on the old one as it fades in
@@ -149,6 +162,7 @@ function handOver(next) {
   useAudio(next);
   state.next = null;
   state.player.crossfades = old.player.crossfades;
+  state.player.ticks = old.player.ticks; // how late the page's timers run: the page's, not the context's
   state.player.notBefore = startNew;
   state.outputBuffer = { hint: next.hint, extraMs, movedAtMs: local };
   state.bufferMoves += 1;
@@ -158,6 +172,7 @@ function handOver(next) {
   if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
   for (const layer of state.beds.values()) layer.player.notBefore = startNew;
   keepInStep();
+  for (const chunk of state.chunks.values()) delete chunk.handedOver;
   report();
   setTimeout(() => old.ctx.close(), 1000);
 }

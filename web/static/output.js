@@ -31,6 +31,7 @@ export class OutputClock {
     this.suspect = null;
     this.line = null; // { local, ctx, rate }: ctx = line.ctx + (local - line.local) * line.rate; rate in s per ms
     this.lastPerformance = -1;
+    this.since = null; // local ms of the first reading since the output started or last jumped
     this.steady = false;
     this.glitches = []; // { atLocalMs, shiftMs } for the page's display and tests
     this.glitchCount = 0;
@@ -43,6 +44,9 @@ export class OutputClock {
   get ready() { return this.steady; }
 
   span() { return this.readings[this.readings.length - 1].local - this.readings[0].local; }
+
+  // How long (ms) the output has kept to one line: since its first reading or its last glitch.
+  steadyForMs() { return this.since === null ? 0 : this.readings[this.readings.length - 1].local - this.since; }
 
   // Output clock against the page's clock, in ppm (positive: the output runs fast).
   get ratePpm() { return this.line ? (this.line.rate * 1000 - 1) * 1e6 : 0; }
@@ -73,6 +77,7 @@ export class OutputClock {
       }
     }
     this.suspect = null;
+    if (this.since === null) this.since = reading.local;
     this.readings.push(reading);
     const cutoff = reading.local - RATE_WINDOW_MS;
     while (this.readings.length > 2 && this.readings[0].local < cutoff) this.readings.shift();
@@ -95,6 +100,7 @@ export class OutputClock {
 
   jump(offMs, reading) {
     this.readings = [this.suspect.reading, reading];
+    this.since = this.suspect.reading.local;
     this.suspect = null;
     this.fit();
     if (!this.steady) return; // the output is still settling after its start: nothing plays by it yet
