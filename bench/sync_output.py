@@ -156,15 +156,16 @@ def report_buffers(pages: list[dict], narrations: dict[str, Narration]) -> None:
         if buffer["hint"] == "playback":
             print(f"page {i}: the browser's 'playback' output buffer throughout")
             continue
-        moved = buffer.get("movedAtMs") or 0
-        during = [name for first, name in starts if first - 3000 <= moved]  # narrations follow one another
-        when = f"moved during the {during[-1]} narration" if during else "from the start, or before the narrations"
+        during = [name for first, name in starts if first - 3000 <= buffer["movedAtMs"]]  # one after another
+        moved = f"moved during the {during[-1]} narration" if during else "moved before the narrations"
+        when = moved if page["moves"] else "from the start (remembered)"
         print(f"page {i}: the larger output buffer (+{buffer['extraMs']} ms), {when}")
 
 
 def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict]) -> None:
     print("\n1. calm narration")
     print(line("inter-listener skew, late joiners included", skews_ms(heard)))
+    print(line("the same, the pages open from the start", skews_ms(heard, [i for i in heard if i not in late])))
     glitches = [g["atLocalMs"] / 1000 for page in pages for g in page["glitch_log"]]
     began, ended = min(h.heard_s for f in heard.values() for h in f), max(h.heard_s for f in heard.values() for h in f)
     glitches = sorted(g for g in glitches if began - 1 <= g <= ended)
@@ -260,6 +261,7 @@ async def page_report(page) -> dict:
         " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
         " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
         " output_log: window.broadcaster.output.log, buffer: window.broadcaster.outputBuffer,"
+        " moves: window.broadcaster.bufferMoves,"
         " sync: window.broadcaster.stats.sync})"
     )
 
