@@ -16,11 +16,10 @@ and the skew under load and after it, against the targets in docs/performance.md
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
                                           [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
-                                          [--buffer auto|large]
+                                          [--buffer small|large]
 
-A page moves to a larger output buffer when its output keeps glitching (web/static/buffer.js), as
-listener 0 does in the stalls; each page's buffer is printed. `--buffer large` opens every page as a
-browser that moved before would: on the larger buffer from the start.
+`--buffer large` opens every page as a browser whose listener chose the larger output buffer
+(web/static/buffer.js) would: on it from the start. Each page's buffer is printed.
 """
 
 import argparse
@@ -62,8 +61,8 @@ from broadcaster.client import submit
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
-# What a browser that moved to the larger buffer remembers (web/static/buffer.js); ~90 ms on this rig.
-MOVED_BEFORE = 'localStorage.setItem("broadcaster.outputBuffer", JSON.stringify({extraMs: 90, atMs: Date.now()}));'
+# What a browser whose listener chose the larger buffer keeps (web/static/buffer.js); ~90 ms on this rig.
+CHOSE_LARGE = 'localStorage.setItem("broadcaster.outputBuffer", JSON.stringify({extraMs: 90}));'
 
 
 @dataclass
@@ -148,18 +147,14 @@ def line(name: str, values: list[float]) -> str:
     )
 
 
-def report_buffers(pages: list[dict], narrations: dict[str, Narration]) -> None:
-    """Each page's output buffer at the end, and in which narration it moved to the larger one."""
-    starts = [(n.chunks[0]["starts_at_ms"], name) for name, n in narrations.items()]
+def report_buffers(pages: list[dict]) -> None:
     for i, page in enumerate(pages):
         buffer = page["buffer"]
-        if buffer["hint"] == "playback":
-            print(f"page {i}: the browser's 'playback' output buffer throughout")
-            continue
-        during = [name for first, name in starts if first - 3000 <= buffer["movedAtMs"]]  # one after another
-        moved = f"moved during the {during[-1]} narration" if during else "moved before the narrations"
-        when = moved if page["moves"] else "from the start (remembered)"
-        print(f"page {i}: the larger output buffer (+{buffer['extraMs']} ms), {when}")
+        large = buffer["hint"] != "playback"
+        print(
+            f"page {i}: "
+            + (f"the larger output buffer (+{buffer['extraMs']} ms)" if large else "the 'playback' buffer")
+        )
 
 
 def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict]) -> None:
@@ -261,7 +256,6 @@ async def page_report(page) -> dict:
         " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
         " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
         " output_log: window.broadcaster.output.log, buffer: window.broadcaster.outputBuffer,"
-        " moves: window.broadcaster.bufferMoves,"
         " sync: window.broadcaster.stats.sync})"
     )
 
@@ -286,7 +280,7 @@ async def main(args: argparse.Namespace) -> None:
                     pulse,
                     f"{server.base_url}/c/{server.channel}",
                     args.chromium,
-                    init_script=MOVED_BEFORE if args.buffer == "large" else "",
+                    init_script=CHOSE_LARGE if args.buffer == "large" else "",
                 )
                 for i in everyone[: args.listeners]:
                     await listeners.open(i)
@@ -311,9 +305,7 @@ async def main(args: argparse.Namespace) -> None:
                     for name, narration in (("calm", calm), ("stalls", stalled), ("load", loaded))
                     if narration is not None
                 }
-                report_buffers(
-                    pages, {name: n for name, n in (("calm", calm), ("stalls", stalled), ("load", loaded)) if n}
-                )
+                report_buffers(pages)
                 report_calm(heard["calm"], late, pages)
                 report_stalls(heard["stalls"], recording, stalled, stalled_pages)
                 if loaded:
@@ -336,7 +328,7 @@ if __name__ == "__main__":
     parser.add_argument("--settle-s", type=float, default=8, help="from the last page opened to the narration")
     parser.add_argument("--rig", choices=["pulseaudio", "pipewire"], default="pulseaudio")
     parser.add_argument(
-        "--buffer", choices=["auto", "large"], default="auto", help="large: as browsers that moved before"
+        "--buffer", choices=["small", "large"], default="small", help="large: as browsers whose listener chose it"
     )
     parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
     parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))

@@ -139,13 +139,14 @@ COUNT_ACKS = """() => {
 }"""
 
 
-async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_sentence_in_step(
+async def test_a_listener_whose_output_keeps_glitching_switches_to_a_larger_buffer_mid_sentence_in_step(
     server, connect, pulse, listeners
 ):
-    """Three stalls within a few seconds while a narration plays: that page moves to a larger output
-    buffer on a new AudioContext, handing what sounds over with a crossfade at one moment (no cut, no
-    sentence skipped or acknowledged twice), then plays on the timeline; it reports the extra output
-    latency in its acknowledgements and the move in /metrics, and the browser starts there next time."""
+    """Three stalls within a few seconds while a narration plays: the page says its audio keeps falling
+    behind and offers the larger buffer; the listener turns it on, and the page moves to a new
+    AudioContext, handing what sounds over with a crossfade at one moment (no cut, no sentence skipped
+    or acknowledged twice), then plays on the timeline. It reports the extra output latency in its
+    acknowledgements, the glitches and the switch in /metrics, and the browser starts there next time."""
     observer = await connect()
     await observer.next("snapshot")
     recorder = await listeners.open_recorded([0, 1])
@@ -154,31 +155,33 @@ async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_
     request_id = (await (await server.say(NARRATION + AND_THEN)).json())["request_id"]
     first = await observer.next("audio_chunk_ready")
     await asyncio.sleep(max(0.0, first["starts_at_ms"] / 1000 + 1.0 - time.time()))
-    # the page to stall: one still on the small buffer (on a busy machine a page may have moved by itself)
-    hints = {i: await page.evaluate("window.broadcaster.outputBuffer.hint") for i, page in listeners.pages.items()}
-    stalling = next(i for i, hint in hints.items() if hint == "playback")
-    moving = listeners.pages[stalling]
-    stalled = []
-    for _ in range(3):
-        stalled.append(await pulse.stall(stalling, 150))
+    stalling, moving = 0, listeners.pages[0]
+    for _ in range(4):
+        await pulse.stall(stalling, 150)
         await asyncio.sleep(0.6)
-    await moving.wait_for_function("window.broadcaster.outputBuffer.hint === 0.05", timeout=10_000)
+    await moving.wait_for_selector("#output-warning:not([hidden])", timeout=5000)
+    assert "larger audio buffer" in await moving.text_content("#output-warning")
+    clicked_s = time.time()
+    await moving.check("#larger-buffer")
+    await moving.wait_for_function("window.broadcaster.outputBuffer.hint === 0.05", timeout=15_000)
     moved = await moving.evaluate("window.broadcaster.outputBuffer")
     await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
     recording = recorder.stop(pulse.mix_latency_s())
     handover_s = moved["movedAtMs"] / 1000
-    assert stalled[0][0] < handover_s < stalled[2][1] + 7, "the move did not follow the stalls"
+    assert clicked_s + 4.9 < handover_s < clicked_s + 15, "the switch did not wait for the new output to settle"
 
     chunks = [m for m in observer.messages if m["type"] == "audio_chunk_ready"]
     assert chunks[-1]["starts_at_ms"] / 1000 > handover_s + 5, "the narration ended too soon after the move"
     heard = await heard_in(recording, server, chunks)
     # Judged against the timeline, not against the other page: that one, on the small buffer, may be
-    # in an underrun storm of its own on a busy machine, tens of ms off without knowing it.
+    # in an underrun storm of its own on a busy machine, tens of ms off without knowing it. Generous:
+    # a busy machine's output can be ~10 ms off unseen on either buffer (docs/performance.md), while
+    # a handover mapped wrong is off by the extra latency, ~100 ms.
     detected = await output_glitches_s(moving)
     after = [h for h in heard[stalling] if h.heard_s > handover_s + 0.5 and not near_glitch(h.heard_s, detected)]
     errors = [abs(h.error_ms) for h in after]
     assert len(errors) > 100, "too little of the narration after the move was found in the recording"
-    assert percentile(errors, 95) < 5, f"{percentile(errors, 95):.1f} ms off the timeline (p95) on the larger buffer"
+    assert percentile(errors, 95) < 15, f"{percentile(errors, 95):.1f} ms off the timeline (p95) on the larger buffer"
     cuts = [t for t in clicks(recording, stalling) if handover_s < t <= handover_s + 1.0]
     assert not cuts, "the handover cut the audio instead of crossfading"
 
@@ -190,17 +193,21 @@ async def test_a_page_whose_output_keeps_glitching_moves_to_a_larger_buffer_mid_
     assert late == [moved["extraMs"]] * 2, f"ready_at_ms not later by the extra latency: {late}"
 
     # what the page counted reached the server, none of it lost to the server's one-report-per-5-s rule
-    wanted = {"output_glitches": 3, "buffer_moves": 1}
+    wanted = {"output_glitches": 4, "buffer_moves": 1}
     for _ in range(30):
         if all([await listener_counter(server, name) >= least for name, least in wanted.items()]):
             break
         await asyncio.sleep(0.5)
-    assert await listener_counter(server, "output_glitches") >= 3, "glitches the page counted did not reach /metrics"
-    assert await listener_counter(server, "buffer_moves") >= 1  # the other page may have moved by itself
+    assert await listener_counter(server, "output_glitches") >= 4, "glitches the page counted did not reach /metrics"
+    assert await listener_counter(server, "buffer_moves") == 1
 
     await moving.reload()
     await moving.click("#tune")
     await moving.wait_for_function("window.broadcaster.output?.ready", timeout=20_000)
     again = await moving.evaluate("window.broadcaster.outputBuffer")
     assert again["hint"] == 0.05 and again["extraMs"] == moved["extraMs"], "the browser forgot the larger buffer"
-    assert "larger audio buffer" in await moving.text_content("#sync")
+    assert await moving.is_checked("#larger-buffer") and "larger audio buffer" in await moving.text_content("#sync")
+    await moving.uncheck("#larger-buffer")  # and back: the browser's own buffer, nothing added to its reports
+    await moving.wait_for_function("window.broadcaster.outputBuffer.hint === 'playback'", timeout=15_000)
+    assert (await moving.evaluate("window.broadcaster.outputBuffer"))["extraMs"] == 0
+    assert await moving.evaluate("localStorage.getItem('broadcaster.outputBuffer')") is None

@@ -8,7 +8,7 @@
 // crossfade. <audio>.currentTime is never used for sync.
 
 import { BedLayer, automate, duckEnvelope, gainAt, levelAt } from "./bed.js";
-import { LARGE_S, SMALL, rememberLarge, rememberedLarge, storming } from "./buffer.js";
+import { LARGE_S, SMALL, chooseLarge, chooseSmall, chosenLarge } from "./buffer.js";
 import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
 import { Player, soundsFrom } from "./player.js";
@@ -23,16 +23,14 @@ const REPORT_MS = 10000;      // how often the page tells the server how well it
 // (docs/performance.md, "Sync at the speaker").
 const STRUGGLING_GLITCHES = 4;
 const STRUGGLING_MS = 10000;
-// A page moving to a larger output buffer (buffer.js) plays on until the new AudioContext's output
+// A page switching its output buffer (buffer.js) plays on until the new AudioContext's output
 // has been read this long, then hands over HANDOVER_AHEAD_S ahead. A new output's first seconds are
 // unsteady: heard, it jumps by ~10 ms for most of a second at a time, and its timestamps do not show
 // it (recorded at the speaker; docs/performance.md).
 const HANDOVER_AFTER_MS = 5000;
 const HANDOVER_AHEAD_S = 0.1;
-// A new output that does not keep steady this long is given up (the old one plays on), and the page
-// tries again no sooner than RETRY_MOVE_MS later.
+// A new output that does not keep steady this long is given up: the old one plays on.
 const GIVE_UP_MOVE_MS = 20000;
-const RETRY_MOVE_MS = 60000;
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
@@ -46,9 +44,8 @@ const state = {
   stats: { scheduled: [], sync: [] },
   output: null, player: null,
   outputBuffer: null, // { hint, extraMs, movedAtMs }: the AudioContext's latencyHint and what it costs
-  next: null, // the AudioContext being opened to move to the larger buffer
-  bufferMoves: 0,
-  moveGivenUpAtMs: null, // a new output that never kept steady was given up then
+  next: null, // the AudioContext being opened to switch buffers
+  bufferMoves: 0, // switches to the larger buffer
   pausedAtMs: null, // server ms the channel stopped at (or will stop at, a lead from the pause), while paused
   beds: new Map(), // bed_id -> BedLayer: the bed playing and those fading out
   bedBuffers: new Map(), // chunk_id -> Promise<AudioBuffer> of bed segments
@@ -78,13 +75,15 @@ for (const layer of ["voice", "music"]) {
   $(`${layer}-volume`).value = localStorage.getItem(VOLUME_KEYS[layer]) || "1";
   $(`${layer}-volume`).addEventListener("input", applyVolume);
 }
+$("larger-buffer").checked = Boolean(chosenLarge());
+$("larger-buffer").addEventListener("change", switchBuffer);
 $("mute").addEventListener("click", () => { $("mute").setAttribute("aria-pressed", String($("mute").getAttribute("aria-pressed") !== "true")); applyVolume(); });
 
 async function tuneIn() {
-  const remembered = rememberedLarge();
-  const audio = openAudio(remembered ? LARGE_S : SMALL);
+  const chosen = chosenLarge();
+  const audio = openAudio(chosen ? LARGE_S : SMALL);
   useAudio(audio);
-  state.outputBuffer = { hint: audio.hint, extraMs: remembered ? remembered.extraMs : 0, movedAtMs: remembered?.atMs };
+  state.outputBuffer = { hint: audio.hint, extraMs: chosen ? chosen.extraMs : 0, movedAtMs: null };
   await state.ctx.resume();
   if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
   $("tune").hidden = true;
@@ -116,21 +115,25 @@ function useAudio(audio) {
   applyVolume();
 }
 
-// The output moved: gains laid out by the old mapping are laid out again, and an output that keeps
-// glitching gets a larger buffer.
+// The output moved: gains laid out by the old mapping are laid out again.
 function onGlitch() {
   for (const layer of state.beds.values()) layer.relayOut();
   state.trackDuckLaidOut = -Infinity;
   keepInStep();
   report();
-  const retry = nowMs() - (state.moveGivenUpAtMs ?? -Infinity) >= RETRY_MOVE_MS;
-  if (state.outputBuffer.hint === SMALL && !state.next && retry && storming(state.output.glitches)) {
-    state.next = { ...openAudio(LARGE_S), openedAtMs: nowMs() };
-    state.next.ctx.resume();
-  }
 }
 
-// ---- moving to a larger output buffer -----------------------------------------------------
+// ---- switching the output buffer ------------------------------------------------------------
+
+// The listener turned the larger buffer on or off: a new AudioContext with that buffer opens, and
+// what plays moves to it once its output is steady.
+function switchBuffer() {
+  const hint = $("larger-buffer").checked ? LARGE_S : SMALL;
+  if (!state.ctx || state.next || hint === state.outputBuffer.hint) return;
+  state.next = { ...openAudio(hint), openedAtMs: nowMs() };
+  state.next.ctx.resume();
+  $("larger-buffer").disabled = true;
+}
 
 // Every tick while a new AudioContext opens: read its output, and once that is steady hand over.
 function settleNext() {
@@ -140,8 +143,10 @@ function settleNext() {
   if (next.output.ready && next.output.steadyForMs() >= HANDOVER_AFTER_MS && ready()) handOver(next);
   else if (nowMs() - next.openedAtMs > GIVE_UP_MOVE_MS) {
     state.next = null;
-    state.moveGivenUpAtMs = nowMs();
     next.ctx.close();
+    $("larger-buffer").checked = state.outputBuffer.hint !== SMALL;
+    $("larger-buffer").disabled = false;
+    notice("This device's audio output did not settle with the other buffer, so it stays as it was.");
   }
 }
 
@@ -164,9 +169,10 @@ function handOver(next) {
   state.player.crossfades = old.player.crossfades;
   state.player.ticks = old.player.ticks; // how late the page's timers run: the page's, not the context's
   state.player.notBefore = startNew;
-  state.outputBuffer = { hint: next.hint, extraMs, movedAtMs: local };
-  state.bufferMoves += 1;
-  rememberLarge(extraMs, local);
+  state.outputBuffer = { hint: next.hint, extraMs: next.hint === SMALL ? 0 : extraMs, movedAtMs: local };
+  if (next.hint === SMALL) chooseSmall();
+  else { chooseLarge(extraMs); state.bufferMoves += 1; }
+  $("larger-buffer").disabled = false;
   for (const chunk of state.chunks.values()) if (chunk.destination) chunk.destination = state.trackDuck;
   state.trackDuckLaidOut = -Infinity;
   if (state.bedInfo) setBeds(state.bedInfo.playing, state.bedInfo.fading);
@@ -531,7 +537,7 @@ function showSync() {
     parts.push(`${glitches} output glitch${glitches > 1 ? "es" : ""} (last ${Math.abs(last.shiftMs).toFixed(0)} ms, ` +
       `${new Date(last.atLocalMs).toLocaleTimeString()}); ${fixes} crossfade${fixes === 1 ? "" : "s"} back in step`);
   }
-  if (state.next) parts.push("moving to a larger audio buffer…");
+  if (state.next) parts.push("switching the audio buffer…");
   else if (state.outputBuffer.hint !== SMALL) parts.push(`larger audio buffer (+${state.outputBuffer.extraMs} ms)`);
   $("sync").textContent = parts.join(" · ");
   showStruggling(output);
@@ -546,7 +552,7 @@ function showStruggling(output) {
     warning.textContent = `This device's audio keeps falling behind (${recent} glitches in the last ` +
       `${STRUGGLING_MS / 1000} s), so what you hear may be tens of milliseconds off the others. A busy computer ` +
       "is the usual cause: close other programs or tabs, or turn off battery saving." +
-      (state.outputBuffer.hint === SMALL ? "" : " This page already plays with a larger audio buffer.");
+      (state.outputBuffer.hint === SMALL ? " A larger audio buffer (below) may ride it out." : "");
   }
 }
 
