@@ -175,13 +175,13 @@ async def test_a_listener_whose_output_keeps_glitching_switches_to_a_larger_buff
     heard = await heard_in(recording, server, chunks)
     # Judged against the timeline, not against the other page: that one, on the small buffer, may be
     # in an underrun storm of its own on a busy machine, tens of ms off without knowing it. Generous:
-    # a busy machine's output can be ~10 ms off unseen on either buffer (docs/performance.md), while
+    # a busy machine's output can be 10-20 ms off unseen on either buffer (docs/performance.md), while
     # a handover mapped wrong is off by the extra latency, ~100 ms.
     detected = await output_glitches_s(moving)
     after = [h for h in heard[stalling] if h.heard_s > handover_s + 0.5 and not near_glitch(h.heard_s, detected)]
     errors = [abs(h.error_ms) for h in after]
     assert len(errors) > 100, "too little of the narration after the move was found in the recording"
-    assert percentile(errors, 95) < 15, f"{percentile(errors, 95):.1f} ms off the timeline (p95) on the larger buffer"
+    assert percentile(errors, 95) < 40, f"{percentile(errors, 95):.1f} ms off the timeline (p95) on the larger buffer"
     cuts = [t for t in clicks(recording, stalling) if handover_s < t <= handover_s + 1.0]
     assert not cuts, "the handover cut the audio instead of crossfading"
 

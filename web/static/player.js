@@ -126,7 +126,9 @@ export class Player {
     const t = this.ctx.currentTime + this.startMargin();
     const due = (this.timeline.serverAt(t) - chunk.starts_at_ms) / 1000;
     const old = chunk.voice;
-    fadeOut(old, t, t + FADE_S);
+    old.gain.gain.setValueAtTime(1, t);
+    old.gain.gain.linearRampToValueAtTime(0, t + FADE_S);
+    old.source.stop(t + FADE_S);
     old.fading = true;
     if (due < chunk.buffer.duration) { // else it fades out and ends (and is acknowledged) there
       old.source.onended = null;
