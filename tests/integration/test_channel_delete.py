@@ -27,8 +27,11 @@ def cli(tmp_path, database_url: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-async def chunks_made(ws_url: str, count: int) -> None:
-    async with websockets.connect(ws_url) as ws:
+async def say_until_made(live, text: str, count: int, token: str | None = None, channel: str | None = None) -> None:
+    """Say `text` and return once `count` of its chunks are announced: listening from before the POST,
+    since a chunk announced before the socket connects is only in its snapshot."""
+    async with websockets.connect(live.ws_url(channel)) as ws:
+        assert (await live.say(text, token=token, channel=channel)).status == 202
         seen = 0
         async with asyncio.timeout(20):
             while seen < count:
@@ -56,8 +59,7 @@ async def test_delete_takes_a_channel_its_rows_and_its_audio_and_nothing_else(tm
     try:
         other = await create_channel(live.station.store, "other")
         for channel, token in ((live.channel, live.token), (other.name, other.token)):
-            assert (await live.say("One sentence. And another.", token=token, channel=channel)).status == 202
-            await chunks_made(live.ws_url(channel), 2)
+            await say_until_made(live, "One sentence. And another.", 2, token=token, channel=channel)
         async with aiohttp.ClientSession() as http:
             async with http.put(
                 f"{live.base_url}/api/channels/{live.channel}/bed",
@@ -97,8 +99,7 @@ async def test_a_deleted_channel_can_be_made_again_and_starts_empty(tmp_path):
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'broadcaster.db'}"
     runner, live = await start_server(tmp_path)
     try:
-        assert (await live.say("Before.")).status == 202
-        await chunks_made(live.ws_url(), 1)
+        await say_until_made(live, "Before.", 1)
     finally:
         await runner.cleanup()
     assert cli(tmp_path, database_url, "delete", live.channel, "--yes").returncode == 0
