@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .batch import BatchedLog
 from .models import DeliveryRow
+from .uninterrupted import uninterrupted
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class AckLog(BatchedLog):
         self._loading: dict[str, asyncio.Future[set[str]]] = {}
 
     async def record(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
-        """Queue one acknowledgement; False if this connection had already acknowledged the chunk."""
+        """Queue one acknowledgement; False if this connection had already acknowledged the chunk.
+        In memory but for the chunk's first read, which runs to its end whoever waits (`_load`)."""
         if connection_id is not None and not await self._first_from(chunk_id, connection_id):
             return False
         self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via, "acked_at_ms": now_ms})
@@ -76,6 +78,7 @@ class AckLog(BatchedLog):
             rows = await s.execute(select(DeliveryRow.connection_id).where(DeliveryRow.chunk_id == chunk_id))
             return {row[0] for row in rows if row[0] is not None}
 
+    @uninterrupted
     async def flush(self) -> None:
         """Write everything queued (at once, before reads of acknowledgements and at shutdown)."""
         if self.before is not None and self._pending:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from .batch import BatchedLog
 from .models import ConnectionRow
+from .uninterrupted import uninterrupted
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class ConnectionLog(BatchedLog):
     def pending(self, conn_id: str) -> bool:
         return conn_id in self._opened
 
+    @uninterrupted
     async def flush(self) -> None:
         """Write everything queued (before reads of connection records or acknowledgements, and at shutdown)."""
         async with self._writing:

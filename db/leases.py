@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broadcaster.errors import BroadcasterError
 
+from .uninterrupted import uninterrupted
+
 # The database's clock in integer milliseconds, as each dialect spells it.
 NOW_MS = {
     "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
@@ -94,6 +96,7 @@ class Leases:
             }.items()
         }
 
+    @uninterrupted
     async def acquire(self, name: str, holder: str, ttl_ms: int, url: str = "", dead: str = "") -> Lease | None:
         """The lease, if it was free, lapsed, ours, or held by `dead`; None while someone else holds it."""
         params = {"name": name, "holder": holder, "url": url, "ttl_ms": ttl_ms, "dead": dead or None}
@@ -101,6 +104,7 @@ class Leases:
             row = (await conn.execute(self._sql["acquire"], params)).first()
         return None if row is None else Lease(name, holder, row.epoch, row.expires_at_ms, url)
 
+    @uninterrupted
     async def renew(self, lease: Lease, ttl_ms: int) -> Lease | None:
         """The lease with a new expiry, or None if it lapsed or changed hands (the holder must step down)."""
         params = {"name": lease.name, "holder": lease.holder, "epoch": lease.epoch, "ttl_ms": ttl_ms}
@@ -110,11 +114,13 @@ class Leases:
             return None
         return Lease(lease.name, lease.holder, lease.epoch, row.expires_at_ms, lease.holder_url)
 
+    @uninterrupted
     async def release(self, lease: Lease) -> None:
         """Give the lease up (at a clean stop), so a successor need not wait for it to lapse."""
         async with self.engine.begin() as conn:
             await conn.execute(self._sql["release"], {"name": lease.name, "holder": lease.holder, "epoch": lease.epoch})
 
+    @uninterrupted
     async def current(self, name: str) -> Holding | None:
         """Who holds the lease now (None: nobody, or it lapsed)."""
         async with self.engine.connect() as conn:
@@ -123,6 +129,7 @@ class Leases:
             return None
         return Holding(row.holder, row.holder_url, row.epoch, row.expires_at_ms - row.now_ms)
 
+    @uninterrupted
     async def live(self, prefix: str) -> dict[str, Holding]:
         """Every live lease whose name starts with `prefix`, in one read."""
         async with self.engine.connect() as conn:

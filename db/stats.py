@@ -4,8 +4,10 @@ from sqlalchemy import func, select
 
 from .models import ChannelRow, RequestRow
 from .store import Store
+from .uninterrupted import uninterrupted
 
 
+@uninterrupted
 async def request_counts(store: Store) -> tuple[dict[tuple[str, str], int], list[str]]:
     """Requests by (channel, state), and every channel's name (those with no requests included).
 

@@ -18,6 +18,7 @@ from .beds import beds_from_json, beds_json
 from .connections import ConnectionLog
 from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
+from .uninterrupted import uninterrupted
 
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
 
@@ -71,6 +72,7 @@ class Store:
         # acknowledgements refer to connection rows: those are written first
         self.ack_log = AckLog(self.session, self.engine.dialect.name, before=self.connection_log.flush)
 
+    @uninterrupted
     async def create_schema(self) -> None:
         """Create a new database's tables, or check that this one's revision is the code's (db/schema.py).
         Two processes doing it at once on a new database (two CLI commands, or the CLI and the server) race;
@@ -91,6 +93,7 @@ class Store:
 
     # -- channels ----------------------------------------------------------
 
+    @uninterrupted
     async def create_channel(
         self, name: str, token_hash: str, now_ms: int, style: str = "campaign", listen_key_hash: str | None = None
     ) -> ChannelRow:
@@ -104,32 +107,38 @@ class Store:
             raise BadInput(f"expected a new channel name, but {name!r} already exists") from None
         return row
 
+    @uninterrupted
     async def channel(self, name: str) -> ChannelRow | None:
         async with self.session() as s:
             return (await s.execute(select(ChannelRow).where(ChannelRow.name == name))).scalar_one_or_none()
 
+    @uninterrupted
     async def channel_id(self, name: str) -> int | None:
         """The channel's id alone, read for every listener that connects to a channel run by another
         process: a plain statement, like token_hash."""
         async with self.engine.connect() as conn:
             return (await conn.execute(CHANNEL_ID, {"name": name})).scalar()
 
+    @uninterrupted
     async def token_hash(self, name: str) -> str | None:
         """The producer token's digest alone, read on every producer write: a plain statement on a
         connection costs half of a session's ORM query (docs/performance.md)."""
         async with self.engine.connect() as conn:
             return (await conn.execute(TOKEN_HASH, {"name": name})).scalar()
 
+    @uninterrupted
     async def set_token_hash(self, name: str, token_hash: str) -> bool:
         async with self.session.begin() as s:
             result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(token_hash=token_hash))
             return result.rowcount == 1
 
+    @uninterrupted
     async def set_listen_key_hash(self, name: str, key_hash: str | None) -> bool:
         async with self.session.begin() as s:
             result = await s.execute(update(ChannelRow).where(ChannelRow.name == name).values(listen_key_hash=key_hash))
             return result.rowcount == 1
 
+    @uninterrupted
     async def channels(self) -> list[ChannelRow]:
         async with self.session() as s:
             return list((await s.execute(select(ChannelRow).order_by(ChannelRow.id))).scalars())
@@ -142,11 +151,13 @@ class Store:
     # In a cluster a channel's owner passes its lease: the write proves, in its own transaction, that
     # the lease is still held, or is refused with LeaseLost (db/leases.py). None: the embedded server.
 
+    @uninterrupted
     async def insert_request(self, request: Request, channel_id: int, lease: Lease | None = None) -> None:
         async with self.engine.begin() as conn:
             await self._fence(conn, lease)
             await conn.execute(INSERT_REQUEST, {**_request_values(request, channel_id), "line_of": channel_id})
 
+    @uninterrupted
     async def save(
         self, requests: list[Request], lease: Lease | None = None, state: ChannelState | None = None
     ) -> None:
@@ -185,6 +196,7 @@ class Store:
             if state is not None:
                 await s.execute(_state_statement(state))
 
+    @uninterrupted
     async def channel_state(self, channel_id: int) -> ChannelState:
         """When the channel stopped, if it is paused, and its beds."""
         async with self.session() as s:
@@ -196,6 +208,7 @@ class Store:
         bed, fading = beds_from_json(row.beds_json)
         return ChannelState(channel_id, row.paused_at_ms, bed, fading)
 
+    @uninterrupted
     async def load_line(self, channel_id: int, channel: str) -> tuple[list[Request], int | None]:
         """Unfinished requests in submission order, and where finished audio last ended."""
         async with self.session() as s:
@@ -220,6 +233,7 @@ class Store:
             requests = [await self._with_chunks(s, row, channel) for row in rows]
         return requests, played_end
 
+    @uninterrupted
     async def request(self, request_id: str) -> Request | None:
         async with self.session() as s:
             row = await s.get(RequestRow, request_id)
@@ -228,6 +242,7 @@ class Store:
             channel = await s.get(ChannelRow, row.channel_id)
             return await self._with_chunks(s, row, channel.name)
 
+    @uninterrupted
     async def chunk(self, chunk_id: str) -> Chunk | None:
         async with self.session() as s:
             row = await s.get(ChunkRow, chunk_id)
@@ -267,6 +282,7 @@ class Store:
     def close_connection(self, conn_id: str, now_ms: int) -> None:
         self.connection_log.closed(conn_id, now_ms)
 
+    @uninterrupted
     async def connection_times(self, conn_id: str) -> tuple[int, int | None] | None:
         """(connected_at_ms, disconnected_at_ms or None) of one connection record, None if there is none."""
         await self.connection_log.flush()
@@ -274,6 +290,7 @@ class Store:
             row = await s.get(ConnectionRow, conn_id)
             return None if row is None else (row.connected_at_ms, row.disconnected_at_ms)
 
+    @uninterrupted
     async def close_stale_connections(self, now_ms: int) -> None:
         """After a restart no earlier connection is alive."""
         await self.connection_log.flush()
@@ -284,6 +301,7 @@ class Store:
                 .values(disconnected_at_ms=now_ms)
             )
 
+    @uninterrupted
     async def close_connections_of_others(self, live: set[str], before_ms: int, now_ms: int) -> int:
         """In a cluster: close the records still open of processes that are gone (their holder is not in
         `live`), opened before `before_ms` (a process that just started may not have announced itself yet)."""
@@ -300,6 +318,7 @@ class Store:
             )
             return result.rowcount
 
+    @uninterrupted
     async def connection_exists(self, conn_id: str) -> bool:
         if self.connection_log.pending(conn_id):
             return True
@@ -311,6 +330,7 @@ class Store:
         connection had already acknowledged the chunk."""
         return await self.ack_log.record(chunk_id, connection_id, via, now_ms)
 
+    @uninterrupted
     async def acks(self, connection_id: str) -> list[tuple[str, int]]:
         await self.ack_log.flush()
         async with self.session() as s:
@@ -323,6 +343,7 @@ class Store:
 
     # -- cleanup ---------------------------------------------------------------
 
+    @uninterrupted
     async def purge_finished(self, before_ms: int) -> list[str]:
         """Delete played and failed requests that finished before `before_ms`, with their chunks and acks."""
         await self.connection_log.flush()
@@ -345,6 +366,7 @@ class Store:
             )
         return ids
 
+    @uninterrupted
     async def delete_channel(self, name: str) -> list[str] | None:
         """Delete a channel with its requests, chunks, acknowledgements and connections (None: no such
         channel). Returns the ids whose audio to delete: its requests' and its beds' tracks'."""
@@ -362,6 +384,7 @@ class Store:
             await s.delete(channel)
         return [*ids, *tracks]
 
+    @uninterrupted
     async def request_ids(self) -> set[str]:
         """Every request whose audio is kept: those stored, and the tracks of every channel's beds."""
         async with self.session() as s:

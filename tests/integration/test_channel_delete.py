@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from broadcaster.runtime.accounts import create_channel
 
 
-def cli(tmp_path, database_url: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+async def cli(tmp_path, database_url: str, *args: str) -> subprocess.CompletedProcess:
+    """In a thread: a server in this process keeps running (and committing) while the command does."""
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "broadcaster", "channel", *args, "--data-dir", str(tmp_path / "data")],
         capture_output=True,
         text=True,
@@ -68,7 +70,7 @@ async def test_delete_takes_a_channel_its_rows_and_its_audio_and_nothing_else(tm
             ) as resp:
                 assert resp.status == 200, await resp.text()
                 bed_track = (await resp.json())["bed"]["tracks"][0]["track_id"]
-        refused = cli(tmp_path, database_url, "delete", live.channel, "--yes")
+        refused = await cli(tmp_path, database_url, "delete", live.channel, "--yes")
         assert refused.returncode == 2 and "serving this database" in refused.stderr, refused.stderr
         assert "stop every one before 'broadcaster channel delete'" in refused.stderr
     finally:
@@ -79,11 +81,11 @@ async def test_delete_takes_a_channel_its_rows_and_its_audio_and_nothing_else(tm
     stored = {path.name for path in audio.iterdir()}
     assert bed_track in stored and set(before["requests"]) <= stored
 
-    unsure = cli(tmp_path, database_url, "delete", live.channel)
+    unsure = await cli(tmp_path, database_url, "delete", live.channel)
     assert unsure.returncode == 2 and "add --yes" in unsure.stderr, unsure.stderr
     assert await rows(database_url) == before
 
-    done = cli(tmp_path, database_url, "delete", live.channel, "--yes")
+    done = await cli(tmp_path, database_url, "delete", live.channel, "--yes")
     assert done.returncode == 0, done.stderr
     assert f"deleted channel {live.channel}: 2 requests and tracks" in done.stdout
     after = await rows(database_url)
@@ -91,7 +93,7 @@ async def test_delete_takes_a_channel_its_rows_and_its_audio_and_nothing_else(tm
     assert len(after["requests"]) == 1 and set(after["chunks"]) == set(after["requests"])
     assert {path.name for path in audio.iterdir()} == set(after["requests"])  # the other channel's audio stays
 
-    unknown = cli(tmp_path, database_url, "delete", live.channel, "--yes")
+    unknown = await cli(tmp_path, database_url, "delete", live.channel, "--yes")
     assert unknown.returncode == 2 and f"no channel named {live.channel!r}" in unknown.stderr
 
 
@@ -102,7 +104,7 @@ async def test_a_deleted_channel_can_be_made_again_and_starts_empty(tmp_path):
         await say_until_made(live, "Before.", 1)
     finally:
         await runner.cleanup()
-    assert cli(tmp_path, database_url, "delete", live.channel, "--yes").returncode == 0
-    made = cli(tmp_path, database_url, "create", live.channel)
+    assert (await cli(tmp_path, database_url, "delete", live.channel, "--yes")).returncode == 0
+    made = await cli(tmp_path, database_url, "create", live.channel)
     assert made.returncode == 0 and "producer token: bc_" in made.stdout, made.stderr
     assert await rows(database_url) == {"channels": [live.channel], "requests": [], "chunks": []}

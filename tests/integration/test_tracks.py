@@ -170,15 +170,21 @@ async def test_retrying_a_track_plays_the_music_again(server, connect, tmp_path)
     listener = await connect()
     await listener.next("snapshot")
     await server.say("Something first, so the track waits.")
-    _, body = await upload(server, make_fixture(tmp_path, "wav").read_bytes(), "audio/wav")
     async with aiohttp.ClientSession() as http:
         headers = {"Authorization": f"Bearer {server.token}"}
-        base = f"{server.base_url}/api/channels/{server.channel}/requests/{body['request_id']}"
+        channel = f"{server.base_url}/api/channels/{server.channel}"
+        # paused, the track waits however long its upload takes (a slow one outlasted the narration)
+        async with http.post(f"{channel}/pause", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        _, body = await upload(server, make_fixture(tmp_path, "wav").read_bytes(), "audio/wav")
+        base = f"{channel}/requests/{body['request_id']}"
         async with http.post(f"{base}/cancel", headers=headers) as resp:
             assert resp.status == 200
         async with http.post(f"{base}/retry", headers=headers) as resp:
             retried = await resp.json()
             assert resp.status == 202
+        async with http.post(f"{channel}/resume", headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
     started = await listener.next("audio_stream_started", where=lambda m: m["request_id"] == retried["request_id"])
     assert started["kind"] == "track" and started["title"] == "Test Tone"
 

@@ -1,0 +1,42 @@
+"""Database calls run to their end even when their caller is cancelled.
+
+A task cancelled while one of its statements runs in aiosqlite's thread has its connection thrown away
+by SQLAlchemy, and SQLite cannot close a connection whose statement still holds rows: the half-done
+transaction keeps the file's write lock for as long as the process lives, and every other writer (the
+CLI, cron, the server's own next save) fails with "database is locked" after its busy timeout. The
+runner, the station and shutdown cancel tasks that are saving, so every call into the database runs
+as a task of its own that cancellation does not reach; the caller's cancellation is passed on once
+the call is over (statements take milliseconds, or at most the busy timeout).
+"""
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def uninterrupted(call: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """For a method that opens its own connection or session: not for one given the caller's
+    connection, which would then run two things at once on it."""
+
+    @functools.wraps(call)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(call(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_retrieve)  # a caller cancelled again leaves it to finish unwatched
+            await asyncio.wait({task})
+            raise
+
+    return guarded
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a database call whose caller had gone failed", exc_info=task.exception())
