@@ -2,9 +2,13 @@
 
 import asyncio
 import base64
+import functools
 import json
 import os
+import signal
 import socket
+import sys
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,3 +173,20 @@ async def raw_websocket(url: str, receive_buffer: int = 0) -> tuple[socket.socke
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server_config(overrides): settings merged into the test server's config")
     config.addinivalue_line("markers", "speakers(n): how many listener sinks the PulseAudio rig has (tests/browser)")
+    signal.signal(signal.SIGTERM, functools.partial(_say_why_and_exit, config))
+
+
+def _say_why_and_exit(config: pytest.Config, signum: int, frame) -> None:
+    """A test server in this process that finds its server lease lapsed stops the process as `serve`
+    would be stopped, with SIGTERM; unhandled, the whole run ended without a word."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=False)  # what follows reaches the terminal or CI's log
+    sys.stderr.write(
+        "\nSIGTERM: the test process was told to stop. If nothing outside sent it, a test server in this "
+        "process lost its server lease (its event loop was held still for most of the lease's 10 s: a "
+        "blocking call or a synchronous fixture beside a running server). Where it arrived:\n"
+    )
+    traceback.print_stack(frame, limit=20, file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(128 + signum)

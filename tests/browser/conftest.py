@@ -5,8 +5,9 @@ install; CI installs Chromium and sets BROADCASTER_REQUIRE_BROWSER=1, which turn
 into a failure.
 """
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from chromium import FLAGS, chromium_path
@@ -50,18 +51,22 @@ def page_errors() -> PageErrors:
 
 
 @pytest.fixture
-def pulse(tmp_path, request: pytest.FixtureRequest) -> Iterator[PulseServer]:
+async def pulse(tmp_path, request: pytest.FixtureRequest) -> AsyncIterator[PulseServer]:
     """A PulseAudio daemon of the test's own with a sink per listener (tests/speakers.py); how many
-    listeners: the test's `speakers` mark, else 2."""
+    listeners: the test's `speakers` mark, else 2. Started and stopped in a thread: a test server in
+    this process must keep running meanwhile (a loop held still past its server lease, 10 s, made
+    it stop the whole test process as a lost lease does)."""
     if pulseaudio_binaries() is None or chromium_path() is None:
         if os.environ.get("BROADCASTER_REQUIRE_BROWSER") == "1":
             pytest.fail("PulseAudio and Chromium are required here (BROADCASTER_REQUIRE_BROWSER=1)")
         pytest.skip("no PulseAudio or Chromium on this machine (apt-get install pulseaudio chromium)")
     marker = request.node.get_closest_marker("speakers")
     started = PulseServer(tmp_path, listeners=marker.args[0] if marker else 2)
-    started.start()
-    yield started
-    started.stop()
+    await asyncio.to_thread(started.start)
+    try:
+        yield started
+    finally:
+        await asyncio.to_thread(started.stop)
 
 
 @pytest.fixture

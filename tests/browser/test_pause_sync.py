@@ -9,7 +9,16 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-from speakers import RATE, SPEAKER_CONFIG, chunk_audio, follow, percentile
+from speakers import (
+    GLITCH_SHADOW_S,
+    GLITCHED_WITHIN_MS,
+    RATE,
+    SPEAKER_CONFIG,
+    chunk_audio,
+    follow,
+    glitches_s,
+    percentile,
+)
 
 NARRATION = (
     "The lanterns of the harbour flicker in the fog. A bell tolls twice, then falls silent. "
@@ -85,11 +94,22 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     assert not await listeners.pages[0].is_visible("#paused")
 
     paused_s, resumes_s = paused_at_ms / 1000, resumes_at_ms / 1000
+    # On two busy cores a page's output sometimes underruns by itself (docs/performance.md): one page
+    # that detected such a glitch of its own around the pause or the resume is held to the looser bound.
+    disturbed = set()
+    for i, page in listeners.pages.items():
+        if any(paused_s - GLITCH_SHADOW_S <= at_s <= resumes_s + 2.5 for at_s in await glitches_s(page)):
+            disturbed.add(i)
+    assert len(disturbed) <= 1, f"pages {sorted(disturbed)} glitched around the pause: the machine is too busy"
+    steady = [i for i in (0, 1, 2) if i not in disturbed]
+    bound = {i: GLITCHED_WITHIN_MS if i in disturbed else WITHIN_MS for i in (0, 1, 2)}
     stops = {i: (went_quiet_s(recording, i, paused_s) - paused_s) * 1000 for i in (0, 1)}
     starts = {i: (came_back_s(recording, i, resumes_s) - resumes_s) * 1000 for i in (0, 1, 2)}
-    assert all(abs(e) <= WITHIN_MS for e in stops.values()), f"stopped off the announced moment: {stops} ms"
-    assert all(abs(e) <= WITHIN_MS for e in starts.values()), f"came back off the announced moment: {starts} ms"
-    assert max(starts.values()) - min(starts.values()) <= WITHIN_MS, f"not back together: {starts} ms"
+    said = f"(pages that glitched: {sorted(disturbed)})"
+    assert all(abs(e) <= bound[i] for i, e in stops.items()), f"stopped off the announced moment: {stops} ms {said}"
+    assert all(abs(e) <= bound[i] for i, e in starts.items()), f"came back off the announced moment: {starts} ms {said}"
+    together = [starts[i] for i in steady]
+    assert max(together) - min(together) <= WITHIN_MS, f"not back together: {starts} ms {said}"
 
     # What the pause cut goes on from where it stopped: every stretch found after the resume is at its
     # moved place, none of it is from before the cut, and the first comes right after the cut.
@@ -105,4 +125,4 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
         errors = [abs(h.error_ms) for h in after if h.offset_ms >= cut_offset_ms]  # wholly after the cut
         # p90: one stretch mismatched, or an output glitch of the rig's own, is not the resume's doing
         off = percentile(errors, 90)
-        assert off <= WITHIN_MS, f"listener {listener}: {off:.1f} ms off after the resume (p90)"
+        assert off <= bound[listener], f"listener {listener}: {off:.1f} ms off after the resume (p90) {said}"
