@@ -9,7 +9,7 @@ import json
 import aiohttp
 import pytest
 import websockets
-from cluster_members import LEASE_S, Member, owner_of, post, start_member
+from cluster_members import LEASE_S, Member, owner_of, post, post_while_changing_hands, start_member
 
 from broadcaster.runtime.accounts import create_channel
 from db.store import Store
@@ -511,19 +511,6 @@ async def test_an_open_narration_fed_through_a_member_that_does_not_run_it_plays
     assert await decoded_seconds(mp3) >= heard_s - 0.1
     for socket in sockets:
         await socket.ws.close()
-
-
-async def post_while_changing_hands(http: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> tuple:
-    """POST, again after its Retry-After while the answer is 503, as a client of a cluster would: with
-    the tests' 1 s lease an owner whose loop stalls for a moment steps down, and for a second nobody
-    runs the channel."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while True:
-        async with http.post(url, json=body, headers=headers) as resp:
-            answer = await resp.json()
-            if resp.status != 503 or asyncio.get_running_loop().time() > deadline:
-                return resp.status, answer
-            await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
 
 
 async def _read(http: aiohttp.ClientSession, url: str) -> bytes:

@@ -58,8 +58,9 @@ async def test_the_bundled_voice_under_two_names_speaks_at_their_speeds_and_one_
     assert length["slow"] / length["quick"] > 1.15, length
     loudness = {voice: measure_lufs(pcm) for voice, (_, pcm) in heard.items()}
     # Each voice is leveled on a calibration passage; Piper scales each sentence by its own peak, so a
-    # passage of three sentences measures within a dB or so of the same passage in another voice.
-    assert max(loudness.values()) - min(loudness.values()) < 1.5, loudness
+    # passage of three sentences measures within a dB or so of the same passage in another voice. Piper
+    # draws noise for every passage, the calibration's too: spreads of 0.3-1.6 dB over runs here.
+    assert max(loudness.values()) - min(loudness.values()) < 2.0, loudness
     assert all(np.sqrt(np.mean(pcm.samples.astype(float) ** 2)) > 300 for _, pcm in heard.values())
     status, body = await post(server, {"text": LINE, "voice": "bard"})
     assert status == 400 and body["error"]["message"] == "expected \"voice\" to be one of ['quick', 'slow'], got 'bard'"
