@@ -9,9 +9,12 @@ class BatchedLog:
     def __init__(self, name: str):
         self.name = name
         self._flusher: asyncio.Task | None = None
+        self._shut = False
 
     def _flush_soon(self) -> None:
-        if self._flusher is None:
+        # After close nothing is written: the engine is disposed, and a write then would open a
+        # connection that nothing closes. A departure seen at shutdown is closed by the next start.
+        if self._flusher is None and not self._shut:
             self._flusher = asyncio.create_task(self._flush_later(), name=f"{self.name}-flush")
 
     async def _flush_later(self) -> None:
@@ -24,6 +27,7 @@ class BatchedLog:
 
     async def close(self) -> None:
         """Write what is queued; nothing is written later."""
+        self._shut = True
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)

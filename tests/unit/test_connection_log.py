@@ -61,3 +61,19 @@ async def test_what_is_queued_is_written_at_close(database_url):
     await reopened.close_stale_connections(50)  # the next start closes what was left open
     assert await reopened.connection_times(A) == (10, 50)
     await reopened.close()
+
+
+async def test_nothing_is_written_after_close(database_url):
+    """A listener that leaves while the server shuts down, after the store closed, opens no connection on
+    the disposed engine (one that nothing would close): the next start closes its record instead."""
+    store, channel = await new_store(database_url)
+    store.open_connection(A, channel, "127.0.0.1", "test", 10)
+    await store.close()
+    store.close_connection(A, 20)
+    store.open_connection(B, channel, "127.0.0.1", "test", 30)
+    assert store.connection_log._flusher is None, "no write is started after close"
+    await asyncio.sleep(batch.FLUSH_S * 2)
+    reopened = Store(database_url)
+    assert await reopened.connection_times(A) == (10, None)
+    assert await reopened.connection_times(B) is None
+    await reopened.close()
