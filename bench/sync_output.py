@@ -197,8 +197,18 @@ def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration
     for i, page in enumerate(pages):
         print(
             f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+d} ppm; "
-            f"its line against its own output readings: p95 {percentile(off_line_ms(page), 95):.2f} ms"
+            f"its line against its own output readings: p95 {percentile(off_line_ms(page), 95):.2f} ms; "
+            f"{chromium_underruns(page)}"
         )
+
+
+def chromium_underruns(page: dict) -> str:
+    """What the browser itself counted (AudioContext.playbackStats, where it has it): underruns of the
+    audio it rendered, so a shift heard that neither it nor the page counted happened below it."""
+    stats = page["chromium"]
+    if stats is None:
+        return "the browser keeps no playback statistics"
+    return f"the browser counted {stats['events']} underruns ({stats['seconds'] * 1000:.0f} ms)"
 
 
 def off_line_ms(page: dict) -> list[float]:
@@ -256,7 +266,9 @@ async def page_report(page) -> dict:
         " ppm: Math.round(window.broadcaster.output.ratePpm), glitch_log: window.broadcaster.output.glitches,"
         " correction_log: window.broadcaster.player.corrections, trace: window.broadcaster.player.trace,"
         " output_log: window.broadcaster.output.log, buffer: window.broadcaster.outputBuffer,"
-        " sync: window.broadcaster.stats.sync})"
+        " sync: window.broadcaster.stats.sync, chromium: window.broadcaster.output.ctx.playbackStats ?"
+        " {events: window.broadcaster.output.ctx.playbackStats.underrunEvents,"
+        " seconds: window.broadcaster.output.ctx.playbackStats.underrunDuration} : null})"
     )
 
 
