@@ -9,6 +9,7 @@
         ├── Conflict           409
         ├── PayloadTooLarge    413
         └── RateLimited        429, with the seconds to wait
+            └── ServerStopping 503: the server began shutting down; try again once it is back
 
 Messages say what was expected and what came, so they can be shown to a user as is.
 """
@@ -75,3 +76,8 @@ class RateLimited(BadInput):
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message)
         self.retry_after_s = max(1, retry_after_s)
+
+
+class ServerStopping(RateLimited):
+    status = 503
+    code = "server_stopping"

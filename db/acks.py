@@ -20,6 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from broadcaster.errors import ServerStopping
+
 from .batch import BatchedLog
 from .models import DeliveryRow
 from .uninterrupted import uninterrupted
@@ -41,7 +43,11 @@ class AckLog(BatchedLog):
 
     async def record(self, chunk_id: str, connection_id: str | None, via: str, now_ms: int) -> bool:
         """Queue one acknowledgement; False if this connection had already acknowledged the chunk.
-        In memory but for the chunk's first read, which runs to its end whoever waits (`_load`)."""
+        In memory but for the chunk's first read, which runs to its end whoever waits (`_load`).
+        Refused once the log is closed (the server is stopping): that read would open a connection
+        on the disposed engine that nothing closes."""
+        if self._shut:
+            raise ServerStopping("the server is shutting down; acknowledge this chunk again once it is back", 1)
         if connection_id is not None and not await self._first_from(chunk_id, connection_id):
             return False
         self._pending.append({"chunk_id": chunk_id, "connection_id": connection_id, "via": via, "acked_at_ms": now_ms})

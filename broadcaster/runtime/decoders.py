@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from broadcaster.errors import RateLimited
+from broadcaster.errors import RateLimited, ServerStopping
 
 RETRY_AFTER_S = 10
 
@@ -20,11 +20,6 @@ RETRY_AFTER_S = 10
 class DecodersBusy(RateLimited):
     status = 503
     code = "decoders_busy"
-
-
-class ServerStopping(RateLimited):
-    status = 503
-    code = "server_stopping"
 
 
 class Decoders:

@@ -3,9 +3,11 @@ PostgreSQL server."""
 
 import asyncio
 
+import pytest
 from sqlalchemy import func, select
 
 from broadcaster.core.model import Chunk, Request
+from broadcaster.errors import ServerStopping
 from db.models import DeliveryRow
 from db.store import Store
 
@@ -69,3 +71,16 @@ async def test_a_burst_of_acknowledgements_of_a_new_chunk_reads_the_database_onc
     await store.ack_log.flush()
     assert await count(store) == 2
     await store.close()
+
+
+async def test_an_acknowledgement_after_close_is_refused_without_touching_the_database(database_url):
+    """One arriving while the server stops, after the store closed: refused (503, try again), and no read is
+    made on the disposed engine (it would open a connection that nothing closes)."""
+    store = await store_with_a_chunk(database_url)
+    await store.close()
+    with pytest.raises(ServerStopping):
+        await store.record_ack(CHUNK, "a" * 16, "ws", 1)
+    assert store.ack_log._pending == [] and store.ack_log._loading == {}
+    reopened = Store(database_url)
+    assert await count(reopened) == 0
+    await reopened.close()
