@@ -388,7 +388,7 @@ class Recording:
 # -- finding chunks in the recording -----------------------------------------------------------------
 
 
-def resample(samples: np.ndarray, rate_in: int, rate_out: int = RATE) -> np.ndarray:
+def resample(samples: np.ndarray, rate_in: float, rate_out: float = RATE) -> np.ndarray:
     """Linear interpolation: enough to find audio by correlation, not to listen to."""
     duration = len(samples) / rate_in
     positions = np.arange(int(duration * rate_out)) * rate_in / rate_out
@@ -457,6 +457,12 @@ def follow(
     the previous one was: a shift (a stall, a restart) shows up as a change in error from one to the next."""
     how = how or Follow()
     signal = recording.channel(listener)
+    # As heard: the page plays a second of audio in a second of the wall clock, which the recording's
+    # clock fills with `rate` frames, a few hundred ppm off RATE. Matched at RATE, a stretch of a
+    # glide would be off in pitch as well as time, and its true place would score no better than a
+    # place a few periods off (which then won by chance: the "shifts" of 5-6 ms it reported).
+    rate = recording.clock.rate_hz
+    audio = resample(audio, RATE, rate)
     piece_n, hop_n, radius_n = (ms * RATE // 1000 for ms in (how.piece_ms, how.hop_ms, how.radius_ms))
     loud = 0.1 * np.max(np.abs(audio)) if len(audio) else 0
     expected_shift = None  # frames between where the timeline says and where it was heard, so far
@@ -465,7 +471,7 @@ def follow(
         piece = audio[offset : offset + piece_n]
         if np.max(np.abs(piece)) < loud:
             continue  # too quiet to place (a pause, a fade)
-        due_s = starts_at_ms / 1000 + offset / RATE
+        due_s = starts_at_ms / 1000 + offset / rate
         due_frame = recording.clock.frame_at(due_s)
         centre = due_frame + (expected_shift or 0)
         near = None if expected_shift is None else centre
@@ -476,7 +482,7 @@ def follow(
         if not 0.5 <= np.linalg.norm(signal[at : at + piece_n]) / np.linalg.norm(piece) <= 2.0:
             continue  # the stretch is only partly there (a fade-in mid-chunk, a cut): it cannot place it
         expected_shift = position - due_frame
-        found.append(Heard(chunk_id, offset * 1000 / RATE, due_s, recording.clock.time_of(position), score))
+        found.append(Heard(chunk_id, round(offset * 1000 / rate, 3), due_s, recording.clock.time_of(position), score))
     return found
 
 
