@@ -222,6 +222,13 @@ class Listeners:
             await browser.close()
 
 
+async def stop_recording(recorder: "Recorder", pulse: PulseServer) -> "Recording":
+    """The recording so far. In a thread, as every analysis of it is in the tests: a test server runs
+    on the test's event loop, and a loop held still for most of its 10 s server lease stops the
+    whole test process (as a server that lost its lease does)."""
+    return await asyncio.to_thread(lambda: recorder.stop(pulse.mix_latency_s()))
+
+
 async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
     """The chunk's audio as the server stored it (its FLAC), at the recording's rate."""
     async with http.get(f"{base_url}/api/audio/chunks/{chunk_id}", params={"format": "flac"}) as resp:
@@ -552,11 +559,15 @@ def tone_level(
     """A steady tone's amplitude in the listener's channel every hop_ms: (wall-clock times, levels). A
     Hann window centred on each moment, so a ramp's middle is where the filtered ramp's middle is."""
     signal = recording.channel(listener)
-    phase = np.exp(-2j * np.pi * hz * np.arange(len(signal)) / RATE)
+    mixed = signal * np.exp(-2j * np.pi * hz * np.arange(len(signal)) / RATE)
     window = np.hanning(window_ms * RATE // 1000)
-    level = np.abs(np.convolve(signal * phase, window / window.sum(), mode="same")) * 2
+    size = 1 << int(np.ceil(np.log2(len(mixed) + len(window))))  # by FFT: a minute of audio in a second
+    full = np.fft.ifft(np.fft.fft(mixed, size) * np.fft.fft(window / window.sum(), size))
+    start = (len(window) - 1) // 2  # as np.convolve(..., mode="same") centres it
+    level = np.abs(full[start : start + len(signal)]) * 2
     frames = np.arange(0, len(signal), hop_ms * RATE // 1000)
-    return np.array([recording.clock.time_of(f) for f in frames]), level[frames]
+    times = np.interp(frames, recording.clock.frames, recording.clock.times, left=np.nan, right=np.nan)
+    return times, level[frames]
 
 
 def crossing_s(

@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 from media import tone
-from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, narrate_until_steady
+from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, narrate_until_steady, stop_recording
 
 from broadcaster.core.bed import HOLD_MS, RELEASE_MS, duck_envelope, gain_at
 
@@ -55,7 +55,7 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
         return [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
 
     speech, steady = await narrate_until_steady(listeners.pages, narrate)  # before page 3 reloads, below
-    recording = recorder.stop(pulse.mix_latency_s())
+    recording = await stop_recording(recorder, pulse)
     page = listeners.pages[3]
     assert "hum" in await page.text_content("#bed")
     points = duck_envelope(speech, bed["duck_db"])
@@ -68,7 +68,9 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
     await page.reload()
     assert await page.input_value("#music-volume") == "0.35"  # remembered by this browser
 
-    assert_steady_pages_dip_together(recording, [0, 1, 2, 3], steady, BED_HZ, speech, bed["duck_db"], WITHIN_MS)
+    await asyncio.to_thread(
+        assert_steady_pages_dip_together, recording, [0, 1, 2, 3], steady, BED_HZ, speech, bed["duck_db"], WITHIN_MS
+    )
 
 
 async def until(wall_s: float) -> None:

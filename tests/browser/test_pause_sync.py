@@ -18,6 +18,7 @@ from speakers import (
     follow,
     glitches_s,
     percentile,
+    stop_recording,
 )
 
 NARRATION = (
@@ -90,7 +91,7 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     resumed = await control(server, "resume")
     resumes_at_ms, shift_ms = resumed["resumes_at_ms"], resumed["shift_ms"]
     await until(resumes_at_ms / 1000 + 2.5)
-    recording = recorder.stop(pulse.mix_latency_s())
+    recording = await stop_recording(recorder, pulse)
     assert not await listeners.pages[0].is_visible("#paused")
 
     paused_s, resumes_s = paused_at_ms / 1000, resumes_at_ms / 1000
@@ -120,7 +121,9 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     async with aiohttp.ClientSession() as http:
         audio = await chunk_audio(http, server.base_url, first["chunk_id"])
     for listener in (0, 1, 2):
-        after = follow(recording, listener, first["chunk_id"], audio, first["starts_at_ms"] + shift_ms)
+        after = await asyncio.to_thread(
+            follow, recording, listener, first["chunk_id"], audio, first["starts_at_ms"] + shift_ms
+        )
         after = [h for h in after if h.heard_s >= resumes_s]
         assert after, f"listener {listener}: the cut sentence did not go on after the resume"
         assert min(h.offset_ms for h in after) >= cut_offset_ms - 40, f"listener {listener} replayed audio"

@@ -24,6 +24,7 @@ from speakers import (
     percentile,
     recovery,
     skews_ms,
+    stop_recording,
 )
 
 NARRATION = (
@@ -46,7 +47,7 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     await asyncio.sleep(max(0.0, second["starts_at_ms"] / 1000 + 1.0 - time.time()))
     began, resumed = await pulse.stall(0, 150)
     await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
-    recording = recorder.stop(pulse.mix_latency_s())
+    recording = await stop_recording(recorder, pulse)
     page = listeners.pages[0]
     glitches = await page.evaluate("window.broadcaster.output.glitchCount")
     crossfades = await page.evaluate("window.broadcaster.player.crossfades")
@@ -95,7 +96,9 @@ async def heard_in(recording, server, chunks: list[dict]) -> dict[int, list]:
         for chunk in chunks:
             audio = await chunk_audio(http, server.base_url, chunk["chunk_id"])
             for listener in heard:
-                heard[listener] += follow(recording, listener, chunk["chunk_id"], audio, chunk["starts_at_ms"])
+                heard[listener] += await asyncio.to_thread(
+                    follow, recording, listener, chunk["chunk_id"], audio, chunk["starts_at_ms"]
+                )
     return heard
 
 
@@ -166,7 +169,7 @@ async def test_a_listener_whose_output_keeps_glitching_switches_to_a_larger_buff
     await moving.wait_for_function("window.broadcaster.outputBuffer.hint === 0.05", timeout=15_000)
     moved = await moving.evaluate("window.broadcaster.outputBuffer")
     await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
-    recording = recorder.stop(pulse.mix_latency_s())
+    recording = await stop_recording(recorder, pulse)
     handover_s = moved["movedAtMs"] / 1000
     assert clicked_s + 4.9 < handover_s < clicked_s + 15, "the switch did not wait for the new output to settle"
 

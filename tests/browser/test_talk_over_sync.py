@@ -11,7 +11,7 @@ import time
 import aiohttp
 import pytest
 from media import tone
-from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, narrate_until_steady
+from speakers import SPEAKER_CONFIG, assert_steady_pages_dip_together, narrate_until_steady, stop_recording
 
 from broadcaster.core.bed import TALK_OVER_DUCK_DB
 
@@ -60,8 +60,10 @@ async def test_every_page_dips_the_track_under_talk_over_at_the_same_moments(ser
         return [(c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]) for c in chunks]
 
     speech, steady = await narrate_until_steady(listeners.pages, talk_over)
-    recording = recorder.stop(pulse.mix_latency_s())
-    assert_steady_pages_dip_together(recording, [0, 1, 2], steady, TRACK_HZ, speech, TALK_OVER_DUCK_DB, WITHIN_MS)
+    recording = await stop_recording(recorder, pulse)
+    await asyncio.to_thread(
+        assert_steady_pages_dip_together, recording, [0, 1, 2], steady, TRACK_HZ, speech, TALK_OVER_DUCK_DB, WITHIN_MS
+    )
 
 
 async def until(wall_s: float) -> None:
