@@ -53,6 +53,7 @@ from speakers import (
     percentile,
     recovery,
     skews_ms,
+    stop_recording,
 )
 from texts import HARBOUR
 
@@ -134,7 +135,7 @@ async def heard_in(recording: Recording, http, base_url: str, narration: Narrati
     for chunk in narration.chunks:
         audio = await chunk_audio(http, base_url, chunk["chunk_id"])
         for i in listeners:
-            heard[i] += follow(recording, i, chunk["chunk_id"], audio, chunk["starts_at_ms"])
+            heard[i] += await asyncio.to_thread(follow, recording, i, chunk["chunk_id"], audio, chunk["starts_at_ms"])
     return heard
 
 
@@ -308,7 +309,7 @@ async def main(args: argparse.Namespace) -> None:
                 stalled_pages = [await page_report(listeners.pages[i]) for i in everyone]
                 loaded = await narrate(server, " ".join(HARBOUR * 2), load(args.stress_s)) if args.stress_s else None
                 pages = [await page_report(listeners.pages[i]) for i in everyone]
-                recording = recorder.stop(pulse.mix_latency_s())
+                recording = await stop_recording(recorder, pulse)
                 await listeners.close()
                 print(f"recorded {len(recording.samples) / 48000:.0f} s of {len(everyone)} listeners; output clock "
                       f"{(recording.clock.rate_hz / 48000 - 1) * 1e6:+.0f} ppm against the wall clock")  # fmt: skip

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from speakers import RATE, PulseServer
+from speakers import RATE, PulseServer, stop_recording
 
 pytestmark = pytest.mark.speakers(3)
 
@@ -54,7 +54,7 @@ async def test_a_steady_player_is_recorded_in_place_on_its_own_channel(pulse):
     await asyncio.sleep(1.5)  # the recorder's first second is what the sink rendered before
     await asyncio.to_thread(play, pulse, [0, 1])
     await asyncio.sleep(0.5)
-    recording = await asyncio.to_thread(recorder.stop, pulse.mix_latency_s())
+    recording = await stop_recording(recorder, pulse)
 
     for listener in (0, 1):
         onsets = click_onsets(recording.samples[:, listener])[:-DRAIN]
