@@ -230,7 +230,8 @@ async def stop_recording(recorder: "Recorder", pulse: PulseServer) -> "Recording
 
 
 async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
-    """The chunk's audio as the server stored it (its FLAC), at the recording's rate."""
+    """The chunk's audio as the server stored it (its FLAC), at RATE (`follow` stretches it to the rate
+    the recording's clock heard it at)."""
     async with http.get(f"{base_url}/api/audio/chunks/{chunk_id}", params={"format": "flac"}) as resp:
         resp.raise_for_status()
         pcm = await decode_flac(await resp.read())

@@ -27,7 +27,8 @@ def click_track() -> bytes:
 
 
 def play(pulse: PulseServer, listeners: list[int]) -> None:
-    """Clicks into each listener's sink from pacat, a player that writes steadily and a second ahead (so that load on the machine cannot starve it)."""
+    """Clicks into each listener's sink from pacat, a player that writes steadily and a second ahead
+    (so that load on the machine cannot starve it)."""
     command = ["pacat", "--playback", "--raw", "--rate=48000", "--channels=1", "--format=s16le", "--latency-msec=1000"]
     players = [
         subprocess.Popen([*command, f"--device=listener{i}"], stdin=subprocess.PIPE, env=pulse.client_env(i))
