@@ -16,10 +16,13 @@ and the skew under load and after it, against the targets in docs/performance.md
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
                                           [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
-                                          [--buffer small|large]
+                                          [--buffer small|large] [--audio-priority desktop|realtime]
 
 `--buffer large` opens every page as a browser whose listener chose the larger output buffer
 (web/static/buffer.js) would: on it from the start. Each page's buffer is printed.
+`--audio-priority realtime` runs each browser's thread that feeds PulseAudio, and PulseAudio's main
+thread, at realtime priority, as a machine tuned for audio would (`PulseServer.realtime_audio`; needs
+root or CAP_SYS_NICE); as they come ("desktop", the default) both run at normal priority.
 """
 
 import argparse
@@ -294,6 +297,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"{server.base_url}/c/{server.channel}",
                     args.chromium,
                     init_script=CHOSE_LARGE if args.buffer == "large" else "",
+                    realtime=args.audio_priority == "realtime",
                 )
                 for i in everyone[: args.listeners]:
                     await listeners.open(i)
@@ -319,6 +323,10 @@ async def main(args: argparse.Namespace) -> None:
                     if narration is not None
                 }
                 report_buffers(pages)
+                if args.audio_priority == "realtime":
+                    raised = listeners.realtime_threads
+                    print(f"audio path at realtime priority: {raised} threads" if raised else
+                          "audio path at realtime priority: NOT RAISED (no permission), as on a desktop")  # fmt: skip
                 report_calm(heard["calm"], late, pages)
                 report_stalls(heard["stalls"], recording, stalled, stalled_pages)
                 if loaded:
@@ -342,6 +350,12 @@ if __name__ == "__main__":
     parser.add_argument("--rig", choices=["pulseaudio", "pipewire"], default="pulseaudio")
     parser.add_argument(
         "--buffer", choices=["small", "large"], default="small", help="large: as browsers whose listener chose it"
+    )
+    parser.add_argument(
+        "--audio-priority",
+        choices=["desktop", "realtime"],
+        default="desktop",
+        help="realtime: the browsers' output threads and PulseAudio's main thread at realtime priority",
     )
     parser.add_argument("--dump", help="write every stretch heard, as JSON, to this file")
     parser.add_argument("--chromium", default=chromium_path() or shutil.which("chromium"))

@@ -33,6 +33,7 @@ from tts.encode import decode_flac
 
 RATE = 48_000
 FRAGMENT_MS = 2  # the recorder asks for reads this small; the mix sink then renders this far ahead
+REALTIME_PRIORITY = 6  # SCHED_RR: above PulseAudio's sink thread (5), below the browsers' audio threads (8)
 TIE = 0.002  # correlations this close count as equally good matches (a nearly periodic stretch, a period off)
 
 
@@ -109,6 +110,30 @@ class PulseServer:
     def recorder(self) -> "Recorder":
         return Recorder(self.server, self.listeners)
 
+    def realtime_audio(self) -> int:
+        """Raise the threads that carry audio to the sinks to realtime priority, as on a machine tuned
+        for audio: every client's libpulse thread (in a browser, the one that feeds PulseAudio what its
+        audio thread rendered) and the daemon's main thread (which takes in every client's audio). As
+        they come, both run at normal priority beside everything else, and a busy machine starves them:
+        the output underruns again and again while the browser's own audio thread, realtime already, sees
+        nothing wrong (docs/performance.md, "Underrun storms"). Returns how many threads run at realtime
+        priority now; 0 where this process may not raise them (no CAP_SYS_NICE)."""
+        clients = re.findall(r'application\.process\.id = "(\d+)"', self.pactl("list", "clients").stdout)
+        threads = [tid for pid in set(clients) for tid in _threads(int(pid), "threaded-ml")]
+        if self.proc is not None:
+            threads.append(self.proc.pid)
+        raised = 0
+        for tid in threads:
+            try:
+                if os.sched_getscheduler(tid) != os.SCHED_RR:
+                    os.sched_setscheduler(tid, os.SCHED_RR, os.sched_param(REALTIME_PRIORITY))
+                raised += 1
+            except ProcessLookupError:
+                continue  # gone meanwhile (pactl itself is a client)
+            except PermissionError:
+                return 0
+        return raised
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -117,6 +142,18 @@ class PulseServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _threads(pid: int, name: str) -> list[int]:
+    """The ids of the process's threads called `name`."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().strip() == name:
+                found.append(int(task.name))
+        except OSError:
+            continue  # ended meanwhile
+    return found
 
 
 class PipeWireServer(PulseServer):
@@ -178,10 +215,21 @@ class PipeWireServer(PulseServer):
 class Listeners:
     """Listener pages as people open them, each in its own Chromium playing into its own sink."""
 
-    def __init__(self, playwright, pulse: PulseServer, page_url: str, chromium: str, init_script: str = ""):
-        """`init_script`: run in each page before its own scripts (to set what a browser remembers)."""
+    def __init__(
+        self,
+        playwright,
+        pulse: PulseServer,
+        page_url: str,
+        chromium: str,
+        init_script: str = "",
+        realtime: bool = False,
+    ):
+        """`init_script`: run in each page before its own scripts (to set what a browser remembers);
+        `realtime`: each browser's output to PulseAudio runs at realtime priority (`PulseServer.realtime_audio`)."""
         self.playwright, self.pulse, self.page_url, self.chromium = playwright, pulse, page_url, chromium
         self.init_script = init_script
+        self.realtime = realtime
+        self.realtime_threads = 0  # how many threads of the audio path run at realtime priority
         self.pages: dict[int, object] = {}
         self.browsers: list = []
 
@@ -203,6 +251,8 @@ class Listeners:
         await page.wait_for_function(
             "window.broadcaster.socket.clock.samples.length >= 8 && window.broadcaster.output?.ready", timeout=20_000
         )
+        if self.realtime:  # its output stream is open now
+            self.realtime_threads = await asyncio.to_thread(self.pulse.realtime_audio)
         self.pages[listener] = page
         return page
 

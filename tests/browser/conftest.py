@@ -72,11 +72,13 @@ async def pulse(tmp_path, request: pytest.FixtureRequest) -> AsyncIterator[Pulse
 @pytest.fixture
 async def listeners(server, pulse: PulseServer) -> AsyncIterator[Listeners]:
     """Listener pages on the test server's channel, each in its own Chromium playing into its own sink
-    of `pulse`; closed after the test."""
+    of `pulse`; closed after the test. Their output to PulseAudio runs at realtime priority where the
+    tests may raise it (as root in CI): at normal priority a machine busy with other work starves it
+    into underruns that have nothing to do with the page under test (docs/performance.md)."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
-        opened = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path())
+        opened = Listeners(pw, pulse, f"{server.base_url}/c/{server.channel}", chromium_path(), realtime=True)
         try:
             yield opened
         finally:
