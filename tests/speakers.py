@@ -112,14 +112,17 @@ class PulseServer:
 
     def realtime_audio(self) -> int:
         """Raise the threads that carry audio to the sinks to realtime priority, as on a machine tuned
-        for audio: every client's libpulse thread (in a browser, the one that feeds PulseAudio what its
-        audio thread rendered) and the daemon's main thread (which takes in every client's audio). As
-        they come, both run at normal priority beside everything else, and a busy machine starves them:
-        the output underruns again and again while the browser's own audio thread, realtime already, sees
-        nothing wrong (docs/performance.md, "Underrun storms"). Returns how many threads run at realtime
-        priority now; 0 where this process may not raise them (no CAP_SYS_NICE)."""
-        clients = re.findall(r'application\.process\.id = "(\d+)"', self.pactl("list", "clients").stdout)
-        threads = [tid for pid in set(clients) for tid in _threads(int(pid), "threaded-ml")]
+        for audio: in each other process playing here (a browser's audio service) its main thread and
+        its libpulse threads, which take what the browser's audio thread rendered and feed it to
+        PulseAudio, and the daemon's main thread, which takes in every client's audio. As they come, all
+        of them run at normal priority beside everything else, and a busy machine starves them: the
+        output underruns again and again while the browser's own audio thread, realtime already, sees
+        nothing wrong (docs/performance.md, "Underrun storms"). This process (the recorder) is left as
+        it is. Returns how many threads run at realtime priority now; 0 where this process may not
+        raise them (no CAP_SYS_NICE)."""
+        found = re.findall(r'application\.process\.id = "(\d+)"', self.pactl("list", "clients").stdout)
+        clients = {int(pid) for pid in found} - {os.getpid()}
+        threads = [tid for pid in clients for tid in (pid, *_threads(pid, "threaded-ml"))]
         if self.proc is not None:
             threads.append(self.proc.pid)
         raised = 0
