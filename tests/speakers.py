@@ -117,8 +117,8 @@ class PulseServer:
         PulseAudio, and the daemon's main thread, which takes in every client's audio. As they come, all
         of them run at normal priority beside everything else, and a busy machine starves them: the
         output underruns again and again while the browser's own audio thread, realtime already, sees
-        nothing wrong (docs/performance.md, "Underrun storms"). This process (the recorder) is left as
-        it is. Returns how many threads run at realtime priority now; 0 where this process may not
+        nothing wrong (docs/performance.md, "Where the storms come from"). This process (the recorder)
+        is left as it is. Returns how many threads run at realtime priority now; 0 where this process may not
         raise them (no CAP_SYS_NICE)."""
         found = re.findall(r'application\.process\.id = "(\d+)"', self.pactl("list", "clients").stdout)
         clients = {int(pid) for pid in found} - {os.getpid()}
