@@ -75,7 +75,7 @@ async def post(member: Member, channel: str, token: str, text: str) -> tuple[int
         )
 
 
-async def post_while_changing_hands(http: aiohttp.ClientSession, url: str, body: dict, headers: dict) -> tuple:
+async def post_while_changing_hands(http: aiohttp.ClientSession, url: str, body: dict | None, headers: dict) -> tuple:
     """POST, again after its Retry-After while the answer is 503, as a client of a cluster would: with
     the tests' 1 s lease an owner whose loop stalls for ~0.7 s steps down, and for a moment nobody runs
     the channel. Tests of a 503 itself post directly."""

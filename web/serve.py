@@ -29,10 +29,14 @@ class Listening:
 def _bound(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # worker processes share the port; the kernel spreads connections over them
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # worker processes share the port; the kernel spreads connections over them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -48,14 +52,21 @@ def _url(sock: socket.socket) -> str:
 
 async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = False) -> Listening:
     """Listen on the public address, and in a cluster on an internal one, which is then advertised
-    so that the process starts taking its share of the channels."""
+    so that the process starts taking its share of the channels. Both are bound before either
+    listens: a worker that cannot have its internal port must not take (and then drop) listeners'
+    connections on the public port it shares with the others."""
     public = _bound(config.server.host, config.server.port, reuse_port)
-    await web.SockSite(runner, public, backlog=BACKLOG).start()
     cluster = runner.app.get(CLUSTER)
     if cluster is None:
+        await web.SockSite(runner, public, backlog=BACKLOG).start()
         return Listening(_url(public), "")
-    internal = _bound(config.cluster.internal_host, internal_port(config.cluster.internal_port))
+    try:
+        internal = _bound(config.cluster.internal_host, internal_port(config.cluster.internal_port))
+    except OSError:
+        public.close()
+        raise
     await web.SockSite(runner, internal, backlog=BACKLOG).start()
+    await web.SockSite(runner, public, backlog=BACKLOG).start()
     cluster.advertise(_url(internal))
     return Listening(_url(public), _url(internal))
 

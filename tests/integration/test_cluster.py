@@ -5,15 +5,22 @@ the channel; listeners on both hear one timeline, and a producer may post to eit
 
 import asyncio
 import json
+from socket import create_server
 
 import aiohttp
 import pytest
 import websockets
+from aiohttp import web
 from cluster_members import LEASE_S, Member, owner_of, post, post_while_changing_hands, start_member
+from conftest import FAST_TONES, merge
+from server_process import free_port
 
+from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel
 from db.store import Store
+from web.app import create_app
 from web.keys import CLUSTER, METRICS
+from web.serve import start_sites
 
 from .test_shared_audio import decoded_seconds
 
@@ -441,11 +448,11 @@ def counted(cleanup, counts: dict, member):
 
 
 async def control(member: Member, channel: str, token: str, action: str) -> tuple[int, dict]:
+    """A queue control, again after a 503 while the channel changes hands (as `post` does)."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{member.base_url}/api/channels/{channel}/{action}", headers={"Authorization": f"Bearer {token}"}
-        ) as resp:
-            return resp.status, await resp.json()
+        return await post_while_changing_hands(
+            http, f"{member.base_url}/api/channels/{channel}/{action}", None, {"Authorization": f"Bearer {token}"}
+        )
 
 
 async def test_a_pause_sent_to_any_member_stops_every_member_and_its_replica(cluster):
@@ -474,6 +481,7 @@ async def test_a_pause_sent_to_any_member_stops_every_member_and_its_replica(clu
     assert replica.channel.paused_at_ms is None
     # The owner may place the next sentence's chunk before the replica hears of it: the chunks both
     # have are moved alike.
+    owner = await owner_of("table", owner, other)  # with the tests' 1 s lease, the channel may have moved meanwhile
     starts = {c.chunk_id: c.starts_at_ms for c in owner.station.runners["table"].channel.line[0].chunks}
     moved = {c.chunk_id: c.starts_at_ms for c in replica.channel.line[0].chunks}
     assert moved and {chunk_id: starts[chunk_id] for chunk_id in moved} == moved
@@ -546,3 +554,29 @@ async def test_a_write_to_a_member_not_running_the_channel_is_answered_as_the_ow
     channel = owner.station.runners["table"].channel
     assert channel.find_request(queued["request_id"]) is not None
     assert len(channel.line) == 1, "the 401 queued nothing"
+
+
+async def test_a_member_that_cannot_have_its_internal_port_never_listens_on_the_public_one(
+    tmp_path, postgres_url, redis_url
+):
+    """A worker whose internal port is taken fails before it listens anywhere: on the public port it
+    shares with the other workers it would take connections, only to drop them as it exits."""
+    public = free_port()
+    with create_server(("127.0.0.1", 0)) as taken:
+        settings = merge(
+            FAST_TONES,
+            {
+                "server": {"database_url": postgres_url, "data_dir": str(tmp_path / "data"), "port": public},
+                "cluster": {"redis_url": redis_url, "internal_port": taken.getsockname()[1]},
+            },
+        )
+        config = config_from_dict(settings)
+        runner = web.AppRunner(create_app(config))
+        await runner.setup()
+        try:
+            with pytest.raises(OSError):
+                await start_sites(runner, config, reuse_port=True)
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", public)
+        finally:
+            await runner.cleanup()

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import websockets
-from server_process import ServerProcess, cli, free_port
+from server_process import ServerProcess, cli
 
 LEASE_S = 1
 
@@ -211,16 +211,21 @@ async def test_workers_share_one_port_and_a_narration_reaches_listeners_of_every
 
 
 def free_port_pair(avoid: int) -> int:
-    """A port p such that p and p + 1 are free now and neither is `avoid`."""
+    """A port p such that p and p + 1 are free now and neither is `avoid`: below the ephemeral range,
+    as docs/deployment.md advises, where no outgoing connection (the test's, a worker's to PostgreSQL)
+    can take one before the worker binds it."""
+    import random
     import socket
 
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     while True:
-        base = free_port()
+        base = random.randrange(max(1024, lowest_ephemeral - 8000), lowest_ephemeral - 1)
         if avoid in (base, base + 1):
             continue
         try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", base + 1))
+            for port in (base, base + 1):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
         except OSError:
             continue
         return base
