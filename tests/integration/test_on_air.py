@@ -47,20 +47,23 @@ async def test_three_requests_play_in_order_without_overlap_or_extra_gap(server,
     assert started == ids
 
 
-async def test_late_joiner_gets_offset_within_10ms_of_the_timeline(server, connect):
-    """A listener joining mid-request is told the chunk playing now and an offset matching its own clock."""
+async def test_late_joiner_gets_the_offset_of_the_moment_it_joined(server, connect):
+    """A listener joining mid-request is told the chunk playing now and its offset at the moment the
+    server answered: between the listener's clock when it asked and when the answer came (a busy
+    machine may take tens of ms in between; the offset must still fall inside, to the millisecond)."""
     first = await connect()
     await first.next("snapshot")
     await server.say("A long opening sentence that keeps talking for quite a while, on and on and on. Then more.")
     chunk = await first.next("audio_chunk_ready")
     await asyncio.sleep(max(0, chunk["starts_at_ms"] - time.time() * 1000) / 1000 + 0.3)
+    asked_ms = time.time() * 1000
     late = await connect()
     snapshot = await late.next("snapshot")
     arrived_ms = time.time() * 1000
     position = snapshot["now_playing"]["position"]
     assert position["chunk_id"] == chunk["chunk_id"]
-    expected = arrived_ms - chunk["starts_at_ms"]
-    assert abs(position["offset_ms"] - expected) <= 10
+    joined_ms = chunk["starts_at_ms"] + position["offset_ms"]  # the moment the offset was taken at
+    assert asked_ms - 1 <= joined_ms <= arrived_ms + 1, (asked_ms, joined_ms, arrived_ms)
     assert position["offset_ms"] >= 250
 
 
