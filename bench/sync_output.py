@@ -52,6 +52,7 @@ from speakers import (
     chunk_audio,
     clicks,
     follow,
+    heard_jumps_s,
     near_glitch,
     percentile,
     recovery,
@@ -170,6 +171,9 @@ def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict
     glitches = sorted(g for g in glitches if began - 1 <= g <= ended)
     clear = {i: [h for h in found if not near_glitch(h.heard_s, glitches)] for i, found in heard.items()}
     print(line(f"the same away from glitches ({len(glitches)} detected)", skews_ms(clear)))
+    jumped = sorted(at_s for found in heard.values() for at_s in heard_jumps_s(found))
+    steady = {i: [h for h in found if not near_glitch(h.heard_s, glitches + jumped)] for i, found in heard.items()}
+    print(line(f"  and from jumps heard ({len(jumped)})", skews_ms(steady)))
     errors = [h.error_ms for found in heard.values() for h in found]
     print(line("|error| against the timeline", [abs(e) for e in errors]))
     print(f"{'mean error against the timeline':44s} {sum(errors) / max(len(errors), 1):+7.2f} ms")

@@ -647,6 +647,21 @@ def near_glitch(at_s: float, glitches_s: list[float]) -> bool:
     return any(-0.5 <= at_s - g <= GLITCH_SHADOW_S for g in glitches_s)
 
 
+HEARD_JUMP_MS = 2.0  # next stretches of a chunk ~20 ms apart: slewing moves them < 0.1 ms, noise ~0.03 ms
+
+
+def heard_jumps_s(found: list[Heard], over_ms: float = HEARD_JUMP_MS) -> list[float]:
+    """When this listener's output jumped in time as the recording heard it (wall clock, s): a
+    discontinuity between two next stretches of a chunk, whether or not the page noticed it (an
+    underrun its output timestamps hid, a busy machine's: docs/performance.md)."""
+    ordered = sorted(found, key=lambda h: h.heard_s)
+    return [
+        b.heard_s
+        for a, b in zip(ordered, ordered[1:])
+        if a.chunk_id == b.chunk_id and b.heard_s - a.heard_s < 0.1 and abs(b.error_ms - a.error_ms) > over_ms
+    ]
+
+
 # A page that moved to a larger output buffer (web/static/buffer.js) plays on a new output, whose first
 # seconds are unsteady as a page's first seconds are (docs/performance.md): this long after the move.
 MOVED_UNSTEADY_S = 6.0

@@ -3,9 +3,10 @@ together on one clock; every stretch of every chunk found in what each played (t
 
 One listener's output is stopped for 150 ms mid-sentence (its sink suspended): the page must notice
 and be back on the timeline within a second, with a crossfade rather than a hard cut, while the other
-listener is untouched. Away from the stall (and from any glitch a page detected by itself, as the
-benchmark's "away from glitches" figure), the two stay within 5 ms (p95) of each other and of the
-timeline. bench/sync_output.py measures the same more thoroughly (docs/performance.md).
+listener is untouched. Away from the stall and from any other glitch (one a page detected by itself,
+or a jump in an output's timing the recording heard: a busy machine's underruns, which the browser's
+timestamps can hide), the two stay within 5 ms (p95) of each other and of the timeline.
+bench/sync_output.py measures the same more thoroughly (docs/performance.md).
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from speakers import (
     clicks,
     follow,
     glitches_s,
+    heard_jumps_s,
     near_glitch,
     percentile,
     recovery,
@@ -56,14 +58,25 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
 
     chunks = [first, second] + [m for m in observer.messages if m["type"] == "audio_chunk_ready"][2:]
     heard = await heard_in(recording, server, chunks)
+    jumped = [at_s for found in heard.values() for at_s in heard_jumps_s(found)]
 
     calm = {
-        i: [h for h in found if not began - 0.2 <= h.heard_s <= resumed + 1.0 and not near_glitch(h.heard_s, detected)]
+        i: [
+            h
+            for h in found
+            if not began - 0.2 <= h.heard_s <= resumed + 1.0 and not near_glitch(h.heard_s, detected + jumped)
+        ]
         for i, found in heard.items()
     }
     skews = skews_ms(calm)
-    assert len(skews) > 200, "too little of the narration was found in the recording"
-    assert percentile(skews, 95) < 5, f"listeners apart by {percentile(skews, 95):.1f} ms (p95) without glitches"
+    seen = (
+        f"{len(detected)} glitches detected by the pages, {len(jumped)} jumps heard, "
+        f"{listeners.realtime_threads} audio threads at realtime priority"
+    )
+    assert len(skews) > 200, f"too little of the narration was found in the recording away from glitches ({seen})"
+    assert percentile(skews, 95) < 5, (
+        f"listeners apart by {percentile(skews, 95):.1f} ms (p95) without glitches ({seen})"
+    )
     errors = [abs(h.error_ms) for found in calm.values() for h in found]
     assert percentile(errors, 95) < 5, f"{percentile(errors, 95):.1f} ms off the timeline (p95) without glitches"
 
