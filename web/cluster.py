@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from broadcaster.config import Config
-from broadcaster.core.events import QueueChanged
 from broadcaster.runtime.bus import Outbox
 from broadcaster.runtime.ownership import NODE, ChannelOwnership
 from broadcaster.runtime.runner import ChannelRunner
@@ -25,7 +24,7 @@ from .audience import Audience, Reports
 from .fanout import Hub
 from .feed import FeedHooks, Feeds
 from .forward import HOPS, PEER, Forwarder
-from .messages import event_json, queue_state_json
+from .messages import queue_state_json, takeover_json
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +117,8 @@ class Cluster:
         await self.station.adopt(name, lease)
         self.metrics.ownership_changes.labels("gained").inc()
         runner = self.station.runners[name]
-        async with runner.saved:  # the state new listeners start from, whatever the last owner left;
-            # and the queue as the database had it, for listeners who were told less (the last owner may
-            # have saved a request's end and died before announcing it)
-            self.announce(runner, [event_json(QueueChanged(), runner.channel)])
+        async with runner.saved:  # the state every listener starts again from, whatever the last owner told them
+            self.announce(runner, [takeover_json(queue_state_json(runner.channel, self.clock()))])
 
     async def _keep_snapshots(self) -> None:
         """Every round, give the bus a snapshot of each channel run here that it has none of under

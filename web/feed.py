@@ -26,7 +26,7 @@ from typing import Any
 from broadcaster.runtime.bus import Batch, Delivery, Entry, EventBus, Position, Reset, Snapshot, Subscription
 
 from .fanout import Hub, Listener
-from .messages import refresh_snapshot
+from .messages import TAKEOVER, refresh_snapshot
 from .replica import ChannelReplica
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,18 @@ class ChannelFeed:
     def deliver(self, delivery: Delivery) -> None:
         if isinstance(delivery, Batch):
             self.recent.extend(delivery.entries)
+            step: list[dict[str, Any]] = []
             for entry in delivery.entries:
-                if entry.message.get("type") == "audio_chunk_ready":
-                    self.learn(entry.message["chunk_id"], entry.message["request_id"], self.channel)
-            self.hub.broadcast(self.channel, *(entry.message for entry in delivery.entries))
+                message = entry.message
+                if message.get("type") == TAKEOVER:
+                    self.hub.broadcast(self.channel, *step)
+                    step = []
+                    self._resynchronise(message["state"])
+                    continue
+                if message.get("type") == "audio_chunk_ready":
+                    self.learn(message["chunk_id"], message["request_id"], self.channel)
+                step.append(message)
+            self.hub.broadcast(self.channel, *step)
         else:
             self._reset(delivery)
         self._replicate(delivery)
@@ -113,6 +121,20 @@ class ChannelFeed:
             else:
                 listener.send(self._snapshot_for(listener, reset.snapshot.state))
 
+    def _resynchronise(self, state: dict[str, Any]) -> None:
+        """Another process took the channel: every listener starts again from its state (a listener
+        keeps what it already plays that the snapshot still holds, web/static/listener.js)."""
+        listeners = list(self.hub.listeners.get(self.channel, ()))
+        if listeners:
+            self.count_reset("owner")
+            log.info("channel %s: a new owner; %d listener(s) resynchronised", self.channel, len(listeners))
+        for listener in listeners:
+            listener.send(self._snapshot_for(listener, state))
+
+    def _outgoing(self, listener: Listener, message: dict[str, Any]) -> dict[str, Any]:
+        """A message of the history as this listener is sent it."""
+        return self._snapshot_for(listener, message["state"]) if message.get("type") == TAKEOVER else message
+
     def _snapshot_for(self, listener: Listener, state: dict[str, Any]) -> dict[str, Any]:
         return {
             "type": "snapshot",
@@ -140,7 +162,7 @@ class ChannelFeed:
                 continue  # this feed no longer holds every message since the snapshot: a newer one
             listener.send(self._snapshot_for(listener, snapshot.state))
             for entry in after:
-                listener.send(entry.message)
+                listener.send(self._outgoing(listener, entry.message))
             self.hub.add(listener)
             return
         raise FeedBroken(f"channel {self.channel!r}: no snapshot matched the event feed; try again")

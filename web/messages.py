@@ -129,6 +129,16 @@ def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
     ]
 
 
+TAKEOVER = "takeover"  # on the bus only: a new owner's state, which every feed resynchronises its listeners to
+
+
+def takeover_json(state: dict[str, Any]) -> dict[str, Any]:
+    """What a process publishes first when it takes a channel: its state as restored from the database.
+    The last owner may have saved steps it never announced (it died, or its announcements waited out a
+    Redis outage and were then refused as stale), so what listeners were told may fall short of it."""
+    return {"type": TAKEOVER, "state": state}
+
+
 def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
     return {
         "server_time_ms": now_ms,

@@ -32,6 +32,8 @@ from broadcaster.runtime.bus import BusUnavailable
 from broadcaster.runtime.live import Lineup
 from broadcaster.runtime.runner import ChannelRunner
 
+from .messages import TAKEOVER
+
 if TYPE_CHECKING:
     from .feed import Feeds
 
@@ -259,6 +261,7 @@ _APPLY: dict[str, Callable[[ChannelReplica, Message], None]] = {
     "request_failed": ChannelReplica._failed,
     "request_cancelled": ChannelReplica._cancelled,
     "playback_queue_updated": ChannelReplica._queue_updated,
+    TAKEOVER: lambda replica, message: replica._restore(message["state"]),
 }
 
 

@@ -580,3 +580,28 @@ async def test_a_member_that_cannot_have_its_internal_port_never_listens_on_the_
                 await asyncio.open_connection("127.0.0.1", public)
         finally:
             await runner.cleanup()
+
+
+async def test_what_an_owner_saved_but_never_announced_reaches_listeners_through_the_next_owner(cluster):
+    """An owner that saved steps and stopped before announcing them (it died, or its announcements
+    waited out a Redis outage and were then refused as stale): the next owner's takeover resynchronises
+    every listener, so a chunk only the database knows of still reaches them."""
+    made, owner, other, sockets = await listening_on_both(cluster)
+    for socket in sockets:
+        await socket.ws.close()
+    follower = Follower(other, "table")
+    await asyncio.sleep(0.3)
+    owner.app[CLUSTER].outbox.put = lambda *args, **kwargs: None  # from now on it announces nothing
+    sentences = " ".join(f"Sentence number {n} of a long narration goes here." for n in range(12))
+    status, body = await post(owner, "table", made.token, sentences)
+    assert status == 202, body
+    runner = owner.station.runners["table"]
+    async with asyncio.timeout(10):
+        while len(placed := [c.chunk_id for c in runner.channel.line[0].chunks if c.scheduled]) < 2:
+            await asyncio.sleep(0.02)
+    await owner.stop()  # hands the channel over; the other member takes it, the narration still playing
+    try:
+        await follower.heard_played(body["request_id"])
+        assert set(placed) <= set(follower.chunks), "a chunk only the database knew of never reached the listener"
+    finally:
+        await follower.stop()

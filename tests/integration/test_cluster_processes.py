@@ -349,6 +349,7 @@ class Roaming:
             member = self.members[self.index % len(self.members)]
             try:
                 async with websockets.connect(ws_url(member.base_url)) as ws:
+                    self.joins += 1  # not every snapshot: a takeover resynchronises listeners that stay
                     async for text in ws:
                         self._take(json.loads(text))
             except (OSError, websockets.ConnectionClosed, websockets.InvalidStatus):
@@ -359,7 +360,6 @@ class Roaming:
     def _take(self, message: dict) -> None:
         kind = message["type"]
         if kind == "snapshot":
-            self.joins += 1
             self.played |= {r["request_id"] for r in message["recent"] if r["status"] == "played"}
             for chunk in (message["now_playing"] or {}).get("chunks", []):
                 self.starts[chunk["chunk_id"]] = chunk["starts_at_ms"]

@@ -6,7 +6,7 @@ import asyncio
 
 from broadcaster.runtime.bus import Batch, Entry, InProcessBus, Position, Reset, ResetReason, Snapshot
 from web.feed import RESYNC, ChannelFeed, Feeds
-from web.messages import refresh_snapshot
+from web.messages import refresh_snapshot, takeover_json
 
 
 class Seen:
@@ -112,3 +112,27 @@ def test_a_refreshed_snapshot_says_where_the_timeline_is_now():
     assert refresh_snapshot(stored, 2200)["now_playing"]["position"] is None
     assert refresh_snapshot(stored, 2200)["server_time_ms"] == 2200
     assert stored["now_playing"]["position"] is None  # the stored state is not changed
+
+
+async def test_a_takeover_resynchronises_every_listener_and_a_joiner_replaying_it_alike():
+    """A new owner's takeover message is never sent as is: each listener gets a snapshot of the state
+    it carries, in its place among the other messages, and so does a listener joining from before it."""
+    bus, hub = InProcessBus(), Hub()
+    feeds = Feeds(bus, hub, lambda: 1000)
+    feed = await feeds.feed("table")
+    bus.publish_now("table", 1, [step(1)], state(1))
+    before = await bus.snapshot("table")
+    here = Seen("here")
+    hub.add(here)
+    bus.publish_now("table", 2, [step(2), takeover_json(state(9)), step(3)], state(9))
+    assert [m["type"] for m in here.got] == ["step", "snapshot", "step"]
+    assert here.got[1]["connection_id"] == "here" and here.got[1]["queue"] == [{"n": 9}]
+
+    joiner = Seen("joiner")
+
+    async def fetch():
+        return before
+
+    await feed.join(joiner, fetch)
+    assert [m["type"] for m in joiner.got] == ["snapshot", "step", "snapshot", "step"]
+    assert joiner.got[2]["connection_id"] == "joiner" and joiner.got[2]["queue"] == [{"n": 9}]

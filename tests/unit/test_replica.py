@@ -12,7 +12,7 @@ from broadcaster.core.states import ChunkState, RequestState
 from broadcaster.core.timeline import TimelineConfig
 from broadcaster.runtime.bus import InProcessBus
 from web.feed import Feeds
-from web.messages import event_json, queue_state_json
+from web.messages import event_json, queue_state_json, takeover_json
 from web.replica import RECENT_KEPT, ChannelReplica, Followed
 
 CFG = TimelineConfig(lead_ms=500, sentence_gap_ms=250, request_gap_ms=600, generation_timeout_ms=10_000)
@@ -208,6 +208,18 @@ def test_a_reset_starts_from_the_snapshot_and_keeps_the_chunks_it_knew():
         owner.at(now)
     assert placed(fresh.channel.line) == placed(owner.channel.line) == []
     assert placed(list(fresh.channel.recent)[1:]) == placed(list(owner.channel.recent)[1:])  # the first: no chunks
+
+
+def test_a_takeover_message_starts_the_replica_again_from_the_state_it_carries():
+    """What a new owner publishes first: taken like a reset, in its place among the messages."""
+    owner = Owner()
+    first = owner.submit("One.", "Two.")
+    owner.make(first, 1000)
+    owner.at(1500)
+    fresh = ChannelReplica("table")
+    fresh.take([takeover_json(queue_state_json(owner.channel, owner.now))])
+    assert [r.request_id for r in fresh.channel.line] == [first.request_id]
+    assert placed(fresh.channel.line) == placed(owner.channel.line)
 
 
 def test_a_reset_without_a_snapshot_keeps_what_was_known():
