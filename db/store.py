@@ -1,5 +1,6 @@
 """The database adapter: turns core objects into rows and back. No decisions here."""
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
 from .uninterrupted import uninterrupted
 
+CLOSE_WAIT_S = 5.0  # at a stop, how long calls still under way may take to give their connections back
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
 
 
@@ -89,7 +91,17 @@ class Store:
     async def close(self) -> None:
         await self.connection_log.close()
         await self.ack_log.close()
+        await self._connections_back()
         await self.engine.dispose()
+
+    async def _connections_back(self) -> None:
+        """Wait (a little) for calls still under way: a read shared by several requests, or a write whose
+        caller left (db/uninterrupted.py), may outlive the handler that asked. A connection given back
+        after `dispose` would go to the pool it left behind and never be closed."""
+        pool = self.engine.pool
+        deadline = asyncio.get_running_loop().time() + CLOSE_WAIT_S
+        while getattr(pool, "checkedout", lambda: 0)() > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     # -- channels ----------------------------------------------------------
 
