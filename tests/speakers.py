@@ -690,7 +690,7 @@ async def steady_pages(pages: dict[int, object], speech: list[tuple[int, int]]) 
 
 
 async def narrate_until_steady(
-    pages: dict[int, object], narrate: Callable[[], Awaitable[list[tuple[int, int]]]], attempts: int = 2
+    pages: dict[int, object], narrate: Callable[[], Awaitable[list[tuple[int, int]]]], attempts: int = 3
 ) -> tuple[list[tuple[int, int]], list[int]]:
     """Run `narrate()` (it returns the voice's spans, server ms, once they have played) until every page
     kept its output steady around one (steady_pages), at most `attempts` times, and return the last

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(3)
 @pytest.fixture
 def music(tmp_path, monkeypatch):
     (tmp_path / "music").mkdir()
-    tone(tmp_path / "music" / "hum.wav", 30, TRACK_HZ)  # long enough for a second talk-over
+    tone(tmp_path / "music" / "hum.wav", 40, TRACK_HZ)  # long enough for a third talk-over
     monkeypatch.chdir(tmp_path)  # the default music folder is ./music
 
 
