@@ -71,7 +71,7 @@ def preview(text: str) -> str:
 
 
 def queue_item_json(request: Request, position: int) -> dict[str, Any]:
-    return {
+    item = {
         "request_id": request.request_id,
         "status": request.state.value,
         "position": position,
@@ -81,6 +81,12 @@ def queue_item_json(request: Request, position: int) -> dict[str, Any]:
         "chunks_total": len(request.sentences),
         "starts_at_ms": request.starts_at_ms,
     }
+    # With a lead longer than the gap between requests, the next request's first chunk goes on the air
+    # while the one before still sounds: a snapshot must carry it, as its announcement came before.
+    placed = [chunk_json(c) for c in request.live_chunks() if c.scheduled]
+    if placed:
+        item["chunks"] = placed
+    return item
 
 
 def now_playing_json(channel: Channel, now_ms: int) -> dict[str, Any] | None:

@@ -122,7 +122,11 @@ class ChannelReplica:
             head = self._described(known, playing)
             head.chunks = [_chunk(head.request_id, c) for c in playing.get("chunks", ())]
             line.append(head)
-        line += [self._described(known, item) for item in state.get("queue", ())]
+        for item in state.get("queue", ()):
+            request = self._described(known, item)
+            if "chunks" in item:  # on the air already, in its lead (web/messages.py)
+                request.chunks = [_chunk(request.request_id, c) for c in item["chunks"]]
+            line.append(request)
         self.channel.line = line
         self.channel.overlay = []
         for item in state.get("over", ()):

@@ -3,6 +3,7 @@
 import asyncio
 import statistics
 import subprocess
+import time
 
 import aiohttp
 import pytest
@@ -136,6 +137,37 @@ async def test_dropped_connection_reconnects_and_stays_in_sync(browser, server, 
     record = await scheduled(page)
     for chunk in chunks:
         assert abs(record[chunk["chunk_id"]]["sounds_at_local_ms"] - chunk["starts_at_ms"]) <= SYNC_TOLERANCE_MS
+    assert page_errors.errors == []
+
+
+@pytest.mark.server_config(
+    {
+        "tts": {"tone_ms_per_char": 60, "tone_delay_ms": 20},
+        "timeline": {"lead_ms": 3000, "min_lead_ms": 3000, "sentence_gap_ms": 150, "request_gap_ms": 300},
+    }
+)
+async def test_a_page_reconnecting_while_the_next_request_is_in_its_lead_keeps_its_first_chunk(
+    browser, server, connect, page_errors
+):
+    """With a lead longer than the gap between requests (as a large audience's grows), the next
+    request's first chunk is announced while the one before still sounds. A page that reconnects then
+    finds it in its snapshot (in that request's queue item) and keeps it, instead of dropping it as a
+    chunk no longer on the air, and plays it in sync."""
+    observer = await connect()
+    await observer.next("snapshot")
+    page = await open_listener(browser, server, page_errors)
+    await server.say(LONG_FIRST)
+    second = (await (await server.say("The second one.")).json())["request_id"]
+    chunk = await observer.next("audio_chunk_ready", where=lambda m: m["request_id"] == second)
+    await page.evaluate("window.broadcaster.socket.drop()")
+    await page.wait_for_function("document.getElementById('connection').dataset.state === 'reconnecting'")
+    await page.wait_for_function("document.getElementById('connection').dataset.state === 'live'", timeout=10000)
+    first_ends_ms = chunk["starts_at_ms"] - 300
+    assert time.time() * 1000 < first_ends_ms, "the page came back after the first request ended: nothing tested"
+    assert await page.evaluate("(id) => window.broadcaster.chunks.has(id)", chunk["chunk_id"]), "the chunk was dropped"
+    await wait_played(observer, second)
+    record = await scheduled(page)
+    assert abs(record[chunk["chunk_id"]]["sounds_at_local_ms"] - chunk["starts_at_ms"]) <= SYNC_TOLERANCE_MS
     assert page_errors.errors == []
 
 

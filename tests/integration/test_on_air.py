@@ -67,6 +67,24 @@ async def test_late_joiner_gets_the_offset_of_the_moment_it_joined(server, conne
     assert position["offset_ms"] >= 250
 
 
+@pytest.mark.server_config({"timeline": {"lead_ms": 900, "min_lead_ms": 900, "request_gap_ms": 300}})
+async def test_a_listener_joining_while_the_next_request_is_in_its_lead_gets_its_first_chunk(server, connect):
+    """With a lead longer than the gap between requests, the next request's first chunk is announced
+    while the one before still sounds. A listener joining then was not there to hear it: its snapshot
+    carries it in the request's queue item, so it does not miss that sentence."""
+    observer = await connect()
+    await observer.next("snapshot")
+    first = await (await server.say("The first request goes on for a while, long enough to be sounding still.")).json()
+    second = await (await server.say("The second one.")).json()
+    chunk = await observer.next("audio_chunk_ready", where=lambda m: m["request_id"] == second["request_id"])
+    late = await connect()
+    snapshot = await late.next("snapshot")
+    assert snapshot["now_playing"]["request_id"] == first["request_id"], "joined after the window"
+    item = next(i for i in snapshot["queue"] if i["request_id"] == second["request_id"])
+    assert [c["chunk_id"] for c in item["chunks"]] == [chunk["chunk_id"]]
+    assert item["chunks"][0]["starts_at_ms"] == chunk["starts_at_ms"]
+
+
 @pytest.mark.server_config({"tts": {"tone_fail_marker": "[explode]"}})
 async def test_tts_failure_fails_the_request_and_the_next_one_starts(server, connect):
     """A sentence the engine cannot speak fails its request; listeners are told and the queue moves on."""

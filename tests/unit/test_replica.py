@@ -22,8 +22,8 @@ _ids = count()
 class Owner:
     """The channel's owner: each step's events go to the replica as one batch of messages."""
 
-    def __init__(self, replica: ChannelReplica | None = None):
-        self.channel = Channel("table", CFG)
+    def __init__(self, replica: ChannelReplica | None = None, config: TimelineConfig = CFG):
+        self.channel = Channel("table", config)
         self.replica = replica or ChannelReplica("table")
         self.now = 0
         self.sent: list[dict] = []
@@ -219,6 +219,20 @@ def test_a_takeover_message_starts_the_replica_again_from_the_state_it_carries()
     fresh = ChannelReplica("table")
     fresh.take([takeover_json(queue_state_json(owner.channel, owner.now))])
     assert [r.request_id for r in fresh.channel.line] == [first.request_id]
+    assert placed(fresh.channel.line) == placed(owner.channel.line)
+
+
+def test_a_reset_keeps_the_chunks_of_the_next_request_already_in_its_lead():
+    """With a lead longer than the gap between requests, the next request's first chunk is placed while
+    the one before still sounds: the snapshot's queue item carries it, and a reset keeps it."""
+    owner = Owner(config=TimelineConfig(lead_ms=900, sentence_gap_ms=250, request_gap_ms=300))
+    first, second = owner.submit("One."), owner.submit("Two.")
+    owner.make(first, 2000)
+    owner.make(second, 500)
+    owner.at(2400)  # the first ends at 2900; the second starts at 3200, placed a lead (900 ms) before
+    assert owner.channel.now_playing() is first and placed([second])[0][2], "not in the window"
+    fresh = ChannelReplica("table")
+    fresh.reset(queue_state_json(owner.channel, owner.now))
     assert placed(fresh.channel.line) == placed(owner.channel.line)
 
 

@@ -269,12 +269,14 @@ function onSnapshot(m) {
   showQueue(m.queue);
   showListeners(m.listeners);
   const playing = m.now_playing, overs = m.over || [];
-  const keep = new Set([playing, ...overs].filter(Boolean).flatMap((r) => r.chunks.map((c) => c.chunk_id)));
+  const next = (m.queue || []).filter((r) => r.chunks); // on the air already, in its lead
+  const keep = new Set([playing, ...overs, ...next].filter(Boolean).flatMap((r) => r.chunks.map((c) => c.chunk_id)));
   for (const [id, chunk] of state.chunks) if (!keep.has(id)) { stop(chunk); state.chunks.delete(id); }
   state.request = playing ? describe(playing) : null;
   state.overRequest = overs.length ? describe(overs[overs.length - 1]) : null;
   if (playing) playing.chunks.forEach((c) => addChunk(playing.request_id, c));
   for (const over of overs) over.chunks.forEach((c) => { noteSpeech(over.request_id, c); addChunk(over.request_id, c); });
+  for (const r of next) { state.kinds.set(r.request_id, r.kind); r.chunks.forEach((c) => addChunk(r.request_id, c)); }
   renderCaptions();
 }
 
