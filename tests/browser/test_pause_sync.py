@@ -17,6 +17,7 @@ from speakers import (
     chunk_audio,
     follow,
     glitches_s,
+    heard_jumps_s,
     percentile,
     stop_recording,
 )
@@ -129,6 +130,9 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
         assert min(h.offset_ms for h in after) >= cut_offset_ms - 40, f"listener {listener} replayed audio"
         assert min(h.offset_ms for h in after) <= cut_offset_ms + 100, f"listener {listener} skipped audio"
         errors = [abs(h.error_ms) for h in after if h.offset_ms >= cut_offset_ms]  # wholly after the cut
-        # p90: one stretch mismatched, or an output glitch of the rig's own, is not the resume's doing
+        # p90: one stretch mismatched, or an output glitch of the rig's own, is not the resume's doing;
+        # nor is a jump the recording heard in this output's timing (an underrun its page could not see)
         off = percentile(errors, 90)
-        assert off <= bound[listener], f"listener {listener}: {off:.1f} ms off after the resume (p90) {said}"
+        jumped = heard_jumps_s(after)
+        limit = GLITCHED_WITHIN_MS if jumped else bound[listener]
+        assert off <= limit, f"listener {listener}: {off:.1f} ms off after the resume (p90) {said}, jumps at {jumped}"
