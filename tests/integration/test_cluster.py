@@ -481,7 +481,7 @@ async def test_a_pause_sent_to_any_member_stops_every_member_and_its_replica(clu
     assert replica.channel.paused_at_ms is None
     # The owner may place the next sentence's chunk before the replica hears of it: the chunks both
     # have are moved alike.
-    owner = await owner_of("table", owner, other)  # with the tests' 1 s lease, the channel may have moved meanwhile
+    owner = await owner_of("table", owner, other)  # under load the channel may have moved meanwhile
     starts = {c.chunk_id: c.starts_at_ms for c in owner.station.runners["table"].channel.line[0].chunks}
     moved = {c.chunk_id: c.starts_at_ms for c in replica.channel.line[0].chunks}
     assert moved and {chunk_id: starts[chunk_id] for chunk_id in moved} == moved
