@@ -41,6 +41,27 @@ async def open_listener(browser, server, page_errors):
     return page
 
 
+async def settled(pages) -> None:
+    """Pages opened before a narration have their clocks settled: the connect burst meets a page at
+    its busiest, and on a loaded machine its round trips can all be slow and lopsided (one page's
+    offset was 10 ms off); a second or two of further samples give it quick ones."""
+    for page in pages:
+        await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 12", timeout=10000)
+
+
+def worst(records: list[dict[str, dict]], chunk_ids: list[str]) -> list[str]:
+    """For a failed sync assertion: each page's worst chunk against the timeline, and its clock then."""
+    out = []
+    for i, record in enumerate(records):
+        entries = [(n, record[c]) for n, c in enumerate(chunk_ids) if c in record]
+        n, e = max(entries, key=lambda ne: abs(ne[1]["sounds_at_local_ms"] - ne[1]["starts_at_ms"]))
+        error = e["sounds_at_local_ms"] - e["starts_at_ms"]
+        out.append(
+            f"page {i}: chunk {n} {error:+.2f} ms (clock offset {e['offset_ms']:+.2f} ms, late {e['late_ms']:.0f} ms)"
+        )
+    return out
+
+
 async def scheduled(page) -> dict[str, dict]:
     """The page's record of when each chunk will sound (latest entry per chunk wins)."""
     entries = await page.evaluate("window.broadcaster.stats.scheduled")
@@ -71,6 +92,7 @@ async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser
     observer = await connect()
     await observer.next("snapshot")
     pages = [await open_listener(browser, server, page_errors) for _ in range(3)]
+    await settled(pages)
     request_id = (await (await server.say(LONG_FIRST + NARRATION)).json())["request_id"]
     first = await observer.next("audio_chunk_ready")
     await asyncio.sleep(max(0.0, (first["starts_at_ms"] + 200 - server.station.clock()) / 1000))
@@ -83,7 +105,7 @@ async def test_listeners_and_a_late_joiner_schedule_every_chunk_together(browser
     against_server, spread = sync_errors(records, chunk_ids)
     # The browser trims the MP3's encoder delay and padding: what it plays is exactly the chunk.
     assert all(abs(e["decoded_ms"] - e["duration_ms"]) <= 2 for r in records for e in r.values())
-    assert p95(against_server) <= SYNC_TOLERANCE_MS, records
+    assert p95(against_server) <= SYNC_TOLERANCE_MS, worst(records, chunk_ids)
     assert p95(spread) <= SYNC_TOLERANCE_MS, spread
     # With their acknowledgements the first three pages said when the first chunk, placed one lead
     # ahead, was in hand (the late joiner found it in its snapshot): within the lead, on loopback.
@@ -137,6 +159,16 @@ async def test_dropped_connection_reconnects_and_stays_in_sync(browser, server, 
     record = await scheduled(page)
     for chunk in chunks:
         assert abs(record[chunk["chunk_id"]]["sounds_at_local_ms"] - chunk["starts_at_ms"]) <= SYNC_TOLERANCE_MS
+    assert page_errors.errors == []
+
+
+async def test_a_page_keeps_sampling_the_clock_quickly_after_it_connects(browser, server, page_errors):
+    """The connect burst meets the page at its busiest, when round trips are slowest: samples keep
+    coming every half second for a while (then every 5 s), so quick round trips soon decide the offset."""
+    page = await open_listener(browser, server, page_errors)
+    await page.wait_for_function("window.broadcaster.socket.clock.samples.length >= 14", timeout=8000)
+    delays = await page.evaluate("window.broadcaster.socket.clock.samples.map((s) => s.delay)")
+    assert all(d >= 0 for d in delays)
     assert page_errors.errors == []
 
 
@@ -298,6 +330,7 @@ async def test_music_plays_in_sync_like_narration(browser, server, connect, page
     observer = await connect()
     await observer.next("snapshot")
     pages = [await open_listener(browser, server, page_errors) for _ in range(2)]
+    await settled(pages)
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{server.base_url}/api/channels/{server.channel}/tracks",

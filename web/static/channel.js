@@ -6,6 +6,11 @@
 import { ClockSync, nowMs } from "./sync.js";
 
 const SYNC_BURST = 8;
+// The connect burst meets a page at its busiest (loading, decoding, scheduling), so its round trips
+// are slow and their offsets off by up to a millisecond: samples keep coming quickly for a while, so
+// that quick round trips soon decide the offset, then slowly.
+const SYNC_SETTLE_MS = 20000;
+const SYNC_SETTLE_EVERY_MS = 500;
 const SYNC_EVERY_MS = 5000;
 const REFUSED = 4401;
 
@@ -52,7 +57,7 @@ export class ChannelSocket {
     ws.onmessage = (event) => this.receive(JSON.parse(event.data));
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
-      clearInterval(this.timer);
+      clearTimeout(this.timer);
       if (event.code === REFUSED) { this.refused = true; this.onState("refused", event.reason); return; }
       this.onState("reconnecting", this.retryMs);
       this.retry = setTimeout(() => this.connect(), this.retryMs);
@@ -82,8 +87,13 @@ export class ChannelSocket {
 
   syncBurst() {
     for (let i = 0; i < SYNC_BURST; i++) setTimeout(() => this.ping(), i * 60);
-    clearInterval(this.timer);
-    this.timer = setInterval(() => this.ping(), SYNC_EVERY_MS);
+    clearTimeout(this.timer);
+    const settleUntil = nowMs() + SYNC_SETTLE_MS;
+    const next = () => {
+      const every = nowMs() < settleUntil ? SYNC_SETTLE_EVERY_MS : SYNC_EVERY_MS;
+      this.timer = setTimeout(() => { this.ping(); next(); }, every);
+    };
+    next();
   }
 
   ping() { this.send({ type: "time_sync", t0: nowMs() }); }
