@@ -91,8 +91,9 @@ FORWARDED = "broadcaster_cluster_forwarded_requests_total"
 class AnnounceWorker:
     """One client process: its share of the sockets, and when each first saw each request id."""
 
-    def __init__(self, index: int, host: str, port: int, deflate: bool):
+    def __init__(self, index: int, host: str, port: int, deflate: bool, batch: bool = True):
         self.index, self.host, self.port, self.deflate = index, host, port, deflate
+        self.path = f"/ws/channels/{CHANNEL}" + ("?batch=1" if batch else "")
         self.sockets = []
         self.seen: list[dict[bytes, tuple[int, int]]] = []
 
@@ -111,7 +112,7 @@ class AnnounceWorker:
                     seen[rid] = (kernel_ns, read_ns)
 
         async with gate:
-            sock = await open_socket(self.host, self.port, f"/ws/channels/{CHANNEL}", on_text, deflate=self.deflate)
+            sock = await open_socket(self.host, self.port, self.path, on_text, deflate=self.deflate)
         self.sockets.append(sock)
         self.seen.append(seen)
 
@@ -510,7 +511,7 @@ async def measure(server: ServerProcess, args: argparse.Namespace, tcp_before: d
     try:
         token = (await server.create_channels([CHANNEL]))[CHANNEL]
         await server.start()
-        client = ("127.0.0.1", server.port, args.deflate)
+        client = ("127.0.0.1", server.port, args.deflate, args.batch)
         pools.append(WorkerPool(args.workers, AnnounceWorker, *client, priority=args.client_priority))
         pools.append(WorkerPool(1, AnnounceWorker, *client))  # the probes: few sockets, read at once
         stages = []
@@ -571,6 +572,12 @@ if __name__ == "__main__":
         action=argparse.BooleanOptionalAction,
         default=True,
         help="offer permessage-deflate like a browser (default) or not",
+    )
+    parser.add_argument(
+        "--batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask for a step's messages as one batch like the listener page (default) or not",
     )
     parser.add_argument(
         "--client-priority",

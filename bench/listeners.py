@@ -18,6 +18,7 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -82,7 +83,11 @@ class PageListener:
         while not self._stopping:
             try:
                 self.sock = await open_socket(
-                    self.host, self.port, f"/ws/channels/{self.channel}", self._on_text, deflate=self.behaviour.deflate
+                    self.host,
+                    self.port,
+                    f"/ws/channels/{self.channel}?batch=1",
+                    self._on_text,
+                    deflate=self.behaviour.deflate,
                 )
             except (OSError, HandshakeError, TimeoutError) as exc:
                 self.stats.counts[f"connect failed: {type(exc).__name__}: {exc}"[:100]] += 1
@@ -139,18 +144,27 @@ class PageListener:
             sock.send_text(json.dumps({"type": "time_sync", "t0": time.time() * 1000}))
 
     def _on_text(self, payload: bytes, kernel_ns: int, read_ns: int) -> None:
+        """As the page does: a step of several messages comes as one batch (`?batch=1`)."""
         kind = _message_type(payload)
+        if kind == "batch":
+            for message in json.loads(payload)["messages"]:
+                self._on_message(message["type"], lambda message=message: message, read_ns)
+        else:
+            self._on_message(kind, lambda: json.loads(payload), read_ns)
+
+    def _on_message(self, kind: str, parsed: Callable[[], dict], read_ns: int) -> None:
+        """`parsed()` gives the message itself: only the few kinds acted on are worth parsing."""
         self.stats.counts[f"msg {kind}"] += 1
         if kind == "audio_chunk_ready":
-            self._chunk(json.loads(payload), read_ns, live=True)
+            self._chunk(parsed(), read_ns, live=True)
         elif kind == "snapshot":
             now_ms = time.time() * 1000
-            playing = json.loads(payload).get("now_playing") or {}
+            playing = parsed().get("now_playing") or {}
             for chunk in playing.get("chunks", []):
                 if chunk["starts_at_ms"] + chunk["duration_ms"] > now_ms:
                     self._chunk(chunk, read_ns)
         elif kind in ("request_failed", "request_cancelled"):
-            for chunk_id in json.loads(payload).get("discarded_chunk_ids", []):
+            for chunk_id in parsed().get("discarded_chunk_ids", []):
                 handle = self.acks.pop(chunk_id, None)
                 self.ready_at_ms.pop(chunk_id, None)
                 if handle:

@@ -307,8 +307,8 @@ async def listen(
     ws_url = (
         "ws"
         + base_url.removeprefix("http")
-        + f"/ws/channels/{channel}"
-        + (f"?{urlencode({'key': key})}" if key else "")
+        + f"/ws/channels/{channel}?"
+        + urlencode({"batch": 1, **({"key": key} if key else {})})
     )
     headers = {"X-Listen-Key": key} if key else None
     async with aiohttp.ClientSession(headers=headers) as http, websockets.connect(ws_url) as ws:
@@ -339,7 +339,8 @@ class _Follower:
     async def run(self, max_requests: int) -> None:
         async for raw in self.ws:
             message = json.loads(raw)
-            self.handle(message)
+            for each in message["messages"] if message["type"] == "batch" else (message,):
+                self.handle(each)
             if max_requests and self.heard.requests_done >= max_requests:
                 return
 

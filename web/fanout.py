@@ -12,7 +12,9 @@ A listener whose line is full is too slow to keep up: it is dropped (closed with
 it cannot hold back the rest, and it reconnects to a fresh snapshot.
 
 All the messages of one channel step go to a listener together or not at all, so a listener
-never sees half a step.
+never sees half a step. A listener that asked for batches (`?batch=1`) gets a step of several
+messages as one: each send costs about the same whatever its size (the kernel's send dominates),
+so three messages sent apart cost three times one batch of them.
 """
 
 import asyncio
@@ -62,6 +64,12 @@ def frame(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode()
 
 
+def batch(frames: list[bytes]) -> bytes:
+    """One message that carries encoded messages in order (docs/protocol.md, "Batches"), made from
+    their encodings: what `frame({"type": "batch", "messages": [...]})` would give."""
+    return b'{"type": "batch", "messages": [' + b", ".join(frames) + b"]}"
+
+
 class Listener:
     """One WebSocket's share of the fan-out: messages sent at once while its socket keeps up, else
     waiting in a bounded line behind the send that had to wait."""
@@ -73,11 +81,13 @@ class Listener:
         channel: str,
         queue_size: int,
         counted: bool = True,
+        batched: bool = False,
     ):
         self.ws = ws
         self.connection_id = connection_id
         self.channel = channel
         self.counted = counted
+        self.batched = batched  # a step of several messages goes as one batch
         self.limit = queue_size
         self.pending: deque[bytes] = deque()  # messages waiting behind a send that had to wait
         self.dropped = False  # by the hub: nothing more is queued
@@ -231,13 +241,16 @@ class Hub:
 
     def broadcast(self, channel: str, *payloads: dict[str, Any]) -> None:
         """Send messages, in order, to every listener of the channel: each is serialized and encoded
-        once; a listener whose line cannot take them all is dropped."""
+        once (and several once more as a batch); a listener whose line cannot take them all is dropped."""
         group = self.listeners.get(channel)
         if not payloads or not group:
             return
         began = time.perf_counter()
         frames = [frame(payload) for payload in payloads]
-        too_slow = [listener for listener in list(group) if not listener.offer_all(frames)]
+        batched = [batch(frames)] if len(frames) > 1 else frames
+        too_slow = [
+            listener for listener in list(group) if not listener.offer_all(batched if listener.batched else frames)
+        ]
         for listener in too_slow:
             self.drop(listener, TOO_SLOW, b"too slow: send queue full")
         self.metrics.broadcast_took(time.perf_counter() - began)

@@ -46,10 +46,19 @@ SYNC_REPORT_MIN_MS = 5_000
 async def channel_socket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     channel = await _channel(request)  # 404 before the upgrade
+    _batched(request)  # 400 for a value it does not know
     await check_socket_origin(request, channel.name)  # 403 for a page on an origin that may not listen
     credential = await _admit(request, channel.name)  # and 401 for a private channel without its key
     with app[ACCESS].connection(remote_of(request)):  # or 429
         return await _serve(request, channel, credential)
+
+
+def _batched(request: web.Request) -> bool:
+    """`?batch=1`: the client takes a step of several messages as one batch message."""
+    value = request.query.get("batch", "0")
+    if value not in ("0", "1"):
+        raise BadInput(f'expected "batch" to be 0 or 1, got {value[:20]!r}')
+    return value == "1"
 
 
 @dataclass(frozen=True)
@@ -120,6 +129,7 @@ async def _listen(
         channel.name,
         limits.ws_send_queue,
         counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
+        batched=_batched(request),
     )
     watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:

@@ -1,6 +1,7 @@
 """A channel on the air end to end: a real server on loopback, real WebSocket listeners."""
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+import websockets
 from conftest import FAST_TONES
 
 from tts.encode import ffmpeg_exe
@@ -259,3 +261,43 @@ async def test_stream_listener_leaving_frees_its_encoder(server):
             break
         await asyncio.sleep(0.1)
     assert ffmpeg_children() == []
+
+
+async def test_a_listener_that_asks_for_batches_hears_the_same_messages_in_fewer_sends(server):
+    """`?batch=1` on the real server: a narration's steps of several messages arrive as batch
+    messages, and unwrapped they are what a listener without batches hears, in the same order. A
+    value it does not know is refused before the upgrade."""
+    plain = await websockets.connect(server.ws_url())
+    batched = await websockets.connect(server.ws_url() + "?batch=1")
+    try:
+        received: dict[str, list[dict]] = {"plain": [], "batched": []}
+
+        async def until_played(ws, name: str) -> None:
+            async with asyncio.timeout(20):
+                while not any(m["type"] == "request_played" for m in received[name]):
+                    message = json.loads(await ws.recv())
+                    received[name].extend(message["messages"] if message["type"] == "batch" else [message])
+                    if message["type"] == "batch":
+                        received[name + " batches"] = received.get(name + " batches", []) + [message]
+
+        for ws in (plain, batched):
+            assert json.loads(await ws.recv())["type"] == "snapshot"
+        assert (await server.say("One sentence here. And a second one.")).status == 202
+        await asyncio.gather(until_played(plain, "plain"), until_played(batched, "batched"))
+    finally:
+        await plain.close()
+        await batched.close()
+
+    def story(messages: list[dict]) -> list[tuple]:
+        """Up to the end of the narration; listener counts come whenever their timer says."""
+        told = [(m["type"], m.get("chunk_id")) for m in messages if m["type"] != "listeners_changed"]
+        return told[: told.index(("request_played", None)) + 1]
+
+    assert story(received["batched"]) == story(received["plain"])
+    assert "audio_stream_started" in [m["type"] for m in received["plain"]]
+    assert received.get("batched batches"), "a step of several messages came as separate sends"
+    assert "plain batches" not in received
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.ws_url().replace("ws", "http", 1) + "?batch=yes") as resp:
+            assert resp.status == 400
+            assert "batch" in (await resp.json())["error"]["message"]

@@ -48,8 +48,8 @@ async def hub():
     await hub.close_all()
 
 
-def join(hub: Hub, name: str, queue_size: int = 8, stalled: bool = False) -> Listener:
-    listener = Listener(StandInSocket(stalled), name, "table", queue_size)
+def join(hub: Hub, name: str, queue_size: int = 8, stalled: bool = False, batched: bool = False) -> Listener:
+    listener = Listener(StandInSocket(stalled), name, "table", queue_size, batched=batched)
     hub.add(listener)
     return listener
 
@@ -77,6 +77,28 @@ async def test_each_message_is_serialized_once_and_every_listener_gets_it_in_ord
     assert dumped == [{"n": 1}, {"n": 2}, {"n": 3}]
     await settle()
     assert all(sent(listener) == [{"n": 1}, {"n": 2}, {"n": 3}] for listener in listeners)
+
+
+async def test_a_listener_that_asked_for_batches_gets_a_step_of_several_messages_as_one(hub, monkeypatch):
+    """The same steps to a listener with batches and one without: a step of two is one batch message
+    (made from the two encodings, no more serializing), a step of one goes as it is, and unwrapped
+    they are the same messages in the same order."""
+    plain, batched = join(hub, "plain"), join(hub, "batched", batched=True)
+    dumped = []
+    monkeypatch.setattr(
+        fanout.json, "dumps", lambda payload: dumped.append(payload) or json.JSONEncoder().encode(payload)
+    )
+    hub.broadcast("table", {"n": 1, "text": 'a "quoted", [bracketed] text'}, {"n": 2})
+    hub.broadcast("table", {"n": 3})
+    monkeypatch.undo()
+    assert len(dumped) == 3
+    await settle()
+    assert sent(batched) == [
+        {"type": "batch", "messages": [{"n": 1, "text": 'a "quoted", [bracketed] text'}, {"n": 2}]},
+        {"n": 3},
+    ]
+    unwrapped = [each for message in sent(batched) for each in message.get("messages", [message])]
+    assert unwrapped == sent(plain) and len(sent(plain)) == 3
 
 
 async def test_a_listener_too_slow_for_its_queue_is_dropped_with_4008_and_the_others_get_everything(hub):

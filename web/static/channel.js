@@ -47,6 +47,7 @@ export class ChannelSocket {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const params = new URLSearchParams(Object.entries(this.params).filter(([, value]) => value));
     if (this.role === "console") params.set("role", "console");
+    params.set("batch", "1"); // a step's messages come as one: a third of the server's sends
     const query = params.toString() ? `?${params}` : "";
     const ws = new WebSocket(`${scheme}://${location.host}/ws/channels/${encodeURIComponent(this.channel)}${query}`);
     this.ws = ws;
@@ -70,6 +71,14 @@ export class ChannelSocket {
   drop() { if (this.ws) this.ws.close(); }
 
   receive(message) {
+    if (message.type === "batch") {
+      for (const each of Array.isArray(message.messages) ? message.messages : []) this.receiveOne(each);
+    } else {
+      this.receiveOne(message);
+    }
+  }
+
+  receiveOne(message) {
     if (message.type === "time_sync") {
       if (Number.isFinite(message.t1_us) && Number.isFinite(message.t2_us)) {
         this.clock.add(message.t0, message.t1_us / 1000, message.t2_us / 1000, nowMs(), true);
