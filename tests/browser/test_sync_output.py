@@ -86,7 +86,14 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
     assert glitches >= 1 and crossfades >= 1, "the page did not notice the glitch or did not correct it"
     cuts = [t for t in clicks(recording, 0) if resumed + 0.01 < t <= resumed + 1.5]
     assert not cuts, "the correction cut the audio instead of crossfading"
-    assert not clicks(recording, 1), "the other listener's output was disturbed"
+    # The stall must not reach the other listener. On a busy machine its output may underrun by
+    # itself (CI, once): a click its own page detected as a glitch, away from the stall, is that.
+    own = await glitches_s(listeners.pages[1])
+    disturbed = [t for t in clicks(recording, 1) if began - 0.2 <= t <= resumed + 1.0 or not near_glitch(t, own)]
+    assert not disturbed, (
+        f"the other listener's output was disturbed at {[round(t - began, 2) for t in disturbed]} s from the "
+        f"stall (its own glitches at {[round(t - began, 2) for t in own]} s)"
+    )
 
 
 async def output_glitches_s(page) -> list[float]:
