@@ -244,7 +244,14 @@ async def test_console_skip_and_cancel_update_every_page(browser, server, connec
     cancelled = await observer.next("request_cancelled", timeout=30)
     assert cancelled["request_id"] == queued
     await console.click("#now button[aria-label^='Skip: The caravan']")
-    skipped = await observer.next("request_cancelled", timeout=30)
+    try:
+        skipped = await observer.next("request_cancelled", timeout=30)
+    except TimeoutError:  # say what the console and the channel were doing (it failed so once in a full run)
+        notice, now = await console.text_content("#notice"), await console.text_content("#now")
+        told = [m["type"] for m in observer.messages[-8:]]
+        raise AssertionError(
+            f"no skip in 30 s; the console said {notice!r}, showed {now!r}; last heard {told}"
+        ) from None
     assert skipped["skipped"] is True
     await listener.wait_for_function("document.querySelector('#captions em') !== null")
     assert "token" not in console.url
