@@ -18,7 +18,7 @@ SAMPLE_RATE = 22050
 
 class ToneEngine(TtsEngine):
     name = "tone"
-    parallelism = 64  # it takes milliseconds, off the event loop; many channels may wait on it at once
+    parallelism = 64  # it only sleeps; many channels may wait on it at once
     sample_rate = SAMPLE_RATE
 
     def __init__(self, ms_per_char: int = 55, delay_ms: int = 0, fail_marker: str = "", stall_marker: str = ""):
@@ -34,9 +34,7 @@ class ToneEngine(TtsEngine):
             raise GenerationError(f"tone engine was told to fail on {text!r}")
         if self.stall_marker and self.stall_marker in text:
             await asyncio.Event().wait()
-        # Off the event loop, as Piper runs: a long sentence takes numpy tens of milliseconds, which
-        # would hold up every announcement of the server meanwhile.
-        return Pcm(await asyncio.to_thread(self.render, text), SAMPLE_RATE)
+        return Pcm(self.render(text), SAMPLE_RATE)
 
     def variant(self, speaker: int | None, speed: float) -> "ToneEngine":
         """Speed only: its sentences last 1/speed as long."""
