@@ -88,6 +88,11 @@ _COMMA_BREAK = re.compile(r",(?= )|[，、]")
 
 def split_sentences(text: str, max_chars: int = 300) -> list[str]:
     """Split narration text into speakable sentences, in order."""
+    return [piece for piece in _pieces(text, max_chars) if _is_speakable(piece)]
+
+
+def _pieces(text: str, max_chars: int) -> list[str]:
+    """The sentences and cuts of a text, those with nothing to pronounce included."""
     if max_chars < 1:
         raise ValueError(f"max_chars must be positive, got {max_chars}")
     cleaned = _CONTROL_CHARS.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
@@ -99,7 +104,7 @@ def split_sentences(text: str, max_chars: int = 300) -> list[str]:
                 pieces.append(sentence)
             else:
                 pieces.extend(_split_long(sentence, max_chars))
-    return [piece for piece in pieces if _is_speakable(piece)]
+    return pieces
 
 
 def _split_paragraph(paragraph: str) -> list[str]:
@@ -176,16 +181,18 @@ def split_complete(text: str, max_chars: int = 300) -> tuple[list[str], str]:
 
     A sentence is complete once what follows it proves the boundary (a space and a capital, a
     paragraph break, a CJK terminator); the rest is returned as written, to be continued. The rest
-    starts at the latest word start where the text splits exactly as it does whole.
+    starts at the latest word start where the text splits exactly as it does whole, unspeakable
+    pieces included: punctuation alone ("::: ") may yet begin a sentence ("::: :0"), and a rest
+    with nothing in it yet (a control character) proves no boundary.
     """
-    pieces = split_sentences(text, max_chars)
+    pieces = _pieces(text, max_chars)
     for start in _word_starts(text):
-        rest = split_sentences(text[start:], max_chars)
-        if pieces[len(pieces) - len(rest) :] != rest or len(rest) > len(pieces):
+        rest = _pieces(text[start:], max_chars)
+        if not rest or pieces[len(pieces) - len(rest) :] != rest or len(rest) > len(pieces):
             continue
-        done = split_sentences(text[:start], max_chars)
+        done = _pieces(text[:start], max_chars)
         if done + rest == pieces:
-            return done, text[start:]
+            return [piece for piece in done if _is_speakable(piece)], text[start:]
     return [], text
 
 

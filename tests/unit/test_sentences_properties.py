@@ -1,4 +1,4 @@
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tts.sentences import split_complete, split_sentences
@@ -70,6 +70,8 @@ def test_joined_output_is_collapsed_input_minus_unspeakable_words(text, max_char
 
 @settings(max_examples=300, deadline=None)
 @given(texts, limits, st.lists(st.integers(min_value=0, max_value=600), max_size=8))
+@example("::: :0", 20, [5])  # punctuation taken alone would have been dropped before its sentence came
+@example("00000\r\x1b0", 20, [7])  # a rest of only a control character proves no boundary
 def test_text_streamed_in_pieces_is_spoken_as_the_whole_text(text, max_chars, cuts):
     """Appending a text piece by piece, taking the complete sentences each time and closing at the
     end, speaks exactly the sentences of the whole text: nothing taken early changes afterwards."""
