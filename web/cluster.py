@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 CLEANUP = "cleanup"  # the lease of the one process that cleans up (purges, stale records)
+CLEANUP_MARGIN_MS = 5_000
 
 
 class Cluster:
@@ -138,8 +139,10 @@ class Cluster:
         """Whether this process cleans up this round: the holder of the cleanup lease, which it keeps
         while it lives. It also closes the connection records left open by processes that are gone
         (one process's restart closes only its own)."""
-        interval_ms = int(self.config.cleanup.interval_s * 1000)
-        if await self.leases.acquire(CLEANUP, self.node, interval_ms * 3 // 2) is None:
+        # Held across two rounds plus a margin: a slow purge or a busy machine must not hand the duty
+        # to another process between this process's rounds (two cleaners would only waste work).
+        hold_ms = int(self.config.cleanup.interval_s * 1000) * 2 + CLEANUP_MARGIN_MS
+        if await self.leases.acquire(CLEANUP, self.node, hold_ms) is None:
             return False
         live = {holding.holder for holding in (await self.leases.live(NODE)).values()}
         now = self.clock()
