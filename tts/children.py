@@ -13,6 +13,7 @@ import ctypes
 import os
 import resource
 import signal
+import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -91,7 +92,7 @@ class Tail:
             self.add(data)
 
 
-def kill(proc: asyncio.subprocess.Process) -> None:
+def kill(proc: asyncio.subprocess.Process | subprocess.Popen) -> None:
     """Kill the child if it still runs.
 
     With os.kill, not proc.kill: Popen's kill first polls, and a child that has just exited is then

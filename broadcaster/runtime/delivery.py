@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from db.audio_store import AudioStore
-from tts.encode import Mp3Encoder, decode_flac
+from tts.encode import ChunkEncoder, decode_flac
 from tts.engine import Pcm
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,12 @@ class Mp3Delivery:
         self.bitrate_kbps = bitrate_kbps
         self.jobs: dict[str, asyncio.Task] = {}
 
-    async def encoder_for(self, request_id: str, chunk_id: str, sample_rate: int, channels: int = 1) -> Mp3Encoder:
+    async def encoder_for(self, request_id: str, chunk_id: str, sample_rate: int, channels: int = 1) -> ChunkEncoder:
         """An encoder writing this chunk's MP3; start it before the PCM exists."""
         target = str(self.audio.part_path(request_id, chunk_id, "mp3"))
-        return await Mp3Encoder.start(sample_rate, self.bitrate_kbps * channels, target, channels)
+        return await ChunkEncoder.start(sample_rate, self.bitrate_kbps * channels, target, channels)
 
-    def finish(self, request_id: str, chunk_id: str, encoder: Mp3Encoder, pcm: Pcm) -> None:
+    def finish(self, request_id: str, chunk_id: str, encoder: ChunkEncoder, pcm: Pcm) -> None:
         self._track(chunk_id, self._encode(request_id, chunk_id, encoder, pcm))
 
     async def ensure(self, request_id: str, chunk_id: str) -> None:
@@ -66,7 +66,7 @@ class Mp3Delivery:
         self.jobs[chunk_id] = job
         job.add_done_callback(lambda _: self.jobs.pop(chunk_id, None))
 
-    async def _encode(self, request_id: str, chunk_id: str, encoder: Mp3Encoder, pcm: Pcm) -> None:
+    async def _encode(self, request_id: str, chunk_id: str, encoder: ChunkEncoder, pcm: Pcm) -> None:
         try:
             await encoder.encode(pcm)
             await self.audio.commit(request_id, chunk_id, "mp3")
