@@ -13,7 +13,7 @@ it): what listeners cost is measured against them.
 Target (docs/performance.md): RSS within 250 MB with the voice and 1000 listeners.
 
     .venv/bin/python bench/memory.py [--listeners 1000] [--workers 4] [--fetch-fraction 1.0] [--no-deflate]
-                                     [--cluster-workers N]
+                                     [--cluster-workers N] [--root DIR]
 
 With --cluster-workers N the server runs as N worker processes in cluster mode (a PostgreSQL
 and a Redis started for the run), and "the server" is its workers together: their RSS summed
@@ -27,12 +27,14 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 from announce import cluster_args, cluster_engines
 from listeners import Behaviour, ListenerWorker, merge_reports
 from report import percentile, table
 from serverproc import (
+    ROOT,
     MemorySample,
     MemorySampler,
     ServerProcess,
@@ -194,7 +196,8 @@ async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     tcp_before = tcp_counters()
     async with cluster_engines(args.cluster_workers, with_uncapped_limits({"tts": {"engine": "piper"}})) as settings:
-        server = ServerProcess(settings, extra_args=cluster_args(args.cluster_workers))
+        root = Path(args.root).resolve() if args.root else ROOT
+        server = ServerProcess(settings, root=root, extra_args=cluster_args(args.cluster_workers))
         try:
             await run(args, server)
             print(tcp_summary(tcp_before))
@@ -232,6 +235,7 @@ if __name__ == "__main__":
         help="offer permessage-deflate like a browser (default) or not",
     )
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir and log")
+    parser.add_argument("--root", help="run the server from this checkout (default: the one this script is in)")
     parser.add_argument(
         "--cluster-workers", type=int, default=0, metavar="N", help="run the server as N workers in cluster mode"
     )
