@@ -16,8 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from broadcaster.runtime.bus import BusUnavailable
 
 if TYPE_CHECKING:
@@ -60,6 +58,9 @@ class Audience:
         """The cluster total for one who asks here: a channel this process neither runs nor has
         listeners of is not counted in its rounds, so its hash is read now (the last round's
         figure if Redis is away)."""
+        # Imported here: web/api.py imports this module, and one server never loads Redis's client (7 MB).
+        from redis.exceptions import RedisError
+
         redis = self.redis()
         if redis is None or channel in self.channels():
             return self.total(channel)
