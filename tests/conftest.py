@@ -2,12 +2,14 @@
 
 import asyncio
 import base64
+import faulthandler
 import functools
 import json
 import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -174,6 +176,62 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server_config(overrides): settings merged into the test server's config")
     config.addinivalue_line("markers", "speakers(n): how many listener sinks the PulseAudio rig has (tests/browser)")
     signal.signal(signal.SIGTERM, functools.partial(_say_why_and_exit, config))
+    signal.signal(signal.SIGUSR1, functools.partial(_say_where_stuck, config))
+
+
+# No test takes near this long (the longest take a few minutes under load): one that does is stuck.
+HANG_S = float(os.environ.get("BROADCASTER_TEST_HANG_S", 600))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A test stuck for HANG_S (in its setup, call or teardown) says where, and is ended: a hang once
+    held a whole run to CI's time limit and left nothing to read."""
+    watchdog = threading.Timer(HANG_S, os.kill, (os.getpid(), signal.SIGUSR1))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+
+
+def _say_where_stuck(config: pytest.Config, signum: int, frame) -> None:
+    """Every thread's stack and every task's, on the terminal; then the test's tasks are cancelled (or,
+    outside an event loop, the test is interrupted), so it fails and the run goes on."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=False)
+    sys.stderr.write(f"\nA test has run for {HANG_S:g} s and is taken as stuck. Every thread:\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    for task in asyncio.all_tasks(loop) if loop else ():
+        sys.stderr.write(f"task {task.get_name()}, awaiting:\n")
+        traceback.print_list(traceback.StackSummary.extract(_awaited(task.get_coro())), file=sys.stderr)
+    sys.stderr.flush()
+    if capture is not None:
+        capture.resume_global_capture()
+    if loop is None:
+        raise TimeoutError(f"stuck for {HANG_S:g} s (stacks above)")
+    loop.call_soon_threadsafe(_cancel_all, loop)  # threadsafe: it wakes a loop waiting on nothing
+
+
+def _awaited(coro):
+    """The frames of a coroutine and of what it awaits, outermost first, with their current lines."""
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            yield frame, frame.f_lineno
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
 
 
 def _say_why_and_exit(config: pytest.Config, signum: int, frame) -> None:
