@@ -45,10 +45,9 @@ def _state_statement(state: ChannelState):  # noqa: ANN202
 
 
 def make_engine(url: str) -> AsyncEngine:
-    # A database server (PostgreSQL) may restart under us and drop every pooled connection; each is pinged as it
-    # is taken from the pool, so the first statement after an outage reconnects instead of failing. A SQLite file
-    # has nothing to lose.
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    # No ping as a connection leaves the pool: a database restart is found by the first call, which runs
+    # again on a fresh connection (db/uninterrupted.py).
+    engine = create_async_engine(url)
     if engine.dialect.name == "sqlite":
         # WAL lets the CLI and cron write while the server reads; busy_timeout makes
         # a writer wait for a lock instead of failing at once.

@@ -7,6 +7,11 @@ CLI, cron, the server's own next save) fails with "database is locked" after its
 runner, the station and shutdown cancel tasks that are saving, so every call into the database runs
 as a task of its own that cancellation does not reach; the caller's cancellation is passed on once
 the call is over (statements take milliseconds, or at most the busy timeout).
+
+Pooled connections are not pinged before use: with asyncpg a ping is three round trips (a
+transaction around an empty statement), more than most of our calls. A connection found dropped
+(the database restarted) makes SQLAlchemy invalidate the whole pool, and the call runs once more
+on a fresh connection: a restart costs one failed attempt per process, not a failed call.
 """
 
 import asyncio
@@ -14,6 +19,8 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
+
+from sqlalchemy.exc import DBAPIError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,7 +33,7 @@ def uninterrupted(call: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(call)
     async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
-        task = asyncio.ensure_future(call(*args, **kwargs))
+        task = asyncio.ensure_future(_reconnecting(call, *args, **kwargs))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -35,6 +42,18 @@ def uninterrupted(call: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise
 
     return guarded
+
+
+async def _reconnecting(call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    try:
+        return await call(*args, **kwargs)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        # Nothing of it was committed unless the connection dropped during the commit itself; a
+        # write that did land then finds its own row (a key conflict), as it would on any retry.
+        log.warning("a database connection had been dropped; trying again on a fresh one (%s)", exc.orig)
+    return await call(*args, **kwargs)
 
 
 def _retrieve(task: asyncio.Task) -> None:

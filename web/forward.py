@@ -85,6 +85,11 @@ class Forwarder:
             return holding.holder_url
         return None
 
+    async def holder_and_secret(self, channel: str) -> tuple[str | None, str]:
+        """`holder_url` and the secret to show its process, read at once (one from each store)."""
+        url, secret = await asyncio.gather(self.holder_url(channel), self.secret(fresh=True))
+        return url, secret
+
     async def owner_url(self, channel: str) -> str:
         """The internal address of the channel's owner, waiting out a takeover for up to one lease."""
         deadline = time.monotonic() + self.wait_s
@@ -104,15 +109,21 @@ class Forwarder:
                 raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
         return request.headers.get(CLIENT) or request.remote
 
-    async def forward(self, request: web.Request, channel: str, url: str | None = None) -> web.StreamResponse:
-        """Send the request on to the channel's owner (at `url` if already looked up) and relay its answer."""
+    async def forward(
+        self, request: web.Request, channel: str, url: str | None = None, secret: str | None = None
+    ) -> web.StreamResponse:
+        """Send the request on to the channel's owner (at `url`, showing `secret`, if already looked up) and
+        relay its answer."""
         if request.headers.get(HOPS, "0") != "0":  # forwarded once already (any value: a client may send garbage)
             raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
         url = url or await self.owner_url(channel)
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
         # Read afresh for each forward (one Redis read): a secret cached from before a Redis restart
         # would be refused by every peer.
-        headers |= {PEER: await self.secret(fresh=True), CLIENT: client_address(request, request.app[TRUSTED])}
+        headers |= {
+            PEER: secret or await self.secret(fresh=True),
+            CLIENT: client_address(request, request.app[TRUSTED]),
+        }
         headers[HOPS] = "1"
         body = request.content if request.can_read_body else None
         self.forwarded += 1
@@ -151,10 +162,10 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
     if channel is not None and request.method in WRITES and channel not in station.runners:
         # A channel with a live owner exists: one read on the way. Without one, 404 here for a
         # channel that does not exist, else wait for its owner (a takeover, or it is being loaded).
-        url = await forwarder.holder_url(channel)
+        url, secret = await forwarder.holder_and_secret(channel)
         if url is None:
             await station.channel_id(channel)
-        return await forwarder.forward(request, channel, url)
+        return await forwarder.forward(request, channel, url, secret)
     try:
         return await handler(request)
     except NotHere as exc:

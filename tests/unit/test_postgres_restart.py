@@ -1,5 +1,7 @@
 """The store across a restart of its PostgreSQL server: the connections it pooled before are dead, and the first
-call afterwards still works (each pooled connection is checked before use)."""
+call afterwards still works (a call that finds its connection dropped runs again on a fresh one)."""
+
+import asyncio
 
 from db.store import Store
 
@@ -9,8 +11,11 @@ async def test_the_first_call_after_the_database_server_restarted_succeeds(postg
     store = Store(postgres_url)
     await store.create_schema()
     await store.create_channel("table", "digest", 0)
+    await asyncio.gather(*(store.channels() for _ in range(4)))  # several connections in the pool
+    assert store.engine.pool.checkedin() > 1
     postgres_server.stop()
     postgres_server.start()
     assert [row.name for row in await store.channels()] == ["table"]
     assert await store.token_hash("table") == "digest"
+    assert await asyncio.gather(*(store.token_hash("table") for _ in range(4))) == ["digest"] * 4
     await store.close()
