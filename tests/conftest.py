@@ -68,6 +68,16 @@ class LiveServer:
             await resp.read()
             return resp
 
+    async def control(self, action: str) -> dict:
+        """A producer's POST to the channel's `action` (pause, resume...), which must succeed."""
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{self.base_url}/api/channels/{self.channel}/{action}",
+                headers={"Authorization": f"Bearer {self.token}"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+
     async def get_json(self, path: str) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as http:
             async with http.get(self.base_url + path) as resp:

@@ -152,19 +152,19 @@ async def queue_state(request: web.Request) -> web.Response:
         runner = await station.runner(name)
         await require_listener(request, runner.name)
         async with runner.saved:
-            state = queue_state_json(runner.channel, station.clock())
+            state = queue_state_json(runner.channel, station.clock(), listed=None)
         state["listeners"] = request.app[HUB].total(name)
     return web.json_response(state)
 
 
 async def _queue_elsewhere(request: web.Request, name: str) -> dict:
     """The state the channel's owner stored with its latest step, brought to now; a channel with none yet
-    (its owner is starting) is asked of the owner itself."""
+    (its owner is starting), or with more waiting than that state lists, is asked of the owner itself."""
     await request.app[STATION].channel_id(name)  # 404 first
     await require_listener(request, name)
     snapshot = await request.app[CLUSTER].bus.snapshot(name)
-    if snapshot is None:
-        raise NotHere(name)
+    if snapshot is None or len(snapshot.state["queue"]) < snapshot.state.get("queue_length", 0):
+        raise NotHere(name)  # the stored state lists only the head of a long queue: the owner lists it all
     return refresh_snapshot(snapshot.state, request.app[STATION].clock())
 
 

@@ -1,5 +1,6 @@
 """The public JSON shapes: how requests, chunks and events look on the wire (docs/protocol.md)."""
 
+from itertools import islice
 from typing import Any
 
 from broadcaster.core.bed import Bed, scalars
@@ -63,7 +64,7 @@ def source_json(request: Request) -> dict[str, Any]:
     }
 
 
-PREVIEW_CHARS = 200  # of a waiting or finished request's text: every queue update carries the whole line
+PREVIEW_CHARS = 200  # of a waiting or finished request's text: every queue update carries it to every listener
 
 
 def preview(text: str) -> str:
@@ -116,9 +117,21 @@ def on_air_json(request: Request) -> dict[str, Any]:
     }
 
 
-def queue_json(channel: Channel) -> list[dict[str, Any]]:
+# Queue items a pushed message lists: the next ones, with `queue_length` for the rest. Every listener
+# gets every queue update, so its size is paid once per listener; the queue endpoint lists them all.
+QUEUE_LISTED = 20
+
+
+def queue_json(channel: Channel, listed: int | None = QUEUE_LISTED) -> list[dict[str, Any]]:
+    """The requests waiting after the one on the air, in line order: the first `listed` of them (None: all)."""
     head = channel.now_playing()
-    return [queue_item_json(r, i) for i, r in enumerate(channel.line) if r is not head]
+    waiting = ((i, r) for i, r in enumerate(channel.line) if r is not head)
+    return [queue_item_json(r, i) for i, r in islice(waiting, listed)]
+
+
+def queue_length(channel: Channel) -> int:
+    """How many requests wait after the one on the air: what `queue_json` lists, and what it may leave out."""
+    return len(channel.line) - (channel.now_playing() is not None)
 
 
 def recent_json(channel: Channel, limit: int = 10) -> list[dict[str, Any]]:
@@ -145,11 +158,12 @@ def takeover_json(state: dict[str, Any]) -> dict[str, Any]:
     return {"type": TAKEOVER, "state": state}
 
 
-def queue_state_json(channel: Channel, now_ms: int) -> dict[str, Any]:
+def queue_state_json(channel: Channel, now_ms: int, listed: int | None = QUEUE_LISTED) -> dict[str, Any]:
     return {
         "server_time_ms": now_ms,
         "now_playing": now_playing_json(channel, now_ms),
-        "queue": queue_json(channel),
+        "queue": queue_json(channel, listed),
+        "queue_length": queue_length(channel),
         "recent": recent_json(channel),
         "repeat": channel.repeat.value,
         "paused_at_ms": channel.paused_at_ms,
@@ -277,6 +291,7 @@ def event_json(event: Event, channel: Channel) -> dict[str, Any] | None:
             return {
                 "type": "playback_queue_updated",
                 "queue": queue_json(channel),
+                "queue_length": queue_length(channel),
                 "recent": recent_json(channel),
                 "repeat": channel.repeat.value,
             }

@@ -9,7 +9,9 @@ listeners every broadcast costs tens of milliseconds of the server's time,
 so they wait PROGRESS_DELAY_S: if another step is announced meanwhile, it
 carries the fresh queue view instead (a request that starts generating
 usually has its first chunk ready within that time), and otherwise the queue
-view goes out alone when the delay is up.
+view goes out alone when the delay is up, unless it is the view listeners
+have already: audio made ahead for a request deeper in a long queue than
+the view lists (web/messages.py, QUEUE_LISTED) changes nothing they see.
 """
 
 import asyncio
@@ -35,6 +37,7 @@ class Publisher:
         self.announce = announce
         self.runners = runners
         self._due: dict[str, object] = {}  # channel -> token of the queue view it still owes its listeners
+        self._shown: dict[str, dict[str, Any]] = {}  # channel -> the queue view it announced last
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -62,6 +65,8 @@ class Publisher:
             message = event_json(event, runner.channel)
             if message is not None:
                 messages.append(message)
+            if isinstance(event, QueueChanged) and message is not None:
+                self._shown[runner.name] = message
         if messages:
             self.announce(runner, messages)  # one batch: a listener gets the whole step in one write
 
@@ -77,7 +82,10 @@ class Publisher:
             if self._due.get(runner.name) is not token:
                 return  # a step announced it meanwhile
             del self._due[runner.name]
-            self._broadcast(runner, [QueueChanged()])
+            view = event_json(QueueChanged(), runner.channel)
+            if view != self._shown.get(runner.name):
+                self._shown[runner.name] = view
+                self.announce(runner, [view])
 
     async def close(self) -> None:
         self._closed = True

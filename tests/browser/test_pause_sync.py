@@ -31,16 +31,6 @@ WITHIN_MS = 5
 pytestmark = [pytest.mark.server_config(SPEAKER_CONFIG), pytest.mark.speakers(3)]
 
 
-async def control(server, action: str) -> dict:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{server.base_url}/api/channels/{server.channel}/{action}",
-            headers={"Authorization": f"Bearer {server.token}"},
-        ) as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
-
-
 async def until(wall_s: float) -> None:
     await asyncio.sleep(max(0.0, wall_s - time.time()))
 
@@ -81,7 +71,7 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     await server.say(NARRATION)
     first = await observer.next("audio_chunk_ready")
     await until(first["starts_at_ms"] / 1000 + 0.7)  # well into the first sentence
-    paused_at_ms = (await control(server, "pause"))["paused_at_ms"]
+    paused_at_ms = (await server.control("pause"))["paused_at_ms"]
     await until(paused_at_ms / 1000 + 0.3)
     late = await listeners.open(2)  # tunes in while paused
     assert await late.is_visible("#paused"), "a page opened while paused does not say so"
@@ -89,7 +79,7 @@ async def test_every_page_stops_and_goes_on_together_at_the_announced_moments(se
     # A page's first seconds of output are not steady (docs/performance.md): the late joiner's too, so
     # the pause lasts past them; its sync is what is under test here, not its output's start-up.
     await asyncio.sleep(7)
-    resumed = await control(server, "resume")
+    resumed = await server.control("resume")
     resumes_at_ms, shift_ms = resumed["resumes_at_ms"], resumed["shift_ms"]
     await until(resumes_at_ms / 1000 + 2.5)
     recording = await stop_recording(recorder, pulse)

@@ -20,6 +20,7 @@ from broadcaster.runtime.accounts import create_channel
 from db.store import Store
 from web.app import create_app
 from web.keys import CLUSTER, METRICS
+from web.messages import QUEUE_LISTED
 from web.serve import start_sites
 
 from .test_shared_audio import decoded_seconds
@@ -376,6 +377,29 @@ async def test_the_queue_view_is_answered_by_any_member_as_the_owner_last_publis
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{other.base_url}/api/channels/nowhere/audio/queue") as resp:
             assert resp.status == 404
+
+
+async def test_a_member_lists_a_long_queue_whole_as_the_owner_does(cluster):
+    """The state the owner publishes lists the head of a long queue: asked for the whole queue, another
+    member passes the question on to the owner."""
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    count = QUEUE_LISTED + 3
+    ids = []
+    for n in range(count):
+        status, queued = await post(owner, "table", made.token, f"Item {n} waits its turn for a long while. " * 2)
+        assert status == 202
+        ids.append(queued["request_id"])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{other.base_url}/api/channels/table/audio/queue") as resp:
+            assert resp.status == 200
+            view = await resp.json()
+    assert len(view["queue"]) == view["queue_length"] > QUEUE_LISTED
+    assert [q["request_id"] for q in view["queue"]] == ids[count - view["queue_length"] :]
+    assert other.app[CLUSTER].forwarder.forwarded == 1, "the whole queue was asked of the owner"
 
 
 def agree(owner_view: dict, other_view: dict) -> bool:

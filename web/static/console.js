@@ -174,13 +174,14 @@ function handle(m) {
       showPause(m.paused_at_ms != null);
       showBed(m.bed);
       state.nowPlaying = m.now_playing;
-      Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
+      Object.assign(state, { queue: m.queue, queueLength: m.queue_length, recent: m.recent, repeat: m.repeat });
       showListeners(m.listeners);
       render();
+      if (m.queue_length > m.queue.length) refresh(); // a long queue: the queue view lists it all
       break;
     case "audio_stream_started": case "audio_chunk_ready": case "request_played": refresh(); break;
     case "playback_queue_updated":
-      Object.assign(state, { queue: m.queue, recent: m.recent, repeat: m.repeat });
+      Object.assign(state, { queue: m.queue, queueLength: m.queue_length, recent: m.recent, repeat: m.repeat });
       refresh();
       break;
     case "request_failed": notice(`A narration failed: ${m.reason}`); refresh(); break;
@@ -210,7 +211,8 @@ function refresh() {
       { headers: { Authorization: `Bearer ${state.token}` } });
     if (!response.ok) return;
     const data = await response.json();
-    Object.assign(state, { nowPlaying: data.now_playing, over: data.over || [], queue: data.queue, recent: data.recent, repeat: data.repeat });
+    Object.assign(state, { nowPlaying: data.now_playing, over: data.over || [], queue: data.queue, queueLength: data.queue_length,
+      recent: data.recent, repeat: data.repeat });
     render();
   }, 50);
 }
@@ -233,7 +235,8 @@ function render() {
         el("span", { className: "meta" }, ` ${queueLabel(item)}${item.auto ? " (auto-DJ)" : ""}`)),
       el("span", { className: "row" },
         index > 0 ? button("\u2191", () => move(item, state.queue[index - 1].position), `Move up: ${item.text.slice(0, 40)}`) : "",
-        button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`))))));
+        button("Cancel", () => act(item.request_id, "cancel"), `Cancel: ${item.text.slice(0, 40)}`)))),
+    ...(state.queueLength > state.queue.length ? [el("li", { className: "meta" }, `and ${state.queueLength - state.queue.length} more`)] : [])));
   $("queue-empty").hidden = state.queue.length > 0;
   $("recent").replaceChildren(...state.recent.map((item) => el("li", {},
     el("div", { className: "item" },

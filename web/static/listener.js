@@ -245,7 +245,7 @@ function handle(m) {
       break;
     case "channel_paused": pauseAt(m.paused_at_ms); break;
     case "channel_resumed": resume(m); break;
-    case "playback_queue_updated": showQueue(m.queue); break;
+    case "playback_queue_updated": showQueue(m.queue, m.queue_length); break;
     case "listeners_changed": showListeners(m.listeners); break;
     case "time_sync": scheduleWaiting(); break;
     case "error": console.warn("server:", m.message); break;
@@ -266,7 +266,7 @@ function onSnapshot(m) {
   if (m.now_playing) state.kinds.set(m.now_playing.request_id, m.now_playing.kind);
   for (const over of m.over || []) state.kinds.set(over.request_id, "over");
   setBeds(m.bed ?? null, m.fading_beds || []);
-  showQueue(m.queue);
+  showQueue(m.queue, m.queue_length);
   showListeners(m.listeners);
   const playing = m.now_playing, overs = m.over || [];
   const next = (m.queue || []).filter((r) => r.chunks); // on the air already, in its lead
@@ -591,8 +591,13 @@ function renderCaptions() {
   box.replaceChildren(...parts.map((c) => el("span", { className: c.chunk_id === state.current ? "current" : "" }, c.text + " ")), ...writing);
 }
 
-function showQueue(queue) {
+// The server lists the next requests of a long queue, and how many wait in all.
+function showQueue(queue, length = queue.length) {
   $("queue").replaceChildren(...queue.map((item) => el("li", {}, item.text,
-    el("span", { className: "meta" }, ` ${queueLabel(item)}`))));
+    el("span", { className: "meta" }, ` ${queueLabel(item)}`))), ...more(length - queue.length));
   $("queue-empty").hidden = queue.length > 0;
+}
+
+function more(count) {
+  return count > 0 ? [el("li", { className: "meta" }, `and ${count} more`)] : [];
 }
