@@ -72,6 +72,7 @@ class TimelineSection:
     sentence_gap_ms: int = 250
     request_gap_ms: int = 600
     generation_timeout_s: float = 180
+    generate_ahead_s: float = 300
     open_idle_flush_ms: int = 1500
     open_idle_timeout_s: float = 120
 
@@ -81,6 +82,8 @@ class TimelineSection:
                 f"expected [timeline] open_idle_flush_ms and open_idle_timeout_s above 0, got "
                 f"{self.open_idle_flush_ms!r} and {self.open_idle_timeout_s!r}"
             )
+        if not self.generate_ahead_s > 0:
+            raise BadInput(f"expected [timeline] generate_ahead_s above 0, got {self.generate_ahead_s!r}")
         if not (0 <= self.min_lead_ms and 0 <= self.lead_ms <= self.max_lead_ms):
             raise BadInput(
                 f"expected [timeline] 0 <= min_lead_ms and 0 <= lead_ms <= max_lead_ms, got min_lead_ms "
@@ -323,6 +326,7 @@ class Config:
             sentence_gap_ms=t.sentence_gap_ms,
             request_gap_ms=t.request_gap_ms,
             generation_timeout_ms=int(t.generation_timeout_s * 1000),
+            generate_ahead_ms=int(t.generate_ahead_s * 1000),
             open_idle_flush_ms=t.open_idle_flush_ms,
             open_idle_timeout_ms=int(t.open_idle_timeout_s * 1000),
         )

@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 The channel owns a *line*: the requests not yet played or failed, in the order
 they were submitted. Audio is produced for them in that order by an outside
-worker, which reports each finished chunk with `chunk_ready`. The timeline is
-the sequence of chunk start times; it only ever grows at its end (the cursor).
+worker, which reports each finished chunk with `chunk_ready`, and which starts
+on a request only while less than `generate_ahead_ms` of audio before it is
+made and not yet played (`next_job`). The timeline is the sequence of chunk
+start times; it only ever grows at its end (the cursor).
 
 * A chunk of the request already on the air is placed as soon as it is ready,
   right after the previous chunk plus the sentence gap, but never less than the
@@ -173,8 +175,18 @@ class Channel:
         return self.movable_from() == len(self.line)
 
     def next_job(self) -> Request | None:
-        """The request that needs audio first: talk-over narration, else the first in line."""
-        return next((r for r in (*self.overlay, *self.line) if r.has_work), None)
+        """The request that needs audio first: talk-over narration, else the first in line. One in line
+        whose audio has not begun waits while the requests before it have `generate_ahead_ms` of audio
+        made and not yet played: a long queue is made as its turn nears, not all at once."""
+        overlay = next((r for r in self.overlay if r.has_work), None)
+        if overlay is not None:
+            return overlay
+        ahead_ms = 0
+        for request in self.line:
+            if request.has_work:
+                return request if request.chunks or ahead_ms < self.config.generate_ahead_ms else None
+            ahead_ms += sum(c.duration_ms for c in request.chunks if c.state == ChunkState.READY)
+        return None
 
     def _track_on_air(self, now_ms: int) -> bool:
         """A track is sounding, or goes on the air within the lead."""

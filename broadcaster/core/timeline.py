@@ -13,6 +13,7 @@ class TimelineConfig:
     sentence_gap_ms: int = 250  # silence between chunks of one request
     request_gap_ms: int = 600  # silence between two requests
     generation_timeout_ms: int = 180_000  # for an open narration: from its latest append
+    generate_ahead_ms: int = 300_000  # audio made and not yet played past which the next request waits to be made
     open_idle_flush_ms: int = 1500  # an open narration's unfinished sentence is spoken after this long without text
     open_idle_timeout_ms: int = 120_000  # an open narration idle this long is closed with what it has
 

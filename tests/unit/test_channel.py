@@ -357,3 +357,36 @@ def test_a_request_pushed_aside_does_not_time_out_while_it_waits(channel):
     channel.generation_started(narration.request_id, 50)
     events = channel.tick(20 + CFG.generation_timeout_ms + 1)
     assert waiting.state == RequestState.GENERATING and RequestFailed not in kinds(events)
+
+
+def test_the_next_request_waits_to_be_made_while_enough_audio_before_it_is_made():
+    """A long queue is made as its turn nears: past `generate_ahead_ms` of audio made and not yet played
+    the next request waits, one begun is finished, and what plays out lets the next one start."""
+    channel = Channel("table", TimelineConfig(lead_ms=500, generate_ahead_ms=10_000))
+    first, second, third = make_request("One.", "Two."), make_request("Three.", "Four."), make_request("Five.")
+    for request in (first, second, third):
+        channel.submit(request, 0)
+    generate(channel, first, [6000, 6000], now=0)
+    assert channel.next_job() is None  # 12 s made ahead: the second waits
+    channel.tick(6500)  # the first chunk (500 to 6500) played out: 6 s ahead
+    assert channel.next_job() is second
+    generate(channel, second, [6000], now=6500)
+    channel.tick(7000)
+    assert channel.next_job() is second  # begun: it is finished whatever is ahead
+    channel.chunk_ready(make_chunk(second, 6000, 7000), 7000)
+    assert channel.next_job() is None  # 18 s made ahead of the third
+
+
+def test_a_request_put_before_audio_made_ahead_counts_only_what_plays_before_it():
+    """Narration put before auto-DJ tracks made ahead is made at once: their audio plays after it."""
+    channel = Channel("table", TimelineConfig(lead_ms=500, generate_ahead_ms=10_000))
+    playing, waiting = make_request("Auto one."), make_request("Auto two.")
+    playing.auto = waiting.auto = True
+    channel.submit(playing, 0)
+    generate(channel, playing, [3000], now=0)
+    channel.submit(waiting, 0)
+    generate(channel, waiting, [20_000], now=0)
+    narration = make_request("Attention please.")
+    channel.submit(narration, 100)
+    assert channel.line == [playing, narration, waiting]
+    assert channel.next_job() is narration
