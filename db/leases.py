@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broadcaster.errors import BroadcasterError
 
-from .uninterrupted import uninterrupted
+from .uninterrupted import single_reads, uninterrupted
 
 # The database's clock in integer milliseconds, as each dialect spells it.
 NOW_MS = {
@@ -81,6 +81,7 @@ class Holding:
 class Leases:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self._reads = single_reads(engine)
         now = NOW_MS.get(engine.dialect.name)
         if now is None:
             raise BroadcasterError(f"expected a SQLite or PostgreSQL database for leases, got {engine.dialect.name}")
@@ -123,7 +124,7 @@ class Leases:
     @uninterrupted
     async def current(self, name: str) -> Holding | None:
         """Who holds the lease now (None: nobody, or it lapsed)."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(self._sql["current"], {"name": name})).first()
         if row is None or row.expires_at_ms < row.now_ms:
             return None
@@ -132,7 +133,7 @@ class Leases:
     @uninterrupted
     async def live(self, prefix: str) -> dict[str, Holding]:
         """Every live lease whose name starts with `prefix`, in one read."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(self._sql["live"], {"prefix": prefix})).all()
         return {row.name: Holding(row.holder, row.holder_url, row.epoch, row.remaining_ms) for row in rows}
 

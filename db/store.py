@@ -19,7 +19,7 @@ from .beds import beds_from_json, beds_json
 from .connections import ConnectionLog
 from .leases import NOW_MS, Lease, LeaseLost, Leases
 from .models import ChannelRow, ChunkRow, ConnectionRow, DeliveryRow, RequestRow
-from .uninterrupted import uninterrupted
+from .uninterrupted import single_reads, uninterrupted
 
 CLOSE_WAIT_S = 5.0  # at a stop, how long calls still under way may take to give their connections back
 FINAL = tuple(state.value for state in FINAL_REQUEST_STATES)
@@ -66,6 +66,7 @@ def make_engine(url: str) -> AsyncEngine:
 class Store:
     def __init__(self, url: str, holder: str | None = None):
         self.engine = make_engine(url)
+        self._reads = single_reads(self.engine)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False)
         self._upsert_chunk = _chunk_upsert(self.engine.dialect.name)  # None: no upsert statement known
         self.leases = Leases(self.engine) if self.engine.dialect.name in NOW_MS else None
@@ -127,14 +128,14 @@ class Store:
     async def channel_id(self, name: str) -> int | None:
         """The channel's id alone, read for every listener that connects to a channel run by another
         process: a plain statement, like token_hash."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (await conn.execute(CHANNEL_ID, {"name": name})).scalar()
 
     @uninterrupted
     async def token_hash(self, name: str) -> str | None:
         """The producer token's digest alone, read on every producer write: a plain statement on a
         connection costs half of a session's ORM query (docs/performance.md)."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (await conn.execute(TOKEN_HASH, {"name": name})).scalar()
 
     @uninterrupted
