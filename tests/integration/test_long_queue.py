@@ -88,12 +88,21 @@ async def test_audio_is_made_ahead_only_so_far_and_the_rest_as_its_turn_nears(se
     await server.control("pause")  # nothing plays: every request waits, each made ahead of its turn
     listener = await connect()
     await listener.next("snapshot")
-    ids = await queue_up(server, 10)  # about 0.2 s of audio each
-    await asyncio.sleep(1)
-    status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
-    made = [item["chunks_ready"] for item in view["queue"]]
-    assert 0 < made.count(0) < len(made), f"chunks made per request: {made}"
+    ids = await queue_up(server, 10)  # about 0.2 s of audio each: five make a second
+    async with asyncio.timeout(20):
+        while sum(await chunks_made(server)) < 4:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    made = await chunks_made(server)
+    assert made.count(0) == 5, f"chunks made per request waiting: {made}"
     assert made == sorted(made, reverse=True), "made in line order"
     await server.control("resume")
     for request_id in ids:
         await listener.next("request_played", timeout=20, where=lambda m, rid=request_id: m["request_id"] == rid)
+
+
+async def chunks_made(server) -> list[int]:
+    """Per request waiting (the one being made for the air is not listed), its chunks made so far."""
+    status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert status == 200
+    return [item["chunks_ready"] for item in view["queue"]]
