@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from broadcaster.core.bed import Bed
@@ -45,9 +45,17 @@ def _state_statement(state: ChannelState):  # noqa: ANN202
 
 
 def make_engine(url: str) -> AsyncEngine:
-    # No ping as a connection leaves the pool: a database restart is found by the first call, which runs
-    # again on a fresh connection (db/uninterrupted.py).
+    # No ping as a connection leaves the pool (with asyncpg, three round trips): one the server closed (it
+    # restarted) is known closed already and replaced, and one found dropped by a call's first statement
+    # makes that call run again on a fresh connection (db/uninterrupted.py).
     engine = create_async_engine(url)
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine.sync_engine, "checkout")
+        def _closed(dbapi_conn, _record, _proxy) -> None:  # noqa: ANN001
+            if dbapi_conn.driver_connection.is_closed():
+                raise DisconnectionError("the server closed this pooled connection")  # the pool connects anew
+
     if engine.dialect.name == "sqlite":
         # WAL lets the CLI and cron write while the server reads; busy_timeout makes
         # a writer wait for a lock instead of failing at once.

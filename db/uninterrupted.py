@@ -9,9 +9,10 @@ as a task of its own that cancellation does not reach; the caller's cancellation
 the call is over (statements take milliseconds, or at most the busy timeout).
 
 Pooled connections are not pinged before use: with asyncpg a ping is three round trips (a
-transaction around an empty statement), more than most of our calls. A connection found dropped
-(the database restarted) makes SQLAlchemy invalidate the whole pool, and the call runs once more
-on a fresh connection: a restart costs one failed attempt per process, not a failed call.
+transaction around an empty statement), more than most of our calls. One the server closed (it
+restarted) is known closed and replaced as it leaves the pool (db/store.py). One found dropped by
+a call's statement makes SQLAlchemy invalidate the whole pool, and a call made here runs once more
+on a fresh connection: a restart costs a failed attempt, not a failed call.
 """
 
 import asyncio
