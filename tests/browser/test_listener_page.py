@@ -12,6 +12,7 @@ from conftest import Listener
 
 from broadcaster.runtime.accounts import set_listen_key
 from tts.encode import ffmpeg_exe
+from web.messages import QUEUE_LISTED
 
 SYNC_TOLERANCE_MS = 5
 NARRATION = (
@@ -226,6 +227,27 @@ async def test_console_narration_is_played_by_every_listener(browser, server, co
     for page in listeners:
         assert set(chunk_ids) <= set(await scheduled(page))
     assert await console.input_value("#text") == ""
+    assert page_errors.errors == []
+
+
+async def test_a_long_queue_shows_its_head_and_how_many_more_the_console_all_of_it(browser, server, page_errors):
+    """Listeners are sent the next 20 of a long queue and count the rest; the console lists every one."""
+    await server.control("pause")
+    for n in range(QUEUE_LISTED + 5):
+        assert (await server.say(f"Item {n} of a long queue.")).status == 202
+    listener = await open_listener(browser, server, page_errors)
+    items = listener.locator("#queue li")
+    await listener.wait_for_function("document.querySelectorAll('#queue li').length > 20")
+    # the first request is on its way to the air (being made), not in the queue
+    assert await items.count() == QUEUE_LISTED + 1
+    assert await items.last.text_content() == "and 4 more"
+    await server.say("One more at the end.")
+    await listener.wait_for_function("[...document.querySelectorAll('#queue li')].pop().textContent === 'and 5 more'")
+    console = await browser.new_page(bypass_csp=True)
+    page_errors.watch(console)
+    await console.goto(f"{server.base_url}/c/{server.channel}/console#token={server.token}")
+    await console.wait_for_selector("#queue button[aria-label^='Cancel: One more at the end']")
+    assert await console.locator("#queue button[aria-label^='Cancel: ']").count() == QUEUE_LISTED + 5
     assert page_errors.errors == []
 
 
