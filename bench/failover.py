@@ -139,9 +139,9 @@ async def keep_narrating(members: list[Member], token: str) -> None:
                     async with http.get(f"{member.url}/api/channels/table/audio/queue", headers=headers) as resp:
                         queued = len((await resp.json()).get("queue", [])) if resp.status == 200 else 2
                     if queued < 2:
-                        await http.post(
-                            f"{member.url}/api/channels/table/requests", json={"text": TEXT}, headers=headers
-                        )
+                        url = f"{member.url}/api/channels/table/requests"
+                        async with http.post(url, json={"text": TEXT}, headers=headers) as posted:
+                            await posted.read()
                 break
             except aiohttp.ClientError:
                 continue
