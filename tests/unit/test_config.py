@@ -47,6 +47,16 @@ def test_a_lead_outside_zero_to_its_ceiling_is_refused(timeline):
         config_from_dict({"timeline": timeline})
 
 
+@pytest.mark.parametrize("ahead_s", [0, -5])
+def test_generating_ahead_by_nothing_is_refused(ahead_s):
+    with pytest.raises(BadInput, match=r"\[timeline\] generate_ahead_s above 0"):
+        config_from_dict({"timeline": {"generate_ahead_s": ahead_s}})
+
+
+def test_how_far_ahead_audio_is_made_reaches_the_channel():
+    assert config_from_dict({"timeline": {"generate_ahead_s": 90}}).timeline_config().generate_ahead_ms == 90_000
+
+
 def test_the_lead_ceiling_reaches_the_channel():
     config = config_from_dict({"timeline": {"lead_ms": 800, "max_lead_ms": 800}}).timeline_config()
     assert (config.lead_ms, config.max_lead_ms) == (800, 800)
