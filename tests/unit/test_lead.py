@@ -19,8 +19,11 @@ def tuner_with_needs(needs: list[int], audience: int = CROWD, now: int = 10_000)
     return tuner
 
 
-def test_no_reports_keep_the_floor() -> None:
-    assert LeadTuner(500, 3000).lead_ms(0, CROWD) == 500
+def test_an_audience_nothing_is_known_of_starts_at_the_starting_lead_and_a_millisecond_a_listener() -> None:
+    """Counted from the least audience of its band: a crowd fetching one chunk at once takes longer."""
+    tuner = LeadTuner(500, 3000)
+    assert [tuner.lead_ms(0, n) for n in (1, 5, 8, CROWD)] == [501, 504, 508, 500 + 512]
+    assert tuner.lead_ms(0, 5000) == 3000  # the ceiling
 
 
 def test_a_fast_audience_keeps_the_floor() -> None:
@@ -46,7 +49,7 @@ def test_needs_count_for_audiences_of_about_their_size() -> None:
     tuner = tuner_with_needs([2000] * 10, audience=1000)
     assert tuner.lead_ms(10_000, 1000) == 2150
     assert tuner.lead_ms(10_000, 300) == 2150  # within a band of the crowd's
-    assert tuner.lead_ms(10_000, 5) == 500  # the game master's table after the crowd left
+    assert tuner.lead_ms(10_000, 5) == 504  # the game master's table after the crowd left: not measured
     assert tuner.lead_ms(10_000 + 3_600_000, 1000) == 2150  # an hour later, the same crowd
 
 
@@ -111,10 +114,10 @@ def test_the_channel_places_a_new_stream_at_its_current_lead() -> None:
 
 
 def test_a_few_listeners_close_by_bring_the_lead_down_from_its_start_to_their_need() -> None:
-    """Unmeasured, an audience gets the starting lead; once its listeners report needing little, the lead
-    comes down to their need and the margin, never under the floor."""
+    """Unmeasured, an audience gets the starting lead (and a millisecond for each listener); once its
+    listeners report needing little, the lead comes down to their need and the margin, never under the floor."""
     tuner = LeadTuner(200, 3000, start_ms=500)
-    assert tuner.lead_ms(0, 8) == 500
+    assert tuner.lead_ms(0, 8) == 508
     tuner.placed("c1", 1000, 1500, 8)
     for need in (60, 75, 70, 65, 90, 70, 68, 73):
         tuner.ready("c1", 1000 + need, 1100)
@@ -123,7 +126,7 @@ def test_a_few_listeners_close_by_bring_the_lead_down_from_its_start_to_their_ne
     fast.placed("c1", 1000, 1500, 8)
     fast.ready("c1", 1001, 1100)
     assert fast.lead_ms(1100, 8) == 200  # the floor
-    assert fast.lead_ms(1100, 1000) == 500  # a crowd nothing is known of starts at the starting lead
+    assert fast.lead_ms(1100, 1000) == 500 + 512  # a crowd nothing is known of starts higher
 
 
 def test_a_start_outside_floor_and_ceiling_is_refused() -> None:
