@@ -160,8 +160,9 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
         request[PEER_CLIENT] = client
     channel = request.match_info.get("channel")
     if channel is not None and request.method in WRITES and channel not in station.runners:
-        # A channel with a live owner exists: one read on the way. Without one, 404 here for a
-        # channel that does not exist, else wait for its owner (a takeover, or it is being loaded).
+        # A channel with a live owner exists: its address and the peer secret, read at once on the way.
+        # Without one, 404 here for a channel that does not exist, else wait for its owner (a takeover,
+        # or it is being loaded).
         url, secret = await forwarder.holder_and_secret(channel)
         if url is None:
             await station.channel_id(channel)
