@@ -28,11 +28,16 @@ def waiting(view: dict) -> int:
     return view["queue_length"] + (view["now_playing"] is not None)
 
 
+async def queue_view(server) -> dict:
+    status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
+    assert status == 200
+    return view
+
+
 async def all_made(server) -> dict:
     async with asyncio.timeout(30):
         while True:
-            status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
-            assert status == 200
+            view = await queue_view(server)
             items = [*view["queue"], *([view["now_playing"]] if view["now_playing"] else [])]
             if len(items) == QUEUED and all(item.get("chunks_ready") == item["chunks_total"] for item in view["queue"]):
                 return view
@@ -56,8 +61,7 @@ async def test_listeners_get_the_head_of_a_long_queue_and_its_length_the_endpoin
     assert len(snapshot["queue"]) == QUEUE_LISTED
     assert [item["request_id"] for item in snapshot["queue"]] == ids[-snapshot["queue_length"] :][:QUEUE_LISTED]
 
-    status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
-    assert status == 200
+    view = await queue_view(server)
     assert waiting(view) == QUEUED and len(view["queue"]) == view["queue_length"]
     assert [item["request_id"] for item in view["queue"]] == ids[-view["queue_length"] :]
 
@@ -103,6 +107,4 @@ async def test_audio_is_made_ahead_only_so_far_and_the_rest_as_its_turn_nears(se
 
 async def chunks_made(server) -> list[int]:
     """Per request waiting (the one being made for the air is not listed), its chunks made so far."""
-    status, view = await server.get_json(f"/api/channels/{server.channel}/audio/queue")
-    assert status == 200
-    return [item["chunks_ready"] for item in view["queue"]]
+    return [item["chunks_ready"] for item in (await queue_view(server))["queue"]]
