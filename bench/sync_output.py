@@ -17,12 +17,18 @@ and the skew under load and after it, against the targets in docs/performance.md
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
                                           [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
                                           [--buffer small|large] [--audio-priority desktop|realtime]
+                                          [--rate 48000|50000]
 
 `--buffer large` opens every page as a browser whose listener chose the larger output buffer
 (web/static/buffer.js) would: on it from the start. Each page's buffer is printed.
 `--audio-priority realtime` runs each browser's thread that feeds PulseAudio, and PulseAudio's main
 thread, at realtime priority, as a machine tuned for audio would (`PulseServer.realtime_audio`; needs
 root or CAP_SYS_NICE); as they come ("desktop", the default) both run at normal priority.
+`--rate 50000` runs the sinks, and so every browser's output, at 50 kHz. PulseAudio's null sink moves
+its clock on by each block it renders rounded down to a whole microsecond: at 48 kHz (20.83 us a
+frame) it runs fast by an amount that depends on how the streams happen to write (0-140 ppm with
+`pacat`, 600-900 ppm with the browsers) and changes as streams come and go, which no sound card's
+crystal does; at 50 kHz a frame is exactly 20 us and the sink keeps the machine's time.
 """
 
 import argparse
@@ -137,7 +143,7 @@ def load(seconds: int):
 async def heard_in(recording: Recording, http, base_url: str, narration: Narration, listeners: list[int]):
     heard: dict[int, list[Heard]] = {i: [] for i in listeners}
     for chunk in narration.chunks:
-        audio = await chunk_audio(http, base_url, chunk["chunk_id"])
+        audio = await chunk_audio(http, base_url, chunk["chunk_id"], recording.rate)
         for i in listeners:
             heard[i] += await asyncio.to_thread(follow, recording, i, chunk["chunk_id"], audio, chunk["starts_at_ms"])
     return heard
@@ -204,7 +210,7 @@ def report_stalls(heard: dict[int, list[Heard]], recording: Recording, narration
     print(f"clicks anywhere in listener 0's output: {len(snaps)}")
     for i, page in enumerate(pages):
         print(
-            f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+d} ppm; "
+            f"page {i} reports: {page['glitches']} glitches, {page['crossfades']} crossfades, {page['ppm']:+.0f} ppm; "
             f"its line against its own output readings: p95 {percentile(off_line_ms(page), 95):.2f} ms; "
             f"{chromium_underruns(page)}"
         )
@@ -287,7 +293,7 @@ async def main(args: argparse.Namespace) -> None:
     everyone = list(range(args.listeners + args.late))
     late = everyone[args.listeners :]
     with tempfile.TemporaryDirectory() as work:
-        pulse = (PipeWireServer if args.rig == "pipewire" else PulseServer)(Path(work), len(everyone))
+        pulse = (PipeWireServer if args.rig == "pipewire" else PulseServer)(Path(work), len(everyone), args.rate)
         pulse.start()
         try:
             async with (
@@ -319,8 +325,9 @@ async def main(args: argparse.Namespace) -> None:
                 pages = [await page_report(listeners.pages[i]) for i in everyone]
                 recording = await stop_recording(recorder, pulse)
                 await listeners.close()
-                print(f"recorded {len(recording.samples) / 48000:.0f} s of {len(everyone)} listeners; output clock "
-                      f"{(recording.clock.rate_hz / 48000 - 1) * 1e6:+.0f} ppm against the wall clock")  # fmt: skip
+                print(f"recorded {len(recording.samples) / args.rate:.0f} s of {len(everyone)} listeners at "
+                      f"{args.rate} Hz; output clock {(recording.clock.rate_hz / args.rate - 1) * 1e6:+.0f} ppm "
+                      "against the wall clock")  # fmt: skip
                 heard = {
                     name: await heard_in(recording, http, server.base_url, narration, everyone)
                     for name, narration in (("calm", calm), ("stalls", stalled), ("load", loaded))
@@ -352,6 +359,12 @@ if __name__ == "__main__":
     parser.add_argument("--stress-s", type=int, default=30, help="0: no load phase")
     parser.add_argument("--settle-s", type=float, default=8, help="from the last page opened to the narration")
     parser.add_argument("--rig", choices=["pulseaudio", "pipewire"], default="pulseaudio")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=48_000,
+        help="the sinks' sample rate; at 50000 (20 us a frame) PulseAudio's null sink keeps the machine's time",
+    )
     parser.add_argument(
         "--buffer", choices=["small", "large"], default="small", help="large: as browsers whose listener chose it"
     )

@@ -31,7 +31,7 @@ from chromium import FLAGS
 
 from tts.encode import decode_flac
 
-RATE = 48_000
+RATE = 48_000  # the rig's default; bench/sync_output.py --rate chooses another (docs/performance.md)
 FRAGMENT_MS = 2  # the recorder asks for reads this small; the mix sink then renders this far ahead
 REALTIME_PRIORITY = 6  # SCHED_RR: above PulseAudio's sink thread (5), below the browsers' audio threads (8)
 TIE = 0.002  # correlations this close count as equally good matches (a nearly periodic stretch, a period off)
@@ -45,8 +45,9 @@ def pulseaudio_binaries() -> tuple[str, str] | None:
 class PulseServer:
     """A PulseAudio daemon with one sink per listener, all recorded together."""
 
-    def __init__(self, work: Path, listeners: int):
+    def __init__(self, work: Path, listeners: int, rate: int = RATE):
         self.listeners = listeners
+        self.rate = rate  # the mix's sample rate, which every browser's output then runs at
         self.runtime = work / "pulse"
         self.socket = self.runtime / "native"
         self.proc: subprocess.Popen | None = None
@@ -61,7 +62,7 @@ class PulseServer:
         aux = ",".join(f"aux{i}" for i in range(self.listeners))
         modules = [
             f"module-native-protocol-unix socket={self.socket} auth-anonymous=1",
-            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={RATE}",
+            f"module-null-sink sink_name=mix channels={self.listeners} channel_map={aux} rate={self.rate}",
             *(
                 f"module-remap-sink sink_name=listener{i} master=mix channels=1 "
                 f"master_channel_map=aux{i} channel_map=mono remix=no"
@@ -108,7 +109,7 @@ class PulseServer:
         return int(re.search(r"configured (\d+) usec", block).group(1)) / 1e6
 
     def recorder(self) -> "Recorder":
-        return Recorder(self.server, self.listeners)
+        return Recorder(self.server, self.listeners, self.rate)
 
     def realtime_audio(self) -> int:
         """Raise the threads that carry audio to the sinks to realtime priority, as on a machine tuned
@@ -164,8 +165,8 @@ class PipeWireServer(PulseServer):
     D-Bus session bus of their own), as most Linux desktops now play: browsers and the recorder
     speak the PulseAudio protocol to `pipewire-pulse`."""
 
-    def __init__(self, work: Path, listeners: int):
-        super().__init__(work, listeners)
+    def __init__(self, work: Path, listeners: int, rate: int = RATE):
+        super().__init__(work, listeners, rate)
         self.socket = self.runtime / "pulse" / "native"
         self.procs: list[subprocess.Popen] = []
 
@@ -196,7 +197,7 @@ class PipeWireServer(PulseServer):
             time.sleep(0.05)
         aux = ",".join(f"aux{i}" for i in range(self.listeners))
         self.pactl("load-module", "module-null-sink", "sink_name=mix", f"channels={self.listeners}",
-                   f"channel_map={aux}", f"rate={RATE}")  # fmt: skip
+                   f"channel_map={aux}", f"rate={self.rate}")  # fmt: skip
         for i in range(self.listeners):
             self.pactl("load-module", "module-remap-sink", f"sink_name=listener{i}", "master=mix", "channels=1",
                        f"master_channel_map=aux{i}", "channel_map=mono", "remix=no")  # fmt: skip
@@ -282,13 +283,13 @@ async def stop_recording(recorder: "Recorder", pulse: PulseServer) -> "Recording
     return await asyncio.to_thread(lambda: recorder.stop(pulse.mix_latency_s()))
 
 
-async def chunk_audio(http, base_url: str, chunk_id: str) -> np.ndarray:
-    """The chunk's audio as the server stored it (its FLAC), at RATE (`follow` stretches it to the rate
-    the recording's clock heard it at)."""
+async def chunk_audio(http, base_url: str, chunk_id: str, rate: int = RATE) -> np.ndarray:
+    """The chunk's audio as the server stored it (its FLAC), at the recording's `rate` (`follow`
+    stretches it to the rate the recording's clock heard it at)."""
     async with http.get(f"{base_url}/api/audio/chunks/{chunk_id}", params={"format": "flac"}) as resp:
         resp.raise_for_status()
         pcm = await decode_flac(await resp.read())
-    return resample(pcm.samples.reshape(len(pcm.samples), -1)[:, 0], pcm.sample_rate)
+    return resample(pcm.samples.reshape(len(pcm.samples), -1)[:, 0], pcm.sample_rate, rate)
 
 
 # The speaker tests' channel: sentences long enough to follow through a recording, the lead long
@@ -328,8 +329,8 @@ def _libpulse_simple() -> ctypes.CDLL:
 class Recorder:
     """Reads every listener's channel of the mix, each read stamped with the wall-clock time."""
 
-    def __init__(self, server: str, channels: int):
-        self.server, self.channels = server, channels
+    def __init__(self, server: str, channels: int, rate: int = RATE):
+        self.server, self.channels, self.rate = server, channels, rate
         self.blocks: list[bytes] = []
         self.reads: list[tuple[float, int]] = []  # (wall time of the read, frames recorded by then)
         self._stop = threading.Event()
@@ -347,12 +348,12 @@ class Recorder:
 
     def _run(self) -> None:
         lib = _libpulse_simple()
-        spec = _SampleSpec(_S16LE, RATE, self.channels)
+        spec = _SampleSpec(_S16LE, self.rate, self.channels)
         layout = _ChannelMap(self.channels)
         for i in range(self.channels):  # without the map, the monitor of an aux-channel sink records silence
             layout.map[i] = _AUX0 + i
         frame = 2 * self.channels
-        fragment = RATE * FRAGMENT_MS // 1000 * frame
+        fragment = self.rate * FRAGMENT_MS // 1000 * frame
         attr = _BufferAttr(_DEFAULT, _DEFAULT, _DEFAULT, _DEFAULT, fragment)
         error = ctypes.c_int()
         stream = lib.pa_simple_new(
@@ -386,7 +387,7 @@ class Recorder:
         if self._error:
             raise self._error
         samples = np.frombuffer(b"".join(self.blocks), dtype="<i2").reshape(-1, self.channels)
-        return Recording(samples, sample_clock(self.reads, render_ahead_s))
+        return Recording(samples, sample_clock(self.reads, render_ahead_s, self.rate), self.rate)
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,7 @@ class SampleClock:
 ANCHOR_S = 2.0
 
 
-def sample_clock(reads: list[tuple[float, int]], render_ahead_s: float) -> SampleClock:
+def sample_clock(reads: list[tuple[float, int]], render_ahead_s: float, rate: int = RATE) -> SampleClock:
     """Frames to wall-clock time. A read that came late only makes its frames look later than they
     were, so within every ANCHOR_S the least delayed read is taken as the truth, against a line fitted
     through all of them (an output clock runs hundreds of ppm off the wall clock, and not always at
@@ -431,7 +432,7 @@ def sample_clock(reads: list[tuple[float, int]], render_ahead_s: float) -> Sampl
         anchor_frames.append(frames[best])
         anchor_times.append(intercept + slope * frames[best] + residual[best] + render_ahead_s)
     # The line carries the first and last anchors to the ends of the recording (and a minute past it).
-    past = RATE * 60.0
+    past = rate * 60.0
     anchor_times = [anchor_times[0] - anchor_frames[0] * slope, *anchor_times, anchor_times[-1] + past * slope]
     anchor_frames = [0.0, *anchor_frames, anchor_frames[-1] + past]
     return SampleClock(np.array(anchor_frames), np.array(anchor_times))
@@ -441,6 +442,7 @@ def sample_clock(reads: list[tuple[float, int]], render_ahead_s: float) -> Sampl
 class Recording:
     samples: np.ndarray  # frames x listeners, int16
     clock: SampleClock
+    rate: int = RATE  # nominal frames a second (the clock says how many there were)
 
     def channel(self, listener: int) -> np.ndarray:
         return self.samples[:, listener].astype(np.float64)
@@ -514,17 +516,17 @@ class Follow:
 def follow(
     recording: Recording, listener: int, chunk_id: str, audio: np.ndarray, starts_at_ms: int, how: Follow | None = None
 ) -> list[Heard]:
-    """Every audible stretch of the chunk (`audio` at RATE), found in the listener's channel near where
+    """Every audible stretch of the chunk (`audio` at the recording's rate), found in the listener's channel near where
     the previous one was: a shift (a stall, a restart) shows up as a change in error from one to the next."""
     how = how or Follow()
     signal = recording.channel(listener)
     # As heard: the page plays a second of audio in a second of the wall clock, which the recording's
-    # clock fills with `rate` frames, a few hundred ppm off RATE. Matched at RATE, a stretch of a
+    # clock fills with `rate` frames, up to a few hundred ppm off nominal. Matched at nominal, a stretch of a
     # glide would be off in pitch as well as time, and its true place would score no better than a
     # place a few periods off (which then won by chance: the "shifts" of 5-6 ms it reported).
     rate = recording.clock.rate_hz
-    audio = resample(audio, RATE, rate)
-    piece_n, hop_n, radius_n = (ms * RATE // 1000 for ms in (how.piece_ms, how.hop_ms, how.radius_ms))
+    audio = resample(audio, recording.rate, rate)
+    piece_n, hop_n, radius_n = (ms * recording.rate // 1000 for ms in (how.piece_ms, how.hop_ms, how.radius_ms))
     loud = 0.1 * np.max(np.abs(audio)) if len(audio) else 0
     expected_shift = None  # frames between where the timeline says and where it was heard, so far
     found: list[Heard] = []
@@ -586,15 +588,20 @@ class Recovery:
 
 
 def recovery(found: list[Heard], resumed_s: float, within_ms: float = 5.0, watch_s: float = 3.0) -> Recovery:
+    """Back when the last stretch heard out of bounds is over: the next one heard if it is of the same
+    chunk (heard in place); else that chunk's late rest was faded out, and the silence after it, until
+    the next sentence, is the timeline's own (a page fades out a tail the timeline says has ended)."""
     before = [h for h in found if h.heard_s < resumed_s - 0.2]
     after = sorted((h for h in found if resumed_s <= h.heard_s <= resumed_s + watch_s), key=lambda h: h.heard_s)
     error_before = before[-1].error_ms if before else float("nan")
     worst = max((abs(h.error_ms) for h in after), default=float("nan"))
-    back_at = None
-    for i, h in enumerate(after):
-        if all(abs(later.error_ms) <= within_ms for later in after[i:]):
-            back_at = h.heard_s
-            break
+    out = [i for i, h in enumerate(after) if abs(h.error_ms) > within_ms]
+    back_at = after[0].heard_s if after and not out else None
+    if out and out[-1] + 1 < len(after):
+        last, following = after[out[-1]], after[out[-1] + 1]
+        how = Follow()
+        faded_by = last.heard_s + (how.piece_ms + how.hop_ms) / 1000  # the stretch after it was not whole
+        back_at = following.heard_s if following.chunk_id == last.chunk_id else faded_by
     overshoot = max((abs(h.error_ms) for h in after if back_at is not None and h.heard_s >= back_at), default=0.0)
     back_in = None if back_at is None else (back_at - resumed_s) * 1000
     return Recovery(resumed_s, error_before, worst, back_in, overshoot)
@@ -613,13 +620,13 @@ def tone_level(
     """A steady tone's amplitude in the listener's channel every hop_ms: (wall-clock times, levels). A
     Hann window centred on each moment, so a ramp's middle is where the filtered ramp's middle is."""
     signal = recording.channel(listener)
-    mixed = signal * np.exp(-2j * np.pi * hz * np.arange(len(signal)) / RATE)
-    window = np.hanning(window_ms * RATE // 1000)
+    mixed = signal * np.exp(-2j * np.pi * hz * np.arange(len(signal)) / recording.rate)
+    window = np.hanning(window_ms * recording.rate // 1000)
     size = 1 << int(np.ceil(np.log2(len(mixed) + len(window))))  # by FFT: a minute of audio in a second
     full = np.fft.ifft(np.fft.fft(mixed, size) * np.fft.fft(window / window.sum(), size))
     start = (len(window) - 1) // 2  # as np.convolve(..., mode="same") centres it
     level = np.abs(full[start : start + len(signal)]) * 2
-    frames = np.arange(0, len(signal), hop_ms * RATE // 1000)
+    frames = np.arange(0, len(signal), hop_ms * recording.rate // 1000)
     times = np.interp(frames, recording.clock.frames, recording.clock.times, left=np.nan, right=np.nan)
     return times, level[frames]
 

@@ -123,7 +123,8 @@ export class Player {
   }
 
   crossfade(chunk, nowLocalMs) {
-    const t = this.ctx.currentTime + this.startMargin();
+    const margin = this.startMargin();
+    const t = this.ctx.currentTime + margin;
     const due = (this.timeline.serverAt(t) - chunk.starts_at_ms) / 1000;
     const old = chunk.voice;
     old.gain.gain.setValueAtTime(1, t);
@@ -135,7 +136,7 @@ export class Player {
       chunk.voice = this.voice(chunk, t, due, true);
     }
     this.crossfades += 1;
-    this.note({ atLocalMs: nowLocalMs, kind: "crossfade", errorMs: this.errorMs });
+    this.note({ atLocalMs: nowLocalMs, kind: "crossfade", errorMs: this.errorMs, marginMs: margin * 1000 });
   }
 
   slew(voice, t, error) {
