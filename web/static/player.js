@@ -44,12 +44,17 @@ export class Player {
     this.notBefore = 0; // context time no start is scheduled before (a handover from another context)
   }
 
-  // How far ahead to schedule a start now.
+  // How far ahead to schedule a start now: by the second longest wait between ticks lately. One long
+  // task on the page (a narration's captions) holds a timer up once, and cannot stall the start being
+  // scheduled, which runs to completion; a busy machine, which can, holds them up again and again.
   startMargin() {
-    let late = 0;
-    for (let i = 1; i < this.ticks.length; i++) late = Math.max(late, this.ticks[i] - this.ticks[i - 1]);
-    const expected = this.ticks.length > 1 ? (this.ticks[this.ticks.length - 1] - this.ticks[0]) / (this.ticks.length - 1) : 0;
-    return Math.min(MAX_START_MARGIN_S, START_MARGIN_S + 1.5 * Math.max(0, late - expected) / 1000);
+    const ticks = this.ticks;
+    if (ticks.length < 3) return START_MARGIN_S;
+    const gaps = [];
+    for (let i = 1; i < ticks.length; i++) gaps.push(ticks[i] - ticks[i - 1]);
+    gaps.sort((a, b) => b - a);
+    const expected = (ticks[ticks.length - 1] - ticks[0]) / (ticks.length - 1);
+    return Math.min(MAX_START_MARGIN_S, START_MARGIN_S + 1.5 * Math.max(0, gaps[1] - expected) / 1000);
   }
 
   // Start (or re-time) a chunk: { buffer, starts_at_ms }. Returns false if it is already over.
