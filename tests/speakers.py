@@ -314,16 +314,52 @@ class _BufferAttr(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint32) for name in ("maxlength", "tlength", "prebuf", "minreq", "fragsize")]
 
 
-_S16LE, _RECORD, _AUX0 = 3, 2, 12  # pa_sample_format, pa_stream_direction, PA_CHANNEL_POSITION_AUX0
+_S16LE, _PLAYBACK, _RECORD, _AUX0 = 3, 1, 2, 12  # pa_sample_format, pa_stream_direction (2), PA_CHANNEL_POSITION_AUX0
 _DEFAULT = 0xFFFFFFFF
 
 
 def _libpulse_simple() -> ctypes.CDLL:
     lib = ctypes.CDLL("libpulse-simple.so.0")
     lib.pa_simple_new.restype = ctypes.c_void_p
-    lib.pa_simple_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)]
+    for name in ("pa_simple_read", "pa_simple_write"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int)]
+    lib.pa_simple_get_latency.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    lib.pa_simple_get_latency.restype = ctypes.c_uint64
     lib.pa_simple_free.argtypes = [ctypes.c_void_p]
     return lib
+
+
+def clicks_at_reported_times(pulse: "PulseServer", listener: int, seconds: float) -> list[float]:
+    """Play clicks into `listener`'s sink as a plain PulseAudio client, each written just after asking
+    the stream's latency (when the next sample written will be heard); returns those wall-clock times.
+    Blocks while it plays. The recording should hear each click then: a check of the rig's timing
+    against PulseAudio's own account of it."""
+    lib = _libpulse_simple()
+    block = pulse.rate // 100  # 10 ms a write
+    # 100 ms buffered: a writer held up for less than that does not underrun, so each report holds
+    attr = _BufferAttr(_DEFAULT, block * 2 * 10, _DEFAULT, _DEFAULT, _DEFAULT)
+    spec, error = _SampleSpec(_S16LE, pulse.rate, 1), ctypes.c_int()
+    stream = lib.pa_simple_new(
+        pulse.server.encode(), b"rig check", _PLAYBACK, f"listener{listener}".encode(), b"clicks",
+        ctypes.byref(spec), None, ctypes.byref(attr), ctypes.byref(error),
+    )  # fmt: skip
+    if not stream:
+        raise RuntimeError(f"pa_simple_new failed ({error.value})")
+    silence, click = np.zeros(block, dtype="<i2"), np.zeros(block, dtype="<i2")
+    click[:4] = 20_000
+    reported: list[float] = []
+    try:
+        for n in range(int(seconds * 100)):
+            data = silence
+            if n % 50 == 49:  # every half second, once the stream runs
+                reported.append(time.time() + lib.pa_simple_get_latency(stream, ctypes.byref(error)) / 1e6)
+                data = click
+            if lib.pa_simple_write(stream, data.tobytes(), data.nbytes, ctypes.byref(error)) < 0:
+                raise RuntimeError(f"pa_simple_write failed ({error.value})")
+        time.sleep(0.2)  # the last blocks play out
+    finally:
+        lib.pa_simple_free(stream)
+    return reported
 
 
 class Recorder:

@@ -1,7 +1,7 @@
 """The speaker rig itself (tests/speakers.py) keeps every channel's samples in place: what a steady
 player writes into a listener's sink is recorded on that listener's channel alone, sample for sample.
-The sync measurements (test_sync_output.py, bench/sync_output.py) put every shift they hear on the
-pages because of this."""
+And it hears a sample when PulseAudio's own latency report says it plays. The sync measurements
+(test_sync_output.py, bench/sync_output.py) put every shift they hear on the pages because of this."""
 
 import asyncio
 import shutil
@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from speakers import RATE, PulseServer, stop_recording
+from speakers import RATE, PulseServer, clicks_at_reported_times, stop_recording
 
 pytestmark = pytest.mark.speakers(3)
 
@@ -67,3 +67,17 @@ async def test_a_steady_player_is_recorded_in_place_on_its_own_channel(pulse):
         assert abs(drift_ms) <= 1, f"listener {listener}: its clicks moved {drift_ms:+.2f} ms over the track"
     silent = np.abs(recording.samples[:, 2].astype(np.int32)).max()
     assert silent < 100, f"listener 2 played nothing, but its channel recorded a peak of {silent}"
+
+
+async def test_a_sample_is_recorded_when_pulseaudio_reports_it_plays(pulse):
+    recorder = pulse.recorder()
+    await asyncio.to_thread(recorder.start)
+    await asyncio.sleep(1.5)
+    reported = await asyncio.to_thread(clicks_at_reported_times, pulse, 1, 8)
+    recording = await stop_recording(recorder, pulse)
+
+    heard = [recording.clock.time_of(frame) for frame in click_onsets(recording.samples[:, 1])]
+    off_ms = [(min(heard, key=lambda h: abs(h - due)) - due) * 1000 for due in reported] if heard else []
+    assert len(off_ms) == len(reported) >= 14, f"{len(reported)} clicks played, {len(heard)} heard"
+    assert abs(np.mean(off_ms)) < 0.5, f"clicks heard {np.mean(off_ms):+.2f} ms from PulseAudio's account: {off_ms}"
+    assert max(map(abs, off_ms)) < 1.5, f"a click heard far from PulseAudio's account: {off_ms}"
