@@ -314,7 +314,7 @@ class _BufferAttr(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint32) for name in ("maxlength", "tlength", "prebuf", "minreq", "fragsize")]
 
 
-_S16LE, _PLAYBACK, _RECORD, _AUX0 = 3, 1, 2, 12  # pa_sample_format, pa_stream_direction (2), PA_CHANNEL_POSITION_AUX0
+_S16LE, _PLAYBACK, _RECORD, _AUX0 = 3, 1, 2, 12  # pa_sample_format, two pa_stream_directions, PA_CHANNEL_POSITION_AUX0
 _DEFAULT = 0xFFFFFFFF
 
 
@@ -352,7 +352,10 @@ def clicks_at_reported_times(pulse: "PulseServer", listener: int, seconds: float
         for n in range(int(seconds * 100)):
             data = silence
             if n % 50 == 49:  # every half second, once the stream runs
-                reported.append(time.time() + lib.pa_simple_get_latency(stream, ctypes.byref(error)) / 1e6)
+                latency_us = lib.pa_simple_get_latency(stream, ctypes.byref(error))
+                if latency_us == 2**64 - 1:  # (pa_usec_t) -1
+                    raise RuntimeError(f"pa_simple_get_latency failed ({error.value})")
+                reported.append(time.time() + latency_us / 1e6)
                 data = click
             if lib.pa_simple_write(stream, data.tobytes(), data.nbytes, ctypes.byref(error)) < 0:
                 raise RuntimeError(f"pa_simple_write failed ({error.value})")
