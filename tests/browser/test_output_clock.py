@@ -33,8 +33,9 @@ async ({ readings }) => {
 
 
 class Output:
-    """An output heard at context time `ctx` at page time `start_ms + ...`: its rate (ppm, positive
-    when the output runs fast) may change, and it may stall (stop while time goes on)."""
+    """An audio output as its callbacks see it: each renders a quantum of context time and is heard
+    at a page time that follows from the output clock's rate (ppm, positive when it runs fast); the
+    rate may change, and the output may stall (no callbacks while page time goes on)."""
 
     def __init__(self, ppm: float, seed: int = 7):
         self.ppm = ppm
