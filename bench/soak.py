@@ -14,7 +14,9 @@ and judges the trend: RSS at minute ~5 against the end, and the
 least-squares slope (MB/hour) over the second half. "Flat" means the second
 half's fitted growth is within the noise (twice the residual spread, at
 least 1 MB). RSS that grows while the memory in use stays flat is a
-fragmented heap, not a leak.
+fragmented heap, not a leak. It also prints the cycle collector's pauses
+by generation while the listeners were connected (each stops the server):
+how often they come depends on what listeners send (`--clock-every-s`).
 
     .venv/bin/python bench/soak.py [--minutes 30] [--listeners 500] [--engine tone|piper]
 """
@@ -33,6 +35,7 @@ import aiohttp
 from listeners import Behaviour, ListenerWorker, merge_reports
 from report import least_squares, percentile, table
 from serverproc import (
+    Histogram,
     MemorySample,
     MemorySampler,
     ServerProcess,
@@ -41,6 +44,7 @@ from serverproc import (
     profile_summary,
     raise_nofile,
     scrape_gauges,
+    scrape_histogram,
     tcp_counters,
     tcp_summary,
     with_uncapped_limits,
@@ -53,6 +57,7 @@ EARLY_S = 300  # "minute ~5": after start-up and the first churn, before any slo
 CACHE, HEAP = "broadcaster_chunk_cache_bytes", "broadcaster_python_heap_blocks"
 SQLITE = "broadcaster_sqlite_memory_bytes"
 IN_USE, FREE = "broadcaster_malloc_in_use_bytes", "broadcaster_malloc_free_bytes"
+PAUSES = "broadcaster_gc_pause_seconds"
 
 
 @dataclass
@@ -177,12 +182,32 @@ async def sample_loop(
         await asyncio.sleep(sampler.interval_s)
 
 
-async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list[Point], dict, Counter, Counter]:
+async def collections(http: aiohttp.ClientSession, base_url: str) -> list[Histogram]:
+    """The server's cycle-collector pauses so far, by generation (0, 1, 2)."""
+    return [await scrape_histogram(http, base_url, PAUSES, f'generation="{g}"') for g in range(3)]
+
+
+def print_collections(pauses: list[Histogram], minutes: float) -> None:
+    """Each generation's collections while the listeners were connected: they stop the whole server."""
+    print("\ncycle collections while the listeners were connected (each stops the server):")
+    for generation, h in enumerate(pauses):
+        mean_ms = h.total / h.count * 1000 if h.count else 0.0
+        print(
+            f"  generation {generation}: {h.count:.0f} ({h.count / minutes:.1f} a minute), mean {mean_ms:.1f} ms, "
+            f"longest <= {h.bound(1.0) * 1000:g} ms"
+        )
+
+
+async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list[Point], dict, Counter, Counter, list]:
     token = (await server.create_channels([CHANNEL]))[CHANNEL]
     await server.start()
     pool = WorkerPool(args.workers, ListenerWorker, "127.0.0.1", server.port)
     behaviour = Behaviour(
-        fetch_fraction=args.fetch_fraction, ack=args.ack, mean_lifetime_s=args.churn_minutes * 60, deflate=args.deflate
+        fetch_fraction=args.fetch_fraction,
+        ack=args.ack,
+        time_sync_s=args.clock_every_s,
+        mean_lifetime_s=args.churn_minutes * 60,
+        deflate=args.deflate,
     )
     series: list[Point] = []
     live_counts: Counter = Counter()
@@ -198,14 +223,16 @@ async def run(args: argparse.Namespace, server: ServerProcess) -> tuple[list[Poi
                 asyncio.create_task(live_player(http, server.base_url, live_counts)) for _ in range(args.live_players)
             ]
             sampler = MemorySampler(server.pid, args.sample_s)
+            before = await collections(http, server.base_url)
             await sample_loop(server, pool, sampler, http, series, args.minutes * 60)
+            pauses = [after.minus(then) for after, then in zip(await collections(http, server.base_url), before)]
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             load = merge_reports(await pool.call("stop"))
         finally:
             await pool.close()
-    return series, load, producer.counts, live_counts
+    return series, load, producer.counts, live_counts, pauses
 
 
 def trend(label: str, unit: str, points: list[Point], value: Callable[[Point], float]) -> bool:
@@ -329,9 +356,10 @@ async def main(args: argparse.Namespace) -> None:
     settings = {"tts": {"engine": args.engine}, "server": {"chunk_cache_mb": args.cache_mb}}
     server = ServerProcess(with_uncapped_limits(settings), profile_path=args.profile)
     try:
-        series, load, posts, live = await run(args, server)
+        series, load, posts, live, pauses = await run(args, server)
         print_series(series)
         print_activity(load, posts, live)
+        print_collections(pauses, args.minutes)
         verdict(series, args.minutes)
         print(tcp_summary(tcp_before))
         print(server.problems())
@@ -356,6 +384,12 @@ if __name__ == "__main__":
         action=argparse.BooleanOptionalAction,
         default=True,
         help="listeners send audio_played for each chunk, as the page does (default)",
+    )
+    parser.add_argument(
+        "--clock-every-s",
+        type=float,
+        default=5.0,
+        help="seconds between a listener's clock samples, as the page's (0: none)",
     )
     parser.add_argument("--cache-mb", type=float, default=16, help="the server's [server] chunk_cache_mb")
     parser.add_argument("--live-players", type=int, default=2)

@@ -13,6 +13,12 @@ one after another:
 Prints the inter-listener skew and the error against the timeline, each stall's recovery, clicks,
 and the skew under load and after it, against the targets in docs/performance.md.
 
+The rig's own error is measured in the same run: during the calm narration a plain PulseAudio
+client on a sink of its own writes a click every 0.5 s just after asking its stream's latency, and
+each is found in the recording. PulseAudio's latency reports, which the browsers' output timestamps
+come from too, are what both go by; how far off those clicks are heard (about a millisecond in some
+runs, a tenth in others) bounds what the pages' mean error can say.
+
     apt-get install pulseaudio stress-ng chromium
     .venv/bin/python bench/sync_output.py [--listeners 3] [--late 1] [--engine tone|piper] [--stalls 4]
                                           [--stall-ms 150] [--stress-s 30] [--settle-s 8] [--piper-nice N]
@@ -57,6 +63,8 @@ from speakers import (
     Recording,
     chunk_audio,
     clicks,
+    clicks_at_reported_times,
+    clicks_off_ms,
     follow,
     heard_jumps_s,
     near_glitch,
@@ -73,6 +81,7 @@ TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
 # What a browser whose listener chose the larger buffer keeps (web/static/buffer.js); ~90 ms on this rig.
+REFERENCE_S = 12  # the rig's reference clicks play through the calm narration's first 12 s
 CHOSE_LARGE = 'localStorage.setItem("broadcaster.outputBuffer", JSON.stringify({extraMs: 90}));'
 
 
@@ -168,7 +177,7 @@ def report_buffers(pages: list[dict]) -> None:
         )
 
 
-def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict]) -> None:
+def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict], reference_ms: list[float]) -> None:
     print("\n1. calm narration")
     print(line("inter-listener skew, late joiners included", skews_ms(heard)))
     print(line("the same, the pages open from the start", skews_ms(heard, [i for i in heard if i not in late])))
@@ -182,7 +191,15 @@ def report_calm(heard: dict[int, list[Heard]], late: list[int], pages: list[dict
     print(line(f"  and from jumps heard ({len(jumped)})", skews_ms(steady)))
     errors = [h.error_ms for found in heard.values() for h in found]
     print(line("|error| against the timeline", [abs(e) for e in errors]))
-    print(f"{'mean error against the timeline':44s} {sum(errors) / max(len(errors), 1):+7.2f} ms")
+    mean_ms = sum(errors) / max(len(errors), 1)
+    print(f"{'mean error against the timeline':44s} {mean_ms:+7.2f} ms")
+    if reference_ms:
+        rig_ms = sum(reference_ms) / len(reference_ms)
+        print(
+            f"{'the rig: clicks of a plain PulseAudio client':44s} {rig_ms:+7.2f} ms  "
+            f"(from {min(reference_ms):+.2f} to {max(reference_ms):+.2f}, {len(reference_ms)} clicks)"
+        )
+        print(f"{'mean error less the rig':44s} {mean_ms - rig_ms:+7.2f} ms")
     for listener in late:
         first = heard[listener][:1]
         print(
@@ -259,7 +276,7 @@ def settled_after(heard: dict[int, list[Heard]], ended: float, within_ms: float,
     return "not within the watch"
 
 
-def dump(path: str, heard: dict, narrations: dict, pages: list[dict]) -> None:
+def dump(path: str, heard: dict, narrations: dict, pages: list[dict], reference_ms: list[float]) -> None:
     """Everything measured, for a closer look: each stretch heard, and what was done when."""
     out = {
         "heard": {
@@ -270,6 +287,7 @@ def dump(path: str, heard: dict, narrations: dict, pages: list[dict]) -> None:
         },
         "events": {name: n.events for name, n in narrations.items() if n is not None},
         "pages": pages,
+        "reference_clicks_ms": reference_ms,  # the rig's own error, in the calm narration
     }
     Path(path).write_text(json.dumps(out))
 
@@ -293,7 +311,8 @@ async def main(args: argparse.Namespace) -> None:
     everyone = list(range(args.listeners + args.late))
     late = everyone[args.listeners :]
     with tempfile.TemporaryDirectory() as work:
-        pulse = (PipeWireServer if args.rig == "pipewire" else PulseServer)(Path(work), len(everyone), args.rate)
+        reference = len(everyone)  # the sink of the plain client whose clicks measure the rig itself
+        pulse = (PipeWireServer if args.rig == "pipewire" else PulseServer)(Path(work), reference + 1, args.rate)
         pulse.start()
         try:
             async with (
@@ -318,7 +337,11 @@ async def main(args: argparse.Namespace) -> None:
                 # the late joiners measure those.
                 await asyncio.sleep(max(1.5, args.settle_s))
                 text = " ".join(HARBOUR)
+                clicking = asyncio.create_task(
+                    asyncio.to_thread(clicks_at_reported_times, pulse, reference, REFERENCE_S)
+                )
                 calm = await narrate(server, text, late_joins(listeners, late))
+                reported = await clicking
                 stalled = await narrate(server, text, stalls(pulse, args.stalls, args.stall_ms))
                 stalled_pages = [await page_report(listeners.pages[i]) for i in everyone]
                 loaded = await narrate(server, " ".join(HARBOUR * 2), load(args.stress_s)) if args.stress_s else None
@@ -338,12 +361,13 @@ async def main(args: argparse.Namespace) -> None:
                     raised = listeners.realtime_threads
                     print(f"audio path at realtime priority: {raised} threads" if raised else
                           "audio path at realtime priority: NOT RAISED (no permission), as on a desktop")  # fmt: skip
-                report_calm(heard["calm"], late, pages)
+                reference_ms = clicks_off_ms(recording, reference, reported)
+                report_calm(heard["calm"], late, pages, reference_ms)
                 report_stalls(heard["stalls"], recording, stalled, stalled_pages)
                 if loaded:
                     report_load(heard["load"], loaded)
                 if args.dump:
-                    dump(args.dump, heard, {"stalls": stalled, "load": loaded}, pages)
+                    dump(args.dump, heard, {"stalls": stalled, "load": loaded}, pages, reference_ms)
         finally:
             pulse.stop()
 

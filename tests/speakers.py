@@ -365,6 +365,20 @@ def clicks_at_reported_times(pulse: "PulseServer", listener: int, seconds: float
     return reported
 
 
+def click_onsets(channel: np.ndarray, min_gap: int) -> np.ndarray:
+    """The frames where clicks begin in a recorded channel: loud after at least `min_gap` quiet frames."""
+    loud = np.nonzero(np.abs(channel.astype(np.int32)) > 3000)[0]
+    return loud[np.insert(np.diff(loud) > min_gap, 0, True)]
+
+
+def clicks_off_ms(recording: "Recording", channel: int, reported: list[float]) -> list[float]:
+    """How far from the time PulseAudio reported (`clicks_at_reported_times`) each click was heard,
+    in ms (positive: later)."""
+    onsets = click_onsets(recording.samples[:, channel], recording.rate // 20)
+    heard = [recording.clock.time_of(frame) for frame in onsets]
+    return [(min(heard, key=lambda h: abs(h - due)) - due) * 1000 for due in reported] if heard else []
+
+
 class Recorder:
     """Reads every listener's channel of the mix, each read stamped with the wall-clock time."""
 
