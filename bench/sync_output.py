@@ -80,8 +80,8 @@ from broadcaster.client import submit
 TONE = {"tts": {"engine": "tone", "tone_ms_per_char": 55}}
 PIPER = {"tts": {"engine": "piper"}}
 TIMELINE = {"timeline": {"lead_ms": 800, "sentence_gap_ms": 250, "request_gap_ms": 600}}
-# What a browser whose listener chose the larger buffer keeps (web/static/buffer.js); ~90 ms on this rig.
 REFERENCE_S = 12  # the rig's reference clicks play through the calm narration's first 12 s
+# What a browser whose listener chose the larger buffer keeps (web/static/buffer.js); ~90 ms on this rig.
 CHOSE_LARGE = 'localStorage.setItem("broadcaster.outputBuffer", JSON.stringify({extraMs: 90}));'
 
 
