@@ -14,7 +14,7 @@ Prints the inter-listener skew and the error against the timeline, each stall's 
 and the skew under load and after it, against the targets in docs/performance.md.
 
 The rig's own error is measured in the same run: during the calm narration a plain PulseAudio
-client on a sink of its own writes a click every 0.5 s just after asking its stream's latency, and
+client (a process of its own, so that nothing holds it up) on a sink of its own writes a click every 0.5 s just after asking its stream's latency, and
 each is found in the recording. PulseAudio's latency reports, which the browsers' output timestamps
 come from too, are what both go by; how far off those clicks are heard (about a millisecond in some
 runs, a tenth in others) bounds what the pages' mean error can say.
@@ -63,7 +63,7 @@ from speakers import (
     Recording,
     chunk_audio,
     clicks,
-    clicks_at_reported_times,
+    clicks_in_own_process,
     clicks_off_ms,
     follow,
     heard_jumps_s,
@@ -337,9 +337,7 @@ async def main(args: argparse.Namespace) -> None:
                 # the late joiners measure those.
                 await asyncio.sleep(max(1.5, args.settle_s))
                 text = " ".join(HARBOUR)
-                clicking = asyncio.create_task(
-                    asyncio.to_thread(clicks_at_reported_times, pulse, reference, REFERENCE_S)
-                )
+                clicking = asyncio.create_task(clicks_in_own_process(pulse, reference, REFERENCE_S))
                 calm = await narrate(server, text, late_joins(listeners, late))
                 reported = await clicking
                 stalled = await narrate(server, text, stalls(pulse, args.stalls, args.stall_ms))
