@@ -191,10 +191,12 @@ def print_collections(pauses: list[Histogram], minutes: float) -> None:
     """Each generation's collections while the listeners were connected: they stop the whole server."""
     print("\ncycle collections while the listeners were connected (each stops the server):")
     for generation, h in enumerate(pauses):
-        mean_ms = h.total / h.count * 1000 if h.count else 0.0
+        if not h.count:
+            print(f"  generation {generation}: none")
+            continue
         print(
-            f"  generation {generation}: {h.count:.0f} ({h.count / minutes:.1f} a minute), mean {mean_ms:.1f} ms, "
-            f"longest <= {h.bound(1.0) * 1000:g} ms"
+            f"  generation {generation}: {h.count:.0f} ({h.count / minutes:.1f} a minute), "
+            f"mean {h.total / h.count * 1000:.1f} ms, longest <= {h.bound(1.0) * 1000:g} ms"
         )
 
 
