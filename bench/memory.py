@@ -41,6 +41,7 @@ from serverproc import (
     _command_name,
     descendants,
     narrate,
+    open_fds,
     raise_nofile,
     sample_memory,
     status_kb,
@@ -159,6 +160,12 @@ def print_memory(args: argparse.Namespace, rows: list, connected: int, counted: 
         f"same narration's with nobody listening; {(peak.rss_mb - idle.rss_mb) * 1024 / n:.0f} KB against idle) "
         f"(the server counted {counted} listeners)"
     )
+    # A fetching listener holds its socket and, like a browser, one or more keep-alive HTTP connections
+    # (up to six when fetches overlap): what it costs is mostly connections, counted here by descriptor.
+    print(
+        f"descriptors: {with_listeners.fds} with the listeners connected, {peak.fds} at the fetching peak "
+        f"({(peak.fds - quiet.fds) / n:.2f} a listener)"
+    )
     print(f"server without Piper's share: idle {idle.rss_mb - bare.rss_mb:.1f} MB over the bare Piper process")
     print(
         f"peak of server + children together: {peak_total.total_mb:.1f} MB "
@@ -218,7 +225,8 @@ class WorkersSampler(MemorySampler):
         ]
         rss = sum(status_kb(kid).get("VmRSS", 0) for kid in workers) / 1024
         hwm = sum(status_kb(kid).get("VmHWM", 0) for kid in workers) / 1024
-        sample = replace(whole, rss_mb=rss, hwm_mb=hwm, children_rss_mb=whole.children_rss_mb - rss)
+        fds = sum(open_fds(kid) for kid in workers)
+        sample = replace(whole, rss_mb=rss, hwm_mb=hwm, children_rss_mb=whole.children_rss_mb - rss, fds=fds)
         self.samples.append(sample)
         return sample
 
