@@ -48,6 +48,7 @@ async def bed_segment(request: web.Request) -> web.StreamResponse:
     track_id = path_id(request, "track_id", "track")
     chunk_id = path_id(request, "chunk_id", "chunk")
     fmt = audio_format(request)
+    await request.app[STATION].channel_id(name)  # 404 first: no credential check, no feed for a made-up name
     credential = await require_listener(request, name)
     beds = await _beds(request, name)
     if not any(

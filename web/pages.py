@@ -52,9 +52,16 @@ async def static_file(request: web.Request) -> web.FileResponse:
     """Only files that ship in static/ (no paths, no dot-files), with a JSON 404 otherwise."""
     name = request.match_info["name"]
     path = STATIC_DIR / name
-    if "/" in name or name.startswith(".") or not path.is_file():
+    if "/" in name or name.startswith(".") or not _is_file(path):
         raise NotFound(f"no static file {name[:80]!r}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # Python 3.11 raises for a name longer than the file system allows
+        return False
 
 
 async def index(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from .keys import CONFIG, STATION
 
 READ_BYTES = 256 * 1024
 OTHER_FIELD_BYTES = 64 * 1024
+OTHER_FIELDS = 32  # a form names a file and perhaps a title: thousands of fields are not a form of ours
 
 
 async def add_track(request: web.Request) -> web.Response:
@@ -82,22 +83,29 @@ async def _receive(request: web.Request, path: Path) -> str:
 
 async def _file_part(request: web.Request) -> BodyPartReader:
     reader = await request.multipart()
+    size = fields = 0
     async for part in reader:
         if isinstance(part, BodyPartReader) and part.name == "file":
             return part
-        await _skip(part)
+        fields += 1
+        if fields > OTHER_FIELDS:
+            raise PayloadTooLarge(f"expected at most {OTHER_FIELDS} form fields other than the file, got more")
+        size = await _skip(part, size)
     raise BadInput('expected a multipart form with a "file" field')
 
 
-async def _skip(part) -> None:  # noqa: ANN001
-    """Read past a field that is not the file, up to OTHER_FIELD_BYTES: the form's other fields are small."""
+async def _skip(part, size: int) -> int:  # noqa: ANN001
+    """Read past a field that is not the file; returns `size`, the bytes of such fields so far, with this
+    one's. The form's other fields are small: OTHER_FIELD_BYTES together."""
     if not isinstance(part, BodyPartReader):
         raise BadInput('expected a multipart form with a "file" field, got a nested form')
-    size = 0
     while data := await part.read_chunk(READ_BYTES):
         size += len(data)
         if size > OTHER_FIELD_BYTES:
-            raise PayloadTooLarge(f"expected form fields other than the file of at most {OTHER_FIELD_BYTES} bytes")
+            raise PayloadTooLarge(
+                f"expected form fields other than the file of at most {OTHER_FIELD_BYTES} bytes together"
+            )
+    return size
 
 
 async def _copy(read, path: Path, limit: int) -> None:  # noqa: ANN001

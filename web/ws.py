@@ -266,6 +266,8 @@ async def _answer(msg, listener: Listener, request: web.Request) -> dict[str, An
     received_us = _now_us(request.app[STATION].clock)
     try:
         return await _handle(_parse(msg.data), listener, request, received_us)
+    except TooSoon as exc:
+        return error_json(exc.code, exc.message, retry_after_ms=exc.wait_ms)
     except BadInput as exc:
         return error_json(exc.code, exc.message)
 
@@ -351,6 +353,14 @@ async def _acknowledged_chunk(station, channel: str, chunk_id: str) -> Chunk:  #
     return chunk
 
 
+class TooSoon(RateLimited):
+    """A message of a kind the connection may send only so often, sent again too soon."""
+
+    def __init__(self, message: str, wait_ms: int):
+        super().__init__(message, -(-wait_ms // 1000))
+        self.wait_ms = wait_ms
+
+
 def _sync_report(message: dict[str, Any], listener: Listener, request: web.Request, now_ms: int) -> None:
     """How well a page keeps in step since its last report: output glitches it noticed, crossfades it
     made to get back on the timeline, moves to a larger output buffer (optional: pages before it
@@ -364,10 +374,10 @@ def _sync_report(message: dict[str, Any], listener: Listener, request: web.Reque
             f'expected sync_report "error_ms" to be a number of milliseconds within ±{MAX_ERROR_MS}, '
             f"got {str(error_ms)[:40]!r}"
         )
-    if now_ms - listener.sync_reported_ms < SYNC_REPORT_MIN_MS:
-        raise RateLimited(
+    if (wait_ms := listener.sync_reported_ms + SYNC_REPORT_MIN_MS - now_ms) > 0:
+        raise TooSoon(
             f"expected at most one sync_report every {SYNC_REPORT_MIN_MS // 1000} s (a page sends one every 10 s)",
-            SYNC_REPORT_MIN_MS // 1000,
+            wait_ms,
         )
     listener.sync_reported_ms = now_ms
     request.app[METRICS].listener_synced(glitches, crossfades, buffer_moves, error_ms)

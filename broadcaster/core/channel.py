@@ -312,7 +312,7 @@ class Channel:
         while paused; the bed before it fades out over the new one's fade-in: a scene change."""
         at = self._bed_moment(now_ms)
         if self.bed is not None:
-            self.fading_beds = (*self._still_fading(now_ms), self.bed.fading_out(at, bed.fade_in_ms))
+            self.fading_beds = self._fading_after(self.bed, at, bed.fade_in_ms, now_ms)
         self.bed = replace(bed, origin_ms=at, fades_in_at_ms=at)
         self.bed_dirty = True
         return [BedChanged(self.bed, self.fading_beds)]
@@ -320,7 +320,7 @@ class Channel:
     def stop_bed(self, fade_ms: int, now_ms: int) -> list[Event]:
         if self.bed is None:
             raise ValueError(f"channel {self.name} has no bed to stop")
-        self.fading_beds = (*self._still_fading(now_ms), self.bed.fading_out(self._bed_moment(now_ms), fade_ms))
+        self.fading_beds = self._fading_after(self.bed, self._bed_moment(now_ms), fade_ms, now_ms)
         self.bed = None
         self.bed_dirty = True
         return [BedChanged(None, self.fading_beds)]
@@ -337,6 +337,13 @@ class Channel:
     def _bed_moment(self, now_ms: int) -> int:
         at = now_ms + self.lead_ms
         return at if self.paused_at_ms is None else min(at, self.paused_at_ms)
+
+    def _fading_after(self, gone: Bed, at_ms: int, fade_ms: int, now_ms: int) -> tuple[Bed, ...]:
+        """The beds fading out once `gone` goes at `at_ms`. One that goes before it would sound (a scene
+        changed again while paused, or within a lead) is dropped rather than faded: nobody heard it,
+        and beds replaced during a long pause must not pile up, each with its audio kept."""
+        still = self._still_fading(now_ms)
+        return still if at_ms <= gone.sounds_from_ms else (*still, gone.fading_out(at_ms, fade_ms))
 
     def _still_fading(self, now_ms: int) -> tuple[Bed, ...]:
         return tuple(b for b in self.fading_beds if b.ends_at_ms is None or b.ends_at_ms > self._horizon(now_ms))

@@ -147,6 +147,7 @@ class Gate:
             if name in self._keys:  # the database is away: the last key known still admits its listeners
                 return self._keys[name][0]
             raise
-        digest = row.listen_key_hash if row is not None else None
-        self._keys[name] = (digest, time.monotonic())
-        return digest
+        if row is None:  # no such channel: its caller answers 404; nothing kept for a made-up name
+            return None
+        self._keys[name] = (row.listen_key_hash, time.monotonic())
+        return row.listen_key_hash

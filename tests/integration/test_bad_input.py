@@ -399,6 +399,22 @@ async def test_missing_static_file_is_404_json(server):
     """A file missing under /static is a 404 JSON error like every other unknown path."""
     status, _, body = await call(server, "GET", "/static/nope.js")
     assert_error(status, body, 404)
+    # a name longer than the file system allows is missing too, not a 500
+    status, _, body = await call(server, "GET", "/static/" + "a" * 300)
+    assert_error(status, body, 404)
+
+
+async def test_made_up_channels_leave_nothing_behind(server):
+    """Paths naming channels that do not exist are 404s that keep nothing: no credential cached per
+    made-up name (an unbounded cache anyone could fill without a token)."""
+    gate = server.station.gate
+    for k in range(20):
+        name = f"nobody-{k}-" + "x" * 200
+        status, _, body = await call(server, "GET", f"/api/channels/{name}/beds/{'a' * 16}/{'b' * 16}")
+        assert_error(status, body, 404)
+        status, _, body = await call(server, "GET", f"/c/{name}/live.mp3")
+        assert_error(status, body, 404)
+    assert not [name for name in gate._keys if name.startswith("nobody-")]
 
 
 async def test_plain_get_on_the_socket_path_is_400_json(server):

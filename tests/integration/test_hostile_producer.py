@@ -126,6 +126,18 @@ async def test_form_fields_besides_the_file_are_small(server):
     assert status == 413 and "other than the file" in error_of(body)["message"]
 
 
+@pytest.mark.parametrize(("fields", "size"), [(20, 4 * 1024), (1000, 0)], ids=["large together", "many"])
+async def test_form_fields_besides_the_file_are_few_and_small_together(server, fields, size):
+    """Many fields, each small, before the file: the form is refused, not read to its end."""
+    form = aiohttp.FormData()
+    for k in range(fields):
+        form.add_field(f"note{k}", "x" * size)
+    form.add_field("file", io.BytesIO(b"RIFF"), filename="a.wav", content_type="audio/wav")
+    status, _, body = await send(server, "POST", "/api/channels/table/tracks", data=form)
+    assert status == 413 and "other than the file" in error_of(body)["message"], body
+    assert not list((server.app[CONFIG].data_path / "uploads").glob("*"))
+
+
 @pytest.mark.parametrize("path", ["/api/channels/table/requests", "/api/channels/table/tracks"])
 async def test_a_body_that_does_not_decompress_is_a_json_400(server, path):
     """A body whose Content-Encoding lies is a JSON 400, and nothing is queued."""

@@ -1,5 +1,7 @@
 """The bed's loop, fades and ducking envelope, as pure functions of server time: no clock, no audio."""
 
+from dataclasses import replace
+
 import pytest
 
 from broadcaster.core.bed import ATTACK_MS, HOLD_MS, RELEASE_MS, Bed, BedTrack, Segment, duck_envelope, gain_at
@@ -142,6 +144,19 @@ def test_a_bed_set_while_paused_starts_at_the_resume():
     assert c.bed.origin_ms == 500
     c.resume(6000)  # at 6500
     assert c.bed.origin_ms == 6500 and c.bed.heard_from_ms is None
+
+
+def test_beds_replaced_while_paused_do_not_pile_up():
+    c = channel()
+    c.set_bed(bed(), 0)  # heard from 500
+    c.pause(1500)  # at 2000
+    for k in range(8):  # a producer changing the scene again and again while paused
+        c.set_bed(replace(bed(), bed_id=f"scene{k}", fade_in_ms=30_000), 2000 + k)
+    # the bed heard before the pause fades out at the pause's moment; the ones never heard are gone
+    assert [b.bed_id for b in c.fading_beds] == ["bed1"] and c.fading_beds[0].fades_out_at_ms == 2000
+    assert c.bed.bed_id == "scene7"
+    c.stop_bed(1000, 3000)
+    assert [b.bed_id for b in c.fading_beds] == ["bed1"] and c.bed is None
 
 
 def test_the_clock_wakes_to_forget_a_faded_bed_but_not_while_paused_past_it():
