@@ -166,6 +166,9 @@ class LiveStream:
                 context=logs.task_context(channel=self.runner.name),
             ),
         ]
+        # Idle until its first player subscribes: one that left during its own request never does,
+        # and the stream must still stop.
+        self._idle_since = asyncio.get_running_loop().time()
         log.info("live stream of %s started", self.runner.name)
 
     async def stop(self) -> None:

@@ -95,6 +95,19 @@ async def players_on(server, count: int):
     return live
 
 
+async def test_a_stream_no_player_ever_joined_stops(server, monkeypatch):
+    """A player that hangs up during its own request leaves a started stream without listeners: it
+    stops once idle, as after its last player left."""
+    monkeypatch.setattr(runtime_live, "IDLE_STOP_S", 0.4)
+    live = await server.app[LIVE].stream(await server.station.runner(server.channel))
+    assert live.running and not live.listeners
+    for _ in range(50):
+        if server.channel not in server.app[LIVE].streams:
+            break
+        await asyncio.sleep(0.1)
+    assert server.channel not in server.app[LIVE].streams and not live.running
+
+
 async def test_unknown_channel_live_stream_is_404(server):
     """A live stream of a channel that does not exist is a JSON 404."""
     async with aiohttp.ClientSession() as http:
