@@ -29,7 +29,7 @@ from . import api, beds, cors, live, metrics, pages, stream, tracks, ws
 from .clients import networks
 from .fanout import Hub
 from .feed import Feeds
-from .forward import through_owner
+from .forward import PEER_ONLY, through_owner
 from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, ENGINE, FEEDS, HUB, LIVE, METRICS, STATION, STORE, TRUSTED, WATCH
 from .limits import Access
 from .middleware import json_errors
@@ -102,7 +102,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app.router.add_delete("/api/channels/{channel}/bed", beds.delete_bed)
     app.router.add_get("/api/channels/{channel}/beds/{track_id}/{chunk_id}", beds.bed_segment)
     app.router.add_get("/api/channels/{channel}/scenes", beds.list_scenes)
-    app.router.add_post("/api/channels/{channel}/ready", api.ready_reports)  # between servers of a cluster
+    app.router.add_post("/api/channels/{channel}/ready", api.ready_reports, name=PEER_ONLY + "ready")
     app.router.add_get("/api/audio/stream/{request_id}", stream.request_stream)
     app.router.add_get("/api/audio/chunks/{chunk_id}", api.chunk_audio, name=AUDIO_FETCH)
     app.router.add_post("/api/audio/played/{chunk_id}", api.played)

@@ -36,7 +36,10 @@ PEER = "X-Broadcaster-Peer"  # the cluster's shared secret: this request was for
 CLIENT = "X-Broadcaster-Client"  # the address the peer took the request from
 HOPS = "X-Broadcaster-Hops"
 WRITES = ("POST", "PUT", "DELETE")
-SENT_ON = ("Authorization", "Content-Type", "Content-Length", "Accept", "Range", "Icy-MetaData", "User-Agent")
+# Not Content-Length or Content-Encoding: aiohttp has decoded a compressed body, so what goes on is the
+# decoded body, chunked.
+SENT_ON = ("Authorization", "X-Listen-Key", "Content-Type", "Accept", "Range", "Icy-MetaData", "User-Agent")
+PEER_ONLY = "peer:"  # the name of a route only the cluster's servers may call begins with it
 SENT_BACK = ("Content-Type", "Retry-After", "Cache-Control", "Content-Range", "Accept-Ranges", "ETag")
 SENT_BACK_PREFIX = ("icy-", "X-Request-Id")
 
@@ -101,11 +104,11 @@ class Forwarder:
 
     async def peer_client(self, request: web.Request) -> str | None:
         """The original client's address if a peer forwarded this request; BadPeer for a false claim."""
-        claimed = request.headers.get(PEER)
-        if claimed is None:
+        if (header := request.headers.get(PEER)) is None:
             return None
-        if not hmac.compare_digest(claimed.encode(), (await self.secret()).encode()):
-            if not hmac.compare_digest(claimed.encode(), (await self.secret(fresh=True)).encode()):
+        claimed = header.encode("utf-8", "surrogateescape")  # a header of any bytes is a false claim, not a 500
+        if not hmac.compare_digest(claimed, (await self.secret()).encode()):
+            if not hmac.compare_digest(claimed, (await self.secret(fresh=True)).encode()):
                 raise BadPeer("expected a request forwarded by a server of this cluster, got a false claim")
         return request.headers.get(CLIENT) or request.remote
 
@@ -114,7 +117,8 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Send the request on to the channel's owner (at `url`, showing `secret`, if already looked up) and
         relay its answer."""
-        if request.headers.get(HOPS, "0") != "0":  # forwarded once already (any value: a client may send garbage)
+        # Forwarded once already (any value but "0"), which only a peer may say: a client's header is ignored.
+        if request.get(PEER_CLIENT) is not None and request.headers.get(HOPS, "0") != "0":
             raise NoOwner(f"channel {channel!r} is changing servers; try again in a moment")
         url = url or await self.owner_url(channel)
         headers = {name: request.headers[name] for name in SENT_ON if name in request.headers}
@@ -158,6 +162,8 @@ async def through_owner(forwarder: Forwarder, station: Station, request: web.Req
     client = await forwarder.peer_client(request)
     if client is not None:
         request[PEER_CLIENT] = client
+    elif (request.match_info.route.name or "").startswith(PEER_ONLY):  # never passed on with our secret
+        raise BadPeer("expected a request from a server of this cluster")
     channel = request.match_info.get("channel")
     if channel is not None and request.method in WRITES and channel not in station.runners:
         # A channel with a live owner exists: its address and the peer secret, read at once on the way.

@@ -4,8 +4,10 @@ Each member is a full app on its own loopback ports (public and internal). Only 
 the channel; listeners on both hear one timeline, and a producer may post to either."""
 
 import asyncio
+import gzip
 import json
 from socket import create_server
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -381,10 +383,10 @@ async def test_the_queue_view_is_answered_by_any_member_as_the_owner_last_publis
 
 async def test_a_member_lists_a_long_queue_whole_as_the_owner_does(cluster):
     """The state the owner publishes lists the head of a long queue: asked for the whole queue, another
-    member passes the question on to the owner."""
+    member passes the question on to the owner (with the listen key of a private channel, in its header)."""
     a = await cluster()
     b = await cluster()
-    made = await create_channel(a.station.store, "table")
+    made = await create_channel(a.station.store, "table", private=True)
     owner = await owner_of("table", a, b)
     other = b if owner is a else a
     count = QUEUE_LISTED + 3
@@ -394,8 +396,9 @@ async def test_a_member_lists_a_long_queue_whole_as_the_owner_does(cluster):
         assert status == 202
         ids.append(queued["request_id"])
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{other.base_url}/api/channels/table/audio/queue") as resp:
-            assert resp.status == 200
+        queue_url = f"{other.base_url}/api/channels/table/audio/queue"
+        async with http.get(queue_url, headers={"X-Listen-Key": made.listen_key}) as resp:
+            assert resp.status == 200, await resp.text()
             view = await resp.json()
     assert len(view["queue"]) == view["queue_length"] > QUEUE_LISTED
     assert [q["request_id"] for q in view["queue"]] == ids[count - view["queue_length"] :]
@@ -409,7 +412,9 @@ def agree(owner_view: dict, other_view: dict) -> bool:
     ] == [q["request_id"] for q in other_view["queue"]]
 
 
-async def test_a_forwarding_header_from_a_client_is_answered_cleanly_and_queues_nothing(cluster):
+async def test_forwarding_headers_from_a_client_are_not_believed(cluster):
+    """Only a peer (one that shows the cluster's secret) may say a request was forwarded already, or
+    call a route meant for peers; a client that says so is answered as the owner would answer it."""
     a = await cluster()
     b = await cluster()
     made = await create_channel(a.station.store, "table")
@@ -418,12 +423,48 @@ async def test_a_forwarding_header_from_a_client_is_answered_cleanly_and_queues_
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{other.base_url}/api/channels/table/requests",
-            json={"text": "Never forwarded."},
-            headers={"Authorization": f"Bearer {made.token}", "X-Broadcaster-Hops": "not a number"},
+            json={"text": "Forwarded all the same."},
+            headers={"Authorization": f"Bearer {made.token}", "X-Broadcaster-Hops": "2"},
         ) as resp:
-            assert resp.status == 503, await resp.text()
-            assert (await resp.json())["error"]["code"] == "channel_starting"
-    assert owner.station.runners["table"].channel.line == []
+            assert resp.status == 202, await resp.text()
+        for member in (other, owner):  # peers' ready reports: refused from a client by every member
+            async with http.post(
+                f"{member.base_url}/api/channels/table/ready", json={"reports": [["a" * 16, 1]]}
+            ) as resp:
+                assert resp.status == 403, await resp.text()
+                assert (await resp.json())["error"]["code"] == "forbidden"
+        # a peer header of bytes that are not text is a false claim (403), not a 500
+        reader, writer = await asyncio.open_connection(*urlsplit(other.base_url).netloc.split(":"))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Broadcaster-Peer: \xff\xfe\r\nConnection: close\r\n\r\n")
+        status_line = await reader.readline()
+        writer.close()
+        assert b" 403 " in status_line, status_line
+    assert len(owner.station.runners["table"].channel.line) == 1
+    assert other.app[CLUSTER].forwarder.forwarded == 1
+
+
+async def test_a_compressed_body_is_forwarded_whole(cluster):
+    """aiohttp decodes a gzip body before a member passes it on: the owner gets the decoded body, whole."""
+    a = await cluster()
+    b = await cluster()
+    made = await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    text = " ".join(f"Sentence number {n} of a narration sent compressed." for n in range(16))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{other.base_url}/api/channels/table/requests",
+            data=gzip.compress(json.dumps({"text": text}).encode()),
+            headers={
+                "Authorization": f"Bearer {made.token}",
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            },
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            queued = await resp.json()
+    assert queued["sentences"] == 16
+    assert owner.station.runners["table"].channel.find_request(queued["request_id"]).text == text
 
 
 async def test_one_member_cleans_up_and_closes_the_records_of_processes_that_are_gone(cluster, postgres_url):
