@@ -11,14 +11,21 @@ import soundfile
 
 from broadcaster.client import listen
 from broadcaster.runtime.accounts import create_channel
-from web.keys import METRICS
+from web.keys import HUB, METRICS
+
+
+async def listener_on(server, channel: str, timeout_s: float = 30) -> None:
+    """Until the server counts a listener on `channel` (a client started beside the test has connected)."""
+    async with asyncio.timeout(timeout_s):
+        while server.app[HUB].total(channel) < 1:
+            await asyncio.sleep(0.05)
 
 
 async def test_listen_writes_what_it_heard_in_timeline_order(server, tmp_path):
     """`listen --out` follows the timeline and writes every chunk at its place, gaps included."""
     out = tmp_path / "heard.wav"
     listening = asyncio.create_task(listen(server.base_url, server.channel, out, max_requests=2, quiet=True))
-    await asyncio.sleep(0.2)
+    await listener_on(server, server.channel)
     await server.say("First words. More words.")
     await server.say("Second request.")
     heard = await asyncio.wait_for(listening, 30)
@@ -44,7 +51,7 @@ async def test_listen_follows_a_private_channel_with_its_key(server, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    await asyncio.sleep(1.5)  # connected and listening
+    await listener_on(server, "secret")
     assert (await server.say("For the initiated only.", made.token, "secret")).status == 202
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()[-2000:]

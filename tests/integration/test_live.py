@@ -46,18 +46,33 @@ async def test_ffmpeg_decodes_ten_seconds_and_sees_the_title_change(server):
 
 async def test_listeners_share_one_encoder_and_get_a_burst(server):
     """Two players of the same channel are fed by one encoder, and each starts with a burst of audio."""
+    # A sweeping tone on the air: silence would encode to the same bytes block after block.
+    sentence = "A sweeping tone that goes on for a while, so that no two seconds of the stream are alike. "
+    assert (await server.say(sentence * 6)).status == 202
     async with aiohttp.ClientSession() as http:
         url = f"{server.base_url}/c/{server.channel}/live.mp3"
         async with http.get(url) as first:
             assert first.headers["Content-Type"] == "audio/mpeg" and first.headers["icy-br"] == "128"
-            await first.content.readexactly(4000)
-            await asyncio.sleep(1.0)  # let the stream build up its burst
+            heard = bytearray()
+            reading = asyncio.create_task(_read_into(first, heard))
+            await asyncio.sleep(1.5)  # let the stream build up its burst
+            before = len(heard)
             async with http.get(url) as second:
-                started = asyncio.get_running_loop().time()
                 burst = await second.content.readexactly(6000)  # ~0.4 s of audio at 128 kbit/s
-                assert asyncio.get_running_loop().time() - started < 0.5 and len(burst) == 6000
                 streams = server.app[LIVE].streams
                 assert list(streams) == [server.channel] and len(streams[server.channel].listeners) == 2
+                async with asyncio.timeout(10):
+                    while (at := heard.find(burst)) < 0:
+                        await asyncio.sleep(0.05)
+            reading.cancel()
+    # The second player began with audio the first had heard before it came (the burst), not with
+    # the next block written after it joined.
+    assert at < before
+
+
+async def _read_into(response: aiohttp.ClientResponse, heard: bytearray) -> None:
+    while data := await response.content.readany():
+        heard += data
 
 
 async def test_a_stalled_player_is_dropped_while_one_beside_it_keeps_playing(server, monkeypatch):

@@ -3,7 +3,6 @@ server ends it when it begins to stop, as it closes WebSockets, instead of waiti
 
 import asyncio
 import signal
-import time
 
 import aiohttp
 from server_process import ServerProcess, cli
@@ -25,13 +24,11 @@ async def test_sigterm_with_a_live_player_connected_stops_within_seconds(tmp_pat
         async with aiohttp.ClientSession() as http:
             async with http.get(server.base_url + "/c/lobby/live.mp3") as player:
                 assert len(await player.content.read(4096)) > 0
-                started = time.monotonic()
                 server.proc.send_signal(signal.SIGTERM)
+                # aiohttp alone would wait a minute for the endless response to finish
                 async with asyncio.timeout(20):
                     while server.proc.poll() is None:
                         await asyncio.sleep(0.05)
-                stopped_s = time.monotonic() - started
     finally:
         server.stop()
     assert server.proc.returncode == 0, server.log_tail()
-    assert stopped_s < 10, f"the stop took {stopped_s:.1f} s with a live player connected"

@@ -270,10 +270,15 @@ async def test_wait_change_returns_once_messages_arrive_and_otherwise_at_the_tim
     """A stream waiting on the replica wakes on the next batch; with none it waits out its timeout."""
     replica = ChannelReplica("table")
     waiting = asyncio.create_task(replica.wait_change(5))
-    await asyncio.sleep(0)
+    for _ in range(3):  # nothing has arrived: it keeps waiting
+        await asyncio.sleep(0)
+    assert not waiting.done()
     replica.take([])
     await asyncio.wait_for(waiting, 1)
-    await replica.wait_change(0.01)
+    quiet = asyncio.create_task(replica.wait_change(0.05))
+    await asyncio.sleep(0)
+    assert not quiet.done()
+    await asyncio.wait_for(quiet, 1)  # returns by itself at its timeout, with nothing taken
 
 
 async def test_the_feed_keeps_its_replica_from_the_snapshot_and_the_messages_after_it():
