@@ -330,7 +330,7 @@ def _listen(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cleanup(config: Config, args: argparse.Namespace) -> int:
-    from broadcaster.runtime.cleanup import purge
+    from broadcaster.runtime.cleanup import orphan_grace_s, purge
     from db.audio_store import open_audio_store
 
     database = config.data_path / "broadcaster.db"
@@ -344,7 +344,7 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
             from broadcaster.runtime.clock import wall_clock_ms
 
             audio = open_audio_store(config.data_path, store.engine, shared=config.cluster.enabled)
-            result = await purge(store, audio, wall_clock_ms() - retention_ms)
+            result = await purge(store, audio, wall_clock_ms() - retention_ms, orphan_grace_s(config.music))
             return result.summary()
         finally:
             await store.close()

@@ -89,7 +89,8 @@ class FileAudioStore(AudioStore):
             return 0
         if not directory.is_dir():
             return 0
-        freed = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        # A master hard-linked into a repeat's directory frees nothing here: only a file's last name counts.
+        freed = sum(st.st_size for p in directory.iterdir() if p.is_file() and (st := p.stat()).st_nlink == 1)
         shutil.rmtree(directory, ignore_errors=True)
         return freed
 
@@ -97,17 +98,28 @@ class FileAudioStore(AudioStore):
         return await asyncio.to_thread(self._orphans, known_request_ids, grace_s)
 
     def _orphans(self, known_request_ids: set[str], grace_s: float) -> list[str]:
-        """Directories no request row claims, not modified for `grace_s`."""
+        """Directories no request row claims, not modified for `grace_s`. Only a request's directory (a hex
+        id) is ours: anything else there (`lost+found` on a mount of its own) is left alone, and not counted."""
         cutoff = time.time() - grace_s
         found = []
         for entry in self.root.iterdir():
-            if entry.is_dir() and entry.name not in known_request_ids and entry.stat().st_mtime < cutoff:
+            if not entry.is_dir() or entry.name in known_request_ids or not _is_request_id(entry.name):
+                continue
+            if entry.stat().st_mtime < cutoff:
                 found.append(entry.name)
         return found
 
     async def sweep_parts(self, grace_s: float = 600) -> tuple[int, int]:
         """Unfinished files live in their request's directory and go with it."""
         return 0, 0
+
+
+def _is_request_id(name: str) -> bool:
+    try:
+        check_ids(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _segment(master: Path, seq: int, count: int) -> Pcm:

@@ -13,8 +13,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broadcaster.config import MusicConfig
+from broadcaster.runtime.beds import MAX_TRACKS
 from db.audio_store import AudioStore
 from db.store import Store
+
+ORPHAN_GRACE_S = 600  # audio nobody claims is an orphan once untouched for this, and more (below)
+
+
+def orphan_grace_s(music: MusicConfig) -> float:
+    """How long audio no row claims yet may be in the making: a bed's folder is decoded file after file
+    (each may wait its turn and then run to the decode timeout) and claimed only when all are done."""
+    return ORPHAN_GRACE_S + MAX_TRACKS * (music.decode_wait_s + music.decode_timeout_s)
 
 
 @dataclass

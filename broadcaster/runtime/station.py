@@ -30,7 +30,7 @@ from tts.voices import Voices
 from .accounts import Gate
 from .autodj import AutoDJ, radio_files
 from .beds import BedMaker, bed_request, fade_ms, music_file, tracks_of
-from .cleanup import purge, sweep_local
+from .cleanup import orphan_grace_s, purge, sweep_local
 from .clock import Clock, wall_clock_ms
 from .decoders import Decoders
 from .delivery import Mp3Delivery
@@ -573,7 +573,7 @@ class Station:
         return self.runners.get(request.channel)
 
     async def cleanup(self) -> dict[str, int]:
-        result = await purge(self.store, self.audio, self._retained_from_ms())
+        result = await purge(self.store, self.audio, self._retained_from_ms(), orphan_grace_s(self.config.music))
         for runner in self.runners.values():
             runner.channel.forget(result.request_ids)
         return result.summary()
@@ -596,7 +596,7 @@ class Station:
                     summary = await self.cleanup()
                 else:  # another process of the cluster purged
                     self._forget_expired()
-                    summary = (await sweep_local(self.audio)).summary()
+                    summary = (await sweep_local(self.audio, orphan_grace_s(self.config.music))).summary()
                 if summary["requests"] or summary["orphans"]:
                     log.info("cleanup: %s", summary)
                 await asyncio.to_thread(release_free_memory)  # what bursts of listeners left behind

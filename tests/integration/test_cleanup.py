@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,11 +23,11 @@ async def play_one(server, connect, text: str) -> tuple[str, list[str]]:
     return request_id, chunks
 
 
-def make_orphan(audio_root, name: str = "ab" * 8):
+def make_orphan(audio_root, name: str = "ab" * 8, age_s: float = 86_400):
     orphan = audio_root / name
     orphan.mkdir()
     (orphan / "deadbeefdeadbeef.mp3").write_bytes(b"x" * 100)
-    old = time.time() - 3600
+    old = time.time() - age_s
     os.utime(orphan, (old, old))
     return orphan
 
@@ -36,10 +37,14 @@ async def test_cleanup_removes_rows_files_and_orphans(server, connect):
     request_id, chunk_ids = await play_one(server, connect, "Old news. Gone soon.")
     audio_root = server.station.audio.root
     orphan = make_orphan(audio_root)
+    # an hour old, and claimed by nothing yet: it may be a bed whose folder is still being decoded
+    making = make_orphan(audio_root, "cd" * 8, age_s=3600)
     assert (audio_root / request_id).is_dir()
     summary = await server.station.cleanup()
     assert summary["requests"] == 1 and summary["orphans"] == 1 and summary["bytes"] > 0
     assert not (audio_root / request_id).exists() and not orphan.exists()
+    assert making.exists()
+    shutil.rmtree(making)
     assert await server.station.store.request(request_id) is None
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.base_url}/api/audio/chunks/{chunk_ids[0]}") as resp:
@@ -95,7 +100,7 @@ async def test_cleanup_removes_uploads_left_by_a_crash(server):
     uploads.mkdir(parents=True, exist_ok=True)
     stale = uploads / "abc.upload"
     stale.write_bytes(b"x" * 1000)
-    old = time.time() - 3600
+    old = time.time() - 86_400
     os.utime(stale, (old, old))
     fresh = uploads / "def.upload"
     fresh.write_bytes(b"y")
