@@ -63,6 +63,9 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
     for listener, shown in listeners.pages.items():
         gains = await shown.evaluate("(ts) => ts.map((t) => window.broadcaster.bedGainAt(t))", moments)
         assert gains == pytest.approx([gain_at(points, t) for t in moments], abs=1e-9), listener
+        # decoded bed audio is kept only for the segments a layer has in hand, not for every one heard
+        kept, held = await shown.evaluate(KEPT_BED_AUDIO)
+        assert set(kept) <= set(held), (listener, kept, held)
     await page.fill("#music-volume", "0.35")
     await page.dispatch_event("#music-volume", "input")
     await page.reload()
@@ -71,6 +74,12 @@ async def test_every_page_dips_the_bed_under_narration_at_the_same_moments(serve
     await asyncio.to_thread(
         assert_steady_pages_dip_together, recording, [0, 1, 2, 3], steady, BED_HZ, speech, bed["duck_db"], WITHIN_MS
     )
+
+
+KEPT_BED_AUDIO = """() => {
+  const s = window.broadcaster;
+  return [[...s.bedBuffers.keys()], [...s.beds.values()].flatMap((b) => [...b.playing.values()].map((c) => c.chunk_id))];
+}"""
 
 
 async def until(wall_s: float) -> None:

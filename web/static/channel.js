@@ -54,16 +54,22 @@ export class ChannelSocket {
     this.onState("connecting");
     ws.onopen = () => {
       if (this.token) ws.send(JSON.stringify({ type: "auth", token: this.token() }));
-      this.retryMs = 500; this.onState("live"); this.syncBurst();
+      this.onState("live"); this.syncBurst();
     };
-    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
+    ws.onmessage = (event) => {
+      // Backoff starts over once the server has said something: a socket it opens and closes at
+      // once (its event feed away, a restart) must not bring the audience back twice a second.
+      this.retryMs = 500;
+      this.receive(JSON.parse(event.data));
+    };
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       clearTimeout(this.timer);
       if (event.code === REFUSED) { this.refused = true; this.onState("refused", event.reason); return; }
-      this.onState("reconnecting", this.retryMs);
-      this.retry = setTimeout(() => this.connect(), this.retryMs);
-      this.retryMs = Math.min(this.retryMs * 2, 15000) * (0.8 + Math.random() * 0.4); // jitter: no thundering herd
+      const delayMs = this.retryMs * (0.8 + Math.random() * 0.4); // jitter: a restarted server is not hit at once by all
+      this.onState("reconnecting", delayMs);
+      this.retry = setTimeout(() => this.connect(), delayMs);
+      this.retryMs = Math.min(this.retryMs * 2, 15000);
     };
   }
 
@@ -138,4 +144,13 @@ export function queueLabel(item) {
     return `preparing ${item.chunks_ready}/${item.chunks_total}`;
   }
   return item.status === "generating" ? "ready" : item.status;
+}
+
+// Site storage, which a browser may have turned off: reading it then throws, and a page must still work.
+export function stored(key) {
+  try { return localStorage.getItem(key); } catch (_) { return null; }
+}
+
+export function store(key, value) {
+  try { if (value === null) localStorage.removeItem(key); else localStorage.setItem(key, value); } catch (_) { /* off */ }
 }

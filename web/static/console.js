@@ -1,7 +1,7 @@
 // Producer console: narrate, watch the queue and steer it. Every action is an HTTP call with the
 // producer token; the WebSocket keeps the view current for every open console and listener page.
 
-import { ChannelSocket, channelFromPath, el, queueLabel } from "./channel.js";
+import { ChannelSocket, channelFromPath, el, queueLabel, store, stored } from "./channel.js";
 
 const channel = channelFromPath();
 const TOKEN_KEY = `broadcaster.token.${channel}`;
@@ -19,7 +19,7 @@ $("say").addEventListener("submit", (e) => { e.preventDefault(); say(); });
 $("text").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); say(); }
 });
-$("logout").addEventListener("click", () => { localStorage.removeItem(TOKEN_KEY); location.reload(); });
+$("logout").addEventListener("click", () => { store(TOKEN_KEY, null); location.reload(); });
 $("shuffle").addEventListener("click", () => control("/queue/shuffle", {}, "shuffle"));
 $("repeat").addEventListener("change", () => control("/queue/repeat", { mode: $("repeat").value }, "set repeat"));
 $("stop-bed").addEventListener("click", stopBed);
@@ -27,7 +27,7 @@ $("reload-scenes").addEventListener("click", loadScenes);
 $("pause").addEventListener("click", () => (state.paused ? control("/resume", {}, "resume") : control("/pause", {}, "pause")));
 $("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
 
-const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || localStorage.getItem(TOKEN_KEY);
+const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || stored(TOKEN_KEY);
 if (remembered) login(remembered);
 
 async function api(method, path, body) {
@@ -50,11 +50,11 @@ async function login(token) {
     showVoices(me.voices || []);
   } catch (err) {
     state.token = null;
-    localStorage.removeItem(TOKEN_KEY);
+    store(TOKEN_KEY, null);
     $("login-error").textContent = `Refused: ${err.message}`;
     return;
   }
-  localStorage.setItem(TOKEN_KEY, token);
+  store(TOKEN_KEY, token);
   history.replaceState(null, "", location.pathname); // keep the token out of the address bar
   $("login").hidden = true;
   $("desk").hidden = false;
@@ -112,9 +112,12 @@ function showVoices(names) {
   $("voice-choice").hidden = names.length === 0;
 }
 
+let sending = false; // a second Enter while the first send is on its way would queue the text twice
 async function say() {
   const text = $("text").value;
-  if (!text.trim()) return;
+  if (!text.trim() || sending) return;
+  sending = true;
+  $("say").querySelector("button[type=submit]").disabled = true;
   show("say-status", "Sending…", "busy");
   try {
     const body = { text };
@@ -125,6 +128,9 @@ async function say() {
     show("say-status", `Queued (${queued.sentences} sentence${queued.sentences === 1 ? "" : "s"}).`, "done");
   } catch (err) {
     show("say-status", `Not sent: ${err.message}`, "error");
+  } finally {
+    sending = false;
+    $("say").querySelector("button[type=submit]").disabled = false;
   }
 }
 
@@ -207,8 +213,14 @@ function refresh() {
   if (pending) return;
   pending = setTimeout(async () => {
     pending = null;
-    const response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`,
-      { headers: { Authorization: `Bearer ${state.token}` } });
+    let response;
+    try {
+      response = await fetch(`/api/channels/${encodeURIComponent(channel)}/audio/queue`,
+        { headers: { Authorization: `Bearer ${state.token}` } });
+    } catch (err) {
+      notice(`Could not update the queue view (${err.message}); it updates with the next change.`);
+      return;
+    }
     if (!response.ok) return;
     const data = await response.json();
     Object.assign(state, { nowPlaying: data.now_playing, over: data.over || [], queue: data.queue, queueLength: data.queue_length,
@@ -272,7 +284,7 @@ function showConnection(kind, detail) {
 // The token stopped working (it was replaced): back to the log-in form, nothing remembered.
 function signOut(message) {
   state.token = null;
-  localStorage.removeItem(TOKEN_KEY);
+  store(TOKEN_KEY, null);
   $("desk").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;

@@ -9,7 +9,7 @@
 
 import { BedLayer, automate, duckEnvelope, gainAt, levelAt } from "./bed.js";
 import { LARGE_S, SMALL, chooseLarge, chooseSmall, chosenLarge } from "./buffer.js";
-import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, withKey } from "./channel.js";
+import { ChannelSocket, channelFromPath, el, listenKey, queueLabel, store, stored, withKey } from "./channel.js";
 import { OutputClock } from "./output.js";
 import { Player, soundsFrom } from "./player.js";
 import { nowMs } from "./sync.js";
@@ -38,7 +38,7 @@ const channel = channelFromPath();
 const $ = (id) => document.getElementById(id);
 const state = {
   ctx: null, gain: null, chunks: new Map(), request: null, current: null, listeners: 0,
-  latencyMs: Number(localStorage.getItem(LATENCY_KEY) || 0),
+  latencyMs: Number(stored(LATENCY_KEY) || 0),
   // for tests and benchmarks: when each chunk will sound, by our clock; and every half second
   // [local ms, clock offset ms, clock drift ppm, speaker clock ppm, error ms]
   stats: { scheduled: [], sync: [] },
@@ -68,11 +68,11 @@ $("tune").addEventListener("click", tuneIn);
 $("latency").value = state.latencyMs;
 $("latency").addEventListener("change", () => {
   state.latencyMs = Number($("latency").value) || 0;
-  localStorage.setItem(LATENCY_KEY, String(state.latencyMs));
+  store(LATENCY_KEY, String(state.latencyMs));
   keepInStep(); // what plays crossfades to its new place; what waits is re-timed
 });
 for (const layer of ["voice", "music"]) {
-  $(`${layer}-volume`).value = localStorage.getItem(VOLUME_KEYS[layer]) || "1";
+  $(`${layer}-volume`).value = stored(VOLUME_KEYS[layer]) || "1";
   $(`${layer}-volume`).addEventListener("input", applyVolume);
 }
 $("larger-buffer").checked = Boolean(chosenLarge());
@@ -189,7 +189,7 @@ function renderAheadMs(audio, local) {
 }
 
 function applyVolume() {
-  for (const layer of ["voice", "music"]) localStorage.setItem(VOLUME_KEYS[layer], $(`${layer}-volume`).value);
+  for (const layer of ["voice", "music"]) store(VOLUME_KEYS[layer], $(`${layer}-volume`).value);
   const muted = $("mute").getAttribute("aria-pressed") === "true";
   $("mute").textContent = muted ? "Unmute" : "Mute";
   if (!state.gain) return;
@@ -408,6 +408,7 @@ function keepInStep() {
     if (layer.over) { layer.close(); state.beds.delete(id); continue; }
     layer.tick(now, state.pausedAtMs, speech, local);
   }
+  forgetBedBuffers();
   layOutTrackDuck(now, local);
   showBed(now);
 }
@@ -426,6 +427,15 @@ function setBeds(playing, fading) {
     if (layer) layer.update(bed);
     else state.beds.set(bed.bed_id, new BedLayer(state.ctx, state.musicGain, timeline, bed, state.bedBuffers));
   }
+}
+
+// Decoded audio is large (a minute of stereo is 23 MB): keep a bed segment's only while a layer has it
+// scheduled, playing or loading. A loop coming round again fetches it anew (from the HTTP cache: its URL
+// never changes).
+function forgetBedBuffers() {
+  const wanted = new Set();
+  for (const layer of state.beds.values()) for (const chunk of layer.playing.values()) wanted.add(chunk.chunk_id);
+  for (const id of state.bedBuffers.keys()) if (!wanted.has(id)) state.bedBuffers.delete(id);
 }
 
 // Narration the bed ducks under: every placed chunk of a speech request.
@@ -468,13 +478,23 @@ function stop(chunk) {
 
 function dropChunks(ids) {
   for (const id of ids || []) { const c = state.chunks.get(id); if (c) { stop(c); state.chunks.delete(id); } }
+  forgetSpeech(ids || []);
   renderCaptions();
 }
 
+// Skipped or cancelled: its audio stops, its captions go (a talk-over's too), and the music comes back up.
 function stopRequest(requestId) {
-  for (const [id, c] of state.chunks) if (c.request_id === requestId) { stop(c); state.chunks.delete(id); }
-  if (state.request && state.request.id === requestId) state.request = null;
-  renderCaptions();
+  const ids = [];
+  for (const [id, c] of state.chunks) if (c.request_id === requestId) { stop(c); state.chunks.delete(id); ids.push(id); }
+  forgetSpeech(ids);
+  endRequest(requestId);
+}
+
+// Speech that will not sound after all: the bed and the track no longer duck under it.
+function forgetSpeech(ids) {
+  for (const id of ids) { state.speech.delete(id); state.overSpeech.delete(id); }
+  state.trackDuckLaidOut = -Infinity;
+  for (const layer of state.beds.values()) layer.relayOut();
 }
 
 function forgetOld() {
