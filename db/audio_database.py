@@ -158,7 +158,11 @@ class DatabaseAudioStore(AudioStore):
                 conn, delete(CHUNKS).where(CHUNKS.c.request_id == request_id).returning(func.length(CHUNKS.c.data))
             )
             gone = delete(TRACKS).where(TRACKS.c.request_id == request_id).returning(TRACKS.c.source_id)
-            for source_id in (await conn.execute(gone)).scalars().all():
+            for source_id in sorted((await conn.execute(gone)).scalars().all()):
+                # Two requests sharing a track deleted at once (an original and its repeat) would each still
+                # see the other's row and keep the segments for good: the second waits here for the first,
+                # and then sees its row gone. (SQLite has one writer at a time anyway.)
+                await conn.execute(select(SEGMENTS.c.seq).where(SEGMENTS.c.source_id == source_id).with_for_update())
                 still_named = select(TRACKS.c.request_id).where(TRACKS.c.source_id == source_id).exists()
                 segments = delete(SEGMENTS).where(SEGMENTS.c.source_id == source_id, ~still_named)
                 freed += await _deleted_bytes(conn, segments.returning(func.length(SEGMENTS.c.data)))

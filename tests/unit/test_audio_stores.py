@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import soundfile
 from postgres import PostgresServer
+from sqlalchemy import func, select
 
-from db.audio_database import DatabaseAudioStore
+from db.audio_database import SEGMENTS, DatabaseAudioStore
 from db.audio_files import FileAudioStore
 from db.audio_store import AudioUnavailable, open_audio_store
 from db.store import Store
@@ -183,6 +184,25 @@ async def test_a_copy_shares_the_track_and_keeps_it_after_the_original_is_delete
         await audio.track_segment(COPY, 0, count)
     with pytest.raises(FileNotFoundError):
         await audio.share_track(COPY, "d" * 16)
+
+
+async def test_a_track_and_its_copy_deleted_at_once_leave_no_segments(audio):
+    """An original and its repeat purged in the same moment (two processes' cleanups): the last to go
+    takes the segments, whichever it is."""
+    for round_ in range(5):
+        original, copy = f"{round_:x}" * 16, f"{round_ + 8:x}" * 16
+        decoded_master(audio, original, seconds=6)
+        await audio.keep_track(original, 2)
+        await audio.share_track(original, copy)
+        await asyncio.gather(audio.delete_request(original), audio.delete_request(copy))
+        for request_id in (original, copy):
+            with pytest.raises(FileNotFoundError):
+                await audio.track_segment(request_id, 0, 2)
+        if isinstance(audio, DatabaseAudioStore):
+            async with audio.engine.connect() as conn:
+                assert (await conn.execute(select(func.count()).select_from(SEGMENTS))).scalar() == 0, round_
+        else:
+            assert not any(audio.root.iterdir())
 
 
 async def test_orphans_are_audio_no_request_claims_once_the_grace_is_over(audio):
