@@ -429,6 +429,23 @@ async def test_private_channel_plays_from_the_shared_link_and_explains_without_i
     assert page_errors.errors == []
 
 
+async def test_a_page_whose_key_was_replaced_while_it_was_away_says_so(browser, server, page_errors):
+    """A socket refused before it opens tells a page nothing (the browser hides the 401): after a few
+    such tries the page asks the channel why, says so, and stops retrying."""
+    key = await set_listen_key(server.station.store, server.channel, private=True)
+    page = await browser.new_page(bypass_csp=True)
+    page_errors.watch(page)
+    await page.goto(f"{server.base_url}/c/{server.channel}?key={key}")
+    await page.click("#tune")
+    await page.wait_for_selector("#connection[data-state=live]")
+    await page.evaluate("window.broadcaster.socket.drop()")  # away (asleep) when the key is replaced
+    await set_listen_key(server.station.store, server.channel, private=True)
+    await server.station.gate.current(server.channel)  # known at once: no socket opens with the old key
+    await page.wait_for_selector("#connection[data-state=refused]", timeout=30_000)
+    assert "listen key" in await page.text_content("#connection")
+    assert page_errors.errors == []
+
+
 async def test_console_scene_buttons_set_the_bed_and_pause_stops_every_page(
     browser, server, connect, page_errors, tmp_path, monkeypatch
 ):

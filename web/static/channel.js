@@ -14,6 +14,8 @@ const SYNC_SETTLE_MS = 10000;
 const SYNC_SETTLE_EVERY_MS = 500;
 const SYNC_EVERY_MS = 5000;
 const REFUSED = 4401;
+const ASK_WHY_AFTER = 3; // sockets that closed before they opened, in a row
+const SLEPT_MS = 1000; // the wall clock ran this much further than the page's while hidden: it slept
 
 export class ChannelSocket {
   constructor(channel, { onMessage, onState, role = "listener", params = {}, token = null }) {
@@ -27,14 +29,19 @@ export class ChannelSocket {
     this.retryMs = 500;
     this.ws = null;
     this.timer = null;
+    this.unopened = 0;
   }
 
   start() {
     this.refused = false;
     this.connect();
-    // A laptop waking from sleep: the clock may have jumped and the socket may be dead.
+    // A laptop waking from sleep: the clock may have jumped and the socket may be dead. Where the page's
+    // clock (performance.now) stopped while the wall clock went on, the samples taken before are wrong.
+    let hidden = null;
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState !== "visible") return;
+      if (document.visibilityState !== "visible") { hidden = { wall: Date.now(), local: nowMs() }; return; }
+      if (hidden && Math.abs(Date.now() - hidden.wall - (nowMs() - hidden.local)) > SLEPT_MS) this.clock.reset();
+      hidden = null;
       if (!this.ws || this.ws.readyState > WebSocket.OPEN) this.connect();
       else this.syncBurst();
     });
@@ -53,6 +60,8 @@ export class ChannelSocket {
     this.ws = ws;
     this.onState("connecting");
     ws.onopen = () => {
+      ws.opened = true;
+      this.unopened = 0;
       if (this.token) ws.send(JSON.stringify({ type: "auth", token: this.token() }));
       this.onState("live"); this.syncBurst();
     };
@@ -66,11 +75,28 @@ export class ChannelSocket {
       if (this.ws !== ws) return;
       clearTimeout(this.timer);
       if (event.code === REFUSED) { this.refused = true; this.onState("refused", event.reason); return; }
+      if (!ws.opened && ++this.unopened === ASK_WHY_AFTER && this.role === "listener") this.askWhy();
       const delayMs = this.retryMs * (0.8 + Math.random() * 0.4); // jitter: a restarted server is not hit at once by all
       this.onState("reconnecting", delayMs);
       this.retry = setTimeout(() => this.connect(), delayMs);
       this.retryMs = Math.min(this.retryMs * 2, 15000);
     };
+  }
+
+  // A socket refused before it opens tells the page nothing (the browser hides the HTTP answer): ask the
+  // channel's queue, which answers as the socket would for a channel gone (404) or a key replaced (401).
+  async askWhy() {
+    let response;
+    try {
+      response = await fetch(withKey(`/api/channels/${encodeURIComponent(this.channel)}/audio/queue`));
+    } catch (_) {
+      return; // the server is out of reach: retrying is all there is to do
+    }
+    if (![401, 403, 404].includes(response.status)) return; // the channel is there: the socket itself was refused
+    const body = await response.json().catch(() => ({}));
+    this.refused = true;
+    clearTimeout(this.retry);
+    this.onState("refused", body.error ? body.error.message : `HTTP ${response.status}`);
   }
 
   // For tests and for a "reconnect now" button: drop the socket as a network failure would.

@@ -180,7 +180,7 @@ function handle(m) {
       showPause(m.paused_at_ms != null);
       showBed(m.bed);
       state.nowPlaying = m.now_playing;
-      Object.assign(state, { queue: m.queue, queueLength: m.queue_length, recent: m.recent, repeat: m.repeat });
+      Object.assign(state, { over: m.over || [], queue: m.queue, queueLength: m.queue_length, recent: m.recent, repeat: m.repeat });
       showListeners(m.listeners);
       render();
       if (m.queue_length > m.queue.length) refresh(); // a long queue: the queue view lists it all
@@ -191,7 +191,7 @@ function handle(m) {
       refresh();
       break;
     case "request_failed": notice(`A narration failed: ${m.reason}`); refresh(); break;
-    case "request_cancelled": refresh(); break;
+    case "request_cancelled": case "request_closed": refresh(); break;
     case "listeners_changed": showListeners(m.listeners); break;
     case "channel_paused": showPause(true); break;
     case "channel_resumed": showPause(false); break;

@@ -64,7 +64,8 @@ state.socket = socket;
 
 document.title = `${channel} · Broadcaster`;
 $("channel").textContent = channel;
-$("tune").addEventListener("click", tuneIn);
+$("tune").addEventListener("click", () => (state.ctx ? resumeByTap() : tuneIn()));
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") resumeAudio(state.ctx); });
 $("latency").value = state.latencyMs;
 $("latency").addEventListener("change", () => {
   state.latencyMs = Number($("latency").value) || 0;
@@ -110,9 +111,26 @@ function openAudio(hint) {
 function useAudio(audio) {
   const { ctx, gain, voiceGain, musicGain, trackDuck, output } = audio;
   Object.assign(state, { ctx, gain, voiceGain, musicGain, trackDuck, output });
+  ctx.onstatechange = () => resumeAudio(ctx);
   state.player = new Player(ctx, voiceGain, timeline);
   output.onGlitch = onGlitch;
   applyVolume();
+}
+
+// A phone locked, a call, another app took the sound: the browser stops the audio. Start it again when
+// it may; where it wants a tap for that, ask for one (the timeline went on, so it comes back in step).
+async function resumeAudio(ctx) {
+  if (!ctx || ctx !== state.ctx || ctx.state === "running" || ctx.state === "closed") return;
+  try { await ctx.resume(); } catch (_) { /* it needs a gesture */ }
+  if (ctx === state.ctx && ctx.state !== "running" && document.visibilityState === "visible") {
+    $("tune").textContent = "Tap to resume";
+    $("tune").hidden = false;
+  }
+}
+
+async function resumeByTap() {
+  try { await state.ctx.resume(); } catch (err) { notice(`The browser would not start the sound again (${err.message}).`); }
+  if (state.ctx.state === "running") $("tune").hidden = true;
 }
 
 // The output moved: gains laid out by the old mapping are laid out again.
@@ -236,7 +254,10 @@ function handle(m) {
     case "bed_changed": setBeds(m.bed, m.fading_beds); break;
     case "request_failed":
       dropChunks(m.discarded_chunk_ids);
-      notice(`A narration failed: ${m.reason}`);
+      // Only what this listener was hearing is news to it; the reason (an engine's words) is the producer's.
+      if ([state.request, state.overRequest].some((r) => r && r.id === m.request_id)) {
+        notice("The narration on the air could not be finished; the rest of it is skipped.");
+      }
       endRequest(m.request_id);
       break;
     case "request_cancelled":
@@ -287,20 +308,28 @@ async function addChunk(requestId, info, live = false) {
   if (known) { // after a reconnect: keep what is already playing unless its time moved
     known.from_ms = info.from_ms;
     if (known.starts_at_ms !== info.starts_at_ms) retime(known, info.starts_at_ms);
+    if (!known.buffer && !known.loading) await load(known, false); // its fetch failed: try again
     return;
   }
   const chunk = { ...info, request_id: requestId, buffer: null, voice: null };
   if (state.kinds.get(requestId) === "track") chunk.destination = state.trackDuck;
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
+  await load(chunk, live);
+}
+
+async function load(chunk, live) {
+  chunk.loading = true;
   try {
-    const response = await fetch(withKey(info.url));
+    const response = await fetch(withKey(chunk.url));
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
     if (live) chunk.readyLocalMs = nowMs();
   } catch (err) {
-    notice(`Could not load a sentence (${err.message}); it will be skipped.`);
+    notice(`Could not load a sentence (${err.message}); it is skipped unless the connection comes back in time.`);
     return;
+  } finally {
+    chunk.loading = false;
   }
   if (state.chunks.has(chunk.chunk_id)) schedule(chunk);
 }

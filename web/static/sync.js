@@ -20,6 +20,13 @@ export class ClockSync {
     this.errorBoundMs = Infinity;
   }
 
+  // Start over: the local clock stood still while the machine slept, so every sample so far is off by
+  // the sleep (and, its round trip short, would still be chosen).
+  reset() {
+    this.samples = [];
+    this.errorBoundMs = Infinity;
+  }
+
   // `precise`: t1 and t2 to the microsecond; else in whole milliseconds, rounded down.
   add(t0, t1, t2, t3, precise = false) {
     const delay = (t3 - t0) - (t2 - t1);
