@@ -6,6 +6,7 @@ from pathlib import Path
 from aiohttp import web
 
 from broadcaster.errors import NotFound, Unauthorized
+from broadcaster.runtime.beds import is_there
 
 from .access import require_listener
 from .keys import STATION
@@ -52,16 +53,9 @@ async def static_file(request: web.Request) -> web.FileResponse:
     """Only files that ship in static/ (no paths, no dot-files), with a JSON 404 otherwise."""
     name = request.match_info["name"]
     path = STATIC_DIR / name
-    if "/" in name or name.startswith(".") or not _is_file(path):
+    if "/" in name or name.startswith(".") or not is_there(path, "file"):
         raise NotFound(f"no static file {name[:80]!r}")
     return web.FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return path.is_file()
-    except OSError:  # Python 3.11 raises for a name longer than the file system allows
-        return False
 
 
 async def index(request: web.Request) -> web.Response:

@@ -97,7 +97,7 @@ def _inside(root: Path, relative: object, what: str) -> Path:
     return candidate
 
 
-def _is(path: Path, kind: str) -> bool:
+def is_there(path: Path, kind: str) -> bool:
     """Path.is_file/is_dir, but a name the file system cannot even look up (too long) is simply not there."""
     try:
         return path.is_file() if kind == "file" else path.is_dir()
@@ -108,14 +108,14 @@ def _is(path: Path, kind: str) -> bool:
 def music_file(root: Path, relative: object) -> Path:
     """A file inside the music folder `root`; anything else is refused."""
     path = _inside(root, relative, "path")
-    if not _is(path, "file"):
+    if not is_there(path, "file"):
         raise NotFound(f"no file {str(relative)[:100]!r} in the music folder")
     return path
 
 
 def _folder(root: Path, relative: object) -> tuple[Path, ...]:
     folder = _inside(root, relative, "folder")
-    if not _is(folder, "dir"):
+    if not is_there(folder, "dir"):
         raise NotFound(f"no folder {str(relative)[:100]!r} in the music folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
