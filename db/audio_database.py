@@ -16,6 +16,7 @@
 - **Deleting.** `delete_request` removes a request's chunks and its track row in one transaction,
   and the segments if no other request names them. Sharing a track reads the original's row
   `FOR SHARE`, so a purge of the original cannot slip between the read and the copy's insert.
+  Segments no row names are orphans under their source's id, whatever their age.
 
 Times (`written_at_ms`, the orphans' grace) are the database's clock, as for leases: machines'
 clocks may disagree, the database's is one.
@@ -158,7 +159,9 @@ class DatabaseAudioStore(AudioStore):
                 conn, delete(CHUNKS).where(CHUNKS.c.request_id == request_id).returning(func.length(CHUNKS.c.data))
             )
             gone = delete(TRACKS).where(TRACKS.c.request_id == request_id).returning(TRACKS.c.source_id)
-            for source_id in sorted((await conn.execute(gone)).scalars().all()):
+            # The request's own segments are checked too: segments no row names (left by a version before the
+            # lock below) are found as orphans under their source's id and go here.
+            for source_id in sorted({request_id, *(await conn.execute(gone)).scalars().all()}):
                 # Two requests sharing a track deleted at once (an original and its repeat) would each still
                 # see the other's row and keep the segments for good: the second waits here for the first,
                 # and then sees its row gone. (SQLite has one writer at a time anyway.)
@@ -184,9 +187,13 @@ class DatabaseAudioStore(AudioStore):
             .group_by(written.c.request_id)
             .having(func.max(written.c.written_at_ms) < self._now - int(grace_s * 1000))
         )
+        # Segments no track row names: never in the making (a track's segments and row are written in one
+        # transaction), so no grace applies.
+        named = select(TRACKS.c.request_id).where(TRACKS.c.source_id == SEGMENTS.c.source_id).exists()
+        unclaimed = select(SEGMENTS.c.source_id).where(~named).distinct()
         async with self._transaction() as conn:
-            found = (await conn.execute(query)).scalars().all()
-        return [request_id for request_id in found if request_id not in known_request_ids]
+            found = {*(await conn.execute(query)).scalars().all(), *(await conn.execute(unclaimed)).scalars().all()}
+        return sorted(request_id for request_id in found if request_id not in known_request_ids)
 
     async def sweep_parts(self, grace_s: float = 600) -> tuple[int, int]:
         return await asyncio.to_thread(self._sweep, grace_s)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile
 from postgres import PostgresServer
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from db.audio_database import SEGMENTS, DatabaseAudioStore
+from db.audio_database import SEGMENTS, TRACKS, DatabaseAudioStore
 from db.audio_files import FileAudioStore
 from db.audio_store import AudioUnavailable, open_audio_store
 from db.store import Store
@@ -223,6 +223,24 @@ async def test_orphans_are_audio_no_request_claims_once_the_grace_is_over(audio)
     assert await audio.orphans({RID}, grace_s=0.001) == [COPY]
     for orphan in (RID, COPY):
         assert await audio.delete_request(orphan) > 0
+    assert await audio.orphans(set(), grace_s=0) == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"], indirect=True)
+async def test_segments_no_track_names_are_orphans_at_once(audio):
+    """Segments whose track rows are all gone (an original and its repeat deleted at once, before the lock
+    that prevents it) are found under their source's id, whatever the grace, and removed with it."""
+    decoded_master(audio, RID, seconds=6)
+    await audio.keep_track(RID, 2)
+    await audio.share_track(RID, COPY)
+    assert await audio.orphans(set(), grace_s=600) == []
+    async with audio.engine.begin() as conn:  # what the race left: no track row, the segments still there
+        await conn.execute(delete(TRACKS))
+    assert await audio.orphans({RID}, grace_s=600) == []
+    assert await audio.orphans(set(), grace_s=600) == [RID]
+    assert await audio.delete_request(RID) > 0
+    async with audio.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(SEGMENTS))).scalar() == 0
     assert await audio.orphans(set(), grace_s=0) == []
 
 
