@@ -72,6 +72,7 @@ from speakers import (
     recovery,
     skews_ms,
     stop_recording,
+    together_again_ms,
 )
 from texts import HARBOUR
 
@@ -254,26 +255,9 @@ def report_load(heard: dict[int, list[Heard]], narration: Narration) -> None:
     during = {i: [h for h in found if began <= h.heard_s <= ended] for i, found in heard.items()}
     print(line("inter-listener skew under load", skews_ms(during)))
     print(line("|error| under load", [abs(h.error_ms) for found in during.values() for h in found]))
-    print(f"{'back within 2 ms of each other after the load':44s} " + settled_after(heard, ended, 2.0))
-
-
-def settled_after(heard: dict[int, list[Heard]], ended: float, within_ms: float, watch_s: float = 10.0) -> str:
-    """From the end of the load to the first moment after which the listeners stay within `within_ms` of
-    each other (over the next `watch_s`)."""
-    by_stretch: dict[tuple[str, float], list[Heard]] = {}
-    for found in heard.values():
-        for h in found:
-            by_stretch.setdefault((h.chunk_id, h.offset_ms), []).append(h)
-    spreads = sorted(
-        (min(h.heard_s for h in hs), (max(h.heard_s for h in hs) - min(h.heard_s for h in hs)) * 1000)
-        for hs in by_stretch.values()
-        if len(hs) > 1 and min(h.heard_s for h in hs) > ended
-    )
-    spreads = [(at, spread) for at, spread in spreads if at < ended + watch_s]
-    for i, (at, _) in enumerate(spreads):
-        if all(spread <= within_ms for _, spread in spreads[i:]):
-            return f"{(at - ended) * 1000:.0f} ms"
-    return "not within the watch"
+    after_ms = together_again_ms(heard, ended, 2.0)
+    settled = "not within the watch" if after_ms is None else f"{after_ms:.0f} ms"
+    print(f"{'back within 2 ms of each other after the load':44s} {settled}")
 
 
 def dump(path: str, heard: dict, narrations: dict, pages: list[dict], reference_ms: list[float]) -> None:

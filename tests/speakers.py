@@ -644,6 +644,26 @@ def skews_ms(heard: dict[int, list[Heard]], listeners: list[int] | None = None) 
     return [(max(times) - min(times)) * 1000 for times in by_stretch.values() if len(times) > 1]
 
 
+def together_again_ms(
+    heard: dict[int, list[Heard]], ended_s: float, within_ms: float, watch_s: float = 10.0
+) -> float | None:
+    """From `ended_s` (a glitch or a load over) to the first moment after which the listeners stay within
+    `within_ms` of each other for the rest of `watch_s`; None if they never do."""
+    by_stretch: dict[tuple[str, float], list[float]] = {}
+    for found in heard.values():
+        for h in found:
+            by_stretch.setdefault((h.chunk_id, h.offset_ms), []).append(h.heard_s)
+    spreads = sorted(
+        (min(times), (max(times) - min(times)) * 1000)
+        for times in by_stretch.values()
+        if len(times) > 1 and ended_s < min(times) < ended_s + watch_s
+    )
+    for i, (at, _) in enumerate(spreads):
+        if all(spread <= within_ms for _, spread in spreads[i:]):
+            return (at - ended_s) * 1000
+    return None
+
+
 @dataclass
 class Recovery:
     """One listener after an output stall that ended at `resumed_s`."""

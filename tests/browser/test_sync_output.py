@@ -6,10 +6,13 @@ and be back on the timeline within a second, with a crossfade rather than a hard
 listener is untouched. Away from the stall and from any other glitch (one a page detected by itself,
 or a jump in an output's timing the recording heard: a busy machine's underruns, which the browser's
 timestamps can hide), the two stay within 5 ms (p95) of each other and of the timeline.
+Every core kept busy for 5 s: they stay within 25 ms (p95) meanwhile and come back together after.
 bench/sync_output.py measures the same more thoroughly (docs/performance.md).
 """
 
 import asyncio
+import os
+import sys
 import time
 
 import aiohttp
@@ -27,6 +30,7 @@ from speakers import (
     recovery,
     skews_ms,
     stop_recording,
+    together_again_ms,
 )
 
 NARRATION = (
@@ -94,6 +98,40 @@ async def test_a_stalled_output_is_back_in_step_within_a_second_without_a_click(
         f"the other listener's output was disturbed at {[round(t - began, 2) for t in disturbed]} s from the "
         f"stall (its own glitches at {[round(t - began, 2) for t in own]} s)"
     )
+
+
+async def test_a_burst_of_cpu_load_leaves_the_listeners_together(server, connect, pulse, listeners):
+    """Every core busy for 5 s mid-narration (as a game master's laptop synthesizing beside its own page):
+    the two listeners stay within 25 ms of each other (p95) meanwhile, and within 5 ms again in a second
+    and a half once it ends. Before pages followed their output timestamps over time, 98-224 ms."""
+    observer = await connect()
+    await observer.next("snapshot")
+    recorder = await listeners.open_recorded([0, 1])
+    await asyncio.sleep(5)  # past the pages' unsteady first seconds of output (docs/performance.md)
+    request_id = (await (await server.say(NARRATION + AND_THEN)).json())["request_id"]
+    first = await observer.next("audio_chunk_ready")
+    await asyncio.sleep(max(0.0, first["starts_at_ms"] / 1000 + 1.0 - time.time()))
+    began = time.time()
+    await cpu_burst(5.0)
+    ended = time.time()
+    await observer.next("request_played", timeout=60, where=lambda m: m["request_id"] == request_id)
+    recording = await stop_recording(recorder, pulse)
+    chunks = [first] + [m for m in observer.messages if m["type"] == "audio_chunk_ready"][1:]
+    heard = await heard_in(recording, server, chunks)
+
+    during = skews_ms({i: [h for h in found if began <= h.heard_s <= ended] for i, found in heard.items()})
+    assert len(during) > 40, "too little of the narration was found in the recording under load"
+    assert percentile(during, 95) < 25, f"listeners apart by {percentile(during, 95):.1f} ms (p95) under load"
+    assert max(h.heard_s for found in heard.values() for h in found) > ended + 4, "the narration ended too soon"
+    together_in = together_again_ms(heard, ended, 5.0, watch_s=4.0)
+    assert together_in is not None and together_in < 1500, f"not within 5 ms of each other after: {together_in}"
+
+
+async def cpu_burst(seconds: float) -> None:
+    """A busy loop on every core for `seconds`: each process ends by itself."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    spinners = [await asyncio.create_subprocess_exec(sys.executable, "-c", spin) for _ in range(os.cpu_count() or 2)]
+    await asyncio.gather(*(spinner.wait() for spinner in spinners))
 
 
 async def output_glitches_s(page) -> list[float]:
