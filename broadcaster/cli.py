@@ -11,7 +11,7 @@ from pathlib import Path
 
 from broadcaster import logs
 from broadcaster.config import Config, load_config
-from broadcaster.errors import BadInput, BroadcasterError
+from broadcaster.errors import BadInput, BroadcasterError, NotFound, Unauthorized
 
 Command = Callable[[Config, argparse.Namespace], int]
 
@@ -168,6 +168,17 @@ async def check_database(config: Config) -> None:
     await store.close()
 
 
+def _existing_database(config: Config) -> None:
+    """Commands about what a server keeps need its database: a wrong --data-dir (or the working directory
+    a relative one is read from) must not answer from an empty new one, or purge nothing, ever."""
+    database = config.data_path / "broadcaster.db"
+    if not config.server.database_url and not database.exists():
+        raise BadInput(
+            f"expected a Broadcaster database at {database.resolve()}, found none; is --data-dir right? "
+            "(relative to the directory you run this from)"
+        )
+
+
 async def _open_store(config: Config):  # noqa: ANN202
     from db.store import Store
 
@@ -179,6 +190,14 @@ async def _open_store(config: Config):  # noqa: ANN202
 
 def _channel_create(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.accounts import create_channel
+
+    database = config.data_path / "broadcaster.db"
+    if not config.server.database_url and not database.exists():
+        print(
+            f"note: no database is at {database.resolve()}, so a new one is made there; a server sees this "
+            "channel only if it runs on the same --data-dir",
+            file=sys.stderr,
+        )
 
     async def run() -> None:
         store = await _open_store(config)
@@ -210,6 +229,8 @@ def _channel_create(config: Config, args: argparse.Namespace) -> int:
 def _channel_token(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.accounts import new_producer_token
 
+    _existing_database(config)
+
     async def run() -> str:
         store = await _open_store(config)
         try:
@@ -224,6 +245,8 @@ def _channel_token(config: Config, args: argparse.Namespace) -> int:
 
 def _channel_key(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.accounts import set_listen_key
+
+    _existing_database(config)
 
     async def run() -> str | None:
         store = await _open_store(config)
@@ -245,6 +268,7 @@ def _channel_delete(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.accounts import delete_channel
     from db.audio_store import open_audio_store
 
+    _existing_database(config)
     if not args.yes:
         raise BadInput(
             f"deleting {args.name!r} removes the channel, every request on it and all their audio, for good "
@@ -270,6 +294,8 @@ def _listen_url(config: Config, name: str, key: str | None) -> str:
 
 
 def _channel_list(config: Config, args: argparse.Namespace) -> int:
+    _existing_database(config)
+
     async def run() -> None:
         store = await _open_store(config)
         try:
@@ -320,10 +346,27 @@ async def _say_stream(server: str, channel: str, token: str, voice: str | None) 
 
 
 def _listen(config: Config, args: argparse.Namespace) -> int:
+    from websockets.exceptions import InvalidStatus
+
     from broadcaster.client import listen
 
     out = Path(args.out) if args.out else None
-    asyncio.run(listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds, key=args.key))
+    try:
+        asyncio.run(
+            listen(args.server or config.base_url, args.channel, out, args.requests, args.seconds, key=args.key)
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status == 401:
+            wanted = "a listen key that works" if args.key else "its listen key"
+            raise Unauthorized(
+                f"{args.channel} is private: pass {wanted} with --key (what follows ?key= in its link)"
+            ) from None
+        if status == 404:
+            raise NotFound(
+                f"no channel {args.channel!r} on that server (broadcaster channel list shows them)"
+            ) from None
+        raise
     if out is not None:
         print(f"wrote what was heard to {out}")
     return 0
@@ -333,9 +376,7 @@ def _cleanup(config: Config, args: argparse.Namespace) -> int:
     from broadcaster.runtime.cleanup import orphan_grace_s, purge
     from db.audio_store import open_audio_store
 
-    database = config.data_path / "broadcaster.db"
-    if not config.server.database_url and not database.exists():  # a typo in a cron line would purge nothing, ever
-        raise BadInput(f"expected a Broadcaster database at {database}, found none; is --data-dir right?")
+    _existing_database(config)  # a typo in a cron line would purge nothing, ever
 
     async def run() -> dict[str, int]:
         store = await _open_store(config)

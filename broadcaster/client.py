@@ -27,11 +27,11 @@ async def submit(
 ) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{base_url}/api/channels/{channel}/requests",
+            f"{base_url.rstrip('/')}/api/channels/{channel}/requests",
             json={"text": text, **({"voice": voice} if voice else {})},
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
-            return resp.status, await resp.json()
+            return resp.status, await _answer(resp)
 
 
 class ProducerError(Exception):
@@ -304,6 +304,7 @@ async def listen(
 ) -> Heard:
     """Follow a channel; `key` is the listen key of a private channel."""
     heard = Heard()
+    base_url = base_url.rstrip("/")
     ws_url = (
         "ws"
         + base_url.removeprefix("http")

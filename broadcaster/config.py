@@ -35,6 +35,31 @@ class ServerConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors_origins", _origins(self.cors_origins))
         object.__setattr__(self, "trusted_proxies", _proxies(self.trusted_proxies))
+        object.__setattr__(self, "database_url", _database_url(self.database_url))
+        if self.public_url and not PUBLIC_URL.fullmatch(self.public_url):
+            raise BadInput(
+                "expected [server] public_url (or BROADCASTER_PUBLIC_URL) like https://radio.example.org, "
+                f"the address listeners open, got {self.public_url!r}"[:300]
+            )
+
+
+PUBLIC_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?", re.IGNORECASE)
+DRIVERS = {"postgresql+asyncpg": "postgresql+asyncpg", "postgresql": "postgresql+asyncpg",
+           "postgres": "postgresql+asyncpg", "sqlite+aiosqlite": "sqlite+aiosqlite", "sqlite": "sqlite+aiosqlite"}  # fmt: skip
+
+
+def _database_url(url: str) -> str:
+    """The [server] database_url, in the form SQLAlchemy's async drivers take: a provider's postgresql://
+    (libpq's form) runs on asyncpg, whose TLS parameter is ssl= where libpq's is sslmode=."""
+    if not url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in DRIVERS:
+        raise BadInput(
+            "expected [server] database_url (or BROADCASTER_DATABASE_URL) like "
+            f"postgresql://user:password@host/dbname or sqlite:///path/broadcaster.db, got {url.split('@')[-1]!r}"[:300]
+        )
+    return f"{DRIVERS[scheme.lower()]}://" + re.sub(r"([?&])sslmode=", r"\1ssl=", rest)
 
 
 ORIGIN = re.compile(r"\*|https?://[^/\s:]+(:\d+)?/?", re.IGNORECASE)
@@ -165,6 +190,17 @@ class VoiceConfig:
         return cls(name, model, speaker, float(speed))
 
 
+ENGINES = ("piper", "tone")  # tone: a fast stand-in for tests and trials, no voice needed
+# What an MP3 can carry: MPEG-1 at these rates, MPEG-2 at half of them, MPEG-2.5 at a quarter; an encoder
+# given anything else silently picks the nearest, and the live stream's pacing would go by the wrong rate.
+MPEG1_RATES, MPEG2_RATES, MPEG25_RATES = (32000, 44100, 48000), (16000, 22050, 24000), (8000, 11025, 12000)
+MP3_BITRATES = {
+    **dict.fromkeys(MPEG1_RATES, frozenset((32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320))),
+    **dict.fromkeys(MPEG2_RATES, frozenset((8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160))),
+    **dict.fromkeys(MPEG25_RATES, frozenset((8, 16, 24, 32, 40, 48, 56, 64))),
+}
+
+
 @dataclass(frozen=True)
 class TtsConfig:
     engine: str = "piper"
@@ -190,6 +226,10 @@ class TtsConfig:
             raise BadInput(
                 f"expected [tts] piper_nice from 0 to 19 (how much lower synthesis runs), got {self.piper_nice!r}"
             )
+        if self.engine not in ENGINES:
+            raise BadInput(f"expected [tts] engine to be one of {', '.join(ENGINES)}, got {self.engine!r}"[:200])
+        if self.mp3_bitrate_kbps not in MP3_BITRATES[MPEG2_RATES[0]] | MP3_BITRATES[MPEG1_RATES[0]]:
+            raise BadInput(f"expected [tts] mp3_bitrate_kbps to be an MP3 bitrate, got {self.mp3_bitrate_kbps!r}")
         if self.piper_window_ms != 0 and self.piper_window_ms < MIN_PIPER_WINDOW_MS:
             raise BadInput(
                 f"expected [tts] piper_window_ms of 0 (off) or at least {MIN_PIPER_WINDOW_MS}, "
@@ -229,6 +269,15 @@ class LiveConfig:
     sample_rate: int = 44100
     channels: int = 2
     bitrate_kbps: int = 128
+
+    def __post_init__(self) -> None:
+        if self.sample_rate not in MP3_BITRATES:
+            raise BadInput(f"expected [live] sample_rate to be one of {sorted(MP3_BITRATES)}, got {self.sample_rate!r}")
+        if self.bitrate_kbps not in MP3_BITRATES[self.sample_rate]:
+            raise BadInput(
+                f"expected [live] bitrate_kbps to be one of {sorted(MP3_BITRATES[self.sample_rate])} at "
+                f"{self.sample_rate} Hz, got {self.bitrate_kbps!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -315,7 +364,10 @@ class Config:
 
     @property
     def base_url(self) -> str:
-        return self.server.public_url.rstrip("/") or f"http://{self.server.host}:{self.server.port}"
+        host = self.server.host
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        return self.server.public_url.rstrip("/") or f"http://{host}:{self.server.port}"
 
     def timeline_config(self) -> TimelineConfig:
         t = self.timeline
@@ -379,8 +431,7 @@ ZERO_ALLOWED = {
     ("music", "decode_wait_s"), ("radio", "station_id_every"), ("cleanup", "retention_days"),
 }  # fmt: skip
 NEGATIVE_ALLOWED = {("music", "target_lufs")}
-UPPER = {("server", "port"): 65535, ("cluster", "internal_port"): 65535, ("tts", "mp3_bitrate_kbps"): 320,
-         ("live", "bitrate_kbps"): 320, ("live", "channels"): 2, ("live", "sample_rate"): 48000}  # fmt: skip
+UPPER = {("server", "port"): 65535, ("cluster", "internal_port"): 65535, ("live", "channels"): 2}
 
 
 def check_numbers(config: Config) -> None:

@@ -46,7 +46,7 @@ def _workers(config: Config, asked: int | None) -> int:
                 "channel only through a PostgreSQL [server] database_url and a [cluster] redis_url (docs/cluster.md)"
             )
         return 1
-    return asked or os.cpu_count() or 1
+    return asked or len(os.sched_getaffinity(0)) or 1  # the cores this process may use (a container's share)
 
 
 def _run(config: Config, reuse_port: bool) -> int:

@@ -26,7 +26,9 @@ class Listening:
     internal_url: str  # "" outside a cluster
 
 
-def _bound(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def _bound(host: str, port: int, setting: str, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to host:port; an address in use (another server, or this one still running) is
+    said with the address and the `setting` it comes from."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -34,9 +36,9 @@ def _bound(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         if reuse_port:  # worker processes share the port; the kernel spreads connections over them
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise OSError(exc.errno, f"cannot listen on {host}:{port} ({setting}): {exc.strerror or exc}") from exc
     return sock
 
 
@@ -55,13 +57,17 @@ async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = 
     so that the process starts taking its share of the channels. Both are bound before either
     listens: a worker that cannot have its internal port must not take (and then drop) listeners'
     connections on the public port it shares with the others."""
-    public = _bound(config.server.host, config.server.port, reuse_port)
+    public = _bound(config.server.host, config.server.port, "[server] host and port, or --host and --port", reuse_port)
     cluster = runner.app.get(CLUSTER)
     if cluster is None:
         await web.SockSite(runner, public, backlog=BACKLOG).start()
         return Listening(_url(public), "")
     try:
-        internal = _bound(config.cluster.internal_host, internal_port(config.cluster.internal_port))
+        internal = _bound(
+            config.cluster.internal_host,
+            internal_port(config.cluster.internal_port),
+            "[cluster] internal_host and internal_port, for the other servers",
+        )
     except OSError:
         public.close()
         raise

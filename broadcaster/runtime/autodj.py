@@ -41,13 +41,17 @@ def radio_files(root: Path, channel: str, ambience: str, others: set[str]) -> li
 
 
 class AutoDJ:
-    def __init__(self, files: Callable[[], list[Path]], add_track: AddTrack, rng: Random | None = None):
+    def __init__(
+        self, files: Callable[[], list[Path]], add_track: AddTrack, rng: Random | None = None, where: str = ""
+    ):
         self.files = files
         self.add_track = add_track
         self.rng = rng or Random()
+        self.where = where  # said when there is nothing to play: the channel, and the folder looked in
         self.deck: list[Path] = []
         self.last: Path | None = None
         self._task: asyncio.Task | None = None
+        self._said_empty = False
 
     def poke(self, needs_filler: Callable[[], bool]) -> None:
         """Add a track if the channel needs one and none is being prepared."""
@@ -63,6 +67,7 @@ class AutoDJ:
         while needs_filler():
             for _ in range(ATTEMPTS):
                 path = await asyncio.to_thread(self.next_file)
+                self._say_if_empty(path is None)
                 if path is None or not needs_filler():
                     break
                 try:
@@ -71,6 +76,13 @@ class AutoDJ:
                 except BadInput as exc:
                     log.warning("auto-DJ skipped %s: %s", path.name, exc)
             await asyncio.sleep(RETRY_S)  # nothing playable now; the folder may change
+
+    def _say_if_empty(self, empty: bool) -> None:
+        """Silence on a radio channel is explained in the log once, not every look, and again when it recurs."""
+        if empty and not self._said_empty:
+            log.warning("auto-DJ %s: no playable files; the channel stays silent, looking again every %d s",
+                        self.where, RETRY_S)  # fmt: skip
+        self._said_empty = empty
 
     def next_file(self) -> Path | None:
         if not self.deck:

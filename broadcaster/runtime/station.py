@@ -190,7 +190,9 @@ class Station:
         runner.on_lost = lambda lost: self.on_lost(lost.name)
         runner.after_commit.append(self._after_commit)
         if row.style == "radio" and self.config.radio.autodj:
-            self.autodjs[name] = AutoDJ(partial(self._radio_files, name), partial(self._auto_track, name))
+            music = Path(self.config.music.folder).resolve()
+            where = f"on {name} ([music] folder {music}, or its {name}/ folder)"
+            self.autodjs[name] = AutoDJ(partial(self._radio_files, name), partial(self._auto_track, name), where=where)
         try:
             await runner.start()
         except BaseException:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import aiohttp
 import pytest
 import soundfile
 
-from broadcaster.client import listen
+from broadcaster.client import listen, submit
 from broadcaster.runtime.accounts import create_channel
 from web.keys import HUB, METRICS
 
@@ -139,3 +140,66 @@ async def test_listen_names_a_track_once_not_at_every_segment(server, tmp_path, 
     await asyncio.wait_for(listening, 40)
     printed = capsys.readouterr().out
     assert printed.count("\u25b6 Song") == 1, printed
+
+
+def test_a_port_in_use_is_named_with_the_setting_it_comes_from(tmp_path):
+    """Another program (or this server still running) on the port: the one line says which address and
+    which setting, and the exit is 1 (a service manager may retry), not 2 (a bad config)."""
+    config = tmp_path / "config.toml"
+    config.write_text('[tts]\nengine = "tone"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "broadcaster", "serve", "--config", str(config), "--port", str(port)]
+            + ["--data-dir", str(tmp_path / "data")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"cannot listen on 127.0.0.1:{port} ([server] host and port, or --host and --port)" in last, last
+
+
+@pytest.mark.parametrize("command", [["channel", "list"], ["channel", "token", "lobby"], ["channel", "key", "lobby"]])
+def test_channel_commands_on_a_data_dir_with_no_database_say_so_and_make_none(tmp_path, command):
+    """A wrong --data-dir (or a relative one read from another directory) must not answer from a new,
+    empty database; `channel create` may make one, and says it did."""
+    stray = tmp_path / "stray"
+    done = subprocess.run(
+        [sys.executable, "-m", "broadcaster", *command, "--data-dir", str(stray)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "is --data-dir right?" in done.stderr, done.stderr[-2000:]
+    assert not (stray / "broadcaster.db").exists()
+    made = subprocess.run(
+        [sys.executable, "-m", "broadcaster", "channel", "create", "lobby", "--data-dir", str(stray)],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0 and "a new one is made there" in made.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "broadcaster", *command, "--data-dir", str(stray)], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+async def test_listen_to_a_private_channel_without_its_key_says_what_to_pass(server, tmp_path):
+    """A 401 to the socket was a bare 'InvalidStatus'; now the line says the channel is private and
+    asks for --key. A trailing slash on --server is fine."""
+    await create_channel(server.station.store, "hush", private=True)
+    for channel, words in (("hush", "hush is private: pass its listen key with --key"), ("nowhere", "no channel")):
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "broadcaster", "listen", channel, "--seconds", "5"),
+            *("--server", server.base_url + "/", "--data-dir", str(tmp_path)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2 and words in stderr.decode(), stderr.decode()[-2000:]
+
+
+async def test_say_takes_a_server_address_with_a_trailing_slash(server):
+    status, answer = await submit(server.base_url + "/", server.channel, "Hello.", server.token)
+    assert status == 202 and answer["request_id"], answer

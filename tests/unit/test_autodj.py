@@ -1,9 +1,11 @@
 """Which files a radio channel's auto-DJ plays: its own folder, else the music folder without what
 belongs to others (other channels' folders, the scenes' ambience)."""
 
+import logging
 from pathlib import Path
 
-from broadcaster.runtime.autodj import radio_files
+from broadcaster.runtime import autodj
+from broadcaster.runtime.autodj import AutoDJ, radio_files
 
 
 def files(root: Path, *names: str) -> None:
@@ -27,3 +29,23 @@ def test_its_own_folder_once_it_exists(tmp_path):
     assert [p.relative_to(tmp_path).as_posix() for p in radio_files(tmp_path, "cafe", "ambience", set())] == [
         "cafe/own.mp3"
     ]
+
+
+async def test_a_silent_radio_says_why_once_and_again_when_it_recurs(tmp_path, caplog, monkeypatch):
+    """No playable files: the log names the channel and folder once (not at every look); once files came
+    and went again, it says so again."""
+    monkeypatch.setattr(autodj, "RETRY_S", 0)
+    found: list[list[Path]] = [[], [], [], [tmp_path / "a.mp3"], [], []]
+    added: list[Path] = []
+
+    async def add(path: Path) -> None:
+        added.append(path)
+
+    dj = AutoDJ(lambda: found.pop(0) if found else [], add, where="on office ([music] folder /srv/music)")
+    with caplog.at_level(logging.WARNING, logger=autodj.__name__):
+        await dj._fill(lambda: not added)
+        assert added == [tmp_path / "a.mp3"]
+        await dj._fill(lambda: len(found) > 0)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["auto-DJ on office ([music] folder /srv/music): no playable files; the channel stays silent, "
+                    "looking again every 0 s"] * 2, said  # fmt: skip

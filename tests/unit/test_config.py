@@ -124,8 +124,7 @@ def test_a_synthesis_priority_outside_the_nice_range_is_refused(nice):
         ("limits", "ws_heartbeat_s", float("inf"), "above 0"),
         ("limits", "max_connections_per_address", -3, "0 or more"),
         ("server", "port", 99_999_999, "0 or more and at most 65535"),
-        ("live", "sample_rate", 0, "above 0"),
-        ("tts", "mp3_bitrate_kbps", 100_000, "above 0 and at most 320"),
+        ("live", "channels", 3, "above 0 and at most 2"),
         ("radio", "station_id_every", -1, "0 or more"),
     ],
 )
@@ -141,3 +140,38 @@ def test_zero_where_it_means_off_and_negative_loudness_are_accepted():
         {"limits": {"max_connections_per_address": 0}, "cleanup": {"retention_days": 0}, "music": {"target_lufs": -23}}
     )
     assert config.limits.max_connections_per_address == 0 and config.music.target_lufs == -23
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "words"),
+    [
+        ("tts", {"engine": "Tone"}, r"\[tts\] engine to be one of piper, tone, got 'Tone'"),
+        ("tts", {"mp3_bitrate_kbps": 7}, r"\[tts\] mp3_bitrate_kbps to be an MP3 bitrate, got 7"),
+        ("live", {"sample_rate": 12345}, r"\[live\] sample_rate to be one of \[8000, 11025"),
+        ("live", {"bitrate_kbps": 100}, r"\[live\] bitrate_kbps to be one of \[32, 40.* at 44100 Hz, got 100"),
+        ("live", {"sample_rate": 22050, "bitrate_kbps": 320}, r"bitrate_kbps to be one of \[8, 16.* at 22050 Hz"),
+        ("server", {"public_url": "radio.example.org"}, r"\[server\] public_url .* like https://"),
+        ("server", {"database_url": "mysql://radio:secret@db/radio"}, r"database_url .* got 'db/radio'"),
+        ("server", {"database_url": "not a url"}, r"\[server\] database_url"),
+    ],
+)
+def test_values_a_library_would_stumble_on_later_are_refused_at_start(section, values, words):
+    """An engine, MP3 setting, URL the server would otherwise take and fail on (a traceback, or an encoder
+    silently picking another rate) is refused at start with the setting named; no password is echoed."""
+    with pytest.raises(BadInput, match=words) as refused:
+        config_from_dict({section: values})
+    assert "secret" not in str(refused.value)
+
+
+def test_a_providers_postgresql_url_runs_on_the_async_driver():
+    """postgresql:// as providers and libpq write it, with libpq's sslmode, becomes asyncpg's form."""
+    config = config_from_dict({"server": {"database_url": "postgres://radio:pw@db.example:5432/radio?sslmode=require"}})
+    assert config.database_url == "postgresql+asyncpg://radio:pw@db.example:5432/radio?ssl=require"
+    assert config_from_dict({"server": {"database_url": "sqlite:////srv/b.db"}}).database_url == (
+        "sqlite+aiosqlite:////srv/b.db"
+    )
+    assert config_from_dict({"live": {"sample_rate": 22050, "bitrate_kbps": 64}}).live.sample_rate == 22050
+
+
+def test_links_to_a_server_on_an_ipv6_address_bracket_it():
+    assert config_from_dict({"server": {"host": "::1", "port": 9000}}).base_url == "http://[::1]:9000"

@@ -37,7 +37,9 @@ async def test_live_stops_at_the_pause_and_goes_on_from_the_same_sample():
     channel.generation_started("r0", 0)
     chunk, samples = ramp_chunk(request, 2000)
     channel.chunk_ready(chunk, 0)  # on the air 500-2500
-    live = LiveStream(SimpleNamespace(name="office", channel=channel), None, LiveConfig(sample_rate=RATE), clock=int)
+    live = LiveStream(
+        SimpleNamespace(name="office", channel=channel), None, LiveConfig(sample_rate=RATE, bitrate_kbps=64), clock=int
+    )
     live._cache["c0"] = samples
 
     channel.pause(700)  # at 1200: 700 ms in, sample 5600
