@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from broadcaster.errors import GenerationError
+from broadcaster.errors import BadInput, GenerationError
 from broadcaster.process import release_free_memory
 
 from .engine import Pcm, TtsEngine
@@ -149,7 +149,13 @@ def _load_voice(path: Path, memory_arena: bool, window_ms: int = 0, cache_dir: P
     # parts of a windowed voice, one session's spinning threads take the cores from the other's
     # (first sentences were 5-15% slower), and on a small server they take them from the event loop.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+    try:
+        config = PiperConfig.from_dict(json.loads(Path(f"{path}.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a voice not as Piper writes one: the operator's
+        raise BadInput(
+            f"expected a Piper voice's settings at {path}.json (as Piper's voices come, beside the .onnx), "
+            f"got {type(exc).__name__}: {exc}"[:300]
+        ) from None
     if window_ms > 0 and cache_dir is not None:
         frames = max(1, round(window_ms * config.sample_rate / config.hop_length / 1000))
         try:

@@ -10,7 +10,7 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from broadcaster.errors import GenerationError
+from broadcaster.errors import BadInput, GenerationError
 from tts.piper_engine import PiperEngine, default_model_path
 from tts.voice_split import BACK_NODE, back_input
 from tts.windowed import WindowedSession, split_voice, windowed_session
@@ -122,3 +122,15 @@ def test_a_voice_that_cannot_be_split_is_decoded_whole_and_the_log_says_why(tmp_
     assert isinstance(engine.voice.session, onnxruntime.InferenceSession)
     assert "each sentence will be decoded whole" in caplog.text
     assert not list((tmp_path / "cache").glob("*odd-*")), "no half-made split is kept"
+
+
+@pytest.mark.parametrize("settings", [None, "{}", "not json", '{"audio": {"sample_rate": 22050}}'])
+def test_a_voice_whose_settings_are_missing_or_not_pipers_is_refused_naming_the_file(tmp_path, settings):
+    """A voice copied without its .onnx.json, or with a broken one, was a traceback (KeyError); it is the
+    operator's file, so a refusal that names it (exit 2 at start)."""
+    model = tmp_path / "voice.onnx"
+    model.symlink_to(default_model_path())
+    if settings is not None:
+        (tmp_path / "voice.onnx.json").write_text(settings)
+    with pytest.raises(BadInput, match=r"expected a Piper voice's settings at .*voice\.onnx\.json"):
+        PiperEngine(model)
