@@ -42,7 +42,10 @@ class Scheduler:
 
     async def _queue(self, entry: ScheduleEntry) -> None:
         if self.station.clustered and entry.channel not in self.station.runners:
-            return  # in a cluster the channel's owner queues it, once
+            # In a cluster the channel's owner queues it, once; a channel nobody has is said by each process.
+            if await self.station.store.channel(entry.channel) is None:
+                log.warning("schedule %r on %s could not queue its item: no such channel", entry.cron, entry.channel)
+            return
         try:
             if entry.say:
                 await self.station.submit(entry.channel, entry.say, over=entry.over)

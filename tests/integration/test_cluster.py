@@ -6,6 +6,8 @@ the channel; listeners on both hear one timeline, and a producer may post to eit
 import asyncio
 import gzip
 import json
+import logging
+from datetime import datetime
 from socket import create_server
 from urllib.parse import urlsplit
 
@@ -670,3 +672,26 @@ async def test_what_an_owner_saved_but_never_announced_reaches_listeners_through
         assert set(placed) <= set(follower.chunks), "a chunk only the database knew of never reached the listener"
     finally:
         await follower.stop()
+
+
+async def test_a_schedule_entry_is_queued_once_by_the_owner_and_one_for_no_channel_is_said(cluster, caplog):
+    """[[schedule]] in a cluster: the member running the channel queues the item, the other does not;
+    an entry naming no channel was skipped without a word by every member, and is now said."""
+    schedule = {
+        "schedule": [
+            {"channel": "table", "cron": "55 9 * * *", "say": "Stand-up in five minutes."},
+            {"channel": "nowhere", "cron": "55 9 * * *", "say": "Lost."},
+        ]
+    }
+    a, b = await cluster(schedule), await cluster(schedule)
+    await create_channel(a.station.store, "table")
+    owner = await owner_of("table", a, b)
+    other = b if owner is a else a
+    at_0955 = int(datetime(2026, 11, 23, 9, 55, 20).timestamp() * 1000)
+    with caplog.at_level(logging.WARNING, logger="broadcaster.runtime.schedule"):
+        for member in (owner, other):
+            await member.station.scheduler.tick(at_0955)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["schedule '55 9 * * *' on nowhere could not queue its item: no such channel"] * 2, said
+    line = owner.station.runners["table"].channel.line
+    assert [request.text for request in line] == ["Stand-up in five minutes."]
