@@ -156,7 +156,8 @@ class Channel:
         """Queue `copy` of a request that went on the air: right after it (repeat one) or last (repeat all)."""
         at = len(self.line)
         if self.repeat == RepeatMode.ONE and original in self.line:
-            at = self.line.index(original) + 1
+            # never before a request already on the timeline (placed within the lead, after the original)
+            at = max(self.line.index(original) + 1, self.movable_from())
         self.line.insert(at, copy)
         self.dirty.add(copy.request_id)
         return [QueueChanged(), *self._place(now_ms)]

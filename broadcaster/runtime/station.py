@@ -61,7 +61,8 @@ def _cancel_step(channel: Channel, request_id: str, skip: bool, now_ms: int) -> 
     head = request is channel.now_playing() or (request in channel.overlay and request.starts_at_ms is not None)
     if skip and not head:
         raise Conflict(f"request {request_id} is not on the air; cancel it instead of skipping")
-    if not skip and head:
+    # The head whose first sentence is still being made is not heard yet: either word stops it.
+    if not skip and head and request.starts_at_ms is not None:
         raise Conflict(f"request {request_id} is on the air; skip it instead of cancelling")
     return channel.cancel(request_id, now_ms)
 

@@ -1,6 +1,7 @@
 """Producer actions over HTTP: skip the request on the air, cancel a queued one, retry a failed one."""
 
 import aiohttp
+import pytest
 import websockets
 from conftest import Listener, start_server
 
@@ -116,3 +117,16 @@ async def test_actions_need_the_producer_token(server):
             headers={"Authorization": f"Bearer {server.token}"},
         ) as resp:
             assert resp.status == 200
+
+
+@pytest.mark.server_config({"tts": {"tone_delay_ms": 3000}})
+async def test_the_head_still_being_made_may_be_cancelled_as_nothing_of_it_was_heard(server, connect):
+    """The first request's first sentence is still being synthesized: it is not on the air, so a cancel
+    stops it (docs/protocol.md), as a skip would; it was 409 'on the air; skip it instead'."""
+    listener = await connect()
+    await listener.next("snapshot")
+    first = (await (await server.say("Slow to make.")).json())["request_id"]
+    status, body = await act(server, first, "cancel")
+    assert (status, body.get("skipped")) == (200, False), body
+    cancelled = await listener.next("request_cancelled")
+    assert cancelled["request_id"] == first and cancelled["skipped"] is False

@@ -288,6 +288,24 @@ def test_repeat_copies_go_after_the_original_or_at_the_end(channel, mode, expect
     assert [r.text for r in channel.line] == expected
 
 
+def test_a_repeat_one_copy_never_goes_before_a_request_already_on_the_timeline(channel):
+    """With a lead longer than the request gap, the request after the original can be placed in the same
+    step as the original's last chunk; its copy then goes after it, not into the middle of its sentences."""
+    channel.lead_ms = 3000
+    channel.set_repeat(RepeatMode.ONE)
+    a, b = make_request("A."), make_request("B one.", "B two.")
+    channel.submit(a, 0)
+    channel.submit(b, 0)
+    generate(channel, a, [2000], now=0)
+    generate(channel, b, [1500], now=100)
+    channel.tick(2700)
+    assert b.chunks[0].scheduled  # A ends at 5000: B is on the timeline within the lead, before A's end
+    copy = make_request("A.")
+    channel.insert_repeat(a, copy, 2800)
+    assert channel.line.index(copy) > channel.line.index(b)
+    assert channel.next_job() is b
+
+
 def test_needs_filler_only_when_nothing_waits(channel):
     """The auto-DJ is asked for a track only when every request in line is already on the air."""
     assert channel.needs_filler()
