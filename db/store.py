@@ -179,15 +179,20 @@ class Store:
 
     @uninterrupted
     async def save(
-        self, requests: list[Request], lease: Lease | None = None, state: ChannelState | None = None
+        self,
+        requests: list[Request],
+        lease: Lease | None = None,
+        state: ChannelState | None = None,
+        order: list[str] | None = None,
     ) -> None:
-        """Write the current state of these requests and all their chunks, and the channel's own state if
-        given: in one transaction (a resume moves chunks and beds; all or nothing survives a crash)."""
-        if not requests and state is None:
+        """Write the current state of these requests and all their chunks, the channel's own state if given,
+        and the line's order (its request ids) if given: in one transaction (a resume moves chunks and beds;
+        all or nothing survives a crash)."""
+        if not requests and state is None and not order:
             return
         chunks = [_chunk_values(chunk) for request in requests for chunk in request.chunks]
         if self._upsert_chunk is None and lease is None:
-            return await self._save_with_orm(requests, chunks, state)
+            return await self._save_with_orm(requests, chunks, state, order)
         async with self.engine.begin() as conn:
             await self._fence(conn, lease)
             if requests:
@@ -196,6 +201,8 @@ class Store:
                 await conn.execute(self._upsert_chunk, chunks)
             if state is not None:
                 await conn.execute(_state_statement(state))
+            if order:
+                await _write_order(conn, order)
 
     async def _fence(self, conn, lease: Lease | None) -> None:  # noqa: ANN001
         if lease is None:
@@ -206,7 +213,9 @@ class Store:
             )
         await self.leases.fence(conn, lease)
 
-    async def _save_with_orm(self, requests: list[Request], chunks: list[dict], state: ChannelState | None) -> None:
+    async def _save_with_orm(
+        self, requests: list[Request], chunks: list[dict], state: ChannelState | None, order: list[str] | None
+    ) -> None:
         """For a database without an upsert statement here: a session merges each chunk row."""
         async with self.session.begin() as s:
             if requests:
@@ -215,6 +224,8 @@ class Store:
                 await s.merge(ChunkRow(**values))
             if state is not None:
                 await s.execute(_state_statement(state))
+            if order:
+                await _write_order(s, order)
 
     @uninterrupted
     async def channel_state(self, channel_id: int) -> ChannelState:
@@ -426,6 +437,17 @@ async def _delete_requests(s: AsyncSession, ids: list[str]) -> None:
         await s.execute(delete(RequestRow).where(RequestRow.id.in_(batch)))
 
 
+async def _write_order(conn, order: list[str]) -> None:  # noqa: ANN001
+    """The line's order as its rows' `line_seq`: the places they hold now, handed out in the line's order
+    (a request inserted later still goes one past the highest place taken)."""
+    rows = (await conn.execute(select(_requests.c.id, _requests.c.line_seq).where(_requests.c.id.in_(order)))).all()
+    stored = {row.id for row in rows}
+    ids = [request_id for request_id in order if request_id in stored]
+    places = sorted(row.line_seq for row in rows)
+    if len(ids) > 1:
+        await conn.execute(SET_PLACE, [{"request_id": i, "place": p} for i, p in zip(ids, places, strict=True)])
+
+
 def _batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -439,6 +461,7 @@ INSERT_REQUEST = insert(_requests).values(
     .where(_requests.c.channel_id == bindparam("line_of"))
     .scalar_subquery()
 )
+SET_PLACE = update(_requests).where(_requests.c.id == bindparam("request_id")).values(line_seq=bindparam("place"))
 UPDATE_REQUEST = (
     update(_requests)
     .where(_requests.c.id == bindparam("request_id"))

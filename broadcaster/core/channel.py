@@ -101,6 +101,9 @@ class Channel:
         self.bed: Bed | None = None  # what loops under the line
         self.fading_beds: tuple[Bed, ...] = ()  # beds replaced or stopped, until their fade is over
         self.bed_dirty = False  # the adapter must persist the beds
+        # The line's order changed other than at its end (a producer's item before the auto-DJ's, a move,
+        # a shuffle, a repeat, "up next"): the adapter must persist it, or a restart loses it.
+        self.order_dirty = False
 
     # -- producers and the generation worker ---------------------------------
 
@@ -115,7 +118,7 @@ class Channel:
         at = len(self.line)
         if not request.auto:
             at = next((i for i in range(self.movable_from(), len(self.line)) if self.line[i].auto), at)
-        self.line.insert(at, request)
+        self._insert(at, request)
         self.dirty.add(request.request_id)
         return [QueueChanged(), *self._place(now_ms)]
 
@@ -138,6 +141,7 @@ class Channel:
             raise ValueError(f"expected a position from {first} to {len(self.line) - 1}, got {str(position)[:40]}")
         self.line.remove(request)
         self.line.insert(position, request)
+        self.order_dirty = True
         return [QueueChanged(), *self._place(now_ms)]
 
     def shuffle(self, rng: Random, now_ms: int) -> list[Event]:
@@ -146,6 +150,7 @@ class Channel:
         rest = self.line[first:]
         rng.shuffle(rest)
         self.line[first:] = rest
+        self.order_dirty = True
         return [QueueChanged(), *self._place(now_ms)]
 
     def set_repeat(self, mode: RepeatMode) -> list[Event]:
@@ -158,7 +163,7 @@ class Channel:
         if self.repeat == RepeatMode.ONE and original in self.line:
             # never before a request already on the timeline (placed within the lead, after the original)
             at = max(self.line.index(original) + 1, self.movable_from())
-        self.line.insert(at, copy)
+        self._insert(at, copy)
         self.dirty.add(copy.request_id)
         return [QueueChanged(), *self._place(now_ms)]
 
@@ -167,9 +172,13 @@ class Channel:
         at = len(self.line)
         if anchor in self.line[self.movable_from() :]:
             at = self.line.index(anchor)
-        self.line.insert(at, request)
+        self._insert(at, request)
         self.dirty.add(request.request_id)
         return [QueueChanged(), *self._place(now_ms)]
+
+    def _insert(self, at: int, request: Request) -> None:
+        self.order_dirty |= at < len(self.line)
+        self.line.insert(at, request)
 
     def needs_filler(self) -> bool:
         """True when nothing is waiting to go on the air: the moment for the auto-DJ to add a track."""

@@ -202,17 +202,19 @@ class ChannelRunner:
         channel = self.channel
         state = ChannelState(self.channel_id, channel.paused_at_ms, channel.bed, channel.fading_beds)
         state_dirty = channel.pause_dirty or channel.bed_dirty
-        channel.pause_dirty = channel.bed_dirty = False  # a change from here on marks them again
+        order = [r.request_id for r in channel.line] if channel.order_dirty else None
+        channel.pause_dirty = channel.bed_dirty = channel.order_dirty = False  # a change from here marks them again
         for delay_s in (*SAVE_RETRY_S, None):
             try:
                 requests = [r for r in map(self.channel.find_request, ids) if r]
-                await self._fenced(self.store.save(requests, self.lease, state if state_dirty else None))
+                await self._fenced(self.store.save(requests, self.lease, state if state_dirty else None, order))
             except OwnerChanged:
                 raise
             except Exception:
                 if delay_s is None:
                     log.exception("channel %s: could not save; will retry with the next change", self.name)
                     channel.pause_dirty |= state_dirty  # still to be written
+                    channel.order_dirty |= order is not None
                     return
                 await asyncio.sleep(delay_s)
             else:

@@ -135,3 +135,30 @@ async def post_status(base_url: str, token: str) -> int:
             headers={"Authorization": f"Bearer {token}"},
         ) as resp:
             return resp.status
+
+
+async def test_the_queue_keeps_the_order_a_producer_gave_it_across_a_restart(paths):
+    """Requests moved in the queue (or put before the auto-DJ's, or 'up next' before its track) come back
+    in that order after a kill and restart; they came back in the order they were submitted."""
+    data_dir, config = paths
+    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
+        "producer_token"
+    ]
+    server = ServerProcess(data_dir, config)
+    await server.start()
+    try:
+        first = await post(server.base_url, token, "Sentence one is here. " * 12)  # on the air throughout
+        waiting = [await post(server.base_url, token, f"Request number {n}.") for n in range(4)]
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+            url = f"{server.base_url}/api/channels/table/requests/{waiting[3]}/move"
+            async with http.post(url, json={"position": 1}) as resp:  # before all the others that wait
+                assert resp.status == 200, await resp.text()
+        moved = [waiting[3], *waiting[:3]]
+        assert [item["request_id"] for item in (await queue(server.base_url))["queue"]] == moved
+        server.kill()
+        await server.start()
+        state = await queue(server.base_url)
+        assert state["now_playing"]["request_id"] == first
+        assert [item["request_id"] for item in state["queue"]] == moved
+    finally:
+        server.stop()

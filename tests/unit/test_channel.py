@@ -408,3 +408,19 @@ def test_a_request_put_before_audio_made_ahead_counts_only_what_plays_before_it(
     channel.submit(narration, 100)
     assert channel.line == [playing, narration, waiting]
     assert channel.next_job() is narration
+
+
+def test_a_change_of_the_lines_order_is_marked_for_the_store_and_an_append_is_not(channel):
+    """Only the line's order lives in memory alone: whatever changes it other than at the end (a producer's
+    request before the auto-DJ's, a move, a shuffle) marks it for the adapter to persist."""
+    channel.submit(make_request("First."), 0)
+    channel.submit(make_request("Appended."), 0)
+    auto = make_request("Auto.")
+    auto.auto = True
+    channel.submit(auto, 0)
+    assert not channel.order_dirty
+    channel.submit(make_request("Producer's."), 0)  # goes before the waiting auto-DJ request
+    assert channel.order_dirty and channel.line[-1] is auto
+    channel.order_dirty = False
+    channel.shuffle(Random(1), 0)
+    assert channel.order_dirty
