@@ -104,6 +104,7 @@ class Channel:
         # The line's order changed other than at its end (a producer's item before the auto-DJ's, a move,
         # a shuffle, a repeat, "up next"): the adapter must persist it, or a restart loses it.
         self.order_dirty = False
+        self.working_on: str | None = None  # the request the generation worker last (re)started
 
     # -- producers and the generation worker ---------------------------------
 
@@ -222,6 +223,7 @@ class Channel:
         if request.state == RequestState.PENDING:
             request.apply(RequestEvent.START)
         request.generation_started_ms = now_ms
+        self.working_on = request_id
         self.dirty.add(request_id)
         return [QueueChanged(progress=True)]
 
@@ -461,9 +463,10 @@ class Channel:
     def _timing_out(self, request: Request) -> bool:
         """Only the request the worker is on runs against the generation timeout: one pushed aside
         (a producer's request put before a half-made auto-DJ track) waits without it, and its clock
-        restarts when the worker comes back to it (`generation_started`)."""
+        restarts when the worker comes back to it (`generation_started`): until then, though it is the next
+        job again, its clock is the one from before it was pushed aside."""
         running = request.state == RequestState.GENERATING and not request.generated and request is self.next_job()
-        return running and not self.paused
+        return running and request.request_id == self.working_on and not self.paused
 
     # -- what listeners see ----------------------------------------------------
 

@@ -424,3 +424,29 @@ def test_a_change_of_the_lines_order_is_marked_for_the_store_and_an_append_is_no
     channel.order_dirty = False
     channel.shuffle(Random(1), 0)
     assert channel.order_dirty
+
+
+def test_a_request_pushed_aside_is_not_failed_by_its_old_clock_when_the_worker_comes_back(channel):
+    """An auto-DJ track half-made when a producer's narration goes before it: once the narration is made
+    the track is the next job again, but its generation clock restarts only when the worker takes it
+    up; the tick in between must not fail it with the clock from before."""
+    playing = make_request(*["Long."] * 12)
+    channel.submit(playing, 0)
+    generate(channel, playing, [5000] * 12, now=0)
+    track = make_request(*["Song."] * 6)
+    track.kind, track.auto = "track", True
+    channel.submit(track, 0)
+    generate(channel, track, [5000], now=1000)  # one of six segments made
+    narration = make_request(*[f"Sentence {i}." for i in range(9)])
+    channel.submit(narration, 2000)  # goes before the track
+    assert channel.next_job() is narration
+    now = 2000
+    channel.generation_started(narration.request_id, now)
+    for _ in range(9):  # a second a sentence: the track's clock from 1000 would be out at 11 000
+        now += 1000
+        channel.tick(now)
+        channel.chunk_ready(make_chunk(narration, 2000, now), now)
+    assert channel.next_job() is track
+    assert RequestFailed not in kinds(channel.tick(now + 100))
+    channel.generation_started(track.request_id, now + 200)
+    assert RequestFailed in kinds(channel.tick(now + 200 + CFG.generation_timeout_ms))  # its own clock runs
