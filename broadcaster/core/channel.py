@@ -450,7 +450,7 @@ class Channel:
         if self.paused:
             return
         waiting = self._first_unplaced_request()
-        cursor = self._cursor_across_pause(self.config.request_gap_ms)
+        cursor = self._next_request_cursor()
         if waiting is not None and waiting.chunks and cursor is not None and self._placeable(waiting):
             yield cursor + self.config.request_gap_ms - self.lead_ms
 
@@ -458,7 +458,8 @@ class Channel:
         """Whether `_place` would put this request on the air once it is due. A deadline for one it
         would not (a request before it still needs audio, or it is held) would make the clock spin."""
         before = self.line[: self.line.index(request)]
-        return all(r.generated for r in before) and (request.generated or self.may_stream(request))
+        ready = all(r.generated for r in before) and (request.generated or self.may_stream(request))
+        return ready and not self._talk_over_unplaced()
 
     def _timing_out(self, request: Request) -> bool:
         """Only the request the worker is on runs against the generation timeout: one pushed aside
@@ -549,6 +550,18 @@ class Channel:
             ends.append(self._played_end_ms)
         return max(ends, default=None)
 
+    def _next_request_cursor(self) -> int | None:
+        """Where the next request in line may start after: the line's cursor, or the end of talk-over still
+        sounding past it (spoken over a track that has ended since: the line waits for it)."""
+        cursor = self._cursor_across_pause(self.config.request_gap_ms)
+        ends = [e for r in self.overlay if (e := r.scheduled_end_ms()) is not None]
+        return max([cursor, *ends]) if cursor is not None and ends else cursor
+
+    def _talk_over_unplaced(self) -> bool:
+        """Talk-over with audio still to come: how far it reaches is not known, so the line's next request
+        waits (it goes on the air a lead ahead of its start, by which time the talk-over is placed)."""
+        return any(not r.generated or any(not c.scheduled for c in r.chunks) for r in self.overlay)
+
     def _cursor_across_pause(self, gap_ms: int) -> int | None:
         """The cursor, moved by the latest pause when the gap after it spanned the pause's moment: a
         gap the pause cut goes on after it, like the audio (a pause is no underrun)."""
@@ -604,9 +617,11 @@ class Channel:
         first = chunk.seq == 0
         # A track's segments are one continuous piece of music: no pause between them.
         gap = cfg.request_gap_ms if first else (0 if request.kind == "track" else cfg.sentence_gap_ms)
-        cursor = self._cursor_across_pause(gap)
+        cursor = self._next_request_cursor() if first else self._cursor_across_pause(gap)
         if first and cursor is not None and now_ms + self.lead_ms < cursor + gap:
-            return None  # the request before is still playing: not on the air yet
+            return None  # the request before (or talk-over past its end) is still playing: not on the air yet
+        if first and cursor is not None and self._talk_over_unplaced():
+            return None  # talk-over still being made may reach past the line's end: wait for all of it
         if first and not request.generated and not self.may_stream(request):
             return None  # the engine is too busy to make the rest in time: wait for all of it
         return self._put_on_air(request, chunk, cursor, gap, now_ms)
@@ -637,8 +652,9 @@ class Channel:
             return []
         request.apply(RequestEvent.FINISH)
         request.finished_at_ms = request.scheduled_end_ms()
-        if request not in self.overlay:  # talk-over leaves the line's timeline as it was
-            self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms or 0)
+        # Talk-over over a track leaves the line's cursor where the track put it; one that outlasted its
+        # track moves it on, so the next request keeps its gap after it (as a restart's cursor does).
+        self._played_end_ms = max(self._played_end_ms or 0, request.finished_at_ms or 0)
         self._leave_line(request)
         return [RequestPlayed(request), QueueChanged()]
 

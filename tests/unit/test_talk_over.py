@@ -114,3 +114,26 @@ def test_talk_over_sent_while_paused_goes_over_the_track_after_the_resume():
     assert talk.chunks[0].starts_at_ms is None  # nothing new on the air while paused
     channel.resume(21_000)  # at 21_500: a shift of 19_000
     assert talk.chunks[0].starts_at_ms == 21_500 and song.chunks[0].starts_at_ms == 19_500
+
+
+def test_talk_over_that_outlasts_its_track_holds_the_next_request_until_it_ends():
+    """Talk-over sent in a track's last second: its later sentences run past the track, so the next
+    request in line waits for it (and the gap) instead of going on the air under it, two voices at once."""
+    channel = Channel("radio", CFG)
+    track(channel, 5)  # 500..5500
+    following = make_request("Up next: another song.")
+    channel.submit(following, 100)
+    generate(channel, following, [3000], now=100)  # made ahead, waits for the track's end
+    talk = make_request("Stand-up in five minutes.", "Bring your notes.", "And coffee.")
+    talk.over = True
+    channel.submit(talk, 5000)
+    assert channel.overlay == [talk]
+    channel.generation_started(talk.request_id, 5000)
+    channel.chunk_ready(make_chunk(talk, 2000, 5000), 5000)  # 5500..7500
+    for now in range(5000, 20_001, 100):
+        channel.tick(now)
+        if now in (5600, 7000):  # its next sentences come while the first is heard
+            channel.chunk_ready(make_chunk(talk, 2000, now), now)
+    talk_end = talk.chunks[-1].ends_at_ms
+    assert talk_end == 12_000 and following.chunks[0].starts_at_ms >= talk_end + CFG.request_gap_ms
+    assert following.state == RequestState.PLAYED
