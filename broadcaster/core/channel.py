@@ -296,7 +296,7 @@ class Channel:
         cancelled = self._cancel(request, now_ms)
         events: list[Event] = [cancelled]
         if cancelled.skipped:  # skipping under "repeat" moves on instead of replaying what was skipped
-            for copy in [r for r in self.line[self.movable_from() :] if r.repeat_of == request_id]:
+            for copy in [r for r in self.line if r.repeat_of == request_id]:  # placed within the lead too
                 events.append(self._cancel(copy, now_ms))
         return [*events, QueueChanged(), *self._place(now_ms)]
 
@@ -307,9 +307,13 @@ class Channel:
         cut = any(c.scheduled and c.starts_at_ms <= now_ms for c in request.live_chunks())
         discarded = []
         for chunk in request.chunks:
-            if chunk.state == ChunkState.READY:
-                chunk.apply(ChunkEvent.DISCARD)
-                discarded.append(chunk.chunk_id)
+            if chunk.state != ChunkState.READY:
+                continue
+            if chunk.scheduled and chunk.ends_at_ms <= now_ms:  # heard to its end before the tick retired it
+                chunk.apply(ChunkEvent.PLAY_OUT)
+                continue
+            chunk.apply(ChunkEvent.DISCARD)
+            discarded.append(chunk.chunk_id)
         request.error = "skipped by the producer" if on_air else "cancelled by the producer"
         request.finished_at_ms = now_ms
         if cut and request not in self.overlay:

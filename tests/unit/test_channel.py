@@ -450,3 +450,32 @@ def test_a_request_pushed_aside_is_not_failed_by_its_old_clock_when_the_worker_c
     assert RequestFailed not in kinds(channel.tick(now + 100))
     channel.generation_started(track.request_id, now + 200)
     assert RequestFailed in kinds(channel.tick(now + 200 + CFG.generation_timeout_ms))  # its own clock runs
+
+
+def test_a_chunk_that_ended_before_a_skip_stays_played_though_no_tick_retired_it(channel):
+    """The skip comes between a chunk's end and the tick that would retire it: that chunk was heard."""
+    request = make_request("One.", "Two.", "Three.")
+    channel.submit(request, 0)
+    generate(channel, request, [1000, 1000, 1000], now=0)  # 500..1500, 1750..2750, 3000..4000
+    channel.tick(1400)
+    cancelled = channel.cancel(request.request_id, 2000)[0]
+    assert request.chunks[0].state == ChunkState.PLAYED
+    assert cancelled.discarded_chunk_ids == tuple(c.chunk_id for c in request.chunks[1:])
+
+
+def test_skipping_under_repeat_one_drops_a_copy_already_on_the_timeline(channel):
+    """With a lead longer than the request gap the copy goes on the timeline before the original ends;
+    a skip of the original in that window must not replay it."""
+    channel.lead_ms = 3000
+    channel.set_repeat(RepeatMode.ONE)
+    original = make_request("The meeting moved to three.", "Room four.")
+    channel.submit(original, 0)
+    generate(channel, original, [2000, 1500], now=0)  # 3000..5000, 5250..6750
+    copy = make_request("The meeting moved to three.", "Room four.")
+    copy.repeat_of = original.request_id
+    channel.insert_repeat(original, copy, 10)
+    generate(channel, copy, [2000, 1500], now=200)
+    channel.tick(4800)
+    assert copy.chunks[0].scheduled
+    channel.cancel(original.request_id, 5500)
+    assert copy not in channel.line and copy.state == RequestState.CANCELLED
