@@ -200,11 +200,12 @@ class Channel:
         return None
 
     def _track_on_air(self, now_ms: int) -> bool:
-        """A track is sounding, or goes on the air within the lead."""
-        head = self.now_playing()
-        if head is None or head.kind != "track" or not head.chunks or not head.chunks[0].scheduled:
-            return False
-        return head.chunks[0].starts_at_ms <= now_ms + self.lead_ms and head.scheduled_end_ms() > self._horizon(now_ms)
+        """A track is sounding, or goes on the air within the lead (placed already, after the head)."""
+        for request in self.line[: self.movable_from()]:
+            if request.kind == "track" and request.chunks[0].starts_at_ms <= now_ms + self.lead_ms:
+                if request.scheduled_end_ms() > self._horizon(now_ms):
+                    return True
+        return False
 
     def next_chunk_due_ms(self, request: Request) -> int | None:
         """When the request's next chunk must be ready to start on time, if it is on the air

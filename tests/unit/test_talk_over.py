@@ -137,3 +137,23 @@ def test_talk_over_that_outlasts_its_track_holds_the_next_request_until_it_ends(
     talk_end = talk.chunks[-1].ends_at_ms
     assert talk_end == 12_000 and following.chunks[0].starts_at_ms >= talk_end + CFG.request_gap_ms
     assert following.state == RequestState.PLAYED
+
+
+def test_talk_over_goes_over_a_track_placed_within_the_lead_behind_the_narration_still_playing():
+    """With a long lead the track is on the timeline while the narration before it still plays: talk-over
+    sent then goes over the track, as the docs say, not after the whole track."""
+    channel = Channel("radio", CFG)
+    channel.lead_ms = 3000
+    narration = make_request("Good morning.")
+    channel.submit(narration, 0)
+    generate(channel, narration, [2000], now=0)  # 3000..5000
+    song = Request("song", "radio", "A - Song", ["Song"] * 36, 0, kind="track")
+    channel.submit(song, 0)
+    generate(channel, song, [5000] * 36, now=100)
+    channel.tick(3000)
+    assert song.chunks[0].starts_at_ms == 5600 and channel.now_playing() is narration
+    talk = over()
+    channel.submit(talk, 3000)
+    assert channel.overlay == [talk]
+    generate(channel, talk, [1500], now=3100)
+    assert talk.chunks[0].starts_at_ms >= song.chunks[0].starts_at_ms  # over the track, not the narration
