@@ -294,7 +294,10 @@ class ChannelRunner:
         try:
             await self._make_all(request)
         finally:
-            await started
+            try:
+                await started
+            except KeyError:  # cancelled before its start was recorded: nothing to record, no crash
+                pass
 
     async def _make_all(self, request: Request) -> None:
         rid = request.request_id

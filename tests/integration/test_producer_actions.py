@@ -1,10 +1,13 @@
 """Producer actions over HTTP: skip the request on the air, cancel a queued one, retry a failed one."""
 
+import logging
+
 import aiohttp
 import pytest
 import websockets
 from conftest import Listener, start_server
 
+from broadcaster.core.channel import Channel
 from broadcaster.errors import GenerationError
 from tts.tone_engine import ToneEngine
 
@@ -130,3 +133,30 @@ async def test_the_head_still_being_made_may_be_cancelled_as_nothing_of_it_was_h
     assert (status, body.get("skipped")) == (200, False), body
     cancelled = await listener.next("request_cancelled")
     assert cancelled["request_id"] == first and cancelled["skipped"] is False
+
+
+DOOMED = "Cancelled as it starts."
+
+
+async def test_a_request_gone_before_its_start_is_recorded_is_no_crash_of_the_worker(
+    server, connect, caplog, monkeypatch
+):
+    """A cancel that lands between the worker taking a request up and its start being recorded makes
+    that record fail (the request left the line): the worker goes on, it does not log a crash and stall."""
+    recorded = Channel.generation_started
+
+    def gone_first(channel: Channel, request_id: str, now_ms: int):
+        if channel.find_request(request_id).text == DOOMED:  # as when a cancel's step came first
+            raise KeyError(f"request {request_id} is not in the line")
+        return recorded(channel, request_id, now_ms)
+
+    monkeypatch.setattr(Channel, "generation_started", gone_first)
+    listener = await connect()
+    await listener.next("snapshot")
+    with caplog.at_level(logging.ERROR):
+        doomed = (await (await server.say(DOOMED)).json())["request_id"]
+        assert (await act(server, doomed, "cancel"))[0] == 200
+        await listener.next("request_cancelled", where=lambda m: m["request_id"] == doomed)
+        after = (await (await server.say("The next one.")).json())["request_id"]
+        await listener.next("request_played", where=lambda m: m["request_id"] == after)
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
