@@ -77,3 +77,20 @@ async def test_a_channels_pause_and_beds_are_saved_with_its_requests_and_read_ba
     assert {"t1", "t2"} <= await store.request_ids()  # their audio is kept by cleanup
     await store.save([], state=ChannelState(channel_id, None))
     assert await store.channel_state(channel_id) == ChannelState(channel_id, None)
+
+
+async def test_the_lines_order_given_with_a_save_is_the_order_it_loads_in(store):
+    """A step that reordered the line saves its order: the places the rows hold, handed out anew, so a
+    request inserted later still goes last; a finished request's place is not taken."""
+    channel_id = (await store.create_channel("table", "digest", 0)).id
+    done, a, b, c = (narration(text) for text in ("Done.", "A.", "B.", "C."))
+    for request in (done, a, b, c):
+        await store.insert_request(request, channel_id)
+    done.state = RequestState.PLAYED
+    await store.save([done], order=[c.request_id, a.request_id, b.request_id])
+    line, _ = await store.load_line(channel_id, "table")
+    assert [r.request_id for r in line] == [c.request_id, a.request_id, b.request_id]
+    later = narration("Later.")
+    await store.insert_request(later, channel_id)
+    line, _ = await store.load_line(channel_id, "table")
+    assert [r.request_id for r in line] == [c.request_id, a.request_id, b.request_id, later.request_id]
