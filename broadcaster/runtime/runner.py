@@ -127,7 +127,7 @@ class ChannelRunner:
         the lock, so requests submitted at once cannot all slip in under the limit).
         """
         async with self._lock:
-            if max_line is not None and len(self.channel.line) >= max_line:
+            if max_line is not None and len(self.channel.line) + len(self.channel.overlay) >= max_line:
                 raise QueueFull(f"channel {self.name!r} already has {max_line} requests waiting; try again later")
             await self.store.insert_request(request, self.channel_id)
             inserted = _saved_state(request)

@@ -400,7 +400,7 @@ class Station:
         self._check_sentences(len(sentences) + len(writing.tail_sentences if writing else ()), 0)
         self._check_room(runner)
         request = Request(new_id(), name, text, sentences, self.clock(), over=over, writing=writing, voice=voice)
-        return request, await runner.submit(request)
+        return request, await runner.submit(request, max_line=self.config.limits.max_queue)
 
     async def append(self, name: str, request_id: str, text: object, final: object = False) -> Request:
         """More text for an open narration; `final` closes it (what is left unfinished is spoken as it is)."""
@@ -531,7 +531,7 @@ class Station:
             copy = await self._copy(name, request)
         except FileNotFoundError:
             raise Conflict(f"the audio of track {request_id} is no longer stored; upload it again") from None
-        return copy, await runner.submit(copy)
+        return copy, await runner.submit(copy, max_line=self.config.limits.max_queue)
 
     async def _request_in(self, runner: ChannelRunner, request_id: str) -> Request:
         request = runner.channel.find_request(request_id) or await self.store.request(request_id)

@@ -342,3 +342,17 @@ async def test_one_client_reconnecting_cannot_report_a_chunk_to_the_lead_again(s
                 pass
             assert reply["duplicate"] is False  # each connection's acknowledgement is still recorded
     assert reports() - before == 1
+
+
+@pytest.mark.server_config({"limits": {"max_queue": 3}})
+async def test_narrations_posted_at_once_do_not_slip_past_the_queue_limit(server):
+    """Twenty POSTs at once against max_queue = 3 (the channel paused, so nothing leaves the line): the
+    check is made where the request is queued, so three are taken and the others get 429; each had
+    passed the check before any was queued, and all twenty were."""
+    assert (await send(server, "POST", "/api/channels/table/pause"))[0] == 200
+    answers = await asyncio.gather(
+        *(send(server, "POST", "/api/channels/table/requests", json={"text": f"Number {i}."}) for i in range(20))
+    )
+    assert sorted(status for status, *_ in answers) == [202] * 3 + [429] * 17
+    _, state = await server.get_json(QUEUE)
+    assert len(state["queue"]) + (state["now_playing"] is not None) == 3
