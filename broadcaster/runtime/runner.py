@@ -129,7 +129,9 @@ class ChannelRunner:
         async with self._lock:
             if max_line is not None and len(self.channel.line) + len(self.channel.overlay) >= max_line:
                 raise QueueFull(f"channel {self.name!r} already has {max_line} requests waiting; try again later")
-            await self.store.insert_request(request, self.channel_id)
+            # Fenced as every other write of an owner's: one whose lease is gone must not queue a row the new
+            # owner never loaded (it would surface at the next handover, hours later).
+            await self._fenced(self.store.insert_request(request, self.channel_id, self.lease))
             inserted = _saved_state(request)
             events = self._step(step or partial(self.channel.submit, request))
             if not request.chunks and _saved_state(request) == inserted:

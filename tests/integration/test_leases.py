@@ -99,3 +99,22 @@ async def test_a_channel_owner_writes_only_while_its_lease_holds(database_url):
         assert await store.request(late.request_id) is None
     finally:
         await store.close()
+
+
+async def test_an_owner_whose_lease_was_taken_queues_nothing_the_new_owner_never_loaded(server):
+    """A producer's narration reaching a process that lost the channel (its lease lapsed, another took it)
+    is refused (503) and leaves no row: it was queued, unseen by the new owner, and surfaced at the next
+    handover, hours later."""
+    from broadcaster.runtime.runner import OwnerChanged
+
+    station = server.station
+    leases = Leases(station.store.engine)
+    held = await leases.acquire("channel:table", "A", 60_000)
+    await station.adopt("table", held)
+    channel_id = station.runners["table"].channel_id
+    await leases.release(held)
+    await leases.acquire("channel:table", "B", 60_000)
+    with pytest.raises(OwnerChanged):
+        await station.submit("table", "Written by the old owner.")
+    line, _ = await station.store.load_line(channel_id, "table")
+    assert line == []
