@@ -7,15 +7,16 @@ and only then announced, so anything a listener was told survives a restart
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
+from typing import Any, TypeVar
 
 from broadcaster import logs
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import ChunkScheduled, Event, RequestCancelled, RequestFailed
 from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
-from broadcaster.errors import BadInput, GenerationError
+from broadcaster.errors import BadInput, BroadcasterError, GenerationError
 from db.leases import Lease, LeaseLost
 from db.store import ChannelState, Store
 
@@ -23,6 +24,7 @@ from .clock import Clock
 from .generator import ChunkMaker
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Publish = Callable[[str, list[Event]], None]
 SAVE_RETRY_S = (0.05, 0.2, 0.5)
@@ -72,6 +74,7 @@ class ChannelRunner:
         self._job: asyncio.Task | None = None
         self._job_request: str | None = None
         self._tasks: list[asyncio.Task] = []
+        self._unattended: set[asyncio.Task] = set()  # steps finishing after their callers left
         self.after_commit: list[Callable[[ChannelRunner, list[Event]], None]] = []  # station hooks: repeat, auto-DJ
         # In a cluster: the lease this process runs the channel under. Every write proves it is still
         # held (db/leases.py); the first refused one calls `on_lost` and nothing more is announced.
@@ -115,6 +118,7 @@ class ChannelRunner:
             if task:
                 task.cancel()
         await asyncio.gather(*[t for t in [*self._tasks, self._job] if t], return_exceptions=True)
+        await asyncio.gather(*self._unattended, return_exceptions=True)
         self._changed.set()  # whoever waits on this runner looks again (and finds it stopped or lost)
 
     async def submit(
@@ -126,6 +130,9 @@ class ChannelRunner:
         `max_line`: refuse with QueueFull if that many requests are waiting already (checked under
         the lock, so requests submitted at once cannot all slip in under the limit).
         """
+        return await self._to_the_end(self._submit(request, step, max_line))
+
+    async def _submit(self, request: Request, step: Callable[[int], list[Event]] | None, max_line: int | None) -> int:
         async with self._lock:
             if max_line is not None and len(self.channel.line) + len(self.channel.overlay) >= max_line:
                 raise QueueFull(f"channel {self.name!r} already has {max_line} requests waiting; try again later")
@@ -141,10 +148,31 @@ class ChannelRunner:
 
     async def apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
         """Run one core step at the current time, persist what changed, announce it."""
+        return await self._to_the_end(self._apply(step))
+
+    async def _apply(self, step: Callable[[int], list[Event]]) -> list[Event]:
         async with self._lock:
             events = self._step(step)
             await self._commit(events)
             return events
+
+    async def _to_the_end(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run a step to its end even if its caller is cancelled (a client that hung up mid-upload): half
+        of one (a row queued without its step, a change saved but never announced nor followed by the
+        station's hooks) is worse than one finished for nobody."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                self._unattended.add(task)
+                task.add_done_callback(self._unattended_done)
+            raise
+
+    def _unattended_done(self, task: asyncio.Task) -> None:
+        self._unattended.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, BroadcasterError):
+            log.error("channel %s: a step whose caller had gone failed", self.name, exc_info=exc)
 
     def _step(self, step: Callable[[int], list[Event]]) -> list[Event]:
         now = self.clock()

@@ -1,5 +1,6 @@
 """Producer actions over HTTP: skip the request on the air, cancel a queued one, retry a failed one."""
 
+import asyncio
 import logging
 
 import aiohttp
@@ -160,3 +161,30 @@ async def test_a_request_gone_before_its_start_is_recorded_is_no_crash_of_the_wo
         after = (await (await server.say("The next one.")).json())["request_id"]
         await listener.next("request_played", where=lambda m: m["request_id"] == after)
     assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+
+
+async def test_a_submit_whose_caller_leaves_mid_write_is_queued_whole_or_not_at_all(server, monkeypatch):
+    """The client hangs up while its request's row is being written (the handler is cancelled): the row
+    was committed but the step that queues it never ran, so the channel did not have it and a restart
+    put it on the air. Now a step once begun runs to its end: the line and the database agree."""
+    station = server.station
+    runner = await station.runner(server.channel)
+    writing = asyncio.Event()
+    insert = station.store.insert_request
+
+    async def slow_insert(*args, **kwargs):
+        writing.set()
+        await asyncio.sleep(0.05)
+        return await insert(*args, **kwargs)
+
+    monkeypatch.setattr(station.store, "insert_request", slow_insert)
+    await station.pause(server.channel)  # nothing leaves the line while it is looked at
+    submitting = asyncio.create_task(station.submit(server.channel, "Sent by a client that left."))
+    await writing.wait()
+    submitting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await submitting
+    async with runner.saved:  # the step, finished for nobody
+        in_line = [r.text for r in runner.channel.line]
+    stored, _ = await station.store.load_line(runner.channel_id, server.channel)
+    assert in_line == [r.text for r in stored] == ["Sent by a client that left."]
