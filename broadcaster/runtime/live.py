@@ -221,6 +221,14 @@ class LiveStream:
     # -- rendering -------------------------------------------------------------------------
 
     async def _render_loop(self) -> None:
+        try:
+            await self._render()
+        except Exception:  # our bug: said, and the players let go (they reconnect to a fresh stream)
+            log.exception("live stream of %s stopped rendering", self.runner.name)
+            self._end_all()
+            raise
+
+    async def _render(self) -> None:
         cursor = self.clock()
         stdin = self._encoder.proc.stdin
         while True:
@@ -298,6 +306,10 @@ class LiveStream:
                 samples = await asyncio.to_thread(convert, pcm.samples, pcm.sample_rate, self.rate, self.channels)
             except (FileNotFoundError, AudioUnavailable):  # purged meanwhile, or its database away:
                 samples = np.zeros((0, self.channels), dtype=np.int16)  # silence, not a broken stream
+            except (RuntimeError, ValueError) as exc:  # stored bytes that do not decode (a damaged file)
+                log.warning("live stream of %s: chunk %s does not decode, silence instead: %s",
+                            self.runner.name, chunk_id, exc)  # fmt: skip
+                samples = np.zeros((0, self.channels), dtype=np.int16)
             self._cache[chunk_id] = samples
             if len(self._cache) > CACHE_CHUNKS:
                 self._cache.popitem(last=False)
@@ -366,6 +378,8 @@ class LiveStreams:
     async def stream(self, runner: Playable) -> LiveStream:
         async with self._lock:
             live = self.streams.get(runner.name)
+            if live is not None and not live.running:  # its encoder died, or a bug stopped it
+                await live.stop()  # its encoder and players go with it
             if live is None or not live.running:
                 live = LiveStream(runner, self.audio, self.config, self.clock, self.metrics)
                 await live.start()

@@ -128,3 +128,19 @@ async def test_unknown_channel_live_stream_is_404(server):
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.base_url}/c/nowhere/live.mp3") as resp:
             assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_found"
+
+
+async def test_a_stream_whose_encoder_died_is_stopped_before_the_next_player_gets_a_new_one(server):
+    """The encoder of a channel's stream dies (killed): the next player gets a new stream, and the old one
+    is stopped first, its render task and encoder with it, instead of being left running beside it."""
+    streams = server.app[LIVE]
+    runner = await server.station.runner(server.channel)
+    old = await streams.stream(runner)
+    old._encoder.proc.kill()
+    async with asyncio.timeout(10):
+        while old.running:
+            await asyncio.sleep(0.05)
+    new = await streams.stream(runner)
+    assert new is not old and new.running
+    assert not old._tasks and old.over  # stopped: no render task left writing to a dead encoder
+    await streams.close()

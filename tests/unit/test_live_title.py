@@ -118,3 +118,19 @@ def test_ffmetadata_escapes_are_undone():
         ("artist", "AC=DC; live #1"),
         ("encoder", "Lavf"),
     ]
+
+
+class DamagedAudio:
+    """A stored chunk whose bytes are not FLAC (a damaged file): the render loop died on it, and with it
+    the stream, its players waiting for ever."""
+
+    async def read(self, request_id: str, chunk_id: str, fmt: str) -> bytes:
+        return b"RIFF this is not audio at all"
+
+
+async def test_a_chunk_that_does_not_decode_is_silence_in_the_live_stream_not_its_end(caplog):
+    live = stream(item("a", "Damaged.", (0, 2000)))
+    live.audio = DamagedAudio()
+    placed, _ = await live._placed(0, FRAME_MS)
+    assert [len(p.samples) for p in placed] == [0]
+    assert "does not decode, silence instead" in caplog.text
