@@ -437,10 +437,10 @@ class Outbox:
         if channel not in self._tasks:
             task = asyncio.create_task(self._drain(channel), name=f"outbox:{channel}")
             self._tasks[channel] = task
-            task.add_done_callback(lambda _: self._tasks.pop(channel, None))
+            task.add_done_callback(lambda done: self._tasks.pop(channel) if self._tasks.get(channel) is done else None)
 
     async def _drain(self, channel: str) -> None:
-        queue, delay_s = self._pending[channel], 0.05
+        queue, idle, delay_s = self._pending[channel], self._idle[channel], 0.05
         while queue:
             item = queue[0]
             try:
@@ -458,7 +458,7 @@ class Outbox:
             delay_s = 0.05
             if queue and queue[0] is item:
                 queue.popleft()
-        self._idle[channel].set()
+        idle.set()
 
     def waiting(self, channel: str) -> int:
         return len(self._pending.get(channel, ()))
@@ -469,8 +469,13 @@ class Outbox:
             await self._idle[channel].wait()
 
     def forget(self, channel: str) -> None:
-        """Drop what waits for a channel this process no longer owns."""
+        """Drop what waits for a channel this process no longer owns, and stop publishing it: were the
+        channel taken back later, its new announcements must not wait behind a drain of the old ones."""
         self._pending.pop(channel, None)
+        if (task := self._tasks.pop(channel, None)) is not None:
+            task.cancel()
+        if (idle := self._idle.pop(channel, None)) is not None:
+            idle.set()  # whoever waited for the old ones to go out stops waiting
 
     async def close(self) -> None:
         for task in list(self._tasks.values()):

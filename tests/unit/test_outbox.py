@@ -47,3 +47,22 @@ async def test_a_stale_owner_drops_what_waits_and_is_told_once():
         await outbox.flushed("table")
     assert stale == ["table"] and outbox.waiting("table") == 0
     assert got == [], "a stale owner's announcement reached a listener"
+
+
+async def test_a_channel_taken_back_after_it_was_forgotten_announces_its_own_steps_not_the_old_ones():
+    """The bus is away during a handover, so what waited is forgotten; the channel then comes back to this
+    process: its takeover goes out once the bus returns, and the old owner's batch does not (the old drain
+    kept running on the forgotten queue, and the new announcement waited behind it for ever)."""
+    flaky = Flaky(failures=10**9)
+    outbox = Outbox(flaky, on_stale=lambda channel: None)
+    outbox.put("table", 1, [{"n": "the old lease's last step"}])
+    await asyncio.sleep(0.1)
+    outbox.forget("table")
+    outbox.put("table", 3, [{"n": "takeover"}])
+    got = []
+    flaky.bus.subscribe_now("table", lambda delivery: got.extend(getattr(delivery, "entries", ())))
+    flaky.failures = 0
+    async with asyncio.timeout(5):
+        await outbox.flushed("table")
+    assert [entry.message["n"] for entry in got] == ["takeover"] and outbox.waiting("table") == 0
+    await outbox.close()
