@@ -57,6 +57,12 @@ class AutoDJ:
         """Add a track if the channel needs one and none is being prepared."""
         if (self._task is None or self._task.done()) and needs_filler():
             self._task = asyncio.create_task(self._fill(needs_filler), name="autodj")
+            self._task.add_done_callback(self._said)
+
+    def _said(self, task: asyncio.Task) -> None:
+        """A fill that failed (our bug, or the database away) is logged; the next poke tries again."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("auto-DJ %s failed to queue a track", self.where, exc_info=exc)
 
     async def close(self) -> None:
         if self._task:

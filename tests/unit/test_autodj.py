@@ -1,6 +1,7 @@
 """Which files a radio channel's auto-DJ plays: its own folder, else the music folder without what
 belongs to others (other channels' folders, the scenes' ambience)."""
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -49,3 +50,22 @@ async def test_a_silent_radio_says_why_once_and_again_when_it_recurs(tmp_path, c
     said = [r.getMessage() for r in caplog.records]
     assert said == ["auto-DJ on office ([music] folder /srv/music): no playable files; the channel stays silent, "
                     "looking again every 0 s"] * 2, said  # fmt: skip
+
+
+async def test_a_fill_that_fails_is_logged_and_the_next_poke_tries_again(tmp_path, caplog):
+    """Anything but a file that will not decode ended the fill without a word (an exception nobody read)."""
+    calls = []
+
+    async def add(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("the database is away")
+
+    dj = AutoDJ(lambda: [tmp_path / "a.mp3"], add, where="on office")
+    with caplog.at_level(logging.ERROR, logger=autodj.__name__):
+        dj.poke(lambda: len(calls) < 2)
+        await asyncio.gather(dj._task, return_exceptions=True)
+    assert "auto-DJ on office failed to queue a track" in caplog.text
+    dj.poke(lambda: len(calls) < 2)
+    await dj._task
+    assert len(calls) == 2
