@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The channel owns a *line*: the requests not yet played or failed, in the order
 they were submitted. Audio is produced for them in that order by an outside
-worker, which reports each finished chunk with `chunk_ready`, and which starts
+worker, which reports each finished chunk with `chunk_made`, and which starts
 on a request only while less than `generate_ahead_ms` of audio before it is
 made and not yet played (`next_job`). The timeline is the sequence of chunk
 start times; it only ever grows at its end (the cursor).
@@ -74,7 +74,7 @@ from .events import (
     TimelineShifted,
 )
 from .model import Chunk, RepeatMode, Request
-from .states import ChunkEvent, ChunkState, RequestEvent, RequestState
+from .states import FINAL_REQUEST_STATES, ChunkEvent, ChunkState, RequestEvent, RequestState
 from .timeline import Position, TimelineConfig, place_chunk, position_at
 from .writing import appended, close, close_due_ms, flush, flush_due_ms
 
@@ -227,6 +227,15 @@ class Channel:
         self.working_on = request_id
         self.dirty.add(request_id)
         return [QueueChanged(progress=True)]
+
+    def chunk_made(self, chunk: Chunk, now_ms: int) -> list[Event]:
+        """The worker's finished chunk, kept if its request still waits for that sentence, even when
+        other work took the worker meanwhile (talk-over, a move): made once, it need not be made again.
+        Dropped if the request failed, was cancelled or left the line while it was being made."""
+        request = next((r for r in (*self.line, *self.overlay) if r.request_id == chunk.request_id), None)
+        if request is None or request.state in FINAL_REQUEST_STATES or chunk.seq != request.next_seq:
+            return []
+        return self.chunk_ready(chunk, now_ms)
 
     def chunk_ready(self, chunk: Chunk, now_ms: int) -> list[Event]:
         request = self._in_line(chunk.request_id)

@@ -52,3 +52,39 @@ async def test_over_must_be_true_or_false(server):
     assert status == 400 and "over" in body["error"]["message"]
     _, state = await server.get_json("/api/channels/table/audio/queue")
     assert state["queue"] == [] and state["over"] == [] and state["now_playing"] is None
+
+
+@pytest.mark.server_config({"tts": {"tone_ms_per_char": 10, "tone_delay_ms": 400}})
+async def test_a_sentence_being_made_when_talk_over_comes_is_kept_not_made_again(server, connect, music, monkeypatch):
+    """ "Up next" is being made behind the track when talk-over comes and takes the engine: the
+    sentence it was making is kept, and each sentence of either is synthesized once."""
+    begun: list[tuple[str, int]] = []
+    ended: list[tuple[str, int]] = []
+    progress = asyncio.Condition()
+    make = server.station.maker.make
+
+    async def counted(request, seq, *args, **kwargs):
+        async with progress:
+            begun.append((request.request_id, seq))
+            progress.notify_all()
+        chunk = await make(request, seq, *args, **kwargs)
+        async with progress:
+            ended.append((request.request_id, seq))
+            progress.notify_all()
+        return chunk
+
+    async def until(seen: list, item: tuple[str, int]) -> None:
+        async with progress:
+            await asyncio.wait_for(progress.wait_for(lambda: item in seen), 10)
+
+    monkeypatch.setattr(server.station.maker, "make", counted)
+    assert (await post(server, "/tracks", {"path": "hum.wav"}))[0] == 202
+    status, up_next = await post(server, "/requests", {"text": "Up next. A new song. Stay tuned."})
+    assert status == 202
+    await until(begun, (up_next["request_id"], 0))  # 400 ms to go
+    status, talk = await post(server, "/requests", {"text": "Stand-up in five minutes.", "over": True})
+    assert status == 202
+    await until(ended, (talk["request_id"], 0))
+    await until(ended, (up_next["request_id"], 2))
+    ours = [m for m in begun if m[0] in (up_next["request_id"], talk["request_id"])]
+    assert sorted(ours) == sorted([(up_next["request_id"], s) for s in range(3)] + [(talk["request_id"], 0)])

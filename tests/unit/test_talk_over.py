@@ -157,3 +157,27 @@ def test_talk_over_goes_over_a_track_placed_within_the_lead_behind_the_narration
     assert channel.overlay == [talk]
     generate(channel, talk, [1500], now=3100)
     assert talk.chunks[0].starts_at_ms >= song.chunks[0].starts_at_ms  # over the track, not the narration
+
+
+def test_a_sentence_made_while_talk_over_came_in_is_kept_not_made_again():
+    """The worker was making "Up next" when talk-over arrived and took it: the sentence it finished
+    is kept (made once), unless its request left the line meanwhile."""
+    channel = Channel("radio", CFG)
+    track(channel, 20)  # 500..20500
+    up_next = make_request("Up next.", "A new song.")
+    channel.submit(up_next, 1000)
+    channel.generation_started(up_next.request_id, 1000)
+    made = make_chunk(up_next, 800, 1200)
+    channel.submit(over(), 1100)  # talk-over is the worker's next job now
+    assert channel.next_job() is not up_next
+    channel.chunk_made(made, 1200)
+    assert up_next.chunks == [made] and up_next.next_seq == 1
+    gone = make_request("Cancelled while made.")
+    channel.submit(gone, 1300)
+    channel.generation_started(gone.request_id, 1300)
+    late = make_chunk(gone, 800, 1400)
+    channel.cancel(gone.request_id, 1350)
+    assert channel.chunk_made(late, 1400) == [] and gone.chunks == []
+    stale = make_chunk(up_next, 800, 1500)
+    stale.seq = 0  # a sentence that was made already
+    assert channel.chunk_made(stale, 1500) == [] and up_next.chunks == [made]
