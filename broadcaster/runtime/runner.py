@@ -304,17 +304,18 @@ class ChannelRunner:
                 context=logs.task_context(channel=self.name, request_id=request.request_id),
             )
             await asyncio.wait([self._job])
-            crashed = not self._job.cancelled() and self._job.exception() is not None
-            if crashed:
+            error = None if self._job.cancelled() else self._job.exception()
+            self._job = self._job_request = None
+            if isinstance(error, OwnerChanged):
+                return  # another process runs the channel now; the station stops this runner
+            if error is not None:
                 log.error(
                     "channel %s: generating %s crashed",
                     self.name,
                     request.request_id,
-                    exc_info=self._job.exception(),
+                    exc_info=error,
                     extra={"request_id": request.request_id},
                 )
-            self._job = self._job_request = None
-            if crashed:
                 await asyncio.sleep(1)  # e.g. the database is unavailable: retry, but not in a tight loop
 
     async def _generate(self, request: Request) -> None:
@@ -340,9 +341,8 @@ class ChannelRunner:
                 log.warning("channel %s: request %s failed: %s", self.name, rid, reason)
                 await self.apply(partial(self.channel.generation_failed, rid, reason))
                 return
-            if self.channel.next_job() is not request:
-                return  # failed or removed while this chunk was being made
-            await self.apply(partial(self.channel.chunk_ready, chunk))
+            # Kept even if other work comes first now (talk-over, a move): the loop then lets it go.
+            await self.apply(partial(self.channel.chunk_made, chunk))
 
 
 def _saved_state(request: Request) -> tuple:

@@ -1,6 +1,7 @@
 """Leases on the database's own clock (SQLite and PostgreSQL): one holder at a time, a new epoch on every change of hands, fenced writes."""
 
 import asyncio
+import logging
 
 import pytest
 
@@ -118,3 +119,26 @@ async def test_an_owner_whose_lease_was_taken_queues_nothing_the_new_owner_never
         await station.submit("table", "Written by the old owner.")
     line, _ = await station.store.load_line(channel_id, "table")
     assert line == []
+
+
+@pytest.mark.server_config({"tts": {"tone_delay_ms": 300}})
+async def test_an_owner_that_loses_its_lease_mid_narration_stops_making_it_without_a_crash(server, caplog):
+    """The next sentence's write is refused: the old owner stops generating (the new one goes on from the
+    database), with a warning, not a crash logged and retried every second until the station lets go."""
+    station = server.station
+    leases = Leases(station.store.engine)
+    held = await leases.acquire("channel:table", "A", 60_000)
+    await station.adopt("table", held)
+    runner = station.runners["table"]
+    await station.submit("table", "The first. The second. The third. The fourth.")
+    await asyncio.sleep(0.4)  # the second sentence is being made
+    await leases.release(held)
+    await leases.acquire("channel:table", "B", 60_000)
+    for _ in range(50):
+        if runner.lost:
+            break
+        await asyncio.sleep(0.1)
+    assert runner.lost
+    await asyncio.sleep(1.2)  # a crashed job would have been logged and retried by now
+    assert runner._job is None and all(t.done() for t in runner._tasks if t.get_name().startswith("generate"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
