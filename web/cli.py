@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from broadcaster import cli
 from broadcaster.config import Config
@@ -13,6 +14,9 @@ from broadcaster.errors import BadInput
 from broadcaster.process import raise_open_file_limit, tune_allocator
 
 from .workers import Supervisor, worker_number
+
+if TYPE_CHECKING:
+    from .serve import Sockets
 
 log = logging.getLogger("broadcaster.serve")
 
@@ -22,18 +26,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(config: Config, args: argparse.Namespace) -> int:
+    from .serve import bind
+
     config.check_cluster()
     workers = _workers(config, args.workers)
     worker = worker_number()
+    supervising = workers > 1 and not worker
+    # An address in use is said before anything starts. The supervisor only checks: its workers bind their own.
+    sockets = bind(config, reuse_port=bool(worker))
+    if supervising:
+        sockets.close()
     if not worker:  # the supervisor, or the only process: check and prepare the database once
         asyncio.run(cli.check_database(config))  # a database at another revision is refused before anything starts
         if args.default_channel:
             asyncio.run(cli.ensure_channel(config, args.default_channel))
         print(f"broadcaster starting at {config.base_url} (data in {config.data_path.resolve()})", flush=True)
-    if workers > 1 and not worker:
+    if supervising:
         log.info("starting %d worker processes on port %d", workers, config.server.port)
         return Supervisor(["-m", "broadcaster", *args.argv], workers).run()  # each worker: this same command
-    return _run(config, reuse_port=bool(worker))
+    return _run(config, sockets)
 
 
 def _workers(config: Config, asked: int | None) -> int:
@@ -49,7 +60,7 @@ def _workers(config: Config, asked: int | None) -> int:
     return asked or len(os.sched_getaffinity(0)) or 1  # the cores this process may use (a container's share)
 
 
-def _run(config: Config, reuse_port: bool) -> int:
+def _run(config: Config, sockets: "Sockets") -> int:
     from .app import create_app
     from .serve import serve as serve_app
 
@@ -59,7 +70,7 @@ def _run(config: Config, reuse_port: bool) -> int:
         log.info("open files: limit raised from %d to %d", before, after)
     app = create_app(config)
     app.on_startup.append(_freeze_startup_heap)  # after the app's own start-up: voice and channels loaded
-    asyncio.run(serve_app(app, config, reuse_port))
+    asyncio.run(serve_app(app, config, sockets))
     return 0
 
 

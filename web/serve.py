@@ -52,16 +52,26 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = False) -> Listening:
-    """Listen on the public address, and in a cluster on an internal one, which is then advertised
-    so that the process starts taking its share of the channels. Both are bound before either
-    listens: a worker that cannot have its internal port must not take (and then drop) listeners'
-    connections on the public port it shares with the others."""
+@dataclass
+class Sockets:
+    """The public socket and, in a cluster, the internal one: bound, not yet listening."""
+
+    public: socket.socket
+    internal: socket.socket | None
+
+    def close(self) -> None:
+        for sock in (self.public, self.internal):
+            if sock is not None:
+                sock.close()
+
+
+def bind(config: Config, reuse_port: bool = False) -> Sockets:
+    """Both addresses, bound before the server starts anything (a voice to load, channels to take), so an
+    address in use is said at once. Both before either listens: a worker that cannot have its internal
+    port must not take (and then drop) listeners' connections on the public port it shares."""
     public = _bound(config.server.host, config.server.port, "[server] host and port, or --host and --port", reuse_port)
-    cluster = runner.app.get(CLUSTER)
-    if cluster is None:
-        await web.SockSite(runner, public, backlog=BACKLOG).start()
-        return Listening(_url(public), "")
+    if not config.cluster.enabled:
+        return Sockets(public, None)
     try:
         internal = _bound(
             config.cluster.internal_host,
@@ -71,24 +81,41 @@ async def start_sites(runner: web.AppRunner, config: Config, reuse_port: bool = 
     except OSError:
         public.close()
         raise
-    await web.SockSite(runner, internal, backlog=BACKLOG).start()
-    await web.SockSite(runner, public, backlog=BACKLOG).start()
-    cluster.advertise(_url(internal))
-    return Listening(_url(public), _url(internal))
+    return Sockets(public, internal)
 
 
-async def serve(app: web.Application, config: Config, reuse_port: bool = False) -> None:
-    """Run until SIGTERM or SIGINT, then shut down in order (listeners told, channels handed over)."""
+async def start_sites(
+    runner: web.AppRunner, config: Config, reuse_port: bool = False, sockets: Sockets | None = None
+) -> Listening:
+    """Listen on the public address, and in a cluster on an internal one, which is then advertised
+    so that the process starts taking its share of the channels."""
+    sockets = sockets or bind(config, reuse_port)
+    if sockets.internal is None:
+        await web.SockSite(runner, sockets.public, backlog=BACKLOG).start()
+        return Listening(_url(sockets.public), "")
+    await web.SockSite(runner, sockets.internal, backlog=BACKLOG).start()
+    await web.SockSite(runner, sockets.public, backlog=BACKLOG).start()
+    runner.app[CLUSTER].advertise(_url(sockets.internal))
+    return Listening(_url(sockets.public), _url(sockets.internal))
+
+
+async def serve(app: web.Application, config: Config, sockets: Sockets) -> None:
+    """Run on `sockets` until SIGTERM or SIGINT, then shut down in order (listeners told, channels
+    handed over)."""
     # access_log=None: web/requestlog.py writes the access log (ids, no query strings) instead of aiohttp
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException:
+        sockets.close()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     _wait_for_children_on(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        listening = await start_sites(runner, config, reuse_port)
+        listening = await start_sites(runner, config, sockets=sockets)
         log.info(
             "listening on %s%s",
             listening.public_url,

@@ -144,7 +144,8 @@ async def test_listen_names_a_track_once_not_at_every_segment(server, tmp_path, 
 
 def test_a_port_in_use_is_named_with_the_setting_it_comes_from(tmp_path):
     """Another program (or this server still running) on the port: the one line says which address and
-    which setting, and the exit is 1 (a service manager may retry), not 2 (a bad config)."""
+    which setting, and the exit is 1 (a service manager may retry), not 2 (a bad config). It is said
+    before anything starts: no voice loaded, no database made."""
     config = tmp_path / "config.toml"
     config.write_text('[tts]\nengine = "tone"\n')
     with socket.socket() as taken:
@@ -161,6 +162,7 @@ def test_a_port_in_use_is_named_with_the_setting_it_comes_from(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert f"cannot listen on 127.0.0.1:{port} ([server] host and port, or --host and --port)" in last, last
+    assert not (tmp_path / "data" / "broadcaster.db").exists() and "voice" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("command", [["channel", "list"], ["channel", "token", "lobby"], ["channel", "key", "lobby"]])
