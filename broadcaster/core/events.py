@@ -87,6 +87,7 @@ class BedChanged:
 
     bed: Bed | None
     fading: tuple[Bed, ...] = ()
+    stopped: Bed | None = None  # a stop's bed, fading out (or cut at once, if it had not begun to sound)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ class Mp3Delivery:
         job = asyncio.create_task(work, name=f"mp3:{chunk_id}")
         self.jobs[chunk_id] = job
         job.add_done_callback(lambda _: self.jobs.pop(chunk_id, None))
+        job.add_done_callback(_seen)  # a failure is logged where it happens; fetches may never ask
 
     async def _encode(self, request_id: str, chunk_id: str, encoder: ChunkEncoder, pcm: Pcm) -> None:
         try:
@@ -73,11 +74,25 @@ class Mp3Delivery:
         except asyncio.CancelledError:
             await asyncio.shield(encoder.abandon())
             raise
-        except Exception:
+        except Exception as exc:
+            if await self._deleted(request_id, chunk_id):  # a bed replaced, a channel deleted: not a failure
+                log.info("MP3 of chunk %s not kept: its audio was deleted meanwhile", chunk_id)
+                raise FileNotFoundError(f"the audio of chunk {chunk_id} was deleted") from exc
             log.exception("MP3 of chunk %s could not be made; it will be rebuilt on request", chunk_id)
             raise
+
+    async def _deleted(self, request_id: str, chunk_id: str) -> bool:
+        try:
+            return not await self.audio.has(request_id, chunk_id, "flac")
+        except Exception:  # the audio's database away: not known to be deleted
+            return False
 
     async def _rebuild(self, request_id: str, chunk_id: str) -> None:
         pcm = await decode_flac(await self.audio.read(request_id, chunk_id, "flac"))
         encoder = await self.encoder_for(request_id, chunk_id, pcm.sample_rate, pcm.channels)
         await self._encode(request_id, chunk_id, encoder, pcm)
+
+
+def _seen(job: asyncio.Task) -> None:
+    if not job.cancelled():
+        job.exception()

@@ -354,7 +354,7 @@ class Station:
         playing = runner.channel.bed
         fade = fade_ms(body, playing.fade_in_ms if playing else 0)
         events = await runner.apply(partial(_guarded, runner.channel.stop_bed, fade))
-        return events[0].fading[-1]
+        return events[0].stopped
 
     async def _decode_for_bed(self, channel: str, request_id: str, source: Path, fallback_title: str) -> TrackInfo:
         async with self.decoders.turn(channel, patient=False):

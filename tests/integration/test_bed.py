@@ -2,6 +2,7 @@
 heard in live.mp3 dipping under narration by duck_db (decoded by the bundled ffmpeg)."""
 
 import asyncio
+import logging
 
 import aiohttp
 import numpy as np
@@ -191,3 +192,28 @@ async def test_a_listener_joining_mid_narration_is_told_what_the_ducking_follows
     snapshot = await late.next("snapshot")
     spans = [[c["starts_at_ms"], c["starts_at_ms"] + c["duration_ms"]] for c in chunks]
     assert snapshot["speech_ms"] == spans
+
+
+async def test_a_bed_stopped_while_paused_ends_at_the_pause_and_says_so(server, music, caplog):
+    """Set and stopped during a pause, a bed never sounds: 200, it ends at the pause's moment with no
+    fade (not the times of an older bed still fading out), and is stopped once."""
+    paused = await server.control("pause")
+    assert (await send(server, "PUT", "/api/channels/table/bed", {"path": "ambience/hum.wav"}))[0] == 200
+    status, body = await send(server, "DELETE", "/api/channels/table/bed")
+    assert status == 200, body
+    assert body == {"bed": None, "fades_out_at_ms": paused["paused_at_ms"], "ends_at_ms": paused["paused_at_ms"]}
+    await server.control("resume")
+    assert (await send(server, "DELETE", "/api/channels/table/bed"))[0] == 409
+    assert (await send(server, "PUT", "/api/channels/table/bed", {"path": "ambience/hum.wav", "fade_ms": 500}))[
+        0
+    ] == 200
+    await asyncio.sleep(0.6)  # on the air (the lead is 300 ms)
+    paused = await server.control("pause")
+    scene = {"folder": "ambience/tavern", "fade_ms": 2000}  # the hum fades out over 2 s from the pause
+    assert (await send(server, "PUT", "/api/channels/table/bed", scene))[0] == 200
+    status, body = await send(server, "DELETE", "/api/channels/table/bed")
+    assert status == 200, body
+    assert body == {"bed": None, "fades_out_at_ms": paused["paused_at_ms"], "ends_at_ms": paused["paused_at_ms"]}
+    await server.control("resume")
+    await asyncio.sleep(0.3)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
