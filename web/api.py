@@ -83,8 +83,8 @@ async def skip_request(request: web.Request) -> web.Response:
 async def cancel_request(request: web.Request) -> web.Response:
     name = await producer_channel(request)
     request_id = path_id(request, "request_id", "request")
-    await request.app[STATION].cancel(name, request_id, skip=False)
-    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": False})
+    on_air = await request.app[STATION].cancel(name, request_id, skip=False)  # placed within the lead
+    return web.json_response({"request_id": request_id, "status": "cancelled", "skipped": on_air})
 
 
 async def retry_request(request: web.Request) -> web.Response:

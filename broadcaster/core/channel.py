@@ -135,6 +135,8 @@ class Channel:
     def move(self, request_id: str, position: int, now_ms: int) -> list[Event]:
         """Move a request that is not on the air yet to `position` in the line."""
         request = self._in_line(request_id)
+        if request in self.overlay:
+            raise ValueError(f"request {request_id} is talk-over, on the air over the track; it cannot be moved")
         first = self.movable_from()
         if self.line.index(request) < first:
             raise ValueError(f"request {request_id} is already on the air; it cannot be moved")
@@ -346,10 +348,13 @@ class Channel:
     def stop_bed(self, fade_ms: int, now_ms: int) -> list[Event]:
         if self.bed is None:
             raise ValueError(f"channel {self.name} has no bed to stop")
-        self.fading_beds = self._fading_after(self.bed, self._bed_moment(now_ms), fade_ms, now_ms)
+        at = self._bed_moment(now_ms)
+        self.fading_beds = self._fading_after(self.bed, at, fade_ms, now_ms)
+        # One that had not begun to sound (stopped while paused, or within a lead) ends there, unheard.
+        stopped = self.bed.fading_out(at, fade_ms if at > self.bed.sounds_from_ms else 0)
         self.bed = None
         self.bed_dirty = True
-        return [BedChanged(None, self.fading_beds)]
+        return [BedChanged(None, self.fading_beds, stopped)]
 
     def speech(self, now_ms: int) -> list[tuple[int, int]]:
         """The narration the ducking follows from now on (and what it is still coming back up from)."""
@@ -389,11 +394,13 @@ class Channel:
         return [ChannelPaused(self.paused_at_ms)]
 
     def resume(self, now_ms: int) -> list[Event]:
-        """Go on a lead from now (or at the pause's own moment, if it has not come yet: nothing stopped)."""
+        """Go on a lead from now; or, if the pause is still at least half a lead away (listeners have
+        time to hear that it is off), at the pause's own moment: nothing stops, nothing moves."""
         if self.paused_at_ms is None:
             raise ValueError(f"channel {self.name} is not paused")
         paused_at, self.paused_at_ms = self.paused_at_ms, None
-        at = max(now_ms + self.lead_ms, paused_at)
+        called_off = paused_at - now_ms >= self.lead_ms // 2
+        at = paused_at if called_off else max(now_ms + self.lead_ms, paused_at)
         self.pause_dirty = True
         self._last_pause = (paused_at, at)
         events: list[Event] = [ChannelResumed(paused_at, at)]

@@ -55,6 +55,21 @@ async def test_cancel_removes_a_queued_request(server, connect):
     assert any(r["request_id"] == doomed and r["status"] == "cancelled" for r in state["recent"])
 
 
+@pytest.mark.server_config({"timeline": {"lead_ms": 1500, "min_lead_ms": 1500}})
+async def test_cancelling_a_request_already_placed_behind_the_one_on_the_air_says_it_was_announced(server, connect):
+    """With a lead longer than the request gap, the next request is placed (announced) before the one on
+    the air ends: a cancel then stops announced audio, and the answer says so as the socket does."""
+    listener = await connect()
+    await listener.next("snapshot")
+    await server.say("On the air now.")
+    placed = (await (await server.say("Placed behind it.")).json())["request_id"]
+    await listener.next("audio_stream_started", where=lambda m: m["request_id"] == placed)
+    status, body = await act(server, placed, "cancel")
+    assert (status, body["skipped"]) == (200, True), body
+    cancelled = await listener.next("request_cancelled")
+    assert cancelled["request_id"] == placed and cancelled["skipped"] is True
+
+
 class FlakyEngine(ToneEngine):
     """Fails the first time it is asked to speak, then works: a transient TTS outage."""
 

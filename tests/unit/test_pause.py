@@ -117,9 +117,12 @@ def test_a_request_waiting_to_start_keeps_its_gap_across_the_pause(channel):
 def test_a_resume_before_the_pause_took_effect_moves_nothing(channel):
     request = on_air(channel, [1000])
     channel.pause(0)  # at 500
-    events = channel.resume(-100)  # a lead from then is before the pause: nothing stopped yet
+    events = channel.resume(250)  # half a lead before the pause: listeners hear in time that it is off
     assert events[0] == ChannelResumed(500, 500) and events[0].shift_ms == 0
     assert starts(request) == [500] and not channel.paused
+    channel.pause(300)  # at 800
+    events = channel.resume(600)  # too close to the pause for every listener to hear in time: a lead on
+    assert events[0] == ChannelResumed(800, 1100) and starts(request) == [500 + 300]
 
 
 def test_skipping_while_paused_stops_at_the_pause(channel):

@@ -1,5 +1,7 @@
 """Talk-over: narration on the air at once over the track playing, on a stepped clock."""
 
+import pytest
+
 from broadcaster.core.bed import TALK_OVER_DUCK_DB, duck_envelope
 from broadcaster.core.channel import Channel
 from broadcaster.core.events import RequestPlayed, StreamStarted
@@ -181,3 +183,12 @@ def test_a_sentence_made_while_talk_over_came_in_is_kept_not_made_again():
     stale = make_chunk(up_next, 800, 1500)
     stale.seq = 0  # a sentence that was made already
     assert channel.chunk_made(stale, 1500) == [] and up_next.chunks == [made]
+
+
+def test_talk_over_cannot_be_moved_and_says_why():
+    channel = Channel("radio", CFG)
+    track(channel, 20)
+    talk = over()
+    channel.submit(talk, 1000)
+    with pytest.raises(ValueError, match="is talk-over, on the air over the track; it cannot be moved$"):
+        channel.move(talk.request_id, 1, 1100)
