@@ -52,7 +52,8 @@ def bearer_token(request: web.Request) -> str | None:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise UnsupportedMedia(f"expected Content-Type application/json, got {request.content_type or 'none'!r}")
+        given = request.headers.get("Content-Type", "none")[:100]  # aiohttp reads a missing one as octet-stream
+        raise UnsupportedMedia(f"expected Content-Type application/json, got {given!r}")
     body = parse_json(await request.read())
     if not isinstance(body, dict):
         raise BadInput(f"expected a JSON object, got {type(body).__name__}")

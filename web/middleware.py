@@ -60,8 +60,9 @@ def _explain(exc: web.HTTPException, request: web.Request) -> tuple[str, str]:
     """A code and a sentence for aiohttp's own errors."""
     if exc.status == 404:
         return "not_found", f"nothing at {request.path[:200]!r}; see docs/protocol.md for the routes"
-    if exc.status == 405:
-        return "method_not_allowed", f"{request.method} is not allowed here; use {exc.headers.get('Allow', '?')}"
+    if exc.status == 405:  # OPTIONS (CORS preflights) is in Allow too, but is no use to whoever reads this
+        allowed = [m for m in exc.headers.get("Allow", "").split(",") if m.strip() not in ("", "OPTIONS")]
+        return "method_not_allowed", f"{request.method} is not allowed here; use {', '.join(allowed) or '?'}"
     if exc.status == 413:
         return PayloadTooLarge.code, f"expected a body of at most {request.app._client_max_size} bytes"
     return (exc.reason or "error").lower().replace(" ", "_"), exc.text or exc.reason

@@ -372,8 +372,10 @@ async def test_ack_for_unknown_connection_is_404_and_records_nothing(server, con
 async def test_wrong_method_is_405_json(server, method, path):
     """A known path with the wrong HTTP method is a 405 JSON error with an Allow header."""
     status, headers, body = await call(server, method, path)
-    assert_error(status, body, 405)
+    error = assert_error(status, body, 405)
     assert headers.get("Allow")
+    allowed = [m.strip() for m in headers["Allow"].split(",") if m.strip() != "OPTIONS"]
+    assert error["message"].endswith(f"use {', '.join(allowed)}"), error  # not OPTIONS, a preflight's
     await assert_queue_empty(server)
 
 
