@@ -163,6 +163,12 @@ class HeardChunk:
     duration_ms: int = 0
     from_ms: int | None = None  # cut by a pause: heard again from this moment (the resume)
     before_pauses: list[tuple[int, int, int]] = field(default_factory=list)  # (at ms, offset ms, length ms) heard
+    until_ms: int | None = None  # cut by a skip: nothing of it is heard from this moment
+
+    @property
+    def ends_at_ms(self) -> int:
+        end = self.starts_at_ms + self.duration_ms
+        return end if self.until_ms is None else min(end, self.until_ms)
 
     @property
     def sounds_from_ms(self) -> int:
@@ -239,8 +245,9 @@ class Heard:
         spans = []
         for chunk in self.chunks.values():
             if self.kinds.get(chunk.request_id, "speech") in kinds:
-                spans += [(at, at + length) for at, _, length in chunk.before_pauses]
-                spans.append((chunk.sounds_from_ms, chunk.starts_at_ms + chunk.duration_ms))
+                spans += [(at, min(at + length, chunk.ends_at_ms)) for at, _, length in chunk.before_pauses]
+                spans.append((chunk.sounds_from_ms, chunk.ends_at_ms))
+        spans = [(start, end) for start, end in spans if start < end]
         return spans
 
     def _bed_layers(self, start: int, end: int, rate: int, channels: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -273,6 +280,8 @@ class Heard:
         parts = []
         for at_ms, offset_ms, length_ms in pieces:
             late_ms = max(0, joined_ms - at_ms)
+            if chunk.until_ms is not None:  # a skip cut it: up to that moment only
+                length_ms = min(length_ms if length_ms is not None else chunk.duration_ms, chunk.until_ms - at_ms)
             begin = (offset_ms + late_ms) * rate // 1000
             end = len(samples) if length_ms is None else (offset_ms + length_ms) * rate // 1000
             if begin < end:
@@ -371,7 +380,7 @@ class _Follower:
             self.say("resumed")
         elif kind in ("request_failed", "request_cancelled"):
             for chunk_id in message["discarded_chunk_ids"]:
-                self.forget(chunk_id)
+                self.forget(chunk_id, message.get("stopped_at_ms"))
             self.heard.requests_done += 1
             self.say(f"request {kind.removeprefix('request_')}: {message['request_id']} {message.get('reason', '')}")
         elif kind == "request_played":
@@ -426,9 +435,14 @@ class _Follower:
         self.tasks.add(play)
         self.playing[entry.chunk_id] = play
 
-    def forget(self, chunk_id: str) -> None:
-        """A chunk dropped from the timeline is not played and not written."""
-        self.heard.chunks.pop(chunk_id, None)
+    def forget(self, chunk_id: str, stopped_at_ms: int | None = None) -> None:
+        """A chunk dropped from the timeline is not played and not written; one a skip cut while it
+        sounded is written up to that moment, as every listener heard it."""
+        entry = self.heard.chunks.get(chunk_id)
+        if entry is not None and stopped_at_ms is not None and entry.sounds_from_ms < stopped_at_ms:
+            entry.until_ms = stopped_at_ms
+        else:
+            self.heard.chunks.pop(chunk_id, None)
         task = self.playing.pop(chunk_id, None)
         if task is not None:
             task.cancel()

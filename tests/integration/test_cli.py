@@ -42,6 +42,31 @@ async def test_listen_writes_what_it_heard_in_timeline_order(server, tmp_path):
     assert ready >= 1  # the first sentence went on the air at the lead
 
 
+async def test_listen_writes_a_skipped_sentence_up_to_the_skip(server, tmp_path):
+    """A sentence skipped while it sounded was heard up to the skip by every listener: `listen --out`
+    writes that much of it (it once wrote nothing of it)."""
+    out = tmp_path / "heard.wav"
+    listening = asyncio.create_task(listen(server.base_url, server.channel, out, max_requests=1, quiet=True))
+    await listener_on(server, server.channel)
+    request_id = (await (await server.say("A long sentence that goes on and on, " * 4 + "and ends.")).json())[
+        "request_id"
+    ]
+    station = server.station
+    while (on_air := station.runners[server.channel].channel.now_playing()) is None or on_air.starts_at_ms is None:
+        await asyncio.sleep(0.02)
+    while station.clock() < on_air.starts_at_ms + 600:
+        await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.base_url}/api/channels/{server.channel}/requests/{request_id}/skip"
+        async with http.post(url, headers={"Authorization": f"Bearer {server.token}"}) as resp:
+            assert resp.status == 200
+    heard = await asyncio.wait_for(listening, 30)
+    (chunk,) = heard.timeline()
+    assert chunk.until_ms is not None and 600 <= chunk.until_ms - chunk.starts_at_ms < chunk.duration_ms
+    samples, rate = soundfile.read(out, dtype="int16")
+    assert abs(len(samples) * 1000 / rate - (chunk.until_ms - chunk.starts_at_ms)) <= 1
+
+
 async def test_listen_follows_a_private_channel_with_its_key(server, tmp_path):
     """`listen --key` hears a private channel (the key once went nowhere, and the server said 401)."""
     made = await create_channel(server.station.store, "secret", private=True)
