@@ -145,10 +145,9 @@ class Station:
             self._cleanup_task.cancel()
             await asyncio.gather(self._cleanup_task, return_exceptions=True)
         await asyncio.gather(*(dj.close() for dj in self.autodjs.values()))
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._end_background()
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
+        await self._end_background()  # steps the runners finished as they stopped may have started more
         await self.synthesis.close()
         await self.delivery.close()
 
@@ -252,6 +251,11 @@ class Station:
                     self._spawn(self._repeat(runner, event.request))
         if (autodj := self.autodjs.get(runner.name)) is not None and runner.name in self.runners:
             autodj.poke(runner.channel.needs_filler)
+
+    async def _end_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def _spawn(self, work) -> None:  # noqa: ANN001
         task = asyncio.create_task(work)

@@ -17,6 +17,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from broadcaster.errors import GenerationError
 from tts.engine import Pcm, TtsEngine
 
 from .clock import Clock
@@ -45,9 +46,12 @@ class SynthesisQueue:
         self._seq = itertools.count()
         self._busy = 0
         self._running: set[asyncio.Task] = set()
+        self._closed = False
 
     async def speak(self, text: str, deadline_ms: int | None = None, engine: TtsEngine | None = None) -> Pcm:
         """`engine`: another voice than the default (tts/voices.py); voices share the workers."""
+        if self._closed:
+            raise GenerationError("the server is stopping")
         done = asyncio.get_running_loop().create_future()
         job = _Job((next(self._seq),), text, engine or self.engine, deadline_ms, done)
         heapq.heappush(self._waiting, job)
@@ -69,6 +73,8 @@ class SynthesisQueue:
         return len(self._waiting) + self._busy
 
     def _dispatch(self) -> None:
+        if self._closed:  # nothing new starts that close() would not wait for
+            return
         while self._busy < self.workers and (job := self._next()) is not None:
             self._busy += 1
             self._start(self._run(job), "synthesize")
@@ -105,10 +111,11 @@ class SynthesisQueue:
         finally:
             self._busy -= 1
             self._dispatch()
-            if not self.backlog:
+            if not self.backlog and not self._closed:
                 self._start(self.engine.idle(), "synthesis-idle")
 
     async def close(self) -> None:
+        self._closed = True
         for job in self._waiting:
             job.done.cancel()
         for task in self._running:

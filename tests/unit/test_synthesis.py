@@ -86,3 +86,24 @@ async def test_live_capacity_follows_the_measured_speed():
     assert queue.live_capacity() == 1  # nothing measured: one at a time
     queue._measure(Pcm(np.zeros(10_000, dtype=np.int16), 1000), 1.0)  # 10 s of audio in 1 s
     assert queue.live_capacity() == int(10 * 2 * 0.6)
+
+
+async def test_close_leaves_nothing_running_and_takes_no_more_work():
+    """Closing cancels the sentence being made; its ending starts no idle work, and nothing queued
+    after the close waits for ever."""
+    idled = []
+
+    class Idling(GatedEngine):
+        async def idle(self) -> None:
+            idled.append(True)
+
+    engine = Idling()
+    queue = SynthesisQueue(engine, lambda: 0)
+    speaking = asyncio.create_task(queue.speak("one"))
+    await settle()
+    await queue.close()
+    await settle()
+    assert idled == [] and not queue._running
+    speaking.cancel()
+    with pytest.raises(GenerationError, match="stopping"):
+        await queue.speak("two")
