@@ -265,6 +265,24 @@ class Store:
         return requests, played_end
 
     @uninterrupted
+    async def load_recent(self, channel_id: int, channel: str, limit: int) -> list[Request]:
+        """The channel's last `limit` finished requests, the oldest first: its recent history."""
+        async with self.session() as s:
+            rows = (
+                (
+                    await s.execute(
+                        select(RequestRow)
+                        .where(RequestRow.channel_id == channel_id, RequestRow.state.in_(FINAL))
+                        .order_by(RequestRow.finished_at_ms.desc(), RequestRow.line_seq.desc())
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            return [await self._with_chunks(s, row, channel) for row in reversed(rows)]
+
+    @uninterrupted
     async def request(self, request_id: str) -> Request | None:
         async with self.session() as s:
             row = await s.get(RequestRow, request_id)

@@ -53,7 +53,7 @@ Listener acknowledgements play no part here: the clock alone drives playback.
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from random import Random
 
@@ -542,10 +542,17 @@ class Channel:
     # -- restart ---------------------------------------------------------------
 
     def restore(
-        self, requests: list[Request], played_end_ms: int | None, now_ms: int, paused_at_ms: int | None = None
+        self,
+        requests: list[Request],
+        played_end_ms: int | None,
+        now_ms: int,
+        paused_at_ms: int | None = None,
+        recent: Iterable[Request] = (),
     ) -> list[Event]:
-        """Reload the line after a restart (paused, if it was); generation resumes and its timeout
-        restarts now."""
+        """Reload the line after a restart (paused, if it was), with the `recent` history (the oldest
+        first); generation resumes and its timeout restarts now."""
+        self.recent.clear()
+        self.recent.extend(recent)
         self.line = [r for r in requests if not r.over]
         self.overlay = [r for r in requests if r.over]
         self._played_end_ms = played_end_ms

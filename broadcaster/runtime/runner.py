@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from broadcaster import logs
-from broadcaster.core.channel import Channel
+from broadcaster.core.channel import RECENT_LIMIT, Channel
 from broadcaster.core.events import ChunkScheduled, Event, RequestCancelled, RequestFailed
 from broadcaster.core.lead import LeadTuner
 from broadcaster.core.model import Request
@@ -99,9 +99,10 @@ class ChannelRunner:
 
     async def start(self) -> None:
         requests, played_end = await self.store.load_line(self.channel_id, self.name)
+        recent = await self.store.load_recent(self.channel_id, self.name, RECENT_LIMIT)
         state = await self.store.channel_state(self.channel_id)
         self.channel.bed, self.channel.fading_beds = state.bed, state.fading_beds
-        await self.apply(lambda now: self.channel.restore(requests, played_end, now, state.paused_at_ms))
+        await self.apply(lambda now: self.channel.restore(requests, played_end, now, state.paused_at_ms, recent))
         # Fresh log ids: the first use of a channel may come from an HTTP request, whose id
         # must not stick to the channel's loops for good.
         self._tasks = [

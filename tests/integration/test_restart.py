@@ -162,3 +162,26 @@ async def test_the_queue_keeps_the_order_a_producer_gave_it_across_a_restart(pat
         assert [item["request_id"] for item in state["queue"]] == moved
     finally:
         server.stop()
+
+
+async def test_the_recent_history_survives_a_restart(paths):
+    """The console's "recent" (what played, failed or was cancelled) comes back after a kill and
+    restart, as it was; it came back empty."""
+    data_dir, config = paths
+    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
+        "producer_token"
+    ]
+    server = ServerProcess(data_dir, config)
+    await server.start()
+    try:
+        done = [await post(server.base_url, token, f"Short number {n}.") for n in range(3)]
+        async with asyncio.timeout(30):
+            while len((before := await queue(server.base_url))["recent"]) < len(done):
+                await asyncio.sleep(0.1)
+        server.kill()
+        await server.start()
+        after = await queue(server.base_url)
+        assert [r["request_id"] for r in after["recent"]] == [r["request_id"] for r in before["recent"]]
+        assert after["recent"] == before["recent"]
+    finally:
+        server.stop()

@@ -94,3 +94,21 @@ async def test_the_lines_order_given_with_a_save_is_the_order_it_loads_in(store)
     await store.insert_request(later, channel_id)
     line, _ = await store.load_line(channel_id, "table")
     assert [r.request_id for r in line] == [c.request_id, a.request_id, b.request_id, later.request_id]
+
+
+async def test_the_recent_history_comes_back_in_the_order_requests_finished(store):
+    """What a restart (or a new owner) shows as the channel's recent history: the last finished
+    requests, oldest first, with their chunks; nothing still in line."""
+    channel_id = (await store.create_channel("table", "digest", 0)).id
+    requests = [narration(f"Number {n}.") for n in range(5)]
+    for request in requests:
+        await store.insert_request(request, channel_id)
+    for request, finished_at in zip(requests[:4], (5000, 3000, 4000, 6000)):
+        request.state, request.finished_at_ms = RequestState.PLAYED, finished_at
+        request.chunks.append(Chunk(new_id(), request.request_id, 0, request.text, 800, 1200))
+    requests[1].state, requests[1].error = RequestState.CANCELLED, "cancelled by the producer"
+    await store.save(requests)
+    recent = await store.load_recent(channel_id, "table", 3)
+    assert [r.request_id for r in recent] == [requests[i].request_id for i in (2, 0, 3)]
+    assert all(len(r.chunks) == 1 for r in recent) and recent[-1].state == RequestState.PLAYED
+    assert [r.request_id for r in await store.load_recent(channel_id, "table", 10)][0] == requests[1].request_id
