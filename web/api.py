@@ -15,7 +15,7 @@ from .audience import MAX_REPORTS
 from .clients import PEER_CLIENT
 from .forward import BadPeer
 from .http_util import error_response, json_body, path_id
-from .keys import ACCESS, AUDIO, CLUSTER, HUB, METRICS, STATION, STORE
+from .keys import ACCESS, AUDIO, CLUSTER, CONFIG, HUB, METRICS, STATION, STORE
 from .messages import queue_state_json, refresh_snapshot
 from .ranges import RangeNotSatisfiable, parse_range
 
@@ -66,11 +66,23 @@ async def append_text(request: web.Request) -> web.Response:
 
 
 async def producer_check(request: web.Request) -> web.Response:
-    """Lets the console check a token before showing its controls."""
+    """Lets the console check a token before showing its controls, and link to the listener page: on the
+    public address when there is one, else a path on this server. A private channel's link lacks its key,
+    which is stored only as a digest (it was shown once, when made)."""
     name = await producer_channel(request)
     row = await request.app[STATION].channel_row(name)
     voices = request.app[STATION].voices.names
-    return web.json_response({"channel": name, "producer": True, "style": row.style, "voices": voices})
+    server = request.app[CONFIG].server
+    return web.json_response(
+        {
+            "channel": name,
+            "producer": True,
+            "style": row.style,
+            "voices": voices,
+            "private": row.listen_key_hash is not None,
+            "listen_url": f"{server.public_url.rstrip('/')}/c/{name}",
+        }
+    )
 
 
 async def skip_request(request: web.Request) -> web.Response:

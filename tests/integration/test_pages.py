@@ -1,6 +1,9 @@
 """The listener page is served for known channels only, with its assets."""
 
 import aiohttp
+import pytest
+
+from broadcaster.runtime.accounts import set_listen_key
 
 
 async def test_listener_page_is_served_with_its_script(server):
@@ -48,3 +51,32 @@ async def test_pages_say_what_they_may_load_and_the_console_may_not_be_framed(se
                 assert "default-src 'self'" in policy and resp.headers["X-Content-Type-Options"] == "nosniff"
                 assert ("frame-ancestors 'none'" in policy) is not framed
                 assert (resp.headers.get("X-Frame-Options") == "DENY") is not framed
+
+
+async def producer_info(server) -> dict:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            f"{server.base_url}/api/channels/{server.channel}/producer",
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+
+async def test_producer_info_links_the_listener_page_and_says_when_it_needs_a_key(server):
+    """The console's log-in check gives the listener page's link, which opens it while the channel is
+    public; once private it says so (the key is kept only as a digest, so the link cannot carry it)."""
+    info = await producer_info(server)
+    assert info["private"] is False and info["listen_url"] == f"/c/{server.channel}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.base_url + info["listen_url"]) as resp:
+            assert resp.status == 200 and "/static/listener.js" in await resp.text()
+    await set_listen_key(server.station.store, server.channel, private=True)
+    info = await producer_info(server)
+    assert info["private"] is True and info["listen_url"] == f"/c/{server.channel}"
+
+
+@pytest.mark.server_config({"server": {"public_url": "https://radio.example.org/"}})
+async def test_producer_info_links_the_listener_page_on_the_public_address(server):
+    """With a public address configured, the link is the one others reach the server at."""
+    assert (await producer_info(server))["listen_url"] == f"https://radio.example.org/c/{server.channel}"

@@ -2,6 +2,8 @@
 // and hands every server message to `onMessage`. Shared by the listener page and the console.
 // A console proves itself with its first message (the token never goes in the URL); a socket the
 // server refuses (4401: a key or token that no longer works) is not reopened.
+// onState(kind, detail, why): "reconnecting" gives the ms left (again as it counts down) and why the
+// server closed the socket, when it said.
 
 import { ClockSync, nowMs } from "./sync.js";
 
@@ -14,6 +16,15 @@ const SYNC_SETTLE_MS = 10000;
 const SYNC_SETTLE_EVERY_MS = 500;
 const SYNC_EVERY_MS = 5000;
 const REFUSED = 4401;
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 15000;
+// The least wait after a close that says why (web/ws.py, web/fanout.py): sooner would be refused again.
+const CLOSE_WAIT_MS = {
+  4029: 15000, // rate limited; a console's auth is a producer write, and retries would spend what Send needs
+  1013: 5000, // try again later: a cluster's event feed could not be joined
+  4008: 5000, // too slow: the page fell behind its messages
+};
+const COUNTDOWN_STEP_MS = 5000;
 const ASK_WHY_AFTER = 3; // sockets that closed before they opened, in a row
 const SLEPT_MS = 1000; // the wall clock ran this much further than the page's while hidden: it slept
 
@@ -26,7 +37,7 @@ export class ChannelSocket {
     this.onMessage = onMessage;
     this.onState = onState;
     this.clock = new ClockSync();
-    this.retryMs = 500;
+    this.retryMs = RETRY_FIRST_MS;
     this.ws = null;
     this.timer = null;
     this.unopened = 0;
@@ -35,6 +46,8 @@ export class ChannelSocket {
   start() {
     this.refused = false;
     this.connect();
+    if (this.watching) return; // a console starts again after each log-in: one listener is enough
+    this.watching = true;
     // A laptop waking from sleep: the clock may have jumped and the socket may be dead. Where the page's
     // clock (performance.now) stopped while the wall clock went on, the samples taken before are wrong.
     let hidden = null;
@@ -62,38 +75,56 @@ export class ChannelSocket {
     ws.onopen = () => {
       ws.opened = true;
       this.unopened = 0;
+      this.answered = false;
       if (this.token) ws.send(JSON.stringify({ type: "auth", token: this.token() }));
       this.onState("live"); this.syncBurst();
     };
-    ws.onmessage = (event) => {
-      // Backoff starts over once the server has said something: a socket it opens and closes at
-      // once (its event feed away, a restart) must not bring the audience back twice a second.
-      this.retryMs = 500;
-      this.receive(JSON.parse(event.data));
-    };
+    ws.onmessage = (event) => this.receive(JSON.parse(event.data));
     ws.onclose = (event) => {
       if (this.ws !== ws) return;
       clearTimeout(this.timer);
-      if (event.code === REFUSED) { this.refused = true; this.onState("refused", event.reason); return; }
-      if (!ws.opened && ++this.unopened === ASK_WHY_AFTER && this.role === "listener") this.askWhy();
-      const delayMs = this.retryMs * (0.8 + Math.random() * 0.4); // jitter: a restarted server is not hit at once by all
-      this.onState("reconnecting", delayMs);
-      this.retry = setTimeout(() => this.connect(), delayMs);
-      this.retryMs = Math.min(this.retryMs * 2, 15000);
+      const why = ws.error || event.reason;
+      if (event.code === REFUSED) { this.refused = true; this.onState("refused", why); return; }
+      if (!ws.opened && ++this.unopened >= ASK_WHY_AFTER && !this.answered) this.askWhy();
+      const waitMs = Math.max(this.retryMs, CLOSE_WAIT_MS[event.code] || 0);
+      this.retryMs = Math.min(waitMs * 2, RETRY_MAX_MS);
+      this.wait(waitMs * (0.8 + Math.random() * 0.4), why); // jitter: a restarted server is not hit at once by all
     };
+  }
+
+  // Waits, saying how long is left every 5 s (the state is a live region: each change is read out), then connects.
+  wait(delayMs, why) {
+    const until = nowMs() + delayMs;
+    const tick = () => {
+      const leftMs = until - nowMs();
+      if (leftMs <= 0) { this.connect(); return; }
+      this.onState("reconnecting", leftMs, why);
+      this.retry = setTimeout(tick, leftMs % COUNTDOWN_STEP_MS || COUNTDOWN_STEP_MS);
+    };
+    tick();
   }
 
   // A socket refused before it opens tells the page nothing (the browser hides the HTTP answer): ask the
   // channel's queue, which answers as the socket would for a channel gone (404) or a key replaced (401).
+  // Asked after each such failure until it answers: the server may be out of reach, or restarting.
   async askWhy() {
+    if (this.asking) return;
+    this.asking = true;
     let response;
     try {
-      response = await fetch(withKey(`/api/channels/${encodeURIComponent(this.channel)}/audio/queue`));
+      const token = this.token && this.token();
+      response = await fetch(withKey(`/api/channels/${encodeURIComponent(this.channel)}/audio/queue`, this.params.key),
+        { headers: token ? { Authorization: `Bearer ${token}` } : {} });
     } catch (_) {
-      return; // the server is out of reach: retrying is all there is to do
+      return; // out of reach: the next failure asks again
+    } finally {
+      this.asking = false;
     }
+    if (response.status === 429 || response.status >= 500) return; // no answer yet
+    this.answered = true;
     if (![401, 403, 404].includes(response.status)) return; // the channel is there: the socket itself was refused
     const body = await response.json().catch(() => ({}));
+    if (this.live) return; // a socket opened meanwhile: whatever refused the others has passed
     this.refused = true;
     clearTimeout(this.retry);
     this.onState("refused", body.error ? body.error.message : `HTTP ${response.status}`);
@@ -111,6 +142,11 @@ export class ChannelSocket {
   }
 
   receiveOne(message) {
+    // Backoff starts over once a snapshot comes: a socket the server opens, refuses (an error) and closes
+    // (its event feed away, a console's auth over the rate) must not bring the page back twice a second.
+    if (message.type === "snapshot") { this.retryMs = RETRY_FIRST_MS; this.ws.joined = true; }
+    // An error before the snapshot says why the socket is about to close; after it, it answers a message.
+    if (message.type === "error" && !this.ws.joined) this.ws.error = message.message;
     if (message.type === "time_sync") {
       if (Number.isFinite(message.t1_us) && Number.isFinite(message.t2_us)) {
         this.clock.add(message.t0, message.t1_us / 1000, message.t2_us / 1000, nowMs(), true);

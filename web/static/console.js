@@ -28,6 +28,7 @@ $("pause").addEventListener("click", () => (state.paused ? control("/resume", {}
 $("upload").addEventListener("submit", (e) => { e.preventDefault(); upload(); });
 
 const remembered = new URLSearchParams(location.hash.slice(1)).get("token") || stored(TOKEN_KEY);
+history.replaceState(null, "", location.pathname); // keep the token out of the address bar, whatever comes of it
 if (remembered) login(remembered);
 
 async function api(method, path, body) {
@@ -37,7 +38,7 @@ async function api(method, path, body) {
     body: body ? JSON.stringify(body) : undefined,
   });
   const data = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(data.error ? data.error.message : `HTTP ${response.status}`);
+  if (!response.ok) throw Object.assign(new Error(data.error ? data.error.message : `HTTP ${response.status}`), { status: response.status });
   return data;
 }
 
@@ -48,19 +49,31 @@ async function login(token) {
     const me = await api("GET", "/producer");
     $("over-switch").hidden = me.style !== "radio"; // talk-over: a voice over the music
     showVoices(me.voices || []);
+    showListenLink(me);
   } catch (err) {
     state.token = null;
-    store(TOKEN_KEY, null);
-    $("login-error").textContent = `Refused: ${err.message}`;
+    if (err.status === 401) { // only a refused token is forgotten; a busy or unreachable server says nothing of it
+      store(TOKEN_KEY, null);
+      $("login-error").textContent = `Refused: ${err.message}`;
+    } else {
+      $("token").value = token; // one click tries it again
+      $("login-error").textContent = `Could not check the token (${err.message}); try again in a moment.`;
+    }
     return;
   }
   store(TOKEN_KEY, token);
-  history.replaceState(null, "", location.pathname); // keep the token out of the address bar
   $("login").hidden = true;
   $("desk").hidden = false;
   $("text").focus();
   socket.start();
   loadScenes();
+}
+
+// A private channel's listen key is stored only as a digest: the server cannot put it in the link.
+function showListenLink(me) {
+  if (me.listen_url) $("listen-link").href = me.listen_url;
+  $("listen-link").hidden = Boolean(me.private);
+  $("listen-private").hidden = !me.private;
 }
 
 // ---- scenes: a bed under the line, one click per folder or file of the ambience folder ----------
@@ -221,7 +234,11 @@ function refresh() {
       notice(`Could not update the queue view (${err.message}); it updates with the next change.`);
       return;
     }
-    if (!response.ok) return;
+    if (!response.ok) {
+      const data = await response.json().catch(() => ({}));
+      notice(`Could not update the queue view (${data.error ? data.error.message : `HTTP ${response.status}`}); it updates with the next change.`);
+      return;
+    }
     const data = await response.json();
     Object.assign(state, { nowPlaying: data.now_playing, over: data.over || [], queue: data.queue, queueLength: data.queue_length,
       recent: data.recent, repeat: data.repeat });
@@ -274,9 +291,9 @@ function button(label, onClick, ariaLabel) {
   return b;
 }
 
-function showConnection(kind, detail) {
+function showConnection(kind, detail, why) {
   $("connection").textContent = { connecting: "Connecting…", live: "Live", refused: `Disconnected: ${detail}`,
-    reconnecting: `Connection lost; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
+    reconnecting: `${why ? `Disconnected: ${why}` : "Connection lost"}; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
   $("connection").dataset.state = kind;
   if (kind === "refused") signOut(`Signed out: ${detail}. Enter the current producer token.`);
 }
