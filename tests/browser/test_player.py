@@ -147,3 +147,37 @@ async def test_a_chunk_handed_over_to_another_player_crossfades_at_one_moment_an
     both = {"samples": old + new}
     assert np.abs(off_ms(both, 0.21, 1.69, 0.2, 1.5, 0)).max() < 0.2, "the handover moved the chunk off the timeline"
     assert out["ended"] == 1, "the chunk's end was reported other than once"
+
+
+CUT = """
+async ({ rate, totalS, cutAtS, callS }) => {
+  const { Player } = await import("/static/player.js");
+  const ctx = new OfflineAudioContext(1, Math.round(rate * totalS), rate);
+  const buffer = ctx.createBuffer(1, Math.round(rate * 1.5), rate);
+  buffer.getChannelData(0).fill(0.5);
+  const timeline = { ctxAt: (serverMs) => serverMs / 1000, serverAt: (when) => when * 1000, rate: () => 1 };
+  const player = new Player(ctx, ctx.destination, timeline);
+  const chunk = { chunk_id: "c", buffer, starts_at_ms: 200, ended: 0 };
+  chunk.onEnded = () => { chunk.ended += 1; };
+  player.play(chunk);
+  ctx.suspend(callS).then(() => { player.cut(chunk, cutAtS); ctx.resume(); });  // as a pause or a skip arrives
+  const out = await ctx.startRendering();
+  return { samples: Array.from(out.getChannelData(0)), ended: chunk.ended };
+}
+"""
+
+
+@pytest.mark.parametrize(("cut_at_s", "faded_from_s"), [(1.0, 0.99), (0.7, 0.8)])
+async def test_a_cut_fades_out_to_its_moment_or_at_once_when_that_is_past(browser, server, cut_at_s, faded_from_s):
+    """A pause or a skip cuts a chunk with a 10 ms fade ending at its moment, or, that moment past when
+    it arrives (a skip's, always), starting at once: never a hard stop, which clicks."""
+    page = await browser.new_page(bypass_csp=True)
+    await page.goto(f"{server.base_url}/c/{server.channel}")
+    out = await page.evaluate(CUT, {"rate": RATE, "totalS": TOTAL_S, "cutAtS": cut_at_s, "callS": 0.8})
+    await page.close()
+    samples = np.array(out["samples"])
+    assert (between(samples, 0.21, faded_from_s) == 0.5).all(), "the chunk did not play in full up to the cut"
+    fade = between(samples, faded_from_s, faded_from_s + 0.01)
+    assert fade[0] > 0.45 and (np.diff(fade) < 0).all() and fade[-1] < 0.05, "the chunk was not faded out over 10 ms"
+    assert not between(samples, faded_from_s + 0.0102, 2.4).any(), "the chunk sounds past the cut"
+    assert out["ended"] == 0, "a cut chunk was reported as played out"

@@ -31,6 +31,12 @@ const HANDOVER_AFTER_MS = 5000;
 const HANDOVER_AHEAD_S = 0.1;
 // A new output that does not keep steady this long is given up: the old one plays on.
 const GIVE_UP_MOVE_MS = 20000;
+// Decoded audio is large (a minute of stereo is 23 MB) and every segment of a track is placed at once:
+// a chunk is fetched once it starts within FETCH_AHEAD_MS (never fewer than FETCH_LOADS_AHEAD of the
+// slowest recent loads, for a slow network), one already over is skipped, and a buffer goes once played.
+const FETCH_AHEAD_MS = 15000;
+const FETCH_LOADS_AHEAD = 4;
+const LOADS_KEPT = 20;
 const LATENCY_KEY = "broadcaster.latencyMs";
 const VOLUME_KEYS = { voice: "broadcaster.volume", music: "broadcaster.musicVolume" }; // per layer
 
@@ -56,6 +62,7 @@ const state = {
   overSpeech: new Map(), // chunk_id -> [start, end] of talk-over narration: what tracks duck under
   overRequest: null, // the talk-over narration on the air, for the captions
   trackDuckLaidOut: -Infinity,
+  loadsMs: [], // how long the last few chunks took to fetch and decode
 };
 const TALK_OVER_DUCK_DB = -12; // as TALK_OVER_DUCK_DB in broadcaster/core/bed.py
 window.broadcaster = state;
@@ -90,7 +97,7 @@ async function tuneIn() {
   $("tune").hidden = true;
   $("player").hidden = false;
   socket.start();
-  setInterval(() => { state.output.read(); settleNext(); keepInStep(); }, TICK_MS);
+  setInterval(() => { state.output.read(); settleNext(); fetchAhead(); keepInStep(); }, TICK_MS);
   setInterval(forgetOld, 1000);
   setInterval(showSync, 500);
   setInterval(report, REPORT_MS);
@@ -261,14 +268,14 @@ function handle(m) {
       endRequest(m.request_id);
       break;
     case "request_cancelled":
-      stopRequest(m.request_id);
+      stopRequest(m.request_id, m.stopped_at_ms);
       if (m.skipped) notice("The producer skipped the narration on the air.");
       break;
     case "channel_paused": pauseAt(m.paused_at_ms); break;
     case "channel_resumed": resume(m); break;
     case "playback_queue_updated": showQueue(m.queue, m.queue_length); break;
     case "listeners_changed": showListeners(m.listeners); break;
-    case "time_sync": scheduleWaiting(); break;
+    case "time_sync": fetchAhead(); scheduleWaiting(); break;
     case "error": console.warn("server:", m.message); break;
   }
 }
@@ -308,24 +315,46 @@ async function addChunk(requestId, info, live = false) {
   if (known) { // after a reconnect: keep what is already playing unless its time moved
     known.from_ms = info.from_ms;
     if (known.starts_at_ms !== info.starts_at_ms) retime(known, info.starts_at_ms);
-    if (!known.buffer && !known.loading) await load(known, false); // its fetch failed: try again
+    known.failed = false; // a fetch that failed is tried again
+    if (fetchNow(known)) await load(known, false);
     return;
   }
   const chunk = { ...info, request_id: requestId, buffer: null, voice: null };
   if (state.kinds.get(requestId) === "track") chunk.destination = state.trackDuck;
   state.chunks.set(info.chunk_id, chunk);
   renderCaptions();
-  await load(chunk, live);
+  // Fetched at once if due within the window, so its readiness measures the lead; else by fetchAhead.
+  if (fetchNow(chunk)) await load(chunk, live);
+}
+
+// Every tick: fetch what has come within the window ahead.
+function fetchAhead() {
+  for (const chunk of state.chunks.values()) if (fetchNow(chunk)) load(chunk, false);
+}
+
+// Whether to fetch a chunk now; one already over is marked done (a late joiner skips it). Not before
+// the clock has a sample: until then what is over or near is not known.
+function fetchNow(chunk) {
+  if (chunk.buffer || chunk.loading || chunk.done || chunk.failed || !socket.clock.samples.length) return false;
+  const server = socket.clock.serverMs();
+  const now = state.pausedAtMs === null ? server : Math.min(server, state.pausedAtMs); // paused: time stands still
+  if (chunk.starts_at_ms + chunk.duration_ms <= now) { chunk.done = true; return false; }
+  const slowest = Math.max(0, ...state.loadsMs);
+  return soundsFrom(chunk) < now + Math.max(FETCH_AHEAD_MS, FETCH_LOADS_AHEAD * slowest);
 }
 
 async function load(chunk, live) {
   chunk.loading = true;
+  const began = nowMs();
   try {
     const response = await fetch(withKey(chunk.url));
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     chunk.buffer = await state.ctx.decodeAudioData(await response.arrayBuffer());
     if (live) chunk.readyLocalMs = nowMs();
+    state.loadsMs.push(nowMs() - began);
+    if (state.loadsMs.length > LOADS_KEPT) state.loadsMs.shift();
   } catch (err) {
+    chunk.failed = true; // tried again after a reconnect
     notice(`Could not load a sentence (${err.message}); it is skipped unless the connection comes back in time.`);
     return;
   } finally {
@@ -350,13 +379,14 @@ function schedule(chunk) {
   if (!chunk.buffer || !ready() || heldByPause(chunk)) return;
   chunk.onEnded = () => {
     chunk.done = true;
+    chunk.buffer = null; // played: its decoded audio is not needed again
     const ack = { type: "audio_played", chunk_id: chunk.chunk_id };
     // ready to be heard: a larger output buffer (buffer.js) delays what is heard by its extra latency
     if (chunk.readyLocalMs !== undefined) ack.ready_at_ms = Math.round(socket.clock.serverMs(chunk.readyLocalMs) + state.outputBuffer.extraMs);
     socket.send(ack);
   };
   if (!state.player.play(chunk)) { // already over: a late joiner skips it; a handover played it out
-    if (chunk.handedOver) chunk.onEnded(); else chunk.done = true;
+    if (chunk.handedOver) chunk.onEnded(); else { chunk.done = true; chunk.buffer = null; }
     return;
   }
   if (state.pausedAtMs !== null) state.player.cut(chunk, timeline.ctxAt(state.pausedAtMs)); // spans the pause
@@ -369,8 +399,6 @@ function schedule(chunk) {
     offset_ms: socket.clock.offsetMs, late_ms: start.pos * 1000, at_local_ms: nowMs(),
     decoded_ms: chunk.buffer.duration * 1000, duration_ms: chunk.duration_ms,
   });
-  const highlightIn = Math.max(0, (start.t - state.ctx.currentTime) * 1000);
-  setTimeout(() => { if (chunk.voice === voice) { state.current = chunk.chunk_id; renderCaptions(); } }, highlightIn);
 }
 
 // ---- pause -------------------------------------------------------------------------------
@@ -440,6 +468,7 @@ function keepInStep() {
   forgetBedBuffers();
   layOutTrackDuck(now, local);
   showBed(now);
+  showCurrent(now);
 }
 
 // ---- the bed ------------------------------------------------------------------------------
@@ -511,10 +540,16 @@ function dropChunks(ids) {
   renderCaptions();
 }
 
-// Skipped or cancelled: its audio stops, its captions go (a talk-over's too), and the music comes back up.
-function stopRequest(requestId) {
-  const ids = [];
-  for (const [id, c] of state.chunks) if (c.request_id === requestId) { stop(c); state.chunks.delete(id); ids.push(id); }
+// Skipped or cancelled: its audio stops at `stoppedAtMs` on the timeline, or at once if that is past, with
+// a pause's fade; its captions go (a talk-over's too), and the music comes back up.
+function stopRequest(requestId, stoppedAtMs) {
+  const ids = [], t = ready() ? timeline.ctxAt(stoppedAtMs) : 0;
+  for (const [id, c] of state.chunks) {
+    if (c.request_id !== requestId) continue;
+    if (c.voice) state.player.cut(c, t); else stop(c);
+    state.chunks.delete(id);
+    ids.push(id);
+  }
   forgetSpeech(ids);
   endRequest(requestId);
 }
@@ -560,9 +595,9 @@ function report() {
 
 // ---- display ----------------------------------------------------------------------------
 
-function showConnection(kind, detail) {
+function showConnection(kind, detail, why) {
   const text = { connecting: "Connecting…", live: "Live", refused: `Disconnected: ${detail}; ask for the current link`,
-    reconnecting: `Connection lost; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
+    reconnecting: `${why ? `Disconnected: ${why}` : "Connection lost"}; retrying in ${Math.ceil(detail / 1000)} s` }[kind];
   $("connection").textContent = text;
   $("connection").dataset.state = kind;
 }
@@ -622,6 +657,19 @@ function describe(m) {
 function clockTime(ms) {
   const seconds = Math.round(ms / 1000);
   return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+}
+
+// The sentence highlighted: the captioned request's latest to have started by the server's clock (what
+// is heard now), kept through the gap after it. Read every tick, so re-timing cannot lose it.
+function showCurrent(now) {
+  const request = state.overRequest || state.request;
+  if (state.pausedAtMs !== null) now = Math.min(now, state.pausedAtMs);
+  let current = null;
+  for (const c of state.chunks.values()) {
+    if (request && c.request_id === request.id && c.starts_at_ms <= now && (!current || c.starts_at_ms > current.starts_at_ms)) current = c;
+  }
+  const id = current ? current.chunk_id : null;
+  if (id !== state.current) { state.current = id; renderCaptions(); }
 }
 
 function renderCaptions() {

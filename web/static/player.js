@@ -10,8 +10,8 @@
 // - a larger one (the output stalled, the clock estimate stepped) is fixed at once by a crossfade of
 //   FADE_S to the right place: no hard cut, no click.
 // A chunk not yet sounding is simply re-timed. The player counts what it corrected; the page shows
-// it and reports it to the server. A pause cuts what plays at its moment with a short fade ending
-// there; after the resume a cut chunk (its `from_ms` set) goes on from the sample it stopped at.
+// it and reports it to the server. A pause (or a skip) cuts what plays at its moment with a short fade
+// ending there; after the resume a cut chunk (its `from_ms` set) goes on from the sample it stopped at.
 
 const MARGIN_S = 0.03;      // rate changes are scheduled this far ahead of the audio thread
 // A source started at a time the audio thread has already rendered starts at once, late by the
@@ -71,16 +71,18 @@ export class Player {
     return true;
   }
 
-  // A pause: the chunk's audio fades out to nothing at context time t and stops there. It is no
-  // longer the chunk's voice: nothing keeps it in step, and its end is not the chunk's end.
+  // A pause or a skip: the chunk's audio fades out to nothing at context time t and stops there; if t
+  // is past, it fades out at once (a hard stop would click). It is no longer the chunk's voice: nothing
+  // keeps it in step, and its end is not the chunk's end.
   cut(chunk, t) {
     const voice = chunk.voice;
     if (!voice) return;
     chunk.voice = null;
     voice.source.onended = null;
-    const fadeFrom = Math.max(this.ctx.currentTime, t - FADE_S);
-    if (voice.segments[0].t >= t || fadeFrom >= t) { try { voice.source.stop(); } catch (_) { /* never started */ } return; }
-    fadeOut(voice, fadeFrom, t);
+    const now = this.ctx.currentTime;
+    if (voice.segments[0].t >= Math.max(t, now)) { try { voice.source.stop(); } catch (_) { /* never started */ } return; }
+    const fadeFrom = Math.max(now, t - FADE_S);
+    fadeOut(voice, fadeFrom, Math.max(t, fadeFrom + FADE_S));
   }
 
   // Handed over to a player on another AudioContext: the chunk's audio fades out over FADE_S from
