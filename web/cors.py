@@ -109,7 +109,7 @@ async def preflight(request: web.Request) -> web.Response:
         headers={
             "Access-Control-Allow-Origin": allow,
             "Access-Control-Allow-Methods": methods,
-            "Access-Control-Allow-Headers": "Range",
+            "Access-Control-Allow-Headers": "Range, Icy-MetaData",  # a web player asks for ICY titles
             "Access-Control-Max-Age": str(MAX_AGE_S),
             **_vary(allow),
         },

@@ -15,12 +15,14 @@ dropped, so it cannot hold the others up, and a thousand stalled players cost
 a thousand transport buffers, not a thousand copies of the last minute.
 
 The last few seconds are kept so a new listener gets a burst and starts
-playing at once.
+playing at once; a new stream renders from that far back, so the player that
+starts it gets one too.
 """
 
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from typing import Protocol
@@ -185,6 +187,9 @@ class LiveStream:
     def subscribe(self, transport: asyncio.Transport, icy: bool) -> LiveListener:
         """A new player on `transport` (its response headers already sent): it gets the burst now and
         every block from here on, in the same call, so nothing can come between."""
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # the kernel's share small too, or on loopback it grows to megabytes unseen
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TRANSPORT_BYTES)
         listener = LiveListener(transport, icy)
         if self.over:  # its encoder is gone: the player ends at once and reconnects to a fresh stream
             listener.finish()
@@ -229,7 +234,9 @@ class LiveStream:
             raise
 
     async def _render(self) -> None:
-        cursor = self.clock()
+        # From a burst's worth of audio back: the player that starts the stream gets its burst at once
+        # too, as every later one does, instead of audio trickling in at the pace it plays (it underran).
+        cursor = self.clock() - self.framing.burst_bytes * 8 // self.bitrate_kbps
         stdin = self._encoder.proc.stdin
         while True:
             while cursor < self.clock() + AHEAD_MS:

@@ -68,7 +68,7 @@ async def test_preflight_on_a_public_read_is_204_with_methods_range_and_max_age(
         assert status == 204, path
         assert headers["access-control-allow-origin"] == "*"
         assert {m.strip() for m in headers["access-control-allow-methods"].split(",")} == {"GET", "HEAD"}
-        assert headers["access-control-allow-headers"].lower() == "range"
+        assert headers["access-control-allow-headers"].lower() == "range, icy-metadata"
         assert int(headers["access-control-max-age"]) > 0
 
 

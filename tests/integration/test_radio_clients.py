@@ -119,7 +119,8 @@ async def test_streamripper_splits_two_tracks_and_ffmpeg_reads_their_titles(tmp_
                 "-s",
                 "-l",
                 "24",
-                "--xs_none",
+                "--xs_none",  # as README says
+                "--codeset-metadata=UTF-8",
                 "--quiet",
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,

@@ -24,6 +24,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def get_extra_info(self, name: str, default=None):
+        return default  # no socket behind it
+
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
