@@ -27,7 +27,10 @@ PUBLIC_ROUTES = {  # path: the methods a page on another origin may use on a pub
     "/c/{channel}/live.mp3": READ_METHODS,
     "/api/audio/played/{chunk_id}": "POST",  # a simple request (no body, no headers): the page may read the reply
 }
-EXPOSED = "Content-Range, Accept-Ranges, Content-Length, icy-metaint, icy-name, icy-description, icy-br, icy-pub"
+EXPOSED = (
+    "Content-Range, Accept-Ranges, Content-Length, icy-metaint, icy-name, icy-description, icy-br, icy-sr, "
+    "ice-audio-info, icy-pub"
+)
 MAX_AGE_S = 600
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

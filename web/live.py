@@ -79,12 +79,16 @@ async def _play(request: web.Request, playable: Playable, watched: Watched) -> w
 
 
 def _headers(request: web.Request, channel: str, icy: bool) -> dict[str, str]:
+    live = request.app[CONFIG].live
     headers = {
         "Content-Type": "audio/mpeg",
         "Cache-Control": "no-cache, no-store",
         "icy-name": f"{channel} (Broadcaster)",
         "icy-description": "Synchronized radio",
-        "icy-br": str(request.app[CONFIG].live.bitrate_kbps),
+        "icy-br": str(live.bitrate_kbps),
+        "icy-sr": str(live.sample_rate),
+        # As Icecast says it; Android's ExoPlayer and others read the format from here.
+        "ice-audio-info": f"ice-samplerate={live.sample_rate};ice-bitrate={live.bitrate_kbps};ice-channels={live.channels}",
         "icy-pub": "0",
     }
     if icy:

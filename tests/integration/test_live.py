@@ -53,6 +53,7 @@ async def test_listeners_share_one_encoder_and_get_a_burst(server):
         url = f"{server.base_url}/c/{server.channel}/live.mp3"
         async with http.get(url) as first:
             assert first.headers["Content-Type"] == "audio/mpeg" and first.headers["icy-br"] == "128"
+            assert first.headers["ice-audio-info"] == "ice-samplerate=44100;ice-bitrate=128;ice-channels=2"
             heard = bytearray()
             reading = asyncio.create_task(_read_into(first, heard))
             await asyncio.sleep(1.5)  # let the stream build up its burst
