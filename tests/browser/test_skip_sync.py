@@ -10,7 +10,6 @@ not held to stopping together."""
 import asyncio
 import time
 
-import aiohttp
 import numpy as np
 import pytest
 from speakers import RATE, SPEAKER_CONFIG, clicks, stop_recording
@@ -42,12 +41,7 @@ async def test_every_page_stops_a_skipped_narration_at_its_moment_without_a_clic
     request_id = (await (await server.say(LONG + "The guide hums an old song.")).json())["request_id"]
     first = await observer.next("audio_chunk_ready", where=lambda m: m["request_id"] == request_id)
     await asyncio.sleep(max(0.0, first["starts_at_ms"] / 1000 + 1.5 - time.time()))  # well into the sentence
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{server.base_url}/api/channels/{server.channel}/requests/{request_id}/skip",
-            headers={"Authorization": f"Bearer {server.token}"},
-        ) as resp:
-            assert resp.status == 200, await resp.text()
+    await server.control(f"requests/{request_id}/skip")
     cancelled = await observer.next("request_cancelled", where=lambda m: m["request_id"] == request_id)
     stopped_s = cancelled["stopped_at_ms"] / 1000
     assert first["starts_at_ms"] / 1000 < stopped_s < (first["starts_at_ms"] + first["duration_ms"]) / 1000

@@ -56,10 +56,7 @@ async def test_listen_writes_a_skipped_sentence_up_to_the_skip(server, tmp_path)
         await asyncio.sleep(0.02)
     while station.clock() < on_air.starts_at_ms + 600:
         await asyncio.sleep(0.02)
-    async with aiohttp.ClientSession() as http:
-        url = f"{server.base_url}/api/channels/{server.channel}/requests/{request_id}/skip"
-        async with http.post(url, headers={"Authorization": f"Bearer {server.token}"}) as resp:
-            assert resp.status == 200
+    await server.control(f"requests/{request_id}/skip")
     heard = await asyncio.wait_for(listening, 30)
     (chunk,) = heard.timeline()
     assert chunk.until_ms is not None and 600 <= chunk.until_ms - chunk.starts_at_ms < chunk.duration_ms

@@ -29,6 +29,14 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "data", config
 
 
+async def table_and_server(data_dir: Path, config: Path) -> tuple[str, ServerProcess]:
+    """The channel "table" made with the CLI, and a server started on it: its producer token and the server."""
+    made = cli("channel", "create", "table", "--json", data_dir=data_dir, config=config)
+    server = ServerProcess(data_dir, config)
+    await server.start()
+    return json.loads(made.stdout)["producer_token"], server
+
+
 async def post(base_url: str, token: str, text: str) -> str:
     async with aiohttp.ClientSession() as http:
         async with http.post(
@@ -48,11 +56,7 @@ async def test_kill_and_restart_mid_request_keeps_timeline_and_queue(paths):
     """SIGKILL while a request is on the air and generating: after restart its chunk times are unchanged,
     generation resumes, the pending requests are still queued, and everything plays in order."""
     data_dir, config = paths
-    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
-        "producer_token"
-    ]
-    server = ServerProcess(data_dir, config)
-    await server.start()
+    token, server = await table_and_server(data_dir, config)
     try:
         ws_url = "ws" + server.base_url.removeprefix("http") + "/ws/channels/table"
         announced: dict[str, int] = {}
@@ -110,11 +114,7 @@ async def test_channel_created_by_cli_is_usable_at_once(paths):
 async def test_new_token_from_the_cli_replaces_the_old_one_at_once(paths):
     """`broadcaster channel token` issues a new producer token; the running server refuses the old one."""
     data_dir, config = paths
-    old = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
-        "producer_token"
-    ]
-    server = ServerProcess(data_dir, config)
-    await server.start()
+    old, server = await table_and_server(data_dir, config)
     try:
         assert await post_status(server.base_url, old) == 202
         new = json.loads(cli("channel", "token", "table", "--json", data_dir=data_dir, config=config).stdout)[
@@ -141,11 +141,7 @@ async def test_the_queue_keeps_the_order_a_producer_gave_it_across_a_restart(pat
     """Requests moved in the queue (or put before the auto-DJ's, or 'up next' before its track) come back
     in that order after a kill and restart; they came back in the order they were submitted."""
     data_dir, config = paths
-    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
-        "producer_token"
-    ]
-    server = ServerProcess(data_dir, config)
-    await server.start()
+    token, server = await table_and_server(data_dir, config)
     try:
         first = await post(server.base_url, token, "Sentence one is here. " * 12)  # on the air throughout
         waiting = [await post(server.base_url, token, f"Request number {n}.") for n in range(4)]
@@ -168,11 +164,7 @@ async def test_the_recent_history_survives_a_restart(paths):
     """The console's "recent" (what played, failed or was cancelled) comes back after a kill and
     restart, as it was; it came back empty."""
     data_dir, config = paths
-    token = json.loads(cli("channel", "create", "table", "--json", data_dir=data_dir, config=config).stdout)[
-        "producer_token"
-    ]
-    server = ServerProcess(data_dir, config)
-    await server.start()
+    token, server = await table_and_server(data_dir, config)
     try:
         done = [await post(server.base_url, token, f"Short number {n}.") for n in range(3)]
         async with asyncio.timeout(30):
