@@ -124,13 +124,7 @@ async def test_every_sentence_is_highlighted_in_turn_after_the_speaker_delay_cha
           }, 10);
         }"""
     )
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{server.base_url}/api/channels/{server.channel}/requests",
-            json={"text": SENTENCES},
-            headers={"Authorization": f"Bearer {server.token}"},
-        ) as resp:
-            request_id = (await resp.json())["request_id"]
+    request_id = (await (await server.say(SENTENCES)).json())["request_id"]
     first = await observer.next("audio_chunk_ready", where=lambda m: m["request_id"] == request_id)
     await until_server_ms(server, first["starts_at_ms"] + 1200)  # into the narration; the rest waits
     await page.fill("#latency", "150")
