@@ -4,13 +4,15 @@ An aiohttp server in this process holds N WebSocket listeners (clients in a proc
 own at idle priority, reading as they come, as clients on other machines would). Each round
 times, on this process's clock, one message to all of them three ways:
 
-- the fan-out as the server does it (web/fanout.py: aiohttp's `send_frame` per listener);
-- the floor under any library: the same frame, built once, written straight to each transport
-  (`asyncio.Transport.write`: asyncio's write and the kernel's loopback send, nothing else);
-- a step of three messages (the chunk that starts a narration), both ways.
+- the fan-out as the server does it (web/fanout.py: the frame built once and written to each
+  connection's transport in one `Transport.write`, when nothing waits in its buffer);
+- aiohttp's `send_frame` per listener, as the fan-out did before (and still does for a socket
+  with a backlog);
+- the floor under any library: the same frame written straight to each transport, no checks
+  (asyncio's write and the kernel's loopback send, nothing else);
 
-So the ratio says what sends past the library could buy at most; the floor is what more
-processes, not leaner code, must share out.
+and a step of three messages (the chunk that starts a narration, to a listener that did not ask
+for batches) the same three ways. The floor is what more processes, not leaner code, must share out.
 
     .venv/bin/python bench/sendcost.py [--sockets 2500] [--rounds 15]
 """
@@ -92,13 +94,16 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def measure(held: list, rounds: int) -> dict[str, list[float]]:
-    listeners = [Listener(ws, str(index), "bench", 256) for index, (ws, _) in enumerate(held)]
+    direct = [Listener(ws, str(n), "bench", 256, transport=transport) for n, (ws, transport) in enumerate(held)]
+    each = [Listener(ws, str(n), "bench", 256) for n, (ws, _) in enumerate(held)]  # no transport: send_frame
     transports = [transport for _, transport in held]
     one, three = text_frame(PAYLOAD), text_frame(PAYLOAD) * 3
     ways = {
-        "fan-out (send_frame)": lambda: [listener.offer_all((PAYLOAD,)) for listener in listeners],
+        "fan-out": lambda: [listener.offer_all((PAYLOAD,), one) for listener in direct],
+        "send_frame": lambda: [listener.offer_all((PAYLOAD,)) for listener in each],
         "floor (transport.write)": lambda: [transport.write(one) for transport in transports],
-        "3 messages, fan-out": lambda: [listener.offer_all((PAYLOAD,) * 3) for listener in listeners],
+        "3 messages, fan-out": lambda: [listener.offer_all((PAYLOAD,) * 3, three) for listener in direct],
+        "3 messages, send_frame": lambda: [listener.offer_all((PAYLOAD,) * 3) for listener in each],
         "3 messages, floor": lambda: [transport.write(three) for transport in transports],
     }
     times: dict[str, list[float]] = {name: [] for name in ways}
@@ -117,9 +122,10 @@ def report(times: dict[str, list[float]], sockets: int) -> None:
     for name, value in medians.items():
         print(f"  {name:26s} {value * 1000:6.1f} ms   {value / sockets * 1e6:5.1f} µs a socket")
     for way in ("", "3 messages, "):
-        fanout = medians[f"{way}fan-out" + ("" if way else " (send_frame)")]
+        fanout, each = medians[f"{way}fan-out"], medians[f"{way}send_frame"]
         floor = medians[f"{way}floor" + ("" if way else " (transport.write)")]
-        print(f"  {way or 'one message: '}fan-out / floor = {fanout / floor:.2f}x")
+        label = way or "one message: "
+        print(f"  {label}fan-out / floor = {fanout / floor:.2f}x, send_frame / fan-out = {each / fanout:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,32 @@
 """Fan-out to WebSocket listeners that never waits on the slowest one.
 
-A broadcast is serialized and encoded once, and the same bytes go to every listener with
-aiohttp's own `send_frame`. A send to a socket that keeps up completes without ever yielding:
-the frame is written to the transport at once. So each send is started on the spot and run up
-to its first suspension, as `asyncio.eager_task_factory` does from Python 3.12 on: with
-thousands of listeners a task per listener per broadcast would cost several times the send
-itself, and the collector's walks over the tasks alive at each collection. Only a send that
-must wait (the socket's buffer is full and aiohttp waits for it to drain) becomes a task, and
-that listener's later messages wait in its bounded line behind it, sent in order by that task.
-A listener whose line is full is too slow to keep up: it is dropped (closed with TOO_SLOW), so
-it cannot hold back the rest, and it reconnects to a fresh snapshot.
+A broadcast is serialized once, and framed once: the same bytes go to every listener. To a
+connection with nothing waiting in its transport's buffer they are written at once, in one
+`Transport.write` (the asyncio transport aiohttp itself writes to): the frames are
+what aiohttp's `send_frame` would write (uncompressed frames are valid with or without
+permessage-deflate), and a step's frames go in one write. That costs a third less a socket than
+a `send_frame` each (`bench/sendcost.py`). Anything else goes through aiohttp's `send_frame`,
+started on the spot and run up to its first suspension (as `asyncio.eager_task_factory` does
+from Python 3.12 on: a task per listener per broadcast would cost several times the send). Only
+a send that must wait (the socket's buffer is full and aiohttp waits for it to drain) becomes a
+task, and that listener's later messages wait in its bounded line behind it, sent in order by
+that task. A listener whose line is full is too slow to keep up: it is dropped (closed with
+TOO_SLOW), so it cannot hold back the rest, and it reconnects to a fresh snapshot.
 
 All the messages of one channel step go to a listener together or not at all, so a listener
 never sees half a step. A listener that asked for batches (`?batch=1`) gets a step of several
-messages as one: each send costs about the same whatever its size (the kernel's send dominates),
-so three messages sent apart cost three times one batch of them.
+messages as one, so one send carries it even through `send_frame`: each send costs about the
+same whatever its size (the kernel's send dominates).
 """
 
 import asyncio
 import contextlib
 import json
 import logging
+import struct
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -64,6 +67,20 @@ def frame(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode()
 
 
+def wire(messages: Sequence[bytes]) -> bytes:
+    """The messages as a server puts them on the connection (RFC 6455 section 5.2): each one final,
+    unmasked text frame."""
+    return b"".join(_header(len(message)) + message for message in messages)
+
+
+def _header(size: int) -> bytes:
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, size)
+    return struct.pack("!BBQ", 0x81, 127, size)
+
+
 def batch(frames: list[bytes]) -> bytes:
     """One message that carries encoded messages in order (docs/protocol.md, "Batches"), made from
     their encodings: what `frame({"type": "batch", "messages": [...]})` would give."""
@@ -82,8 +99,10 @@ class Listener:
         queue_size: int,
         counted: bool = True,
         batched: bool = False,
+        transport: asyncio.Transport | None = None,
     ):
         self.ws = ws
+        self.transport = transport  # the connection's (request.transport): None sends through `ws` alone
         self.connection_id = connection_id
         self.channel = channel
         self.counted = counted
@@ -105,16 +124,19 @@ class Listener:
         """Send or queue one encoded message; False if the line is full (the listener is too slow)."""
         return self.offer_all((data,))
 
-    def offer_all(self, frames: list[bytes] | tuple[bytes, ...]) -> bool:
+    def offer_all(self, frames: Sequence[bytes], wired: bytes | None = None) -> bool:
         """Send or queue the messages, all of them or none; False if they do not fit (the listener is
-        too slow). A listener that was dropped or whose connection is going takes nothing, and is not
-        too slow."""
+        too slow). `wired`: `wire(frames)`, when the caller made it once for many listeners. A listener
+        that was dropped or whose connection is going takes nothing, and is not too slow."""
         if self.dropped or self.gone:
             return True
         if self.writer is not None:
             if self.limit - len(self.pending) < len(frames):
                 return False
             self.pending.extend(frames)
+            return True
+        if self._takes_at_once():
+            self.transport.write(wire(frames) if wired is None else wired)
             return True
         for index, data in enumerate(frames):
             try:
@@ -131,6 +153,18 @@ class Listener:
                 self.writer = asyncio.ensure_future(self._drain(waiting))
                 return True
         return True
+
+    def _takes_at_once(self) -> bool:
+        """Open, with nothing waiting in its transport's buffer: a write goes to the socket now, in
+        order with aiohttp's own frames (pings, pongs, the close), which go through the same buffer.
+        A backlog, or a close under way, is left to aiohttp's `send_frame`."""
+        transport = self.transport
+        return (
+            transport is not None
+            and not self.ws.closed
+            and not transport.is_closing()
+            and not transport.get_write_buffer_size()
+        )
 
     def send(self, payload: dict[str, Any]) -> bool:
         return self.offer(frame(payload))
@@ -248,8 +282,10 @@ class Hub:
         began = time.perf_counter()
         frames = [frame(payload) for payload in payloads]
         batched = [batch(frames)] if len(frames) > 1 else frames
+        plain = (frames, wire(frames))
+        one = (batched, wire(batched)) if len(frames) > 1 else plain
         too_slow = [
-            listener for listener in list(group) if not listener.offer_all(batched if listener.batched else frames)
+            listener for listener in list(group) if not listener.offer_all(*(one if listener.batched else plain))
         ]
         for listener in too_slow:
             self.drop(listener, TOO_SLOW, b"too slow: send queue full")

@@ -130,6 +130,7 @@ async def _listen(
         limits.ws_send_queue,
         counted=credential.admission is not Admission.CONSOLE,  # a console is not an audience
         batched=_batched(request),
+        transport=request.transport,
     )
     watched.on_revoke(lambda reason: hub.drop(listener, REFUSED, reason.encode(), quiet=True))
     try:
