@@ -206,7 +206,11 @@ class ChannelOwnership:
             log.warning("could not renew the lease of %s", name, exc_info=True)
             return  # tried again next round; stepped down once too late
         if renewed is None:
-            await self._drop(name, "its lease was taken or lapsed")
+            # How late, for whoever reads the log: a renewal answered past the lease lapses it.
+            since_ms = sent_at - self.renewed_at.get(name, sent_at)
+            took_ms = self.clock() - sent_at
+            why = f"its lease was taken or lapsed (round began {since_ms:.0f} ms after the last renewal, answered {took_ms:.0f} ms after that)"
+            await self._drop(name, why)
             return
         if name in self.held:
             self.held[name], self.renewed_at[name] = renewed, sent_at

@@ -17,11 +17,11 @@ CHANNELS = ["a", "b", "c", "d"]
 class Process:
     """One process's ownership, recording what it runs."""
 
-    def __init__(self, leases: Leases, idle: bool = True):
+    def __init__(self, leases: Leases, idle: bool = True, **clock):
         self.running: dict[str, int] = {}  # channel -> epoch
         self.gained: list[tuple[str, int]] = []
         self.everything_idle = idle
-        self.own = ChannelOwnership(leases, self._channels, self._idle, self._gain, self._lose, LEASE_MS)
+        self.own = ChannelOwnership(leases, self._channels, self._idle, self._gain, self._lose, LEASE_MS, **clock)
 
     async def _channels(self) -> list[str]:
         return CHANNELS
@@ -97,6 +97,20 @@ async def test_a_stalled_owner_steps_down_and_its_writes_are_refused(leases):
         with pytest.raises(LeaseLost):
             await leases.fence(conn, stale)
         await leases.fence(conn, b.own.held["a"])
+
+
+async def test_a_renewal_that_reaches_the_database_after_the_lease_lapsed_steps_down_and_says_how_late(leases, caplog):
+    """A's round comes in time by its own clock, but its renewals reach the database after the leases
+    lapsed (a stalled pool, a database slow to answer): A stops running its channels, and the log says
+    how long after the last renewal the round began."""
+    now_ms = [0.0]
+    a = Process(leases, clock=lambda: now_ms[0])
+    await a.own.round()
+    await asyncio.sleep(LEASE_MS / 1000 + 0.2)
+    now_ms[0] = 300.0
+    await a.own.round()
+    assert a.running == {}
+    assert "taken or lapsed (round began 300 ms after the last renewal" in caplog.text
 
 
 async def test_a_clean_stop_hands_channels_over_at_once(leases):
