@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from redis_server import own_redis, redis_server, redis_url  # noqa: F401  (fixt
 
 from broadcaster.config import config_from_dict
 from broadcaster.runtime.accounts import create_channel
-from web.app import create_app
+from broadcaster.runtime.clock import wall_clock_ms
+from web.app import create_app, make_engine
 from web.keys import STATION
 
 FAST_TONES = {
@@ -44,12 +46,28 @@ FAST_TONES = {
 }
 
 
+class SteppedClock:
+    """A server clock (`create_app`'s `clock`) that moves only when a test steps it."""
+
+    def __init__(self, now_ms: int | None = None) -> None:
+        self.now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
 @dataclass
 class LiveServer:
     base_url: str
     app: web.Application
     channel: str
     token: str
+    clock: SteppedClock | None = None
+
+    def advance(self, ms: int) -> None:
+        """Step the server's clock (a server started with a SteppedClock) and let it look at once."""
+        self.clock.now_ms += ms
+        self.station.clock_moved()
 
     @property
     def station(self):
@@ -95,19 +113,19 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 async def start_server(
-    tmp_path: Path, overrides: dict | None = None, engine_factory=None
+    tmp_path: Path, overrides: dict | None = None, engine_factory=None, clock: SteppedClock | None = None
 ) -> tuple[web.AppRunner, LiveServer]:
     settings = merge(FAST_TONES, overrides or {})
     settings.setdefault("server", {})["data_dir"] = str(tmp_path / "data")
     config = config_from_dict(settings)
-    app = create_app(config, engine_factory) if engine_factory else create_app(config)
+    app = create_app(config, engine_factory or make_engine, clock or wall_clock_ms)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     made = await create_channel(app[STATION].store, "table")
-    return runner, LiveServer(f"http://127.0.0.1:{port}", app, made.name, made.token)
+    return runner, LiveServer(f"http://127.0.0.1:{port}", app, made.name, made.token, clock)
 
 
 @pytest.fixture

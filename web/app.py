@@ -13,7 +13,7 @@ from aiohttp import web
 from broadcaster.config import Config
 from broadcaster.errors import BadInput, GenerationError
 from broadcaster.runtime.bus import InProcessBus
-from broadcaster.runtime.clock import wall_clock_ms
+from broadcaster.runtime.clock import Clock, wall_clock_ms
 from broadcaster.runtime.live import LiveStreams
 from broadcaster.runtime.ownership import ServerLease, holder_id
 from broadcaster.runtime.station import Station
@@ -63,7 +63,12 @@ def make_engine(config: Config) -> TtsEngine:
     raise ValueError(f"expected tts engine 'piper' or 'tone', got {config.tts.engine!r}")
 
 
-def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> web.Application:
+def create_app(
+    config: Config, engine_factory: EngineFactory = make_engine, clock: Clock = wall_clock_ms
+) -> web.Application:
+    """The server. `clock` is its timeline's (Unix epoch ms): a test passes one it steps, and calls the
+    station's `clock_moved()` after each step, instead of sleeping through playback. Rate limits and
+    time-outs keep real time."""
     body_limit = max(64 * 1024, config.limits.max_text_chars * 8)
     # Heartbeats at their own times: aiohttp rounds a timer longer than timeout_ceil_threshold up to the
     # whole second, so each second's arrivals would be pinged together ever after. With thousands of
@@ -83,7 +88,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     app[ACCESS] = Access(config.limits, wall_clock_ms, lambda reason: app[METRICS].refused.labels(reason=reason).inc())
     app[WATCH] = CredentialWatch(lambda name: app[STATION].gate.current(name), config.limits.credential_recheck_s)
     quiet_malformed_requests()
-    app.cleanup_ctx.append(_lifecycle(engine_factory))
+    app.cleanup_ctx.append(_lifecycle(engine_factory, clock))
     app.on_shutdown.append(_close_listeners)
     app.router.add_post("/api/channels/{channel}/requests", api.submit_request)
     app.router.add_get("/api/channels/{channel}/audio/queue", api.queue_state)
@@ -118,7 +123,7 @@ def create_app(config: Config, engine_factory: EngineFactory = make_engine) -> w
     return app
 
 
-def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
+def _lifecycle(engine_factory: EngineFactory, clock: Clock):  # noqa: ANN202
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         gc_pauses = PauseTimer(app[METRICS].gc_paused)
@@ -127,7 +132,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         node = holder_id()  # this process, in leases and on the listener connections it records
         store = Store(config.database_url, holder=node)
         await store.create_schema()
-        cluster = _cluster(config, store, app, node) if config.cluster.enabled else None
+        cluster = _cluster(config, store, app, node, clock) if config.cluster.enabled else None
         # One server per database, unless they form a cluster (then one owner per channel instead).
         server_lease = None if cluster else ServerLease(Leases(store.engine), on_lost=_stop_serving)
         try:
@@ -148,7 +153,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
         audio = open_audio_store(config.data_path, store.engine, shared=bool(cluster), cache_bytes=cache_bytes)
         if cluster is None:
             bus = InProcessBus()
-            app[FEEDS] = Feeds(bus, app[HUB], wall_clock_ms)
+            app[FEEDS] = Feeds(bus, app[HUB], clock)
             announce = _in_process(bus, app[FEEDS])
         else:
             app[FEEDS], app[CLUSTER], announce = cluster.feeds, cluster, cluster.announce
@@ -163,6 +168,7 @@ def _lifecycle(engine_factory: EngineFactory):  # noqa: ANN202
             audience=app[HUB].total,
             clustered=bool(cluster),
             voices=voices,
+            clock=clock,
         )
         app[STORE], app[AUDIO], app[ENGINE], app[STATION] = store, audio, engine, station
         app[LIVE] = LiveStreams(audio, config.live, station.clock, app[METRICS])
@@ -215,11 +221,11 @@ async def _voices(config: Config, engine: TtsEngine, engine_factory: EngineFacto
     return voices
 
 
-def _cluster(config: Config, store: Store, app: web.Application, node: str):  # noqa: ANN202
+def _cluster(config: Config, store: Store, app: web.Application, node: str, clock: Clock):  # noqa: ANN202
     """Cluster mode's pieces; imported here, so that one server does not load Redis's client."""
     from .cluster import Cluster
 
-    return Cluster(config, store, app[HUB], wall_clock_ms, app[METRICS], node)
+    return Cluster(config, store, app[HUB], clock, app[METRICS], node)
 
 
 def _in_process(bus: InProcessBus, feeds: Feeds) -> Announce:

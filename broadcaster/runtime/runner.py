@@ -200,6 +200,10 @@ class ChannelRunner:
             self._wake.set()  # the next request's moment to go on the air may have moved
         return need_ms
 
+    def clock_moved(self) -> None:
+        """The clock was stepped (a test's): the next deadline is due sooner, or already past."""
+        self._wake.set()
+
     async def wait_change(self, timeout_s: float) -> None:
         changed = self._changed
         try:

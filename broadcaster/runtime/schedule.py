@@ -1,6 +1,7 @@
 """Queues the items of the config's [[schedule]] at the minutes their cron expressions name."""
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime
 
@@ -21,12 +22,20 @@ class Scheduler:
         self.entries: list[tuple[ScheduleEntry, Cron]] = [(e, parse_cron(e.cron)) for e in entries]
         self.clock = clock
         self.last_minute: int | None = None
+        self._moved = asyncio.Event()
 
     async def run(self) -> None:
         while True:
             now = self.clock()
             await self.tick(now)
-            await asyncio.sleep((MINUTE_MS - now % MINUTE_MS) / 1000 + 0.05)
+            self._moved.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout((MINUTE_MS - now % MINUTE_MS) / 1000 + 0.05):
+                    await self._moved.wait()
+
+    def clock_moved(self) -> None:
+        """The clock was stepped: look at it again now, not at the next minute's turn."""
+        self._moved.set()
 
     async def tick(self, now_ms: int) -> list[ScheduleEntry]:
         """Queue what is due in the minute containing `now_ms`, once per minute; returns what fired."""

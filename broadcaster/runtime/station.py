@@ -128,6 +128,7 @@ class Station:
         self.cleanup_turn: Callable[[], Awaitable[bool]] = _always
         self.beds = BedMaker(self._decode_for_bed, self._forget_audio, self.rng)
         self._bed_tracks: dict[str, set[str]] = {}  # per channel: the stored tracks its beds play
+        self.scheduler = Scheduler(self, config.schedule, clock)
 
     async def start(self) -> None:
         if not self.clustered:  # in a cluster, connections of a process that died are closed by cleanup
@@ -135,9 +136,15 @@ class Station:
             for row in await self.store.channels():
                 await self.runner(row.name)
         self._cleanup_task = asyncio.create_task(self._cleanup_loop(), name="cleanup")
-        self.scheduler = Scheduler(self, self.config.schedule, self.clock)
         if self.config.schedule:
             self._spawn(self.scheduler.run())
+
+    def clock_moved(self) -> None:
+        """The clock was stepped (a test's clock; see web.app.create_app): every channel and the schedule
+        read it again now instead of when their waits, timed on the clock before the step, run out."""
+        for runner in self.runners.values():
+            runner.clock_moved()
+        self.scheduler.clock_moved()
 
     async def stop(self) -> None:
         self._stopping = True  # no new background work (repeat copies, auto-DJ tracks) from here on
