@@ -169,7 +169,7 @@ class Stage:
 # each POST is sent, until this long after its answer, by when the narration's stream start and end
 # have been announced too; then they catch up for at least CATCH_UP_S. Clients on other machines take
 # none of the server's cores; reading here, 4950 sockets' worth of Python frame parsing shares them,
-# and a broadcast written while they read takes two to three times as long (docs/performance.md).
+# and a broadcast written while they read takes two to three times as long.
 QUIET_S = 1.2
 CATCH_UP_S = 0.6
 CONNECT_STEPS = 10  # probes join in step with the rest, so they are spread through the server's listener set
@@ -311,6 +311,13 @@ def report_per_post(stage: Stage) -> None:
     print(f"\n{stage.sockets} sockets, per POST in order: ms to the first, median and last probe")
     for k, (first, median, last) in enumerate(stage.per_post, 1):
         print(f"  {k:3d}: {first:6.1f} {median:6.1f} {last:6.1f}")
+    columns = list(zip(*stage.per_post))
+    if columns:
+        summary = ", ".join(
+            f"{name} p50 {percentile(list(values), 50):.1f} (min {min(values):.1f}, max {max(values):.1f})"
+            for name, values in zip(("first", "median", "last"), columns)
+        )
+        print(f"  over the POSTs, ms to each one's probes: {summary}")
 
 
 def report(stages: list[Stage], posts: int, probes: int, offered: bool) -> None:

@@ -5,12 +5,12 @@ client's own per-frame work competes with the server for CPU and, worse, the
 time a busy client gets round to a socket would be counted as server latency.
 So this client does the least RFC 6455 a listener needs (the upgrade, unmasked
 frames from the server, pongs, masked text frames out, the close handshake),
-optionally offers permessage-deflate the way browsers do (RFC 7692; then the
-server compresses every message for every socket, which costs it CPU and a
-compressor per connection, so a browser-like load must offer it), and reads with
-`recvmsg` under SO_TIMESTAMPNS: every frame carries the kernel's receive time
-as well as the time this process read it. Both are CLOCK_REALTIME, the clock
-the server's `*_ms` times come from.
+optionally offers permessage-deflate the way browsers do (RFC 7692; this server
+declines it, web/ws.py sets compress=False, so its frames come uncompressed, but
+a browser-like load offers it all the same; a server that agrees has its
+compressed frames inflated), and reads with `recvmsg` under SO_TIMESTAMPNS:
+every frame carries the kernel's receive time as well as the time this process
+read it. Both are CLOCK_REALTIME, the clock the server's `*_ms` times come from.
 
 Reads never go past the end of the frame being read, so a frame's kernel time
 is the arrival of its own last byte. (If the reader falls behind, TCP may

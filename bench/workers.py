@@ -25,8 +25,7 @@ def lower_priority(priority: str) -> None:
     """How much CPU a client process on the server's own cores may take from it. "normal": as much
     as the server. "low": nice 19. "idle": SCHED_IDLE, only time the server leaves, as clients on
     other machines would. Nice 19 alone does not do that: the kernel's EEVDF scheduler lets a
-    reader woken by the server's send preempt it at once, two context switches per send
-    (docs/performance.md)."""
+    reader woken by the server's send preempt it at once, two context switches per send."""
     if priority not in PRIORITIES:
         raise ValueError(f"expected a client priority among {PRIORITIES}, got {priority!r}")
     if priority == "low":

@@ -86,7 +86,7 @@ _CHUNK_ENCODING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mp3")
 class ChunkEncoder:
     """ffmpeg writing one chunk's MP3 file, started before the PCM exists (as `Mp3Encoder`), but
     started and fed from a thread: creating a process holds the thread that creates it until the
-    child has exec'd, 1-2 ms on an idle machine and 3-7 ms with both cores busy (traced in
+    child has exec'd, 1-2 ms on an idle machine and 2.6-7.4 ms with both cores busy (traced in
     bench/announce.py, docs/performance.md). On the event loop that held every announcement,
     reply and clock sample behind each sentence's encoder."""
 

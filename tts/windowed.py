@@ -1,7 +1,7 @@
 """Piper's decoder run window by window, so synthesis memory stops growing with the sentence.
 
 Run whole, a Piper voice needs about 16 MB of working memory per second of
-the sentence's speech (+250 MB for a 15-second sentence, docs/performance.md),
+the sentence's speech (+233 MB for a 15.6-second sentence, docs/performance.md),
 almost all of it in the decoder. `WindowedSession` runs the voice's first
 stage (text to frames) whole, then the decoder on windows of `window_frames`
 frames, each widened by OVERLAP_FRAMES on both sides so that every kept
