@@ -17,6 +17,7 @@ kill to the start of the first one placed after it. A listener hears it as silen
 configured gaps (between sentences or requests) is inaudible, anything longer is not.
 
     .venv/bin/python bench/failover.py [--kills 10] [--how kill|stop] [--engine piper|tone] [--lease-s 3]
+                                       [--repeat-text 1] [--when any|making]
 """
 
 import argparse
@@ -95,32 +96,47 @@ class Timeline:
 
     def __init__(self):
         self.chunks: dict[str, tuple[int, int]] = {}  # chunk id -> (starts_at_ms, duration_ms)
+        self.request_of: dict[str, str] = {}  # chunk id -> its request's id
+        self.requests: set[str] = set()  # every request seen, on the air or queued
         self.arrivals: list[tuple[float, str]] = []  # (received at, wall clock ms; chunk id)
 
     def take(self, message: dict) -> None:
         if message["type"] == "audio_chunk_ready":
             self.chunks[message["chunk_id"]] = (message["starts_at_ms"], message["duration_ms"])
+            self.request_of[message["chunk_id"]] = message["request_id"]
+            self.requests.add(message["request_id"])
             self.arrivals.append((time.time() * 1000, message["chunk_id"]))
         elif message["type"] == "timeline_shifted":
             _, duration = self.chunks.get(message["chunk_id"], (0, 0))
             self.chunks[message["chunk_id"]] = (message["starts_at_ms"], duration)
-        elif message["type"] == "snapshot":
-            for chunk in (message.get("now_playing") or {}).get("chunks", []):
+        elif message["type"] in ("snapshot", "playback_queue_updated"):
+            playing = message.get("now_playing") or {}
+            self.requests.update(item["request_id"] for item in [playing, *message.get("queue", [])] if item)
+            for chunk in playing.get("chunks", []):
                 self.chunks[chunk["chunk_id"]] = (chunk["starts_at_ms"], chunk["duration_ms"])
+                self.request_of[chunk["chunk_id"]] = playing["request_id"]
+
+    async def while_making(self, timeout_s: float = 180) -> None:
+        """Until a chunk was announced within the last 300 ms: its request is still being made."""
+        async with asyncio.timeout(timeout_s):
+            while not self.arrivals or self.arrivals[-1][0] < time.time() * 1000 - 300:
+                await asyncio.sleep(0.01)
 
     def announced_end(self) -> int:
         return max((start + duration for start, duration in self.chunks.values()), default=0)
 
-    def handover_gap(self, before: set[str]) -> int | None:
+    def handover_gap(self, before: set[str], known: set[str]) -> int | None:
         """The silence on the timeline from the end of the last of the chunks `before` (those announced
-        before the kill, by the old owner) to the first chunk placed after it (by the new owner)."""
+        before the kill, by the old owner) to the first chunk placed after it (by the new owner). None
+        when that chunk's request was posted after the kill (`known`: the requests seen before it): the
+        old owner had announced all it had, and the silence until the next post is no handover's."""
         old_end = max(
             (start + duration for chunk, (start, duration) in self.chunks.items() if chunk in before), default=None
         )
-        later = [start for chunk, (start, _) in self.chunks.items() if chunk not in before]
-        if old_end is None or not later:
+        later = sorted((start, chunk) for chunk, (start, _) in self.chunks.items() if chunk not in before)
+        if old_end is None or not later or self.request_of.get(later[0][1]) not in known:
             return None
-        return min(later) - old_end
+        return later[0][0] - old_end
 
 
 async def follow(member: Member, timeline: Timeline) -> None:
@@ -133,18 +149,21 @@ async def follow(member: Member, timeline: Timeline) -> None:
             await asyncio.sleep(0.2)
 
 
-async def keep_narrating(members: list[Member], token: str) -> None:
-    """Post a narration whenever fewer than two wait, to whichever member answers."""
+async def keep_narrating(members: list[Member], token: str, text: str, live: bool) -> None:
+    """Post a narration whenever fewer than two wait, to whichever member answers. `live`: only when
+    the channel is silent, so each narration goes on the air as it is made (a queued one is made
+    ahead, whole, before its turn)."""
     while True:
         for member in members:
             try:
                 async with aiohttp.ClientSession() as http:
                     headers = {"Authorization": f"Bearer {token}"}
                     async with http.get(f"{member.url}/api/channels/table/audio/queue", headers=headers) as resp:
-                        queued = len((await resp.json()).get("queue", [])) if resp.status == 200 else 2
-                    if queued < 2:
+                        state = await resp.json() if resp.status == 200 else {"queue": [None] * 2}
+                    silent = not state["queue"] and state.get("now_playing") is None
+                    if silent if live else len(state["queue"]) < 2:
                         url = f"{member.url}/api/channels/table/requests"
-                        async with http.post(url, json={"text": TEXT}, headers=headers) as posted:
+                        async with http.post(url, json={"text": text}, headers=headers) as posted:
                             await posted.read()
                 break
             except aiohttp.ClientError:
@@ -162,15 +181,18 @@ async def owner(members: list[Member], timeout_s: float = 30) -> Member:
             await asyncio.sleep(0.05)
 
 
-async def one_kill(members: list[Member], timelines: dict[str, Timeline], how: str, rng) -> dict:
-    """Kill (or stop) whoever runs the channel; a listener on another member measures."""
+async def one_kill(members: list[Member], timelines: dict[str, Timeline], how: str, rng, making: bool) -> dict:
+    """Kill (or stop) whoever runs the channel; a listener on another member measures. `making`: wait
+    for a moment when the owner is announcing chunks as it makes them (within a request)."""
     await asyncio.sleep(rng.uniform(0.5, 4))
     victim = await owner(members)
     timeline = timelines[next(m.name for m in members if m is not victim)]
+    if making:
+        await timeline.while_making()
     if not (await victim.health() or {}).get("channels"):
         return {}
     ahead_ms = timeline.announced_end() - time.time() * 1000
-    before = set(timeline.chunks)
+    before, known = set(timeline.chunks), set(timeline.requests)
     killed_at = time.time() * 1000
     os.kill(victim.proc.pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
     if how == "kill":
@@ -178,7 +200,7 @@ async def one_kill(members: list[Member], timelines: dict[str, Timeline], how: s
     seen = len(timeline.arrivals)
     await owner([m for m in members if m is not victim])
     taken_at = time.time() * 1000
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(ahead_ms / 1000 + 60):  # the next chunk may be due only once the announced audio ends
         while not any(at >= killed_at + 20 for at, _ in timeline.arrivals[seen:]):
             await asyncio.sleep(0.01)
     first = next(at for at, _ in timeline.arrivals[seen:] if at >= killed_at + 20)
@@ -186,7 +208,7 @@ async def one_kill(members: list[Member], timelines: dict[str, Timeline], how: s
         os.kill(victim.proc.pid, signal.SIGKILL)
     victim.proc.wait()
     await asyncio.sleep(1)  # let the timeline settle before reading the gap
-    gap_ms = timeline.handover_gap(before)
+    gap_ms = timeline.handover_gap(before, known)
     await victim.start()
     return {
         "takeover_ms": taken_at - killed_at,
@@ -203,6 +225,21 @@ async def main() -> None:
     parser.add_argument("--engine", choices=("piper", "tone"), default="piper")
     parser.add_argument("--lease-s", type=float, default=3)
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument(
+        "--when",
+        choices=("any", "making"),
+        default="any",
+        help="'making': narrations go on the air as they are made (posted only to a silent channel), and "
+        "the owner is killed only while it announces chunks as it makes them, so the owners change within a "
+        "request (with --repeat-text 4 or more, to leave time to catch it)",
+    )
+    parser.add_argument(
+        "--repeat-text",
+        type=int,
+        default=1,
+        help="each narration is the text this many times (4 sentences each): long ones are still being "
+        "made when an owner dies, so owners change within a request, not only between requests",
+    )
     args = parser.parse_args()
     if binaries() is None or redis_binary() is None:
         raise SystemExit("needs PostgreSQL and redis-server (apt-get install postgresql redis-server)")
@@ -248,11 +285,13 @@ async def main() -> None:
         await owner(members)
         timelines = {member.name: Timeline() for member in members}  # a listener on each member
         tasks = [asyncio.create_task(follow(m, timelines[m.name])) for m in members]
-        tasks.append(asyncio.create_task(keep_narrating(members, token)))
+        tasks.append(
+            asyncio.create_task(keep_narrating(members, token, TEXT * args.repeat_text, args.when == "making"))
+        )
         await asyncio.sleep(5)  # narration under way, audio announced ahead
         rng, results = random.Random(args.seed), []
         for n in range(args.kills):
-            result = await one_kill(members, timelines, args.how, rng)
+            result = await one_kill(members, timelines, args.how, rng, args.when == "making")
             if result:
                 results.append(result)
                 print(
